@@ -1,0 +1,108 @@
+//! `cargo xtask bench`: criterion micro-benches turned into peer comparisons, then the
+//! system benchmarks, all into one `results.json`.
+
+use std::fs;
+use std::path::Path;
+
+use berth_benches::{Better, Row, append_rows, read_results};
+
+use crate::{USAGE, cargo, root, run, summary_line};
+
+/// A criterion bench compared with its peer: both ids are measured in the same run.
+struct Pair {
+    group: &'static str,
+    berth: &'static str,
+    peer_id: &'static str,
+    peer: &'static str,
+}
+
+/// Criterion bench targets (in `benches/benches/`) and the comparisons drawn from them.
+const CRITERION_BENCHES: &[&str] = &["buf", "ops"];
+const PAIRS: &[Pair] = &[
+    Pair { group: "buf", berth: "buf/lease_return/shared", peer_id: "buf/lease_return/vec_4096", peer: "vec_4096" },
+    Pair { group: "buf", berth: "buf/lease_return/local", peer_id: "buf/lease_return/vec_4096", peer: "vec_4096" },
+    Pair {
+        group: "buf",
+        berth: "buf/lease_return/contended_2threads",
+        peer_id: "buf/lease_return/vec_4096_2threads",
+        peer: "vec_4096_2threads",
+    },
+    Pair { group: "ops", berth: "ops/take_give/pool", peer_id: "ops/take_give/box", peer: "box" },
+];
+
+/// System benchmarks: binaries of `berth-benches` that measure berth and a peer side
+/// by side and append their own rows (see `berth_benches::append_rows`). Each gets
+/// `--quick` when xtask does, and `BERTH_BENCH_RESULTS` pointing at the results file.
+/// (group, binary name)
+const SYSTEM_BENCHES: &[(&str, &str)] = &[];
+
+pub(crate) fn run(args: &[String]) -> Result<(), String> {
+    let mut quick = false;
+    let mut only: Vec<String> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--only" => only.push(it.next().ok_or(USAGE)?.clone()),
+            _ => return Err(USAGE.into()),
+        }
+    }
+    let wanted = |group: &str| only.is_empty() || only.iter().any(|o| o == group);
+
+    let report = root().join("target/bench-report");
+    fs::create_dir_all(&report).map_err(|e| e.to_string())?;
+    let results = report.join("results.json");
+
+    for &bench in CRITERION_BENCHES.iter().filter(|b| wanted(b)) {
+        let mut cmd = cargo();
+        cmd.args(["bench", "-p", "berth-benches", "--bench", bench, "--"]);
+        if quick {
+            cmd.args(["--warm-up-time", "0.5", "--measurement-time", "1", "--sample-size", "20"]);
+        }
+        run(&mut cmd)?;
+        let rows = criterion_rows(&root().join("target/criterion"), bench)?;
+        append_rows(&results, &rows).map_err(|e| e.to_string())?;
+    }
+
+    for &(group, bin) in SYSTEM_BENCHES.iter().filter(|(g, _)| wanted(g)) {
+        let mut cmd = cargo();
+        cmd.args(["run", "--release", "-p", "berth-benches", "--bin", bin, "--"]);
+        if quick {
+            cmd.arg("--quick");
+        }
+        cmd.env("BERTH_BENCH_RESULTS", &results);
+        run(&mut cmd).map_err(|e| format!("system bench {group}: {e}"))?;
+    }
+
+    let all = read_results(&results).map_err(|e| e.to_string())?;
+    println!("{:<40} {:>12} {:<18} {:>12} {:>8}", "bench", "berth", "peer", "peer", "ratio");
+    for row in &all.results {
+        println!("{}", summary_line(row));
+    }
+    println!("written: {}", results.display());
+    Ok(())
+}
+
+/// Rows for the pairs of one criterion bench target, from criterion's estimates.
+fn criterion_rows(criterion_dir: &Path, group: &str) -> Result<Vec<Row>, String> {
+    PAIRS
+        .iter()
+        .filter(|p| p.group == group)
+        .map(|p| {
+            let berth = criterion_mean_ns(criterion_dir, p.berth)?;
+            let peer = criterion_mean_ns(criterion_dir, p.peer_id)?;
+            Ok(Row::new(p.berth, "ns_per_op", berth, p.peer, peer, Better::Lower))
+        })
+        .collect()
+}
+
+/// The mean time per iteration, in nanoseconds, that criterion recorded for `id`.
+/// A bench `buf/lease_return/shared` is group `buf/lease_return`, function `shared`;
+/// criterion stores it under `target/criterion/buf_lease_return/shared/new/estimates.json`.
+fn criterion_mean_ns(criterion_dir: &Path, id: &str) -> Result<f64, String> {
+    let (group, function) = id.rsplit_once('/').unwrap_or(("", id));
+    let path = criterion_dir.join(group.replace('/', "_")).join(function).join("new/estimates.json");
+    let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    v["mean"]["point_estimate"].as_f64().ok_or_else(|| format!("{}: no mean.point_estimate", path.display()))
+}
