@@ -1,0 +1,258 @@
+//! [`Lease`]: one segment of the arena (or a heap fallback), returned on drop.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+
+use crate::local;
+use crate::manager::{RAW, Shared, generation_of, state};
+use crate::loom::Ordering;
+
+/// Where a lease's bytes live and where they go back to.
+#[derive(Clone, Copy)]
+enum Home {
+    Arena { shared: NonNull<Shared>, index: u32 },
+    Heap,
+}
+
+/// One segment of a [`BufferManager`](crate::BufferManager)'s arena, leased until
+/// dropped. The seed's `SetBuffer(buffer, offset, size)` slice, as an owned value.
+///
+/// It dereferences to the whole segment (`capacity()` bytes, ready to receive into)
+/// and remembers how many of them hold data ([`len`](Lease::len), set by
+/// [`set_len`](Lease::set_len)). Its address never moves while it lives, so it can be
+/// handed to the kernel. It is `Send`: a lease dropped on another thread goes back to
+/// the shared free list.
+///
+/// Bytes of a fresh lease are whatever the previous holder left; they are always
+/// initialised, never secret to the process, but call [`clear`](Lease::clear) before
+/// sending a segment you have not filled.
+///
+/// ```
+/// # let manager = berth_buf::BufferManager::with_defaults()?;
+/// let mut lease = manager.lease()?;
+/// let n = std::io::Read::read(&mut &b"ping"[..], &mut lease[..])?;
+/// lease.set_len(n)?;
+/// assert_eq!(lease.filled(), b"ping");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Lease {
+    ptr: NonNull<u8>,
+    capacity: usize,
+    len: usize,
+    home: Home,
+}
+
+// SAFETY: a lease is the only handle to its bytes (ownership came off the free list or
+// the heap), and its return path is thread-safe (`Shared` is Sync).
+unsafe impl Send for Lease {}
+// SAFETY: `&Lease` only gives `&[u8]` of bytes nobody else can write.
+unsafe impl Sync for Lease {}
+
+/// A length beyond the lease's capacity was asked for. The lease is unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("length {len} exceeds the segment capacity {capacity}")]
+pub struct LengthError {
+    /// The length asked for.
+    pub len: usize,
+    /// The segment's capacity.
+    pub capacity: usize,
+}
+
+/// A lease turned into plain data by [`Lease::into_raw`]: which manager, which
+/// segment, which generation. It can cross an FFI boundary, sit in an io_uring buffer
+/// id table or travel in an IPC message, and is redeemed once with
+/// [`BufferManager::from_raw`](crate::BufferManager::from_raw) or returned with
+/// [`BufferManager::release_raw`](crate::BufferManager::release_raw). A stale or
+/// repeated redemption is refused, never undefined behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RawLease {
+    pub(crate) manager: u32,
+    pub(crate) index: u32,
+    pub(crate) generation: u32,
+}
+
+impl RawLease {
+    /// The segment's index in its arena.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The generation the segment was in when it was made raw.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// Packs into 96 bits for transport: `[manager, index, generation]`.
+    pub fn to_parts(self) -> [u32; 3] {
+        [self.manager, self.index, self.generation]
+    }
+
+    /// Unpacks [`to_parts`](RawLease::to_parts). Any value is accepted here; a forged
+    /// one is refused when redeemed.
+    pub fn from_parts(parts: [u32; 3]) -> RawLease {
+        RawLease { manager: parts[0], index: parts[1], generation: parts[2] }
+    }
+}
+
+impl Lease {
+    /// A lease of arena segment `index`, already marked leased.
+    pub(crate) fn arena(shared: NonNull<Shared>, index: u32) -> Lease {
+        // SAFETY: the caller holds the segment's reference, so `Shared` is alive.
+        let s = unsafe { shared.as_ref() };
+        Lease { ptr: s.segment_ptr(index), capacity: s.segment_size, len: 0, home: Home::Arena { shared, index } }
+    }
+
+    /// A heap-backed lease of `size` bytes (the `Exhaustion::Heap` fallback).
+    pub(crate) fn heap(size: usize) -> Lease {
+        let bytes: Box<[u8]> = vec![0u8; size].into_boxed_slice();
+        let ptr = NonNull::from(Box::leak(bytes)).cast::<u8>();
+        Lease { ptr, capacity: size, len: 0, home: Home::Heap }
+    }
+
+    /// Bytes in the segment.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes of valid data at the start of the segment.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if no data has been recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Records that the first `len` bytes hold data (after a receive, say).
+    pub fn set_len(&mut self, len: usize) -> Result<(), LengthError> {
+        if len > self.capacity {
+            return Err(LengthError { len, capacity: self.capacity });
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    /// The valid data: the first [`len`](Lease::len) bytes.
+    pub fn filled(&self) -> &[u8] {
+        &self[..self.len]
+    }
+
+    /// The valid data, mutable.
+    pub fn filled_mut(&mut self) -> &mut [u8] {
+        let len = self.len;
+        &mut self[..len]
+    }
+
+    /// The bytes after the valid data, to receive more into.
+    pub fn spare_mut(&mut self) -> &mut [u8] {
+        let len = self.len;
+        &mut self[len..]
+    }
+
+    /// Zeroes the whole segment and sets the length to 0.
+    pub fn clear(&mut self) {
+        self.fill(0);
+        self.len = 0;
+    }
+
+    /// True if this lease is a heap fallback rather than an arena segment.
+    pub fn is_heap(&self) -> bool {
+        matches!(self.home, Home::Heap)
+    }
+
+    /// The arena index of the segment (`None` for a heap fallback).
+    pub fn index(&self) -> Option<u32> {
+        match self.home {
+            Home::Arena { index, .. } => Some(index),
+            Home::Heap => None,
+        }
+    }
+
+    /// Gives up the lease as plain data; the segment stays leased until the raw lease
+    /// is redeemed or released. A heap fallback cannot be made raw and is handed back.
+    ///
+    /// The filled length is not kept; carry it beside the raw lease if needed.
+    ///
+    /// ```
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let lease = manager.lease()?;
+    /// let raw = lease.into_raw().expect("an arena segment");
+    /// assert_eq!(manager.stats().raw, 1);
+    /// manager.release_raw(raw)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn into_raw(self) -> Result<RawLease, Lease> {
+        let Home::Arena { shared, index } = self.home else { return Err(self) };
+        std::mem::forget(self);
+        // SAFETY: the leased segment's reference (now carried by the raw lease) keeps
+        // `Shared` alive.
+        let s = unsafe { shared.as_ref() };
+        let slot = &s.states[index as usize];
+        let generation = generation_of(slot.load(Ordering::Relaxed));
+        slot.store(state(generation, RAW), Ordering::Release);
+        Ok(RawLease { manager: s.id, index, generation })
+    }
+}
+
+impl Deref for Lease {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `capacity` initialised bytes (zeroed by mmap or by
+        // `vec!`) that only this lease may access while it lives.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.capacity) }
+    }
+}
+
+impl DerefMut for Lease {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.capacity) }
+    }
+}
+
+impl AsRef<[u8]> for Lease {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl AsMut<[u8]> for Lease {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        match self.home {
+            Home::Arena { shared, index } => {
+                // SAFETY: this lease's segment reference keeps `Shared` alive until
+                // `give_back_shared` (or the cache, which holds its own) takes it.
+                unsafe { shared.as_ref() }.mark_free(index);
+                if !local::give_back(shared, index) {
+                    // SAFETY: we give up the segment's reference and touch nothing after.
+                    unsafe { Shared::give_back_shared(shared, index) };
+                }
+            }
+            Home::Heap => {
+                let slice = std::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.capacity);
+                // SAFETY: made by `Box::leak` of a boxed slice of `capacity` bytes in
+                // `Lease::heap`, and dropped only here.
+                drop(unsafe { Box::from_raw(slice) });
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("index", &self.index())
+            .field("len", &self.len)
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}

@@ -1,0 +1,49 @@
+//! Counters of a buffer arena and their snapshot.
+
+use crate::loom::AtomicU64;
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) exhausted: AtomicU64,
+    pub(crate) heap_fallbacks: AtomicU64,
+    pub(crate) stale_returns: AtomicU64,
+    pub(crate) double_returns: AtomicU64,
+}
+
+/// A snapshot of a [`BufferManager`](crate::BufferManager)'s state, from
+/// [`BufferManager::stats`](crate::BufferManager::stats).
+///
+/// Taken while other threads lease and return, the fields are each accurate but not
+/// necessarily from the same instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct BufferStats {
+    /// Segments in the arena.
+    pub total: usize,
+    /// Bytes per segment.
+    pub segment_size: usize,
+    /// Segments leased (including those handed out raw). Heap fallbacks not included.
+    pub in_use: usize,
+    /// Of `in_use`, segments currently handed out as [`RawLease`](crate::RawLease)s.
+    pub raw: usize,
+    /// Segments parked in per-thread [`LocalCache`](crate::LocalCache)s: free, but off
+    /// the shared list.
+    pub cached: usize,
+    /// The most segments that were ever off the shared list at once (leased or cached).
+    pub high_water: usize,
+    /// Times a lease found every segment taken.
+    pub exhausted: u64,
+    /// Times a heap buffer was handed out instead ([`Exhaustion::Heap`](crate::Exhaustion::Heap)).
+    pub heap_fallbacks: u64,
+    /// Raw leases refused because they were stale or foreign.
+    pub stale_returns: u64,
+    /// Raw leases refused because they were already returned or redeemed.
+    pub double_returns: u64,
+}
+
+impl BufferStats {
+    /// Segments neither leased nor cached.
+    pub fn free(&self) -> usize {
+        self.total.saturating_sub(self.in_use + self.cached)
+    }
+}
