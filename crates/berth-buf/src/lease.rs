@@ -5,7 +5,7 @@ use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
 use crate::local;
-use crate::manager::{RAW, Shared, generation_of, state};
+use crate::manager::{MAX_GENERATION, RAW, Shared, generation_of, state};
 use crate::loom::Ordering;
 
 /// Where a lease's bytes live and where they go back to.
@@ -190,7 +190,9 @@ impl Lease {
         // `Shared` alive.
         let s = unsafe { shared.as_ref() };
         let slot = &s.states[index as usize];
-        let generation = generation_of(slot.load(Ordering::Relaxed));
+        // A new generation per handoff: a raw lease that was redeemed and made raw
+        // again must not revive the earlier, spent copy.
+        let generation = generation_of(slot.load(Ordering::Relaxed)).wrapping_add(1) & MAX_GENERATION;
         slot.store(state(generation, RAW), Ordering::Release);
         Ok(RawLease { manager: s.id, index, generation })
     }

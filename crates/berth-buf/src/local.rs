@@ -72,13 +72,31 @@ pub(crate) fn give_back(shared: NonNull<Shared>, index: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// Takes a segment from this thread's cache if it belongs to `shared`'s arena: the
+/// shared path's last resort before declaring the arena exhausted.
+pub(crate) fn take_cached(shared: NonNull<Shared>) -> Option<Lease> {
+    CACHE
+        .try_with(|cell| {
+            let mut guard = cell.try_borrow_mut().ok()?;
+            let cache = guard.as_mut().filter(|c| c.shared == shared)?;
+            let index = cache.slots.pop()?;
+            cache.shared().mark_leased(index);
+            Some(Lease::arena(shared, index))
+        })
+        .ok()
+        .flatten()
+}
+
 /// A per-thread cache of free segments for a single-thread hot path (a reactor's
 /// event loop). Leases taken through it, and any lease of the same arena dropped on
 /// its thread, move between the cache and the caller without touching shared atomics;
 /// the cache exchanges `batch` segments at a time with the shared free list.
 ///
 /// One cache may be installed per thread at a time; it is not `Send`. Dropping it
-/// returns its segments to the shared list.
+/// returns its segments to the shared list. Segments parked in a cache are free but
+/// reachable only from its thread, so another thread can find the arena exhausted
+/// while up to `2 * batch` segments per cache sit idle: size the arena with that in
+/// mind.
 ///
 /// ```
 /// # let manager = berth_buf::BufferManager::with_defaults()?;

@@ -31,7 +31,7 @@ pub(crate) const LEASED: u32 = 1;
 pub(crate) const RAW: u32 = 2;
 const TAG_MASK: u32 = 3;
 /// Generations are 30 bits and wrap.
-const MAX_GENERATION: u32 = u32::MAX >> 2;
+pub(crate) const MAX_GENERATION: u32 = u32::MAX >> 2;
 
 pub(crate) fn state(generation: u32, tag: u32) -> u32 {
     ((generation & MAX_GENERATION) << 2) | tag
@@ -278,7 +278,8 @@ impl BufferManager {
         let shared = self.shared();
         match shared.take_shared() {
             Some(index) => Ok(Lease::arena(self.shared, index)),
-            None => shared.on_exhausted(),
+            // Before giving up, take one parked in this thread's cache, if any.
+            None => crate::local::take_cached(self.shared).ok_or(()).or_else(|()| shared.on_exhausted()),
         }
     }
 

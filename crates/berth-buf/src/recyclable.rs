@@ -62,8 +62,9 @@ impl From<GrowError> for io::Error {
 /// let mut out = String::new();
 /// buf.read_to_string(&mut out)?;
 /// assert_eq!(out, "a message longer than one segment");
-/// assert!(buf.write_all(&[0; 65]).is_err()); // over the maximum: nothing written
+/// assert!(buf.extend_from_slice(&[0; 65]).is_err()); // over the maximum: nothing written
 /// assert!(buf.is_empty());
+/// assert_eq!(manager.stats().in_use, 1); // drained: one segment kept for the next write
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct RecyclableBuffer {

@@ -1,0 +1,102 @@
+//! Zero heap allocations per lease and return in steady state, proven with a counting
+//! global allocator. One test function, so no other test allocates concurrently.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use berth_buf::{BufferConfig, BufferManager, RecyclableBuffer};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed through.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract is passed through.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed through.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations_during(f: impl FnOnce()) -> u64 {
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    f();
+    ALLOCATIONS.load(Ordering::Relaxed) - before
+}
+
+#[test]
+fn steady_state_allocates_nothing() {
+    let m = BufferManager::new(BufferConfig::new().segment_size(4096).segment_count(256)).unwrap();
+
+    // Shared path.
+    drop(m.lease().unwrap());
+    let n = allocations_during(|| {
+        for _ in 0..10_000 {
+            black_box(m.lease().unwrap());
+        }
+    });
+    assert_eq!(n, 0, "shared lease + return allocated");
+
+    // Raw handoff.
+    let n = allocations_during(|| {
+        for _ in 0..10_000 {
+            let raw = m.lease().unwrap().into_raw().unwrap();
+            let lease = m.from_raw(raw).unwrap();
+            let raw = lease.into_raw().unwrap();
+            m.release_raw(raw).unwrap();
+        }
+    });
+    assert_eq!(n, 0, "raw handoff allocated");
+
+    // Local cache path, including batch refills and flushes.
+    let cache = m.local_cache_with_batch(8).unwrap();
+    drop(cache.lease().unwrap());
+    let n = allocations_during(|| {
+        for i in 0..10_000 {
+            let held: [_; 3] = std::array::from_fn(|_| cache.lease().unwrap());
+            black_box(&held);
+            if i % 100 == 0 {
+                // Enough to force refills and flushes.
+                let many: [_; 40] = std::array::from_fn(|_| cache.lease().unwrap());
+                black_box(&many);
+            }
+        }
+    });
+    assert_eq!(n, 0, "local cache lease + return allocated");
+    drop(cache);
+
+    // A recyclable buffer that is written and drained repeatedly.
+    let mut buf = RecyclableBuffer::new(&m, 64 * 1024);
+    let payload = [7u8; 10_000];
+    let mut sink = [0u8; 10_000];
+    buf.write_all(&payload).unwrap();
+    buf.read_exact(&mut sink).unwrap();
+    let n = allocations_during(|| {
+        for _ in 0..1_000 {
+            buf.write_all(&payload).unwrap();
+            buf.read_exact(&mut sink).unwrap();
+        }
+    });
+    assert_eq!(n, 0, "recyclable buffer write + read allocated");
+
+    // Stats are a snapshot without allocation too.
+    let n = allocations_during(|| {
+        black_box(m.stats());
+    });
+    assert_eq!(n, 0);
+}
