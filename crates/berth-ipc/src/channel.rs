@@ -1,0 +1,908 @@
+//! The mapped channel: creating and opening the shared file, attaching as sender or
+//! receiver, waiting, and watching the peer.
+
+use std::fmt;
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::{OpenError, RecvError, SendError};
+use crate::layout::{self, FLAG_CLOSED, Layout, STATE_READY, off};
+use crate::ring::{Consumer, Geometry, Producer, Region, ReserveError, Slot};
+use crate::sys;
+
+/// Where named channels live.
+pub const SHM_DIR: &str = "/dev/shm";
+/// File-name prefix of named channels (`/dev/shm/berth-ipc.<name>`).
+pub const NAME_PREFIX: &str = "berth-ipc.";
+
+/// How long one futex sleep lasts before the peer's liveness is checked again.
+const SLICE: Duration = Duration::from_millis(10);
+/// Busy-poll iterations between liveness and deadline checks.
+const BUSY_CHECK_EVERY: u32 = 4096;
+
+/// Parameters of a new channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    capacity: u64,
+    max_message: Option<u64>,
+}
+
+impl Config {
+    /// A ring of `capacity` data bytes (a power of two, 64 B ..= 1 TiB).
+    pub fn new(capacity: u64) -> Config {
+        Config {
+            capacity,
+            max_message: None,
+        }
+    }
+
+    /// The largest message; at most `capacity / 2 - 8` (the default).
+    pub fn max_message(mut self, max: u64) -> Config {
+        self.max_message = Some(max);
+        self
+    }
+
+    fn layout(&self) -> Result<Layout, OpenError> {
+        if !self.capacity.is_power_of_two() {
+            return Err(OpenError::CapacityNotPowerOfTwo {
+                capacity: self.capacity,
+            });
+        }
+        let max = self
+            .max_message
+            .unwrap_or_else(|| layout::max_message_for(self.capacity.max(layout::MIN_CAPACITY)));
+        let pid = sys::getpid();
+        let start = sys::start_time(pid).map_or(0, |(s, _)| s);
+        Layout::new(self.capacity, max, pid, start)
+    }
+}
+
+impl Default for Config {
+    /// 1 MiB ring, messages up to 512 KiB − 8.
+    fn default() -> Config {
+        Config::new(1 << 20)
+    }
+}
+
+/// How a blocked `send`/`recv` waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitMode {
+    /// Spin `spins` times, then sleep on the futex (the default, 2000 spins ≈ a few µs).
+    Block {
+        /// Spin iterations before sleeping.
+        spins: u32,
+    },
+    /// Never sleep: poll the ring, checking the peer and the deadline every few
+    /// thousand iterations. Lowest latency, burns a core while waiting.
+    BusyPoll,
+}
+
+impl Default for WaitMode {
+    fn default() -> WaitMode {
+        WaitMode::Block { spins: 2000 }
+    }
+}
+
+/// The shared mapping, owned jointly by a channel's handles in this process.
+struct Shared {
+    _map: memmap2::MmapRaw,
+    base: NonNull<u8>,
+    fd: OwnedFd,
+    layout: Layout,
+}
+
+// SAFETY: the mapping is only accessed through atomics (control words and record
+// headers) or through byte ranges the ring protocol hands to exactly one handle.
+unsafe impl Send for Shared {}
+// SAFETY: as above; `&Shared` exposes no unsynchronised access.
+unsafe impl Sync for Shared {}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn u32_at(&self, at: usize) -> &AtomicU32 {
+        debug_assert!(at % 4 == 0 && at + 4 <= layout::HEADER_LEN as usize);
+        // SAFETY: `at` is a constant header offset, 4-aligned, inside the header page
+        // which is mapped for as long as `self` lives; page alignment of the mapping
+        // makes the pointer aligned. Shared memory is only ever accessed atomically here.
+        unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(at).cast()) }
+    }
+
+    fn u64_at(&self, at: usize) -> &AtomicU64 {
+        debug_assert!(at % 8 == 0 && at + 8 <= layout::HEADER_LEN as usize);
+        // SAFETY: as in `u32_at`, with 8-byte alignment.
+        unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(at).cast()) }
+    }
+
+    /// Pointer to data byte `off` (`off <= capacity`, guaranteed by the ring core;
+    /// `capacity` itself only as the end of an empty record).
+    fn data(&self, off: usize) -> *mut u8 {
+        debug_assert!((off as u64) <= self.layout.capacity);
+        // SAFETY: data_offset + capacity == total_len, the mapped length (checked by
+        // `Layout::parse` / `Layout::new`), and off <= capacity.
+        unsafe {
+            self.base
+                .as_ptr()
+                .add(self.layout.data_offset as usize + off)
+        }
+    }
+
+    fn geometry(&self) -> Geometry {
+        Geometry {
+            capacity: self.layout.capacity,
+            max_message: self.layout.max_message,
+        }
+    }
+
+    /// Maps `fd` and validates its header.
+    fn open(fd: OwnedFd) -> Result<Shared, OpenError> {
+        let len = sys::file_len(fd.as_fd())?;
+        if len < layout::HEADER_LEN {
+            return Err(OpenError::TooShort {
+                len,
+                need: layout::HEADER_LEN,
+            });
+        }
+        if sys::sealed_against_shrink(fd.as_fd()) == Some(false) {
+            return Err(OpenError::NotSealed);
+        }
+        // Map the header page alone first: nothing beyond it is trusted yet.
+        let head = sys::map(fd.as_fd(), layout::HEADER_LEN as usize)?;
+        let base = NonNull::new(head.as_mut_ptr())
+            .ok_or(OpenError::LayoutOutOfBounds { what: "mapping" })?;
+        // SAFETY: offset STATE is 4-aligned inside the mapped header page.
+        let state = unsafe { AtomicU32::from_ptr(base.as_ptr().add(off::STATE).cast()) };
+        if state.load(Ordering::Acquire) != STATE_READY {
+            return Err(OpenError::NotReady);
+        }
+        let mut snap = [0u8; off::SNAPSHOT];
+        for (i, b) in snap.iter_mut().enumerate() {
+            // SAFETY: i < SNAPSHOT < HEADER_LEN, inside the mapping. Volatile, because
+            // another process may write the page; the copy is private from here on.
+            *b = unsafe { base.as_ptr().add(i).read_volatile() };
+        }
+        let layout = Layout::parse(&snap, len)?;
+        drop(head);
+        let map = sys::map(fd.as_fd(), layout.total_len as usize)?;
+        let base = NonNull::new(map.as_mut_ptr())
+            .ok_or(OpenError::LayoutOutOfBounds { what: "mapping" })?;
+        Ok(Shared {
+            _map: map,
+            base,
+            fd,
+            layout,
+        })
+    }
+
+    /// Sizes and maps a fresh file and writes its header, publishing `state` last.
+    fn init(fd: OwnedFd, layout: Layout) -> Result<Shared, OpenError> {
+        let map = sys::map(fd.as_fd(), layout.total_len as usize)?;
+        let base = NonNull::new(map.as_mut_ptr())
+            .ok_or(OpenError::LayoutOutOfBounds { what: "mapping" })?;
+        let sh = Shared {
+            _map: map,
+            base,
+            fd,
+            layout,
+        };
+        for (i, b) in layout.encode().iter().enumerate() {
+            // SAFETY: i < SNAPSHOT, inside the header page; no peer can have opened
+            // the file yet in a way that trusts it, since `state` is still INIT.
+            unsafe { sh.base.as_ptr().add(i).write_volatile(*b) };
+        }
+        sh.u32_at(off::STATE).store(STATE_READY, Ordering::Release);
+        Ok(sh)
+    }
+}
+
+impl Region for Shared {
+    fn tail(&self) -> &AtomicU64 {
+        self.u64_at(off::TAIL)
+    }
+    fn head(&self) -> &AtomicU64 {
+        self.u64_at(off::HEAD)
+    }
+    fn rx_wait(&self) -> &AtomicU32 {
+        self.u32_at(off::RX_WAIT)
+    }
+    fn tx_wait(&self) -> &AtomicU32 {
+        self.u32_at(off::TX_WAIT)
+    }
+    fn load_word(&self, at: usize) -> u64 {
+        // SAFETY: the ring core passes 8-aligned offsets below capacity; the data area
+        // starts page-aligned, so the word is aligned and mapped.
+        unsafe { AtomicU64::from_ptr(self.data(at).cast()) }.load(Ordering::Relaxed)
+    }
+    fn store_word(&self, at: usize, v: u64) {
+        // SAFETY: as in `load_word`.
+        unsafe { AtomicU64::from_ptr(self.data(at).cast()) }.store(v, Ordering::Relaxed)
+    }
+}
+
+/// A channel's shared file, mapped; attach to it with [`Channel::sender`] or
+/// [`Channel::receiver`]. Cloning shares the mapping.
+#[derive(Debug, Clone)]
+pub struct Channel {
+    sh: Arc<Shared>,
+}
+
+/// The path of a named channel, after checking the name.
+pub fn named_path(name: &str) -> Result<PathBuf, OpenError> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !ok {
+        return Err(OpenError::InvalidName(name.to_owned()));
+    }
+    Ok(Path::new(SHM_DIR).join(format!("{NAME_PREFIX}{name}")))
+}
+
+impl Channel {
+    /// Creates an anonymous channel in a memfd sealed against resizing. Nothing
+    /// appears in the file system; the file dies with its last descriptor and mapping,
+    /// even after `kill -9`. Hand it to the peer with [`Channel::send_over`] or by
+    /// inheritance ([`Channel::set_inheritable`]).
+    pub fn create_memfd(cfg: &Config) -> Result<Channel, OpenError> {
+        let layout = cfg.layout()?;
+        let fd = sys::memfd(layout.total_len)?;
+        Ok(Channel {
+            sh: Arc::new(Shared::init(fd, layout)?),
+        })
+    }
+
+    /// Creates `/dev/shm/berth-ipc.<name>`, exclusively (an existing file is an
+    /// `AlreadyExists` I/O error), mode 0600, without following symlinks.
+    pub fn create_named(name: &str, cfg: &Config) -> Result<Channel, OpenError> {
+        let path = named_path(name)?;
+        let layout = cfg.layout()?;
+        let fd = sys::create_excl(&path, layout.total_len)?;
+        Shared::init(fd, layout)
+            .map(|sh| Channel { sh: Arc::new(sh) })
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&path);
+            })
+    }
+
+    /// Opens a named channel created by [`Channel::create_named`]. The file must be a
+    /// regular file owned by our effective uid with no group/other permissions.
+    pub fn open_named(name: &str) -> Result<Channel, OpenError> {
+        let fd = sys::open_checked(&named_path(name)?)?;
+        Ok(Channel {
+            sh: Arc::new(Shared::open(fd)?),
+        })
+    }
+
+    /// Removes a named channel's file (processes that mapped it keep using it).
+    pub fn unlink_named(name: &str) -> Result<(), OpenError> {
+        std::fs::remove_file(named_path(name)?)?;
+        Ok(())
+    }
+
+    /// Removes named channels whose creator and both ends are all dead (or never
+    /// attached). Returns the names removed. Files of other users and files that are
+    /// not berth channels are left alone.
+    pub fn cleanup_stale() -> io::Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for entry in std::fs::read_dir(SHM_DIR)? {
+            let entry = entry?;
+            let file_name = entry.file_name();
+            let Some(name) = file_name.to_str().and_then(|n| n.strip_prefix(NAME_PREFIX)) else {
+                continue;
+            };
+            let Ok(fd) = sys::open_checked(&entry.path()) else {
+                continue;
+            };
+            let mut h = [0u8; 288];
+            let file = std::fs::File::from(fd);
+            if std::os::unix::fs::FileExt::read_exact_at(&file, &mut h, 0).is_err()
+                || h[..8] != layout::MAGIC
+            {
+                continue;
+            }
+            let u32_at = |at: usize| u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+            let u64_at = |at: usize| u64::from(u32_at(at)) | (u64::from(u32_at(at + 4)) << 32);
+            let someone_alive = [
+                (off::CREATOR_PID, off::CREATOR_START),
+                (off::TX_PID, off::TX_START),
+                (off::RX_PID, off::RX_START),
+            ]
+            .iter()
+            .any(|&(p, s)| pid_alive(u32_at(p), u64_at(s)));
+            if !someone_alive && std::fs::remove_file(entry.path()).is_ok() {
+                tracing::debug!(name, "removed stale berth-ipc channel");
+                removed.push(name.to_owned());
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Maps a channel from a descriptor: received over a socket, inherited, or any
+    /// file holding a channel. A memfd must be sealed against shrinking.
+    pub fn from_fd(fd: OwnedFd) -> Result<Channel, OpenError> {
+        Ok(Channel {
+            sh: Arc::new(Shared::open(fd)?),
+        })
+    }
+
+    /// Sends this channel's descriptor over a Unix socket (`SCM_RIGHTS`).
+    pub fn send_over(&self, sock: &UnixStream) -> io::Result<()> {
+        sys::send_fds(sock.as_fd(), &[self.sh.fd.as_fd()])
+    }
+
+    /// Receives a channel sent with [`Channel::send_over`] and validates it.
+    pub fn recv_from(sock: &UnixStream) -> Result<Channel, OpenError> {
+        let fd = sys::recv_fds(sock.as_fd())?
+            .into_iter()
+            .next()
+            .ok_or(OpenError::NoFdReceived)?;
+        Channel::from_fd(fd)
+    }
+
+    /// Lets (or stops) a child process started later inherit the descriptor (clears
+    /// close-on-exec); tell the child the number from [`AsRawFd`](std::os::fd::AsRawFd).
+    pub fn set_inheritable(&self, inherit: bool) -> io::Result<()> {
+        sys::set_inheritable(&self.sh.fd, inherit)
+    }
+
+    /// The ring's data capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.sh.layout.capacity
+    }
+
+    /// The largest message this channel carries.
+    pub fn max_message(&self) -> usize {
+        self.sh.layout.max_message as usize
+    }
+
+    /// The pid that created the channel.
+    pub fn creator_pid(&self) -> u32 {
+        self.sh.layout.creator_pid
+    }
+
+    /// Attaches as the channel's only sender.
+    pub fn sender(&self) -> Result<Sender, OpenError> {
+        let me = claim(
+            &self.sh,
+            "sender",
+            off::TX_PID,
+            off::TX_START,
+            off::TX_HEARTBEAT,
+        )?;
+        let prod = Producer::new(self.sh.geometry(), &*self.sh);
+        Ok(Sender {
+            sh: self.sh.clone(),
+            prod,
+            peer: PeerWatch::new(off::RX_PID, off::RX_START, off::RX_FLAGS, off::RX_HEARTBEAT),
+            mode: WaitMode::default(),
+            me,
+        })
+    }
+
+    /// Attaches as the channel's only receiver.
+    pub fn receiver(&self) -> Result<Receiver, OpenError> {
+        let me = claim(
+            &self.sh,
+            "receiver",
+            off::RX_PID,
+            off::RX_START,
+            off::RX_HEARTBEAT,
+        )?;
+        let cons = Consumer::new(self.sh.geometry(), &*self.sh);
+        Ok(Receiver {
+            sh: self.sh.clone(),
+            cons,
+            peer: PeerWatch::new(off::TX_PID, off::TX_START, off::TX_FLAGS, off::TX_HEARTBEAT),
+            mode: WaitMode::default(),
+            me,
+        })
+    }
+}
+
+impl AsFd for Channel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sh.fd.as_fd()
+    }
+}
+
+/// Offsets of one end's identity words.
+#[derive(Debug, Clone, Copy)]
+struct End {
+    heartbeat: usize,
+}
+
+fn claim(
+    sh: &Shared,
+    role: &'static str,
+    pid_at: usize,
+    start_at: usize,
+    hb_at: usize,
+) -> Result<End, OpenError> {
+    let pid = sys::getpid();
+    if let Err(holder) =
+        sh.u32_at(pid_at)
+            .compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire)
+    {
+        return Err(OpenError::RoleTaken { role, pid: holder });
+    }
+    let start = sys::start_time(pid).map_or(0, |(s, _)| s);
+    sh.u64_at(start_at).store(start, Ordering::Release);
+    sh.u64_at(hb_at)
+        .store(sys::monotonic_ns(), Ordering::Relaxed);
+    Ok(End { heartbeat: hb_at })
+}
+
+fn pid_alive(pid: u32, start: u64) -> bool {
+    pid != 0 && matches!(sys::start_time(pid), Some((s, false)) if s == start || start == 0)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerState {
+    /// Not attached yet (or attaching).
+    Absent,
+    Alive,
+    Closed,
+    Dead,
+}
+
+/// Watches the other end: its clean-close flag, its process (pidfd, else /proc),
+/// and optionally its heartbeat.
+#[derive(Debug)]
+struct PeerWatch {
+    pid_at: usize,
+    start_at: usize,
+    flags_at: usize,
+    hb_at: usize,
+    known: Option<(u32, u64)>,
+    pidfd: Option<sys::Pidfd>,
+    timeout: Option<Duration>,
+}
+
+impl PeerWatch {
+    fn new(pid_at: usize, start_at: usize, flags_at: usize, hb_at: usize) -> PeerWatch {
+        PeerWatch {
+            pid_at,
+            start_at,
+            flags_at,
+            hb_at,
+            known: None,
+            pidfd: None,
+            timeout: None,
+        }
+    }
+
+    fn closed(&self, sh: &Shared) -> bool {
+        sh.u32_at(self.flags_at).load(Ordering::Acquire) & FLAG_CLOSED != 0
+    }
+
+    fn check(&mut self, sh: &Shared) -> PeerState {
+        if self.closed(sh) {
+            return PeerState::Closed;
+        }
+        let pid = sh.u32_at(self.pid_at).load(Ordering::Acquire);
+        let start = sh.u64_at(self.start_at).load(Ordering::Acquire);
+        if pid == 0 || start == 0 {
+            return PeerState::Absent;
+        }
+        if self.known != Some((pid, start)) {
+            self.known = Some((pid, start));
+            // Open the pidfd first, then confirm the pid still names the process that
+            // attached: from then on the pidfd cannot be fooled by pid reuse.
+            self.pidfd = sys::Pidfd::open(pid).ok();
+            if !pid_alive(pid, start) {
+                return PeerState::Dead;
+            }
+        }
+        let alive = match &self.pidfd {
+            Some(fd) => !fd.exited(),
+            None => pid_alive(pid, start),
+        };
+        if !alive {
+            return PeerState::Dead;
+        }
+        if let Some(limit) = self.timeout {
+            let hb = sh.u64_at(self.hb_at).load(Ordering::Relaxed);
+            if Duration::from_nanos(sys::monotonic_ns().saturating_sub(hb)) > limit {
+                return PeerState::Dead;
+            }
+        }
+        PeerState::Alive
+    }
+}
+
+/// The sending end. One per channel (attaching a second is `RoleTaken`).
+#[derive(Debug)]
+pub struct Sender {
+    sh: Arc<Shared>,
+    prod: Producer,
+    peer: PeerWatch,
+    mode: WaitMode,
+    me: End,
+}
+
+impl Sender {
+    /// The largest message this channel carries.
+    pub fn max_message(&self) -> usize {
+        self.sh.layout.max_message as usize
+    }
+
+    /// How blocking calls wait (default: spin briefly, then futex).
+    pub fn set_wait_mode(&mut self, mode: WaitMode) {
+        self.mode = mode;
+    }
+
+    /// Treat the receiver as dead when its heartbeat is older than `timeout` while
+    /// we wait for it (a hung peer). A receiver beats while it waits and on
+    /// [`Receiver::heartbeat`]; busy receivers that never wait must call that.
+    pub fn set_peer_timeout(&mut self, timeout: Option<Duration>) {
+        self.peer.timeout = timeout;
+    }
+
+    /// Records that this end is alive (see [`Receiver::set_peer_timeout`]).
+    pub fn heartbeat(&self) {
+        self.sh
+            .u64_at(self.me.heartbeat)
+            .store(sys::monotonic_ns(), Ordering::Relaxed);
+    }
+
+    /// Copies `msg` into the ring and commits it, or fails at once with `Full`.
+    pub fn try_send(&mut self, msg: &[u8]) -> Result<(), SendError> {
+        let mut g = self.try_reserve(msg.len())?;
+        g.copy_from_slice(msg);
+        g.commit();
+        Ok(())
+    }
+
+    /// Like [`Sender::try_send`], waiting up to `timeout` (`None`: forever) for room.
+    pub fn send(&mut self, msg: &[u8], timeout: Option<Duration>) -> Result<(), SendError> {
+        let mut g = self.reserve(msg.len(), timeout)?;
+        g.copy_from_slice(msg);
+        g.commit();
+        Ok(())
+    }
+
+    /// Reserves `len` bytes in place, or fails at once with `Full`.
+    pub fn try_reserve(&mut self, len: usize) -> Result<Grant<'_>, SendError> {
+        match self.prod.reserve(&*self.sh, len) {
+            Ok(slot) => Ok(Grant { tx: self, slot }),
+            Err(e) => Err(self.reserve_error(e, len)),
+        }
+    }
+
+    /// Reserves `len` bytes in place, waiting up to `timeout` (`None`: forever) for
+    /// room. Write the message into the [`Grant`] and [`commit`](Grant::commit) it.
+    pub fn reserve(
+        &mut self,
+        len: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Grant<'_>, SendError> {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        let slot = loop {
+            match self.prod.reserve(&*self.sh, len) {
+                Ok(slot) => break slot,
+                Err(ReserveError::Full) => {}
+                Err(e) => return Err(self.reserve_error(e, len)),
+            }
+            let budget = match self.mode {
+                WaitMode::Block { spins } => spins,
+                WaitMode::BusyPoll => BUSY_CHECK_EVERY,
+            };
+            if spins < budget {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            match self.peer.check(&self.sh) {
+                PeerState::Closed => return Err(SendError::Closed),
+                PeerState::Dead => return Err(SendError::PeerDead),
+                PeerState::Absent | PeerState::Alive => {}
+            }
+            let slice = remaining(start, timeout)
+                .ok_or(SendError::TimedOut)?
+                .min(SLICE);
+            self.heartbeat();
+            match self.mode {
+                WaitMode::BusyPoll => spins = 0,
+                WaitMode::Block { .. } => {
+                    if self.prod.prepare_wait(&*self.sh, len) {
+                        sys::futex_wait(self.sh.tx_wait(), 1, slice);
+                        self.sh.tx_wait().store(0, Ordering::Relaxed);
+                    }
+                }
+            }
+        };
+        Ok(Grant { tx: self, slot })
+    }
+
+    fn reserve_error(&mut self, e: ReserveError, len: usize) -> SendError {
+        match e {
+            ReserveError::TooLarge => SendError::TooLarge {
+                len,
+                max: self.max_message(),
+            },
+            ReserveError::Corrupted(why) => SendError::Corrupted(why),
+            ReserveError::Full if self.peer.closed(&self.sh) => SendError::Closed,
+            ReserveError::Full => SendError::Full,
+        }
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.sh
+            .u32_at(off::TX_FLAGS)
+            .fetch_or(FLAG_CLOSED, Ordering::Release);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.sh.rx_wait().swap(0, Ordering::Relaxed) != 0 {
+            sys::futex_wake(self.sh.rx_wait());
+        }
+    }
+}
+
+fn remaining(start: Instant, timeout: Option<Duration>) -> Option<Duration> {
+    match timeout {
+        None => Some(Duration::MAX),
+        Some(t) => t.checked_sub(start.elapsed()).filter(|d| !d.is_zero()),
+    }
+}
+
+/// Room reserved in the ring: write the message through `DerefMut<[u8]>`, then
+/// [`commit`](Grant::commit). Dropping it uncommitted aborts: the receiver never
+/// sees any of it.
+pub struct Grant<'a> {
+    tx: &'a mut Sender,
+    slot: Slot,
+}
+
+impl Grant<'_> {
+    /// Publishes the whole reserved length.
+    pub fn commit(self) {
+        let len = self.slot.len;
+        self.commit_len(len);
+    }
+
+    /// Publishes only the first `len` bytes; the rest of the reservation is freed.
+    ///
+    /// # Panics
+    /// If `len` is larger than the reservation.
+    pub fn commit_len(self, len: usize) {
+        assert!(
+            len <= self.slot.len,
+            "commit_len({len}) beyond a {}-byte grant",
+            self.slot.len
+        );
+        if self.tx.prod.commit(&*self.tx.sh, self.slot, len) {
+            sys::futex_wake(self.tx.sh.rx_wait());
+        }
+    }
+}
+
+impl Deref for Grant<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the slot lies inside the data area (checked by the ring core) beyond
+        // the committed tail, where an honest receiver never reads or writes, and
+        // `&mut Sender` makes this the only grant. See the crate's trust model for a
+        // hostile receiver.
+        unsafe { std::slice::from_raw_parts(self.tx.sh.data(self.slot.off), self.slot.len) }
+    }
+}
+
+impl DerefMut for Grant<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`; `&mut self` makes the slice unique in this process.
+        unsafe { std::slice::from_raw_parts_mut(self.tx.sh.data(self.slot.off), self.slot.len) }
+    }
+}
+
+impl fmt::Debug for Grant<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Grant")
+            .field("len", &self.slot.len)
+            .finish()
+    }
+}
+
+/// The receiving end. One per channel (attaching a second is `RoleTaken`).
+#[derive(Debug)]
+pub struct Receiver {
+    sh: Arc<Shared>,
+    cons: Consumer,
+    peer: PeerWatch,
+    mode: WaitMode,
+    me: End,
+}
+
+impl Receiver {
+    /// The largest message this channel carries.
+    pub fn max_message(&self) -> usize {
+        self.sh.layout.max_message as usize
+    }
+
+    /// How blocking calls wait (default: spin briefly, then futex).
+    pub fn set_wait_mode(&mut self, mode: WaitMode) {
+        self.mode = mode;
+    }
+
+    /// Treat the sender as dead when its heartbeat is older than `timeout` while we
+    /// wait for it (a hung peer). A sender beats while it waits and on
+    /// [`Sender::heartbeat`]; an idle sender must call that.
+    pub fn set_peer_timeout(&mut self, timeout: Option<Duration>) {
+        self.peer.timeout = timeout;
+    }
+
+    /// Records that this end is alive (see [`Sender::set_peer_timeout`]).
+    pub fn heartbeat(&self) {
+        self.sh
+            .u64_at(self.me.heartbeat)
+            .store(sys::monotonic_ns(), Ordering::Relaxed);
+    }
+
+    /// The next message, lent in place until the guard drops, or `Empty` at once.
+    /// After the sender closed or died, the messages it committed are still
+    /// delivered, then `Closed` / `PeerDead`.
+    pub fn try_recv(&mut self) -> Result<RecvGuard<'_>, RecvError> {
+        match self.cons.peek(&*self.sh) {
+            Ok(Some(slot)) => Ok(RecvGuard { rx: self, slot }),
+            Ok(None) => Err(self.empty_error()),
+            Err(why) => Err(RecvError::Corrupted(why)),
+        }
+    }
+
+    fn empty_error(&mut self) -> RecvError {
+        if self.peer.closed(&self.sh) {
+            RecvError::Closed
+        } else {
+            RecvError::Empty
+        }
+    }
+
+    /// Like [`Receiver::try_recv`], waiting up to `timeout` (`None`: forever).
+    pub fn recv(&mut self, timeout: Option<Duration>) -> Result<RecvGuard<'_>, RecvError> {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        let slot = loop {
+            match self.cons.peek(&*self.sh) {
+                Ok(Some(slot)) => break slot,
+                Ok(None) => {}
+                Err(why) => return Err(RecvError::Corrupted(why)),
+            }
+            let budget = match self.mode {
+                WaitMode::Block { spins } => spins,
+                WaitMode::BusyPoll => BUSY_CHECK_EVERY,
+            };
+            if spins < budget {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            let state = self.peer.check(&self.sh);
+            if matches!(state, PeerState::Closed | PeerState::Dead) {
+                // Whatever it committed before closing or dying is still delivered.
+                match self.cons.peek(&*self.sh) {
+                    Ok(Some(slot)) => break slot,
+                    Ok(None) if state == PeerState::Closed => return Err(RecvError::Closed),
+                    Ok(None) => return Err(RecvError::PeerDead),
+                    Err(why) => return Err(RecvError::Corrupted(why)),
+                }
+            }
+            let slice = remaining(start, timeout)
+                .ok_or(RecvError::TimedOut)?
+                .min(SLICE);
+            self.heartbeat();
+            match self.mode {
+                WaitMode::BusyPoll => spins = 0,
+                WaitMode::Block { .. } => {
+                    if self.cons.prepare_wait(&*self.sh) {
+                        sys::futex_wait(self.sh.rx_wait(), 1, slice);
+                        self.sh.rx_wait().store(0, Ordering::Relaxed);
+                    }
+                }
+            }
+        };
+        Ok(RecvGuard { rx: self, slot })
+    }
+
+    /// Copies the next message into `buf` and releases it; `BufferTooSmall` leaves it
+    /// queued. Returns the message length. Prefer this over the lending calls when
+    /// the sender is not trusted (see the crate docs).
+    pub fn try_recv_into(&mut self, buf: &mut [u8]) -> Result<usize, RecvError> {
+        let g = self.try_recv()?;
+        g.copy_to(buf)
+    }
+
+    /// Waits for the next message and copies it into a new `Vec`.
+    pub fn recv_vec(&mut self, timeout: Option<Duration>) -> Result<Vec<u8>, RecvError> {
+        let g = self.recv(timeout)?;
+        let mut v = vec![0; g.len()];
+        g.copy_to(&mut v)?;
+        Ok(v)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.sh
+            .u32_at(off::RX_FLAGS)
+            .fetch_or(FLAG_CLOSED, Ordering::Release);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.sh.tx_wait().swap(0, Ordering::Relaxed) != 0 {
+            sys::futex_wake(self.sh.tx_wait());
+        }
+    }
+}
+
+/// A received message, lent in place: `Deref<Target = [u8]>`. Dropping it gives the
+/// space back to the sender.
+pub struct RecvGuard<'a> {
+    rx: &'a mut Receiver,
+    slot: Slot,
+}
+
+impl RecvGuard<'_> {
+    /// Copies the message out with volatile reads (no assumption that the bytes hold
+    /// still) and releases it; `BufferTooSmall` if `buf` is too short.
+    pub fn copy_to(self, buf: &mut [u8]) -> Result<usize, RecvError> {
+        let len = self.slot.len;
+        let Some(dst) = buf.get_mut(..len) else {
+            // Keep the message queued: forget nothing, release nothing.
+            let err = RecvError::BufferTooSmall {
+                len,
+                buf: buf.len(),
+            };
+            std::mem::forget(self);
+            return Err(err);
+        };
+        let src = self.rx.sh.data(self.slot.off);
+        for (i, d) in dst.iter_mut().enumerate() {
+            // SAFETY: [off, off + len) is inside the data area (validated by the ring
+            // core); volatile reads tolerate a peer writing concurrently.
+            *d = unsafe { src.add(i).read_volatile() };
+        }
+        Ok(len)
+    }
+}
+
+impl Deref for RecvGuard<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the slot is a committed record inside the data area (bounds checked
+        // against the capacity and the committed tail by the ring core); an honest
+        // sender does not write it until we release it, and `&mut Receiver` makes this
+        // the only guard. See the crate's trust model for a hostile sender.
+        unsafe { std::slice::from_raw_parts(self.rx.sh.data(self.slot.off), self.slot.len) }
+    }
+}
+
+impl Drop for RecvGuard<'_> {
+    fn drop(&mut self) {
+        if self.rx.cons.release(&*self.rx.sh, self.slot) {
+            sys::futex_wake(self.rx.sh.tx_wait());
+        }
+    }
+}
+
+impl fmt::Debug for RecvGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecvGuard")
+            .field("len", &self.slot.len)
+            .finish()
+    }
+}

@@ -1,0 +1,352 @@
+//! The header page: field offsets, creation-time values and the validation of an
+//! untrusted header. Pure code over bytes; see the crate docs for the table.
+
+use crate::error::OpenError;
+
+/// `BERTHIPC`, the first eight bytes of every channel file.
+pub const MAGIC: [u8; 8] = *b"BERTHIPC";
+/// Layout major version: a reader rejects any other major.
+pub const VERSION_MAJOR: u16 = 1;
+/// Layout minor version: additions a reader of the same major may ignore.
+pub const VERSION_MINOR: u16 = 0;
+/// ABI flag: the file's integers are little-endian.
+pub(crate) const ABI_LITTLE_ENDIAN: u32 = 1;
+/// The ABI flags this build writes and requires.
+pub(crate) const ABI_FLAGS: u32 = if cfg!(target_endian = "little") {
+    ABI_LITTLE_ENDIAN
+} else {
+    0
+};
+/// Size of the header page; the ring's data starts at this offset.
+pub const HEADER_LEN: u64 = 4096;
+/// Records start at multiples of this and their headers are this long.
+pub(crate) const RECORD_ALIGN: u64 = 8;
+/// Smallest ring capacity.
+pub(crate) const MIN_CAPACITY: u64 = 64;
+/// Largest ring capacity (1 TiB).
+pub(crate) const MAX_CAPACITY: u64 = 1 << 40;
+
+/// `state` once (before that it is 0, as in a fresh file) the header is complete (stored last, with release ordering).
+pub(crate) const STATE_READY: u32 = 1;
+
+/// Record type of a message.
+pub(crate) const REC_DATA: u32 = 1;
+/// Record type of the padding that fills the ring's tail end before a wrap.
+pub(crate) const REC_PAD: u32 = 2;
+
+/// `*_flags` bit: this end closed its handle cleanly.
+pub(crate) const FLAG_CLOSED: u32 = 1;
+
+/// Byte offsets of the header fields (all naturally aligned, native = little-endian).
+pub(crate) mod off {
+    pub(crate) const MAGIC: usize = 0;
+    pub(crate) const MAJOR: usize = 8;
+    pub(crate) const MINOR: usize = 10;
+    pub(crate) const ABI: usize = 12;
+    pub(crate) const HEADER_LEN: usize = 16;
+    pub(crate) const RECORD_ALIGN: usize = 20;
+    pub(crate) const CAPACITY: usize = 24;
+    pub(crate) const MAX_MESSAGE: usize = 32;
+    pub(crate) const DATA_OFFSET: usize = 40;
+    pub(crate) const TOTAL_LEN: usize = 48;
+    pub(crate) const CREATOR_PID: usize = 56;
+    pub(crate) const STATE: usize = 60;
+    pub(crate) const CREATOR_START: usize = 64;
+    /// Producer cache line: `tail`, then the sender's identity.
+    pub(crate) const TAIL: usize = 128;
+    pub(crate) const TX_PID: usize = 136;
+    pub(crate) const TX_FLAGS: usize = 140;
+    pub(crate) const TX_START: usize = 144;
+    pub(crate) const TX_HEARTBEAT: usize = 152;
+    /// Consumer cache line: `head`, then the receiver's identity.
+    pub(crate) const HEAD: usize = 256;
+    pub(crate) const RX_PID: usize = 264;
+    pub(crate) const RX_FLAGS: usize = 268;
+    pub(crate) const RX_START: usize = 272;
+    pub(crate) const RX_HEARTBEAT: usize = 280;
+    /// Futex word the receiver sleeps on (1 = a receiver is, or is about to be, asleep).
+    pub(crate) const RX_WAIT: usize = 384;
+    /// Futex word the sender sleeps on (1 = a sender waits for room).
+    pub(crate) const TX_WAIT: usize = 512;
+    /// Bytes a header snapshot must hold to be parsed.
+    pub(crate) const SNAPSHOT: usize = 72;
+}
+
+/// The validated geometry of a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub(crate) capacity: u64,
+    pub(crate) max_message: u64,
+    pub(crate) data_offset: u64,
+    pub(crate) total_len: u64,
+    pub(crate) creator_pid: u32,
+    pub(crate) creator_start: u64,
+}
+
+/// The largest message a ring of `capacity` bytes can always fit: any record of at
+/// most half the ring fits either before the wrap or, after padding, at offset 0.
+pub(crate) fn max_message_for(capacity: u64) -> u64 {
+    (capacity / 2 - RECORD_ALIGN).min(u64::from(u32::MAX) - RECORD_ALIGN)
+}
+
+/// Checks a capacity / max-message pair, for creation and for opening.
+pub(crate) fn check_geometry(capacity: u64, max_message: u64) -> Result<(), OpenError> {
+    if !capacity.is_power_of_two() {
+        return Err(OpenError::CapacityNotPowerOfTwo { capacity });
+    }
+    if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) {
+        return Err(OpenError::CapacityOutOfRange {
+            capacity,
+            min: MIN_CAPACITY,
+            max: MAX_CAPACITY,
+        });
+    }
+    if max_message == 0 || max_message > max_message_for(capacity) {
+        return Err(OpenError::LayoutOutOfBounds {
+            what: "max_message",
+        });
+    }
+    Ok(())
+}
+
+impl Layout {
+    /// The geometry of a new channel.
+    pub(crate) fn new(
+        capacity: u64,
+        max_message: u64,
+        creator_pid: u32,
+        creator_start: u64,
+    ) -> Result<Layout, OpenError> {
+        check_geometry(capacity, max_message)?;
+        Ok(Layout {
+            capacity,
+            max_message,
+            data_offset: HEADER_LEN,
+            total_len: HEADER_LEN + capacity,
+            creator_pid,
+            creator_start,
+        })
+    }
+
+    /// The immutable header fields (everything before `state`, plus the creator's
+    /// start time) as bytes; the creator writes them before publishing `state`.
+    pub(crate) fn encode(&self) -> [u8; off::SNAPSHOT] {
+        let mut h = [0u8; off::SNAPSHOT];
+        h[off::MAGIC..off::MAGIC + 8].copy_from_slice(&MAGIC);
+        put(&mut h, off::MAJOR, &VERSION_MAJOR.to_le_bytes());
+        put(&mut h, off::MINOR, &VERSION_MINOR.to_le_bytes());
+        put(&mut h, off::ABI, &ABI_FLAGS.to_le_bytes());
+        put(&mut h, off::HEADER_LEN, &(HEADER_LEN as u32).to_le_bytes());
+        put(
+            &mut h,
+            off::RECORD_ALIGN,
+            &(RECORD_ALIGN as u32).to_le_bytes(),
+        );
+        put(&mut h, off::CAPACITY, &self.capacity.to_le_bytes());
+        put(&mut h, off::MAX_MESSAGE, &self.max_message.to_le_bytes());
+        put(&mut h, off::DATA_OFFSET, &self.data_offset.to_le_bytes());
+        put(&mut h, off::TOTAL_LEN, &self.total_len.to_le_bytes());
+        put(&mut h, off::CREATOR_PID, &self.creator_pid.to_le_bytes());
+        // `state` stays 0 here; it is published separately, last.
+        put(
+            &mut h,
+            off::CREATOR_START,
+            &self.creator_start.to_le_bytes(),
+        );
+        h
+    }
+
+    /// Validates an untrusted header snapshot of a file of `file_len` bytes.
+    ///
+    /// `h` is a private copy, so nothing can change under the checks. Every field
+    /// that later drives a memory access is checked here; the ring positions are
+    /// checked on every use instead, since the peer keeps writing them.
+    pub(crate) fn parse(h: &[u8], file_len: u64) -> Result<Layout, OpenError> {
+        if file_len < HEADER_LEN || h.len() < off::SNAPSHOT {
+            return Err(OpenError::TooShort {
+                len: file_len,
+                need: HEADER_LEN,
+            });
+        }
+        if h[off::MAGIC..off::MAGIC + 8] != MAGIC {
+            return Err(OpenError::BadMagic);
+        }
+        let major = u16::from_le_bytes(get(h, off::MAJOR));
+        let minor = u16::from_le_bytes(get(h, off::MINOR));
+        if major != VERSION_MAJOR {
+            return Err(OpenError::VersionMismatch {
+                found_major: major,
+                found_minor: minor,
+                supported_major: VERSION_MAJOR,
+            });
+        }
+        let abi = u32::from_le_bytes(get(h, off::ABI));
+        if abi != ABI_FLAGS {
+            return Err(OpenError::AbiMismatch {
+                found: abi,
+                expected: ABI_FLAGS,
+            });
+        }
+        if u64::from(u32::from_le_bytes(get(h, off::HEADER_LEN))) != HEADER_LEN {
+            return Err(OpenError::LayoutOutOfBounds { what: "header_len" });
+        }
+        if u64::from(u32::from_le_bytes(get(h, off::RECORD_ALIGN))) != RECORD_ALIGN {
+            return Err(OpenError::LayoutOutOfBounds {
+                what: "record_align",
+            });
+        }
+        let capacity = u64::from_le_bytes(get(h, off::CAPACITY));
+        let max_message = u64::from_le_bytes(get(h, off::MAX_MESSAGE));
+        check_geometry(capacity, max_message)?;
+        let data_offset = u64::from_le_bytes(get(h, off::DATA_OFFSET));
+        if data_offset < HEADER_LEN || data_offset % HEADER_LEN != 0 {
+            return Err(OpenError::LayoutOutOfBounds {
+                what: "data_offset",
+            });
+        }
+        let total_len = u64::from_le_bytes(get(h, off::TOTAL_LEN));
+        match data_offset.checked_add(capacity) {
+            Some(end) if end == total_len => {}
+            _ => return Err(OpenError::LayoutOutOfBounds { what: "total_len" }),
+        }
+        if usize::try_from(total_len).is_err() {
+            return Err(OpenError::LayoutOutOfBounds { what: "total_len" });
+        }
+        if file_len < total_len {
+            return Err(OpenError::TooShort {
+                len: file_len,
+                need: total_len,
+            });
+        }
+        if u32::from_le_bytes(get(h, off::STATE)) != STATE_READY {
+            return Err(OpenError::NotReady);
+        }
+        Ok(Layout {
+            capacity,
+            max_message,
+            data_offset,
+            total_len,
+            creator_pid: u32::from_le_bytes(get(h, off::CREATOR_PID)),
+            creator_start: u64::from_le_bytes(get(h, off::CREATOR_START)),
+        })
+    }
+}
+
+fn put(h: &mut [u8], at: usize, bytes: &[u8]) {
+    h[at..at + bytes.len()].copy_from_slice(bytes);
+}
+
+fn get<const N: usize>(h: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&h[at..at + N]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn good() -> (Vec<u8>, u64) {
+        let l = Layout::new(4096, 1024, 42, 7).unwrap();
+        let mut h = l.encode().to_vec();
+        h[off::STATE..off::STATE + 4].copy_from_slice(&STATE_READY.to_le_bytes());
+        (h, l.total_len)
+    }
+
+    fn with(at: usize, bytes: &[u8]) -> Vec<u8> {
+        let (mut h, _) = good();
+        h[at..at + bytes.len()].copy_from_slice(bytes);
+        h
+    }
+
+    #[test]
+    fn a_good_header_round_trips() {
+        let (h, len) = good();
+        let l = Layout::parse(&h, len).unwrap();
+        assert_eq!(
+            (l.capacity, l.max_message, l.creator_pid, l.creator_start),
+            (4096, 1024, 42, 7)
+        );
+    }
+
+    #[test]
+    fn each_bad_field_is_its_own_error() {
+        let (_, len) = good();
+        assert!(matches!(
+            Layout::parse(&good().0, 100),
+            Err(OpenError::TooShort { .. })
+        ));
+        assert!(matches!(
+            Layout::parse(&good().0, len - 1),
+            Err(OpenError::TooShort { .. })
+        ));
+        assert!(matches!(
+            Layout::parse(&with(0, b"NOTBERTH"), len),
+            Err(OpenError::BadMagic)
+        ));
+        assert!(matches!(
+            Layout::parse(&with(off::MAJOR, &2u16.to_le_bytes()), len),
+            Err(OpenError::VersionMismatch { found_major: 2, .. })
+        ));
+        // A newer minor of the same major is accepted.
+        assert!(Layout::parse(&with(off::MINOR, &9u16.to_le_bytes()), len).is_ok());
+        assert!(matches!(
+            Layout::parse(&with(off::ABI, &0x80u32.to_le_bytes()), len),
+            Err(OpenError::AbiMismatch { .. })
+        ));
+        assert!(matches!(
+            Layout::parse(&with(off::CAPACITY, &3000u64.to_le_bytes()), len),
+            Err(OpenError::CapacityNotPowerOfTwo { capacity: 3000 })
+        ));
+        assert!(matches!(
+            Layout::parse(&with(off::CAPACITY, &(1u64 << 62).to_le_bytes()), len),
+            Err(OpenError::CapacityOutOfRange { .. })
+        ));
+        assert!(matches!(
+            Layout::parse(&with(off::MAX_MESSAGE, &4096u64.to_le_bytes()), len),
+            Err(OpenError::LayoutOutOfBounds {
+                what: "max_message"
+            })
+        ));
+        assert!(matches!(
+            Layout::parse(
+                &with(off::DATA_OFFSET, &(u64::MAX - 4095).to_le_bytes()),
+                len
+            ),
+            Err(OpenError::LayoutOutOfBounds { .. })
+        ));
+        assert!(matches!(
+            Layout::parse(&with(off::TOTAL_LEN, &(1u64 << 50).to_le_bytes()), len),
+            Err(OpenError::LayoutOutOfBounds { what: "total_len" })
+        ));
+        assert!(matches!(
+            Layout::parse(&with(off::STATE, &0u32.to_le_bytes()), len),
+            Err(OpenError::NotReady)
+        ));
+    }
+
+    proptest! {
+        /// Random header bytes never panic, and whatever parses describes a layout
+        /// that fits inside the file.
+        #[test]
+        fn random_headers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), file_len in any::<u64>()) {
+            if let Ok(l) = Layout::parse(&bytes, file_len) {
+                prop_assert!(l.capacity.is_power_of_two());
+                prop_assert!(l.data_offset + l.capacity <= file_len);
+                prop_assert!(l.max_message <= l.capacity / 2);
+            }
+        }
+
+        /// Mutating any single field of a good header either still parses to a layout
+        /// that fits, or fails with a typed error.
+        #[test]
+        fn mutated_good_headers_stay_in_bounds(at in 0usize..off::SNAPSHOT, byte in any::<u8>(), file_len in 4096u64..16384) {
+            let (mut h, _) = good();
+            h[at] = byte;
+            if let Ok(l) = Layout::parse(&h, file_len) {
+                prop_assert!(l.data_offset + l.capacity <= file_len);
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! A shared-memory channel between processes: a single-producer single-consumer
+//! byte ring in a mapped file.
+//!
+//! The seed's `MemoryMappedFileComms` had one slot with a 4-byte length: a second
+//! write overwrote a message nobody had read, and a crashed peer left the other side
+//! waiting forever. Here a [`Sender`] appends length-prefixed records to a ring in a
+//! shared mapping and a [`Receiver`] reads them in place, in order, each exactly once.
+//! A full ring is [`SendError::Full`] (or a wait), never an overwrite. Waiting sleeps
+//! on a futex, so a blocked end costs no CPU; a dead peer is reported as
+//! [`RecvError::PeerDead`] / [`SendError::PeerDead`] within milliseconds. A
+//! [`Duplex`] puts two rings back to back for request/reply.
+//!
+//! # Example
+//!
+//! ```
+//! use berth_ipc::{Channel, Config};
+//! use std::time::Duration;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // An anonymous channel: hand it to another process with `send_over` (SCM_RIGHTS)
+//! // or by inheritance; here both ends live in one process.
+//! let chan = Channel::create_memfd(&Config::new(64 * 1024))?;
+//! let mut tx = chan.sender()?;
+//! let mut rx = chan.receiver()?;
+//!
+//! tx.try_send(b"hello")?;
+//! let mut grant = tx.reserve(5, Some(Duration::from_secs(1)))?; // write in place
+//! grant.copy_from_slice(b"world");
+//! grant.commit();
+//!
+//! assert_eq!(&*rx.recv(Some(Duration::from_secs(1)))?, b"hello"); // lent in place
+//! assert_eq!(rx.recv_vec(None)?, b"world"); // copied out
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Creating and sharing a channel
+//!
+//! - [`Channel::create_memfd`]: an anonymous memfd sealed against shrinking and
+//!   growing. Pass it with [`Channel::send_over`] / [`Channel::recv_from`] over a
+//!   Unix socket, or let a child inherit it ([`Channel::set_inheritable`] and
+//!   [`Channel::from_fd`]). It leaves nothing in the file system, even after
+//!   `kill -9` of both ends.
+//! - [`Channel::create_named`] / [`Channel::open_named`]: `/dev/shm/berth-ipc.<name>`,
+//!   created with `O_CREAT | O_EXCL | O_NOFOLLOW`, mode 0600; opening refuses
+//!   symlinks, files of another owner and files readable by group or others.
+//!   [`Channel::unlink_named`] removes one; [`Channel::cleanup_stale`] removes those
+//!   whose creator and both ends are dead.
+//!
+//! Either end may create the channel; each process then attaches with
+//! [`Channel::sender`] or [`Channel::receiver`] (one of each per channel).
+//!
+//! # On-disk layout (version 1.0)
+//!
+//! All integers are little-endian (ABI flag bit 0; a big-endian build writes 0 there
+//! and the two refuse each other's files). Offsets in bytes from the start of the file.
+//!
+//! | offset | type | field |
+//! | ---: | --- | --- |
+//! | 0 | `[u8; 8]` | magic `BERTHIPC` |
+//! | 8 | u16 | major version (1); readers refuse another major |
+//! | 10 | u16 | minor version (0); additions readers of the same major may ignore |
+//! | 12 | u32 | ABI flags: bit 0 = little-endian; no other bit defined |
+//! | 16 | u32 | header length = 4096 |
+//! | 20 | u32 | record alignment = 8 |
+//! | 24 | u64 | capacity C of the data area: a power of two, 64 ..= 2^40 |
+//! | 32 | u64 | max message M: 1 ..= min(C/2 − 8, 2^32 − 9) |
+//! | 40 | u64 | data offset D = 4096 |
+//! | 48 | u64 | total length = D + C (the file is at least this long) |
+//! | 56 | u32 | creator pid |
+//! | 60 | u32 | state: 0 = initialising, 1 = ready; written last, with release ordering |
+//! | 64 | u64 | creator start time (field 22 of `/proc/<pid>/stat`, clock ticks since boot) |
+//! | 128 | u64 | **tail**: bytes ever committed by the sender (monotonic) |
+//! | 136 | u32 | sender pid (0 until attached; claimed by compare-and-swap) |
+//! | 140 | u32 | sender flags: bit 0 = closed cleanly |
+//! | 144 | u64 | sender start time |
+//! | 152 | u64 | sender heartbeat (`CLOCK_MONOTONIC` ns) |
+//! | 256 | u64 | **head**: bytes ever released by the receiver (monotonic) |
+//! | 264 | u32 | receiver pid |
+//! | 268 | u32 | receiver flags: bit 0 = closed cleanly |
+//! | 272 | u64 | receiver start time |
+//! | 280 | u64 | receiver heartbeat |
+//! | 384 | u32 | receiver futex word: 1 = the receiver sleeps (or is about to) |
+//! | 512 | u32 | sender futex word: 1 = the sender sleeps waiting for room |
+//! | D | `[u8; C]` | the ring |
+//!
+//! Tail and head each sit on their own 128-byte line, the futex words on lines of
+//! their own, so neither end's hot writes invalidate the other's hot reads; each end
+//! also caches the other's position and re-reads it only when its cached view says
+//! full (sender) or empty (receiver).
+//!
+//! A position `p` addresses ring byte `p mod C`. A record starts at an 8-aligned
+//! position with an 8-byte header, `u32 len` then `u32 type`, followed by `len`
+//! payload bytes padded to a multiple of 8. Type 1 is a message. Type 2 is padding:
+//! when a record would cross the end of the ring, the sender writes a padding record
+//! whose `len` covers exactly the rest of the ring (`C − offset − 8`) and puts the
+//! message at offset 0. A message plus any padding is committed by one release
+//! store of tail; the receiver releases by a release store of head.
+//!
+//! # Wake protocol
+//!
+//! Both ends spin briefly ([`WaitMode::Block`]), then sleep. The receiver stores 1
+//! in its futex word, issues a sequentially consistent fence, re-reads tail, and only
+//! if still empty calls `futex_wait(word, 1)`. The sender, after the release store of
+//! tail, issues a fence and reads the word; only if it is 1 does it swap it to 0 and
+//! call `futex_wake`. With the two fences, either the receiver sees the new tail or
+//! the sender sees the flag (loom checks this), so no wake-up is lost and while both
+//! ends are busy no syscall is made. A sender waiting for room does the same on its
+//! own word with head. The futexes are shared (not process-private) so the two
+//! processes meet on the same word. [`WaitMode::BusyPoll`] never sleeps.
+//!
+//! # Failure semantics
+//!
+//! - A sleeping end wakes at least every 10 ms to check its peer: its clean-close
+//!   flag, then its process through a pidfd (or `/proc/<pid>/stat` if pidfds are
+//!   unavailable) opened once and verified against the recorded start time, so pid
+//!   reuse is not mistaken for life. A dead peer turns a wait into `PeerDead`
+//!   within about 10 ms; a peer that closed cleanly gives `Closed`. Optionally
+//!   ([`Receiver::set_peer_timeout`]) a peer whose heartbeat is older than a limit
+//!   counts as dead too (a hung process). Both ends must share a pid namespace.
+//! - A receiver first drains every record the sender committed, then reports
+//!   `Closed` / `PeerDead`. A record the sender reserved but never committed
+//!   (killed mid-write, or a dropped [`Grant`]) is never visible: only the tail
+//!   store publishes, and it comes after the bytes.
+//! - `try_send` does not check the receiver's liveness (that would cost a syscall):
+//!   while there is room, messages to a dead receiver are accepted and lost with it.
+//! - Opening validates the whole header ([`OpenError`]); positions and record headers
+//!   are re-validated on every use, since the peer keeps writing them. A failed check
+//!   is [`RecvError::Corrupted`] / [`SendError::Corrupted`], never an access outside
+//!   the mapping, a panic or a hang.
+//!
+//! # Trust model
+//!
+//! A channel joins two processes of the same user. The code is written so that a
+//! buggy or hostile peer can make this process see errors or wrong payload bytes,
+//! but cannot make *this crate* read or write outside the mapping: every length and
+//! position is read once into a local, checked against the geometry fixed at open,
+//! and only then used. Control words and record headers are accessed atomically;
+//! payload copies use raw pointers.
+//!
+//! Lending is different. [`RecvGuard`] derefs to `&[u8]` and [`Grant`] to
+//! `&mut [u8]` over shared memory; Rust assumes such memory does not change while
+//! borrowed. An honest peer never touches a record between commit and release, so
+//! the borrow is sound. A hostile peer that writes into a lent record breaks that
+//! assumption: your code may observe bytes changing under a shared reference, which
+//! is outside what the language guarantees. If the peer is not trusted, use the
+//! copying calls ([`RecvGuard::copy_to`], [`Receiver::try_recv_into`],
+//! [`Receiver::recv_vec`], which read with volatile loads into private memory) and
+//! validate the copy. A named file could also be truncated by another process of the
+//! same user, which would raise `SIGBUS` on access; memfd channels are sealed against
+//! that and [`Channel::from_fd`] refuses an unsealed memfd.
+
+#[cfg(not(loom))]
+mod channel;
+#[cfg(not(loom))]
+mod duplex;
+mod error;
+mod layout;
+mod loom;
+mod ring;
+#[cfg(not(loom))]
+mod sys;
+
+#[cfg(not(loom))]
+pub use channel::{
+    Channel, Config, Grant, NAME_PREFIX, Receiver, RecvGuard, SHM_DIR, Sender, WaitMode, named_path,
+};
+#[cfg(not(loom))]
+pub use duplex::Duplex;
+pub use error::{OpenError, RecvError, SendError};
+pub use layout::{HEADER_LEN, MAGIC, VERSION_MAJOR, VERSION_MINOR};
