@@ -6,7 +6,7 @@ use std::path::Path;
 
 use berth_benches::{Better, Row, append_rows, read_results};
 
-use crate::{USAGE, cargo, root, run, summary_line};
+use crate::{USAGE, cargo, root, run_cmd, summary_line};
 
 /// A criterion bench compared with its peer: both ids are measured in the same run.
 struct Pair {
@@ -59,7 +59,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         if quick {
             cmd.args(["--warm-up-time", "0.5", "--measurement-time", "1", "--sample-size", "20"]);
         }
-        run(&mut cmd)?;
+        run_cmd(&mut cmd)?;
         let rows = criterion_rows(&root().join("target/criterion"), bench)?;
         append_rows(&results, &rows).map_err(|e| e.to_string())?;
     }
@@ -71,7 +71,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             cmd.arg("--quick");
         }
         cmd.env("BERTH_BENCH_RESULTS", &results);
-        run(&mut cmd).map_err(|e| format!("system bench {group}: {e}"))?;
+        run_cmd(&mut cmd).map_err(|e| format!("system bench {group}: {e}"))?;
     }
 
     let all = read_results(&results).map_err(|e| e.to_string())?;

@@ -34,7 +34,7 @@ fn root() -> PathBuf {
 }
 
 /// Runs a command in the workspace root, failing with its status.
-fn run(cmd: &mut Command) -> Result<(), String> {
+fn run_cmd(cmd: &mut Command) -> Result<(), String> {
     eprintln!("xtask: running {cmd:?}");
     let status = cmd.current_dir(root()).status().map_err(|e| format!("{cmd:?}: {e}"))?;
     if status.success() { Ok(()) } else { Err(format!("{cmd:?} failed: {status}")) }

@@ -5,8 +5,8 @@ use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
 use crate::local;
-use crate::manager::{MAX_GENERATION, RAW, Shared, generation_of, state};
 use crate::loom::Ordering;
+use crate::manager::{MAX_GENERATION, RAW, Shared, generation_of, state};
 
 /// Where a lease's bytes live and where they go back to.
 #[derive(Clone, Copy)]

@@ -190,7 +190,9 @@ impl LocalCache {
 
     /// Segments currently in the cache.
     pub fn cached(&self) -> usize {
-        CACHE.try_with(|cell| cell.try_borrow().ok().and_then(|g| g.as_ref().map(|c| c.slots.len())).unwrap_or(0)).unwrap_or(0)
+        CACHE
+            .try_with(|cell| cell.try_borrow().ok().and_then(|g| g.as_ref().map(|c| c.slots.len())).unwrap_or(0))
+            .unwrap_or(0)
     }
 }
 

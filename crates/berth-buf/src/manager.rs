@@ -228,7 +228,8 @@ impl BufferManager {
             options.populate();
         }
         let mut map = options.map_anon()?;
-        let base = NonNull::new(map.as_mut_ptr()).ok_or_else(|| ConfigError::Map(std::io::Error::other("null mapping")))?;
+        let base =
+            NonNull::new(map.as_mut_ptr()).ok_or_else(|| ConfigError::Map(std::io::Error::other("null mapping")))?;
         let count = config.segment_count as u32;
         let shared = Box::new(Shared {
             map,

@@ -48,9 +48,7 @@ pub struct ConnectionPermit {
 impl ConnectionLimit {
     /// A limit of `max` concurrent permits.
     pub fn new(max: usize) -> ConnectionLimit {
-        ConnectionLimit {
-            inner: Arc::new(Inner { max, current: AtomicUsize::new(0), refused: AtomicU64::new(0) }),
-        }
+        ConnectionLimit { inner: Arc::new(Inner { max, current: AtomicUsize::new(0), refused: AtomicU64::new(0) }) }
     }
 
     /// Takes a place, or refuses at once if none is left.
