@@ -37,10 +37,7 @@ pub struct Config {
 impl Config {
     /// A ring of `capacity` data bytes (a power of two, 64 B ..= 1 TiB).
     pub fn new(capacity: u64) -> Config {
-        Config {
-            capacity,
-            max_message: None,
-        }
+        Config { capacity, max_message: None }
     }
 
     /// The largest message; at most `capacity / 2 - 8` (the default).
@@ -51,13 +48,9 @@ impl Config {
 
     fn layout(&self) -> Result<Layout, OpenError> {
         if !self.capacity.is_power_of_two() {
-            return Err(OpenError::CapacityNotPowerOfTwo {
-                capacity: self.capacity,
-            });
+            return Err(OpenError::CapacityNotPowerOfTwo { capacity: self.capacity });
         }
-        let max = self
-            .max_message
-            .unwrap_or_else(|| layout::max_message_for(self.capacity.max(layout::MIN_CAPACITY)));
+        let max = self.max_message.unwrap_or_else(|| layout::max_message_for(self.capacity.max(layout::MIN_CAPACITY)));
         let pid = sys::getpid();
         let start = sys::start_time(pid).map_or(0, |(s, _)| s);
         Layout::new(self.capacity, max, pid, start)
@@ -106,9 +99,7 @@ unsafe impl Sync for Shared {}
 
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shared")
-            .field("layout", &self.layout)
-            .finish_non_exhaustive()
+        f.debug_struct("Shared").field("layout", &self.layout).finish_non_exhaustive()
     }
 }
 
@@ -133,36 +124,26 @@ impl Shared {
         debug_assert!((off as u64) <= self.layout.capacity);
         // SAFETY: data_offset + capacity == total_len, the mapped length (checked by
         // `Layout::parse` / `Layout::new`), and off <= capacity.
-        unsafe {
-            self.base
-                .as_ptr()
-                .add(self.layout.data_offset as usize + off)
-        }
+        unsafe { self.base.as_ptr().add(self.layout.data_offset as usize + off) }
     }
 
     fn geometry(&self) -> Geometry {
-        Geometry {
-            capacity: self.layout.capacity,
-            max_message: self.layout.max_message,
-        }
+        Geometry { capacity: self.layout.capacity, max_message: self.layout.max_message }
     }
 
-    /// Maps `fd` and validates its header.
-    fn open(fd: OwnedFd) -> Result<Shared, OpenError> {
+    /// Maps `fd` and validates its header. `check_seal`: refuse a memfd that could
+    /// still be shrunk under us (a `SIGBUS` hazard).
+    fn open(fd: OwnedFd, check_seal: bool) -> Result<Shared, OpenError> {
         let len = sys::file_len(fd.as_fd())?;
         if len < layout::HEADER_LEN {
-            return Err(OpenError::TooShort {
-                len,
-                need: layout::HEADER_LEN,
-            });
+            return Err(OpenError::TooShort { len, need: layout::HEADER_LEN });
         }
-        if sys::sealed_against_shrink(fd.as_fd()) == Some(false) {
+        if check_seal && sys::memfd_sealed_against_shrink(fd.as_fd()) == Some(false) {
             return Err(OpenError::NotSealed);
         }
         // Map the header page alone first: nothing beyond it is trusted yet.
         let head = sys::map(fd.as_fd(), layout::HEADER_LEN as usize)?;
-        let base = NonNull::new(head.as_mut_ptr())
-            .ok_or(OpenError::LayoutOutOfBounds { what: "mapping" })?;
+        let base = NonNull::new(head.as_mut_ptr()).ok_or(OpenError::LayoutOutOfBounds { what: "mapping" })?;
         // SAFETY: offset STATE is 4-aligned inside the mapped header page.
         let state = unsafe { AtomicU32::from_ptr(base.as_ptr().add(off::STATE).cast()) };
         if state.load(Ordering::Acquire) != STATE_READY {
@@ -177,27 +158,15 @@ impl Shared {
         let layout = Layout::parse(&snap, len)?;
         drop(head);
         let map = sys::map(fd.as_fd(), layout.total_len as usize)?;
-        let base = NonNull::new(map.as_mut_ptr())
-            .ok_or(OpenError::LayoutOutOfBounds { what: "mapping" })?;
-        Ok(Shared {
-            _map: map,
-            base,
-            fd,
-            layout,
-        })
+        let base = NonNull::new(map.as_mut_ptr()).ok_or(OpenError::LayoutOutOfBounds { what: "mapping" })?;
+        Ok(Shared { _map: map, base, fd, layout })
     }
 
     /// Sizes and maps a fresh file and writes its header, publishing `state` last.
     fn init(fd: OwnedFd, layout: Layout) -> Result<Shared, OpenError> {
         let map = sys::map(fd.as_fd(), layout.total_len as usize)?;
-        let base = NonNull::new(map.as_mut_ptr())
-            .ok_or(OpenError::LayoutOutOfBounds { what: "mapping" })?;
-        let sh = Shared {
-            _map: map,
-            base,
-            fd,
-            layout,
-        };
+        let base = NonNull::new(map.as_mut_ptr()).ok_or(OpenError::LayoutOutOfBounds { what: "mapping" })?;
+        let sh = Shared { _map: map, base, fd, layout };
         for (i, b) in layout.encode().iter().enumerate() {
             // SAFETY: i < SNAPSHOT, inside the header page; no peer can have opened
             // the file yet in a way that trusts it, since `state` is still INIT.
@@ -245,9 +214,7 @@ pub fn named_path(name: &str) -> Result<PathBuf, OpenError> {
         && name.len() <= 200
         && name != "."
         && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if !ok {
         return Err(OpenError::InvalidName(name.to_owned()));
     }
@@ -262,9 +229,7 @@ impl Channel {
     pub fn create_memfd(cfg: &Config) -> Result<Channel, OpenError> {
         let layout = cfg.layout()?;
         let fd = sys::memfd(layout.total_len)?;
-        Ok(Channel {
-            sh: Arc::new(Shared::init(fd, layout)?),
-        })
+        Ok(Channel { sh: Arc::new(Shared::init(fd, layout)?) })
     }
 
     /// Creates `/dev/shm/berth-ipc.<name>`, exclusively (an existing file is an
@@ -273,20 +238,16 @@ impl Channel {
         let path = named_path(name)?;
         let layout = cfg.layout()?;
         let fd = sys::create_excl(&path, layout.total_len)?;
-        Shared::init(fd, layout)
-            .map(|sh| Channel { sh: Arc::new(sh) })
-            .inspect_err(|_| {
-                let _ = std::fs::remove_file(&path);
-            })
+        Shared::init(fd, layout).map(|sh| Channel { sh: Arc::new(sh) }).inspect_err(|_| {
+            let _ = std::fs::remove_file(&path);
+        })
     }
 
     /// Opens a named channel created by [`Channel::create_named`]. The file must be a
     /// regular file owned by our effective uid with no group/other permissions.
     pub fn open_named(name: &str) -> Result<Channel, OpenError> {
         let fd = sys::open_checked(&named_path(name)?)?;
-        Ok(Channel {
-            sh: Arc::new(Shared::open(fd)?),
-        })
+        Ok(Channel { sh: Arc::new(Shared::open(fd, false)?) })
     }
 
     /// Removes a named channel's file (processes that mapped it keep using it).
@@ -311,20 +272,15 @@ impl Channel {
             };
             let mut h = [0u8; 288];
             let file = std::fs::File::from(fd);
-            if std::os::unix::fs::FileExt::read_exact_at(&file, &mut h, 0).is_err()
-                || h[..8] != layout::MAGIC
-            {
+            if std::os::unix::fs::FileExt::read_exact_at(&file, &mut h, 0).is_err() || h[..8] != layout::MAGIC {
                 continue;
             }
             let u32_at = |at: usize| u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
             let u64_at = |at: usize| u64::from(u32_at(at)) | (u64::from(u32_at(at + 4)) << 32);
-            let someone_alive = [
-                (off::CREATOR_PID, off::CREATOR_START),
-                (off::TX_PID, off::TX_START),
-                (off::RX_PID, off::RX_START),
-            ]
-            .iter()
-            .any(|&(p, s)| pid_alive(u32_at(p), u64_at(s)));
+            let someone_alive =
+                [(off::CREATOR_PID, off::CREATOR_START), (off::TX_PID, off::TX_START), (off::RX_PID, off::RX_START)]
+                    .iter()
+                    .any(|&(p, s)| pid_alive(u32_at(p), u64_at(s)));
             if !someone_alive && std::fs::remove_file(entry.path()).is_ok() {
                 tracing::debug!(name, "removed stale berth-ipc channel");
                 removed.push(name.to_owned());
@@ -334,11 +290,10 @@ impl Channel {
     }
 
     /// Maps a channel from a descriptor: received over a socket, inherited, or any
-    /// file holding a channel. A memfd must be sealed against shrinking.
+    /// file holding a channel. A memfd must be sealed against shrinking; any other
+    /// file is trusted not to be truncated by whoever else can write it.
     pub fn from_fd(fd: OwnedFd) -> Result<Channel, OpenError> {
-        Ok(Channel {
-            sh: Arc::new(Shared::open(fd)?),
-        })
+        Ok(Channel { sh: Arc::new(Shared::open(fd, true)?) })
     }
 
     /// Sends this channel's descriptor over a Unix socket (`SCM_RIGHTS`).
@@ -348,10 +303,7 @@ impl Channel {
 
     /// Receives a channel sent with [`Channel::send_over`] and validates it.
     pub fn recv_from(sock: &UnixStream) -> Result<Channel, OpenError> {
-        let fd = sys::recv_fds(sock.as_fd())?
-            .into_iter()
-            .next()
-            .ok_or(OpenError::NoFdReceived)?;
+        let fd = sys::recv_fds(sock.as_fd())?.into_iter().next().ok_or(OpenError::NoFdReceived)?;
         Channel::from_fd(fd)
     }
 
@@ -378,13 +330,7 @@ impl Channel {
 
     /// Attaches as the channel's only sender.
     pub fn sender(&self) -> Result<Sender, OpenError> {
-        let me = claim(
-            &self.sh,
-            "sender",
-            off::TX_PID,
-            off::TX_START,
-            off::TX_HEARTBEAT,
-        )?;
+        let me = claim(&self.sh, "sender", off::TX_PID, off::TX_START, off::TX_HEARTBEAT)?;
         let prod = Producer::new(self.sh.geometry(), &*self.sh);
         Ok(Sender {
             sh: self.sh.clone(),
@@ -397,13 +343,7 @@ impl Channel {
 
     /// Attaches as the channel's only receiver.
     pub fn receiver(&self) -> Result<Receiver, OpenError> {
-        let me = claim(
-            &self.sh,
-            "receiver",
-            off::RX_PID,
-            off::RX_START,
-            off::RX_HEARTBEAT,
-        )?;
+        let me = claim(&self.sh, "receiver", off::RX_PID, off::RX_START, off::RX_HEARTBEAT)?;
         let cons = Consumer::new(self.sh.geometry(), &*self.sh);
         Ok(Receiver {
             sh: self.sh.clone(),
@@ -427,24 +367,14 @@ struct End {
     heartbeat: usize,
 }
 
-fn claim(
-    sh: &Shared,
-    role: &'static str,
-    pid_at: usize,
-    start_at: usize,
-    hb_at: usize,
-) -> Result<End, OpenError> {
+fn claim(sh: &Shared, role: &'static str, pid_at: usize, start_at: usize, hb_at: usize) -> Result<End, OpenError> {
     let pid = sys::getpid();
-    if let Err(holder) =
-        sh.u32_at(pid_at)
-            .compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire)
-    {
+    if let Err(holder) = sh.u32_at(pid_at).compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire) {
         return Err(OpenError::RoleTaken { role, pid: holder });
     }
     let start = sys::start_time(pid).map_or(0, |(s, _)| s);
     sh.u64_at(start_at).store(start, Ordering::Release);
-    sh.u64_at(hb_at)
-        .store(sys::monotonic_ns(), Ordering::Relaxed);
+    sh.u64_at(hb_at).store(sys::monotonic_ns(), Ordering::Relaxed);
     Ok(End { heartbeat: hb_at })
 }
 
@@ -476,15 +406,7 @@ struct PeerWatch {
 
 impl PeerWatch {
     fn new(pid_at: usize, start_at: usize, flags_at: usize, hb_at: usize) -> PeerWatch {
-        PeerWatch {
-            pid_at,
-            start_at,
-            flags_at,
-            hb_at,
-            known: None,
-            pidfd: None,
-            timeout: None,
-        }
+        PeerWatch { pid_at, start_at, flags_at, hb_at, known: None, pidfd: None, timeout: None }
     }
 
     fn closed(&self, sh: &Shared) -> bool {
@@ -556,9 +478,7 @@ impl Sender {
 
     /// Records that this end is alive (see [`Receiver::set_peer_timeout`]).
     pub fn heartbeat(&self) {
-        self.sh
-            .u64_at(self.me.heartbeat)
-            .store(sys::monotonic_ns(), Ordering::Relaxed);
+        self.sh.u64_at(self.me.heartbeat).store(sys::monotonic_ns(), Ordering::Relaxed);
     }
 
     /// Copies `msg` into the ring and commits it, or fails at once with `Full`.
@@ -587,11 +507,7 @@ impl Sender {
 
     /// Reserves `len` bytes in place, waiting up to `timeout` (`None`: forever) for
     /// room. Write the message into the [`Grant`] and [`commit`](Grant::commit) it.
-    pub fn reserve(
-        &mut self,
-        len: usize,
-        timeout: Option<Duration>,
-    ) -> Result<Grant<'_>, SendError> {
+    pub fn reserve(&mut self, len: usize, timeout: Option<Duration>) -> Result<Grant<'_>, SendError> {
         let start = Instant::now();
         let mut spins = 0u32;
         let slot = loop {
@@ -614,9 +530,7 @@ impl Sender {
                 PeerState::Dead => return Err(SendError::PeerDead),
                 PeerState::Absent | PeerState::Alive => {}
             }
-            let slice = remaining(start, timeout)
-                .ok_or(SendError::TimedOut)?
-                .min(SLICE);
+            let slice = remaining(start, timeout).ok_or(SendError::TimedOut)?.min(SLICE);
             self.heartbeat();
             match self.mode {
                 WaitMode::BusyPoll => spins = 0,
@@ -633,10 +547,7 @@ impl Sender {
 
     fn reserve_error(&mut self, e: ReserveError, len: usize) -> SendError {
         match e {
-            ReserveError::TooLarge => SendError::TooLarge {
-                len,
-                max: self.max_message(),
-            },
+            ReserveError::TooLarge => SendError::TooLarge { len, max: self.max_message() },
             ReserveError::Corrupted(why) => SendError::Corrupted(why),
             ReserveError::Full if self.peer.closed(&self.sh) => SendError::Closed,
             ReserveError::Full => SendError::Full,
@@ -646,9 +557,7 @@ impl Sender {
 
 impl Drop for Sender {
     fn drop(&mut self) {
-        self.sh
-            .u32_at(off::TX_FLAGS)
-            .fetch_or(FLAG_CLOSED, Ordering::Release);
+        self.sh.u32_at(off::TX_FLAGS).fetch_or(FLAG_CLOSED, Ordering::Release);
         std::sync::atomic::fence(Ordering::SeqCst);
         if self.sh.rx_wait().swap(0, Ordering::Relaxed) != 0 {
             sys::futex_wake(self.sh.rx_wait());
@@ -683,11 +592,7 @@ impl Grant<'_> {
     /// # Panics
     /// If `len` is larger than the reservation.
     pub fn commit_len(self, len: usize) {
-        assert!(
-            len <= self.slot.len,
-            "commit_len({len}) beyond a {}-byte grant",
-            self.slot.len
-        );
+        assert!(len <= self.slot.len, "commit_len({len}) beyond a {}-byte grant", self.slot.len);
         if self.tx.prod.commit(&*self.tx.sh, self.slot, len) {
             sys::futex_wake(self.tx.sh.rx_wait());
         }
@@ -714,9 +619,7 @@ impl DerefMut for Grant<'_> {
 
 impl fmt::Debug for Grant<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Grant")
-            .field("len", &self.slot.len)
-            .finish()
+        f.debug_struct("Grant").field("len", &self.slot.len).finish()
     }
 }
 
@@ -750,9 +653,7 @@ impl Receiver {
 
     /// Records that this end is alive (see [`Sender::set_peer_timeout`]).
     pub fn heartbeat(&self) {
-        self.sh
-            .u64_at(self.me.heartbeat)
-            .store(sys::monotonic_ns(), Ordering::Relaxed);
+        self.sh.u64_at(self.me.heartbeat).store(sys::monotonic_ns(), Ordering::Relaxed);
     }
 
     /// The next message, lent in place until the guard drops, or `Empty` at once.
@@ -767,11 +668,7 @@ impl Receiver {
     }
 
     fn empty_error(&mut self) -> RecvError {
-        if self.peer.closed(&self.sh) {
-            RecvError::Closed
-        } else {
-            RecvError::Empty
-        }
+        if self.peer.closed(&self.sh) { RecvError::Closed } else { RecvError::Empty }
     }
 
     /// Like [`Receiver::try_recv`], waiting up to `timeout` (`None`: forever).
@@ -803,9 +700,7 @@ impl Receiver {
                     Err(why) => return Err(RecvError::Corrupted(why)),
                 }
             }
-            let slice = remaining(start, timeout)
-                .ok_or(RecvError::TimedOut)?
-                .min(SLICE);
+            let slice = remaining(start, timeout).ok_or(RecvError::TimedOut)?.min(SLICE);
             self.heartbeat();
             match self.mode {
                 WaitMode::BusyPoll => spins = 0,
@@ -839,9 +734,7 @@ impl Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        self.sh
-            .u32_at(off::RX_FLAGS)
-            .fetch_or(FLAG_CLOSED, Ordering::Release);
+        self.sh.u32_at(off::RX_FLAGS).fetch_or(FLAG_CLOSED, Ordering::Release);
         std::sync::atomic::fence(Ordering::SeqCst);
         if self.sh.tx_wait().swap(0, Ordering::Relaxed) != 0 {
             sys::futex_wake(self.sh.tx_wait());
@@ -863,10 +756,7 @@ impl RecvGuard<'_> {
         let len = self.slot.len;
         let Some(dst) = buf.get_mut(..len) else {
             // Keep the message queued: forget nothing, release nothing.
-            let err = RecvError::BufferTooSmall {
-                len,
-                buf: buf.len(),
-            };
+            let err = RecvError::BufferTooSmall { len, buf: buf.len() };
             std::mem::forget(self);
             return Err(err);
         };
@@ -901,8 +791,6 @@ impl Drop for RecvGuard<'_> {
 
 impl fmt::Debug for RecvGuard<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RecvGuard")
-            .field("len", &self.slot.len)
-            .finish()
+        f.debug_struct("RecvGuard").field("len", &self.slot.len).finish()
     }
 }

@@ -32,10 +32,7 @@ impl Duplex {
         let back = Channel::create_named(&b2a, cfg).inspect_err(|_| {
             let _ = Channel::unlink_named(&a2b);
         })?;
-        Ok(Duplex {
-            tx: out.sender()?,
-            rx: back.receiver()?,
-        })
+        Ok(Duplex { tx: out.sender()?, rx: back.receiver()? })
     }
 
     /// Opens side B of a named duplex.
@@ -43,10 +40,7 @@ impl Duplex {
         let (a2b, b2a) = Duplex::names(name);
         let inbound = Channel::open_named(&a2b)?;
         let outbound = Channel::open_named(&b2a)?;
-        Ok(Duplex {
-            tx: outbound.sender()?,
-            rx: inbound.receiver()?,
-        })
+        Ok(Duplex { tx: outbound.sender()?, rx: inbound.receiver()? })
     }
 
     /// Removes both files of a named duplex.
@@ -62,10 +56,7 @@ impl Duplex {
         let out = Channel::create_memfd(cfg)?;
         let back = Channel::create_memfd(cfg)?;
         sys::send_fds(sock.as_fd(), &[out.as_fd(), back.as_fd()])?;
-        Ok(Duplex {
-            tx: out.sender()?,
-            rx: back.receiver()?,
-        })
+        Ok(Duplex { tx: out.sender()?, rx: back.receiver()? })
     }
 
     /// Receives the two rings sent by [`Duplex::connect_over`] and takes side B.
@@ -76,10 +67,7 @@ impl Duplex {
         };
         let inbound = Channel::from_fd(a2b)?;
         let outbound = Channel::from_fd(b2a)?;
-        Ok(Duplex {
-            tx: outbound.sender()?,
-            rx: inbound.receiver()?,
-        })
+        Ok(Duplex { tx: outbound.sender()?, rx: inbound.receiver()? })
     }
 
     /// The two halves, to move to different threads.

@@ -20,9 +20,7 @@ pub enum OpenError {
     #[error("not a berth-ipc channel (bad magic)")]
     BadMagic,
     /// The file was written by an incompatible major version of the layout.
-    #[error(
-        "channel layout version {found_major}.{found_minor}, this build reads {supported_major}.x"
-    )]
+    #[error("channel layout version {found_major}.{found_minor}, this build reads {supported_major}.x")]
     VersionMismatch {
         /// The file's major version.
         found_major: u16,

@@ -12,11 +12,7 @@ pub const VERSION_MINOR: u16 = 0;
 /// ABI flag: the file's integers are little-endian.
 pub(crate) const ABI_LITTLE_ENDIAN: u32 = 1;
 /// The ABI flags this build writes and requires.
-pub(crate) const ABI_FLAGS: u32 = if cfg!(target_endian = "little") {
-    ABI_LITTLE_ENDIAN
-} else {
-    0
-};
+pub(crate) const ABI_FLAGS: u32 = if cfg!(target_endian = "little") { ABI_LITTLE_ENDIAN } else { 0 };
 /// Size of the header page; the ring's data starts at this offset.
 pub const HEADER_LEN: u64 = 4096;
 /// Records start at multiples of this and their headers are this long.
@@ -95,16 +91,10 @@ pub(crate) fn check_geometry(capacity: u64, max_message: u64) -> Result<(), Open
         return Err(OpenError::CapacityNotPowerOfTwo { capacity });
     }
     if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) {
-        return Err(OpenError::CapacityOutOfRange {
-            capacity,
-            min: MIN_CAPACITY,
-            max: MAX_CAPACITY,
-        });
+        return Err(OpenError::CapacityOutOfRange { capacity, min: MIN_CAPACITY, max: MAX_CAPACITY });
     }
     if max_message == 0 || max_message > max_message_for(capacity) {
-        return Err(OpenError::LayoutOutOfBounds {
-            what: "max_message",
-        });
+        return Err(OpenError::LayoutOutOfBounds { what: "max_message" });
     }
     Ok(())
 }
@@ -137,22 +127,14 @@ impl Layout {
         put(&mut h, off::MINOR, &VERSION_MINOR.to_le_bytes());
         put(&mut h, off::ABI, &ABI_FLAGS.to_le_bytes());
         put(&mut h, off::HEADER_LEN, &(HEADER_LEN as u32).to_le_bytes());
-        put(
-            &mut h,
-            off::RECORD_ALIGN,
-            &(RECORD_ALIGN as u32).to_le_bytes(),
-        );
+        put(&mut h, off::RECORD_ALIGN, &(RECORD_ALIGN as u32).to_le_bytes());
         put(&mut h, off::CAPACITY, &self.capacity.to_le_bytes());
         put(&mut h, off::MAX_MESSAGE, &self.max_message.to_le_bytes());
         put(&mut h, off::DATA_OFFSET, &self.data_offset.to_le_bytes());
         put(&mut h, off::TOTAL_LEN, &self.total_len.to_le_bytes());
         put(&mut h, off::CREATOR_PID, &self.creator_pid.to_le_bytes());
         // `state` stays 0 here; it is published separately, last.
-        put(
-            &mut h,
-            off::CREATOR_START,
-            &self.creator_start.to_le_bytes(),
-        );
+        put(&mut h, off::CREATOR_START, &self.creator_start.to_le_bytes());
         h
     }
 
@@ -163,10 +145,7 @@ impl Layout {
     /// checked on every use instead, since the peer keeps writing them.
     pub(crate) fn parse(h: &[u8], file_len: u64) -> Result<Layout, OpenError> {
         if file_len < HEADER_LEN || h.len() < off::SNAPSHOT {
-            return Err(OpenError::TooShort {
-                len: file_len,
-                need: HEADER_LEN,
-            });
+            return Err(OpenError::TooShort { len: file_len, need: HEADER_LEN });
         }
         if h[off::MAGIC..off::MAGIC + 8] != MAGIC {
             return Err(OpenError::BadMagic);
@@ -182,27 +161,20 @@ impl Layout {
         }
         let abi = u32::from_le_bytes(get(h, off::ABI));
         if abi != ABI_FLAGS {
-            return Err(OpenError::AbiMismatch {
-                found: abi,
-                expected: ABI_FLAGS,
-            });
+            return Err(OpenError::AbiMismatch { found: abi, expected: ABI_FLAGS });
         }
         if u64::from(u32::from_le_bytes(get(h, off::HEADER_LEN))) != HEADER_LEN {
             return Err(OpenError::LayoutOutOfBounds { what: "header_len" });
         }
         if u64::from(u32::from_le_bytes(get(h, off::RECORD_ALIGN))) != RECORD_ALIGN {
-            return Err(OpenError::LayoutOutOfBounds {
-                what: "record_align",
-            });
+            return Err(OpenError::LayoutOutOfBounds { what: "record_align" });
         }
         let capacity = u64::from_le_bytes(get(h, off::CAPACITY));
         let max_message = u64::from_le_bytes(get(h, off::MAX_MESSAGE));
         check_geometry(capacity, max_message)?;
         let data_offset = u64::from_le_bytes(get(h, off::DATA_OFFSET));
         if data_offset < HEADER_LEN || data_offset % HEADER_LEN != 0 {
-            return Err(OpenError::LayoutOutOfBounds {
-                what: "data_offset",
-            });
+            return Err(OpenError::LayoutOutOfBounds { what: "data_offset" });
         }
         let total_len = u64::from_le_bytes(get(h, off::TOTAL_LEN));
         match data_offset.checked_add(capacity) {
@@ -213,10 +185,7 @@ impl Layout {
             return Err(OpenError::LayoutOutOfBounds { what: "total_len" });
         }
         if file_len < total_len {
-            return Err(OpenError::TooShort {
-                len: file_len,
-                need: total_len,
-            });
+            return Err(OpenError::TooShort { len: file_len, need: total_len });
         }
         if u32::from_le_bytes(get(h, off::STATE)) != STATE_READY {
             return Err(OpenError::NotReady);
@@ -264,27 +233,15 @@ mod tests {
     fn a_good_header_round_trips() {
         let (h, len) = good();
         let l = Layout::parse(&h, len).unwrap();
-        assert_eq!(
-            (l.capacity, l.max_message, l.creator_pid, l.creator_start),
-            (4096, 1024, 42, 7)
-        );
+        assert_eq!((l.capacity, l.max_message, l.creator_pid, l.creator_start), (4096, 1024, 42, 7));
     }
 
     #[test]
     fn each_bad_field_is_its_own_error() {
         let (_, len) = good();
-        assert!(matches!(
-            Layout::parse(&good().0, 100),
-            Err(OpenError::TooShort { .. })
-        ));
-        assert!(matches!(
-            Layout::parse(&good().0, len - 1),
-            Err(OpenError::TooShort { .. })
-        ));
-        assert!(matches!(
-            Layout::parse(&with(0, b"NOTBERTH"), len),
-            Err(OpenError::BadMagic)
-        ));
+        assert!(matches!(Layout::parse(&good().0, 100), Err(OpenError::TooShort { .. })));
+        assert!(matches!(Layout::parse(&good().0, len - 1), Err(OpenError::TooShort { .. })));
+        assert!(matches!(Layout::parse(&with(0, b"NOTBERTH"), len), Err(OpenError::BadMagic)));
         assert!(matches!(
             Layout::parse(&with(off::MAJOR, &2u16.to_le_bytes()), len),
             Err(OpenError::VersionMismatch { found_major: 2, .. })
@@ -305,25 +262,17 @@ mod tests {
         ));
         assert!(matches!(
             Layout::parse(&with(off::MAX_MESSAGE, &4096u64.to_le_bytes()), len),
-            Err(OpenError::LayoutOutOfBounds {
-                what: "max_message"
-            })
+            Err(OpenError::LayoutOutOfBounds { what: "max_message" })
         ));
         assert!(matches!(
-            Layout::parse(
-                &with(off::DATA_OFFSET, &(u64::MAX - 4095).to_le_bytes()),
-                len
-            ),
+            Layout::parse(&with(off::DATA_OFFSET, &(u64::MAX - 4095).to_le_bytes()), len),
             Err(OpenError::LayoutOutOfBounds { .. })
         ));
         assert!(matches!(
             Layout::parse(&with(off::TOTAL_LEN, &(1u64 << 50).to_le_bytes()), len),
             Err(OpenError::LayoutOutOfBounds { what: "total_len" })
         ));
-        assert!(matches!(
-            Layout::parse(&with(off::STATE, &0u32.to_le_bytes()), len),
-            Err(OpenError::NotReady)
-        ));
+        assert!(matches!(Layout::parse(&with(off::STATE, &0u32.to_le_bytes()), len), Err(OpenError::NotReady)));
     }
 
     proptest! {

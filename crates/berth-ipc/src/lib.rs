@@ -150,6 +150,9 @@
 //! same user, which would raise `SIGBUS` on access; memfd channels are sealed against
 //! that and [`Channel::from_fd`] refuses an unsealed memfd.
 
+// Under loom only the OS-free core is built; its helpers for the mapped layer go unused.
+#![cfg_attr(loom, allow(dead_code, unused_imports))]
+
 #[cfg(not(loom))]
 mod channel;
 #[cfg(not(loom))]
@@ -162,9 +165,7 @@ mod ring;
 mod sys;
 
 #[cfg(not(loom))]
-pub use channel::{
-    Channel, Config, Grant, NAME_PREFIX, Receiver, RecvGuard, SHM_DIR, Sender, WaitMode, named_path,
-};
+pub use channel::{Channel, Config, Grant, NAME_PREFIX, Receiver, RecvGuard, SHM_DIR, Sender, WaitMode, named_path};
 #[cfg(not(loom))]
 pub use duplex::Duplex;
 pub use error::{OpenError, RecvError, SendError};

@@ -74,11 +74,7 @@ impl Producer {
     pub(crate) fn new(geo: Geometry, r: &impl Region) -> Producer {
         let tail = r.tail().load(Ordering::Relaxed);
         // Pretend the ring is full so the first reserve loads and validates the head.
-        Producer {
-            geo,
-            tail,
-            cached_head: tail.wrapping_sub(geo.capacity),
-        }
+        Producer { geo, tail, cached_head: tail.wrapping_sub(geo.capacity) }
     }
 
     /// Finds room for a `len`-byte record, padding to the end first if it would wrap.
@@ -91,11 +87,7 @@ impl Producer {
         let total = record_size(len as u64);
         let at = self.tail & (cap - 1);
         let to_end = cap - at;
-        let need = if to_end < total {
-            to_end + total
-        } else {
-            total
-        };
+        let need = if to_end < total { to_end + total } else { total };
         if cap - self.tail.wrapping_sub(self.cached_head) < need {
             let head = r.head().load(Ordering::Acquire);
             // The consumer may only move forward, never past what we committed.
@@ -111,20 +103,12 @@ impl Producer {
         }
         let (hdr, next) = if to_end < total {
             // The pad is written now but only published together with the record.
-            r.store_word(
-                at as usize,
-                record_word((to_end - RECORD_ALIGN) as u32, REC_PAD),
-            );
+            r.store_word(at as usize, record_word((to_end - RECORD_ALIGN) as u32, REC_PAD));
             (0, self.tail.wrapping_add(to_end + total))
         } else {
             (at as usize, self.tail.wrapping_add(total))
         };
-        Ok(Slot {
-            off: hdr + RECORD_ALIGN as usize,
-            len,
-            hdr,
-            next,
-        })
+        Ok(Slot { off: hdr + RECORD_ALIGN as usize, len, hdr, next })
     }
 
     /// Publishes a reserved record (optionally shortened to `len`) with one release
@@ -162,11 +146,7 @@ impl Producer {
         let total = record_size(len as u64);
         let at = self.tail & (cap - 1);
         let to_end = cap - at;
-        let need = if to_end < total {
-            to_end + total
-        } else {
-            total
-        };
+        let need = if to_end < total { to_end + total } else { total };
         let head = r.head().load(Ordering::Acquire);
         if self.tail.wrapping_sub(head) > cap {
             return Err(ReserveError::Corrupted("consumer position out of range"));
@@ -194,12 +174,7 @@ impl Consumer {
     /// Resumes at the positions currently in the region.
     pub(crate) fn new(geo: Geometry, r: &impl Region) -> Consumer {
         let head = r.head().load(Ordering::Relaxed);
-        Consumer {
-            geo,
-            head,
-            cached_tail: head,
-            poisoned: None,
-        }
+        Consumer { geo, head, cached_tail: head, poisoned: None }
     }
 
     /// The next committed record, if any. Validates the producer position and the
@@ -208,8 +183,7 @@ impl Consumer {
         if let Some(why) = self.poisoned {
             return Err(why);
         }
-        self.peek_inner(r)
-            .inspect_err(|why| self.poisoned = Some(why))
+        self.peek_inner(r).inspect_err(|why| self.poisoned = Some(why))
     }
 
     fn peek_inner(&mut self, r: &impl Region) -> Result<Option<Slot>, &'static str> {
@@ -307,9 +281,7 @@ impl HeapRegion {
             rx_wait: AtomicU32::new(0),
             tx_wait: AtomicU32::new(0),
             words: (0..capacity / 8).map(|_| AtomicU64::new(0)).collect(),
-            bytes: (0..capacity)
-                .map(|_| crate::loom::UnsafeCell::new(0))
-                .collect(),
+            bytes: (0..capacity).map(|_| crate::loom::UnsafeCell::new(0)).collect(),
         }
     }
 
@@ -365,10 +337,7 @@ mod tests {
 
     fn pair(cap: u64) -> (HeapRegion, Producer, Consumer) {
         let r = HeapRegion::new(cap as usize);
-        let geo = Geometry {
-            capacity: cap,
-            max_message: crate::layout::max_message_for(cap),
-        };
+        let geo = Geometry { capacity: cap, max_message: crate::layout::max_message_for(cap) };
         let p = Producer::new(geo, &r);
         let c = Consumer::new(geo, &r);
         (r, p, c)
@@ -516,10 +485,7 @@ mod loom_tests {
     use loom::thread;
 
     fn geo() -> Geometry {
-        Geometry {
-            capacity: 64,
-            max_message: 24,
-        }
+        Geometry { capacity: 64, max_message: 24 }
     }
 
     /// Records cross the threads whole and in order, including across a wrap, and

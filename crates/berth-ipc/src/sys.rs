@@ -20,8 +20,7 @@ use std::time::Duration;
 
 use rustix::fs::{self, Mode, OFlags, SealFlags};
 use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
 };
 
 use crate::error::OpenError;
@@ -34,9 +33,7 @@ pub(crate) fn getpid() -> u32 {
 /// Nanoseconds on `CLOCK_MONOTONIC`, the same clock in every process of the host.
 pub(crate) fn monotonic_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    (t.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(t.tv_nsec as u64)
+    (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
 }
 
 /// A process's start time (clock ticks after boot, field 22 of `/proc/<pid>/stat`)
@@ -53,22 +50,21 @@ pub(crate) fn start_time(pid: u32) -> Option<(u64, bool)> {
 
 /// An anonymous shared file of `len` bytes that can never shrink or grow again.
 pub(crate) fn memfd(len: u64) -> io::Result<OwnedFd> {
-    let fd = fs::memfd_create(
-        "berth-ipc",
-        fs::MemfdFlags::CLOEXEC | fs::MemfdFlags::ALLOW_SEALING,
-    )?;
+    let fd = fs::memfd_create("berth-ipc", fs::MemfdFlags::CLOEXEC | fs::MemfdFlags::ALLOW_SEALING)?;
     fs::ftruncate(&fd, len)?;
     fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
     Ok(fd)
 }
 
-/// `Some(true)` if `fd` is a memfd sealed against shrinking, `Some(false)` if it is an
-/// unsealed memfd, `None` if it is not a sealable file at all.
-pub(crate) fn sealed_against_shrink(fd: BorrowedFd<'_>) -> Option<bool> {
-    match fs::fcntl_get_seals(fd) {
-        Ok(seals) => Some(seals.contains(SealFlags::SHRINK)),
-        Err(_) => None,
+/// `Some(true)` if `fd` is a memfd sealed against shrinking, `Some(false)` if it is a
+/// memfd that its creator could still shrink, `None` if it is not a memfd.
+pub(crate) fn memfd_sealed_against_shrink(fd: BorrowedFd<'_>) -> Option<bool> {
+    use std::os::fd::AsRawFd;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    if !link.as_os_str().as_encoded_bytes().starts_with(b"/memfd:") {
+        return None;
     }
+    Some(fs::fcntl_get_seals(fd).is_ok_and(|seals| seals.contains(SealFlags::SHRINK)))
 }
 
 /// Creates `path` exclusively, mode 0600, refusing symlinks, sized `len`.
@@ -84,25 +80,16 @@ pub(crate) fn create_excl(path: &Path, len: u64) -> io::Result<OwnedFd> {
 
 /// Opens an existing channel file: a regular file (no symlink), ours, 0600 or tighter.
 pub(crate) fn open_checked(path: &Path) -> Result<OwnedFd, OpenError> {
-    let flags =
-        OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
-    let fd = fs::openat(fs::CWD, path, flags, Mode::empty()).map_err(|e| {
-        if e == rustix::io::Errno::LOOP {
-            OpenError::NotRegularFile
-        } else {
-            OpenError::Io(e.into())
-        }
-    })?;
+    let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    let fd = fs::openat(fs::CWD, path, flags, Mode::empty())
+        .map_err(|e| if e == rustix::io::Errno::LOOP { OpenError::NotRegularFile } else { OpenError::Io(e.into()) })?;
     let st = fs::fstat(&fd).map_err(io::Error::from)?;
     if fs::FileType::from_raw_mode(st.st_mode) != fs::FileType::RegularFile {
         return Err(OpenError::NotRegularFile);
     }
     let us = rustix::process::geteuid().as_raw();
     if st.st_uid != us {
-        return Err(OpenError::NotOwner {
-            owner: st.st_uid,
-            us,
-        });
+        return Err(OpenError::NotOwner { owner: st.st_uid, us });
     }
     let mode = st.st_mode & 0o7777;
     if mode & 0o077 != 0 {
@@ -125,23 +112,14 @@ pub(crate) fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<memmap2::MmapRaw
 /// Sleeps while `*word == expected`, at most `timeout`. Spurious returns are fine:
 /// callers re-check their condition.
 pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
-    let ts = rustix::thread::futex::Timespec {
-        tv_sec: timeout.as_secs() as _,
-        tv_nsec: timeout.subsec_nanos() as _,
-    };
+    let ts = rustix::thread::futex::Timespec { tv_sec: timeout.as_secs() as _, tv_nsec: timeout.subsec_nanos() as _ };
     // Shared (not PRIVATE): the word lives in a mapping other processes also map.
-    let _ = rustix::thread::futex::wait(
-        word,
-        rustix::thread::futex::Flags::empty(),
-        expected,
-        Some(&ts),
-    );
+    let _ = rustix::thread::futex::wait(word, rustix::thread::futex::Flags::empty(), expected, Some(&ts));
 }
 
 /// Wakes every sleeper on `word` (there is at most one per ring end).
 pub(crate) fn futex_wake(word: &AtomicU32) {
-    let _ =
-        rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), i32::MAX as u32);
+    let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), i32::MAX as u32);
 }
 
 /// A process handle that cannot be confused with a later process reusing its pid.
@@ -152,22 +130,13 @@ impl Pidfd {
     /// Opens a pidfd; `Err` if there is no such process or pidfds are unavailable.
     pub(crate) fn open(pid: u32) -> io::Result<Pidfd> {
         let pid = rustix::process::Pid::from_raw(pid as i32).ok_or(io::ErrorKind::InvalidInput)?;
-        Ok(Pidfd(rustix::process::pidfd_open(
-            pid,
-            rustix::process::PidfdFlags::empty(),
-        )?))
+        Ok(Pidfd(rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?))
     }
 
     /// Whether the process has exited (a pidfd polls readable from then on).
     pub(crate) fn exited(&self) -> bool {
-        let mut fds = [rustix::event::PollFd::new(
-            &self.0,
-            rustix::event::PollFlags::IN,
-        )];
-        let zero = rustix::event::Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
+        let mut fds = [rustix::event::PollFd::new(&self.0, rustix::event::PollFlags::IN)];
+        let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
         matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
     }
 }
@@ -177,18 +146,10 @@ pub(crate) fn send_fds(sock: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) -> io::Resu
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if fds.len() > 2 || !control.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "too many descriptors",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"));
     }
     let payload = [fds.len() as u8];
-    rustix::net::sendmsg(
-        sock,
-        &[io::IoSlice::new(&payload)],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )?;
+    rustix::net::sendmsg(sock, &[io::IoSlice::new(&payload)], &mut control, SendFlags::NOSIGNAL)?;
     Ok(())
 }
 
@@ -213,10 +174,6 @@ pub(crate) fn recv_fds(sock: BorrowedFd<'_>) -> io::Result<Vec<OwnedFd>> {
 
 /// Clears or sets close-on-exec, so a child started with `Command` inherits the fd.
 pub(crate) fn set_inheritable(fd: impl AsFd, inherit: bool) -> io::Result<()> {
-    let flags = if inherit {
-        rustix::io::FdFlags::empty()
-    } else {
-        rustix::io::FdFlags::CLOEXEC
-    };
+    let flags = if inherit { rustix::io::FdFlags::empty() } else { rustix::io::FdFlags::CLOEXEC };
     Ok(rustix::io::fcntl_setfd(fd, flags)?)
 }

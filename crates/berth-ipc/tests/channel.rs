@@ -1,0 +1,382 @@
+//! In-process tests of channels: creation, opening faults, hostile peers, limits,
+//! descriptor passing, duplex, close and timeouts.
+
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use berth_ipc::{Channel, Config, Duplex, OpenError, RecvError, SendError};
+
+const T: Option<Duration> = Some(Duration::from_secs(10));
+
+fn unique(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("t-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A writable view of the channel file, as a hostile peer would have.
+fn raw(chan: &Channel) -> File {
+    File::from(chan.as_fd().try_clone_to_owned().unwrap())
+}
+
+/// The bytes of a valid 4 KiB-ring channel file.
+fn good_file_bytes() -> Vec<u8> {
+    let chan = Channel::create_memfd(&Config::new(4096)).unwrap();
+    let mut bytes = vec![0; 4096 + 4096];
+    raw(&chan).read_exact_at(&mut bytes, 0).unwrap();
+    bytes
+}
+
+/// Opens `bytes` as a channel file (a plain temp file, as `from_fd` would see).
+fn open_bytes(bytes: &[u8]) -> Result<Channel, OpenError> {
+    let path = std::env::temp_dir().join(unique("file"));
+    std::fs::write(&path, bytes).unwrap();
+    let file = File::options().read(true).write(true).open(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    Channel::from_fd(OwnedFd::from(file))
+}
+
+fn patched(at: usize, v: &[u8]) -> Vec<u8> {
+    let mut b = good_file_bytes();
+    b[at..at + v.len()].copy_from_slice(v);
+    b
+}
+
+#[test]
+fn memfd_round_trip_lend_and_copy() {
+    let chan = Channel::create_memfd(&Config::new(4096)).unwrap();
+    let (mut tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+    for i in 0..10_000u32 {
+        let msg = vec![i as u8; (i % 300) as usize];
+        tx.send(&msg, T).unwrap();
+        if i % 2 == 0 {
+            assert_eq!(&*rx.recv(T).unwrap(), &msg[..]);
+        } else {
+            assert_eq!(rx.recv_vec(T).unwrap(), msg);
+        }
+    }
+    assert_eq!(rx.try_recv().unwrap_err(), RecvError::Empty);
+}
+
+#[test]
+fn a_well_formed_file_opens() {
+    let ch = open_bytes(&good_file_bytes()).unwrap();
+    assert_eq!(ch.capacity(), 4096);
+    assert_eq!(ch.max_message(), 2048 - 8);
+}
+
+#[test]
+fn file_too_short() {
+    assert!(matches!(open_bytes(&good_file_bytes()[..100]), Err(OpenError::TooShort { len: 100, .. })));
+    // Header fine, ring cut off.
+    assert!(matches!(open_bytes(&good_file_bytes()[..6000]), Err(OpenError::TooShort { len: 6000, .. })));
+    assert!(matches!(open_bytes(&[]), Err(OpenError::TooShort { .. })));
+}
+
+#[test]
+fn wrong_magic() {
+    assert!(matches!(open_bytes(&patched(0, b"NOTBERTH")), Err(OpenError::BadMagic)));
+    assert!(matches!(open_bytes(&[0u8; 8192]), Err(OpenError::NotReady | OpenError::BadMagic)));
+}
+
+#[test]
+fn other_major_version() {
+    let e = open_bytes(&patched(8, &2u16.to_le_bytes())).unwrap_err();
+    assert!(matches!(e, OpenError::VersionMismatch { found_major: 2, supported_major: 1, .. }), "{e}");
+}
+
+#[test]
+fn capacity_not_power_of_two() {
+    assert!(matches!(
+        open_bytes(&patched(24, &3000u64.to_le_bytes())),
+        Err(OpenError::CapacityNotPowerOfTwo { capacity: 3000 })
+    ));
+    assert!(matches!(
+        Channel::create_memfd(&Config::new(5000)),
+        Err(OpenError::CapacityNotPowerOfTwo { capacity: 5000 })
+    ));
+}
+
+#[test]
+fn lengths_outside_the_mapping() {
+    // Capacity says 8 KiB but the file holds 4 KiB of ring.
+    let mut b = patched(24, &8192u64.to_le_bytes());
+    b[48..56].copy_from_slice(&(4096u64 + 8192).to_le_bytes());
+    assert!(matches!(open_bytes(&b), Err(OpenError::TooShort { .. })));
+    // Data offset far beyond the file, total length inconsistent, absurd max message.
+    assert!(matches!(open_bytes(&patched(40, &(1u64 << 60).to_le_bytes())), Err(OpenError::LayoutOutOfBounds { .. })));
+    assert!(matches!(open_bytes(&patched(48, &u64::MAX.to_le_bytes())), Err(OpenError::LayoutOutOfBounds { .. })));
+    assert!(matches!(open_bytes(&patched(32, &u64::MAX.to_le_bytes())), Err(OpenError::LayoutOutOfBounds { .. })));
+    // Creator died before publishing the header.
+    assert!(matches!(open_bytes(&patched(60, &0u32.to_le_bytes())), Err(OpenError::NotReady)));
+}
+
+#[test]
+fn unsealed_memfd_is_refused() {
+    let bytes = good_file_bytes();
+    let fd = rustix::fs::memfd_create("hostile", rustix::fs::MemfdFlags::ALLOW_SEALING).unwrap();
+    File::from(fd.try_clone().unwrap()).write_all_at(&bytes, 0).unwrap();
+    assert!(matches!(Channel::from_fd(fd), Err(OpenError::NotSealed)));
+}
+
+#[test]
+fn message_too_large_sends_nothing() {
+    let chan = Channel::create_memfd(&Config::new(4096).max_message(100)).unwrap();
+    let (mut tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+    assert_eq!(tx.try_send(&[1; 101]).unwrap_err(), SendError::TooLarge { len: 101, max: 100 });
+    assert_eq!(tx.send(&[1; 5000], T).unwrap_err(), SendError::TooLarge { len: 5000, max: 100 });
+    assert_eq!(rx.try_recv().unwrap_err(), RecvError::Empty);
+    tx.try_send(&[2; 100]).unwrap();
+    assert_eq!(&*rx.try_recv().unwrap(), &[2; 100]);
+    assert!(matches!(
+        Channel::create_memfd(&Config::new(4096).max_message(4096)),
+        Err(OpenError::LayoutOutOfBounds { .. })
+    ));
+}
+
+#[test]
+fn full_try_send_loses_nothing() {
+    let chan = Channel::create_memfd(&Config::new(1024)).unwrap();
+    let (mut tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+    let mut sent = 0u32;
+    loop {
+        match tx.try_send(&sent.to_le_bytes().repeat(6)) {
+            Ok(()) => sent += 1,
+            Err(SendError::Full) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(sent, 1024 / 32);
+    assert_eq!(tx.try_send(b"x").unwrap_err(), SendError::Full);
+    for i in 0..sent {
+        assert_eq!(rx.recv_vec(T).unwrap(), i.to_le_bytes().repeat(6));
+    }
+    assert_eq!(rx.try_recv().unwrap_err(), RecvError::Empty);
+}
+
+#[test]
+fn dropped_grant_aborts_and_partial_commit_shortens() {
+    let chan = Channel::create_memfd(&Config::new(1024)).unwrap();
+    let (mut tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+    {
+        let mut g = tx.try_reserve(100).unwrap();
+        g.fill(7);
+    }
+    assert_eq!(rx.try_recv().unwrap_err(), RecvError::Empty);
+    let mut g = tx.try_reserve(100).unwrap();
+    g[..3].copy_from_slice(b"abc");
+    g.commit_len(3);
+    assert_eq!(&*rx.try_recv().unwrap(), b"abc");
+}
+
+#[test]
+fn corrupted_record_length_from_a_hostile_peer() {
+    for (at, bad) in [
+        (4096usize, u64::from(u32::MAX) | (1 << 32)), // huge length
+        (4096, 2000 | (1 << 32)),                     // within max, beyond committed data
+        (4096, 16 | (9 << 32)),                       // unknown record type
+        (128, 1 << 50),                               // tail far beyond head + capacity
+        (128, 4),                                     // tail not record-aligned
+    ] {
+        let chan = Channel::create_memfd(&Config::new(4096)).unwrap();
+        let (mut tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+        tx.try_send(&[1; 16]).unwrap();
+        raw(&chan).write_all_at(&bad.to_le_bytes(), at as u64).unwrap();
+        assert!(matches!(rx.try_recv(), Err(RecvError::Corrupted(_))), "at {at}: {bad:#x}");
+        assert!(matches!(rx.recv(T), Err(RecvError::Corrupted(_))));
+    }
+    // A hostile consumer moving head past tail: the sender errors instead of overwriting.
+    let chan = Channel::create_memfd(&Config::new(1024)).unwrap();
+    let (mut tx, _rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+    raw(&chan).write_all_at(&(1u64 << 40).to_le_bytes(), 256).unwrap();
+    assert!(matches!(tx.try_send(&[0; 8]), Err(SendError::Corrupted(_))));
+}
+
+#[test]
+fn each_end_attaches_once() {
+    let chan = Channel::create_memfd(&Config::new(1024)).unwrap();
+    let _tx = chan.sender().unwrap();
+    let _rx = chan.receiver().unwrap();
+    assert!(matches!(chan.sender(), Err(OpenError::RoleTaken { role: "sender", .. })));
+    assert!(matches!(chan.receiver(), Err(OpenError::RoleTaken { role: "receiver", .. })));
+}
+
+#[test]
+fn sender_close_is_seen_after_draining() {
+    let chan = Channel::create_memfd(&Config::new(1024)).unwrap();
+    let (mut tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+    tx.try_send(b"last words").unwrap();
+    drop(tx);
+    assert_eq!(rx.recv_vec(T).unwrap(), b"last words");
+    assert_eq!(rx.try_recv().unwrap_err(), RecvError::Closed);
+    assert_eq!(rx.recv(T).unwrap_err(), RecvError::Closed);
+}
+
+#[test]
+fn receiver_close_stops_a_waiting_sender() {
+    let chan = Channel::create_memfd(&Config::new(64)).unwrap();
+    let (mut tx, rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+    tx.try_send(&[0; 24]).unwrap();
+    tx.try_send(&[0; 24]).unwrap();
+    let t = std::thread::spawn(move || tx.send(&[0; 24], T));
+    drop(rx);
+    assert_eq!(t.join().unwrap().unwrap_err(), SendError::Closed);
+}
+
+#[test]
+fn recv_times_out() {
+    let chan = Channel::create_memfd(&Config::new(1024)).unwrap();
+    let (_tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+    let t0 = Instant::now();
+    assert_eq!(rx.recv(Some(Duration::from_millis(30))).unwrap_err(), RecvError::TimedOut);
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(30) && took < Duration::from_secs(2), "{took:?}");
+}
+
+#[test]
+fn blocked_ends_wake_each_other_across_threads() {
+    let chan = Channel::create_memfd(&Config::new(256)).unwrap();
+    let (mut tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+    let n = 20_000u32;
+    let t = std::thread::spawn(move || {
+        for i in 0..n {
+            tx.send(&i.to_le_bytes().repeat((i % 15) as usize), T).unwrap();
+        }
+    });
+    for i in 0..n {
+        assert_eq!(rx.recv_vec(T).unwrap(), i.to_le_bytes().repeat((i % 15) as usize));
+    }
+    t.join().unwrap();
+    assert_eq!(rx.recv(T).unwrap_err(), RecvError::Closed);
+}
+
+#[test]
+fn busy_poll_mode_works() {
+    let chan = Channel::create_memfd(&Config::new(256)).unwrap();
+    let (mut tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+    tx.set_wait_mode(berth_ipc::WaitMode::BusyPoll);
+    rx.set_wait_mode(berth_ipc::WaitMode::BusyPoll);
+    let t = std::thread::spawn(move || {
+        for i in 0..5000u32 {
+            tx.send(&i.to_le_bytes(), T).unwrap();
+        }
+    });
+    for i in 0..5000u32 {
+        assert_eq!(&*rx.recv(T).unwrap(), &i.to_le_bytes());
+    }
+    t.join().unwrap();
+}
+
+#[test]
+fn copy_into_a_small_buffer_keeps_the_message() {
+    let chan = Channel::create_memfd(&Config::new(1024)).unwrap();
+    let (mut tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+    tx.try_send(b"0123456789").unwrap();
+    let mut small = [0u8; 4];
+    assert_eq!(rx.try_recv_into(&mut small).unwrap_err(), RecvError::BufferTooSmall { len: 10, buf: 4 });
+    let mut big = [0u8; 16];
+    assert_eq!(rx.try_recv_into(&mut big).unwrap(), 10);
+    assert_eq!(&big[..10], b"0123456789");
+}
+
+#[test]
+fn named_channel_is_exclusive_private_and_reopenable() {
+    let name = unique("named");
+    let chan = Channel::create_named(&name, &Config::new(4096)).unwrap();
+    let path = berth_ipc::named_path(&name).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let again = Channel::create_named(&name, &Config::new(4096)).unwrap_err();
+    assert!(matches!(&again, OpenError::Io(e) if e.kind() == std::io::ErrorKind::AlreadyExists), "{again}");
+    let mut tx = chan.sender().unwrap();
+    let other = Channel::open_named(&name).unwrap();
+    let mut rx = other.receiver().unwrap();
+    tx.try_send(b"across mappings").unwrap();
+    assert_eq!(&*rx.recv(T).unwrap(), b"across mappings");
+    // Group-readable files are refused.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    assert!(matches!(Channel::open_named(&name), Err(OpenError::BadPermissions { mode: 0o640 })));
+    Channel::unlink_named(&name).unwrap();
+}
+
+#[test]
+fn named_open_refuses_symlinks_and_bad_names() {
+    let name = unique("link");
+    let target = std::env::temp_dir().join(unique("target"));
+    std::fs::write(&target, good_file_bytes()).unwrap();
+    let link = berth_ipc::named_path(&name).unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let e = Channel::open_named(&name).unwrap_err();
+    let _ = std::fs::remove_file(&link);
+    let _ = std::fs::remove_file(&target);
+    assert!(matches!(e, OpenError::NotRegularFile), "{e}");
+    for bad in ["", ".", "..", "a/b", "../etc", "x y", &"n".repeat(201)] {
+        assert!(matches!(Channel::open_named(bad), Err(OpenError::InvalidName(_))), "{bad:?}");
+    }
+}
+
+#[test]
+fn cleanup_stale_removes_only_dead_channels() {
+    let live = unique("live");
+    let dead = unique("dead");
+    let _keep = Channel::create_named(&live, &Config::new(4096)).unwrap();
+    let gone = Channel::create_named(&dead, &Config::new(4096)).unwrap();
+    // A pid that surely names no process: one of our children, reaped.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    raw(&gone).write_all_at(&dead_pid.to_le_bytes(), 56).unwrap();
+    drop(gone);
+    let removed = Channel::cleanup_stale().unwrap();
+    assert!(removed.contains(&dead), "{removed:?}");
+    assert!(!removed.contains(&live));
+    assert!(berth_ipc::named_path(&live).unwrap().exists());
+    assert!(!berth_ipc::named_path(&dead).unwrap().exists());
+    Channel::unlink_named(&live).unwrap();
+}
+
+#[test]
+fn fd_passed_over_a_unix_socket() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let chan = Channel::create_memfd(&Config::new(4096)).unwrap();
+    chan.send_over(&a).unwrap();
+    let theirs = Channel::recv_from(&b).unwrap();
+    let mut tx = chan.sender().unwrap();
+    let mut rx = theirs.receiver().unwrap();
+    tx.try_send(b"via SCM_RIGHTS").unwrap();
+    assert_eq!(&*rx.recv(T).unwrap(), b"via SCM_RIGHTS");
+    drop(a);
+    assert!(Channel::recv_from(&b).is_err());
+}
+
+#[test]
+fn duplex_request_reply_over_memfds_and_names() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut d = Duplex::accept_over(&b).unwrap();
+        while let Ok(req) = d.rx.recv_vec(T) {
+            let mut reply = req.clone();
+            reply.reverse();
+            d.tx.send(&reply, T).unwrap();
+        }
+    });
+    let mut d = Duplex::connect_over(&a, &Config::new(4096)).unwrap();
+    for i in 0..1000u32 {
+        let req = i.to_be_bytes();
+        d.tx.send(&req, T).unwrap();
+        assert_eq!(d.rx.recv_vec(T).unwrap(), i.to_le_bytes());
+    }
+    drop(d);
+    server.join().unwrap();
+
+    let name = unique("duplex");
+    let mut a = Duplex::create_named(&name, &Config::new(4096)).unwrap();
+    let mut b = Duplex::open_named(&name).unwrap();
+    Duplex::unlink_named(&name).unwrap();
+    a.tx.try_send(b"ping").unwrap();
+    assert_eq!(&*b.rx.recv(T).unwrap(), b"ping");
+    b.tx.try_send(b"pong").unwrap();
+    assert_eq!(&*a.rx.recv(T).unwrap(), b"pong");
+}
