@@ -76,6 +76,17 @@
 //! EPIPE becomes [`SendFileError::PeerClosed`]. A SIGPIPE handler the application
 //! installed therefore does not see pipes broken by this crate.
 //!
+//! # Caveat: sendfile does not snapshot the file
+//!
+//! Bytes handed to the kernel by sendfile are references to page-cache pages until TCP
+//! transmits them. If another process writes to or truncates the file meanwhile, the
+//! peer can receive the new contents: a truncation zeroes the rest of the page (or large
+//! folio) holding the new end of file, so bytes already counted as sent may arrive as
+//! zeros. Bytes are never taken from a wrong offset, and everything past the new end is
+//! reported as [`SendFileError::Truncated`]. This is inherent to zero-copy (nginx has
+//! the same property); serve files that are replaced atomically (write + rename), or
+//! use [`FileSend::force_fallback`], whose copy is a snapshot at read time.
+//!
 //! # Example
 //!
 //! ```

@@ -375,8 +375,21 @@ mod tests {
     #[test]
     fn http_malformed() {
         for bad in [
-            "", "bytes", "bytes=", "bytes=-", "bytes=a-b", "bytes=+1-2", "bytes=1-+2", "bytes=5-4", "bytes=1 -2",
-            "bytes=--1", "items=0-1", "bytes=0_1", "bytes=1-2-3", "bytes=,", "bytes=99999999999999999999999-1",
+            "",
+            "bytes",
+            "bytes=",
+            "bytes=-",
+            "bytes=a-b",
+            "bytes=+1-2",
+            "bytes=1-+2",
+            "bytes=5-4",
+            "bytes=1 -2",
+            "bytes=--1",
+            "items=0-1",
+            "bytes=0_1",
+            "bytes=1-2-3",
+            "bytes=,",
+            "bytes=99999999999999999999999-1",
         ] {
             assert_eq!(resolve_http_range(bad, 10), Err(HttpRangeError::Malformed), "{bad:?}");
         }

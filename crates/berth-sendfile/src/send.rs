@@ -415,7 +415,12 @@ impl<F: AsFd> FileSend<F> {
     }
 
     /// One read from the source into `scratch` and one write to the socket.
-    fn copy_step(&mut self, socket: BorrowedFd<'_>, want: usize, scratch: &mut [u8]) -> Result<Progress, SendFileError> {
+    fn copy_step(
+        &mut self,
+        socket: BorrowedFd<'_>,
+        want: usize,
+        scratch: &mut [u8],
+    ) -> Result<Progress, SendFileError> {
         let (start, end) = self.stash;
         if start < end {
             // A stream's bytes read earlier that the socket did not take.
@@ -500,7 +505,9 @@ impl<F: AsFd> FileSend<F> {
 fn file_size(file: BorrowedFd<'_>) -> Result<u64, SendFileError> {
     match sys::file_size(file) {
         Ok(Some(size)) => Ok(size),
-        Ok(None) => Err(SendFileError::Io { sent: 0, source: io::Error::new(io::ErrorKind::InvalidData, "negative file size") }),
+        Ok(None) => {
+            Err(SendFileError::Io { sent: 0, source: io::Error::new(io::ErrorKind::InvalidData, "negative file size") })
+        }
         Err(e) => Err(SendFileError::Io { sent: 0, source: e.into() }),
     }
 }
@@ -592,7 +599,10 @@ mod tests {
         assert_eq!(resolve_bounds(..0, 0), Ok(r(0, 0)));
         assert!(matches!(resolve_bounds(11.., 10), Err(RangeError::PastEnd { .. })));
         assert!(matches!(resolve_bounds(0..11, 10), Err(RangeError::PastEnd { .. })));
-        assert!(matches!(resolve_bounds((Bound::Included(5), Bound::Excluded(2)), 10), Err(RangeError::PastEnd { .. })));
+        assert!(matches!(
+            resolve_bounds((Bound::Included(5), Bound::Excluded(2)), 10),
+            Err(RangeError::PastEnd { .. })
+        ));
         assert!(matches!(resolve_bounds(0..=u64::MAX, 10), Err(RangeError::Overflow { .. })));
         assert!(matches!(
             resolve_bounds((Bound::Excluded(u64::MAX), Bound::Unbounded), 10),

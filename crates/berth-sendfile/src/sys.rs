@@ -12,7 +12,12 @@ use rustix::io::Errno;
 use rustix::net::SendFlags;
 
 /// `sendfile(out, in, &mut offset, count)`: advances `offset` by what it sent.
-pub(crate) fn sendfile(out: BorrowedFd<'_>, file: BorrowedFd<'_>, offset: &mut u64, count: usize) -> Result<usize, Errno> {
+pub(crate) fn sendfile(
+    out: BorrowedFd<'_>,
+    file: BorrowedFd<'_>,
+    offset: &mut u64,
+    count: usize,
+) -> Result<usize, Errno> {
     rustix::fs::sendfile(out, file, Some(offset), count)
 }
 
