@@ -3,6 +3,9 @@
 //! Ids: `buf/lease_return/{shared,local,vec_4096,contended_2threads,vec_4096_2threads}`.
 //! `cargo xtask bench` pairs them into results.json.
 
+// criterion's macros generate undocumented items.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};

@@ -2,6 +2,9 @@
 //!
 //! Ids: `ops/take_give/{pool,box}`.
 
+// criterion's macros generate undocumented items.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 
 use berth_ops::{OpArgs, OpPool};

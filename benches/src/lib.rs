@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod sys_bench;
+
 /// Which direction of a metric is good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -132,7 +134,7 @@ mod tests {
         let b = Row::new("x/b", "ns_per_op", 1.0, "p", 3.0, Better::Lower);
         append_rows(&path, &[a.clone(), b.clone()]).unwrap();
         let a2 = Row::new("x/a", "ns_per_op", 2.0, "p", 2.0, Better::Lower);
-        append_rows(&path, &[a2.clone()]).unwrap();
+        append_rows(&path, std::slice::from_ref(&a2)).unwrap();
         let got = read_results(&path).unwrap();
         assert_eq!(got.results, vec![b, a2]);
         let _ = fs::remove_dir_all(&dir);

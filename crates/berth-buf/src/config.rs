@@ -80,6 +80,9 @@ impl BufferConfig {
         if self.segment_size == 0 {
             return Err(ConfigError::ZeroSegmentSize);
         }
+        if self.segment_size > u32::MAX as usize {
+            return Err(ConfigError::SegmentTooLarge { segment_size: self.segment_size, max: u32::MAX as usize });
+        }
         if self.segment_count == 0 {
             return Err(ConfigError::ZeroSegmentCount);
         }
@@ -100,6 +103,14 @@ pub enum ConfigError {
     /// Segments must hold at least one byte.
     #[error("segment size is 0")]
     ZeroSegmentSize,
+    /// Segments are at most `u32::MAX` bytes (a lease stores its length in 32 bits).
+    #[error("segment size {segment_size} exceeds the maximum {max}")]
+    SegmentTooLarge {
+        /// What was asked for.
+        segment_size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// An arena needs at least one segment.
     #[error("segment count is 0")]
     ZeroSegmentCount,

@@ -22,10 +22,12 @@ pub(crate) struct FreeList {
     next: Box<[AtomicU32]>,
 }
 
+#[inline]
 fn pack(tag: u32, index: u32) -> u64 {
     (u64::from(tag) << 32) | u64::from(index)
 }
 
+#[inline]
 fn unpack(word: u64) -> (u32, u32) {
     ((word >> 32) as u32, word as u32)
 }
@@ -39,11 +41,13 @@ impl FreeList {
     }
 
     /// The next link of `index`; an index outside the table reads as the chain's end.
+    #[inline]
     fn next_of(&self, index: u32) -> u32 {
         self.next.get(index as usize).map_or(NIL, |n| n.load(Ordering::Relaxed))
     }
 
     /// Pops one index, or `None` if the stack is empty.
+    #[inline]
     pub(crate) fn pop(&self) -> Option<u32> {
         // Acquire pairs with the Release of the push that put `top` there, so the
         // popper sees the link and everything the previous owner wrote.
@@ -92,6 +96,7 @@ impl FreeList {
     }
 
     /// Pushes one index the caller owns.
+    #[inline]
     pub(crate) fn push(&self, index: u32) {
         self.push_chain(index, index);
     }
@@ -108,6 +113,7 @@ impl FreeList {
     }
 
     /// Splices the caller-owned chain `first ..= last` (already linked) on top.
+    #[inline]
     fn push_chain(&self, first: u32, last: u32) {
         let Some(last_link) = self.next.get(last as usize) else { return };
         let mut head = self.head.load(Ordering::Relaxed);
@@ -123,9 +129,8 @@ impl FreeList {
         }
     }
 
-    #[cfg(test)]
-    /// Counts the indices on the stack by walking it. Only exact when no other thread
-    /// is using the list; used by tests and statistics.
+    /// Counts the indices on the stack by walking it. Exact when no thread pops
+    /// meanwhile (pushes only make it count short); used when the last handle goes.
     pub(crate) fn len_quiescent(&self) -> usize {
         let (_, mut cur) = unpack(self.head.load(Ordering::Acquire));
         let mut n = 0;

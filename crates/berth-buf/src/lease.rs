@@ -6,14 +6,19 @@ use std::ptr::NonNull;
 
 use crate::local;
 use crate::loom::Ordering;
-use crate::manager::{MAX_GENERATION, RAW, Shared, generation_of, state};
+use crate::manager::{FREE, MAX_GENERATION, RAW, Shared, generation_of, state};
 
-/// Where a lease's bytes live and where they go back to.
+/// Where a lease's bytes live and where they go back to, decoded from its fields.
 #[derive(Clone, Copy)]
 enum Home {
     Arena { shared: NonNull<Shared>, index: u32 },
-    Heap,
+    Heap { bytes: NonNull<u8>, capacity: usize },
 }
+
+/// Low bit of `Lease::origin` set: a heap block, not the arena.
+const HEAP_TAG: usize = 1;
+/// Heap blocks are aligned to 2 so that the tag bit is free.
+const HEAP_ALIGN: usize = 2;
 
 /// One segment of a [`BufferManager`](crate::BufferManager)'s arena, leased until
 /// dropped. The seed's `SetBuffer(buffer, offset, size)` slice, as an owned value.
@@ -37,10 +42,12 @@ enum Home {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Lease {
-    ptr: NonNull<u8>,
-    capacity: usize,
-    len: usize,
-    home: Home,
+    // 16 bytes, so a lease travels in two registers: the arena's `Shared` (tag clear)
+    // or a heap block (tag set); the segment index or the heap block's size; the
+    // filled length.
+    origin: NonNull<u8>,
+    word: u32,
+    len: u32,
 }
 
 // SAFETY: a lease is the only handle to its bytes (ownership came off the free list or
@@ -97,27 +104,55 @@ impl RawLease {
 
 impl Lease {
     /// A lease of arena segment `index`, already marked leased.
+    #[inline]
     pub(crate) fn arena(shared: NonNull<Shared>, index: u32) -> Lease {
-        // SAFETY: the caller holds the segment's reference, so `Shared` is alive.
-        let s = unsafe { shared.as_ref() };
-        Lease { ptr: s.segment_ptr(index), capacity: s.segment_size, len: 0, home: Home::Arena { shared, index } }
+        Lease { origin: shared.cast(), word: index, len: 0 }
     }
 
-    /// A heap-backed lease of `size` bytes (the `Exhaustion::Heap` fallback).
+    /// A zeroed heap-backed lease of `size` bytes (the `Exhaustion::Heap` fallback).
+    /// `size` is a validated segment size: non-zero and at most `u32::MAX`.
     pub(crate) fn heap(size: usize) -> Lease {
-        let bytes: Box<[u8]> = vec![0u8; size].into_boxed_slice();
-        let ptr = NonNull::from(Box::leak(bytes)).cast::<u8>();
-        Lease { ptr, capacity: size, len: 0, home: Home::Heap }
+        let layout = heap_layout(size);
+        // SAFETY: the layout has a non-zero size (segment sizes are at least 1).
+        let bytes = unsafe { std::alloc::alloc_zeroed(layout) };
+        let Some(bytes) = NonNull::new(bytes) else { std::alloc::handle_alloc_error(layout) };
+        Lease { origin: bytes.map_addr(|a| a | HEAP_TAG), word: size as u32, len: 0 }
+    }
+
+    #[inline]
+    fn home(&self) -> Home {
+        if self.origin.addr().get() & HEAP_TAG == 0 {
+            Home::Arena { shared: self.origin.cast(), index: self.word }
+        } else {
+            // SAFETY: clearing the tag bit of a non-null, 2-aligned address leaves it non-zero.
+            let bytes = self.origin.map_addr(|a| unsafe { std::num::NonZero::new_unchecked(a.get() & !HEAP_TAG) });
+            Home::Heap { bytes, capacity: self.word as usize }
+        }
+    }
+
+    /// The first byte and the size of the segment.
+    #[inline]
+    fn raw_parts(&self) -> (*mut u8, usize) {
+        match self.home() {
+            Home::Arena { shared, index } => {
+                // SAFETY: the arena outlives every lease of it (see `manager`).
+                let s = unsafe { shared.as_ref() };
+                (s.segment_ptr(index).as_ptr(), s.segment_size)
+            }
+            Home::Heap { bytes, capacity } => (bytes.as_ptr(), capacity),
+        }
     }
 
     /// Bytes in the segment.
+    #[inline]
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.raw_parts().1
     }
 
     /// Bytes of valid data at the start of the segment.
+    #[inline]
     pub fn len(&self) -> usize {
-        self.len
+        self.len as usize
     }
 
     /// True if no data has been recorded.
@@ -126,28 +161,32 @@ impl Lease {
     }
 
     /// Records that the first `len` bytes hold data (after a receive, say).
+    #[inline]
     pub fn set_len(&mut self, len: usize) -> Result<(), LengthError> {
-        if len > self.capacity {
-            return Err(LengthError { len, capacity: self.capacity });
+        let capacity = self.capacity();
+        if len > capacity {
+            return Err(LengthError { len, capacity });
         }
-        self.len = len;
+        // Capacity is at most u32::MAX (checked by the configuration).
+        self.len = len as u32;
         Ok(())
     }
 
     /// The valid data: the first [`len`](Lease::len) bytes.
+    #[inline]
     pub fn filled(&self) -> &[u8] {
-        &self[..self.len]
+        &self[..self.len as usize]
     }
 
     /// The valid data, mutable.
     pub fn filled_mut(&mut self) -> &mut [u8] {
-        let len = self.len;
+        let len = self.len as usize;
         &mut self[..len]
     }
 
     /// The bytes after the valid data, to receive more into.
     pub fn spare_mut(&mut self) -> &mut [u8] {
-        let len = self.len;
+        let len = self.len as usize;
         &mut self[len..]
     }
 
@@ -159,14 +198,14 @@ impl Lease {
 
     /// True if this lease is a heap fallback rather than an arena segment.
     pub fn is_heap(&self) -> bool {
-        matches!(self.home, Home::Heap)
+        matches!(self.home(), Home::Heap { .. })
     }
 
     /// The arena index of the segment (`None` for a heap fallback).
     pub fn index(&self) -> Option<u32> {
-        match self.home {
+        match self.home() {
             Home::Arena { index, .. } => Some(index),
-            Home::Heap => None,
+            Home::Heap { .. } => None,
         }
     }
 
@@ -184,10 +223,9 @@ impl Lease {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn into_raw(self) -> Result<RawLease, Lease> {
-        let Home::Arena { shared, index } = self.home else { return Err(self) };
+        let Home::Arena { shared, index } = self.home() else { return Err(self) };
         std::mem::forget(self);
-        // SAFETY: the leased segment's reference (now carried by the raw lease) keeps
-        // `Shared` alive.
+        // SAFETY: the arena outlives every lease and raw lease of it (see `manager`).
         let s = unsafe { shared.as_ref() };
         let slot = &s.states[index as usize];
         // A new generation per handoff: a raw lease that was redeemed and made raw
@@ -201,17 +239,21 @@ impl Lease {
 impl Deref for Lease {
     type Target = [u8];
 
+    #[inline]
     fn deref(&self) -> &[u8] {
+        let (ptr, capacity) = self.raw_parts();
         // SAFETY: `ptr` points to `capacity` initialised bytes (zeroed by mmap or by
-        // `vec!`) that only this lease may access while it lives.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.capacity) }
+        // `alloc_zeroed`) that only this lease may access while it lives.
+        unsafe { std::slice::from_raw_parts(ptr, capacity) }
     }
 }
 
 impl DerefMut for Lease {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
+        let (ptr, capacity) = self.raw_parts();
         // SAFETY: as in `deref`, and `&mut self` makes the access exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.capacity) }
+        unsafe { std::slice::from_raw_parts_mut(ptr, capacity) }
     }
 }
 
@@ -228,25 +270,28 @@ impl AsMut<[u8]> for Lease {
 }
 
 impl Drop for Lease {
+    #[inline]
     fn drop(&mut self) {
-        match self.home {
+        match self.home() {
             Home::Arena { shared, index } => {
-                // SAFETY: this lease's segment reference keeps `Shared` alive until
-                // `give_back_shared` (or the cache, which holds its own) takes it.
-                unsafe { shared.as_ref() }.mark_free(index);
                 if !local::give_back(shared, index) {
-                    // SAFETY: we give up the segment's reference and touch nothing after.
-                    unsafe { Shared::give_back_shared(shared, index) };
+                    // SAFETY: the arena outlives every lease of it (see `manager`).
+                    let s = unsafe { shared.as_ref() };
+                    s.mark(index, FREE);
+                    s.give_back_shared(index); // our last access to the arena
                 }
             }
-            Home::Heap => {
-                let slice = std::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.capacity);
-                // SAFETY: made by `Box::leak` of a boxed slice of `capacity` bytes in
-                // `Lease::heap`, and dropped only here.
-                drop(unsafe { Box::from_raw(slice) });
+            Home::Heap { bytes, capacity } => {
+                // SAFETY: allocated in `Lease::heap` with this very layout, freed only here.
+                unsafe { std::alloc::dealloc(bytes.as_ptr(), heap_layout(capacity)) };
             }
         }
     }
+}
+
+fn heap_layout(size: usize) -> std::alloc::Layout {
+    // A validated segment size (at most u32::MAX) with alignment 2 is always a valid layout.
+    std::alloc::Layout::from_size_align(size, HEAP_ALIGN).unwrap_or(std::alloc::Layout::new::<u16>())
 }
 
 impl fmt::Debug for Lease {
@@ -254,7 +299,7 @@ impl fmt::Debug for Lease {
         f.debug_struct("Lease")
             .field("index", &self.index())
             .field("len", &self.len)
-            .field("capacity", &self.capacity)
+            .field("capacity", &self.capacity())
             .finish()
     }
 }

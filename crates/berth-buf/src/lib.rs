@@ -39,9 +39,10 @@
 //! ```
 //!
 //! # Costs
-//! Leasing from the shared list and returning to it is two compare-and-swaps and two
-//! reference-count updates; through a [`LocalCache`] it is a few plain loads and
-//! stores. Neither allocates. `cargo xtask bench` measures both against
+//! Leasing from the shared list and returning to it is two compare-and-swaps; through
+//! a [`LocalCache`] it is a few plain loads and stores. Neither allocates. Leases carry
+//! no reference count: dropping the last [`BufferManager`] handle while a lease is
+//! still out leaks the arena instead of unmapping it under the lease. `cargo xtask bench` measures both against
 //! `Vec::with_capacity(4096)`.
 //!
 //! # Caveats

@@ -12,7 +12,7 @@ use std::marker::PhantomData;
 use std::ptr::NonNull;
 
 use crate::lease::Lease;
-use crate::manager::{BufferManager, Exhausted, Shared};
+use crate::manager::{BufferManager, CACHED, Exhausted, FREE, Shared};
 
 struct CacheState {
     shared: NonNull<Shared>,
@@ -22,9 +22,10 @@ struct CacheState {
 }
 
 impl CacheState {
+    #[inline]
     fn shared(&self) -> &Shared {
-        // SAFETY: a cache state exists only while a manager handle (the LocalCache's,
-        // or a leaked one) holds a reference.
+        // SAFETY: a cache state exists only while its LocalCache, which holds a
+        // manager handle, lives (or that handle was leaked with it).
         unsafe { self.shared.as_ref() }
     }
 
@@ -35,11 +36,12 @@ impl CacheState {
         if moved == 0 {
             return;
         }
-        self.shared().free.push_batch(&self.slots[at..]);
+        let shared = self.shared();
+        for &index in &self.slots[at..] {
+            shared.mark(index, FREE);
+        }
+        shared.free.push_batch(&self.slots[at..]);
         self.slots.truncate(at);
-        // SAFETY: we give up the moved segments' references; the cache's manager
-        // handle still holds one, so `Shared` stays alive.
-        unsafe { Shared::release_refs(self.shared, moved as u64) };
     }
 }
 
@@ -55,6 +57,7 @@ thread_local! {
 
 /// Puts a segment dropped on this thread into this thread's cache if the cache
 /// belongs to the segment's arena. Returns false if it did not take it.
+#[inline]
 pub(crate) fn give_back(shared: NonNull<Shared>, index: u32) -> bool {
     CACHE
         .try_with(|cell| {
@@ -66,6 +69,7 @@ pub(crate) fn give_back(shared: NonNull<Shared>, index: u32) -> bool {
             if cache.slots.len() == cache.slots.capacity() {
                 cache.flush(cache.batch);
             }
+            cache.shared().mark(index, CACHED);
             cache.slots.push(index);
             true
         })
@@ -154,6 +158,7 @@ impl BufferManager {
 impl LocalCache {
     /// Leases a segment from this thread's cache, refilling it from the shared list
     /// when empty. Exhaustion follows the manager's policy.
+    #[inline]
     pub fn lease(&self) -> Result<Lease, Exhausted> {
         let from_cache = CACHE.try_with(|cell| {
             let Ok(mut guard) = cell.try_borrow_mut() else { return None };
@@ -168,7 +173,10 @@ impl LocalCache {
                     if got == 0 {
                         return None;
                     }
-                    shared.acquire_segments(got);
+                    for &index in &cache.slots {
+                        shared.note_high_water(index);
+                        shared.mark(index, CACHED);
+                    }
                     cache.slots.pop()?
                 }
             };

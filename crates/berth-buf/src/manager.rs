@@ -2,13 +2,14 @@
 //!
 //! # Lifetime without a reference count per lease
 //!
-//! A [`Lease`] holds a raw pointer to [`Shared`], not an `Arc`, because two atomic
-//! reference-count operations per lease would cost more than the lease itself. The
-//! arena stays alive by one count, `refs`, to which every manager handle contributes
-//! [`HANDLE`] and every segment that is *off the shared free list* (leased, parked in a
-//! local cache, or handed out raw) contributes 1. Whoever brings `refs` to zero frees
-//! the arena. A local cache takes and gives back segments in batches, so its leases
-//! touch `refs` once per batch rather than once per lease.
+//! A [`Lease`] holds a raw pointer to [`Shared`], not an `Arc`: two atomic
+//! reference-count operations per lease would cost as much as the lease itself. Only
+//! manager handles are counted. When the last handle goes, the arena is unmapped if
+//! every segment is back on the shared free list (a walk of the list, once); otherwise
+//! a lease or raw lease is still out and the arena is deliberately leaked rather than
+//! risk a use after free. A lease's last access to the arena is the CAS that puts its
+//! segment back on the list, so a full list proves no lease can still touch it. With no
+//! handle left nothing can pop, so the walk sees a list that only grows.
 
 use std::ptr::NonNull;
 
@@ -17,18 +18,14 @@ use memmap2::{MmapMut, MmapOptions};
 use crate::config::{BufferConfig, ConfigError, Exhaustion};
 use crate::free_list::FreeList;
 use crate::lease::{Lease, RawLease};
-use crate::loom::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+use crate::loom::{AtomicU32, AtomicUsize, Ordering, fence};
 use crate::stats::{BufferStats, Counters};
-
-/// What one manager handle adds to `refs`. Segments add 1 each; a count of segments
-/// is below 2^32, so the two never mix.
-const HANDLE: u64 = 1 << 40;
-const SEGMENTS_MASK: u64 = HANDLE - 1;
 
 /// Per-segment state word: `generation << 2 | tag`.
 pub(crate) const FREE: u32 = 0;
 pub(crate) const LEASED: u32 = 1;
 pub(crate) const RAW: u32 = 2;
+pub(crate) const CACHED: u32 = 3;
 const TAG_MASK: u32 = 3;
 /// Generations are 30 bits and wrap.
 pub(crate) const MAX_GENERATION: u32 = u32::MAX >> 2;
@@ -53,7 +50,7 @@ pub(crate) struct Shared {
     exhaustion: Exhaustion,
     pub(crate) states: Box<[AtomicU32]>,
     pub(crate) free: FreeList,
-    refs: AtomicU64,
+    handles: AtomicUsize,
     pub(crate) counters: Counters,
     high_water: AtomicUsize,
 }
@@ -67,6 +64,7 @@ unsafe impl Sync for Shared {}
 
 impl Shared {
     /// The bytes of segment `index`.
+    #[inline]
     pub(crate) fn segment_ptr(&self, index: u32) -> NonNull<u8> {
         debug_assert!(index < self.count);
         // SAFETY: index < count, so the offset is inside the mapping of
@@ -75,35 +73,38 @@ impl Shared {
     }
 
     /// Marks a segment just taken off a free list as leased, in a new generation.
+    #[inline]
     pub(crate) fn mark_leased(&self, index: u32) {
         let slot = &self.states[index as usize];
         let g = generation_of(slot.load(Ordering::Relaxed)).wrapping_add(1);
         slot.store(state(g, LEASED), Ordering::Release);
     }
 
-    /// Marks a leased segment free again (keeps its generation).
-    pub(crate) fn mark_free(&self, index: u32) {
+    /// Sets a segment's tag, keeping its generation. Only the segment's holder calls it.
+    #[inline]
+    pub(crate) fn mark(&self, index: u32, tag: u32) {
         let slot = &self.states[index as usize];
         let g = generation_of(slot.load(Ordering::Relaxed));
-        slot.store(state(g, FREE), Ordering::Release);
+        slot.store(state(g, tag), Ordering::Release);
     }
 
-    /// Takes `n` segment references (segments leaving the shared list). Returns the
-    /// number of segments off the list afterwards.
-    pub(crate) fn acquire_segments(&self, n: usize) -> u64 {
-        let before = self.refs.fetch_add(n as u64, Ordering::Relaxed);
-        let out = (before & SEGMENTS_MASK) + n as u64;
-        let out_usize = out as usize;
-        if out_usize > self.high_water.load(Ordering::Relaxed) {
-            self.high_water.fetch_max(out_usize, Ordering::Relaxed);
+    /// Records that segment `index` has been handed out. Segments are popped lowest
+    /// index first and reused last-in first-out, so one past the highest index ever
+    /// handed out is the arena's touched footprint — a relaxed load per lease, no
+    /// read-modify-write unless it grows.
+    #[inline]
+    pub(crate) fn note_high_water(&self, index: u32) {
+        let mark = index as usize + 1;
+        if mark > self.high_water.load(Ordering::Relaxed) {
+            self.high_water.fetch_max(mark, Ordering::Relaxed);
         }
-        out
     }
 
     /// Pops one segment from the shared list and marks it leased.
+    #[inline]
     pub(crate) fn take_shared(&self) -> Option<u32> {
         let index = self.free.pop()?;
-        self.acquire_segments(1);
+        self.note_high_water(index);
         self.mark_leased(index);
         Some(index)
     }
@@ -120,35 +121,36 @@ impl Shared {
         }
     }
 
-    /// Frees the arena if the last reference just went. Called by whoever dropped one.
+    /// Gives up one manager handle; the last one frees the arena if every segment is
+    /// home (see the module docs), or leaks it if not.
     ///
     /// # Safety
     /// `this` must point to a live `Shared` created by [`BufferManager::new`], and the
-    /// caller must give up `n` references it holds; after this call it must not touch
-    /// `*this` again.
-    pub(crate) unsafe fn release_refs(this: NonNull<Shared>, n: u64) {
-        // SAFETY: the caller holds `n` references, so `*this` is alive until the
-        // fetch_sub below publishes their release.
-        let prev = unsafe { this.as_ref() }.refs.fetch_sub(n, Ordering::Release);
-        if prev == n {
-            // Pairs with every other holder's Release: their last uses of the arena
-            // happen before we free it.
-            fence(Ordering::Acquire);
-            // SAFETY: `refs` hit zero, so no handle, lease or cache can reach `this`
-            // any more; it was created by `Box::into_raw` in `BufferManager::new`.
+    /// caller must give up a handle it holds and not touch `*this` again.
+    unsafe fn release_handle(this: NonNull<Shared>) {
+        // SAFETY: the caller's handle keeps `*this` alive until this fetch_sub.
+        let prev = unsafe { this.as_ref() }.handles.fetch_sub(1, Ordering::AcqRel);
+        if prev != 1 {
+            return;
+        }
+        // Pairs with the Release of every push: the walk sees all returned segments.
+        fence(Ordering::Acquire);
+        // SAFETY: no handle is left, but `Shared` is freed only below, by us.
+        let shared = unsafe { this.as_ref() };
+        if shared.free.len_quiescent() == shared.count as usize {
+            // SAFETY: every segment is on the free list, so no lease, raw lease or
+            // cache refers to the arena, and no handle is left to make one. It was
+            // created by `Box::leak` in `BufferManager::new`.
             drop(unsafe { Box::from_raw(this.as_ptr()) });
         }
+        // Otherwise a lease is still out: leak the arena rather than free it under it.
     }
 
-    /// Returns one leased segment (already marked free) to the shared list.
-    ///
-    /// # Safety
-    /// As [`Shared::release_refs`] with `n = 1`: the caller gives up the segment's reference.
-    pub(crate) unsafe fn give_back_shared(this: NonNull<Shared>, index: u32) {
-        // SAFETY: the segment's reference keeps `*this` alive here.
-        unsafe { this.as_ref() }.free.push(index);
-        // SAFETY: forwarded from the caller.
-        unsafe { Shared::release_refs(this, 1) };
+    /// Returns one segment (already marked free) to the shared list. The push is the
+    /// caller's last access to the arena.
+    #[inline]
+    pub(crate) fn give_back_shared(&self, index: u32) {
+        self.free.push(index);
     }
 }
 
@@ -240,7 +242,7 @@ impl BufferManager {
             exhaustion: config.exhaustion,
             states: (0..count).map(|_| AtomicU32::new(state(0, FREE))).collect(),
             free: FreeList::full(count),
-            refs: AtomicU64::new(HANDLE),
+            handles: AtomicUsize::new(1),
             counters: Counters::default(),
             high_water: AtomicUsize::new(0),
         });
@@ -252,6 +254,7 @@ impl BufferManager {
         BufferManager::new(BufferConfig::new())
     }
 
+    #[inline]
     pub(crate) fn shared(&self) -> &Shared {
         // SAFETY: this handle holds a reference, so `Shared` is alive.
         unsafe { self.shared.as_ref() }
@@ -275,6 +278,7 @@ impl BufferManager {
     ///
     /// When every segment is leased, fails with [`Exhausted`] or, under
     /// [`Exhaustion::Heap`], returns a heap-backed lease.
+    #[inline]
     pub fn lease(&self) -> Result<Lease, Exhausted> {
         let shared = self.shared();
         match shared.take_shared() {
@@ -316,9 +320,7 @@ impl BufferManager {
     /// ```
     pub fn release_raw(&self, raw: RawLease) -> Result<(), RawError> {
         self.transition_raw(raw, FREE)?;
-        // SAFETY: the CAS above gave us the segment's reference; this handle keeps
-        // `Shared` alive regardless.
-        unsafe { Shared::give_back_shared(self.shared, raw.index) };
+        self.shared().give_back_shared(raw.index);
         Ok(())
     }
 
@@ -353,27 +355,26 @@ impl BufferManager {
 
     /// A snapshot of the arena's counters.
     ///
-    /// `in_use` is found by reading every segment's state (a few microseconds for tens
-    /// of thousands of segments), so nothing on the lease path has to count it.
+    /// The counts are found by reading every segment's state word (a few microseconds
+    /// for tens of thousands of segments), so nothing on the lease path counts them.
     pub fn stats(&self) -> BufferStats {
         let shared = self.shared();
-        let mut in_use = 0;
-        let mut raw = 0;
+        let (mut leased, mut raw, mut cached) = (0, 0, 0);
         for slot in shared.states.iter() {
             match slot.load(Ordering::Relaxed) & TAG_MASK {
-                LEASED => in_use += 1,
+                LEASED => leased += 1,
                 RAW => raw += 1,
+                CACHED => cached += 1,
                 _ => {}
             }
         }
-        let off_list = (shared.refs.load(Ordering::Relaxed) & SEGMENTS_MASK) as usize;
         let c = &shared.counters;
         BufferStats {
             total: shared.count as usize,
             segment_size: shared.segment_size,
-            in_use: in_use + raw,
+            in_use: leased + raw,
             raw,
-            cached: off_list.saturating_sub(in_use + raw),
+            cached,
             high_water: shared.high_water.load(Ordering::Relaxed),
             exhausted: c.exhausted.load(Ordering::Relaxed),
             heap_fallbacks: c.heap_fallbacks.load(Ordering::Relaxed),
@@ -392,15 +393,15 @@ impl BufferManager {
 
 impl Clone for BufferManager {
     fn clone(&self) -> Self {
-        self.shared().refs.fetch_add(HANDLE, Ordering::Relaxed);
+        self.shared().handles.fetch_add(1, Ordering::Relaxed);
         BufferManager { shared: self.shared }
     }
 }
 
 impl Drop for BufferManager {
     fn drop(&mut self) {
-        // SAFETY: this handle holds one HANDLE reference and never uses it again.
-        unsafe { Shared::release_refs(self.shared, HANDLE) };
+        // SAFETY: this handle is given up and never used again.
+        unsafe { Shared::release_handle(self.shared) };
     }
 }
 
@@ -411,5 +412,36 @@ impl std::fmt::Debug for BufferManager {
             .field("segment_count", &self.segment_count())
             .field("exhaustion", &self.shared().exhaustion)
             .finish()
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+
+    /// The last handle goes while a lease is being dropped on another thread: the
+    /// arena is either freed after the lease's last access or leaked, never freed
+    /// under it.
+    #[test]
+    fn last_handle_races_a_lease_drop() {
+        loom::model(|| {
+            let m = BufferManager::new(BufferConfig::new().segment_size(64).segment_count(2)).unwrap();
+            let lease = m.lease().unwrap();
+            let t = loom::thread::spawn(move || drop(lease));
+            drop(m);
+            t.join().unwrap();
+        });
+    }
+
+    /// Two handles dropped on two threads: exactly one of them frees the arena.
+    #[test]
+    fn two_handles_dropped_concurrently() {
+        loom::model(|| {
+            let m = BufferManager::new(BufferConfig::new().segment_size(64).segment_count(1)).unwrap();
+            let m2 = m.clone();
+            let t = loom::thread::spawn(move || drop(m2));
+            drop(m);
+            t.join().unwrap();
+        });
     }
 }

@@ -29,7 +29,10 @@ pub struct BufferStats {
     /// Segments parked in per-thread [`LocalCache`](crate::LocalCache)s: free, but off
     /// the shared list.
     pub cached: usize,
-    /// The most segments that were ever off the shared list at once (leased or cached).
+    /// Segments ever handed out: one past the highest index leased or cached so far.
+    /// Free segments are reused last-in first-out, lowest index first, so this is the
+    /// arena's touched footprint and, on one thread, the peak in use at once; with
+    /// several threads it bounds that peak from above.
     pub high_water: usize,
     /// Times a lease found every segment taken.
     pub exhausted: u64,

@@ -50,13 +50,22 @@ fn bad_configurations_are_errors() {
     let e = BufferManager::new(BufferConfig::new().segment_count(0)).unwrap_err();
     assert!(matches!(e, ConfigError::ZeroSegmentCount));
     let e = BufferManager::new(BufferConfig::new().segment_size(usize::MAX / 2).segment_count(3)).unwrap_err();
+    assert!(matches!(e, ConfigError::SegmentTooLarge { .. }));
+    let e =
+        BufferManager::new(BufferConfig::new().segment_size(u32::MAX as usize).segment_count((u32::MAX - 1) as usize))
+            .unwrap_err();
     assert!(matches!(e, ConfigError::TooLarge { .. }));
     let e = BufferManager::new(BufferConfig::new().segment_size(1).segment_count(usize::MAX)).unwrap_err();
     assert!(matches!(e, ConfigError::TooManySegments { .. }));
     // Fits the address-space arithmetic but not the machine: the kernel's refusal
     // is an error too, not an abort.
-    let e = BufferManager::new(BufferConfig::new().segment_size(1 << 40).segment_count(1 << 20)).unwrap_err();
+    let e = BufferManager::new(BufferConfig::new().segment_size(1 << 31).segment_count(1 << 30)).unwrap_err();
     assert!(matches!(e, ConfigError::Map(_) | ConfigError::TooLarge { .. }), "{e}");
+}
+
+#[test]
+fn a_lease_is_two_words() {
+    assert_eq!(std::mem::size_of::<berth_buf::Lease>(), 16);
 }
 
 #[test]
@@ -140,7 +149,7 @@ fn a_lease_outlives_its_manager() {
     drop(m);
     l.fill(7); // the arena is still mapped
     assert!(l.iter().all(|&b| b == 7));
-    drop(l); // the last reference unmaps it
+    drop(l); // the arena was leaked, not unmapped under the lease: no use after free
 }
 
 #[test]

@@ -43,7 +43,7 @@ fn give_resets_the_op_and_returns_its_lease_but_keeps_the_token() {
     op.set_kind(OpKind::Send);
     op.set_socket(Some(5));
     op.set_buffer(buffers.lease().unwrap(), 10..20).unwrap();
-    op.token_mut().push_str("!");
+    op.token_mut().push('!');
     assert_eq!(buffers.stats().in_use, 1);
     pool.give(id).unwrap();
     assert_eq!(buffers.stats().in_use, 0);
