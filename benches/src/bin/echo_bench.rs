@@ -1,0 +1,474 @@
+//! `echo_bench`: berth's echo server against tokio's, side by side in one run.
+//!
+//! For each message size (64 B and 4 KiB) and each server, a fresh server process is
+//! started pinned to one core and `berth_load` drives it from the other core with 64
+//! ping-pong connections; the server's CPU time (utime + stime from `/proc/<pid>/stat`)
+//! is sampled at the edges of the load's measured window, giving the CPU time per
+//! message. Then the idle test: a fresh server gets 15,000 connections that never send
+//! (`--quick`: 3,000) and the growth of its resident set is measured. Cases run
+//! interleaved (size by size, berth then tokio) so slow drift on a shared machine hits
+//! both servers alike.
+//!
+//! ```text
+//! echo_bench [--quick] [--self-test]
+//! ```
+//!
+//! Rows (appended to `berth_benches::results_path()`, peer `tokio`):
+//! `echo/64B/64conns/msgs_per_s`, `echo/64B/64conns/server_cpu_us_per_msg`, the same
+//! for `4KiB`, and `echo/idle15k/rss_mib`.
+//!
+//! A server is any binary that takes `--addr HOST:PORT`, prints `listening on ADDR`
+//! as its first line on stdout, echoes every byte back and runs until killed. Both the
+//! servers and `berth_load` are looked up next to this executable; berth's is named
+//! `berth_echo`. Until it exists, no berth rows can be measured and the run says so
+//! and writes nothing. `--self-test` runs the whole pipeline with the tokio server on
+//! both sides (and writes no rows), to check the harness itself.
+//!
+//! Pinning uses `sched_setaffinity` (rustix): a child inherits the mask of the thread
+//! that spawns it, so every thread of the server is on its core from the start. Every
+//! child is killed when its guard drops, and every wait has a deadline.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use berth_benches::sys_bench::{
+    ChildGuard, available_cores, open_fds, pin_current_thread, process_cpu_time, raise_nofile, rss_kib, spawn_pinned,
+};
+use berth_benches::{Better, Row, append_rows, results_path};
+
+/// Ping-pong connections in the throughput cases.
+const CONNECTIONS: usize = 64;
+/// Message sizes: (label in the bench id, bytes).
+const SIZES: &[(&str, usize)] = &[("64B", 64), ("4KiB", 4096)];
+/// Idle connections in the memory case (`--quick`: [`IDLE_QUICK`]).
+const IDLE_FULL: usize = 15_000;
+const IDLE_QUICK: usize = 3_000;
+/// Descriptors kept free beyond the idle connections (stdio, pipes, listener, epoll).
+const FD_SLACK: u64 = 256;
+/// How long a server may take to print its address.
+const STARTUP: Duration = Duration::from_secs(10);
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("echo_bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The command line and what follows from it.
+#[derive(Debug, Clone)]
+struct Config {
+    quick: bool,
+    self_test: bool,
+    /// Seconds of measurement and of warm-up per throughput case.
+    secs: f64,
+    warmup: f64,
+    idle: usize,
+    exe_dir: PathBuf,
+    server_core: Option<usize>,
+    load_core: Option<usize>,
+}
+
+/// A server to measure: a name for the report and how to start it.
+#[derive(Debug, Clone)]
+struct ServerSpec {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+}
+
+/// One throughput case against one server.
+#[derive(Debug, Clone, Copy)]
+struct EchoResult {
+    msgs_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    messages: u64,
+    server_cpu: Duration,
+}
+
+impl EchoResult {
+    fn server_cpu_us_per_msg(&self) -> f64 {
+        if self.messages == 0 { 0.0 } else { self.server_cpu.as_secs_f64() * 1e6 / self.messages as f64 }
+    }
+}
+
+/// The idle case against one server.
+#[derive(Debug, Clone, Copy)]
+struct IdleResult {
+    conns: usize,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+}
+
+impl IdleResult {
+    fn growth_mib(&self) -> f64 {
+        self.rss_after_kib.saturating_sub(self.rss_before_kib) as f64 / 1024.0
+    }
+}
+
+/// Everything measured of one server.
+#[derive(Debug, Clone, Default)]
+struct ServerResult {
+    /// Per entry of [`SIZES`], in order.
+    echo: Vec<EchoResult>,
+    idle: Option<IdleResult>,
+}
+
+fn run() -> Result<(), String> {
+    let mut quick = false;
+    let mut self_test = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--self-test" => self_test = true,
+            other => return Err(format!("unknown argument {other}\nusage: echo_bench [--quick] [--self-test]")),
+        }
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let exe_dir = exe.parent().ok_or("current_exe has no parent")?.to_path_buf();
+
+    let berth_echo = exe_dir.join("berth_echo");
+    let tokio = ServerSpec { name: "tokio".into(), program: exe_dir.join("tokio_echo"), args: vec![] };
+    let berth = if self_test {
+        println!("echo_bench: self-test: tokio_echo stands in for berth; no rows are written");
+        ServerSpec { name: "berth(tokio)".into(), ..tokio.clone() }
+    } else if berth_echo.is_file() {
+        ServerSpec { name: "berth".into(), program: berth_echo, args: vec![] }
+    } else {
+        println!(
+            "echo_bench: skipped berth: berth_echo not built yet (it arrives with berth-reactor); no rows written"
+        );
+        println!("echo_bench: `echo_bench --self-test` checks the harness with tokio on both sides");
+        return Ok(());
+    };
+    build_siblings(&exe_dir)?;
+
+    let cores = available_cores().map_err(|e| format!("sched_getaffinity: {e}"))?;
+    let (server_core, load_core) = match cores.as_slice() {
+        [] => (None, None),
+        [only] => {
+            println!("echo_bench: only cpu {only} is allowed: server and load share it (results are not comparable)");
+            (Some(*only), Some(*only))
+        }
+        [first, second, ..] => (Some(*first), Some(*second)),
+    };
+    if let Some(core) = load_core {
+        // This thread opens the idle connections and spawns the load: keep it off the server's core.
+        pin_current_thread(core).map_err(|e| format!("pin to cpu {core}: {e}"))?;
+    }
+
+    let wanted_idle = if quick { IDLE_QUICK } else { IDLE_FULL };
+    let limit = raise_nofile(wanted_idle as u64 + FD_SLACK).map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
+    let idle = if limit >= wanted_idle as u64 + FD_SLACK {
+        wanted_idle
+    } else {
+        let scaled = limit.saturating_sub(FD_SLACK) as usize;
+        println!(
+            "echo_bench: RLIMIT_NOFILE hard limit is {limit}: idle test scaled down from {wanted_idle} to {scaled} connections"
+        );
+        scaled
+    };
+    let cfg = Config {
+        quick,
+        self_test,
+        secs: if quick { 3.0 } else { 10.0 },
+        warmup: if quick { 0.5 } else { 1.0 },
+        idle,
+        exe_dir,
+        server_core,
+        load_core,
+    };
+    println!(
+        "echo_bench: server on cpu {}, load on cpu {} (sched_setaffinity via rustix); {CONNECTIONS} connections, \
+         {} s per case after {} s warm-up; idle test {} connections; RLIMIT_NOFILE {limit}",
+        show_core(cfg.server_core),
+        show_core(cfg.load_core),
+        cfg.secs,
+        cfg.warmup,
+        cfg.idle,
+    );
+
+    let servers = [berth, tokio];
+    let mut results: Vec<ServerResult> = vec![ServerResult::default(); servers.len()];
+    for &(label, size) in SIZES {
+        for (spec, result) in servers.iter().zip(results.iter_mut()) {
+            let r = measure_echo(&cfg, spec, size).map_err(|e| format!("{} {label}: {e}", spec.name))?;
+            println!(
+                "echo/{label}/{CONNECTIONS}conns {:<13} {:>10.0} msgs/s  p50 {:>7.1} us  p99 {:>7.1} us  \
+                 server cpu {:>6.2} us/msg  ({} msgs, server cpu {:.2} s)",
+                spec.name,
+                r.msgs_per_s,
+                r.p50_us,
+                r.p99_us,
+                r.server_cpu_us_per_msg(),
+                r.messages,
+                r.server_cpu.as_secs_f64(),
+            );
+            result.echo.push(r);
+        }
+    }
+    for (spec, result) in servers.iter().zip(results.iter_mut()) {
+        let r = measure_idle(&cfg, spec).map_err(|e| format!("{} idle: {e}", spec.name))?;
+        println!(
+            "echo/idle {} conns {:<13} rss {:.1} MiB -> {:.1} MiB: +{:.2} MiB ({:.0} B per connection)",
+            r.conns,
+            spec.name,
+            r.rss_before_kib as f64 / 1024.0,
+            r.rss_after_kib as f64 / 1024.0,
+            r.growth_mib(),
+            r.growth_mib() * 1024.0 * 1024.0 / r.conns.max(1) as f64,
+        );
+        result.idle = Some(r);
+    }
+
+    let rows = rows(&results[0], &results[1])?;
+    for row in &rows {
+        println!(
+            "{:<42} berth {:>12.3}  {} {:>12.3}  ratio {:.3}",
+            row.bench, row.berth, row.peer, row.peer_value, row.ratio
+        );
+    }
+    if cfg.self_test {
+        println!("echo_bench: self-test done; rows not written");
+    } else {
+        let path = results_path();
+        append_rows(&path, &rows).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("echo_bench: {} rows appended to {}", rows.len(), path.display());
+    }
+    Ok(())
+}
+
+fn show_core(core: Option<usize>) -> String {
+    core.map_or_else(|| "any".into(), |c| c.to_string())
+}
+
+/// The rows comparing berth (`b`) with tokio (`t`).
+fn rows(b: &ServerResult, t: &ServerResult) -> Result<Vec<Row>, String> {
+    let mut rows = Vec::new();
+    for (i, &(label, _)) in SIZES.iter().enumerate() {
+        let (Some(be), Some(te)) = (b.echo.get(i), t.echo.get(i)) else { return Err("missing echo result".into()) };
+        let id = format!("echo/{label}/{CONNECTIONS}conns");
+        rows.push(Row::new(
+            format!("{id}/msgs_per_s"),
+            "msgs_per_s",
+            be.msgs_per_s,
+            "tokio",
+            te.msgs_per_s,
+            Better::Higher,
+        ));
+        rows.push(Row::new(
+            format!("{id}/server_cpu_us_per_msg"),
+            "server_cpu_us_per_msg",
+            be.server_cpu_us_per_msg(),
+            "tokio",
+            te.server_cpu_us_per_msg(),
+            Better::Lower,
+        ));
+    }
+    let (Some(bi), Some(ti)) = (b.idle, t.idle) else { return Err("missing idle result".into()) };
+    rows.push(Row::new("echo/idle15k/rss_mib", "rss_mib", bi.growth_mib(), "tokio", ti.growth_mib(), Better::Lower));
+    Ok(rows)
+}
+
+/// Makes sure `berth_load` and `tokio_echo` next to this executable are built and up
+/// to date: `cargo run --bin echo_bench` (as xtask does) builds only this binary.
+/// Under cargo (`CARGO` is set) this asks cargo to build them in the same profile;
+/// otherwise they must already exist.
+fn build_siblings(exe_dir: &Path) -> Result<(), String> {
+    const SIBLINGS: [&str; 2] = ["berth_load", "tokio_echo"];
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "berth-benches"]);
+        match exe_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => {}
+            Some("release") => {
+                cmd.arg("--release");
+            }
+            Some(profile) => {
+                cmd.args(["--profile", profile]);
+            }
+            None => return Err(format!("cannot tell the cargo profile of {}", exe_dir.display())),
+        }
+        for bin in SIBLINGS {
+            cmd.args(["--bin", bin]);
+        }
+        let status = cmd.status().map_err(|e| format!("cargo build: {e}"))?;
+        if !status.success() {
+            return Err(format!("cargo build of {SIBLINGS:?} failed: {status}"));
+        }
+    }
+    for bin in SIBLINGS {
+        if !exe_dir.join(bin).is_file() {
+            return Err(format!(
+                "{} not found: build it with `cargo build --release -p berth-benches --bins`",
+                exe_dir.join(bin).display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Forwards the lines a child prints on stdout to a channel, until it closes its
+/// stdout; keeps draining after the receiver is gone so the child never blocks.
+fn stdout_lines(child: &mut ChildGuard) -> Result<Receiver<String>, String> {
+    let stdout = child.child_mut().stdout.take().ok_or("child stdout not piped")?;
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            let _ = tx.send(line);
+        }
+    });
+    Ok(rx)
+}
+
+/// The next line from `rx` before `deadline`.
+fn next_line(rx: &Receiver<String>, deadline: Instant, what: &str) -> Result<String, String> {
+    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        Ok(line) => Ok(line),
+        Err(RecvTimeoutError::Timeout) => Err(format!("timed out waiting for {what}")),
+        Err(RecvTimeoutError::Disconnected) => Err(format!("process exited before {what}")),
+    }
+}
+
+/// Starts a server pinned to the server core; returns it with the address it printed.
+fn start_server(cfg: &Config, spec: &ServerSpec) -> Result<(ChildGuard, SocketAddr), String> {
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args).args(["--addr", "127.0.0.1:0"]);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let child = spawn_pinned(&mut cmd, cfg.server_core).map_err(|e| format!("{}: {e}", spec.program.display()))?;
+    let mut server = ChildGuard::new(child);
+    let lines = stdout_lines(&mut server)?;
+    let line = next_line(&lines, Instant::now() + STARTUP, "the server's `listening on ADDR` line")?;
+    let addr = line
+        .strip_prefix("listening on ")
+        .and_then(|a| a.trim().parse().ok())
+        .ok_or_else(|| format!("expected `listening on ADDR` from the server, got {line:?}"))?;
+    Ok((server, addr))
+}
+
+/// One throughput case: a fresh server, `berth_load` with `size`-byte messages, and
+/// the server's CPU time over exactly the load's measured window.
+fn measure_echo(cfg: &Config, spec: &ServerSpec, size: usize) -> Result<EchoResult, String> {
+    let (server, addr) = start_server(cfg, spec)?;
+    let pid = server.id();
+    let mut cmd = Command::new(cfg.exe_dir.join("berth_load"));
+    cmd.args(["--addr", &addr.to_string()])
+        .args(["--connections", &CONNECTIONS.to_string(), "--size", &size.to_string()])
+        .args(["--duration", &cfg.secs.to_string(), "--warmup", &cfg.warmup.to_string()])
+        .args(["--json", "--marks"]);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let child = spawn_pinned(&mut cmd, cfg.load_core).map_err(|e| format!("berth_load: {e}"))?;
+    let mut load = ChildGuard::new(child);
+    let lines = stdout_lines(&mut load)?;
+    // Connecting, warm-up, measurement, and slack for a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs_f64(cfg.warmup + cfg.secs + 20.0);
+
+    expect_line(&lines, deadline, "mark start")?;
+    let cpu_start = process_cpu_time(pid).map_err(|e| format!("server cpu time: {e}"))?;
+    expect_line(&lines, deadline, "mark end")?;
+    let cpu_end = process_cpu_time(pid).map_err(|e| format!("server cpu time: {e}"))?;
+    let json = next_line(&lines, deadline, "berth_load's JSON report")?;
+    let _ = load.wait_timeout(Duration::from_secs(5));
+    drop(server);
+
+    let v: serde_json::Value = serde_json::from_str(&json).map_err(|e| format!("berth_load report {json:?}: {e}"))?;
+    let num = |key: &str| v[key].as_f64().ok_or_else(|| format!("berth_load report has no {key}: {json}"));
+    let errors = num("errors")?;
+    if errors > 0.0 {
+        return Err(format!("berth_load saw {errors} errors (see above); not a valid measurement"));
+    }
+    let messages = num("messages")? as u64;
+    if messages == 0 {
+        return Err("no message completed".into());
+    }
+    Ok(EchoResult {
+        msgs_per_s: num("msgs_per_s")?,
+        p50_us: num("p50_us")?,
+        p99_us: num("p99_us")?,
+        messages,
+        server_cpu: cpu_end.saturating_sub(cpu_start),
+    })
+}
+
+/// Waits for one exact line, skipping nothing: anything else is a protocol error.
+fn expect_line(rx: &Receiver<String>, deadline: Instant, want: &str) -> Result<(), String> {
+    let line = next_line(rx, deadline, &format!("`{want}` from berth_load"))?;
+    if line == want { Ok(()) } else { Err(format!("expected `{want}` from berth_load, got {line:?}")) }
+}
+
+/// The idle case: a fresh server, `cfg.idle` connections that never send, and the
+/// growth of the server's resident set once it has accepted them all.
+fn measure_idle(cfg: &Config, spec: &ServerSpec) -> Result<IdleResult, String> {
+    let (server, addr) = start_server(cfg, spec)?;
+    let pid = server.id();
+    let fds = |pid| open_fds(pid).map_err(|e| format!("server fds: {e}"));
+    thread::sleep(Duration::from_millis(200));
+    let fds_before = fds(pid)?;
+    let rss_before = settled_rss(pid)?;
+
+    let deadline = Instant::now() + Duration::from_secs(if cfg.quick { 30 } else { 90 });
+    // The server must have accepted all but `lag` of the connections opened so far
+    // before more are opened, so its listen backlog never overflows into SYN retries.
+    let lag = 512;
+    let mut conns = Vec::with_capacity(cfg.idle);
+    while conns.len() < cfg.idle {
+        if Instant::now() > deadline {
+            return Err(format!("opened only {} of {} connections in time", conns.len(), cfg.idle));
+        }
+        if conns.len() % lag == 0 {
+            wait_for_fds(pid, fds_before + conns.len().saturating_sub(lag), deadline)?;
+        }
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| format!("connection {} of {}: {e}", conns.len() + 1, cfg.idle))?;
+        conns.push(stream);
+    }
+    wait_for_fds(pid, fds_before + cfg.idle, deadline)?;
+    // Let the server finish whatever it does per accepted connection.
+    thread::sleep(Duration::from_millis(300));
+    let rss_after = settled_rss(pid)?;
+    // Kill the server before closing our ends, so TIME_WAIT stays on its side and our
+    // ephemeral ports are free for the next server.
+    drop(server);
+    drop(conns);
+    Ok(IdleResult { conns: cfg.idle, rss_before_kib: rss_before, rss_after_kib: rss_after })
+}
+
+/// Waits until process `pid` has at least `want` descriptors open, or `deadline`.
+fn wait_for_fds(pid: u32, want: usize, deadline: Instant) -> Result<(), String> {
+    loop {
+        let have = open_fds(pid).map_err(|e| format!("server fds: {e}"))?;
+        if have >= want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("server has {have} descriptors open, expected {want}: it stopped accepting"));
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The server's RSS once two readings 100 ms apart agree (within 16 KiB), or the last
+/// reading after 3 s.
+fn settled_rss(pid: u32) -> Result<u64, String> {
+    let read = || rss_kib(pid).map_err(|e| format!("server rss: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut last = read()?;
+    loop {
+        thread::sleep(Duration::from_millis(100));
+        let now = read()?;
+        if now.abs_diff(last) <= 16 || Instant::now() > deadline {
+            return Ok(now);
+        }
+        last = now;
+    }
+}

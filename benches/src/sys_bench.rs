@@ -1,0 +1,175 @@
+//! Helpers shared by the system benchmarks: core pinning, a child process that is
+//! always killed, and what `/proc` tells about a process (CPU time, RSS, open fds).
+//!
+//! Everything here is Linux-only and goes through rustix or `/proc`; no `unsafe`.
+
+use std::fs;
+use std::io;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
+
+/// The CPU ids the calling thread may run on, in increasing order.
+pub fn available_cores() -> io::Result<Vec<usize>> {
+    let set = sched_getaffinity(None)?;
+    Ok((0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect())
+}
+
+/// Pins the calling thread to one CPU.
+pub fn pin_current_thread(core: usize) -> io::Result<()> {
+    let mut set = CpuSet::new();
+    set.set(core);
+    sched_setaffinity(None, &set)?;
+    Ok(())
+}
+
+/// Spawns `cmd` with its CPU affinity set to `core` from its first instruction on.
+///
+/// The affinity mask is inherited across fork and exec, so the calling thread pins
+/// itself to `core`, spawns, and restores its previous mask: the child and every
+/// thread it starts run on `core` only, with no window in which they run elsewhere
+/// (setting the mask of a running child afterwards would miss threads it already
+/// started). `None` spawns without pinning.
+pub fn spawn_pinned(cmd: &mut Command, core: Option<usize>) -> io::Result<Child> {
+    let Some(core) = core else { return cmd.spawn() };
+    let saved = sched_getaffinity(None)?;
+    pin_current_thread(core)?;
+    let child = cmd.spawn();
+    sched_setaffinity(None, &saved)?;
+    child
+}
+
+/// A child process that is killed (SIGKILL) and reaped when the guard is dropped, so
+/// no benchmark leaves a server running behind it, whichever way it returns.
+#[derive(Debug)]
+pub struct ChildGuard {
+    child: Child,
+}
+
+impl ChildGuard {
+    /// Takes ownership of a spawned child.
+    pub fn new(child: Child) -> ChildGuard {
+        ChildGuard { child }
+    }
+
+    /// The child's process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The child itself, e.g. to take its stdout.
+    pub fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// Waits for the child to exit on its own for up to `timeout`, then kills it.
+    /// Returns its exit status if it exited in time.
+    pub fn wait_timeout(mut self, timeout: Duration) -> io::Result<Option<std::process::ExitStatus>> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None); // dropped here: killed and reaped
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        // Already exited is fine: kill then fails with InvalidInput and wait reaps it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// User plus system CPU time consumed so far by all threads of process `pid`, from
+/// `/proc/<pid>/stat` (resolution: one clock tick, usually 10 ms).
+pub fn process_cpu_time(pid: u32) -> io::Result<Duration> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let ticks = parse_stat_cpu_ticks(&text)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("/proc/{pid}/stat: unexpected format")))?;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Ok(Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / hz))
+}
+
+/// `utime + stime` in clock ticks from the text of `/proc/<pid>/stat`.
+///
+/// The command name (field 2) is in parentheses and may itself contain spaces or
+/// parentheses, so fields are counted from the last `)`: after it come field 3
+/// (state) onwards, which puts utime (field 14) and stime (field 15) at 11 and 12.
+pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The resident set size of process `pid` in KiB (`VmRSS` of `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> io::Result<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_vmrss_kib(&text)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("/proc/{pid}/status: no VmRSS")))
+}
+
+/// The `VmRSS:  1234 kB` value from the text of `/proc/<pid>/status`, in KiB.
+pub fn parse_vmrss_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line["VmRSS:".len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// How many file descriptors process `pid` has open (entries of `/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> io::Result<usize> {
+    Ok(fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` towards `wanted`, capped at the hard
+/// limit, and returns the soft limit now in force. Children spawned afterwards
+/// inherit it. Never lowers the limit.
+pub fn raise_nofile(wanted: u64) -> io::Result<u64> {
+    let old = getrlimit(Resource::Nofile);
+    let soft = old.current.unwrap_or(u64::MAX);
+    if soft >= wanted {
+        return Ok(soft);
+    }
+    let hard = old.maximum.unwrap_or(u64::MAX);
+    let new = wanted.min(hard);
+    if new > soft {
+        setrlimit(Resource::Nofile, Rlimit { current: Some(new), maximum: old.maximum })?;
+    }
+    Ok(new.max(soft))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_last_parenthesis() {
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 123 4096 10";
+        assert_eq!(parse_stat_cpu_ticks(stat), Some(10));
+        assert_eq!(parse_stat_cpu_ticks("42 (x) S 1"), None);
+    }
+
+    #[test]
+    fn vmrss_is_read_in_kib() {
+        let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmRSS:\t  1234 kB\nThreads:\t1\n";
+        assert_eq!(parse_vmrss_kib(status), Some(1234));
+        assert_eq!(parse_vmrss_kib("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn own_process_is_readable() {
+        let pid = std::process::id();
+        assert!(rss_kib(pid).unwrap() > 0);
+        assert!(open_fds(pid).unwrap() >= 3);
+        process_cpu_time(pid).unwrap();
+        assert!(!available_cores().unwrap().is_empty());
+    }
+}
