@@ -136,7 +136,16 @@ fn run() -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let exe_dir = exe.parent().ok_or("current_exe has no parent")?.to_path_buf();
 
+    // If berth's server is a binary of this package, build it along with the others.
+    let berth_in_package = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bin/berth_echo.rs").is_file();
     let berth_echo = exe_dir.join("berth_echo");
+    if self_test || berth_in_package || berth_echo.is_file() {
+        let mut bins = vec!["berth_load", "tokio_echo"];
+        if berth_in_package {
+            bins.push("berth_echo");
+        }
+        build_siblings(&exe_dir, &bins)?;
+    }
     let tokio = ServerSpec { name: "tokio".into(), program: exe_dir.join("tokio_echo"), args: vec![] };
     let berth = if self_test {
         println!("echo_bench: self-test: tokio_echo stands in for berth; no rows are written");
@@ -150,7 +159,6 @@ fn run() -> Result<(), String> {
         println!("echo_bench: `echo_bench --self-test` checks the harness with tokio on both sides");
         return Ok(());
     };
-    build_siblings(&exe_dir)?;
 
     let cores = available_cores().map_err(|e| format!("sched_getaffinity: {e}"))?;
     let (server_core, load_core) = match cores.as_slice() {
@@ -279,12 +287,11 @@ fn rows(b: &ServerResult, t: &ServerResult) -> Result<Vec<Row>, String> {
     Ok(rows)
 }
 
-/// Makes sure `berth_load` and `tokio_echo` next to this executable are built and up
-/// to date: `cargo run --bin echo_bench` (as xtask does) builds only this binary.
+/// Makes sure the binaries `bins` of this package next to this executable are built
+/// and up to date: `cargo run --bin echo_bench` (as xtask does) builds only this one.
 /// Under cargo (`CARGO` is set) this asks cargo to build them in the same profile;
 /// otherwise they must already exist.
-fn build_siblings(exe_dir: &Path) -> Result<(), String> {
-    const SIBLINGS: [&str; 2] = ["berth_load", "tokio_echo"];
+fn build_siblings(exe_dir: &Path, bins: &[&str]) -> Result<(), String> {
     if let Some(cargo) = std::env::var_os("CARGO") {
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--quiet", "-p", "berth-benches"]);
@@ -298,15 +305,15 @@ fn build_siblings(exe_dir: &Path) -> Result<(), String> {
             }
             None => return Err(format!("cannot tell the cargo profile of {}", exe_dir.display())),
         }
-        for bin in SIBLINGS {
+        for bin in bins {
             cmd.args(["--bin", bin]);
         }
         let status = cmd.status().map_err(|e| format!("cargo build: {e}"))?;
         if !status.success() {
-            return Err(format!("cargo build of {SIBLINGS:?} failed: {status}"));
+            return Err(format!("cargo build of {bins:?} failed: {status}"));
         }
     }
-    for bin in SIBLINGS {
+    for bin in bins {
         if !exe_dir.join(bin).is_file() {
             return Err(format!(
                 "{} not found: build it with `cargo build --release -p berth-benches --bins`",
@@ -436,6 +443,14 @@ fn measure_idle(cfg: &Config, spec: &ServerSpec) -> Result<IdleResult, String> {
     // Let the server finish whatever it does per accepted connection.
     thread::sleep(Duration::from_millis(300));
     let rss_after = settled_rss(pid)?;
+    // A server that dropped idle connections would look lean: all must still be open.
+    let fds_after = fds(pid)?;
+    if fds_after < fds_before + cfg.idle {
+        return Err(format!(
+            "server closed idle connections: {fds_after} descriptors, expected {}",
+            fds_before + cfg.idle
+        ));
+    }
     // Kill the server before closing our ends, so TIME_WAIT stays on its side and our
     // ephemeral ports are free for the next server.
     drop(server);
@@ -470,5 +485,40 @@ fn settled_rss(pid: u32) -> Result<u64, String> {
             return Ok(now);
         }
         last = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn echo(msgs_per_s: f64, messages: u64, cpu_ms: u64) -> EchoResult {
+        EchoResult { msgs_per_s, p50_us: 1.0, p99_us: 2.0, messages, server_cpu: Duration::from_millis(cpu_ms) }
+    }
+
+    #[test]
+    fn rows_compare_berth_with_tokio_in_the_right_direction() {
+        let idle = |after| IdleResult { conns: 100, rss_before_kib: 1024, rss_after_kib: after };
+        let berth = ServerResult { echo: vec![echo(200.0, 1000, 1), echo(50.0, 500, 2)], idle: Some(idle(2048)) };
+        let tokio = ServerResult { echo: vec![echo(100.0, 1000, 2), echo(50.0, 500, 2)], idle: Some(idle(5120)) };
+        let rows = rows(&berth, &tokio).unwrap();
+        let ids: Vec<&str> = rows.iter().map(|r| r.bench.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "echo/64B/64conns/msgs_per_s",
+                "echo/64B/64conns/server_cpu_us_per_msg",
+                "echo/4KiB/64conns/msgs_per_s",
+                "echo/4KiB/64conns/server_cpu_us_per_msg",
+                "echo/idle15k/rss_mib",
+            ]
+        );
+        assert_eq!(rows[0].ratio, 2.0); // twice the messages per second
+        assert_eq!(rows[1].berth, 1.0); // 1 ms over 1000 messages
+        assert_eq!(rows[1].ratio, 2.0); // half the CPU per message
+        assert_eq!(rows[4].berth, 1.0); // +1 MiB
+        assert_eq!(rows[4].ratio, 4.0); // a quarter of tokio's growth
+        assert!(rows.iter().all(|r| r.peer == "tokio"));
+        assert!(super::rows(&ServerResult::default(), &tokio).is_err());
     }
 }
