@@ -1,0 +1,204 @@
+//! Two-process tests: a stress run with sequence numbers and checksums, and kill -9 of
+//! either end. The helper is this test binary re-executed with `BERTH_IPC_ROLE` set;
+//! the channel is a memfd the child inherits (`BERTH_IPC_FD`).
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use berth_ipc::{Channel, Config, RecvError, SendError};
+
+const T: Option<Duration> = Some(Duration::from_secs(30));
+/// Spawning with an inheritable fd must not race another test's spawn.
+static SPAWN: Mutex<()> = Mutex::new(());
+
+fn spawn_helper(role: &str, chan: &Channel, count: u64) -> Child {
+    let _guard = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
+    chan.set_inheritable(true).unwrap();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper", "--nocapture", "--ignored", "--test-threads=1"])
+        .env("BERTH_IPC_ROLE", role)
+        .env("BERTH_IPC_FD", chan.as_fd().as_raw_fd().to_string())
+        .env("BERTH_IPC_COUNT", count.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    chan.set_inheritable(false).unwrap();
+    child
+}
+
+/// Blocks until the child prints `READY` on stderr (libtest holds stdout's lock) (or fails the test if it exits first).
+fn wait_ready(child: &mut Child) {
+    let out = child.stderr.take().unwrap();
+    for line in BufReader::new(out).lines() {
+        if line.unwrap().trim() == "READY" {
+            return;
+        }
+    }
+    panic!("helper exited before READY: {:?}", child.wait());
+}
+
+/// Message `seq`: its length and payload follow from the sequence number alone.
+fn message(seq: u64, buf: &mut Vec<u8>) {
+    let mut x = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let r = next();
+    // Mostly small, sometimes up to ~4 KiB: exercises wrap padding at every offset.
+    let len = if r % 64 == 0 { (r >> 8) % 4000 } else { (r >> 8) % 200 } as usize;
+    buf.clear();
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(&[0; 8]);
+    while buf.len() < 16 + len {
+        buf.extend_from_slice(&next().to_le_bytes());
+    }
+    buf.truncate(16 + len);
+    let sum = checksum(&buf[16..]);
+    buf[8..16].copy_from_slice(&sum.to_le_bytes());
+}
+
+fn checksum(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// The child side of every test.
+#[test]
+#[ignore = "helper process, started by the other tests"]
+fn helper() {
+    let Ok(role) = std::env::var("BERTH_IPC_ROLE") else { return };
+    let fd: i32 = std::env::var("BERTH_IPC_FD").unwrap().parse().unwrap();
+    let count: u64 = std::env::var("BERTH_IPC_COUNT").unwrap().parse().unwrap();
+    // SAFETY: the parent passed this descriptor number for us to own.
+    let chan = Channel::from_fd(unsafe { OwnedFd::from_raw_fd(fd) }).unwrap();
+    match role.as_str() {
+        "producer" => {
+            let mut tx = chan.sender().unwrap();
+            let mut buf = Vec::new();
+            for seq in 0..count {
+                message(seq, &mut buf);
+                let mut g = tx.reserve(buf.len(), T).unwrap();
+                g.copy_from_slice(&buf);
+                g.commit();
+            }
+        }
+        "producer_mid" => {
+            let mut tx = chan.sender().unwrap();
+            for i in 0..3u8 {
+                tx.try_send(&[i; 100]).unwrap();
+            }
+            let mut g = tx.try_reserve(1000).unwrap();
+            g[..500].fill(0xee);
+            eprintln!("READY");
+            // Killed here, the half-written record never committed.
+            loop {
+                std::thread::park();
+            }
+        }
+        "consumer_stall" => {
+            let _rx = chan.receiver().unwrap();
+            eprintln!("READY");
+            loop {
+                std::thread::park();
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+fn stress(count: u64) {
+    let chan = Channel::create_memfd(&Config::new(64 * 1024)).unwrap();
+    let mut rx = chan.receiver().unwrap();
+    let mut child = spawn_helper("producer", &chan, count);
+    let mut want = Vec::new();
+    for seq in 0..count {
+        message(seq, &mut want);
+        let got = rx.recv(T).unwrap_or_else(|e| panic!("message {seq}: {e}"));
+        assert_eq!(got.len(), want.len(), "message {seq}: length");
+        let got_seq = u64::from_le_bytes(got[..8].try_into().unwrap());
+        assert_eq!(got_seq, seq, "lost or duplicated message");
+        let sum = u64::from_le_bytes(got[8..16].try_into().unwrap());
+        assert_eq!(checksum(&got[16..]), sum, "message {seq}: corrupted payload");
+        assert!(*got == want[..], "message {seq}: payload differs");
+    }
+    assert_eq!(rx.recv(T).unwrap_err(), RecvError::Closed, "nothing after the last message");
+    assert!(child.wait().unwrap().success());
+}
+
+/// Always on: a million messages (a few seconds in debug builds).
+#[test]
+fn stress_two_processes_1m() {
+    stress(1_000_000);
+}
+
+/// The full run: `cargo test -p berth-ipc --release --test multiprocess stress_two_processes_10m`.
+#[test]
+#[cfg_attr(debug_assertions, ignore = "10M messages: run with --release")]
+fn stress_two_processes_10m() {
+    stress(10_000_000);
+}
+
+fn shm_entries() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/dev/shm")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    // Named tests of the other test binary may run concurrently; they use `t-` names.
+    v.retain(|n| !n.starts_with("berth-ipc.t-"));
+    v.sort();
+    v
+}
+
+#[test]
+fn kill_producer_mid_message_gives_peer_dead_and_leaves_nothing() {
+    let before = shm_entries();
+    let chan = Channel::create_memfd(&Config::new(64 * 1024)).unwrap();
+    let mut rx = chan.receiver().unwrap();
+    let mut child = spawn_helper("producer_mid", &chan, 0);
+    wait_ready(&mut child);
+    for i in 0..3u8 {
+        assert_eq!(&*rx.recv(T).unwrap(), &[i; 100]);
+    }
+    let killer = std::thread::spawn(move || {
+        child.kill().unwrap();
+        let at = Instant::now();
+        child.wait().unwrap();
+        at
+    });
+    let err = rx.recv(T).unwrap_err();
+    let done = Instant::now();
+    let killed_at = killer.join().unwrap();
+    assert_eq!(err, RecvError::PeerDead);
+    let took = done.saturating_duration_since(killed_at);
+    assert!(took < Duration::from_millis(100), "PeerDead after {took:?}");
+    // The half-written record is never delivered.
+    assert_eq!(rx.try_recv().unwrap_err(), RecvError::Empty);
+    drop((rx, chan));
+    assert_eq!(shm_entries(), before, "memfd mode leaves nothing in /dev/shm");
+}
+
+#[test]
+fn kill_consumer_while_producer_waits_gives_peer_dead() {
+    let chan = Channel::create_memfd(&Config::new(4096)).unwrap();
+    let mut tx = chan.sender().unwrap();
+    let mut child = spawn_helper("consumer_stall", &chan, 0);
+    wait_ready(&mut child);
+    while tx.try_send(&[7; 256]).is_ok() {}
+    let killer = std::thread::spawn(move || {
+        child.kill().unwrap();
+        let at = Instant::now();
+        child.wait().unwrap();
+        at
+    });
+    let err = tx.send(&[7; 256], T).unwrap_err();
+    let done = Instant::now();
+    let killed_at = killer.join().unwrap();
+    assert_eq!(err, SendError::PeerDead);
+    let took = done.saturating_duration_since(killed_at);
+    assert!(took < Duration::from_millis(100), "PeerDead after {took:?}");
+}
