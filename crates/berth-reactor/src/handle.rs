@@ -1,0 +1,58 @@
+//! [`PortHandle`]: posting completions to a port from any thread.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A user completion: `PostQueuedCompletionStatus(key, data)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Post {
+    pub(crate) key: u64,
+    pub(crate) data: u64,
+}
+
+pub(crate) struct Shared {
+    pub(crate) waker: mio::Waker,
+    pub(crate) posts: Mutex<VecDeque<Post>>,
+    pub(crate) closed: AtomicBool,
+}
+
+/// A `Send + Sync` handle that posts user completions to a
+/// [`CompletionPort`](crate::CompletionPort) from any thread, waking it if it is
+/// blocked in [`wait`](crate::CompletionPort::wait): the seed's
+/// `PostQueuedCompletionStatus`.
+///
+/// ```
+/// # use berth_reactor::{CompletionPort, Completion};
+/// let mut port = CompletionPort::builder().build(|_| ())?;
+/// let handle = port.handle();
+/// std::thread::spawn(move || handle.post(7, 42)).join().unwrap()?;
+/// let mut done = Vec::new();
+/// port.wait(&mut done, None)?;
+/// assert_eq!(done, [Completion::Posted { key: 7, data: 42 }]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct PortHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl PortHandle {
+    /// Queues a [`Completion::Posted`](crate::Completion::Posted) and wakes the port.
+    /// Fails with `BrokenPipe` once the port is dropped.
+    pub fn post(&self, key: u64, data: u64) -> io::Result<()> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "completion port is gone"));
+        }
+        self.shared.posts.lock().unwrap_or_else(|e| e.into_inner()).push_back(Post { key, data });
+        self.shared.waker.wake()
+    }
+}
+
+impl fmt::Debug for PortHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PortHandle").field("closed", &self.shared.closed.load(Ordering::Relaxed)).finish()
+    }
+}

@@ -1,0 +1,143 @@
+//! Thread per core: N completion ports, each with its own `SO_REUSEPORT` listener on a
+//! shared address, its own op pool and its own buffer cache. The kernel spreads
+//! connections across the listeners; no lock is shared on the hot path.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use berth_buf::BufferManager;
+use berth_ops::ConnectionLimit;
+
+use crate::{CompletionPort, ListenOptions, PortHandle, SocketId};
+
+/// How to start a group of workers.
+#[derive(Debug, Clone)]
+pub struct WorkersConfig {
+    /// Threads (default: one per available core).
+    pub workers: usize,
+    /// Address all workers listen on (port 0 picks one port for all of them).
+    pub addr: SocketAddr,
+    /// Ops per worker.
+    pub ops: usize,
+    /// Sockets per worker.
+    pub max_sockets: usize,
+    /// The arena all workers lease from (each through its own cache).
+    pub buffers: BufferManager,
+    /// A connection cap shared by all workers.
+    pub limit: Option<ConnectionLimit>,
+    /// Listener options; `reuse_port` is forced on when there is more than one worker.
+    pub listen: ListenOptions,
+}
+
+impl WorkersConfig {
+    /// One worker per core on `addr`, 1024 ops and sockets each, sharing `buffers`.
+    pub fn new(addr: SocketAddr, buffers: BufferManager) -> WorkersConfig {
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        WorkersConfig {
+            workers,
+            addr,
+            ops: 1024,
+            max_sockets: 1024,
+            buffers,
+            limit: None,
+            listen: ListenOptions::default(),
+        }
+    }
+}
+
+/// What a worker thread gets: its port (with the listener registered) and its index.
+#[derive(Debug)]
+pub struct Worker<T> {
+    /// The worker's number, `0..workers`.
+    pub index: usize,
+    /// The worker's port.
+    pub port: CompletionPort<T>,
+    /// The worker's listener on the shared address.
+    pub listener: SocketId,
+}
+
+/// A running group of workers.
+pub struct Workers {
+    /// The address they all listen on.
+    pub local_addr: SocketAddr,
+    handles: Vec<PortHandle>,
+    threads: Vec<JoinHandle<io::Result<()>>>,
+}
+
+impl Workers {
+    /// Starts `config.workers` threads. Each builds a port whose ops carry tokens from
+    /// `token`, binds its listener, and runs `body(worker)` until it returns. Errors
+    /// building any worker's port or listener are returned here.
+    pub fn start<T, M, B>(config: WorkersConfig, token: M, body: B) -> io::Result<Workers>
+    where
+        T: 'static,
+        M: Fn(usize) -> T + Send + Sync + Clone + 'static,
+        B: Fn(Worker<T>) -> io::Result<()> + Send + Sync + Clone + 'static,
+    {
+        let mut listen = config.listen;
+        listen.reuse_port |= config.workers > 1;
+        let mut addr = config.addr;
+        let mut handles = Vec::new();
+        let mut threads = Vec::new();
+        for index in 0..config.workers.max(1) {
+            let (ready_tx, ready_rx) = mpsc::channel();
+            let (token, body, buffers, limit) =
+                (token.clone(), body.clone(), config.buffers.clone(), config.limit.clone());
+            let (ops, max_sockets) = (config.ops, config.max_sockets);
+            let thread = std::thread::Builder::new().name(format!("berth-worker-{index}")).spawn(move || {
+                let setup = (|| {
+                    let mut builder = CompletionPort::builder().ops(ops).max_sockets(max_sockets).buffers(buffers);
+                    if let Some(limit) = limit {
+                        builder = builder.connection_limit(limit);
+                    }
+                    let mut port = builder.build(token)?;
+                    let listener = port.listen(addr, listen).map_err(io::Error::other)?;
+                    let local = port.local_addr(listener).map_err(io::Error::other)?;
+                    Ok::<_, io::Error>((port, listener, local))
+                })();
+                match setup {
+                    Ok((port, listener, local)) => {
+                        let _ = ready_tx.send(Ok((port.handle(), local)));
+                        body(Worker { index, port, listener })
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                        Err(e)
+                    }
+                }
+            })?;
+            threads.push(thread);
+            let (handle, local) = ready_rx.recv().map_err(|_| io::Error::other("worker died during setup"))??;
+            // The first worker may have picked the port; the others join it.
+            addr = local;
+            handles.push(handle);
+        }
+        Ok(Workers { local_addr: addr, handles, threads })
+    }
+
+    /// Handles for posting to each worker (to ask them to stop, say).
+    pub fn handles(&self) -> &[PortHandle] {
+        &self.handles
+    }
+
+    /// Waits for every worker to return; the first error wins.
+    pub fn join(self) -> io::Result<()> {
+        let mut result = Ok(());
+        for t in self.threads {
+            let r = t.join().unwrap_or_else(|_| Err(io::Error::other("worker panicked")));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+}
+
+impl fmt::Debug for Workers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Workers").field("local_addr", &self.local_addr).field("workers", &self.threads.len()).finish()
+    }
+}

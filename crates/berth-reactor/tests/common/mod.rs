@@ -1,0 +1,160 @@
+//! Shared pieces of the reactor tests: an echo handler and a server thread running it.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use berth_buf::{BufferConfig, BufferManager};
+use berth_ops::{ConnectionLimit, OpId, OpKind};
+use berth_reactor::{Completion, CompletionPort, Handler, ListenOptions, PortHandle, PortStats, SocketId};
+
+/// Posted key that tells the echo server to stop.
+pub const STOP: u64 = u64::MAX;
+
+/// Every socket read and write in the tests gives up after this long.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Echo: receive (pooled), send back the same bytes, receive again.
+pub struct Echo {
+    pub listener: SocketId,
+    pub stop: bool,
+}
+
+impl Echo {
+    fn drop_connection(port: &mut CompletionPort<()>, socket: SocketId, op: OpId) {
+        let _ = port.close(socket);
+        let _ = port.give_op(op);
+    }
+}
+
+impl Handler<()> for Echo {
+    fn completed(&mut self, port: &mut CompletionPort<()>, completion: Completion) {
+        let (op, kind, socket, result) = match completion {
+            Completion::Posted { key: STOP, .. } => {
+                self.stop = true;
+                return;
+            }
+            Completion::Posted { .. } => return,
+            Completion::Op { op, kind, socket, result } => (op, kind, socket, result),
+        };
+        match (kind, result) {
+            (OpKind::Accept, Ok(_)) => {
+                match port.take_op() {
+                    Ok(recv) => {
+                        if port.recv_pooled(socket, recv).is_err() {
+                            Echo::drop_connection(port, socket, recv);
+                        }
+                    }
+                    Err(_) => {
+                        let _ = port.close(socket);
+                    }
+                }
+                let _ = port.accept(self.listener, op);
+            }
+            (OpKind::Accept, Err(_)) => {
+                let _ = port.accept(self.listener, op);
+            }
+            (OpKind::Recv, Ok(n)) if n > 0 => {
+                let ok = port.op_mut(op).is_ok_and(|a| a.set_range(0..n).is_ok());
+                if !ok || port.send(socket, op).is_err() {
+                    Echo::drop_connection(port, socket, op);
+                }
+            }
+            (OpKind::Send, Ok(_)) => {
+                if port.recv_pooled(socket, op).is_err() {
+                    Echo::drop_connection(port, socket, op);
+                }
+            }
+            _ => Echo::drop_connection(port, socket, op),
+        }
+    }
+}
+
+pub struct EchoServer {
+    pub addr: SocketAddr,
+    pub handle: PortHandle,
+    pub thread: JoinHandle<io::Result<(PortStats, usize)>>,
+}
+
+impl EchoServer {
+    /// Stops the server; returns its stats and the arena's in-use count at the end.
+    pub fn stop(self) -> (PortStats, usize) {
+        self.handle.post(STOP, 0).expect("post stop");
+        self.thread.join().expect("server thread").expect("server loop")
+    }
+}
+
+/// Starts an echo server on 127.0.0.1:0 in its own thread.
+pub fn echo_server(ops: usize, segments: usize, limit: Option<ConnectionLimit>) -> EchoServer {
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let buffers = BufferManager::new(BufferConfig::new().segment_size(4096).segment_count(segments))
+            .map_err(io::Error::other)?;
+        let mut builder = CompletionPort::builder().ops(ops).max_sockets(ops).buffers(buffers.clone());
+        if let Some(limit) = limit {
+            builder = builder.connection_limit(limit);
+        }
+        let mut port = builder.build(|_| ())?;
+        let listener =
+            port.listen("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).map_err(io::Error::other)?;
+        let accept = port.take_op().map_err(io::Error::other)?;
+        port.accept(listener, accept).map_err(io::Error::other)?;
+        tx.send((port.local_addr(listener).map_err(io::Error::other)?, port.handle())).unwrap();
+        let mut echo = Echo { listener, stop: false };
+        while !echo.stop {
+            port.run_once(&mut echo, Some(Duration::from_millis(100)))?;
+        }
+        let stats = port.stats();
+        drop(port);
+        Ok((stats, buffers.stats().in_use))
+    });
+    let (addr, handle) = rx.recv().expect("server started");
+    EchoServer { addr, handle, thread }
+}
+
+/// A blocking client with timeouts on every read and write.
+pub fn client(addr: SocketAddr) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+/// Waits (bounded) until `pred` holds for a completion; returns it.
+pub fn wait_for<T>(port: &mut CompletionPort<T>, mut pred: impl FnMut(&Completion) -> bool) -> Completion {
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    let mut batch = Vec::with_capacity(64);
+    let mut seen = Vec::new();
+    while std::time::Instant::now() < deadline {
+        port.wait(&mut batch, Some(Duration::from_millis(50))).expect("wait");
+        for c in batch.drain(..) {
+            if pred(&c) {
+                return c;
+            }
+            seen.push(c);
+        }
+    }
+    panic!("no matching completion within {IO_TIMEOUT:?}; saw {seen:?}");
+}
+
+/// An accepted connection on a fresh port: (port, listener, server socket, client).
+pub fn connected_pair(ops: usize) -> (CompletionPort<()>, SocketId, SocketId, std::net::TcpStream) {
+    let buffers = BufferManager::new(BufferConfig::new().segment_size(65536).segment_count(64)).unwrap();
+    let mut port = CompletionPort::builder().ops(ops).max_sockets(16).buffers(buffers).build(|_| ()).unwrap();
+    let listener = port.listen("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).unwrap();
+    let addr = port.local_addr(listener).unwrap();
+    let accept = port.take_op().unwrap();
+    port.accept(listener, accept).unwrap();
+    let c = client(addr);
+    let Completion::Op { socket, .. } =
+        wait_for(&mut port, |c| matches!(c, Completion::Op { kind: OpKind::Accept, .. }))
+    else {
+        unreachable!()
+    };
+    port.give_op(accept).unwrap();
+    (port, listener, socket, c)
+}

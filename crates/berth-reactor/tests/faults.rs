@@ -1,0 +1,252 @@
+//! The completion port under faults: resets, half-close, a peer that never reads,
+//! cancel and close with ops in flight, deadlines, posts while blocked.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+use berth_ops::{OpError, OpKind};
+use berth_reactor::{Completion, SubmitError};
+use common::{connected_pair, wait_for};
+
+fn is_op(c: &Completion, want: OpKind) -> bool {
+    matches!(c, Completion::Op { kind, .. } if *kind == want)
+}
+
+fn result_of(c: Completion) -> Result<usize, OpError> {
+    match c {
+        Completion::Op { result, .. } => result,
+        Completion::Posted { .. } => panic!("not an op"),
+    }
+}
+
+/// Makes the next close of `s` send a RST instead of a FIN.
+fn reset_on_close(s: &std::net::TcpStream) {
+    socket2::SockRef::from(s).set_linger(Some(Duration::ZERO)).unwrap();
+}
+
+#[test]
+fn peer_reset_mid_receive() {
+    let (mut port, _l, socket, client) = connected_pair(8);
+    let recv = port.take_op().unwrap();
+    let lease = port.lease().unwrap();
+    port.op_mut(recv).unwrap().set_buffer(lease, 0..1024).unwrap();
+    port.recv(socket, recv).unwrap();
+    reset_on_close(&client);
+    drop(client);
+    let c = wait_for(&mut port, |c| is_op(c, OpKind::Recv));
+    assert_eq!(result_of(c), Err(OpError::ConnectionReset));
+    port.close(socket).unwrap();
+    port.give_op(recv).unwrap();
+    assert_eq!(port.buffers().stats().in_use, 0);
+}
+
+#[test]
+fn peer_reset_mid_send() {
+    let (mut port, _l, socket, client) = connected_pair(8);
+    // Fill the path until a send stays pending, then reset.
+    let send = port.take_op().unwrap();
+    let mut lease = port.lease().unwrap();
+    lease.fill(b'x');
+    let cap = lease.capacity();
+    port.op_mut(send).unwrap().set_buffer(lease, 0..cap).unwrap();
+    let mut pending = false;
+    for _ in 0..1000 {
+        port.send(socket, send).unwrap();
+        let mut batch = Vec::with_capacity(8);
+        port.wait(&mut batch, Some(Duration::from_millis(0))).unwrap();
+        if batch.is_empty() {
+            pending = true;
+            break;
+        }
+    }
+    assert!(pending, "a peer that never reads never filled the socket");
+    reset_on_close(&client);
+    drop(client);
+    let c = wait_for(&mut port, |c| is_op(c, OpKind::Send));
+    let r = result_of(c);
+    assert!(matches!(r, Err(OpError::ConnectionReset | OpError::BrokenPipe)), "{r:?}");
+}
+
+#[test]
+fn half_close_still_sends_the_rest() {
+    let (mut port, _l, socket, mut client) = connected_pair(8);
+    client.write_all(b"last words").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let op = port.take_op().unwrap();
+    port.recv_pooled(socket, op).unwrap();
+    let c = wait_for(&mut port, |c| is_op(c, OpKind::Recv));
+    assert_eq!(result_of(c), Ok(10));
+    port.recv_pooled(socket, op).unwrap();
+    let c = wait_for(&mut port, |c| is_op(c, OpKind::Recv));
+    assert_eq!(result_of(c), Ok(0), "the peer's FIN reads as 0 bytes");
+    // We still send to a peer that only shut its writing side.
+    let mut lease = port.lease().unwrap();
+    lease[..5].copy_from_slice(b"reply");
+    port.op_mut(op).unwrap().set_buffer(lease, 0..5).unwrap();
+    port.send(socket, op).unwrap();
+    assert_eq!(result_of(wait_for(&mut port, |c| is_op(c, OpKind::Send))), Ok(5));
+    let mut got = [0u8; 5];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"reply");
+}
+
+#[test]
+fn a_client_that_never_reads_keeps_memory_bounded() {
+    let (mut port, _l, socket, client) = connected_pair(4);
+    let ops: Vec<_> = (0..4).map(|_| port.take_op().unwrap()).collect();
+    for &op in &ops {
+        let mut lease = port.lease().unwrap();
+        lease.fill(7);
+        let cap = lease.capacity();
+        port.op_mut(op).unwrap().set_buffer(lease, 0..cap).unwrap();
+    }
+    let mut batch = Vec::with_capacity(16);
+    // Keep sending as fast as the port lets us for a while.
+    let mut pending_seen = 0;
+    for _ in 0..200 {
+        for &op in &ops {
+            match port.send(socket, op) {
+                Ok(()) | Err(SubmitError::Busy) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        port.wait(&mut batch, Some(Duration::ZERO)).unwrap();
+        pending_seen = pending_seen.max(port.stats().pending);
+    }
+    // Memory held is bounded by the op pool: never more than 4 leases.
+    assert_eq!(port.pool_stats().capacity, 4);
+    assert!(port.buffers().stats().in_use <= 4);
+    assert!(pending_seen >= 1, "sends never backed up");
+    assert!(port.take_op().is_err(), "pool exhaustion is the bound");
+    drop(client);
+    port.close(socket).unwrap();
+    port.wait(&mut batch, Some(Duration::ZERO)).unwrap();
+    for op in ops {
+        port.give_op(op).unwrap();
+    }
+    assert_eq!(port.buffers().stats().in_use, 0);
+}
+
+#[test]
+fn cancel_and_close_with_ops_in_flight_return_every_lease() {
+    let (mut port, _l, socket, _client) = connected_pair(8);
+    let base = port.buffers().stats().in_use;
+    let r1 = port.take_op().unwrap();
+    let lease = port.lease().unwrap();
+    port.op_mut(r1).unwrap().set_buffer(lease, 0..100).unwrap();
+    port.recv(socket, r1).unwrap();
+    let r2 = port.take_op().unwrap();
+    let lease = port.lease().unwrap();
+    port.op_mut(r2).unwrap().set_buffer(lease, 0..100).unwrap();
+    port.recv(socket, r2).unwrap(); // queued behind r1
+    assert_eq!(port.stats().pending, 2);
+    assert!(matches!(port.give_op(r1), Err(SubmitError::Busy)));
+
+    port.cancel(r2).unwrap();
+    assert!(matches!(port.cancel(r2), Err(SubmitError::NotPending)));
+    let c = wait_for(&mut port, |c| matches!(c, Completion::Op { op, .. } if *op == r2));
+    assert_eq!(result_of(c), Err(OpError::Cancelled));
+
+    assert_eq!(port.close(socket).unwrap(), 1);
+    let c = wait_for(&mut port, |c| matches!(c, Completion::Op { op, .. } if *op == r1));
+    assert_eq!(result_of(c), Err(OpError::Cancelled));
+    assert_eq!(port.buffers().stats().in_use, base, "a cancelled op kept its lease");
+    assert!(matches!(port.recv(socket, r1), Err(SubmitError::StaleSocket | SubmitError::NoBuffer)));
+    assert!(matches!(port.close(socket), Err(SubmitError::StaleSocket)));
+    port.give_op(r1).unwrap();
+    port.give_op(r2).unwrap();
+    assert_eq!(port.stats().pending, 0);
+}
+
+#[test]
+fn a_deadline_fires_while_the_op_is_pending() {
+    let (mut port, _l, socket, _client) = connected_pair(8);
+    let op = port.take_op().unwrap();
+    port.set_deadline(op, Some(Instant::now() + Duration::from_millis(30))).unwrap();
+    port.recv_pooled(socket, op).unwrap();
+    let c = wait_for(&mut port, |c| is_op(c, OpKind::Recv));
+    assert_eq!(result_of(c), Err(OpError::TimedOut));
+    assert_eq!(port.stats().timed_out, 1);
+    assert_eq!(port.stats().pending, 0);
+    // The op is idle and reusable; without a deadline it waits for data.
+    port.set_deadline(op, None).unwrap();
+    port.recv_pooled(socket, op).unwrap();
+    assert!(matches!(port.give_op(op), Err(SubmitError::Busy)));
+}
+
+#[test]
+fn a_post_from_another_thread_wakes_a_blocked_wait() {
+    let (mut port, _l, _socket, _client) = connected_pair(8);
+    let handle = port.handle();
+    let poster = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50)); // let the port block first
+        handle.post(1, 2).unwrap();
+    });
+    let mut batch = Vec::with_capacity(4);
+    // No timeout: only the post can end this wait.
+    port.wait(&mut batch, None).unwrap();
+    assert_eq!(batch, [Completion::Posted { key: 1, data: 2 }]);
+    poster.join().unwrap();
+    let handle = port.handle();
+    drop(port);
+    assert!(handle.post(3, 4).is_err(), "posting to a dropped port is an error");
+}
+
+#[test]
+fn stale_ids_and_misuse_are_errors() {
+    let (mut port, listener, socket, _client) = connected_pair(8);
+    let op = port.take_op().unwrap();
+    assert!(matches!(port.recv(socket, op), Err(SubmitError::NoBuffer)));
+    assert!(matches!(port.send(socket, op), Err(SubmitError::NoBuffer)));
+    assert!(matches!(port.accept(socket, op), Err(SubmitError::WrongSocket)));
+    assert!(matches!(port.recv_pooled(listener, op), Err(SubmitError::WrongSocket)));
+    port.give_op(op).unwrap();
+    assert!(matches!(port.recv_pooled(socket, op), Err(SubmitError::StaleOp)));
+    let forged = berth_reactor::SocketId::from_u64(socket.to_u64() + (1 << 32));
+    let op = port.take_op().unwrap();
+    assert!(matches!(port.recv_pooled(forged, op), Err(SubmitError::StaleSocket)));
+}
+
+#[test]
+fn connect_completes_and_refused_connect_fails() {
+    let (mut port, listener, _s, _c) = connected_pair(8);
+    let addr = port.local_addr(listener).unwrap();
+    let accept = port.take_op().unwrap();
+    port.accept(listener, accept).unwrap();
+    let op = port.take_op().unwrap();
+    let out = port.connect(addr, op).unwrap();
+    let c = wait_for(&mut port, |c| is_op(c, OpKind::Connect));
+    assert_eq!(c, Completion::Op { op, kind: OpKind::Connect, socket: out, result: Ok(0) });
+
+    // A port nobody listens on: bind one, learn it, close it.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let op2 = port.take_op().unwrap();
+    port.connect(dead, op2).unwrap();
+    let c = wait_for(&mut port, |c| matches!(c, Completion::Op { op, .. } if *op == op2));
+    assert_eq!(result_of(c), Err(OpError::ConnectionRefused));
+}
+
+#[test]
+fn send_file_sends_the_range() {
+    let (mut port, _l, socket, mut client) = connected_pair(8);
+    let path = std::env::temp_dir().join(format!("berth-reactor-sendfile-{}", std::process::id()));
+    let data: Vec<u8> = (0..500_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let send = berth_sendfile::FileSend::checked(file, 1000, 400_000).unwrap();
+    let op = port.take_op().unwrap();
+    port.send_file(socket, op, send).unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; 400_000];
+        client.read_exact(&mut got).unwrap();
+        got
+    });
+    let c = wait_for(&mut port, |c| is_op(c, OpKind::SendFile));
+    assert_eq!(result_of(c), Ok(400_000));
+    let got = reader.join().unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(got == data[1000..401_000], "file bytes differ");
+}
