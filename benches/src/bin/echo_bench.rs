@@ -68,7 +68,9 @@ fn main() -> ExitCode {
 struct Config {
     quick: bool,
     self_test: bool,
-    /// Seconds of measurement and of warm-up per throughput case.
+    /// Rounds per throughput case; each round measures every server once.
+    rounds: usize,
+    /// Seconds of measurement and of warm-up per round.
     secs: f64,
     warmup: f64,
     idle: usize,
@@ -85,7 +87,7 @@ struct ServerSpec {
     args: Vec<String>,
 }
 
-/// One throughput case against one server.
+/// One round of a throughput case against one server.
 #[derive(Debug, Clone, Copy)]
 struct EchoResult {
     msgs_per_s: f64,
@@ -98,6 +100,44 @@ struct EchoResult {
 impl EchoResult {
     fn server_cpu_us_per_msg(&self) -> f64 {
         if self.messages == 0 { 0.0 } else { self.server_cpu.as_secs_f64() * 1e6 / self.messages as f64 }
+    }
+}
+
+/// A throughput case against one server over all rounds: medians, so that a round
+/// disturbed by something else on the machine does not decide the result.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct EchoSummary {
+    msgs_per_s: f64,
+    server_cpu_us_per_msg: f64,
+    p50_us: f64,
+    p99_us: f64,
+    /// The slowest and fastest round, to show the spread.
+    min_msgs_per_s: f64,
+    max_msgs_per_s: f64,
+}
+
+impl EchoSummary {
+    fn of(rounds: &[EchoResult]) -> EchoSummary {
+        let med = |f: fn(&EchoResult) -> f64| median(rounds.iter().map(f).collect());
+        let rate = |r: &EchoResult| r.msgs_per_s;
+        EchoSummary {
+            msgs_per_s: med(rate),
+            server_cpu_us_per_msg: med(EchoResult::server_cpu_us_per_msg),
+            p50_us: med(|r| r.p50_us),
+            p99_us: med(|r| r.p99_us),
+            min_msgs_per_s: rounds.iter().map(rate).fold(f64::INFINITY, f64::min),
+            max_msgs_per_s: rounds.iter().map(rate).fold(0.0, f64::max),
+        }
+    }
+}
+
+/// The median (the mean of the middle two for an even count); 0 for none.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 
@@ -119,7 +159,7 @@ impl IdleResult {
 #[derive(Debug, Clone, Default)]
 struct ServerResult {
     /// Per entry of [`SIZES`], in order.
-    echo: Vec<EchoResult>,
+    echo: Vec<EchoSummary>,
     idle: Option<IdleResult>,
 }
 
@@ -188,8 +228,9 @@ fn run() -> Result<(), String> {
     let cfg = Config {
         quick,
         self_test,
-        secs: if quick { 3.0 } else { 10.0 },
-        warmup: if quick { 0.5 } else { 1.0 },
+        rounds: if quick { 3 } else { 5 },
+        secs: if quick { 1.0 } else { 2.0 },
+        warmup: if quick { 0.3 } else { 0.5 },
         idle,
         exe_dir,
         server_core,
@@ -197,9 +238,10 @@ fn run() -> Result<(), String> {
     };
     println!(
         "echo_bench: server on cpu {}, load on cpu {} (sched_setaffinity via rustix); {CONNECTIONS} connections, \
-         {} s per case after {} s warm-up; idle test {} connections; RLIMIT_NOFILE {limit}",
+         {} rounds of {} s per case (medians), each after {} s warm-up; idle test {} connections; RLIMIT_NOFILE {limit}",
         show_core(cfg.server_core),
         show_core(cfg.load_core),
+        cfg.rounds,
         cfg.secs,
         cfg.warmup,
         cfg.idle,
@@ -208,20 +250,43 @@ fn run() -> Result<(), String> {
     let servers = [berth, tokio];
     let mut results: Vec<ServerResult> = vec![ServerResult::default(); servers.len()];
     for &(label, size) in SIZES {
-        for (spec, result) in servers.iter().zip(results.iter_mut()) {
-            let r = measure_echo(&cfg, spec, size).map_err(|e| format!("{} {label}: {e}", spec.name))?;
+        let mut rounds: Vec<Vec<EchoResult>> = vec![Vec::new(); servers.len()];
+        for round in 0..cfg.rounds {
+            // Alternate who goes first, so neither always runs on a warmer machine.
+            let mut order: Vec<usize> = (0..servers.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                let spec = &servers[i];
+                let r = measure_echo(&cfg, spec, size).map_err(|e| format!("{} {label}: {e}", spec.name))?;
+                println!(
+                    "  round {round} echo/{label} {:<13} {:>9.0} msgs/s  p99 {:>7.1} us  server cpu {:.2} us/msg \
+                     ({} msgs, {:.2} s cpu)",
+                    spec.name,
+                    r.msgs_per_s,
+                    r.p99_us,
+                    r.server_cpu_us_per_msg(),
+                    r.messages,
+                    r.server_cpu.as_secs_f64(),
+                );
+                rounds[i].push(r);
+            }
+        }
+        for ((spec, result), rounds) in servers.iter().zip(results.iter_mut()).zip(&rounds) {
+            let s = EchoSummary::of(rounds);
             println!(
-                "echo/{label}/{CONNECTIONS}conns {:<13} {:>10.0} msgs/s  p50 {:>7.1} us  p99 {:>7.1} us  \
-                 server cpu {:>6.2} us/msg  ({} msgs, server cpu {:.2} s)",
+                "echo/{label}/{CONNECTIONS}conns {:<13} {:>9.0} msgs/s (rounds {:.0}..{:.0})  p50 {:>6.1} us  \
+                 p99 {:>7.1} us  server cpu {:.2} us/msg",
                 spec.name,
-                r.msgs_per_s,
-                r.p50_us,
-                r.p99_us,
-                r.server_cpu_us_per_msg(),
-                r.messages,
-                r.server_cpu.as_secs_f64(),
+                s.msgs_per_s,
+                s.min_msgs_per_s,
+                s.max_msgs_per_s,
+                s.p50_us,
+                s.p99_us,
+                s.server_cpu_us_per_msg,
             );
-            result.echo.push(r);
+            result.echo.push(s);
         }
     }
     for (spec, result) in servers.iter().zip(results.iter_mut()) {
@@ -276,9 +341,9 @@ fn rows(b: &ServerResult, t: &ServerResult) -> Result<Vec<Row>, String> {
         rows.push(Row::new(
             format!("{id}/server_cpu_us_per_msg"),
             "server_cpu_us_per_msg",
-            be.server_cpu_us_per_msg(),
+            be.server_cpu_us_per_msg,
             "tokio",
-            te.server_cpu_us_per_msg(),
+            te.server_cpu_us_per_msg,
             Better::Lower,
         ));
     }
@@ -492,8 +557,27 @@ fn settled_rss(pid: u32) -> Result<u64, String> {
 mod tests {
     use super::*;
 
-    fn echo(msgs_per_s: f64, messages: u64, cpu_ms: u64) -> EchoResult {
-        EchoResult { msgs_per_s, p50_us: 1.0, p99_us: 2.0, messages, server_cpu: Duration::from_millis(cpu_ms) }
+    fn echo(msgs_per_s: f64, messages: u64, cpu_ms: u64) -> EchoSummary {
+        let round =
+            EchoResult { msgs_per_s, p50_us: 1.0, p99_us: 2.0, messages, server_cpu: Duration::from_millis(cpu_ms) };
+        EchoSummary::of(&[round])
+    }
+
+    #[test]
+    fn summaries_take_medians() {
+        assert_eq!(median(vec![]), 0.0);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        let r = |rate, cpu_ms| EchoResult {
+            msgs_per_s: rate,
+            p50_us: rate,
+            p99_us: rate,
+            messages: 1000,
+            server_cpu: Duration::from_millis(cpu_ms),
+        };
+        let s = EchoSummary::of(&[r(10.0, 5), r(1000.0, 1), r(20.0, 2)]);
+        assert_eq!((s.msgs_per_s, s.min_msgs_per_s, s.max_msgs_per_s), (20.0, 10.0, 1000.0));
+        assert_eq!(s.server_cpu_us_per_msg, 2.0);
     }
 
     #[test]
