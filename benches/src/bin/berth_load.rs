@@ -20,7 +20,7 @@
 //!
 //! ```text
 //! berth_load --addr 127.0.0.1:7000 --connections 64 --size 64 --duration 10 [--warmup 1]
-//!            [--timeout 5] [--json] [--marks]
+//!            [--timeout 5] [--json] [--marks] [--quiet]
 //! ```
 //!
 //! Output: one human line; with `--json`, one JSON object
@@ -28,7 +28,8 @@
 //! line goes to stderr), where `messages` are the round trips completed in the measured
 //! window (after warm-up), `bytes` the payload bytes echoed and verified in it, and
 //! `errors` counts connect failures, resets, early closes, timeouts and mismatches over
-//! the whole run. `--marks` prints `mark start` and `mark end` lines on stdout at the
+//! the whole run; `--quiet` drops the human line (errors are still described on
+//! stderr). `--marks` prints `mark start` and `mark end` lines on stdout at the
 //! edges of the measured window, so a caller can sample the server's CPU time there.
 //! The exit status is 0 only if no error happened and at least one message completed.
 
@@ -41,7 +42,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 const USAGE: &str = "usage: berth_load --addr HOST:PORT --connections C --size M --duration SECS \
-                     [--warmup SECS] [--timeout SECS] [--json] [--marks]";
+                     [--warmup SECS] [--timeout SECS] [--json] [--marks] [--quiet]";
 
 /// How many mismatches are described on stderr before only counting them.
 const MISMATCH_REPORTS: u64 = 5;
@@ -63,9 +64,11 @@ fn main() -> ExitCode {
     };
     let human = report.human_line(&cfg);
     if cfg.json {
-        eprintln!("{human}");
+        if !cfg.quiet {
+            eprintln!("{human}");
+        }
         println!("{}", report.json());
-    } else {
+    } else if !cfg.quiet {
         println!("{human}");
     }
     if report.errors.total() == 0 && report.messages > 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }
@@ -82,6 +85,7 @@ struct Config {
     timeout: Duration,
     json: bool,
     marks: bool,
+    quiet: bool,
 }
 
 impl Config {
@@ -94,6 +98,7 @@ impl Config {
         let mut timeout = Duration::from_secs(5);
         let mut json = false;
         let mut marks = false;
+        let mut quiet = false;
         while let Some(arg) = args.next() {
             let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
             match arg.as_str() {
@@ -109,6 +114,7 @@ impl Config {
                 "--timeout" => timeout = parse_secs(&arg, &value()?)?,
                 "--json" => json = true,
                 "--marks" => marks = true,
+                "--quiet" => quiet = true,
                 "-h" | "--help" => return Err("help".into()),
                 other => return Err(format!("unknown argument {other}")),
             }
@@ -122,6 +128,7 @@ impl Config {
             timeout,
             json,
             marks,
+            quiet,
         };
         if cfg.connections == 0 || cfg.size == 0 || cfg.duration.is_zero() || cfg.timeout.is_zero() {
             return Err("--connections, --size, --duration and --timeout must be positive".into());
@@ -705,6 +712,7 @@ mod tests {
             timeout: Duration::from_secs(2),
             json: false,
             marks: false,
+            quiet: true,
         };
         let report = run(&cfg).unwrap();
         assert_eq!(report.errors, Errors { mismatch: 1, ..Errors::default() });
@@ -739,6 +747,7 @@ mod tests {
             timeout: Duration::from_secs(2),
             json: true,
             marks: false,
+            quiet: true,
         };
         let report = run(&cfg).unwrap();
         assert_eq!(report.errors.total(), 0);
@@ -762,6 +771,7 @@ mod tests {
             timeout: Duration::from_millis(200),
             json: false,
             marks: false,
+            quiet: true,
         };
         let t = Instant::now();
         let report = run(&cfg).unwrap();

@@ -437,7 +437,7 @@ fn measure_echo(cfg: &Config, spec: &ServerSpec, size: usize) -> Result<EchoResu
     cmd.args(["--addr", &addr.to_string()])
         .args(["--connections", &CONNECTIONS.to_string(), "--size", &size.to_string()])
         .args(["--duration", &cfg.secs.to_string(), "--warmup", &cfg.warmup.to_string()])
-        .args(["--json", "--marks"]);
+        .args(["--json", "--marks", "--quiet"]);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     let child = spawn_pinned(&mut cmd, cfg.load_core).map_err(|e| format!("berth_load: {e}"))?;
     let mut load = ChildGuard::new(child);
