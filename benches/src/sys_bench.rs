@@ -111,6 +111,30 @@ pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// CPU time spent busy by the whole machine so far, summed over all CPUs, from the
+/// first line of `/proc/stat`: everything but idle and iowait. Compared with the time
+/// of the processes a benchmark knows about, it shows how much of the machine
+/// something else took during a measurement.
+pub fn machine_busy_time() -> io::Result<Duration> {
+    let text = fs::read_to_string("/proc/stat")?;
+    let ticks = parse_stat_busy_ticks(&text)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "/proc/stat: unexpected format"))?;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Ok(Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / hz))
+}
+
+/// Busy ticks from the `cpu` line of `/proc/stat`: user, nice, system, irq, softirq
+/// and steal (guest time is already inside user and nice).
+pub fn parse_stat_busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    let field = |i: usize| v.get(i).copied().unwrap_or(0);
+    if v.len() < 4 {
+        return None;
+    }
+    Some(field(0) + field(1) + field(2) + field(5) + field(6) + field(7))
+}
+
 /// The resident set size of process `pid` in KiB (`VmRSS` of `/proc/<pid>/status`).
 pub fn rss_kib(pid: u32) -> io::Result<u64> {
     let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -155,6 +179,15 @@ mod tests {
         let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 123 4096 10";
         assert_eq!(parse_stat_cpu_ticks(stat), Some(10));
         assert_eq!(parse_stat_cpu_ticks("42 (x) S 1"), None);
+    }
+
+    #[test]
+    fn machine_busy_leaves_out_idle_and_iowait() {
+        let stat = "cpu  10 1 5 1000 50 2 3 4 0 0\ncpu0 5 0 2 500 25 1 1 2 0 0\nintr 1 2 3\n";
+        assert_eq!(parse_stat_busy_ticks(stat), Some(10 + 1 + 5 + 2 + 3 + 4));
+        assert_eq!(parse_stat_busy_ticks("cpu  1 2\n"), None);
+        assert_eq!(parse_stat_busy_ticks("intr 1\n"), None);
+        machine_busy_time().unwrap();
     }
 
     #[test]
