@@ -31,6 +31,7 @@
 //! connections past the [`ConnectionLimit`](berth_ops::ConnectionLimit) or the socket
 //! table are closed at once and counted; nothing on the completion path allocates.
 
+pub mod echo;
 mod handle;
 mod port;
 mod socket;

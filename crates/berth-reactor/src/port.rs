@@ -568,12 +568,15 @@ impl<T> CompletionPort<T> {
         self.stats.submitted += 1;
 
         let op = index as u32;
-        let queue_empty = self.sockets[socket.index as usize].queue(dir).is_empty();
-        if queue_empty {
-            if let Step::Done(result, target) = self.try_op(op, socket.index) {
-                self.stats.completed_inline += 1;
-                self.complete(op, result, target);
-                return Ok(());
+        let entry = &mut self.sockets[socket.index as usize];
+        if entry.queue(dir).is_empty() && entry.ready(dir) {
+            match self.try_op(op, socket.index) {
+                Step::Done(result, target) => {
+                    self.stats.completed_inline += 1;
+                    self.complete(op, result, target);
+                    return Ok(());
+                }
+                Step::Pending => self.sockets[socket.index as usize].set_ready(dir, false),
             }
         }
         self.push_back(socket.index, dir, op);
@@ -683,48 +686,53 @@ impl<T> CompletionPort<T> {
     }
 
     fn try_recv(&mut self, op: u32, id: OpId, socket: u32) -> Step {
+        let (step, drained) = self.recv_once(op, id, socket);
+        if drained && let Some(entry) = self.sockets.get_mut(socket as usize) {
+            // A short stream read emptied the receive queue: wait for the next edge
+            // instead of paying an EAGAIN on the next receive.
+            entry.readable = false;
+        }
+        step
+    }
+
+    /// One receive; also says whether it was short (the queue is drained).
+    fn recv_once(&mut self, op: u32, id: OpId, socket: u32) -> (Step, bool) {
         let sid = self.sid(socket);
         let Some(Entry { io: Io::Stream(stream), .. }) = self.sockets.get(socket as usize) else {
-            return Step::Done(Err(OpError::NotConnected), sid);
+            return (Step::Done(Err(OpError::NotConnected), sid), false);
         };
-        let Ok(args) = self.pool.get_mut(id) else { return Step::Done(Err(OpError::InvalidInput), sid) };
-        if self.meta[op as usize].pooled {
+        let Ok(args) = self.pool.get_mut(id) else { return (Step::Done(Err(OpError::InvalidInput), sid), false) };
+        let pooled = self.meta[op as usize].pooled;
+        let mut fresh = None;
+        if pooled {
             let lease = match &self.cache {
                 Some(cache) => cache.lease(),
                 None => self.buffers.lease(),
             };
-            let Ok(mut lease) = lease else { return Step::Done(Err(OpError::BufferExhausted), sid) };
-            loop {
-                match (&*stream).read(&mut lease[..]) {
-                    Ok(n) => {
-                        let _ = lease.set_len(n);
-                        let capacity = lease.capacity();
-                        if let Err(e) = args.set_buffer(lease, 0..capacity) {
-                            drop(e.lease);
-                            return Step::Done(Err(OpError::InvalidInput), sid);
-                        }
-                        return Step::Done(Ok(n), sid);
-                    }
-                    // The segment goes straight back to the cache: idle sockets hold none.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Pending,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Step::Done(Err(OpError::from_io(&e)), sid),
-                }
-            }
+            let Ok(lease) = lease else { return (Step::Done(Err(OpError::BufferExhausted), sid), false) };
+            fresh = Some(lease);
         }
-        let range = args.range();
-        let Some(lease) = args.buffer_mut() else { return Step::Done(Err(OpError::InvalidInput), sid) };
-        loop {
+        let range = if pooled { 0..fresh.as_ref().map_or(0, Lease::capacity) } else { args.range() };
+        let Some(lease) = fresh.as_mut().or(args.buffer_mut()) else {
+            return (Step::Done(Err(OpError::InvalidInput), sid), false);
+        };
+        let n = loop {
             match (&*stream).read(&mut lease[range.clone()]) {
-                Ok(n) => {
-                    let _ = lease.set_len(range.start + n);
-                    return Step::Done(Ok(n), sid);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Pending,
+                Ok(n) => break n,
+                // A pooled segment goes straight back to the cache: idle sockets hold none.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (Step::Pending, false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Step::Done(Err(OpError::from_io(&e)), sid),
+                Err(e) => return (Step::Done(Err(OpError::from_io(&e)), sid), false),
             }
+        };
+        let _ = lease.set_len(range.start + n);
+        if let Some(lease) = fresh
+            && let Err(e) = args.set_buffer(lease, range.clone())
+        {
+            drop(e.lease);
+            return (Step::Done(Err(OpError::InvalidInput), sid), false);
         }
+        (Step::Done(Ok(n), sid), n > 0 && n < range.len())
     }
 
     fn try_send(&mut self, op: u32, id: OpId, socket: u32) -> Step {
@@ -892,7 +900,12 @@ impl<T> CompletionPort<T> {
                 return;
             }
             match self.try_op(head, socket) {
-                Step::Pending => return,
+                Step::Pending => {
+                    if let Some(entry) = self.sockets.get_mut(socket as usize) {
+                        entry.set_ready(dir, false);
+                    }
+                    return;
+                }
                 Step::Done(result, target) => {
                     self.pop_front(socket, dir);
                     self.stats.completed_queued += 1;
@@ -922,7 +935,10 @@ impl<T> CompletionPort<T> {
                     let live = self.sockets.get(socket as usize).is_some_and(|e| e.backoff_seq == entry.seq);
                     if live {
                         if let Some(e) = self.sockets.get_mut(socket as usize) {
+                            // The backlog still holds the connections that met EMFILE;
+                            // no new edge will announce them.
                             e.backoff_until = None;
+                            e.readable = true;
                         }
                         self.drive(socket, Dir::Read);
                     }
@@ -990,10 +1006,15 @@ impl<T> CompletionPort<T> {
                 continue;
             }
             let socket = event.token().0 as u32;
-            if event.is_readable() || event.is_read_closed() || event.is_error() {
+            let Some(entry) = self.sockets.get_mut(socket as usize) else { continue };
+            let read = event.is_readable() || event.is_read_closed() || event.is_error();
+            let write = event.is_writable() || event.is_write_closed() || event.is_error();
+            entry.readable |= read;
+            entry.writable |= write;
+            if read {
                 self.drive(socket, Dir::Read);
             }
-            if event.is_writable() || event.is_write_closed() || event.is_error() {
+            if write {
                 self.drive(socket, Dir::Write);
             }
         }

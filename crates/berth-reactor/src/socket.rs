@@ -68,6 +68,12 @@ pub(crate) struct Entry {
     pub(crate) write_q: Queue,
     /// The connection-limit place an accepted socket holds until it is closed.
     pub(crate) _permit: Option<ConnectionPermit>,
+    /// Readiness ticks: false once a syscall showed the direction drained (EAGAIN, or
+    /// a short read), true again on the next epoll edge. Edge-triggered epoll reports
+    /// every arrival after the drain, so skipping the syscall while false loses no
+    /// wake-up — and saves the EAGAIN a pooled receive would otherwise pay per message.
+    pub(crate) readable: bool,
+    pub(crate) writable: bool,
     /// Accept back-off after EMFILE/ENFILE: no accept before this instant.
     pub(crate) backoff_until: Option<Instant>,
     pub(crate) backoff_delay: Duration,
@@ -81,9 +87,26 @@ impl Entry {
             read_q: Queue::EMPTY,
             write_q: Queue::EMPTY,
             _permit: permit,
+            readable: true,
+            writable: true,
             backoff_until: None,
             backoff_delay: Duration::ZERO,
             backoff_seq: 0,
+        }
+    }
+
+    /// Whether a syscall in `dir` may succeed without waiting for an edge.
+    pub(crate) fn ready(&self, dir: Dir) -> bool {
+        match dir {
+            Dir::Read => self.readable,
+            Dir::Write => self.writable,
+        }
+    }
+
+    pub(crate) fn set_ready(&mut self, dir: Dir, ready: bool) {
+        match dir {
+            Dir::Read => self.readable = ready,
+            Dir::Write => self.writable = ready,
         }
     }
 

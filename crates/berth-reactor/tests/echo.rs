@@ -94,10 +94,8 @@ fn workers_share_one_address() {
         config,
         |_| (),
         |mut w| {
-            let accept = w.port.take_op().map_err(std::io::Error::other)?;
-            w.port.accept(w.listener, accept).map_err(std::io::Error::other)?;
-            let mut echo = Echo { listener: w.listener, stop: false };
-            while !echo.stop {
+            let mut echo = Echo::start(&mut w.port, w.listener).map_err(std::io::Error::other)?;
+            while !echo.stopped() {
                 w.port.run_once(&mut echo, Some(Duration::from_millis(100)))?;
             }
             Ok(())

@@ -250,3 +250,20 @@ fn send_file_sends_the_range() {
     std::fs::remove_file(&path).unwrap();
     assert!(got == data[1000..401_000], "file bytes differ");
 }
+
+#[test]
+fn no_wakeup_is_lost_after_a_short_read() {
+    let (mut port, _l, socket, mut client) = connected_pair(8);
+    let op = port.take_op().unwrap();
+    client.write_all(b"first").unwrap();
+    port.recv_pooled(socket, op).unwrap();
+    assert_eq!(result_of(wait_for(&mut port, |c| is_op(c, OpKind::Recv))), Ok(5)); // short: drained
+    // Data arrives while no receive is pending and the port is not waiting.
+    client.write_all(b"second").unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    // The next receive skips the syscall (the socket looked drained) but the edge
+    // that "second" raised is still waiting in epoll.
+    port.recv_pooled(socket, op).unwrap();
+    assert_eq!(result_of(wait_for(&mut port, |c| is_op(c, OpKind::Recv))), Ok(6));
+    assert_eq!(port.op(op).unwrap().transferred_bytes(), b"second");
+}

@@ -285,10 +285,10 @@ fn resolve_one(spec: &str, file_size: u64) -> Result<ByteRange, HttpRangeError> 
         }
         Some(f) => f,
     };
-    if let Some(l) = last {
-        if l < first {
-            return Err(HttpRangeError::Malformed);
-        }
+    if let Some(l) = last
+        && l < first
+    {
+        return Err(HttpRangeError::Malformed);
     }
     if first >= file_size {
         return Err(unsatisfiable);

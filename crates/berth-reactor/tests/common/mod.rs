@@ -9,70 +9,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use berth_buf::{BufferConfig, BufferManager};
-use berth_ops::{ConnectionLimit, OpId, OpKind};
-use berth_reactor::{Completion, CompletionPort, Handler, ListenOptions, PortHandle, PortStats, SocketId};
+use berth_ops::{ConnectionLimit, OpKind};
+use berth_reactor::{Completion, CompletionPort, ListenOptions, PortHandle, PortStats, SocketId};
 
-/// Posted key that tells the echo server to stop.
-pub const STOP: u64 = u64::MAX;
+pub use berth_reactor::echo::{Echo, STOP};
 
 /// Every socket read and write in the tests gives up after this long.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Echo: receive (pooled), send back the same bytes, receive again.
-pub struct Echo {
-    pub listener: SocketId,
-    pub stop: bool,
-}
-
-impl Echo {
-    fn drop_connection(port: &mut CompletionPort<()>, socket: SocketId, op: OpId) {
-        let _ = port.close(socket);
-        let _ = port.give_op(op);
-    }
-}
-
-impl Handler<()> for Echo {
-    fn completed(&mut self, port: &mut CompletionPort<()>, completion: Completion) {
-        let (op, kind, socket, result) = match completion {
-            Completion::Posted { key: STOP, .. } => {
-                self.stop = true;
-                return;
-            }
-            Completion::Posted { .. } => return,
-            Completion::Op { op, kind, socket, result } => (op, kind, socket, result),
-        };
-        match (kind, result) {
-            (OpKind::Accept, Ok(_)) => {
-                match port.take_op() {
-                    Ok(recv) => {
-                        if port.recv_pooled(socket, recv).is_err() {
-                            Echo::drop_connection(port, socket, recv);
-                        }
-                    }
-                    Err(_) => {
-                        let _ = port.close(socket);
-                    }
-                }
-                let _ = port.accept(self.listener, op);
-            }
-            (OpKind::Accept, Err(_)) => {
-                let _ = port.accept(self.listener, op);
-            }
-            (OpKind::Recv, Ok(n)) if n > 0 => {
-                let ok = port.op_mut(op).is_ok_and(|a| a.set_range(0..n).is_ok());
-                if !ok || port.send(socket, op).is_err() {
-                    Echo::drop_connection(port, socket, op);
-                }
-            }
-            (OpKind::Send, Ok(_)) => {
-                if port.recv_pooled(socket, op).is_err() {
-                    Echo::drop_connection(port, socket, op);
-                }
-            }
-            _ => Echo::drop_connection(port, socket, op),
-        }
-    }
-}
 
 pub struct EchoServer {
     pub addr: SocketAddr,
@@ -101,11 +44,9 @@ pub fn echo_server(ops: usize, segments: usize, limit: Option<ConnectionLimit>) 
         let mut port = builder.build(|_| ())?;
         let listener =
             port.listen("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).map_err(io::Error::other)?;
-        let accept = port.take_op().map_err(io::Error::other)?;
-        port.accept(listener, accept).map_err(io::Error::other)?;
+        let mut echo = Echo::start(&mut port, listener).map_err(io::Error::other)?;
         tx.send((port.local_addr(listener).map_err(io::Error::other)?, port.handle())).unwrap();
-        let mut echo = Echo { listener, stop: false };
-        while !echo.stop {
+        while !echo.stopped() {
             port.run_once(&mut echo, Some(Duration::from_millis(100)))?;
         }
         let stats = port.stats();

@@ -1,0 +1,46 @@
+//! The berth echo server measured by `echo_bench` against `tokio_echo`: one
+//! completion port on one thread (the benchmark pins it to one core).
+//!
+//! `berth_echo --addr 127.0.0.1:0 [--connections N]` prints `listening on ADDR` and
+//! echoes until killed. `--connections` sizes the op pool and socket table (every
+//! idle connection has one receive pending; none of them holds a buffer).
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+
+use berth_buf::{BufferConfig, BufferManager};
+use berth_reactor::echo::Echo;
+use berth_reactor::{CompletionPort, ListenOptions};
+
+fn main() -> io::Result<()> {
+    let mut addr: SocketAddr = "127.0.0.1:0".parse().map_err(io::Error::other)?;
+    let mut connections = 20_000usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let value = args.next().ok_or_else(|| io::Error::other(format!("{arg} needs a value")))?;
+        match arg.as_str() {
+            "--addr" => addr = value.parse().map_err(io::Error::other)?,
+            "--connections" => connections = value.parse().map_err(io::Error::other)?,
+            _ => return Err(io::Error::other(format!("unknown argument {arg}"))),
+        }
+    }
+    // Buffers are leased only while data is in flight: a few thousand segments serve
+    // any number of idle connections.
+    let buffers = BufferManager::new(BufferConfig::new().segment_size(4096).segment_count(4096))
+        .map_err(io::Error::other)?;
+    let mut port = CompletionPort::builder()
+        .ops(connections + 1)
+        .max_sockets(connections + 1)
+        .buffers(buffers)
+        .build(|_| ())?;
+    let listener = port
+        .listen(addr, ListenOptions { backlog: 4096, ..ListenOptions::default() })
+        .map_err(io::Error::other)?;
+    let mut echo = Echo::start(&mut port, listener).map_err(io::Error::other)?;
+    println!("listening on {}", port.local_addr(listener).map_err(io::Error::other)?);
+    io::stdout().flush()?;
+    while !echo.stopped() {
+        port.run_once(&mut echo, None)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! Zero heap allocations per receive and send completion in steady state, proven with
+//! a counting global allocator.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use berth_buf::{BufferConfig, BufferManager};
+use berth_ops::OpKind;
+use berth_reactor::{Completion, CompletionPort, ListenOptions};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed through.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract is passed through.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed through.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn echo_round_trips_allocate_nothing() {
+    let buffers = BufferManager::new(BufferConfig::new().segment_count(64)).unwrap();
+    let mut port = CompletionPort::builder().ops(8).max_sockets(8).buffers(buffers).build(|_| ()).unwrap();
+    let listener = port.listen("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).unwrap();
+    let addr = port.local_addr(listener).unwrap();
+    let accept = port.take_op().unwrap();
+    port.accept(listener, accept).unwrap();
+    let mut client = std::net::TcpStream::connect(addr).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut batch = Vec::with_capacity(64);
+    let mut socket = None;
+    for _ in 0..200 {
+        port.wait(&mut batch, Some(Duration::from_millis(50))).unwrap();
+        if let Some(Completion::Op { socket: s, .. }) = batch.first() {
+            socket = Some(*s);
+            break;
+        }
+    }
+    let socket = socket.expect("accepted");
+    let op = port.take_op().unwrap();
+    port.recv_pooled(socket, op).unwrap();
+
+    let message = [42u8; 64];
+    let mut echo = [0u8; 64];
+    let mut round_trip = |port: &mut CompletionPort<()>, batch: &mut Vec<Completion>| {
+        client.write_all(&message).unwrap();
+        let mut sent = false;
+        for _ in 0..1000 {
+            port.wait(batch, Some(Duration::from_millis(100))).unwrap();
+            for c in batch.iter() {
+                match *c {
+                    Completion::Op { kind: OpKind::Recv, result: Ok(n), .. } => {
+                        assert_eq!(n, 64);
+                        port.op_mut(op).unwrap().set_range(0..n).unwrap();
+                        port.send(socket, op).unwrap();
+                    }
+                    Completion::Op { kind: OpKind::Send, result: Ok(64), .. } => {
+                        port.recv_pooled(socket, op).unwrap();
+                        sent = true;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            if sent {
+                break;
+            }
+        }
+        assert!(sent);
+        client.read_exact(&mut echo).unwrap();
+        assert_eq!(echo, message);
+    };
+
+    for _ in 0..100 {
+        round_trip(&mut port, &mut batch);
+    }
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..2000 {
+        round_trip(&mut port, &mut batch);
+    }
+    let n = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    assert_eq!(n, 0, "{n} allocations in 2000 echo round trips");
+    let stats = port.stats();
+    assert!(stats.completed_inline >= 2000, "sends should complete at submit: {stats:?}");
+}
