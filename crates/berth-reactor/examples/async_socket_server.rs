@@ -25,6 +25,7 @@ struct AsyncSocketServer {
     connections: usize,
 }
 
+// ANCHOR: handler
 impl Handler<UserToken> for AsyncSocketServer {
     // IO_Completed: one entry point for every completion, dispatched on the op kind.
     fn completed(&mut self, port: &mut CompletionPort<UserToken>, completion: Completion) {
@@ -78,6 +79,8 @@ impl Handler<UserToken> for AsyncSocketServer {
     }
 }
 
+// ANCHOR_END: handler
+
 impl AsyncSocketServer {
     /// CloseClientSocket: close the socket (pending ops complete as cancelled and
     /// return their buffers), release the semaphore (the permit drops with the
@@ -100,6 +103,7 @@ fn main() -> io::Result<()> {
         _ => None,
     };
 
+    // ANCHOR: setup
     // new AsyncSocketServer(numConnections, receiveBufferSize)
     let num_connections = 10_000;
     let receive_buffer_size = 4096;
@@ -127,6 +131,7 @@ fn main() -> io::Result<()> {
     let accept = port.take_op().map_err(io::Error::other)?;
     port.accept(listener, accept).map_err(io::Error::other)?;
 
+    // ANCHOR_END: setup
     let mut server = AsyncSocketServer { listener, connections: 0 };
     let deadline = seconds.map(|s| Instant::now() + Duration::from_secs(s));
     loop {
