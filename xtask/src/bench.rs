@@ -34,7 +34,7 @@ const PAIRS: &[Pair] = &[
 /// by side and append their own rows (see `berth_benches::append_rows`). Each gets
 /// `--quick` when xtask does, and `BERTH_BENCH_RESULTS` pointing at the results file.
 /// (group, binary name)
-const SYSTEM_BENCHES: &[(&str, &str)] = &[("sendfile", "sendfile_bench"), ("echo", "echo_bench")];
+const SYSTEM_BENCHES: &[(&str, &str)] = &[("sendfile", "sendfile_bench"), ("echo", "echo_bench"), ("ipc", "ipc_bench")];
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let mut quick = false;

@@ -1,0 +1,350 @@
+//! berth-ipc against Unix sockets, pipes and memcpy, producer and consumer in separate
+//! processes pinned to different cores (this binary re-executes itself with `--role`).
+//!
+//! Rows: `ipc/rtt_64B/p50_ns` (peer `unix_socketpair`), `ipc/rtt_64B_vs_pipe/p50_ns`
+//! (peer `pipe`), `ipc/throughput_64B/msgs_per_s` (peer `unix_socketpair`),
+//! `ipc/throughput_64KiB/gbps` (peer `memcpy`, one core), `ipc/idle_blocked/cpu_percent`
+//! (peer: a receiver blocked on a Unix socket read). `--quick` keeps it under a minute.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_benches::{Better, Row, append_rows, results_path};
+use berth_ipc::{Channel, Config, RecvError, WaitMode};
+
+const MSG: usize = 64;
+const BIG: usize = 64 * 1024;
+
+fn pin(core: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(core);
+    if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
+        eprintln!("ipc_bench: cannot pin to core {core}: {e}");
+    }
+}
+
+fn cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+fn inheritable(fd: impl AsFd, on: bool) {
+    let flags = if on { rustix::io::FdFlags::empty() } else { rustix::io::FdFlags::CLOEXEC };
+    rustix::io::fcntl_setfd(fd, flags).expect("fcntl");
+}
+
+/// Runs this binary as `role` on core 1 with the given descriptors inherited.
+fn child(role: &str, fds: &[BorrowedOrOwned<'_>], extra: &[String]) -> std::process::Child {
+    for f in fds {
+        inheritable(f.fd(), true);
+    }
+    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
+    cmd.arg("--role").arg(role);
+    for f in fds {
+        cmd.arg(f.fd().as_raw_fd().to_string());
+    }
+    cmd.args(extra).stdout(Stdio::piped());
+    let c = cmd.spawn().expect("spawn helper");
+    for f in fds {
+        inheritable(f.fd(), false);
+    }
+    c
+}
+
+enum BorrowedOrOwned<'a> {
+    Chan(&'a Channel),
+    Fd(&'a OwnedFd),
+}
+
+impl BorrowedOrOwned<'_> {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            BorrowedOrOwned::Chan(c) => c.as_fd(),
+            BorrowedOrOwned::Fd(f) => f.as_fd(),
+        }
+    }
+}
+
+fn take_fd(arg: &str) -> OwnedFd {
+    let raw: RawFd = arg.parse().expect("fd number");
+    // SAFETY: the parent passed this inherited descriptor for us to own.
+    unsafe { OwnedFd::from_raw_fd(raw) }
+}
+
+fn busy(mut tx: berth_ipc::Sender, mut rx: berth_ipc::Receiver) -> (berth_ipc::Sender, berth_ipc::Receiver) {
+    tx.set_wait_mode(WaitMode::BusyPoll);
+    rx.set_wait_mode(WaitMode::BusyPoll);
+    (tx, rx)
+}
+
+fn touch(b: &[u8]) -> u64 {
+    b.chunks_exact(8).fold(0u64, |a, c| a.wrapping_add(u64::from_le_bytes(c.try_into().unwrap())))
+}
+
+/// The child side.
+fn role(args: &[String]) {
+    pin(1);
+    let t = Some(Duration::from_secs(60));
+    match args[0].as_str() {
+        "ipc_echo" => {
+            let rx_ch = Channel::from_fd(take_fd(&args[1])).unwrap();
+            let tx_ch = Channel::from_fd(take_fd(&args[2])).unwrap();
+            let (mut tx, mut rx) = busy(tx_ch.sender().unwrap(), rx_ch.receiver().unwrap());
+            loop {
+                let mut out = [0u8; MSG];
+                match rx.recv(t) {
+                    Ok(g) => out.copy_from_slice(&g),
+                    Err(RecvError::Closed) => break,
+                    Err(e) => panic!("{e}"),
+                }
+                tx.send(&out, t).unwrap();
+            }
+        }
+        "stream_echo" => {
+            let mut r = std::fs::File::from(take_fd(&args[1]));
+            let mut w = std::fs::File::from(take_fd(&args[2]));
+            let mut buf = [0u8; MSG];
+            while r.read_exact(&mut buf).is_ok() {
+                w.write_all(&buf).unwrap();
+            }
+        }
+        "ipc_produce" => {
+            let ch = Channel::from_fd(take_fd(&args[1])).unwrap();
+            let size: usize = args[2].parse().unwrap();
+            let count: u64 = args[3].parse().unwrap();
+            let mut tx = ch.sender().unwrap();
+            tx.set_wait_mode(WaitMode::BusyPoll);
+            let mut src = vec![0xa5u8; size];
+            for i in 0..count {
+                src[..8].copy_from_slice(&i.to_le_bytes());
+                let mut g = tx.reserve(size, t).unwrap();
+                g.copy_from_slice(&src);
+                g.commit();
+            }
+        }
+        "stream_produce" => {
+            let mut w = std::fs::File::from(take_fd(&args[1]));
+            let count: u64 = args[2].parse().unwrap();
+            let mut src = [0xa5u8; MSG];
+            for i in 0..count {
+                src[..8].copy_from_slice(&i.to_le_bytes());
+                w.write_all(&src).unwrap();
+            }
+        }
+        "ipc_idle" => {
+            let ch = Channel::from_fd(take_fd(&args[1])).unwrap();
+            let ms: u64 = args[2].parse().unwrap();
+            let mut rx = ch.receiver().unwrap();
+            let c0 = cpu_ns();
+            assert_eq!(rx.recv(Some(Duration::from_millis(ms))).unwrap_err(), RecvError::TimedOut);
+            println!("{}", cpu_ns() - c0);
+        }
+        "sock_idle" => {
+            let s = UnixStream::from(take_fd(&args[1]));
+            let ms: u64 = args[2].parse().unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(ms))).unwrap();
+            let c0 = cpu_ns();
+            assert!((&s).read(&mut [0u8; 1]).is_err());
+            println!("{}", cpu_ns() - c0);
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+fn p50(mut v: Vec<u64>) -> f64 {
+    v.sort_unstable();
+    v[v.len() / 2] as f64
+}
+
+fn rtt_ipc(n: usize) -> f64 {
+    let a2b = Channel::create_memfd(&Config::new(1 << 16)).unwrap();
+    let b2a = Channel::create_memfd(&Config::new(1 << 16)).unwrap();
+    let mut c = child("ipc_echo", &[BorrowedOrOwned::Chan(&a2b), BorrowedOrOwned::Chan(&b2a)], &[]);
+    let (mut tx, mut rx) = busy(a2b.sender().unwrap(), b2a.receiver().unwrap());
+    let t = Some(Duration::from_secs(60));
+    let mut samples = Vec::with_capacity(n);
+    let mut payload = [0u8; MSG];
+    let mut sink = 0u64;
+    for i in 0..n + n / 10 {
+        payload[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        let t0 = Instant::now();
+        tx.send(&payload, t).unwrap();
+        sink = sink.wrapping_add(touch(&rx.recv(t).unwrap()));
+        let dt = t0.elapsed().as_nanos() as u64;
+        if i >= n / 10 {
+            samples.push(dt);
+        }
+    }
+    std::hint::black_box(sink);
+    drop((tx, rx));
+    c.wait().unwrap();
+    p50(samples)
+}
+
+fn rtt_stream(n: usize, role_fds: [OwnedFd; 2], mut w: std::fs::File, mut r: std::fs::File) -> f64 {
+    let mut c = child("stream_echo", &[BorrowedOrOwned::Fd(&role_fds[0]), BorrowedOrOwned::Fd(&role_fds[1])], &[]);
+    drop(role_fds);
+    let mut samples = Vec::with_capacity(n);
+    let mut payload = [0u8; MSG];
+    let mut back = [0u8; MSG];
+    let mut sink = 0u64;
+    for i in 0..n + n / 10 {
+        payload[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        let t0 = Instant::now();
+        w.write_all(&payload).unwrap();
+        r.read_exact(&mut back).unwrap();
+        sink = sink.wrapping_add(touch(&back));
+        let dt = t0.elapsed().as_nanos() as u64;
+        if i >= n / 10 {
+            samples.push(dt);
+        }
+    }
+    std::hint::black_box(sink);
+    drop((w, r));
+    c.wait().unwrap();
+    p50(samples)
+}
+
+fn rtt_socketpair(n: usize) -> f64 {
+    let (mine, theirs) = UnixStream::pair().unwrap();
+    let t1 = OwnedFd::from(theirs.try_clone().unwrap());
+    let t2 = OwnedFd::from(theirs);
+    let w = std::fs::File::from(OwnedFd::from(mine.try_clone().unwrap()));
+    let r = std::fs::File::from(OwnedFd::from(mine));
+    rtt_stream(n, [t1, t2], w, r)
+}
+
+fn rtt_pipe(n: usize) -> f64 {
+    let (r1, w1) = std::io::pipe().unwrap(); // parent -> child
+    let (r2, w2) = std::io::pipe().unwrap(); // child -> parent
+    let w = std::fs::File::from(OwnedFd::from(w1));
+    let r = std::fs::File::from(OwnedFd::from(r2));
+    rtt_stream(n, [OwnedFd::from(r1), OwnedFd::from(w2)], w, r)
+}
+
+/// Messages per second (and bytes) of `count` messages of `size` bytes.
+fn throughput_ipc(size: usize, count: u64) -> f64 {
+    let ch = Channel::create_memfd(&Config::new(if size > 1024 { 1 << 22 } else { 1 << 20 })).unwrap();
+    let mut rx = ch.receiver().unwrap();
+    rx.set_wait_mode(WaitMode::BusyPoll);
+    let mut c = child("ipc_produce", &[BorrowedOrOwned::Chan(&ch)], &[size.to_string(), count.to_string()]);
+    let t = Some(Duration::from_secs(60));
+    let mut dst = vec![0u8; size];
+    let mut sink = 0u64;
+    drop(rx.recv(t).unwrap());
+    let t0 = Instant::now();
+    for _ in 1..count {
+        let g = rx.recv(t).unwrap();
+        if size == MSG {
+            sink = sink.wrapping_add(touch(&g));
+        } else {
+            dst.copy_from_slice(&g);
+            sink = sink.wrapping_add(dst[size - 1] as u64);
+        }
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    std::hint::black_box(sink);
+    c.wait().unwrap();
+    (count - 1) as f64 / dt
+}
+
+fn throughput_socketpair(count: u64) -> f64 {
+    let (mine, theirs) = UnixStream::pair().unwrap();
+    let theirs = OwnedFd::from(theirs);
+    let mut c = child("stream_produce", &[BorrowedOrOwned::Fd(&theirs)], &[count.to_string()]);
+    drop(theirs);
+    let mut r = mine;
+    let mut buf = [0u8; MSG];
+    let mut sink = 0u64;
+    r.read_exact(&mut buf).unwrap();
+    let t0 = Instant::now();
+    for _ in 1..count {
+        r.read_exact(&mut buf).unwrap();
+        sink = sink.wrapping_add(touch(&buf));
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    std::hint::black_box(sink);
+    c.wait().unwrap();
+    (count - 1) as f64 / dt
+}
+
+/// Gbit/s of one core copying `count` 64 KiB messages, as the ring's two copies do.
+fn memcpy_gbps(count: u64) -> f64 {
+    let src = vec![0xa5u8; BIG];
+    let mut dst = vec![0u8; BIG];
+    let t0 = Instant::now();
+    for i in 0..count {
+        let s = std::hint::black_box(&src);
+        dst.copy_from_slice(s);
+        dst[0] = i as u8;
+        std::hint::black_box(&mut dst);
+    }
+    (count * BIG as u64) as f64 * 8.0 / t0.elapsed().as_secs_f64() / 1e9
+}
+
+fn idle_cpu_percent(ipc: bool, ms: u64) -> f64 {
+    let mut c;
+    let _keep;
+    if ipc {
+        let ch = Channel::create_memfd(&Config::new(1 << 16)).unwrap();
+        let tx = ch.sender().unwrap(); // attached and alive, never sending
+        c = child("ipc_idle", &[BorrowedOrOwned::Chan(&ch)], &[ms.to_string()]);
+        _keep = (Some(tx), None);
+    } else {
+        let (mine, theirs) = UnixStream::pair().unwrap();
+        let theirs = OwnedFd::from(theirs);
+        c = child("sock_idle", &[BorrowedOrOwned::Fd(&theirs)], &[ms.to_string()]);
+        _keep = (None, Some(mine));
+    }
+    let mut out = String::new();
+    c.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    c.wait().unwrap();
+    let ns: f64 = out.trim().parse().expect("child cpu ns");
+    ns / (ms as f64 * 1e6) * 100.0
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--role") {
+        role(&args[1..]);
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    pin(0);
+    let (rtt_n, rtt_sock_n, tp_n, tp_sock_n, big_n, idle_ms) = if quick {
+        (200_000, 50_000, 10_000_000, 1_000_000, 20_000, 1000)
+    } else {
+        (1_000_000, 200_000, 50_000_000, 4_000_000, 100_000, 3000)
+    };
+
+    let ipc_rtt = rtt_ipc(rtt_n);
+    let sock_rtt = rtt_socketpair(rtt_sock_n);
+    let pipe_rtt = rtt_pipe(rtt_sock_n);
+    println!("rtt 64B p50: ipc {ipc_rtt:.0} ns, socketpair {sock_rtt:.0} ns, pipe {pipe_rtt:.0} ns");
+
+    let ipc_tp = throughput_ipc(MSG, tp_n);
+    let sock_tp = throughput_socketpair(tp_sock_n);
+    println!("throughput 64B: ipc {:.1} M msg/s, socketpair {:.2} M msg/s", ipc_tp / 1e6, sock_tp / 1e6);
+
+    let big = throughput_ipc(BIG, big_n) * BIG as f64 * 8.0 / 1e9;
+    let mc = memcpy_gbps(big_n);
+    println!("throughput 64KiB: ipc {big:.1} Gbit/s, memcpy {mc:.1} Gbit/s ({:.0}%)", big / mc * 100.0);
+
+    let idle_ipc = idle_cpu_percent(true, idle_ms);
+    let idle_sock = idle_cpu_percent(false, idle_ms);
+    println!("idle blocked receiver CPU: ipc {idle_ipc:.3}%, unix socket read {idle_sock:.3}%");
+
+    let rows = [
+        Row::new("ipc/rtt_64B", "p50_ns", ipc_rtt, "unix_socketpair", sock_rtt, Better::Lower),
+        Row::new("ipc/rtt_64B_vs_pipe", "p50_ns", ipc_rtt, "pipe", pipe_rtt, Better::Lower),
+        Row::new("ipc/throughput_64B", "msgs_per_s", ipc_tp, "unix_socketpair", sock_tp, Better::Higher),
+        Row::new("ipc/throughput_64KiB", "gbps", big, "memcpy", mc, Better::Higher),
+        Row::new("ipc/idle_blocked", "cpu_percent", idle_ipc, "unix_socket_read", idle_sock, Better::Lower),
+    ];
+    let path = results_path();
+    append_rows(&path, &rows).expect("write results");
+    println!("wrote {} rows to {}", rows.len(), path.display());
+}
