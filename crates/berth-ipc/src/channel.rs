@@ -105,7 +105,7 @@ impl fmt::Debug for Shared {
 
 impl Shared {
     fn u32_at(&self, at: usize) -> &AtomicU32 {
-        debug_assert!(at % 4 == 0 && at + 4 <= layout::HEADER_LEN as usize);
+        debug_assert!(at.is_multiple_of(4) && at + 4 <= layout::HEADER_LEN as usize);
         // SAFETY: `at` is a constant header offset, 4-aligned, inside the header page
         // which is mapped for as long as `self` lives; page alignment of the mapping
         // makes the pointer aligned. Shared memory is only ever accessed atomically here.
@@ -113,7 +113,7 @@ impl Shared {
     }
 
     fn u64_at(&self, at: usize) -> &AtomicU64 {
-        debug_assert!(at % 8 == 0 && at + 8 <= layout::HEADER_LEN as usize);
+        debug_assert!(at.is_multiple_of(8) && at + 8 <= layout::HEADER_LEN as usize);
         // SAFETY: as in `u32_at`, with 8-byte alignment.
         unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(at).cast()) }
     }
@@ -508,7 +508,8 @@ impl Sender {
     /// Reserves `len` bytes in place, waiting up to `timeout` (`None`: forever) for
     /// room. Write the message into the [`Grant`] and [`commit`](Grant::commit) it.
     pub fn reserve(&mut self, len: usize, timeout: Option<Duration>) -> Result<Grant<'_>, SendError> {
-        let start = Instant::now();
+        // The clock is read only once spinning is over: no vDSO call on the fast path.
+        let mut start = None;
         let mut spins = 0u32;
         let slot = loop {
             match self.prod.reserve(&*self.sh, len) {
@@ -530,7 +531,8 @@ impl Sender {
                 PeerState::Dead => return Err(SendError::PeerDead),
                 PeerState::Absent | PeerState::Alive => {}
             }
-            let slice = remaining(start, timeout).ok_or(SendError::TimedOut)?.min(SLICE);
+            let slice =
+                remaining(*start.get_or_insert_with(Instant::now), timeout).ok_or(SendError::TimedOut)?.min(SLICE);
             self.heartbeat();
             match self.mode {
                 WaitMode::BusyPoll => spins = 0,
@@ -673,7 +675,8 @@ impl Receiver {
 
     /// Like [`Receiver::try_recv`], waiting up to `timeout` (`None`: forever).
     pub fn recv(&mut self, timeout: Option<Duration>) -> Result<RecvGuard<'_>, RecvError> {
-        let start = Instant::now();
+        // The clock is read only once spinning is over: no vDSO call on the fast path.
+        let mut start = None;
         let mut spins = 0u32;
         let slot = loop {
             match self.cons.peek(&*self.sh) {
@@ -700,7 +703,8 @@ impl Receiver {
                     Err(why) => return Err(RecvError::Corrupted(why)),
                 }
             }
-            let slice = remaining(start, timeout).ok_or(RecvError::TimedOut)?.min(SLICE);
+            let slice =
+                remaining(*start.get_or_insert_with(Instant::now), timeout).ok_or(RecvError::TimedOut)?.min(SLICE);
             self.heartbeat();
             match self.mode {
                 WaitMode::BusyPoll => spins = 0,

@@ -192,7 +192,7 @@ impl Consumer {
         for _ in 0..2 {
             if head == self.cached_tail {
                 let tail = r.tail().load(Ordering::Acquire);
-                if tail.wrapping_sub(head) > cap || tail % RECORD_ALIGN != 0 {
+                if tail.wrapping_sub(head) > cap || !tail.is_multiple_of(RECORD_ALIGN) {
                     return Err("producer position out of range");
                 }
                 if tail == head {
