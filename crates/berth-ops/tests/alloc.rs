@@ -1,32 +1,14 @@
 //! Zero heap allocations per op take + give and per connection permit in steady
 //! state, proven with a counting global allocator.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use berth_buf::BufferManager;
 use berth_ops::{ConnectionLimit, OpError, OpKind, OpPool};
-
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller's contract is passed through.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract is passed through.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use berth_testkit::{CountingAllocator, thread_allocations};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 #[test]
 fn steady_state_allocates_nothing() {
@@ -34,7 +16,7 @@ fn steady_state_allocates_nothing() {
     let mut pool = OpPool::new(64, |i| i);
     let limit = ConnectionLimit::new(10);
 
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = thread_allocations();
     for i in 0..10_000 {
         let permit = limit.try_acquire().unwrap();
         let id = pool.take().unwrap();
@@ -47,6 +29,6 @@ fn steady_state_allocates_nothing() {
         assert!(pool.get(id).is_err());
         drop(permit);
     }
-    let n = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let n = thread_allocations() - before;
     assert_eq!(n, 0, "op take/give allocated {n} times");
 }

@@ -1,39 +1,16 @@
 //! Zero heap allocations per receive and send completion in steady state, proven with
 //! a counting global allocator.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use berth_buf::{BufferConfig, BufferManager};
 use berth_ops::OpKind;
 use berth_reactor::{Completion, CompletionPort, ListenOptions};
-
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller's contract is passed through.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract is passed through.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller's contract is passed through.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use berth_testkit::{CountingAllocator, thread_allocations};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 #[test]
 fn echo_round_trips_allocate_nothing() {
@@ -91,11 +68,11 @@ fn echo_round_trips_allocate_nothing() {
     for _ in 0..100 {
         round_trip(&mut port, &mut batch);
     }
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = thread_allocations();
     for _ in 0..2000 {
         round_trip(&mut port, &mut batch);
     }
-    let n = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let n = thread_allocations() - before;
     assert_eq!(n, 0, "{n} allocations in 2000 echo round trips");
     let stats = port.stats();
     assert!(stats.completed_inline >= 2000, "sends should complete at submit: {stats:?}");
