@@ -26,16 +26,12 @@ fn main() -> io::Result<()> {
     }
     // Buffers are leased only while data is in flight: a few thousand segments serve
     // any number of idle connections.
-    let buffers = BufferManager::new(BufferConfig::new().segment_size(4096).segment_count(4096))
-        .map_err(io::Error::other)?;
-    let mut port = CompletionPort::builder()
-        .ops(connections + 1)
-        .max_sockets(connections + 1)
-        .buffers(buffers)
-        .build(|_| ())?;
-    let listener = port
-        .listen(addr, ListenOptions { backlog: 4096, ..ListenOptions::default() })
-        .map_err(io::Error::other)?;
+    let buffers =
+        BufferManager::new(BufferConfig::new().segment_size(4096).segment_count(4096)).map_err(io::Error::other)?;
+    let mut port =
+        CompletionPort::builder().ops(connections + 1).max_sockets(connections + 1).buffers(buffers).build(|_| ())?;
+    let listener =
+        port.listen(addr, ListenOptions { backlog: 4096, ..ListenOptions::default() }).map_err(io::Error::other)?;
     let mut echo = Echo::start(&mut port, listener).map_err(io::Error::other)?;
     println!("listening on {}", port.local_addr(listener).map_err(io::Error::other)?);
     io::stdout().flush()?;
