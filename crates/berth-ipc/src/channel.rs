@@ -22,8 +22,16 @@ pub const SHM_DIR: &str = "/dev/shm";
 /// File-name prefix of named channels (`/dev/shm/berth-ipc.<name>`).
 pub const NAME_PREFIX: &str = "berth-ipc.";
 
-/// How long one futex sleep lasts before the peer's liveness is checked again.
-const SLICE: Duration = Duration::from_millis(10);
+/// The first futex sleep of a wait; each further sleep doubles, up to [`SLICE_MAX`],
+/// and the peer's liveness is checked between sleeps. A waiter that has just started
+/// notices a death within 10 ms, a long idle one within 50 ms, and an idle blocked
+/// end wakes about 20 times a second instead of 100.
+const SLICE_MIN: Duration = Duration::from_millis(10);
+/// The longest futex sleep between two liveness checks.
+const SLICE_MAX: Duration = Duration::from_millis(50);
+/// The longest futex sleep when this process cannot issue `membarrier` (the peer's
+/// fence-free wake could then be missed, and is only caught by this timeout).
+const SLICE_NO_MEMBARRIER: Duration = Duration::from_millis(1);
 /// Busy-poll iterations between liveness and deadline checks.
 const BUSY_CHECK_EVERY: u32 = 4096;
 
@@ -89,6 +97,10 @@ struct Shared {
     base: NonNull<u8>,
     fd: OwnedFd,
     layout: Layout,
+    /// This process takes part in the membarrier wake protocol (see `Region::light_barrier`).
+    asym: bool,
+    /// A membarrier call failed after the start-up probe succeeded: sleep in short slices.
+    degraded: std::sync::atomic::AtomicBool,
 }
 
 // SAFETY: the mapping is only accessed through atomics (control words and record
@@ -104,6 +116,17 @@ impl fmt::Debug for Shared {
 }
 
 impl Shared {
+    fn new(map: memmap2::MmapRaw, base: NonNull<u8>, fd: OwnedFd, layout: Layout) -> Shared {
+        let asym = sys::membarrier_ready();
+        Shared { _map: map, base, fd, layout, asym, degraded: std::sync::atomic::AtomicBool::new(false) }
+    }
+
+    /// The longest a futex sleep may last: `grown` while the peer's wakes are sure to
+    /// reach us, a short slice when they might be missed (no membarrier).
+    fn slice_cap(&self, grown: Duration) -> Duration {
+        if self.asym && !self.degraded.load(Ordering::Relaxed) { grown } else { grown.min(SLICE_NO_MEMBARRIER) }
+    }
+
     fn u32_at(&self, at: usize) -> &AtomicU32 {
         debug_assert!(at.is_multiple_of(4) && at + 4 <= layout::HEADER_LEN as usize);
         // SAFETY: `at` is a constant header offset, 4-aligned, inside the header page
@@ -159,14 +182,14 @@ impl Shared {
         drop(head);
         let map = sys::map(fd.as_fd(), layout.total_len as usize)?;
         let base = NonNull::new(map.as_mut_ptr()).ok_or(OpenError::LayoutOutOfBounds { what: "mapping" })?;
-        Ok(Shared { _map: map, base, fd, layout })
+        Ok(Shared::new(map, base, fd, layout))
     }
 
     /// Sizes and maps a fresh file and writes its header, publishing `state` last.
     fn init(fd: OwnedFd, layout: Layout) -> Result<Shared, OpenError> {
         let map = sys::map(fd.as_fd(), layout.total_len as usize)?;
         let base = NonNull::new(map.as_mut_ptr()).ok_or(OpenError::LayoutOutOfBounds { what: "mapping" })?;
-        let sh = Shared { _map: map, base, fd, layout };
+        let sh = Shared::new(map, base, fd, layout);
         for (i, b) in layout.encode().iter().enumerate() {
             // SAFETY: i < SNAPSHOT, inside the header page; no peer can have opened
             // the file yet in a way that trusts it, since `state` is still INIT.
@@ -198,6 +221,23 @@ impl Region for Shared {
     fn store_word(&self, at: usize, v: u64) {
         // SAFETY: as in `load_word`.
         unsafe { AtomicU64::from_ptr(self.data(at).cast()) }.store(v, Ordering::Relaxed)
+    }
+    #[inline]
+    fn light_barrier(&self) {
+        if self.asym {
+            // Only the compiler must keep the flag load after the position store; the
+            // CPU's StoreLoad ordering is supplied by the sleeper's membarrier.
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        } else {
+            std::sync::atomic::fence(Ordering::SeqCst);
+        }
+    }
+    fn heavy_barrier(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if !sys::membarrier_global() {
+            // Peers that rely on it may now be missed: fall back to short sleeps.
+            self.degraded.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -511,6 +551,7 @@ impl Sender {
         // The clock is read only once spinning is over: no vDSO call on the fast path.
         let mut start = None;
         let mut spins = 0u32;
+        let mut grown = SLICE_MIN;
         let slot = loop {
             match self.prod.reserve(&*self.sh, len) {
                 Ok(slot) => break slot,
@@ -531,8 +572,9 @@ impl Sender {
                 PeerState::Dead => return Err(SendError::PeerDead),
                 PeerState::Absent | PeerState::Alive => {}
             }
-            let slice =
-                remaining(*start.get_or_insert_with(Instant::now), timeout).ok_or(SendError::TimedOut)?.min(SLICE);
+            let slice = remaining(*start.get_or_insert_with(Instant::now), timeout)
+                .ok_or(SendError::TimedOut)?
+                .min(self.sh.slice_cap(grown));
             self.heartbeat();
             match self.mode {
                 WaitMode::BusyPoll => spins = 0,
@@ -540,6 +582,7 @@ impl Sender {
                     if self.prod.prepare_wait(&*self.sh, len) {
                         sys::futex_wait(self.sh.tx_wait(), 1, slice);
                         self.sh.tx_wait().store(0, Ordering::Relaxed);
+                        grown = (grown * 2).min(SLICE_MAX);
                     }
                 }
             }
@@ -678,6 +721,7 @@ impl Receiver {
         // The clock is read only once spinning is over: no vDSO call on the fast path.
         let mut start = None;
         let mut spins = 0u32;
+        let mut grown = SLICE_MIN;
         let slot = loop {
             match self.cons.peek(&*self.sh) {
                 Ok(Some(slot)) => break slot,
@@ -703,8 +747,9 @@ impl Receiver {
                     Err(why) => return Err(RecvError::Corrupted(why)),
                 }
             }
-            let slice =
-                remaining(*start.get_or_insert_with(Instant::now), timeout).ok_or(RecvError::TimedOut)?.min(SLICE);
+            let slice = remaining(*start.get_or_insert_with(Instant::now), timeout)
+                .ok_or(RecvError::TimedOut)?
+                .min(self.sh.slice_cap(grown));
             self.heartbeat();
             match self.mode {
                 WaitMode::BusyPoll => spins = 0,
@@ -712,6 +757,7 @@ impl Receiver {
                     if self.cons.prepare_wait(&*self.sh) {
                         sys::futex_wait(self.sh.rx_wait(), 1, slice);
                         self.sh.rx_wait().store(0, Ordering::Relaxed);
+                        grown = (grown * 2).min(SLICE_MAX);
                     }
                 }
             }

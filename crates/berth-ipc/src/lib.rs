@@ -100,22 +100,41 @@
 //! # Wake protocol
 //!
 //! Both ends spin briefly ([`WaitMode::Block`]), then sleep. The receiver stores 1
-//! in its futex word, issues a sequentially consistent fence, re-reads tail, and only
-//! if still empty calls `futex_wait(word, 1)`. The sender, after the release store of
-//! tail, issues a fence and reads the word; only if it is 1 does it swap it to 0 and
-//! call `futex_wake`. With the two fences, either the receiver sees the new tail or
-//! the sender sees the flag (loom checks this), so no wake-up is lost and while both
-//! ends are busy no syscall is made. A sender waiting for room does the same on its
-//! own word with head. The futexes are shared (not process-private) so the two
-//! processes meet on the same word. [`WaitMode::BusyPoll`] never sleeps.
+//! in its futex word, issues a sequentially consistent fence and
+//! `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, re-reads tail, and only if still
+//! empty calls `futex_wait(word, 1)`. The sender, after the release store of tail,
+//! reads the word with a plain load; only if it is 1 does it swap it to 0 and call
+//! `futex_wake`. A sender waiting for room does the same on its own word with head.
+//!
+//! The classic Dekker handshake needs a StoreLoad barrier on *both* sides, which
+//! would put an `mfence` on every commit and release. Here the barrier is
+//! asymmetric: every process that attaches an end registers with
+//! `MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED`, so the sleeper's membarrier makes
+//! every running thread of both processes execute a full barrier before it returns.
+//! Wherever that barrier falls in the sender's instruction stream, either the
+//! sender's tail store is visible to the receiver's re-check, or the sender's flag
+//! load comes after the receiver's flag store (loom checks the protocol with the
+//! barrier pair modelled as two fences, and shows a wake-up is lost without it).
+//! The per-message cost is therefore one release store and one plain load of a
+//! line nobody writes while both ends are busy: no fence, no locked instruction, no
+//! syscall. The sleeper pays the membarrier (a few µs), which it only does on its
+//! way to a futex sleep.
+//!
+//! If this process cannot register or issue membarrier (an old kernel, a seccomp
+//! filter), its wakes use a `SeqCst` fence instead, and its own futex sleeps last
+//! at most 1 ms, because a peer that does use the fence-free path could then miss
+//! its flag; such a missed wake-up costs at most that millisecond. The futexes are
+//! shared (not process-private) so the two processes meet on the same word.
+//! [`WaitMode::BusyPoll`] never sleeps.
 //!
 //! # Failure semantics
 //!
-//! - A sleeping end wakes at least every 10 ms to check its peer: its clean-close
-//!   flag, then its process through a pidfd (or `/proc/<pid>/stat` if pidfds are
+//! - A sleeping end wakes to check its peer after 10 ms, then after sleeps that
+//!   double up to 50 ms (so an idle blocked end wakes about 20 times a second): its
+//!   clean-close flag, then its process through a pidfd (or `/proc/<pid>/stat` if pidfds are
 //!   unavailable) opened once and verified against the recorded start time, so pid
 //!   reuse is not mistaken for life. A dead peer turns a wait into `PeerDead`
-//!   within about 10 ms; a peer that closed cleanly gives `Closed`. Optionally
+//!   within 10 to 50 ms; a peer that closed cleanly gives `Closed`. Optionally
 //!   ([`Receiver::set_peer_timeout`]) a peer whose heartbeat is older than a limit
 //!   counts as dead too (a hung process). Both ends must share a pid namespace.
 //! - A receiver first drains every record the sender committed, then reports

@@ -4,8 +4,11 @@
 //! is compiled under loom; the mapped-file layer casts shared memory to `std` atomics
 //! and is left out of loom builds.
 
+/// Only the test region fences through the shim; the mapped layer picks its own barriers.
+#[cfg(all(test, not(loom)))]
+pub(crate) use std::sync::atomic::fence;
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};

@@ -7,7 +7,7 @@
 //! `Corrupted` error.
 
 use crate::layout::{REC_DATA, REC_PAD, RECORD_ALIGN};
-use crate::loom::{AtomicU32, AtomicU64, Ordering, fence};
+use crate::loom::{AtomicU32, AtomicU64, Ordering};
 
 /// Where a ring lives: its control words and its data bytes.
 pub(crate) trait Region {
@@ -23,6 +23,17 @@ pub(crate) trait Region {
     fn load_word(&self, off: usize) -> u64;
     /// Stores the 8-byte record header at data offset `off` (8-aligned, in bounds).
     fn store_word(&self, off: usize, v: u64);
+    /// The waker's half of the wake handshake, between its position store and its
+    /// load of the peer's waiter flag: it must act as a full (StoreLoad) barrier
+    /// *together with* [`Region::heavy_barrier`] on the sleeping side. Over shared
+    /// memory with `membarrier(2)` available it is only a compiler fence (the
+    /// sleeper's membarrier forces the barrier onto this CPU); otherwise, and under
+    /// loom, a `SeqCst` fence. Runs on every commit and release.
+    fn light_barrier(&self);
+    /// The sleeper's half, between raising its waiter flag and re-checking the ring:
+    /// a `SeqCst` fence plus, over shared memory, `membarrier(GLOBAL_EXPEDITED)`.
+    /// Runs only when an end is about to sleep.
+    fn heavy_barrier(&self);
 }
 
 /// A record header word: length in the low half, type in the high half, so that a
@@ -120,9 +131,9 @@ impl Producer {
         let next = slot.next - (record_size(slot.len as u64) - record_size(len as u64));
         self.tail = next;
         r.tail().store(next, Ordering::Release);
-        // Pairs with the receiver's fence in `Consumer::prepare_wait`: either it sees
-        // our tail, or we see its flag.
-        fence(Ordering::SeqCst);
+        // Pairs with the receiver's heavy barrier in `Consumer::prepare_wait`: either
+        // it sees our tail, or we see its flag. No fence, no RMW while it is awake.
+        r.light_barrier();
         r.rx_wait().load(Ordering::Relaxed) != 0 && r.rx_wait().swap(0, Ordering::Relaxed) != 0
     }
 
@@ -130,7 +141,7 @@ impl Producer {
     /// Returns false (and clears the flag) if room appeared meanwhile.
     pub(crate) fn prepare_wait(&mut self, r: &impl Region, len: usize) -> bool {
         r.tx_wait().store(1, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
+        r.heavy_barrier();
         match self.reserve_check(r, len) {
             Ok(false) => true,
             _ => {
@@ -240,8 +251,8 @@ impl Consumer {
     pub(crate) fn release(&mut self, r: &impl Region, slot: Slot) -> bool {
         self.head = slot.next;
         r.head().store(slot.next, Ordering::Release);
-        // Pairs with the sender's fence in `Producer::prepare_wait`.
-        fence(Ordering::SeqCst);
+        // Pairs with the sender's heavy barrier in `Producer::prepare_wait`.
+        r.light_barrier();
         r.tx_wait().load(Ordering::Relaxed) != 0 && r.tx_wait().swap(0, Ordering::Relaxed) != 0
     }
 
@@ -249,7 +260,7 @@ impl Consumer {
     /// flag) if a record was committed meanwhile, or the state is corrupted.
     pub(crate) fn prepare_wait(&mut self, r: &impl Region) -> bool {
         r.rx_wait().store(1, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
+        r.heavy_barrier();
         if r.tail().load(Ordering::Acquire) == self.head && self.poisoned.is_none() {
             true
         } else {
@@ -270,6 +281,8 @@ pub(crate) struct HeapRegion {
     tx_wait: AtomicU32,
     words: Vec<AtomicU64>,
     bytes: Vec<crate::loom::UnsafeCell<u8>>,
+    /// False only in the loom test showing that the waker's barrier is load-bearing.
+    waker_barrier: bool,
 }
 
 #[cfg(any(test, loom))]
@@ -282,7 +295,14 @@ impl HeapRegion {
             tx_wait: AtomicU32::new(0),
             words: (0..capacity / 8).map(|_| AtomicU64::new(0)).collect(),
             bytes: (0..capacity).map(|_| crate::loom::UnsafeCell::new(0)).collect(),
+            waker_barrier: true,
         }
+    }
+
+    /// A region whose wakers skip their barrier (to show loom then finds a lost wake-up).
+    #[cfg(loom)]
+    pub(crate) fn without_waker_barrier(capacity: usize) -> HeapRegion {
+        HeapRegion { waker_barrier: false, ..HeapRegion::new(capacity) }
     }
 
     pub(crate) fn write(&self, off: usize, src: &[u8]) {
@@ -326,6 +346,19 @@ impl Region for HeapRegion {
     }
     fn store_word(&self, off: usize, v: u64) {
         self.words[off / 8].store(v, Ordering::Relaxed)
+    }
+    /// Models the membarrier pairing: the sleeper's membarrier makes the waker execute
+    /// a full barrier at some point of its instruction stream. The only placement that
+    /// matters is between its position store and its flag load (elsewhere either its
+    /// store is already visible to the sleeper's re-check, or its load already sees
+    /// the flag), so a `SeqCst` fence there on both sides is the model.
+    fn light_barrier(&self) {
+        if self.waker_barrier {
+            crate::loom::fence(Ordering::SeqCst);
+        }
+    }
+    fn heavy_barrier(&self) {
+        crate::loom::fence(Ordering::SeqCst);
     }
 }
 
@@ -577,6 +610,89 @@ mod loom_tests {
             if sleeps {
                 assert!(woke && r.tx_wait().load(Ordering::Relaxed) == 0);
             }
+        });
+    }
+
+    /// The waker's barrier is load-bearing: with it removed (as if the sleeper's
+    /// membarrier did not reach the waker), loom finds an execution in which the
+    /// receiver decides to sleep and the sender misses its flag. This shows the model
+    /// above is sensitive to exactly the barrier pair the fast path relies on.
+    #[test]
+    #[should_panic(expected = "lost wake-up")]
+    fn loom_without_the_waker_barrier_a_wakeup_is_lost() {
+        loom::model(|| {
+            let r = Arc::new(HeapRegion::without_waker_barrier(64));
+            let pr = r.clone();
+            let producer = thread::spawn(move || {
+                let mut p = Producer::new(geo(), &*pr);
+                let s = p.reserve(&*pr, 8).unwrap();
+                p.commit(&*pr, s, 8)
+            });
+            let mut c = Consumer::new(geo(), &*r);
+            let sleeps = c.prepare_wait(&*r);
+            let woke = producer.join().unwrap();
+            if sleeps {
+                assert!(woke, "lost wake-up");
+            }
+        });
+    }
+
+    /// Full wait loops on both ends over several records: the receiver sleeps whenever
+    /// the ring looks empty, the sender whenever it looks full (a 64 B ring holds two
+    /// 24 B records). A sleep is modelled as "yield until the flag is cleared": if a
+    /// wake-up were lost the flag would stay 1 forever and loom reports a deadlock
+    /// (every thread blocked). Every record arrives once and in order.
+    #[test]
+    fn loom_sleeping_ends_always_wake_each_other() {
+        fn sleep_on(flag: &AtomicU32) {
+            // futex_wait(flag, 1): returns once the waker cleared the flag.
+            while flag.load(Ordering::Relaxed) == 1 {
+                thread::yield_now();
+            }
+        }
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(3);
+        b.check(|| {
+            let r = Arc::new(HeapRegion::new(64));
+            let pr = r.clone();
+            let producer = thread::spawn(move || {
+                let mut p = Producer::new(geo(), &*pr);
+                for n in 0..3u8 {
+                    let s = loop {
+                        match p.reserve(&*pr, 20) {
+                            Ok(s) => break s,
+                            Err(ReserveError::Full) => {
+                                if p.prepare_wait(&*pr, 20) {
+                                    sleep_on(pr.tx_wait());
+                                }
+                            }
+                            Err(e) => panic!("{e:?}"),
+                        }
+                    };
+                    pr.write(s.off, &[n; 20]);
+                    if p.commit(&*pr, s, 20) {
+                        // futex_wake: the flag is already 0, the sleeper proceeds.
+                    }
+                }
+            });
+            let mut c = Consumer::new(geo(), &*r);
+            for n in 0..3u8 {
+                let s = loop {
+                    match c.peek(&*r).unwrap() {
+                        Some(s) => break s,
+                        None => {
+                            if c.prepare_wait(&*r) {
+                                sleep_on(r.rx_wait());
+                            }
+                        }
+                    }
+                };
+                let mut buf = [0u8; 20];
+                r.read(s.off, &mut buf);
+                assert_eq!(buf, [n; 20]);
+                c.release(&*r, s);
+            }
+            producer.join().unwrap();
         });
     }
 }

@@ -6,6 +6,8 @@
 //!   `file_len`, `map` (a shared read-write mapping);
 //! - waiting: `futex_wait` / `futex_wake` on a word in the shared mapping (not
 //!   process-private, so both processes address the same futex);
+//! - the asymmetric wake barrier: `membarrier_ready` (register this process for
+//!   `MEMBARRIER_CMD_GLOBAL_EXPEDITED`, once) and `membarrier_global`;
 //! - peer liveness: `getpid`, `start_time` (from `/proc/<pid>/stat`, to tell a pid
 //!   from its reuse), `Pidfd`;
 //! - descriptor passing: `send_fd` / `recv_fd` with `SCM_RIGHTS`;
@@ -120,6 +122,29 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
 /// Wakes every sleeper on `word` (there is at most one per ring end).
 pub(crate) fn futex_wake(word: &AtomicU32) {
     let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), i32::MAX as u32);
+}
+
+/// Registers this process so that other processes' `membarrier_global` calls
+/// interrupt its running threads with a full barrier, and checks that this process
+/// may issue such calls itself. Done once per process; `false` if either is refused
+/// (old kernel, seccomp), and then the channel falls back to fences.
+pub(crate) fn membarrier_ready() -> bool {
+    use rustix::thread::{MembarrierCommand, membarrier};
+    static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *READY.get_or_init(|| {
+        let ok = membarrier(MembarrierCommand::RegisterGlobalExpedited).is_ok()
+            && membarrier(MembarrierCommand::GlobalExpedited).is_ok();
+        if !ok {
+            tracing::debug!("membarrier(GLOBAL_EXPEDITED) unavailable: every commit and release pays a fence");
+        }
+        ok
+    })
+}
+
+/// Makes every running thread of every registered process (both ends of every
+/// channel) pass a full memory barrier before this returns. `false` if refused.
+pub(crate) fn membarrier_global() -> bool {
+    rustix::thread::membarrier(rustix::thread::MembarrierCommand::GlobalExpedited).is_ok()
 }
 
 /// A process handle that cannot be confused with a later process reusing its pid.
