@@ -4,7 +4,12 @@
 //! Rows: `ipc/rtt_64B/p50_ns` (peer `unix_socketpair`), `ipc/rtt_64B_vs_pipe/p50_ns`
 //! (peer `pipe`), `ipc/throughput_64B/msgs_per_s` (peer `unix_socketpair`),
 //! `ipc/throughput_64KiB/gbps` (peer `memcpy`, one core), `ipc/idle_blocked/cpu_percent`
-//! (peer: a receiver blocked on a Unix socket read). `--quick` keeps it under a minute.
+//! (peer: a receiver blocked on a Unix socket read). `--quick` keeps it under a minute;
+//! `--only rtt|tp64|tp64k|idle` runs one measurement (and writes only its rows).
+//! Throughputs (ours and the peers') are the median over 50 timed chunks.
+//!
+//! Round trips are timed in batches of [`RTT_BATCH`] (p50 over batches of the mean
+//! round trip), in busy-poll mode for berth-ipc, the mode the latency target is for.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -17,6 +22,9 @@ use berth_ipc::{Channel, Config, RecvError, WaitMode};
 
 const MSG: usize = 64;
 const BIG: usize = 64 * 1024;
+/// Round trips timed together: the RTT rows are the p50 over batches of the mean
+/// round trip in a batch, so the clock is read twice per batch, not per round trip.
+const RTT_BATCH: usize = 100;
 
 fn pin(core: usize) {
     let mut set = rustix::thread::CpuSet::new();
@@ -165,16 +173,19 @@ fn rtt_ipc(n: usize) -> f64 {
     let mut c = child("ipc_echo", &[BorrowedOrOwned::Chan(&a2b), BorrowedOrOwned::Chan(&b2a)], &[]);
     let (mut tx, mut rx) = busy(a2b.sender().unwrap(), b2a.receiver().unwrap());
     let t = Some(Duration::from_secs(60));
-    let mut samples = Vec::with_capacity(n);
+    let batches = n / RTT_BATCH;
+    let mut samples = Vec::with_capacity(batches);
     let mut payload = [0u8; MSG];
     let mut sink = 0u64;
-    for i in 0..n + n / 10 {
-        payload[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    for b in 0..batches + batches / 10 {
         let t0 = Instant::now();
-        tx.send(&payload, t).unwrap();
-        sink = sink.wrapping_add(touch(&rx.recv(t).unwrap()));
-        let dt = t0.elapsed().as_nanos() as u64;
-        if i >= n / 10 {
+        for i in 0..RTT_BATCH {
+            payload[..8].copy_from_slice(&((b * RTT_BATCH + i) as u64).to_le_bytes());
+            tx.send(&payload, t).unwrap();
+            sink = sink.wrapping_add(touch(&rx.recv(t).unwrap()));
+        }
+        let dt = t0.elapsed().as_nanos() as u64 / RTT_BATCH as u64;
+        if b >= batches / 10 {
             samples.push(dt);
         }
     }
@@ -187,18 +198,21 @@ fn rtt_ipc(n: usize) -> f64 {
 fn rtt_stream(n: usize, role_fds: [OwnedFd; 2], mut w: std::fs::File, mut r: std::fs::File) -> f64 {
     let mut c = child("stream_echo", &[BorrowedOrOwned::Fd(&role_fds[0]), BorrowedOrOwned::Fd(&role_fds[1])], &[]);
     drop(role_fds);
-    let mut samples = Vec::with_capacity(n);
+    let batches = n / RTT_BATCH;
+    let mut samples = Vec::with_capacity(batches);
     let mut payload = [0u8; MSG];
     let mut back = [0u8; MSG];
     let mut sink = 0u64;
-    for i in 0..n + n / 10 {
-        payload[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    for b in 0..batches + batches / 10 {
         let t0 = Instant::now();
-        w.write_all(&payload).unwrap();
-        r.read_exact(&mut back).unwrap();
-        sink = sink.wrapping_add(touch(&back));
-        let dt = t0.elapsed().as_nanos() as u64;
-        if i >= n / 10 {
+        for i in 0..RTT_BATCH {
+            payload[..8].copy_from_slice(&((b * RTT_BATCH + i) as u64).to_le_bytes());
+            w.write_all(&payload).unwrap();
+            r.read_exact(&mut back).unwrap();
+            sink = sink.wrapping_add(touch(&back));
+        }
+        let dt = t0.elapsed().as_nanos() as u64 / RTT_BATCH as u64;
+        if b >= batches / 10 {
             samples.push(dt);
         }
     }
@@ -235,20 +249,38 @@ fn throughput_ipc(size: usize, count: u64) -> f64 {
     let mut dst = vec![0u8; size];
     let mut sink = 0u64;
     drop(rx.recv(t).unwrap());
-    let t0 = Instant::now();
-    for _ in 1..count {
-        let g = rx.recv(t).unwrap();
-        if size == MSG {
-            sink = sink.wrapping_add(touch(&g));
-        } else {
-            dst.copy_from_slice(&g);
-            sink = sink.wrapping_add(dst[size - 1] as u64);
+    let chunk = chunk_len(count);
+    let mut rates = Vec::new();
+    for _ in 0..(count - 1) / chunk {
+        let t0 = Instant::now();
+        for _ in 0..chunk {
+            let g = rx.recv(t).unwrap();
+            if size == MSG {
+                sink = sink.wrapping_add(touch(&g));
+            } else {
+                dst.copy_from_slice(&g);
+                sink = sink.wrapping_add(dst[size - 1] as u64);
+            }
         }
+        rates.push(chunk as f64 / t0.elapsed().as_secs_f64());
     }
-    let dt = t0.elapsed().as_secs_f64();
+    for _ in 0..(count - 1) % chunk {
+        drop(rx.recv(t).unwrap());
+    }
     std::hint::black_box(sink);
     c.wait().unwrap();
-    (count - 1) as f64 / dt
+    median(rates)
+}
+
+/// Messages per timed chunk: throughputs are the median over chunks, so that a
+/// chunk in which another process took our core does not drag the figure down.
+fn chunk_len(count: u64) -> u64 {
+    (count / 50).max(1)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_unstable_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn throughput_socketpair(count: u64) -> f64 {
@@ -260,29 +292,41 @@ fn throughput_socketpair(count: u64) -> f64 {
     let mut buf = [0u8; MSG];
     let mut sink = 0u64;
     r.read_exact(&mut buf).unwrap();
-    let t0 = Instant::now();
-    for _ in 1..count {
-        r.read_exact(&mut buf).unwrap();
-        sink = sink.wrapping_add(touch(&buf));
+    let chunk = chunk_len(count);
+    let mut rates = Vec::new();
+    for _ in 0..(count - 1) / chunk {
+        let t0 = Instant::now();
+        for _ in 0..chunk {
+            r.read_exact(&mut buf).unwrap();
+            sink = sink.wrapping_add(touch(&buf));
+        }
+        rates.push(chunk as f64 / t0.elapsed().as_secs_f64());
     }
-    let dt = t0.elapsed().as_secs_f64();
+    for _ in 0..(count - 1) % chunk {
+        r.read_exact(&mut buf).unwrap();
+    }
     std::hint::black_box(sink);
     c.wait().unwrap();
-    (count - 1) as f64 / dt
+    median(rates)
 }
 
 /// Gbit/s of one core copying `count` 64 KiB messages, as the ring's two copies do.
 fn memcpy_gbps(count: u64) -> f64 {
     let src = vec![0xa5u8; BIG];
     let mut dst = vec![0u8; BIG];
-    let t0 = Instant::now();
-    for i in 0..count {
-        let s = std::hint::black_box(&src);
-        dst.copy_from_slice(s);
-        dst[0] = i as u8;
-        std::hint::black_box(&mut dst);
+    let chunk = chunk_len(count);
+    let mut rates = Vec::new();
+    for _ in 0..count / chunk {
+        let t0 = Instant::now();
+        for i in 0..chunk {
+            let s = std::hint::black_box(&src);
+            dst.copy_from_slice(s);
+            dst[0] = i as u8;
+            std::hint::black_box(&mut dst);
+        }
+        rates.push((chunk * BIG as u64) as f64 * 8.0 / t0.elapsed().as_secs_f64() / 1e9);
     }
-    (count * BIG as u64) as f64 * 8.0 / t0.elapsed().as_secs_f64() / 1e9
+    median(rates)
 }
 
 fn idle_cpu_percent(ipc: bool, ms: u64) -> f64 {
@@ -313,6 +357,8 @@ fn main() {
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).map(String::as_str);
+    let run = |what: &str| only.is_none_or(|o| o == what);
     pin(0);
     let (rtt_n, rtt_sock_n, tp_n, tp_sock_n, big_n, idle_ms) = if quick {
         (200_000, 50_000, 10_000_000, 1_000_000, 20_000, 1000)
@@ -320,30 +366,33 @@ fn main() {
         (1_000_000, 200_000, 50_000_000, 4_000_000, 100_000, 3000)
     };
 
-    let ipc_rtt = rtt_ipc(rtt_n);
-    let sock_rtt = rtt_socketpair(rtt_sock_n);
-    let pipe_rtt = rtt_pipe(rtt_sock_n);
-    println!("rtt 64B p50: ipc {ipc_rtt:.0} ns, socketpair {sock_rtt:.0} ns, pipe {pipe_rtt:.0} ns");
-
-    let ipc_tp = throughput_ipc(MSG, tp_n);
-    let sock_tp = throughput_socketpair(tp_sock_n);
-    println!("throughput 64B: ipc {:.1} M msg/s, socketpair {:.2} M msg/s", ipc_tp / 1e6, sock_tp / 1e6);
-
-    let big = throughput_ipc(BIG, big_n) * BIG as f64 * 8.0 / 1e9;
-    let mc = memcpy_gbps(big_n);
-    println!("throughput 64KiB: ipc {big:.1} Gbit/s, memcpy {mc:.1} Gbit/s ({:.0}%)", big / mc * 100.0);
-
-    let idle_ipc = idle_cpu_percent(true, idle_ms);
-    let idle_sock = idle_cpu_percent(false, idle_ms);
-    println!("idle blocked receiver CPU: ipc {idle_ipc:.3}%, unix socket read {idle_sock:.3}%");
-
-    let rows = [
-        Row::new("ipc/rtt_64B", "p50_ns", ipc_rtt, "unix_socketpair", sock_rtt, Better::Lower),
-        Row::new("ipc/rtt_64B_vs_pipe", "p50_ns", ipc_rtt, "pipe", pipe_rtt, Better::Lower),
-        Row::new("ipc/throughput_64B", "msgs_per_s", ipc_tp, "unix_socketpair", sock_tp, Better::Higher),
-        Row::new("ipc/throughput_64KiB", "gbps", big, "memcpy", mc, Better::Higher),
-        Row::new("ipc/idle_blocked", "cpu_percent", idle_ipc, "unix_socket_read", idle_sock, Better::Lower),
-    ];
+    let mut rows = Vec::new();
+    if run("rtt") {
+        let ipc_rtt = rtt_ipc(rtt_n);
+        let sock_rtt = rtt_socketpair(rtt_sock_n);
+        let pipe_rtt = rtt_pipe(rtt_sock_n);
+        println!("rtt 64B p50: ipc {ipc_rtt:.0} ns, socketpair {sock_rtt:.0} ns, pipe {pipe_rtt:.0} ns");
+        rows.push(Row::new("ipc/rtt_64B", "p50_ns", ipc_rtt, "unix_socketpair", sock_rtt, Better::Lower));
+        rows.push(Row::new("ipc/rtt_64B_vs_pipe", "p50_ns", ipc_rtt, "pipe", pipe_rtt, Better::Lower));
+    }
+    if run("tp64") {
+        let ipc_tp = throughput_ipc(MSG, tp_n);
+        let sock_tp = throughput_socketpair(tp_sock_n);
+        println!("throughput 64B: ipc {:.1} M msg/s, socketpair {:.2} M msg/s", ipc_tp / 1e6, sock_tp / 1e6);
+        rows.push(Row::new("ipc/throughput_64B", "msgs_per_s", ipc_tp, "unix_socketpair", sock_tp, Better::Higher));
+    }
+    if run("tp64k") {
+        let big = throughput_ipc(BIG, big_n) * BIG as f64 * 8.0 / 1e9;
+        let mc = memcpy_gbps(big_n);
+        println!("throughput 64KiB: ipc {big:.1} Gbit/s, memcpy {mc:.1} Gbit/s ({:.0}%)", big / mc * 100.0);
+        rows.push(Row::new("ipc/throughput_64KiB", "gbps", big, "memcpy", mc, Better::Higher));
+    }
+    if run("idle") {
+        let idle_ipc = idle_cpu_percent(true, idle_ms);
+        let idle_sock = idle_cpu_percent(false, idle_ms);
+        println!("idle blocked receiver CPU: ipc {idle_ipc:.3}%, unix socket read {idle_sock:.3}%");
+        rows.push(Row::new("ipc/idle_blocked", "cpu_percent", idle_ipc, "unix_socket_read", idle_sock, Better::Lower));
+    }
     let path = results_path();
     append_rows(&path, &rows).expect("write results");
     println!("wrote {} rows to {}", rows.len(), path.display());
