@@ -1,18 +1,24 @@
 //! [`LocalCache`]: a per-thread stash of free segments in front of the shared list.
 //!
-//! The cache lives in a thread-local slot while its handle lives. Leasing through the
-//! handle pops the stash; a [`Lease`] dropped on the same thread finds the slot and
-//! pushes its segment back, with no atomic read-modify-write at all. The stash refills
-//! from and flushes to the shared list in batches (one CAS each), and a lease dropped
-//! on another thread simply goes to the shared list.
+//! The cache's state lives on the heap, owned by its handle, and a thread-local slot
+//! points at it while the handle lives. Leasing through the handle pops the stash; a
+//! [`Lease`] dropped on the same thread finds the slot and pushes its segment back,
+//! with no atomic read-modify-write at all. The stash refills from and flushes to the
+//! shared list in batches (one CAS each), and a lease dropped on another thread simply
+//! goes to the shared list.
+//!
+//! The slot is a plain `Cell` of a raw pointer: const-initialised and without a
+//! destructor, so reaching it is a single thread-pointer-relative load. Only code on
+//! the owning thread ever follows it, none of that code calls out to user code while
+//! it holds a reference, so no two references to the state ever overlap.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
-use std::ptr::NonNull;
+use std::ptr::{self, NonNull};
 
 use crate::lease::Lease;
-use crate::manager::{BufferManager, CACHED, Exhausted, FREE, Shared};
+use crate::manager::{BufferManager, CACHED, Exhausted, FREE, Shared, thread_ordinal};
 
 struct CacheState {
     shared: NonNull<Shared>,
@@ -40,8 +46,44 @@ impl CacheState {
         for &index in &self.slots[at..] {
             shared.mark(index, FREE);
         }
-        shared.free.push_batch(&self.slots[at..]);
+        shared.free.push_batch(thread_ordinal(), &self.slots[at..]);
         self.slots.truncate(at);
+    }
+
+    /// Pops a cached segment, refilling a batch from the shared list if empty, and
+    /// marks it leased.
+    #[inline]
+    fn take(&mut self) -> Option<u32> {
+        let index = match self.slots.pop() {
+            Some(index) => index,
+            None => self.refill()?,
+        };
+        self.shared().mark_leased(index);
+        Some(index)
+    }
+
+    #[cold]
+    fn refill(&mut self) -> Option<u32> {
+        // SAFETY: as in `shared`; a separate borrow so `slots` can be filled.
+        let shared = unsafe { self.shared.as_ref() };
+        if shared.free.pop_batch(thread_ordinal(), self.batch, &mut self.slots) == 0 {
+            return None;
+        }
+        for &index in &self.slots {
+            shared.note_high_water(index);
+            shared.mark(index, CACHED);
+        }
+        self.slots.pop()
+    }
+
+    /// Takes back a segment dropped on this thread.
+    #[inline]
+    fn put(&mut self, index: u32) {
+        if self.slots.len() == self.slots.capacity() {
+            self.flush(self.batch);
+        }
+        self.shared().mark(index, CACHED);
+        self.slots.push(index);
     }
 }
 
@@ -52,43 +94,39 @@ impl Drop for CacheState {
 }
 
 thread_local! {
-    static CACHE: RefCell<Option<CacheState>> = const { RefCell::new(None) };
+    /// This thread's cache, or null.
+    static CACHE: Cell<*mut CacheState> = const { Cell::new(ptr::null_mut()) };
+}
+
+/// This thread's cache if it serves `shared`'s arena.
+#[inline]
+fn cache_for(shared: NonNull<Shared>) -> Option<NonNull<CacheState>> {
+    let state = NonNull::new(CACHE.with(Cell::get))?;
+    // SAFETY: a non-null slot points to the live state of this thread's LocalCache
+    // (the handle clears the slot before freeing it); reading one field makes no
+    // lasting reference.
+    (unsafe { state.as_ref() }.shared == shared).then_some(state)
 }
 
 /// Puts a segment dropped on this thread into this thread's cache if the cache
 /// belongs to the segment's arena. Returns false if it did not take it.
 #[inline]
 pub(crate) fn give_back(shared: NonNull<Shared>, index: u32) -> bool {
-    CACHE
-        .try_with(|cell| {
-            let Ok(mut guard) = cell.try_borrow_mut() else { return false };
-            let Some(cache) = guard.as_mut() else { return false };
-            if cache.shared != shared {
-                return false;
-            }
-            if cache.slots.len() == cache.slots.capacity() {
-                cache.flush(cache.batch);
-            }
-            cache.shared().mark(index, CACHED);
-            cache.slots.push(index);
-            true
-        })
-        .unwrap_or(false)
+    let Some(mut state) = cache_for(shared) else { return false };
+    // SAFETY: see the module docs: owning thread, no overlapping reference.
+    unsafe { state.as_mut() }.put(index);
+    true
 }
 
 /// Takes a segment from this thread's cache if it belongs to `shared`'s arena: the
 /// shared path's last resort before declaring the arena exhausted.
 pub(crate) fn take_cached(shared: NonNull<Shared>) -> Option<Lease> {
-    CACHE
-        .try_with(|cell| {
-            let mut guard = cell.try_borrow_mut().ok()?;
-            let cache = guard.as_mut().filter(|c| c.shared == shared)?;
-            let index = cache.slots.pop()?;
-            cache.shared().mark_leased(index);
-            Some(Lease::arena(shared, index))
-        })
-        .ok()
-        .flatten()
+    let mut state = cache_for(shared)?;
+    // SAFETY: see the module docs: owning thread, no overlapping reference.
+    let state = unsafe { state.as_mut() };
+    let index = state.slots.pop()?;
+    state.shared().mark_leased(index);
+    Some(Lease::arena(shared, index))
 }
 
 /// A per-thread cache of free segments for a single-thread hot path (a reactor's
@@ -114,6 +152,7 @@ pub(crate) fn take_cached(shared: NonNull<Shared>) -> Option<Lease> {
 /// ```
 pub struct LocalCache {
     manager: BufferManager,
+    state: NonNull<CacheState>,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -141,17 +180,14 @@ impl BufferManager {
         if batch == 0 {
             return Err(CacheError::ZeroBatch);
         }
+        if !CACHE.with(Cell::get).is_null() {
+            return Err(CacheError::AlreadyInstalled);
+        }
         let batch = batch.min(self.segment_count());
-        CACHE
-            .try_with(|cell| {
-                let mut slot = cell.try_borrow_mut().map_err(|_| CacheError::AlreadyInstalled)?;
-                if slot.is_some() {
-                    return Err(CacheError::AlreadyInstalled);
-                }
-                *slot = Some(CacheState { shared: self.shared_ptr(), slots: Vec::with_capacity(2 * batch), batch });
-                Ok(LocalCache { manager: self.clone(), _not_send: PhantomData })
-            })
-            .unwrap_or(Err(CacheError::AlreadyInstalled))
+        let state = Box::new(CacheState { shared: self.shared_ptr(), slots: Vec::with_capacity(2 * batch), batch });
+        let state = NonNull::from(Box::leak(state));
+        CACHE.with(|slot| slot.set(state.as_ptr()));
+        Ok(LocalCache { manager: self.clone(), state, _not_send: PhantomData })
     }
 }
 
@@ -160,34 +196,13 @@ impl LocalCache {
     /// when empty. Exhaustion follows the manager's policy.
     #[inline]
     pub fn lease(&self) -> Result<Lease, Exhausted> {
-        let from_cache = CACHE.try_with(|cell| {
-            let Ok(mut guard) = cell.try_borrow_mut() else { return None };
-            let cache = guard.as_mut()?;
-            let index = match cache.slots.pop() {
-                Some(index) => index,
-                None => {
-                    // SAFETY: as in `CacheState::shared`; a separate borrow so that
-                    // `slots` can be filled while the arena is read.
-                    let shared = unsafe { cache.shared.as_ref() };
-                    let got = shared.free.pop_batch(cache.batch, &mut cache.slots);
-                    if got == 0 {
-                        return None;
-                    }
-                    for &index in &cache.slots {
-                        shared.note_high_water(index);
-                        shared.mark(index, CACHED);
-                    }
-                    cache.slots.pop()?
-                }
-            };
-            cache.shared().mark_leased(index);
-            Some(Lease::arena(cache.shared, index))
-        });
-        match from_cache {
-            Ok(Some(lease)) => Ok(lease),
-            // Empty everywhere, or the slot is unusable (thread teardown): the
-            // manager's own path applies the exhaustion policy.
-            _ => self.manager.lease(),
+        let mut state = self.state;
+        // SAFETY: see the module docs: owning thread (the handle is not Send), no
+        // overlapping reference.
+        match unsafe { state.as_mut() }.take() {
+            Some(index) => Ok(Lease::arena(self.manager.shared_ptr(), index)),
+            // Empty everywhere: the manager's own path applies the exhaustion policy.
+            None => self.manager.lease(),
         }
     }
 
@@ -198,17 +213,22 @@ impl LocalCache {
 
     /// Segments currently in the cache.
     pub fn cached(&self) -> usize {
-        CACHE
-            .try_with(|cell| cell.try_borrow().ok().and_then(|g| g.as_ref().map(|c| c.slots.len())).unwrap_or(0))
-            .unwrap_or(0)
+        // SAFETY: as in `lease`.
+        unsafe { self.state.as_ref() }.slots.len()
     }
 }
 
 impl Drop for LocalCache {
     fn drop(&mut self) {
-        // Take the state out before the handle (and maybe the arena) goes away.
-        let state = CACHE.try_with(|cell| cell.try_borrow_mut().ok().and_then(|mut g| g.take())).ok().flatten();
-        drop(state);
+        // Unhook the slot first so no lease drop can reach the state being freed.
+        let _ = CACHE.try_with(|slot| {
+            if slot.get() == self.state.as_ptr() {
+                slot.set(ptr::null_mut());
+            }
+        });
+        // SAFETY: made by `Box::leak` in `local_cache_with_batch`, freed only here;
+        // the slot no longer points to it. Dropping it flushes the segments.
+        drop(unsafe { Box::from_raw(self.state.as_ptr()) });
     }
 }
 

@@ -38,6 +38,28 @@ pub(crate) fn generation_of(state: u32) -> u32 {
     state >> 2
 }
 
+/// Hands each thread an ordinal the first time it touches an arena; a thread's
+/// free-list shard is its ordinal modulo the shard count.
+static NEXT_THREAD_ORDINAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+thread_local! {
+    static THREAD_ORDINAL: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// This thread's ordinal (assigned on first use).
+#[inline]
+pub(crate) fn thread_ordinal() -> usize {
+    THREAD_ORDINAL.with(|o| {
+        let v = o.get();
+        if v != usize::MAX {
+            return v;
+        }
+        let v = NEXT_THREAD_ORDINAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        o.set(v);
+        v
+    })
+}
+
 /// Distinguishes managers so a raw lease is never redeemed at the wrong one.
 static NEXT_MANAGER_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
@@ -61,6 +83,15 @@ pub(crate) struct Shared {
 unsafe impl Send for Shared {}
 // SAFETY: as above; `&Shared` exposes only atomics and immutable configuration.
 unsafe impl Sync for Shared {}
+
+/// One free-list shard per core (a power of two, at most 64), so threads on different
+/// cores lease and return without contending.
+fn shard_count() -> usize {
+    if cfg!(loom) {
+        return 2;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get()).next_power_of_two().min(64)
+}
 
 impl Shared {
     /// The bytes of segment `index`.
@@ -103,7 +134,7 @@ impl Shared {
     /// Pops one segment from the shared list and marks it leased.
     #[inline]
     pub(crate) fn take_shared(&self) -> Option<u32> {
-        let index = self.free.pop()?;
+        let index = self.free.pop(thread_ordinal())?;
         self.note_high_water(index);
         self.mark_leased(index);
         Some(index)
@@ -150,7 +181,7 @@ impl Shared {
     /// caller's last access to the arena.
     #[inline]
     pub(crate) fn give_back_shared(&self, index: u32) {
-        self.free.push(index);
+        self.free.push(thread_ordinal(), index);
     }
 }
 
@@ -241,7 +272,7 @@ impl BufferManager {
             id: NEXT_MANAGER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             exhaustion: config.exhaustion,
             states: (0..count).map(|_| AtomicU32::new(state(0, FREE))).collect(),
-            free: FreeList::full(count),
+            free: FreeList::full(count, shard_count()),
             handles: AtomicUsize::new(1),
             counters: Counters::default(),
             high_water: AtomicUsize::new(0),
