@@ -1,0 +1,522 @@
+//! One worker's connections: the completion handler that runs a [`Service`] on a
+//! completion port.
+//!
+//! Each connection has a slot in a `Vec` indexed by its socket's slot index
+//! (preallocated: no allocation per connection) and two ops taken at accept: one for
+//! reading, one for writing. A connection is in one phase at a time:
+//!
+//! - *Reading*: a receive is pending. With nothing buffered it is a pooled receive
+//!   (no segment held while idle) whose deadline is the idle timeout (the header
+//!   timeout for a fresh connection); with part of a request buffered it reads into
+//!   the rest of the same segment, with the deadline fixed at the request's first
+//!   byte plus the header timeout, so trickling bytes do not extend it.
+//! - *Writing*: the reply's bytes, then its file, are being sent. Nothing is read
+//!   meanwhile; pipelined requests wait in the read segment and are handed to the
+//!   service once the reply is out.
+//! - *Lingering*: after a reply that closes, the sending side is shut down and input is
+//!   discarded until the peer closes or a short deadline passes, so the peer reads
+//!   the whole reply instead of a reset.
+//!
+//! An op is given back to the port's pool exactly once: at close if it is idle, or
+//! when its (cancelled) completion arrives if it was pending.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_ops::{OpError, OpId, OpKind};
+use berth_reactor::workers::Worker as PortWorker;
+use berth_reactor::{Completion, CompletionPort, Handler, SocketId};
+
+use crate::metrics::{Counter, Local, Row};
+use crate::server::SHUTDOWN;
+use crate::service::{Reply, ReplyParts, Service};
+
+/// How long a lingering close waits for the peer to close.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// The server's limits, as a worker needs them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) header_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) write_timeout: Option<Duration>,
+    pub(crate) max_input: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Reading,
+    Writing,
+    Lingering,
+}
+
+struct Conn<C> {
+    socket: SocketId,
+    read: OpId,
+    write: OpId,
+    read_pending: bool,
+    write_pending: bool,
+    phase: Phase,
+    /// Consumed bytes at the front of the read segment.
+    start: usize,
+    /// When the first byte of the request being read arrived.
+    request_started: Option<Instant>,
+    /// No request has arrived yet.
+    fresh: bool,
+    /// The body still to send after the reply's bytes.
+    file: Option<berth_sendfile::FileSend<std::fs::File>>,
+    close_after: bool,
+    user: C,
+}
+
+/// One worker's completion handler.
+pub(crate) struct Worker<S: Service> {
+    service: Arc<S>,
+    limits: Limits,
+    listener: Option<SocketId>,
+    accept: Option<OpId>,
+    conns: Vec<Option<Conn<S::Conn>>>,
+    live: usize,
+    draining: Option<Instant>,
+    counts: Local,
+    /// Connections this worker refused itself (no op left for them).
+    refused_here: u64,
+}
+
+impl<S: Service> Worker<S> {
+    pub(crate) fn new(service: Arc<S>, limits: Limits, listener: SocketId, max_sockets: usize) -> Self {
+        Worker {
+            service,
+            limits,
+            listener: Some(listener),
+            accept: None,
+            conns: (0..max_sockets).map(|_| None).collect(),
+            live: 0,
+            draining: None,
+            counts: Local::default(),
+            refused_here: 0,
+        }
+    }
+
+    /// The worker thread's loop: accept, serve, and on shutdown drain and return.
+    pub(crate) fn run(mut self, worker: PortWorker<()>, rows: &[Row]) -> std::io::Result<()> {
+        let PortWorker { index, mut port, listener } = worker;
+        let row = &rows[index];
+        let accept = port.take_op().map_err(std::io::Error::other)?;
+        port.accept(listener, accept).map_err(std::io::Error::other)?;
+        self.accept = Some(accept);
+        loop {
+            let timeout = self.draining.map(|d| d.saturating_duration_since(Instant::now()));
+            port.run_once(&mut self, timeout)?;
+            self.publish(&port, row);
+            if let Some(deadline) = self.draining {
+                if self.live == 0 {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    tracing::debug!(worker = index, open = self.live, "grace period over: closing connections");
+                    for i in 0..self.conns.len() {
+                        self.close(&mut port, i);
+                    }
+                    self.publish(&port, row);
+                    break;
+                }
+            }
+        }
+        tracing::debug!(worker = index, "worker stopped");
+        Ok(())
+    }
+
+    fn publish(&mut self, port: &CompletionPort<()>, row: &Row) {
+        let stats = port.stats();
+        let pool = port.pool_stats();
+        let c = &mut self.counts;
+        c.set(Counter::OpsInline, stats.completed_inline);
+        c.set(Counter::OpsQueued, stats.completed_queued);
+        c.set(Counter::OpsCapacity, pool.capacity as u64);
+        c.set(Counter::OpsInUse, pool.in_use as u64);
+        c.set(Counter::OpsHighWater, pool.high_water as u64);
+        c.set(Counter::OpsExhausted, pool.exhausted);
+        // Refusals by the connection limit are read from the limit itself (they
+        // complete nothing, so no batch follows them); these are the rest.
+        c.set(Counter::Refused, self.refused_here);
+        row.publish(c);
+    }
+}
+
+impl<S: Service> Worker<S> {
+    // ---- connections --------------------------------------------------------------
+
+    fn accepted(&mut self, port: &mut CompletionPort<()>, socket: SocketId) {
+        let index = socket.index();
+        if self.draining.is_some() || index >= self.conns.len() {
+            let _ = port.close(socket);
+            return;
+        }
+        let (read, write) = match (port.take_op(), port.take_op()) {
+            (Ok(r), Ok(w)) => (r, w),
+            (r, w) => {
+                for op in [r, w].into_iter().flatten() {
+                    let _ = port.give_op(op);
+                }
+                let _ = port.close(socket);
+                self.refused_here += 1;
+                tracing::debug!("connection refused: op pool empty");
+                return;
+            }
+        };
+        let peer = port.stream(socket).ok().and_then(|s| s.peer_addr().ok());
+        let user = self.service.connect(peer);
+        self.conns[index] = Some(Conn {
+            socket,
+            read,
+            write,
+            read_pending: false,
+            write_pending: false,
+            phase: Phase::Reading,
+            start: 0,
+            request_started: None,
+            fresh: true,
+            file: None,
+            close_after: false,
+            user,
+        });
+        self.live += 1;
+        self.counts.add(Counter::Accepted, 1);
+        self.read(port, index);
+    }
+
+    /// Closes connection `index` (if open): its pending op completes as cancelled and
+    /// is given back then; idle ops are given back now.
+    fn close(&mut self, port: &mut CompletionPort<()>, index: usize) {
+        let Some(conn) = self.conns.get_mut(index).and_then(Option::take) else { return };
+        let _ = port.close(conn.socket);
+        if !conn.read_pending {
+            let _ = port.give_op(conn.read);
+        }
+        if !conn.write_pending {
+            let _ = port.give_op(conn.write);
+        }
+        self.live -= 1;
+        self.counts.add(Counter::Closed, 1);
+        drop(conn.file);
+        self.service.disconnect(conn.user);
+    }
+
+    fn conn(&mut self, index: usize) -> Option<&mut Conn<S::Conn>> {
+        self.conns.get_mut(index).and_then(Option::as_mut)
+    }
+
+    fn begin_drain(&mut self, port: &mut CompletionPort<()>, grace: Duration) {
+        if self.draining.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        self.draining = Some(now.checked_add(grace).unwrap_or(now + Duration::from_secs(86_400 * 365)));
+        if let Some(listener) = self.listener.take() {
+            // Cancels the pending accept; its completion gives the op back.
+            let _ = port.close(listener);
+        }
+        for index in 0..self.conns.len() {
+            // Waiting for a request that has not started, or lingering after the
+            // last reply: nothing in flight.
+            let idle = self.conns[index].as_ref().is_some_and(|c| {
+                c.phase == Phase::Lingering
+                    || (c.phase == Phase::Reading && c.read_pending && c.request_started.is_none())
+            });
+            if idle {
+                self.close(port, index);
+            }
+        }
+    }
+
+    // ---- reading ------------------------------------------------------------------
+
+    /// Submits the connection's next receive, or closes it when nothing more can
+    /// come of it.
+    fn read(&mut self, port: &mut CompletionPort<()>, index: usize) {
+        let limits = self.limits;
+        let draining = self.draining;
+        let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
+        conn.phase = Phase::Reading;
+        let now = Instant::now();
+        let Ok(args) = port.op_mut(conn.read) else { return self.close(port, index) };
+        let filled = args.buffer().map_or(0, |b| b.len());
+        let buffered = filled.saturating_sub(conn.start);
+        let mut deadline = if buffered == 0 {
+            conn.request_started = None;
+            now + if conn.fresh { limits.header_timeout } else { limits.idle_timeout }
+        } else {
+            *conn.request_started.get_or_insert(now) + limits.header_timeout
+        };
+        if let Some(d) = draining {
+            if buffered == 0 {
+                return self.close(port, index);
+            }
+            deadline = deadline.min(d);
+        }
+        let submitted = if buffered == 0 {
+            conn.start = 0;
+            port.set_deadline(conn.read, Some(deadline)).and_then(|()| port.recv_pooled(conn.socket, conn.read))
+        } else {
+            // Keep the partial request: move it to the front and read after it.
+            let start = conn.start;
+            conn.start = 0;
+            let Some(lease) = args.buffer_mut() else { return self.close(port, index) };
+            lease.copy_within(start..filled, 0);
+            let limit = limits.max_input.min(lease.capacity());
+            if lease.set_len(buffered).is_err() || buffered >= limit || args.set_range(buffered..limit).is_err() {
+                // The service left a full buffer unanswered.
+                return self.close(port, index);
+            }
+            port.set_deadline(conn.read, Some(deadline)).and_then(|()| port.recv(conn.socket, conn.read))
+        };
+        match submitted {
+            Ok(()) => conn.read_pending = true,
+            Err(_) => self.close(port, index),
+        }
+    }
+
+    fn received(&mut self, port: &mut CompletionPort<()>, index: usize, result: Result<usize, OpError>) {
+        let Some(conn) = self.conn(index) else { return };
+        conn.read_pending = false;
+        let lingering = conn.phase == Phase::Lingering;
+        let (socket, read) = (conn.socket, conn.read);
+        match result {
+            Ok(n) if n > 0 => {
+                self.counts.add(Counter::BytesIn, n as u64);
+                if lingering {
+                    // Discard, keep waiting for the peer's close (same deadline).
+                    if port.recv_pooled(socket, read).is_ok() {
+                        if let Some(conn) = self.conn(index) {
+                            conn.read_pending = true;
+                        }
+                    } else {
+                        self.close(port, index);
+                    }
+                    return;
+                }
+                if let Some(conn) = self.conn(index) {
+                    conn.fresh = false;
+                    conn.request_started.get_or_insert_with(Instant::now);
+                }
+                self.process(port, index);
+            }
+            Err(OpError::TimedOut) => {
+                if !lingering {
+                    self.counts.add(Counter::Timeouts, 1);
+                    tracing::debug!(?socket, "read deadline passed: closing");
+                }
+                self.close(port, index);
+            }
+            // End of stream, an error, or the arena ran dry.
+            _ => self.close(port, index),
+        }
+    }
+
+    /// Hands the buffered input to the service until it answers or wants more.
+    fn process(&mut self, port: &mut CompletionPort<()>, index: usize) {
+        loop {
+            let draining = self.draining.is_some();
+            let max_input = self.limits.max_input;
+            let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
+            let (consumed, parts) = {
+                let Ok(args) = port.op(conn.read) else { return self.close(port, index) };
+                let input = args.buffer().and_then(|b| b.filled().get(conn.start..)).unwrap_or(&[]);
+                if input.is_empty() {
+                    break;
+                }
+                let full = input.len() >= max_input.min(args.buffer().map_or(0, |b| b.capacity()));
+                let lease = || port.lease();
+                let mut reply = Reply::new(&lease, full, draining);
+                let consumed = self.service.data(&mut conn.user, input, &mut reply).min(input.len());
+                (consumed, reply.into_parts())
+            };
+            conn.start += consumed;
+            if parts.failed {
+                tracing::debug!(socket = ?conn.socket, "reply did not fit or no buffer: closing");
+                return self.close(port, index);
+            }
+            if !parts.is_empty() {
+                conn.request_started = None;
+                return self.write(port, index, parts);
+            }
+            if consumed == 0 {
+                break;
+            }
+        }
+        self.read(port, index);
+    }
+
+    // ---- writing ------------------------------------------------------------------
+
+    fn write(&mut self, port: &mut CompletionPort<()>, index: usize, parts: ReplyParts) {
+        let draining = self.draining.is_some();
+        let write_timeout = self.limits.write_timeout;
+        let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
+        conn.phase = Phase::Writing;
+        conn.close_after = parts.close || draining;
+        conn.file = parts.file;
+        let deadline = write_timeout.map(|t| Instant::now() + t);
+        if port.set_deadline(conn.write, deadline).is_err() {
+            return self.close(port, index);
+        }
+        let Some(head) = parts.head.filter(|h| !h.is_empty()) else {
+            return if conn.file.is_some() { self.send_file(port, index) } else { self.replied(port, index) };
+        };
+        let len = head.len();
+        let mut sent = 0;
+        if let Some(file) = conn.file.as_mut() {
+            // Nothing else is queued to write on this socket, so the head may go out
+            // directly, with MSG_MORE: it then shares a segment with the body.
+            let Ok(stream) = port.stream(conn.socket) else { return self.close(port, index) };
+            match file.send_header(stream, &head[..len]) {
+                Ok(n) => sent = n,
+                Err(e) if e.is_would_block() => {}
+                Err(e) => {
+                    tracing::debug!(socket = ?conn.socket, "sending reply: {e}");
+                    return self.close(port, index);
+                }
+            }
+            self.counts.add(Counter::BytesOut, sent as u64);
+        }
+        let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
+        let capacity = head.capacity();
+        let range = if sent == len { 0..capacity } else { sent..len };
+        let attached = port.op_mut(conn.write).map(|args| args.set_buffer(head, range).is_ok());
+        if !matches!(attached, Ok(true)) {
+            return self.close(port, index);
+        }
+        if sent == len {
+            // The head is out; the segment stays on the op as sendfile's scratch.
+            return self.send_file(port, index);
+        }
+        match port.send(conn.socket, conn.write) {
+            Ok(()) => conn.write_pending = true,
+            Err(_) => self.close(port, index),
+        }
+    }
+
+    fn send_file(&mut self, port: &mut CompletionPort<()>, index: usize) {
+        let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
+        let Some(file) = conn.file.take() else { return self.replied(port, index) };
+        if port.op(conn.write).is_ok_and(|a| a.buffer().is_none())
+            && let Ok(scratch) = port.lease()
+            && let Ok(args) = port.op_mut(conn.write)
+        {
+            // Scratch space in case sendfile is refused and the copy fallback runs.
+            let capacity = scratch.capacity();
+            let _ = args.set_buffer(scratch, 0..capacity);
+        }
+        match port.send_file(conn.socket, conn.write, file) {
+            Ok(()) => conn.write_pending = true,
+            Err(_) => self.close(port, index),
+        }
+    }
+
+    fn sent(&mut self, port: &mut CompletionPort<()>, index: usize, kind: OpKind, result: Result<usize, OpError>) {
+        let Some(conn) = self.conn(index) else { return };
+        conn.write_pending = false;
+        match result {
+            Ok(n) => {
+                self.counts.add(Counter::BytesOut, n as u64);
+                if kind == OpKind::Send && self.conn(index).is_some_and(|c| c.file.is_some()) {
+                    self.send_file(port, index);
+                } else {
+                    self.replied(port, index);
+                }
+            }
+            Err(e) => {
+                if e == OpError::Truncated {
+                    tracing::warn!("file shrank while being sent: closing the connection");
+                } else {
+                    tracing::debug!("send failed: {e}");
+                }
+                self.close(port, index);
+            }
+        }
+    }
+
+    /// A reply is fully sent: read the next request, or close.
+    fn replied(&mut self, port: &mut CompletionPort<()>, index: usize) {
+        self.counts.add(Counter::Replies, 1);
+        let draining = self.draining;
+        let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
+        if let Ok(args) = port.op_mut(conn.write) {
+            drop(args.take_buffer());
+        }
+        if !(conn.close_after || draining.is_some()) {
+            return self.process(port, index);
+        }
+        // Lingering close: FIN now, discard input until the peer's FIN or a deadline,
+        // so unread input does not turn our close into a reset that eats the reply.
+        conn.phase = Phase::Lingering;
+        if let Ok(stream) = port.stream(conn.socket) {
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+        }
+        let mut deadline = Instant::now() + LINGER;
+        if let Some(d) = draining {
+            deadline = deadline.min(d);
+        }
+        let (socket, read) = (conn.socket, conn.read);
+        match port.set_deadline(read, Some(deadline)).and_then(|()| port.recv_pooled(socket, read)) {
+            Ok(()) => conn.read_pending = true,
+            Err(_) => self.close(port, index),
+        }
+    }
+}
+
+impl<S: Service> Handler<()> for Worker<S> {
+    fn completed(&mut self, port: &mut CompletionPort<()>, completion: Completion) {
+        let (op, kind, socket, result) = match completion {
+            Completion::Posted { key: SHUTDOWN, data } => {
+                return self.begin_drain(port, Duration::from_millis(data));
+            }
+            Completion::Posted { .. } => return,
+            Completion::Op { op, kind, socket, result } => (op, kind, socket, result),
+        };
+        if Some(op) == self.accept {
+            match (result, self.listener) {
+                (Ok(_), Some(listener)) => {
+                    self.accepted(port, socket);
+                    if port.accept(listener, op).is_err() {
+                        tracing::error!("accept could not be resubmitted; this worker stops accepting");
+                        let _ = port.give_op(op);
+                        self.accept = None;
+                    }
+                }
+                (Ok(_), None) => {
+                    let _ = port.close(socket);
+                    let _ = port.give_op(op);
+                    self.accept = None;
+                }
+                (Err(e), listener) => {
+                    if e != OpError::Cancelled {
+                        tracing::warn!("accept failed: {e}");
+                    }
+                    let again = listener.is_some_and(|l| e.is_transient() && port.accept(l, op).is_ok());
+                    if !again {
+                        let _ = port.give_op(op);
+                        self.accept = None;
+                    }
+                }
+            }
+            return;
+        }
+        let index = socket.index();
+        let ours = self.conns.get(index).and_then(Option::as_ref).is_some_and(|c| {
+            c.socket == socket
+                && ((op == c.read && c.read_pending && kind == OpKind::Recv)
+                    || (op == c.write && c.write_pending && matches!(kind, OpKind::Send | OpKind::SendFile)))
+        });
+        if !ours {
+            // A pending op of a connection closed since: give it back now.
+            let _ = port.give_op(op);
+            return;
+        }
+        match kind {
+            OpKind::Recv => self.received(port, index, result),
+            _ => self.sent(port, index, kind, result),
+        }
+    }
+}

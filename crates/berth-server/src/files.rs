@@ -1,0 +1,433 @@
+//! [`StaticFiles`]: HTTP/1.1 GET and HEAD of the files beneath a root directory.
+
+use std::ffi::{CStr, OsStr};
+use std::fs::{File, Metadata};
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use berth_sendfile::{ByteRange, FileSend, HttpRangeError, resolve_http_range};
+use httpdate::HttpDate;
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+
+use crate::path::{self, PathError};
+use crate::service::{Reply, Service};
+
+/// The largest header count [`StaticFiles::max_headers`] accepts (the parser's array
+/// lives on the stack).
+pub const MAX_HEADERS: usize = 100;
+/// Decoded paths (plus `/index.html` and a NUL) must fit in this many bytes.
+const PATH_BUF: usize = 4096;
+const INDEX: &[u8] = b"/index.html";
+
+/// A status code and its reason phrase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Status(u16, &'static str);
+
+const OK: Status = Status(200, "OK");
+const PARTIAL: Status = Status(206, "Partial Content");
+const MOVED: Status = Status(301, "Moved Permanently");
+const NOT_MODIFIED: Status = Status(304, "Not Modified");
+const BAD_REQUEST: Status = Status(400, "Bad Request");
+const FORBIDDEN: Status = Status(403, "Forbidden");
+const NOT_FOUND: Status = Status(404, "Not Found");
+const BAD_METHOD: Status = Status(405, "Method Not Allowed");
+const URI_TOO_LONG: Status = Status(414, "URI Too Long");
+const UNSATISFIABLE: Status = Status(416, "Range Not Satisfiable");
+const HEADERS_TOO_LARGE: Status = Status(431, "Request Header Fields Too Large");
+const SERVER_ERROR: Status = Status(500, "Internal Server Error");
+const UNAVAILABLE: Status = Status(503, "Service Unavailable");
+
+/// Serves the files beneath a root directory over HTTP/1.1: GET and HEAD,
+/// keep-alive and pipelining, `Content-Length`, `Content-Type` from the extension,
+/// `Last-Modified` / `If-Modified-Since` (304), a single `Range` (206, or 416;
+/// several ranges get the whole file), a directory's `index.html` (no listings; a
+/// directory asked for without its trailing slash is redirected to it), bodies by
+/// sendfile(2). HTTP/1.0 closes after the reply unless it asked for keep-alive.
+///
+/// # Nothing outside the root
+///
+/// The request path is percent-decoded once and refused (403) if it holds a NUL, a
+/// backslash or a `..` segment — in any spelling: `%2e%2e`, `..%2f`, `%5c`. The rest
+/// is opened relative to a descriptor of the root with openat2 and
+/// `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`, so the kernel refuses any resolution —
+/// a symlink included — that would leave the root, without a race between a check
+/// and the open. Where openat2 is missing (Linux before 5.6) each component is
+/// opened in turn with `O_NOFOLLOW`, so no symlink is followed at all. FIFOs,
+/// sockets and devices are not served.
+///
+/// # Limits
+///
+/// A request line or head that does not fit in the server's request head limit gets
+/// 414 (the line) or 431 (the headers), as do more headers than
+/// [`max_headers`](Self::max_headers); a target longer than
+/// [`max_uri_len`](Self::max_uri_len) gets 414; a malformed request 400; a method
+/// other than GET and HEAD 405 with `Allow`. A request with a body is answered and the
+/// connection closed (no body is read).
+///
+/// ```
+/// use berth_server::{Server, StaticFiles};
+/// use std::io::{Read, Write};
+///
+/// let root = std::env::temp_dir().join(format!("berth-static-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&root)?;
+/// std::fs::write(root.join("a.txt"), "0123456789")?;
+/// let server = Server::builder().addr("127.0.0.1:0".parse()?).workers(1).serve(StaticFiles::new(&root)?)?;
+///
+/// let mut client = std::net::TcpStream::connect(server.local_addr())?;
+/// client.write_all(b"GET /a.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=-3\r\nConnection: close\r\n\r\n")?;
+/// let mut response = String::new();
+/// client.read_to_string(&mut response)?;
+/// assert!(response.starts_with("HTTP/1.1 206 Partial Content\r\n"));
+/// assert!(response.contains("Content-Range: bytes 7-9/10\r\n"));
+/// assert!(response.ends_with("\r\n\r\n789"));
+/// # server.shutdown(std::time::Duration::from_secs(1))?;
+/// # std::fs::remove_dir_all(&root)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct StaticFiles {
+    root: OwnedFd,
+    root_path: PathBuf,
+    max_uri: usize,
+    max_headers: usize,
+}
+
+impl StaticFiles {
+    /// Serves the files beneath `root`, which must be a directory. It is opened now;
+    /// renaming it later does not change what is served.
+    pub fn new(root: impl AsRef<Path>) -> io::Result<StaticFiles> {
+        let root_path = root.as_ref().to_path_buf();
+        let fd = rustix::fs::open(&root_path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        Ok(StaticFiles { root: fd, root_path, max_uri: 4096, max_headers: 64 })
+    }
+
+    /// The longest request target accepted (default 4096 bytes); longer gets 414.
+    pub fn max_uri_len(mut self, bytes: usize) -> Self {
+        self.max_uri = bytes;
+        self
+    }
+
+    /// The most request headers accepted (default 64, at most [`MAX_HEADERS`]); more
+    /// gets 431.
+    pub fn max_headers(mut self, n: usize) -> Self {
+        self.max_headers = n.clamp(1, MAX_HEADERS);
+        self
+    }
+
+    /// The root directory, as given.
+    pub fn root(&self) -> &Path {
+        &self.root_path
+    }
+
+    /// Opens `rel` beneath the root.
+    fn open(&self, rel: &CStr) -> Result<(File, Metadata), Errno> {
+        // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused after).
+        let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+        let fd = match rustix::fs::openat2(&self.root, rel, flags, Mode::empty(), beneath()) {
+            Err(Errno::NOSYS) => open_walk(&self.root, rel.to_bytes(), flags)?,
+            other => other?,
+        };
+        let file = File::from(fd);
+        let meta = file.metadata().map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
+        Ok((file, meta))
+    }
+
+    fn respond(&self, req: &httparse::Request<'_, '_>, reply: &mut Reply<'_>) {
+        let head_only = req.method == Some("HEAD");
+        let http10 = req.version == Some(0);
+        let mut keep_alive = !http10;
+        let (mut host, mut body) = (false, false);
+        let (mut ims, mut range, mut if_range) = (None, None, None);
+        for h in req.headers.iter() {
+            let value = std::str::from_utf8(h.value).ok().map(str::trim);
+            let name = h.name;
+            if name.eq_ignore_ascii_case("connection") {
+                for token in value.unwrap_or("").split(',').map(str::trim) {
+                    if token.eq_ignore_ascii_case("close") {
+                        keep_alive = false;
+                    } else if token.eq_ignore_ascii_case("keep-alive") && http10 {
+                        keep_alive = true;
+                    }
+                }
+            } else if name.eq_ignore_ascii_case("host") {
+                host = true;
+            } else if name.eq_ignore_ascii_case("content-length") {
+                body |= value != Some("0");
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                body = true;
+            } else if name.eq_ignore_ascii_case("if-modified-since") {
+                ims = value;
+            } else if name.eq_ignore_ascii_case("range") {
+                range = value;
+            } else if name.eq_ignore_ascii_case("if-range") {
+                if_range = value;
+            }
+        }
+        // A body is never read: closing keeps the next request from starting inside it.
+        keep_alive &= !body && !reply.server_closing();
+        let mut r = Response { reply, keep_alive, http10, head_only };
+
+        if !matches!(req.method, Some("GET" | "HEAD")) {
+            return r.error(BAD_METHOD, "Allow: GET, HEAD\r\n");
+        }
+        if !http10 && !host {
+            r.keep_alive = false;
+            return r.error(BAD_REQUEST, "");
+        }
+        let target = req.path.unwrap_or("");
+        if target.len() > self.max_uri {
+            return r.error(URI_TOO_LONG, "");
+        }
+        let (raw_path, query) = match target.find(['?', '#']) {
+            Some(i) => target.split_at(i),
+            None => (target, ""),
+        };
+        let mut buf = [0u8; PATH_BUF];
+        let rel = match path::decode(raw_path.as_bytes(), &mut buf[..PATH_BUF - INDEX.len()]) {
+            Ok(rel) => rel,
+            Err(PathError::NotAbsolute) => return r.error(BAD_REQUEST, ""),
+            Err(PathError::TooLong) => return r.error(URI_TOO_LONG, ""),
+            Err(PathError::Forbidden) => {
+                tracing::debug!(target, "refused path");
+                return r.error(FORBIDDEN, "");
+            }
+        };
+        let mut len = rel.len;
+        let (mut file, mut meta) = match self.open(cstr(&buf, len)) {
+            Ok(opened) => opened,
+            Err(e) => return r.error(open_status(e, target), ""),
+        };
+        if meta.is_dir() {
+            if !rel.trailing_slash {
+                let query = if query.starts_with('?') { query } else { "" };
+                return r.redirect(raw_path, query);
+            }
+            buf[len..len + INDEX.len()].copy_from_slice(INDEX);
+            len += INDEX.len();
+            buf[len] = 0;
+            (file, meta) = match self.open(cstr(&buf, len)) {
+                Ok(opened) => opened,
+                Err(e) => return r.error(open_status(e, target), ""),
+            };
+        }
+        if !meta.is_file() {
+            return r.error(if meta.is_dir() { NOT_FOUND } else { FORBIDDEN }, "");
+        }
+        let name = Path::new(OsStr::from_bytes(&buf[..len]));
+        r.file(file, &meta, name, ims, range, if_range);
+    }
+}
+
+fn beneath() -> ResolveFlags {
+    ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS
+}
+
+/// `buf[..len]` with its NUL, as a C string.
+fn cstr(buf: &[u8], len: usize) -> &CStr {
+    CStr::from_bytes_until_nul(&buf[..=len]).unwrap_or(c".")
+}
+
+/// Without openat2: open each component in turn, refusing every symlink.
+fn open_walk(root: &OwnedFd, rel: &[u8], flags: OFlags) -> Result<OwnedFd, Errno> {
+    let mut dir: Option<OwnedFd> = None;
+    let mut parts = rel.split(|&b| b == b'/').peekable();
+    while let Some(part) = parts.next() {
+        let last = parts.peek().is_none();
+        let f = if last { flags | OFlags::NOFOLLOW } else { OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW };
+        let base = dir.as_ref().unwrap_or(root);
+        dir = Some(rustix::fs::openat(base, OsStr::from_bytes(part), f | OFlags::CLOEXEC, Mode::empty())?);
+    }
+    dir.ok_or(Errno::NOENT)
+}
+
+fn open_status(e: Errno, target: &str) -> Status {
+    match e {
+        Errno::NOENT | Errno::NOTDIR | Errno::NAMETOOLONG => NOT_FOUND,
+        // EXDEV: the path (through a symlink) would leave the root.
+        Errno::XDEV | Errno::LOOP | Errno::ACCESS | Errno::PERM => {
+            tracing::debug!(target, "refused open: {e}");
+            FORBIDDEN
+        }
+        Errno::MFILE | Errno::NFILE | Errno::NOMEM => {
+            tracing::warn!(target, "open: {e}");
+            UNAVAILABLE
+        }
+        _ => {
+            tracing::warn!(target, "open: {e}");
+            SERVER_ERROR
+        }
+    }
+}
+
+/// A time as an HTTP date, if it is one (1970 to 9999; httpdate panics outside).
+fn http_date(t: SystemTime) -> Option<HttpDate> {
+    let secs = t.duration_since(UNIX_EPOCH).ok()?.as_secs();
+    (secs < 253_402_300_800).then(|| HttpDate::from(t))
+}
+
+fn unix_secs(t: SystemTime) -> Option<u64> {
+    t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
+}
+
+/// Writes one response into a [`Reply`]. Write errors mark the reply failed; the
+/// server then closes the connection, so they are not checked one by one.
+struct Response<'r, 'a> {
+    reply: &'r mut Reply<'a>,
+    keep_alive: bool,
+    http10: bool,
+    head_only: bool,
+}
+
+impl Response<'_, '_> {
+    /// Status line and the headers every response has.
+    fn start(&mut self, status: Status) -> io::Result<()> {
+        let Status(code, reason) = status;
+        write!(self.reply, "HTTP/1.1 {code} {reason}\r\nServer: berth\r\n")?;
+        if let Some(now) = http_date(SystemTime::now()) {
+            write!(self.reply, "Date: {now}\r\n")?;
+        }
+        if !self.keep_alive {
+            self.reply.write_bytes(b"Connection: close\r\n").map_err(io::Error::other)?;
+        } else if self.http10 {
+            self.reply.write_bytes(b"Connection: keep-alive\r\n").map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) {
+        if !self.keep_alive {
+            self.reply.close();
+        }
+    }
+
+    fn error(mut self, status: Status, extra: &str) {
+        let Status(code, reason) = status;
+        let _ = (|| {
+            self.start(status)?;
+            // "404 Not Found\n"
+            let len = 3 + 1 + reason.len() + 1;
+            write!(self.reply, "{extra}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len}\r\n\r\n")?;
+            if !self.head_only {
+                writeln!(self.reply, "{code} {reason}")?;
+            }
+            Ok::<(), io::Error>(())
+        })();
+        self.finish();
+    }
+
+    fn redirect(mut self, path: &str, query: &str) {
+        let _ = (|| {
+            self.start(MOVED)?;
+            // `path` passed httparse's token rules: no CR, LF or spaces.
+            write!(self.reply, "Location: {path}/{query}\r\nContent-Length: 0\r\n\r\n")
+        })();
+        self.finish();
+    }
+
+    fn file(
+        mut self,
+        file: File,
+        meta: &Metadata,
+        name: &Path,
+        ims: Option<&str>,
+        range: Option<&str>,
+        if_range: Option<&str>,
+    ) {
+        let size = meta.len();
+        let modified = meta.modified().ok();
+        let mtime = modified.and_then(unix_secs);
+        let last_modified = modified.and_then(http_date);
+        // If-Modified-Since (evaluated before Range, RFC 9110 §13.2.2).
+        if let (Some(mtime), Some(since)) = (mtime, ims.and_then(|v| httpdate::parse_http_date(v).ok()))
+            && unix_secs(since).is_some_and(|since| mtime <= since)
+        {
+            let _ = (|| {
+                self.start(NOT_MODIFIED)?;
+                if let Some(lm) = last_modified {
+                    write!(self.reply, "Last-Modified: {lm}\r\n")?;
+                }
+                write!(self.reply, "\r\n")
+            })();
+            return self.finish();
+        }
+        // If-Range with a date other than ours (or an entity tag: we send none) means
+        // the client's copy is stale: send the whole file.
+        let range_applies = if_range
+            .is_none_or(|v| httpdate::parse_http_date(v).ok().and_then(unix_secs).is_some_and(|t| Some(t) == mtime));
+        let (status, body) = match range.filter(|_| range_applies).map(|r| resolve_http_range(r, size)) {
+            Some(Ok(r)) => (PARTIAL, r),
+            Some(Err(HttpRangeError::Unsatisfiable { .. })) => {
+                let _ = (|| {
+                    self.start(UNSATISFIABLE)?;
+                    let len = "416 Range Not Satisfiable\n".len();
+                    write!(
+                        self.reply,
+                        "Content-Range: bytes */{size}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+                         Content-Length: {len}\r\n\r\n"
+                    )?;
+                    if !self.head_only {
+                        writeln!(self.reply, "416 Range Not Satisfiable")?;
+                    }
+                    Ok::<(), io::Error>(())
+                })();
+                return self.finish();
+            }
+            // Malformed or several ranges: ignore the header.
+            Some(Err(_)) | None => (OK, ByteRange::whole(size)),
+        };
+        let content_type = mime_guess::from_path(name).first_raw().unwrap_or("application/octet-stream");
+        let _ = (|| {
+            self.start(status)?;
+            write!(self.reply, "Content-Type: {content_type}\r\nContent-Length: {}\r\n", body.len())?;
+            if status == PARTIAL {
+                write!(self.reply, "Content-Range: {}\r\n", body.content_range(size))?;
+            }
+            if let Some(lm) = last_modified {
+                write!(self.reply, "Last-Modified: {lm}\r\n")?;
+            }
+            write!(self.reply, "Accept-Ranges: bytes\r\n\r\n")
+        })();
+        if !self.head_only && !body.is_empty() {
+            self.reply.send_file(FileSend::new(file, body));
+        }
+        self.finish();
+    }
+}
+
+impl Service for StaticFiles {
+    type Conn = ();
+
+    fn connect(&self, _peer: Option<SocketAddr>) {}
+
+    fn data(&self, _conn: &mut (), input: &[u8], reply: &mut Reply<'_>) -> usize {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers[..self.max_headers]);
+        let status = match req.parse(input) {
+            Ok(httparse::Status::Complete(n)) => {
+                self.respond(&req, reply);
+                return n;
+            }
+            Ok(httparse::Status::Partial) => {
+                let line_done = input.contains(&b'\n');
+                // Method and version take a few bytes beside the target.
+                if !line_done && (reply.input_full() || input.len() > self.max_uri.saturating_add(32)) {
+                    URI_TOO_LONG
+                } else if reply.input_full() {
+                    HEADERS_TOO_LARGE
+                } else {
+                    return 0;
+                }
+            }
+            Err(httparse::Error::TooManyHeaders) => HEADERS_TOO_LARGE,
+            Err(_) => BAD_REQUEST,
+        };
+        // The rest of this connection's input cannot be trusted to frame requests.
+        Response { reply, keep_alive: false, http10: false, head_only: false }.error(status, "");
+        input.len()
+    }
+}

@@ -1,0 +1,211 @@
+//! [`Service`]: what a server runs per connection, and [`Reply`], how it answers.
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::net::SocketAddr;
+
+use berth_buf::{Exhausted, Lease};
+use berth_sendfile::FileSend;
+
+/// A protocol run by a [`Server`](crate::Server): it gets connection events and the
+/// bytes received, and answers through a [`Reply`] with bytes, a file and a close.
+///
+/// One value is shared by every worker thread (hence `Sync`); what belongs to one
+/// connection lives in [`Conn`](Service::Conn), the seed's `AsyncUserToken`, created
+/// by [`connect`](Service::connect) on the connection's worker and kept in a slot
+/// preallocated for the socket.
+///
+/// The server calls [`data`](Service::data) with everything received and not yet
+/// consumed. The service consumes a prefix (a request, say) and may answer it; the
+/// server sends the answer, and only once it is sent calls `data` again with the
+/// rest. So pipelined requests are answered in order, one at a time, and a peer that
+/// sends faster than it reads is not read from meanwhile. Consuming nothing and
+/// answering nothing means "need more bytes": the server reads more, up to the
+/// request head limit ([`Reply::input_full`] says when that is reached).
+///
+/// ```
+/// use berth_server::{Reply, Service};
+///
+/// /// Answers every line with its length.
+/// struct LineLength;
+///
+/// impl Service for LineLength {
+///     type Conn = ();
+///     fn connect(&self, _peer: Option<std::net::SocketAddr>) {}
+///     fn data(&self, _conn: &mut (), input: &[u8], reply: &mut Reply<'_>) -> usize {
+///         match input.iter().position(|&b| b == b'\n') {
+///             Some(end) => {
+///                 use std::io::Write;
+///                 let _ = writeln!(reply, "{}", end);
+///                 end + 1
+///             }
+///             None if reply.input_full() => {
+///                 reply.close(); // a line longer than the server buffers
+///                 input.len()
+///             }
+///             None => 0, // wait for the rest of the line
+///         }
+///     }
+/// }
+/// ```
+pub trait Service: Send + Sync + 'static {
+    /// Per-connection state (the seed's user token).
+    type Conn: 'static;
+
+    /// A connection was accepted; returns its state. `peer` is `None` if the address
+    /// could not be read.
+    fn connect(&self, peer: Option<SocketAddr>) -> Self::Conn;
+
+    /// Bytes arrived: `input` is everything received and not yet consumed. Returns how
+    /// many bytes of `input` were consumed (values past `input.len()` count as all of
+    /// it). Anything written to `reply` is sent before `data` is called again.
+    fn data(&self, conn: &mut Self::Conn, input: &[u8], reply: &mut Reply<'_>) -> usize;
+
+    /// The connection is closed (by either side, a timeout or shutdown).
+    fn disconnect(&self, conn: Self::Conn) {
+        let _ = conn;
+    }
+}
+
+/// A [`Reply`] could not take more bytes: its segment is full or none could be
+/// leased. The server closes the connection rather than send half an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("reply buffer full or unavailable")]
+pub struct ReplyFull;
+
+/// How a [`Service`] answers: bytes written into one leased buffer segment (a
+/// response head, a short body), then optionally a file range sent by sendfile(2),
+/// then optionally a close. Nothing is allocated: the bytes go into a segment of the
+/// server's arena, leased on the first write.
+///
+/// `std::io::Write` is implemented, so `write!` formats straight into the segment.
+pub struct Reply<'a> {
+    lease: &'a dyn Fn() -> Result<Lease, Exhausted>,
+    head: Option<Lease>,
+    file: Option<FileSend<File>>,
+    close: bool,
+    failed: bool,
+    input_full: bool,
+    server_closing: bool,
+}
+
+/// What a reply came to, for the server.
+pub(crate) struct ReplyParts {
+    pub(crate) head: Option<Lease>,
+    pub(crate) file: Option<FileSend<File>>,
+    pub(crate) close: bool,
+    pub(crate) failed: bool,
+}
+
+impl ReplyParts {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.head.as_ref().is_none_or(|h| h.is_empty()) && self.file.is_none() && !self.close && !self.failed
+    }
+}
+
+impl<'a> Reply<'a> {
+    pub(crate) fn new(lease: &'a dyn Fn() -> Result<Lease, Exhausted>, input_full: bool, server_closing: bool) -> Self {
+        Reply { lease, head: None, file: None, close: false, failed: false, input_full, server_closing }
+    }
+
+    pub(crate) fn into_parts(self) -> ReplyParts {
+        ReplyParts { head: self.head, file: self.file, close: self.close, failed: self.failed }
+    }
+
+    /// Appends bytes to the reply. Fails if they do not fit in the rest of the
+    /// segment (see [`remaining`](Self::remaining)) or no segment could be leased;
+    /// the connection is then closed after the call.
+    pub fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), ReplyFull> {
+        if self.head.is_none() {
+            match (self.lease)() {
+                Ok(mut lease) => {
+                    lease.clear();
+                    self.head = Some(lease);
+                }
+                Err(_) => {
+                    self.failed = true;
+                    return Err(ReplyFull);
+                }
+            }
+        }
+        let Some(head) = self.head.as_mut() else { return Err(ReplyFull) };
+        let len = head.len();
+        if bytes.len() > head.capacity() - len {
+            self.failed = true;
+            return Err(ReplyFull);
+        }
+        head.spare_mut()[..bytes.len()].copy_from_slice(bytes);
+        if head.set_len(len + bytes.len()).is_err() {
+            self.failed = true;
+            return Err(ReplyFull);
+        }
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> &[u8] {
+        self.head.as_ref().map_or(&[], |h| h.filled())
+    }
+
+    /// Room left for bytes (a whole segment before the first write, as far as the
+    /// server's arena has one).
+    pub fn remaining(&self) -> usize {
+        match &self.head {
+            Some(h) => h.capacity() - h.len(),
+            None => usize::MAX,
+        }
+    }
+
+    /// Sends `file` (its range) after the bytes, by sendfile(2). If the file turns
+    /// out shorter than the range while it is sent, the connection is closed.
+    pub fn send_file(&mut self, file: FileSend<File>) {
+        self.file = Some(file);
+    }
+
+    /// Closes the connection once the reply is sent (a lingering close: the server
+    /// shuts down its sending side and discards input until the peer closes or a
+    /// short timeout passes, so the peer reads the whole reply).
+    pub fn close(&mut self) {
+        self.close = true;
+    }
+
+    /// Whether [`close`](Self::close) was asked for.
+    pub fn closing(&self) -> bool {
+        self.close
+    }
+
+    /// True when the input handed to [`Service::data`] is as large as the server
+    /// buffers: consuming nothing now would leave the connection stuck, so the service
+    /// must answer (an HTTP server's 431) or close.
+    pub fn input_full(&self) -> bool {
+        self.input_full
+    }
+
+    /// True when the server is shutting down and will close the connection after this
+    /// reply (an HTTP service says `Connection: close`).
+    pub fn server_closing(&self) -> bool {
+        self.server_closing
+    }
+}
+
+impl io::Write for Reply<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_bytes(buf).map(|()| buf.len()).map_err(|e| io::Error::new(io::ErrorKind::WriteZero, e))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Reply<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reply")
+            .field("written", &self.written().len())
+            .field("file", &self.file.as_ref().map(|f| f.range()))
+            .field("close", &self.close)
+            .field("failed", &self.failed)
+            .finish()
+    }
+}

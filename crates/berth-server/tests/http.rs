@@ -1,0 +1,336 @@
+//! StaticFiles over real sockets: bodies byte for byte, keep-alive and pipelining,
+//! conditional and range requests, and every refusal the issue lists.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn get_and_head_every_byte() {
+    let dir = TempDir::new("get");
+    let sizes = [0usize, 1, 4095, 4096, 100_000, 3 << 20];
+    for &n in &sizes {
+        dir.file(&format!("f{n}.bin"), &pattern(n));
+    }
+    dir.file("page.html", b"<p>x</p>");
+    let server = serve_dir(dir.path());
+    let mut s = client(server.local_addr());
+    for &n in &sizes {
+        let r = exchange(&mut s, &req("GET", &format!("/f{n}.bin"), ""));
+        assert_eq!(r.status, 200, "{}", r.head);
+        assert_eq!(r.content_length(), Some(n));
+        assert!(r.body == pattern(n), "body of f{n}.bin differs");
+        assert_eq!(r.header("accept-ranges"), Some("bytes"));
+        assert!(r.header("last-modified").is_some());
+        assert!(r.header("date").is_some());
+        let h = exchange(&mut s, &req("HEAD", &format!("/f{n}.bin"), ""));
+        assert_eq!(h.status, 200);
+        assert_eq!(h.content_length(), Some(n));
+    }
+    let r = exchange(&mut s, &req("GET", "/page.html", ""));
+    assert_eq!(r.header("content-type"), Some("text/html"));
+    assert_eq!(r.body, b"<p>x</p>");
+    let r = exchange(&mut s, &req("GET", "/f1.bin?query=1", ""));
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(r.body, pattern(1));
+    // A HEAD left no body behind: the connection is still in step.
+    let r = exchange(&mut s, &req("GET", "/nope", ""));
+    assert_eq!(r.status, 404);
+    let m = server.metrics();
+    assert_eq!(m.connections_accepted, 1);
+    assert!(m.bytes_out as usize > sizes.iter().sum::<usize>());
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn pipelined_requests_in_one_write() {
+    let dir = TempDir::new("pipe");
+    dir.file("a.txt", b"alpha");
+    dir.file("b.txt", b"bravo!");
+    dir.file("big.bin", &pattern(200_000));
+    let server = serve_dir(dir.path());
+    let mut s = client(server.local_addr());
+    let mut batch = String::new();
+    let order = ["a.txt", "b.txt", "big.bin", "a.txt", "missing", "b.txt"];
+    for name in order {
+        batch += &req("GET", &format!("/{name}"), "");
+    }
+    batch += &req("HEAD", "/a.txt", "");
+    batch += &req("GET", "/b.txt", "");
+    s.write_all(batch.as_bytes()).unwrap();
+    for name in order {
+        let r = read_response(&mut s, false).unwrap();
+        match name {
+            "a.txt" => assert_eq!(r.body, b"alpha"),
+            "b.txt" => assert_eq!(r.body, b"bravo!"),
+            "big.bin" => assert!(r.body == pattern(200_000)),
+            _ => assert_eq!(r.status, 404),
+        }
+    }
+    let h = read_response(&mut s, true).unwrap();
+    assert_eq!(h.content_length(), Some(5));
+    assert_eq!(read_response(&mut s, false).unwrap().body, b"bravo!");
+
+    // Many small pipelined requests: more than one read's worth.
+    let many: String = (0..300).map(|_| req("GET", "/a.txt", "")).collect();
+    s.write_all(many.as_bytes()).unwrap();
+    for _ in 0..300 {
+        assert_eq!(read_response(&mut s, false).unwrap().body, b"alpha");
+    }
+    assert_eq!(server.metrics().connections_accepted, 1);
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn http10_and_connection_close() {
+    let dir = TempDir::new("h10");
+    dir.file("a.txt", b"alpha");
+    let server = serve_dir(dir.path());
+    let addr = server.local_addr();
+
+    let mut s = client(addr);
+    let r = exchange(&mut s, "GET /a.txt HTTP/1.0\r\n\r\n");
+    assert_eq!(r.body, b"alpha");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(closed_by_peer(&mut s), "HTTP/1.0 without keep-alive must close");
+
+    let mut s = client(addr);
+    let r = exchange(&mut s, "GET /a.txt HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    let r = exchange(&mut s, "GET /a.txt HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(r.body, b"alpha");
+
+    let mut s = client(addr);
+    let r = exchange(&mut s, &req("GET", "/a.txt", "Connection: close\r\n"));
+    assert_eq!(r.body, b"alpha");
+    assert!(closed_by_peer(&mut s));
+
+    // A request with a body is answered, then the connection closes.
+    let mut s = client(addr);
+    let r = exchange(&mut s, &(req("GET", "/a.txt", "Content-Length: 3\r\n") + "xyz"));
+    assert_eq!(r.body, b"alpha");
+    assert!(closed_by_peer(&mut s));
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn if_modified_since_gives_304() {
+    let dir = TempDir::new("304");
+    dir.file("a.txt", b"alpha");
+    let server = serve_dir(dir.path());
+    let mut s = client(server.local_addr());
+    let r = exchange(&mut s, &req("GET", "/a.txt", ""));
+    let lm = r.header("last-modified").unwrap().to_string();
+    let r = exchange(&mut s, &req("GET", "/a.txt", &format!("If-Modified-Since: {lm}\r\n")));
+    assert_eq!(r.status, 304, "{}", r.head);
+    assert!(r.body.is_empty());
+    let r = exchange(&mut s, &req("GET", "/a.txt", "If-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT\r\n"));
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"alpha"[..]));
+    let r = exchange(&mut s, &req("GET", "/a.txt", "If-Modified-Since: not a date\r\n"));
+    assert_eq!(r.status, 200);
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn ranges_and_their_edge_cases() {
+    let dir = TempDir::new("range");
+    let data = pattern(1000);
+    dir.file("d.bin", &data);
+    dir.file("empty", b"");
+    let server = serve_dir(dir.path());
+    let mut s = client(server.local_addr());
+    let mut range = |spec: &str| exchange(&mut s, &req("GET", "/d.bin", &format!("Range: {spec}\r\n")));
+
+    let r = range("bytes=0-4");
+    assert_eq!((r.status, r.header("content-range")), (206, Some("bytes 0-4/1000")));
+    assert_eq!(r.body, &data[..5]);
+    let r = range("bytes=990-");
+    assert_eq!(r.body, &data[990..]);
+    let r = range("bytes=-3");
+    assert_eq!((r.status, r.header("content-range")), (206, Some("bytes 997-999/1000")));
+    assert_eq!(r.body, &data[997..]);
+    let r = range("bytes=-5000");
+    assert_eq!((r.status, r.body.as_slice()), (206, data.as_slice()));
+    let r = range("bytes=0-18446744073709551615");
+    assert_eq!((r.status, r.header("content-range")), (206, Some("bytes 0-999/1000")));
+    assert_eq!(r.body, data);
+    let r = range("bytes=500-99999999999999999999999");
+    assert_eq!((r.status, r.body.as_slice()), (206, &data[500..]));
+    for ignored in ["bytes=", "bytes=5-1", "bytes=0-1,5-6", "lines=1-2", "bytes=x-y"] {
+        let r = range(ignored);
+        assert_eq!((r.status, r.body.len()), (200, 1000), "{ignored}");
+        assert!(r.body == data);
+    }
+    for unsatisfiable in ["bytes=1000-", "bytes=5000-6000", "bytes=-0", "bytes=99999999999999999999999-"] {
+        let r = range(unsatisfiable);
+        assert_eq!((r.status, r.header("content-range")), (416, Some("bytes */1000")), "{unsatisfiable}");
+    }
+    let r = exchange(&mut s, &req("GET", "/empty", "Range: bytes=0-\r\n"));
+    assert_eq!(r.status, 416);
+    // If-Range with another date: the whole file.
+    let r = exchange(&mut s, &req("GET", "/d.bin", "Range: bytes=0-1\r\nIf-Range: Sun, 06 Nov 1994 08:49:37 GMT\r\n"));
+    assert_eq!((r.status, r.body.len()), (200, 1000));
+    let lm = r.header("last-modified").unwrap().to_string();
+    let r = exchange(&mut s, &req("GET", "/d.bin", &format!("Range: bytes=0-1\r\nIf-Range: {lm}\r\n")));
+    assert_eq!((r.status, r.body.as_slice()), (206, &data[..2]));
+    // HEAD with a range: the headers of the 206, no body.
+    let r = exchange(&mut s, &req("HEAD", "/d.bin", "Range: bytes=10-19\r\n"));
+    assert_eq!((r.status, r.content_length()), (206, Some(10)));
+    let r = exchange(&mut s, &req("GET", "/d.bin", ""));
+    assert!(r.body == data, "still in step after the HEAD");
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn directories_index_and_redirect() {
+    let dir = TempDir::new("dirs");
+    dir.file("index.html", b"root index");
+    dir.file("sub/index.html", b"sub index");
+    std::fs::create_dir_all(dir.path().join("bare")).unwrap();
+    dir.file("bare/x.txt", b"x");
+    let server = serve_dir(dir.path());
+    let addr = server.local_addr();
+    assert_eq!(get(addr, &req("GET", "/", "")).body, b"root index");
+    assert_eq!(get(addr, &req("GET", "/sub/", "")).body, b"sub index");
+    assert_eq!(get(addr, &req("GET", "/sub/index.html", "")).body, b"sub index");
+    let r = get(addr, &req("GET", "/sub?x=1", ""));
+    assert_eq!((r.status, r.header("location")), (301, Some("/sub/?x=1")));
+    let r = get(addr, &req("GET", "/bare/", ""));
+    assert_eq!(r.status, 404, "no listings");
+    assert!(!String::from_utf8_lossy(&r.body).contains("x.txt"));
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn nothing_outside_the_root() {
+    let outer = TempDir::new("escape");
+    outer.file("secret.txt", b"TOPSECRET");
+    outer.file("secretdir/inner.txt", b"TOPSECRET too");
+    let root = outer.path().join("root");
+    std::fs::create_dir_all(root.join("a/b")).unwrap();
+    std::fs::write(root.join("ok.txt"), b"fine").unwrap();
+    std::os::unix::fs::symlink(outer.path().join("secret.txt"), root.join("abs_link")).unwrap();
+    std::os::unix::fs::symlink("../secret.txt", root.join("rel_link")).unwrap();
+    std::os::unix::fs::symlink("../secretdir", root.join("dir_link")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", root.join("passwd")).unwrap();
+    std::os::unix::fs::symlink("../../ok.txt", root.join("a/b/inside_link")).unwrap();
+    std::os::unix::fs::symlink("/proc/self/root/etc/passwd", root.join("magic")).unwrap();
+    let server = serve_dir(&root);
+    let addr = server.local_addr();
+
+    // A symlink that stays inside the root is followed.
+    assert_eq!(get(addr, &req("GET", "/a/b/inside_link", "")).body, b"fine");
+    for target in [
+        "/../secret.txt",
+        "/a/../../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/%2E%2E/secret.txt",
+        "/.%2e/secret.txt",
+        "/..%2fsecret.txt",
+        "/%2e%2e%2fsecret.txt",
+        "/a/b/%2e%2e%2f%2e%2e%2f%2e%2e%2fsecret.txt",
+        "/..%5csecret.txt",
+        "/a%5c..%5c..%5csecret.txt",
+        "/ok.txt%00",
+        "/secret.txt%00ok.txt",
+        "/abs_link",
+        "/rel_link",
+        "/dir_link/inner.txt",
+        "/passwd",
+        "/magic",
+        "//etc/passwd",
+        "/%2fetc%2fpasswd",
+    ] {
+        let r = get(addr, &req("GET", target, ""));
+        assert!(matches!(r.status, 400 | 403 | 404), "{target}: {}", r.head);
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(!body.contains("TOPSECRET") && !body.contains("root:"), "{target} leaked {body}");
+    }
+    // Raw backslashes and a NUL in the request line itself.
+    for raw in ["GET /a\\..\\..\\secret.txt HTTP/1.1\r\nHost: t\r\n\r\n", "GET /ok.txt\0 HTTP/1.1\r\nHost: t\r\n\r\n"] {
+        let r = get(addr, raw);
+        assert!(matches!(r.status, 400 | 403 | 404), "{raw:?}: {}", r.head);
+        assert!(!String::from_utf8_lossy(&r.body).contains("TOPSECRET"));
+    }
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn a_fifo_is_refused_not_waited_on() {
+    let dir = TempDir::new("fifo");
+    let fifo = dir.path().join("pipe");
+    rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from(0o600), 0).unwrap();
+    let server = serve_dir(dir.path());
+    let r = get(server.local_addr(), &req("GET", "/pipe", ""));
+    assert_eq!(r.status, 403);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn refusals_400_405_414_431() {
+    let dir = TempDir::new("refuse");
+    dir.file("a.txt", b"alpha");
+    let server = serve_dir(dir.path());
+    let addr = server.local_addr();
+
+    for method in ["POST", "PUT", "DELETE", "OPTIONS", "BREW"] {
+        let r = get(addr, &req(method, "/a.txt", ""));
+        assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")), "{method}");
+    }
+    // 405 keeps the connection usable.
+    let mut s = client(addr);
+    assert_eq!(exchange(&mut s, &req("DELETE", "/a.txt", "")).status, 405);
+    assert_eq!(exchange(&mut s, &req("GET", "/a.txt", "")).body, b"alpha");
+
+    for raw in [
+        "GARBAGE\r\n\r\n",
+        "GET\r\n\r\n",
+        "GET / HTTP/7.1\r\nHost: t\r\n\r\n",
+        "GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+        "GET / HTTP/1.1\r\n\r\n", // no Host
+        "GET a.txt HTTP/1.1\r\nHost: t\r\n\r\n",
+    ] {
+        let mut s = client(addr);
+        let r = exchange(&mut s, raw);
+        assert_eq!(r.status, 400, "{raw:?}: {}", r.head);
+        if raw != "GET a.txt HTTP/1.1\r\nHost: t\r\n\r\n" {
+            assert!(closed_by_peer(&mut s), "{raw:?}: closed after a 400");
+        }
+    }
+
+    // A target over the URI limit, with the head complete: 414.
+    let long = format!("/{}", "a".repeat(5000));
+    assert_eq!(get(addr, &req("GET", &long, "")).status, 414);
+    // A request line longer than the whole head buffer: 414, then close.
+    let mut s = client(addr);
+    let huge = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "b".repeat(20_000));
+    let _ = s.write_all(huge.as_bytes()); // the server may stop reading midway
+    let r = read_response(&mut s, false).unwrap();
+    assert_eq!(r.status, 414);
+    assert!(closed_by_peer(&mut s));
+
+    // Too many headers: 431.
+    let many: String = (0..100).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let mut s = client(addr);
+    let r = exchange(&mut s, &req("GET", "/a.txt", &many));
+    assert_eq!(r.status, 431);
+    assert!(closed_by_peer(&mut s));
+    // A head larger than the buffer: 431.
+    let mut s = client(addr);
+    let big = req("GET", "/a.txt", &format!("X-Big: {}\r\n", "c".repeat(20_000)));
+    let _ = s.write_all(big.as_bytes());
+    let r = read_response(&mut s, false).unwrap();
+    assert_eq!(r.status, 431);
+    assert!(closed_by_peer(&mut s));
+
+    // The server is still fine.
+    assert_eq!(get(addr, &req("GET", "/a.txt", "")).body, b"alpha");
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
