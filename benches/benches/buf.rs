@@ -19,10 +19,15 @@ fn manager() -> BufferManager {
 
 /// Runs `op` `iters` times on this thread and on one more, started together; the
 /// time per iteration is the per-operation latency with two threads contending.
+///
+/// The two threads are pinned to cores 0 and 1 (as a thread-per-core server pins its
+/// workers), for berth and the peer alike.
 fn two_threads(iters: u64, op: impl Fn() + Send + Sync + Clone + 'static) -> Duration {
+    pin_to(0);
     let barrier = Arc::new(Barrier::new(2));
     let (b2, op2) = (barrier.clone(), op.clone());
     let other = std::thread::spawn(move || {
+        pin_to(1);
         b2.wait();
         for _ in 0..iters {
             op2();
@@ -36,6 +41,14 @@ fn two_threads(iters: u64, op: impl Fn() + Send + Sync + Clone + 'static) -> Dur
     let mine = start.elapsed();
     other.join().expect("bench thread");
     mine
+}
+
+/// Pins the calling thread to one CPU (best effort: a machine with one core, or a
+/// refused call, leaves it unpinned).
+fn pin_to(cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    let _ = rustix::thread::sched_setaffinity(None, &set);
 }
 
 fn lease_return(c: &mut Criterion) {

@@ -38,25 +38,30 @@ pub(crate) fn generation_of(state: u32) -> u32 {
     state >> 2
 }
 
-/// Hands each thread an ordinal the first time it touches an arena; a thread's
-/// free-list shard is its ordinal modulo the shard count.
-static NEXT_THREAD_ORDINAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
 thread_local! {
-    static THREAD_ORDINAL: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+    /// This thread's shard key and how many more calls may use it before it is
+    /// read again.
+    static SHARD: std::cell::Cell<(usize, u32)> = const { std::cell::Cell::new((0, 0)) };
 }
 
-/// This thread's ordinal (assigned on first use).
+/// Calls between re-reads of the current CPU.
+const SHARD_REFRESH: u32 = 1024;
+
+/// This thread's shard key: the CPU it runs on, re-read every [`SHARD_REFRESH`] calls
+/// (through the vDSO, so the amortised cost is a fraction of a nanosecond). Threads
+/// on different cores therefore use different shards, and a thread that migrates
+/// follows within a thousand operations; a stale key is still correct, only shared.
 #[inline]
 pub(crate) fn thread_ordinal() -> usize {
-    THREAD_ORDINAL.with(|o| {
-        let v = o.get();
-        if v != usize::MAX {
-            return v;
+    SHARD.with(|cell| {
+        let (shard, left) = cell.get();
+        if left > 0 {
+            cell.set((shard, left - 1));
+            return shard;
         }
-        let v = NEXT_THREAD_ORDINAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        o.set(v);
-        v
+        let shard = if cfg!(loom) { 0 } else { rustix::thread::sched_getcpu() };
+        cell.set((shard, SHARD_REFRESH));
+        shard
     })
 }
 
