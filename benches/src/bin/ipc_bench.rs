@@ -372,26 +372,40 @@ fn main() {
         let sock_rtt = rtt_socketpair(rtt_sock_n);
         let pipe_rtt = rtt_pipe(rtt_sock_n);
         println!("rtt 64B p50: ipc {ipc_rtt:.0} ns, socketpair {sock_rtt:.0} ns, pipe {pipe_rtt:.0} ns");
-        rows.push(Row::new("ipc/rtt_64B", "p50_ns", ipc_rtt, "unix_socketpair", sock_rtt, Better::Lower));
-        rows.push(Row::new("ipc/rtt_64B_vs_pipe", "p50_ns", ipc_rtt, "pipe", pipe_rtt, Better::Lower));
+        rows.push(Row::new("ipc/rtt_64B/p50_ns", "p50_ns", ipc_rtt, "unix_socketpair", sock_rtt, Better::Lower));
+        rows.push(Row::new("ipc/rtt_64B_vs_pipe/p50_ns", "p50_ns", ipc_rtt, "pipe", pipe_rtt, Better::Lower));
     }
     if run("tp64") {
         let ipc_tp = throughput_ipc(MSG, tp_n);
         let sock_tp = throughput_socketpair(tp_sock_n);
         println!("throughput 64B: ipc {:.1} M msg/s, socketpair {:.2} M msg/s", ipc_tp / 1e6, sock_tp / 1e6);
-        rows.push(Row::new("ipc/throughput_64B", "msgs_per_s", ipc_tp, "unix_socketpair", sock_tp, Better::Higher));
+        rows.push(Row::new(
+            "ipc/throughput_64B/msgs_per_s",
+            "msgs_per_s",
+            ipc_tp,
+            "unix_socketpair",
+            sock_tp,
+            Better::Higher,
+        ));
     }
     if run("tp64k") {
         let big = throughput_ipc(BIG, big_n) * BIG as f64 * 8.0 / 1e9;
         let mc = memcpy_gbps(big_n);
         println!("throughput 64KiB: ipc {big:.1} Gbit/s, memcpy {mc:.1} Gbit/s ({:.0}%)", big / mc * 100.0);
-        rows.push(Row::new("ipc/throughput_64KiB", "gbps", big, "memcpy", mc, Better::Higher));
+        rows.push(Row::new("ipc/throughput_64KiB/gbps", "gbps", big, "memcpy", mc, Better::Higher));
     }
     if run("idle") {
         let idle_ipc = idle_cpu_percent(true, idle_ms);
         let idle_sock = idle_cpu_percent(false, idle_ms);
         println!("idle blocked receiver CPU: ipc {idle_ipc:.3}%, unix socket read {idle_sock:.3}%");
-        rows.push(Row::new("ipc/idle_blocked", "cpu_percent", idle_ipc, "unix_socket_read", idle_sock, Better::Lower));
+        rows.push(Row::new(
+            "ipc/idle_blocked/cpu_percent",
+            "cpu_percent",
+            idle_ipc,
+            "unix_socket_read",
+            idle_sock,
+            Better::Lower,
+        ));
     }
     let path = results_path();
     append_rows(&path, &rows).expect("write results");
