@@ -486,11 +486,17 @@ impl<T> CompletionPort<T> {
     /// Receives into the op's buffer range (`ReceiveAsync`). A completion of `Ok(0)`
     /// means the peer shut its side.
     pub fn recv(&mut self, socket: SocketId, op: OpId) -> Result<(), SubmitError> {
+        self.require_buffer(op)?;
+        self.submit(socket, op, OpKind::Recv, Dir::Read, false)
+    }
+
+    /// A receive or send needs a buffer with a non-empty active range.
+    fn require_buffer(&self, op: OpId) -> Result<(), SubmitError> {
         let args = self.op(op)?;
         if args.buffer().is_none() || args.range().is_empty() {
             return Err(SubmitError::NoBuffer);
         }
-        self.submit(socket, op, OpKind::Recv, Dir::Read, false)
+        Ok(())
     }
 
     /// Receives without holding a buffer while waiting: a segment is leased from the
@@ -498,18 +504,16 @@ impl<T> CompletionPort<T> {
     /// connection holds no buffer. On completion the op carries the lease, range
     /// `0..segment_size`, and the bytes received. If the arena is exhausted at that
     /// moment the op completes with [`OpError::BufferExhausted`].
+    /// Any buffer the op still carries goes back to the arena once the submit is
+    /// accepted; a refused submit leaves the op untouched.
     pub fn recv_pooled(&mut self, socket: SocketId, op: OpId) -> Result<(), SubmitError> {
-        drop(self.op_mut(op)?.take_buffer());
         self.submit(socket, op, OpKind::Recv, Dir::Read, true)
     }
 
     /// Sends the whole buffer range, resuming partial writes (`SendAsync`); completes
     /// once every byte is with the kernel.
     pub fn send(&mut self, socket: SocketId, op: OpId) -> Result<(), SubmitError> {
-        let args = self.op(op)?;
-        if args.buffer().is_none() || args.range().is_empty() {
-            return Err(SubmitError::NoBuffer);
-        }
+        self.require_buffer(op)?;
         self.submit(socket, op, OpKind::Send, Dir::Write, false)
     }
 
@@ -558,6 +562,9 @@ impl<T> CompletionPort<T> {
             return Err(SubmitError::Busy);
         }
         let args = self.pool.get_mut(id).map_err(|_| SubmitError::StaleOp)?;
+        if pooled {
+            drop(args.take_buffer());
+        }
         args.set_kind(kind);
         args.set_socket(Some(fd));
         let meta = &mut self.meta[index];

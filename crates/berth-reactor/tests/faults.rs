@@ -267,3 +267,18 @@ fn no_wakeup_is_lost_after_a_short_read() {
     assert_eq!(result_of(wait_for(&mut port, |c| is_op(c, OpKind::Recv))), Ok(6));
     assert_eq!(port.op(op).unwrap().transferred_bytes(), b"second");
 }
+
+#[test]
+fn a_refused_submit_leaves_the_op_untouched() {
+    let (mut port, listener, socket, _client) = connected_pair(8);
+    let op = port.take_op().unwrap();
+    let lease = port.lease().unwrap();
+    port.op_mut(op).unwrap().set_buffer(lease, 0..10).unwrap();
+    // A pooled receive on a listener is refused: the op keeps its buffer.
+    assert!(matches!(port.recv_pooled(listener, op), Err(SubmitError::WrongSocket)));
+    assert!(port.op(op).unwrap().buffer().is_some());
+    // Accepted: the old buffer goes back to the arena while the receive waits.
+    port.recv_pooled(socket, op).unwrap();
+    assert!(port.op(op).unwrap().buffer().is_none());
+    assert_eq!(port.buffers().stats().in_use, 0);
+}
