@@ -16,6 +16,9 @@
 //! - *Lingering*: after a reply that closes, the sending side is shut down and input is
 //!   discarded until the peer closes or a short deadline passes, so the peer reads
 //!   the whole reply instead of a reset.
+//! - *Awaiting*: the service will answer later ([`Reply::answer_later`]), from
+//!   [`Service::posted`] through [`Conns`]. No op is pending; unconsumed input waits
+//!   in the read segment.
 //!
 //! An op is given back to the port's pool exactly once: at close if it is idle, or
 //! when its (cancelled) completion arrives if it was pending.
@@ -29,7 +32,7 @@ use berth_reactor::{Completion, CompletionPort, Handler, SocketId};
 
 use crate::metrics::{Counter, Local, Row};
 use crate::server::SHUTDOWN;
-use crate::service::{Reply, ReplyParts, Service};
+use crate::service::{ConnId, Reply, ReplyParts, SERVICE_POST, Service, WorkerHandle};
 
 /// How long a lingering close waits for the peer to close.
 const LINGER: Duration = Duration::from_secs(2);
@@ -48,6 +51,7 @@ enum Phase {
     Reading,
     Writing,
     Lingering,
+    Awaiting,
 }
 
 struct Conn<C> {
@@ -66,12 +70,16 @@ struct Conn<C> {
     /// The body still to send after the reply's bytes.
     file: Option<berth_sendfile::FileSend<std::fs::File>>,
     close_after: bool,
+    /// Wait for the service's later answer once the reply is sent.
+    await_after: bool,
     user: C,
 }
 
 /// One worker's completion handler.
 pub(crate) struct Worker<S: Service> {
     service: Arc<S>,
+    /// This worker's index, for [`ConnId`]s.
+    index: usize,
     limits: Limits,
     listener: Option<SocketId>,
     accept: Option<OpId>,
@@ -87,6 +95,7 @@ impl<S: Service> Worker<S> {
     pub(crate) fn new(service: Arc<S>, limits: Limits, listener: SocketId, max_sockets: usize) -> Self {
         Worker {
             service,
+            index: 0,
             limits,
             listener: Some(listener),
             accept: None,
@@ -102,6 +111,8 @@ impl<S: Service> Worker<S> {
     pub(crate) fn run(mut self, worker: PortWorker<()>, rows: &[Row]) -> std::io::Result<()> {
         let PortWorker { index, mut port, listener } = worker;
         let row = &rows[index];
+        self.index = index;
+        self.service.worker_started(WorkerHandle::new(index, port.handle()));
         let accept = port.take_op().map_err(std::io::Error::other)?;
         port.accept(listener, accept).map_err(std::io::Error::other)?;
         self.accept = Some(accept);
@@ -179,6 +190,7 @@ impl<S: Service> Worker<S> {
             fresh: true,
             file: None,
             close_after: false,
+            await_after: false,
             user,
         });
         self.live += 1;
@@ -328,7 +340,7 @@ impl<S: Service> Worker<S> {
                 }
                 let full = input.len() >= max_input.min(args.buffer().map_or(0, |b| b.capacity()));
                 let lease = || port.lease();
-                let mut reply = Reply::new(&lease, full, draining);
+                let mut reply = Reply::new(&lease, ConnId::new(self.index, conn.socket), full, draining);
                 let consumed = self.service.data(&mut conn.user, input, &mut reply).min(input.len());
                 (consumed, reply.into_parts())
             };
@@ -340,6 +352,11 @@ impl<S: Service> Worker<S> {
             if !parts.is_empty() {
                 conn.request_started = None;
                 return self.write(port, index, parts);
+            }
+            if parts.later {
+                conn.request_started = None;
+                conn.phase = Phase::Awaiting;
+                return;
             }
             if consumed == 0 {
                 break;
@@ -355,7 +372,8 @@ impl<S: Service> Worker<S> {
         let write_timeout = self.limits.write_timeout;
         let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
         conn.phase = Phase::Writing;
-        conn.close_after = parts.close || draining;
+        conn.close_after = parts.close || (draining && !parts.later);
+        conn.await_after = parts.later && !parts.close;
         conn.file = parts.file;
         let deadline = write_timeout.map(|t| Instant::now() + t);
         if port.set_deadline(conn.write, deadline).is_err() {
@@ -445,11 +463,22 @@ impl<S: Service> Worker<S> {
         if let Ok(args) = port.op_mut(conn.write) {
             drop(args.take_buffer());
         }
+        if std::mem::take(&mut conn.await_after) {
+            // Even while draining: the answer may still come within the grace period.
+            conn.phase = Phase::Awaiting;
+            return;
+        }
         if !(conn.close_after || draining.is_some()) {
             return self.process(port, index);
         }
-        // Lingering close: FIN now, discard input until the peer's FIN or a deadline,
-        // so unread input does not turn our close into a reset that eats the reply.
+        self.linger(port, index);
+    }
+
+    /// Lingering close: FIN now, discard input until the peer's FIN or a deadline,
+    /// so unread input does not turn our close into a reset that eats the reply.
+    fn linger(&mut self, port: &mut CompletionPort<()>, index: usize) {
+        let draining = self.draining;
+        let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
         conn.phase = Phase::Lingering;
         if let Ok(stream) = port.stream(conn.socket) {
             let _ = stream.shutdown(std::net::Shutdown::Write);
@@ -471,6 +500,10 @@ impl<S: Service> Handler<()> for Worker<S> {
         let (op, kind, socket, result) = match completion {
             Completion::Posted { key: SHUTDOWN, data } => {
                 return self.begin_drain(port, Duration::from_millis(data));
+            }
+            Completion::Posted { key: SERVICE_POST, data } => {
+                let service = self.service.clone();
+                return service.posted(data, &mut Conns { worker: self, port });
             }
             Completion::Posted { .. } => return,
             Completion::Op { op, kind, socket, result } => (op, kind, socket, result),
@@ -518,5 +551,82 @@ impl<S: Service> Handler<()> for Worker<S> {
             OpKind::Recv => self.received(port, index, result),
             _ => self.sent(port, index, kind, result),
         }
+    }
+}
+
+// ---- answers from elsewhere --------------------------------------------------------
+
+/// One worker's connections, handed to [`Service::posted`]: answer a connection that
+/// waits for an answer ([`Reply::answer_later`]), or close such connections.
+pub struct Conns<'a, S: Service> {
+    worker: &'a mut Worker<S>,
+    port: &'a mut CompletionPort<()>,
+}
+
+/// [`Conns::answer`] found no connection waiting for an answer under that id: it
+/// closed (its id is stale), belongs to another worker, or is not waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no connection waits for an answer under this id")]
+pub struct NotWaiting;
+
+impl<S: Service> Conns<'_, S> {
+    /// This worker's index (as in [`ConnId::worker`]).
+    pub fn worker(&self) -> usize {
+        self.worker.index
+    }
+
+    /// Answers connection `id`, which waits for an answer: `answer` gets its state
+    /// and a [`Reply`] as [`Service::data`] does. Once the reply is sent the
+    /// connection goes on with its buffered input and reads again — unless the reply
+    /// closes it, or asks to [`answer_later`](Reply::answer_later) again.
+    pub fn answer(&mut self, id: ConnId, answer: impl FnOnce(&mut S::Conn, &mut Reply<'_>)) -> Result<(), NotWaiting> {
+        let w = &mut *self.worker;
+        let port = &mut *self.port;
+        if id.worker() != w.index {
+            return Err(NotWaiting);
+        }
+        let socket = id.socket();
+        let index = socket.index();
+        let draining = w.draining.is_some();
+        let Some(conn) = w.conns.get_mut(index).and_then(Option::as_mut) else { return Err(NotWaiting) };
+        if conn.socket != socket || conn.phase != Phase::Awaiting {
+            return Err(NotWaiting);
+        }
+        let parts = {
+            let lease = || port.lease();
+            let mut reply = Reply::new(&lease, id, false, draining);
+            answer(&mut conn.user, &mut reply);
+            reply.into_parts()
+        };
+        if parts.failed {
+            tracing::debug!(socket = ?conn.socket, "answer did not fit or no buffer: closing");
+            w.close(port, index);
+        } else if !parts.is_empty() {
+            w.write(port, index, parts);
+        } else if !parts.later {
+            w.process(port, index);
+        }
+        Ok(())
+    }
+
+    /// Closes cleanly (a lingering close, as [`Reply::close`]) every connection that
+    /// waits for an answer and for whose state `which` returns true; returns how many.
+    pub fn close_waiting(&mut self, mut which: impl FnMut(&mut S::Conn) -> bool) -> usize {
+        let w = &mut *self.worker;
+        let mut closed = 0;
+        for index in 0..w.conns.len() {
+            let Some(conn) = w.conns[index].as_mut() else { continue };
+            if conn.phase == Phase::Awaiting && which(&mut conn.user) {
+                closed += 1;
+                w.linger(self.port, index);
+            }
+        }
+        closed
+    }
+}
+
+impl<S: Service> std::fmt::Debug for Conns<'_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conns").field("worker", &self.worker.index).field("open", &self.worker.live).finish()
     }
 }

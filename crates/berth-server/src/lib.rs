@@ -20,7 +20,12 @@
 //!   segment, a file range by sendfile(2), a close.
 //! - Built-in services: [`Echo`], and [`StaticFiles`] — HTTP/1.1 GET and HEAD of the
 //!   files beneath a root, with keep-alive, pipelining, `Range`, `If-Modified-Since`
-//!   and strict path handling (openat2 with `RESOLVE_BENEATH`).
+//!   and strict path handling (openat2 with `RESOLVE_BENEATH`); and [`IpcRelay`] —
+//!   length-prefixed frames relayed to a local backend process over a berth-ipc
+//!   duplex, replies routed back by [`ConnId`] ([`RelayBackend`] is the backend's end).
+//! - Answering later, from another thread: [`Reply::answer_later`], then
+//!   [`WorkerHandle::post`] wakes the worker, whose [`Service::posted`] answers
+//!   through [`Conns`].
 //!
 //! # Example
 //!
@@ -72,11 +77,16 @@ mod echo;
 mod files;
 mod metrics;
 mod path;
+mod relay;
 mod server;
 mod service;
 
+pub use conn::{Conns, NotWaiting};
 pub use echo::Echo;
 pub use files::{MAX_HEADERS, StaticFiles};
 pub use metrics::Metrics;
+pub use relay::{
+    EchoError, IpcRelay, RelayBackend, RelayConfig, RelayConn, RelayError, RelayHandle, RelayRequest, RelayStats,
+};
 pub use server::{ServeError, Server, ServerBuilder, ShutdownHandle};
-pub use service::{Reply, ReplyFull, Service};
+pub use service::{ConnId, Reply, ReplyFull, Service, WorkerHandle};

@@ -13,7 +13,7 @@ use berth_reactor::{ListenOptions, PortHandle};
 
 use crate::conn::{Limits, Worker};
 use crate::metrics::{self, Metrics, Row};
-use crate::service::Service;
+use crate::service::{MAX_SLOTS, MAX_WORKERS, Service};
 
 /// The key of the completion posted to each worker to start a graceful shutdown; the
 /// data is the grace period in milliseconds.
@@ -56,13 +56,14 @@ impl ServerBuilder {
     }
 
     /// Worker threads, each with its own completion port and `SO_REUSEPORT` listener
-    /// (default: one per available core; 0 means the default).
+    /// (default: one per available core; 0 means the default; at most 256).
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
         self
     }
 
-    /// Connections open at once across all workers (default 10,000). Past it a new
+    /// Connections open at once across all workers (default 10,000; at most
+    /// 2^24 − 1). Past it a new
     /// connection is accepted and closed at once, and counted as refused.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
@@ -124,10 +125,12 @@ impl ServerBuilder {
     pub fn serve<S: Service>(self, service: S) -> Result<Server, ServeError> {
         let buffers =
             BufferManager::new(BufferConfig::new().segment_size(self.segment_size).segment_count(self.segment_count))?;
-        let workers = if self.workers == 0 { default_workers() } else { self.workers };
-        let limit = ConnectionLimit::new(self.max_connections);
+        // A `ConnId` names at most 256 workers and 2^24 slots per worker.
+        let workers = if self.workers == 0 { default_workers() } else { self.workers }.min(MAX_WORKERS);
+        let max_connections = self.max_connections.min(MAX_SLOTS - 1);
+        let limit = ConnectionLimit::new(max_connections);
         // Any worker may get every connection; one more socket for its listener.
-        let max_sockets = self.max_connections.saturating_add(1);
+        let max_sockets = max_connections.saturating_add(1);
         let mut config = WorkersConfig::new(self.addr, buffers.clone());
         config.workers = workers;
         config.max_sockets = max_sockets;

@@ -6,7 +6,10 @@ use std::io;
 use std::net::SocketAddr;
 
 use berth_buf::{Exhausted, Lease};
+use berth_reactor::{PortHandle, SocketId};
 use berth_sendfile::FileSend;
+
+use crate::conn::Conns;
 
 /// A protocol run by a [`Server`](crate::Server): it gets connection events and the
 /// bytes received, and answers through a [`Reply`] with bytes, a file and a close.
@@ -66,6 +69,89 @@ pub trait Service: Send + Sync + 'static {
     fn disconnect(&self, conn: Self::Conn) {
         let _ = conn;
     }
+
+    /// A worker starts, on its own thread, before it accepts anything. `worker`
+    /// posts to it from any thread: each post becomes a call of
+    /// [`posted`](Service::posted) on that worker. A service that answers from
+    /// another thread (see [`Reply::answer_later`]) keeps the handles.
+    fn worker_started(&self, worker: WorkerHandle) {
+        let _ = worker;
+    }
+
+    /// `data` was posted to this worker with [`WorkerHandle::post`]. `conns` answers
+    /// or closes this worker's connections by [`ConnId`].
+    fn posted(&self, data: u64, conns: &mut Conns<'_, Self>)
+    where
+        Self: Sized,
+    {
+        let _ = (data, conns);
+    }
+}
+
+/// A connection's identity across threads: its worker, slot and generation packed
+/// in a `u64` (`generation << 32 | worker << 24 | slot`), so an id kept after the
+/// connection closed never names the connection that reuses the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId(u64);
+
+/// Workers a [`ConnId`] can name.
+pub(crate) const MAX_WORKERS: usize = 256;
+/// Connection slots per worker a [`ConnId`] can name.
+pub(crate) const MAX_SLOTS: usize = 1 << 24;
+
+impl ConnId {
+    pub(crate) fn new(worker: usize, socket: SocketId) -> ConnId {
+        let v = socket.to_u64();
+        let (generation, slot) = (v >> 32, v & 0xFF_FFFF);
+        ConnId((generation << 32) | ((worker as u64 & 0xFF) << 24) | slot)
+    }
+
+    /// The worker that owns the connection.
+    pub fn worker(self) -> usize {
+        ((self.0 >> 24) & 0xFF) as usize
+    }
+
+    pub(crate) fn socket(self) -> SocketId {
+        SocketId::from_u64((self.0 & 0xFFFF_FFFF_0000_0000) | (self.0 & 0xFF_FFFF))
+    }
+
+    /// The packed value, to send to another process.
+    pub fn to_u64(self) -> u64 {
+        self.0
+    }
+
+    /// Unpacks [`to_u64`](ConnId::to_u64). Any value is safe: one that names no open
+    /// connection is refused where it is used.
+    pub fn from_u64(v: u64) -> ConnId {
+        ConnId(v)
+    }
+}
+
+/// Posts to one worker from any thread (see [`Service::worker_started`]).
+#[derive(Debug, Clone)]
+pub struct WorkerHandle {
+    index: usize,
+    port: PortHandle,
+}
+
+/// The key of completions posted by a service.
+pub(crate) const SERVICE_POST: u64 = u64::MAX - 2;
+
+impl WorkerHandle {
+    pub(crate) fn new(index: usize, port: PortHandle) -> WorkerHandle {
+        WorkerHandle { index, port }
+    }
+
+    /// Which worker this is (as in [`ConnId::worker`]).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Wakes the worker and has it call [`Service::posted`] with `data`. Fails with
+    /// `BrokenPipe` once the worker has stopped.
+    pub fn post(&self, data: u64) -> io::Result<()> {
+        self.port.post(SERVICE_POST, data)
+    }
 }
 
 /// A [`Reply`] could not take more bytes: its segment is full or none could be
@@ -88,6 +174,8 @@ pub struct Reply<'a> {
     failed: bool,
     input_full: bool,
     server_closing: bool,
+    later: bool,
+    conn: ConnId,
 }
 
 /// What a reply came to, for the server.
@@ -96,21 +184,54 @@ pub(crate) struct ReplyParts {
     pub(crate) file: Option<FileSend<File>>,
     pub(crate) close: bool,
     pub(crate) failed: bool,
+    pub(crate) later: bool,
 }
 
 impl ReplyParts {
+    /// Nothing to send and no close: the connection goes on (or waits, if `later`).
     pub(crate) fn is_empty(&self) -> bool {
         self.head.as_ref().is_none_or(|h| h.is_empty()) && self.file.is_none() && !self.close && !self.failed
     }
 }
 
 impl<'a> Reply<'a> {
-    pub(crate) fn new(lease: &'a dyn Fn() -> Result<Lease, Exhausted>, input_full: bool, server_closing: bool) -> Self {
-        Reply { lease, head: None, file: None, close: false, failed: false, input_full, server_closing }
+    pub(crate) fn new(
+        lease: &'a dyn Fn() -> Result<Lease, Exhausted>,
+        conn: ConnId,
+        input_full: bool,
+        server_closing: bool,
+    ) -> Self {
+        Reply {
+            lease,
+            head: None,
+            file: None,
+            close: false,
+            failed: false,
+            input_full,
+            server_closing,
+            later: false,
+            conn,
+        }
     }
 
     pub(crate) fn into_parts(self) -> ReplyParts {
-        ReplyParts { head: self.head, file: self.file, close: self.close, failed: self.failed }
+        ReplyParts { head: self.head, file: self.file, close: self.close, failed: self.failed, later: self.later }
+    }
+
+    /// The connection this reply goes to: keep it to answer later from another
+    /// thread (through [`WorkerHandle::post`] and [`Conns::answer`]).
+    pub fn conn_id(&self) -> ConnId {
+        self.conn
+    }
+
+    /// The answer comes later: after this reply's bytes (if any) are sent, the
+    /// connection neither reads nor calls [`Service::data`] until
+    /// [`Conns::answer`] (from [`Service::posted`]) answers it or closes it.
+    /// Unconsumed input waits in the connection's buffer meanwhile. A connection
+    /// waiting for an answer has no deadline and is not read from, so a client
+    /// that gives up is noticed when its answer is written.
+    pub fn answer_later(&mut self) {
+        self.later = true;
     }
 
     /// Appends bytes to the reply. Fails if they do not fit in the rest of the
@@ -206,6 +327,7 @@ impl fmt::Debug for Reply<'_> {
             .field("file", &self.file.as_ref().map(|f| f.range()))
             .field("close", &self.close)
             .field("failed", &self.failed)
+            .field("later", &self.later)
             .finish()
     }
 }

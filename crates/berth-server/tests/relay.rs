@@ -1,0 +1,234 @@
+//! The IPC relay with an in-process backend thread: frames round-trip with every byte
+//! checked across interleaved connections; bad lengths, no backend and a backend that
+//! goes away mid-request close clients cleanly; a new backend is taken; replies for
+//! connections that are gone are dropped and counted.
+
+mod common;
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use berth_server::{IpcRelay, RelayBackend, RelayConfig, RelayHandle, Server};
+use common::*;
+
+const MAX_FRAME: usize = 64 * 1024;
+
+/// A channel name of its own per test: pid and a counter.
+fn channel(what: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("berth-relay-test-{}-{}-{what}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The relay's two files exist.
+fn files_exist(name: &str) -> bool {
+    ["a2b", "b2a"].iter().any(|d| std::path::Path::new(&format!("/dev/shm/berth-ipc.{name}.{d}")).exists())
+}
+
+/// A relay server with frames up to 64 KiB (segments of 128 KiB take one).
+fn relay_server(name: &str, workers: usize) -> (Server, RelayHandle) {
+    let relay = IpcRelay::start(RelayConfig::new(name).max_frame(MAX_FRAME)).expect("relay starts");
+    let handle = relay.handle();
+    let server = builder()
+        .workers(workers)
+        .segment_size(128 * 1024)
+        .max_request_head(128 * 1024)
+        .segment_count(128)
+        .serve(relay)
+        .expect("server starts");
+    (server, handle)
+}
+
+/// A backend thread that echoes until its channel goes away.
+fn echo_backend(name: &str, handle: &RelayHandle) -> thread::JoinHandle<()> {
+    let mut backend = RelayBackend::attach_retrying(name, IO_TIMEOUT).expect("backend attaches");
+    assert!(handle.wait_attached(IO_TIMEOUT), "relay saw the backend's hello");
+    thread::spawn(move || while backend.echo_one(Some(IO_TIMEOUT)).is_ok() {})
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(payload);
+    f
+}
+
+fn read_frame(s: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let mut payload = vec![0; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut payload)?;
+    Ok(payload)
+}
+
+/// The connection ends in an orderly close (EOF after no further bytes).
+fn closes_cleanly(s: &mut TcpStream) {
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        other => panic!("expected a clean close, got {other:?}"),
+    }
+}
+
+/// A payload unique to (connection, frame).
+fn payload(conn: usize, n: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i.wrapping_mul(131) ^ conn.wrapping_mul(17) ^ n.wrapping_mul(7)) as u8).collect()
+}
+
+#[test]
+fn frames_round_trip_across_interleaved_connections() {
+    let name = channel("roundtrip");
+    let (server, handle) = relay_server(&name, 2);
+    let backend = echo_backend(&name, &handle);
+    let addr = server.local_addr();
+    let sizes = [0usize, 1, 7, 64, 1000, 4096, 8191, 30_000, MAX_FRAME];
+    let clients: Vec<_> = (0..12)
+        .map(|c| {
+            thread::spawn(move || {
+                let mut s = client(addr);
+                for (n, &len) in sizes.iter().enumerate() {
+                    let p = payload(c, n, len);
+                    s.write_all(&frame(&p)).unwrap();
+                    assert_eq!(read_frame(&mut s).unwrap(), p, "connection {c} frame {n}");
+                }
+                // Pipelined: three frames in one write, answered in order.
+                let batch: Vec<Vec<u8>> = (0..3).map(|k| payload(c, 100 + k, 100 + k * 500)).collect();
+                let all: Vec<u8> = batch.iter().flat_map(|p| frame(p)).collect();
+                s.write_all(&all).unwrap();
+                for p in &batch {
+                    assert_eq!(&read_frame(&mut s).unwrap(), p, "connection {c} pipelined");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client");
+    }
+    let stats = handle.stats();
+    assert_eq!(stats.frames_in, 12 * (sizes.len() as u64 + 3), "{stats}");
+    assert_eq!(stats.replies_out, stats.frames_in, "{stats}");
+    assert_eq!(stats.replies_dropped, 0, "{stats}");
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    backend.join().unwrap();
+    assert!(!files_exist(&name), "channel files removed at shutdown");
+}
+
+#[test]
+fn oversized_and_malformed_lengths_close_cleanly() {
+    let name = channel("bad");
+    let relay = IpcRelay::start(RelayConfig::new(&name).max_frame(MAX_FRAME)).unwrap();
+    let handle = relay.handle();
+    // Segments of 8 KiB: a legal 10 KiB frame does not fit the server's buffer.
+    let server = builder().serve(relay).unwrap();
+    let backend = echo_backend(&name, &handle);
+
+    for len in [MAX_FRAME as u32 + 1, 0x8000_0000, u32::MAX, 10 * 1024] {
+        let mut s = client(server.local_addr());
+        s.write_all(&len.to_be_bytes()).unwrap();
+        let _ = s.write_all(&pattern(9000));
+        closes_cleanly(&mut s);
+    }
+    // The relay still works for a good client.
+    let mut s = client(server.local_addr());
+    s.write_all(&frame(b"still fine")).unwrap();
+    assert_eq!(read_frame(&mut s).unwrap(), b"still fine");
+    assert_eq!(handle.stats().frames_refused, 4, "{}", handle.stats());
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    backend.join().unwrap();
+}
+
+#[test]
+fn without_a_backend_clients_are_closed_cleanly() {
+    let name = channel("nobackend");
+    let (server, handle) = relay_server(&name, 1);
+    assert!(!handle.attached());
+    let mut s = client(server.local_addr());
+    s.write_all(&frame(b"anyone there?")).unwrap();
+    closes_cleanly(&mut s);
+    assert_eq!(handle.stats().closed_no_backend, 1);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    assert!(!files_exist(&name));
+}
+
+#[test]
+fn a_backend_lost_mid_request_closes_its_clients_and_a_new_one_is_taken() {
+    let name = channel("lost");
+    let (server, handle) = relay_server(&name, 2);
+    let addr = server.local_addr();
+
+    // A backend that takes three requests and goes away without answering.
+    let mut doomed = RelayBackend::attach_retrying(&name, IO_TIMEOUT).unwrap();
+    assert!(handle.wait_attached(IO_TIMEOUT));
+    let mut waiting: Vec<TcpStream> = (0..3)
+        .map(|c| {
+            let mut s = client(addr);
+            s.write_all(&frame(&payload(c, 0, 300))).unwrap();
+            s
+        })
+        .collect();
+    for _ in 0..3 {
+        let req = doomed.recv(Some(IO_TIMEOUT)).expect("a request reaches the backend");
+        assert_eq!(req.payload().len(), 300);
+    }
+    drop(doomed);
+    for s in &mut waiting {
+        closes_cleanly(s); // bounded by the socket's read timeout
+    }
+    assert!(handle.wait_detached(IO_TIMEOUT));
+    assert_eq!(handle.stats().closed_backend_lost, 3, "{}", handle.stats());
+
+    // A new backend attaches to the recreated channel and the relay works again.
+    let backend = echo_backend(&name, &handle);
+    let mut s = client(addr);
+    for n in 0..5 {
+        let p = payload(9, n, 2000 + n);
+        s.write_all(&frame(&p)).unwrap();
+        assert_eq!(read_frame(&mut s).unwrap(), p);
+    }
+    assert_eq!(handle.stats().backends_attached, 2);
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    backend.join().unwrap();
+    assert!(!files_exist(&name));
+}
+
+#[test]
+fn a_reply_for_a_gone_connection_is_dropped_and_counted() {
+    let name = channel("gone");
+    let (server, handle) = relay_server(&name, 1);
+    let mut backend = RelayBackend::attach_retrying(&name, IO_TIMEOUT).unwrap();
+    assert!(handle.wait_attached(IO_TIMEOUT));
+    let addr = server.local_addr();
+
+    // Connection A: one round trip, then it closes.
+    let mut a = client(addr);
+    a.write_all(&frame(b"first")).unwrap();
+    let req = backend.recv(Some(IO_TIMEOUT)).unwrap();
+    let a_id = req.conn();
+    drop(req);
+    backend.reply(a_id, b"first", Some(IO_TIMEOUT)).unwrap();
+    assert_eq!(read_frame(&mut a).unwrap(), b"first");
+    drop(a);
+
+    // Connection B: the backend answers A again (nobody waits under that id any
+    // more), then B. One worker handles replies in order, so once B has its reply
+    // the one for A was dropped.
+    let mut b = client(addr);
+    b.write_all(&frame(b"second")).unwrap();
+    let req = backend.recv(Some(IO_TIMEOUT)).unwrap();
+    let b_id = req.conn();
+    assert_ne!(a_id, b_id);
+    drop(req);
+    backend.reply(a_id, b"stale", Some(IO_TIMEOUT)).unwrap();
+    backend.reply(u64::MAX - 7, b"forged", Some(IO_TIMEOUT)).unwrap();
+    backend.reply(b_id, b"second", Some(IO_TIMEOUT)).unwrap();
+    assert_eq!(read_frame(&mut b).unwrap(), b"second");
+    let stats = handle.stats();
+    assert_eq!(stats.replies_dropped, 2, "{stats}");
+    assert_eq!(stats.replies_out, 2, "{stats}");
+    drop(b);
+    drop(backend);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
