@@ -1,9 +1,11 @@
 //! `berth`: serve a directory over HTTP, or run an echo server, on berth-server.
 //!
 //! `berth serve [DIR]` serves DIR (default: the current directory) on
-//! http://127.0.0.1:8080/; `berth echo` runs an echo server. Both print a one-line
-//! banner with the address on stdout, log to stderr (`--log`, or `RUST_LOG`), and
-//! shut down gracefully on Ctrl-C or SIGTERM (a second signal exits at once).
+//! http://127.0.0.1:8080/; `berth echo` runs an echo server; `berth relay --channel
+//! NAME` relays length-prefixed frames to a backend process attached to the named
+//! shared-memory channel, and `berth backend-echo --channel NAME` is a demo backend.
+//! Each prints a one-line banner on stdout, logs to stderr (`--log`, or `RUST_LOG`),
+//! and shuts down gracefully on Ctrl-C or SIGTERM (a second signal exits at once).
 
 mod signals;
 
@@ -12,7 +14,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use berth_server::{Echo, Server, ServerBuilder, Service, StaticFiles};
+use berth_server::{
+    Echo, EchoError, IpcRelay, RelayBackend, RelayConfig, RelayHandle, Server, ServerBuilder, Service, StaticFiles,
+};
 use clap::{Args, Parser, Subcommand};
 
 /// berth: IOCP-style socket servers on Linux.
@@ -37,6 +41,33 @@ enum Command {
     Echo {
         #[command(flatten)]
         common: Common,
+    },
+    /// Relay frames (a 4-byte big-endian length, then the payload) from TCP clients to
+    /// a local backend process over a shared-memory channel, and route its replies
+    /// back. Creates /dev/shm/berth-ipc.NAME.a2b and .b2a; a backend attaches with
+    /// `berth backend-echo --channel NAME` (or berth_server::RelayBackend). Without a
+    /// backend, and when it dies, waiting clients are closed cleanly; the relay then
+    /// recreates the channel and takes the next backend that attaches.
+    Relay {
+        /// Name of the shared-memory channel (letters, digits, `.`, `_`, `-`).
+        #[arg(long)]
+        channel: String,
+        /// Largest frame payload in bytes; a longer frame closes its connection.
+        #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+        max_frame: usize,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// A demo backend for `berth relay`: attaches to the channel and sends every
+    /// frame back to the connection it came from. Waits for the relay if the
+    /// channel does not exist yet, and attaches again if the relay restarts.
+    BackendEcho {
+        /// Name of the relay's channel.
+        #[arg(long)]
+        channel: String,
+        /// Log filter (default: RUST_LOG, else info).
+        #[arg(long)]
+        log: Option<String>,
     },
 }
 
@@ -65,8 +96,11 @@ struct Common {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (Command::Serve { common, .. } | Command::Echo { common }) = &cli.command;
-    init_logging(common.log.as_deref());
+    let log = match &cli.command {
+        Command::Serve { common, .. } | Command::Echo { common } | Command::Relay { common, .. } => &common.log,
+        Command::BackendEcho { log, .. } => log,
+    };
+    init_logging(log.as_deref());
     // Before any thread starts, so every thread inherits the blocked mask and the
     // signals wait for `signals::wait`.
     if let Err(e) = signals::block() {
@@ -79,6 +113,8 @@ fn main() -> ExitCode {
             Err(e) => Err(format!("cannot serve {}: {e}", dir.display())),
         },
         Command::Echo { common } => run(common, Echo, "echo", "", ""),
+        Command::Relay { channel, max_frame, common } => relay(common, channel, *max_frame),
+        Command::BackendEcho { channel, .. } => backend_echo(channel),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -108,8 +144,71 @@ fn builder(common: &Common) -> ServerBuilder {
     b
 }
 
+fn relay(common: &Common, channel: &str, max_frame: usize) -> Result<(), String> {
+    let relay = IpcRelay::start(RelayConfig::new(channel).max_frame(max_frame))
+        .map_err(|e| format!("cannot start the relay on channel {channel}: {e}"))?;
+    let handle: RelayHandle = relay.handle();
+    // A frame and its length must fit one buffer segment.
+    let segment = (max_frame + 4).next_power_of_two().max(8192);
+    let builder = builder(common).segment_size(segment).max_request_head(segment).segment_count(1024);
+    let result = run_with(builder, common, relay, &format!("relaying to backend channel {channel}"), "", "");
+    tracing::info!("{}", handle.stats());
+    result
+}
+
+/// Attaches to the relay's channel and echoes every frame; attaches again when the
+/// relay goes away, until SIGINT/SIGTERM.
+fn backend_echo(channel: &str) -> Result<(), String> {
+    println!("berth: echo backend for relay channel {channel}");
+    let stop = || signals::wait(Duration::ZERO).map(|s| s.is_some()).map_err(|e| format!("waiting for signals: {e}"));
+    let mut waiting_logged = false;
+    loop {
+        let mut backend = match RelayBackend::attach(channel) {
+            Ok(b) => b,
+            Err(e) => {
+                if !waiting_logged {
+                    tracing::info!("waiting for the relay's channel {channel}: {e}");
+                    waiting_logged = true;
+                }
+                if signals::wait(Duration::from_millis(50)).map_err(|e| format!("waiting for signals: {e}"))?.is_some()
+                {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        tracing::info!("attached to relay channel {channel}");
+        waiting_logged = false;
+        loop {
+            match backend.echo_one(Some(Duration::from_millis(200))) {
+                Ok(()) => {}
+                Err(EchoError::Recv(berth_server::RecvError::TimedOut)) => {
+                    if stop()? {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("relay gone ({e}); attaching again");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 fn run<S: Service>(common: &Common, service: S, what: &str, scheme: &str, suffix: &str) -> Result<(), String> {
-    let server = builder(common).serve(service).map_err(|e| format!("cannot listen on {}: {e}", common.addr))?;
+    run_with(builder(common), common, service, what, scheme, suffix)
+}
+
+fn run_with<S: Service>(
+    builder: ServerBuilder,
+    common: &Common,
+    service: S,
+    what: &str,
+    scheme: &str,
+    suffix: &str,
+) -> Result<(), String> {
+    let server = builder.serve(service).map_err(|e| format!("cannot listen on {}: {e}", common.addr))?;
     let n = server.workers();
     println!("berth: {what} on {scheme}{}{suffix} ({n} worker{})", server.local_addr(), if n == 1 { "" } else { "s" });
     let shutdown = server.shutdown_handle();

@@ -81,6 +81,7 @@ mod relay;
 mod server;
 mod service;
 
+pub use berth_ipc::{OpenError, RecvError, SendError};
 pub use conn::{Conns, NotWaiting};
 pub use echo::Echo;
 pub use files::{MAX_HEADERS, StaticFiles};
