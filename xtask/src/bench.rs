@@ -1,12 +1,12 @@
 //! `cargo xtask bench`: criterion micro-benches turned into peer comparisons, then the
-//! system benchmarks, all into one `results.json`.
+//! system benchmarks, all into one `results.json`, then the report (see [`crate::report`]).
 
 use std::fs;
 use std::path::Path;
 
 use berth_benches::{Better, Row, append_rows, read_results};
 
-use crate::{USAGE, cargo, root, run_cmd, summary_line};
+use crate::{USAGE, cargo, report, root, run_cmd};
 
 /// A criterion bench compared with its peer: both ids are measured in the same run.
 struct Pair {
@@ -36,6 +36,12 @@ const PAIRS: &[Pair] = &[
 /// (group, binary name)
 const SYSTEM_BENCHES: &[(&str, &str)] = &[("sendfile", "sendfile_bench"), ("echo", "echo_bench"), ("ipc", "ipc_bench")];
 
+/// Groups that belong in the report but have no benchmark in xtask yet, and why.
+const NOT_YET: &[(&str, &str)] = &[
+    ("files", "berth serve vs nginx under wrk is not written yet (issue 6)"),
+    ("relay", "the IPC relay round trip is not written yet (issue 6)"),
+];
+
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let mut quick = false;
     let mut only: Vec<String> = Vec::new();
@@ -47,13 +53,38 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             _ => return Err(USAGE.into()),
         }
     }
+    let known: Vec<&str> = CRITERION_BENCHES
+        .iter()
+        .copied()
+        .chain(SYSTEM_BENCHES.iter().map(|&(g, _)| g))
+        .chain(NOT_YET.iter().map(|&(g, _)| g))
+        .collect();
+    if let Some(bad) = only.iter().find(|o| !known.contains(&o.as_str())) {
+        return Err(format!("--only {bad}: no such group (groups: {})", known.join(", ")));
+    }
     let wanted = |group: &str| only.is_empty() || only.iter().any(|o| o == group);
+    for group in known.iter().filter(|g| !wanted(g)) {
+        eprintln!("xtask: skipped {group}: not asked for (--only {})", only.join(" --only "));
+    }
+    for &(group, why) in NOT_YET.iter().filter(|(g, _)| wanted(g)) {
+        eprintln!("xtask: skipped {group}: {why}");
+    }
 
     let report = root().join("target/bench-report");
     fs::create_dir_all(&report).map_err(|e| e.to_string())?;
     let results = report.join("results.json");
 
-    for &bench in CRITERION_BENCHES.iter().filter(|b| wanted(b)) {
+    let criterion: Vec<&str> = CRITERION_BENCHES.iter().copied().filter(|b| wanted(b)).collect();
+    let system: Vec<(&str, &str)> = SYSTEM_BENCHES.iter().copied().filter(|(g, _)| wanted(g)).collect();
+    let stages = criterion.len() + system.len() + 1;
+    let mut stage = 0;
+    let mut progress = |what: &str| {
+        stage += 1;
+        eprintln!("xtask: [{stage}/{stages}] {what}");
+    };
+
+    for bench in criterion {
+        progress(&format!("criterion bench {bench}"));
         let mut cmd = cargo();
         cmd.args(["bench", "-p", "berth-benches", "--bench", bench, "--"]);
         if quick {
@@ -64,7 +95,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         append_rows(&results, &rows).map_err(|e| e.to_string())?;
     }
 
-    for &(group, bin) in SYSTEM_BENCHES.iter().filter(|(g, _)| wanted(g)) {
+    for (group, bin) in system {
+        progress(&format!("system bench {group} ({bin})"));
         let mut cmd = cargo();
         cmd.args(["run", "--release", "-p", "berth-benches", "--bin", bin, "--"]);
         if quick {
@@ -74,12 +106,22 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         run_cmd(&mut cmd).map_err(|e| format!("system bench {group}: {e}"))?;
     }
 
-    let all = read_results(&results).map_err(|e| e.to_string())?;
-    println!("{:<40} {:>12} {:<18} {:>12} {:>8}", "bench", "berth", "peer", "peer", "ratio");
-    for row in &all.results {
-        println!("{}", summary_line(row));
+    progress("report");
+    write_report(&report)
+}
+
+/// Renders `results.json` in `dir` into `report.md` and one SVG per group beside it,
+/// and prints the summary. `cargo xtask report` runs only this.
+pub(crate) fn write_report(dir: &Path) -> Result<(), String> {
+    let results = dir.join("results.json");
+    let all = read_results(&results).map_err(|e| format!("{}: {e}", results.display()))?;
+    if all.results.is_empty() {
+        return Err(format!("{}: no results yet; run `cargo xtask bench --quick`", results.display()));
     }
-    println!("written: {}", results.display());
+    let rendered = report::render(&all, &report::Machine::detect());
+    report::write(dir, &rendered)?;
+    print!("{}", rendered.summary);
+    println!("written: {} and {} charts beside it", dir.join("report.md").display(), rendered.charts.len());
     Ok(())
 }
 

@@ -1,20 +1,26 @@
 //! `cargo xtask <task>`: the project's own tasks, written in Rust.
 //!
 //! - `bench [--quick] [--only <group>...]`: runs the criterion benches and the system
-//!   comparisons and writes `target/bench-report/results.json`.
+//!   comparisons, writes `target/bench-report/results.json`, then `report.md` and one
+//!   SVG chart per group beside it, and prints the summary with each target met or not.
+//! - `report`: only the last step, from the `results.json` already there.
+//! - `docs [--open|--serve]`: the mdBook and the API docs as one site in `target/site`,
+//!   with the book's includes and every internal link checked.
 
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use berth_benches::{Better, Row};
-
 mod bench;
+mod docs;
+mod report;
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("bench") => bench::run(&args[1..]),
+        Some("report") if args.len() == 1 => bench::write_report(&root().join("target/bench-report")),
+        Some("docs") => docs::run(&args[1..]),
         _ => Err(USAGE.to_string()),
     };
     match result {
@@ -26,7 +32,9 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask bench [--quick] [--only <group>...]";
+const USAGE: &str = "usage: cargo xtask bench [--quick] [--only <group>...]
+       cargo xtask report
+       cargo xtask docs [--open|--serve]";
 
 /// The workspace root (xtask lives one level below it).
 fn root() -> PathBuf {
@@ -42,16 +50,4 @@ fn run_cmd(cmd: &mut Command) -> Result<(), String> {
 
 fn cargo() -> Command {
     Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-}
-
-/// Formats one row for the summary printed at the end.
-fn summary_line(row: &Row) -> String {
-    let dir = match row.better {
-        Better::Lower => "lower",
-        Better::Higher => "higher",
-    };
-    format!(
-        "{:<40} {:>12.2} {:<18} {:>12.2} {:>7.2}x ({} is better, {})",
-        row.bench, row.berth, row.peer, row.peer_value, row.ratio, dir, row.metric
-    )
 }
