@@ -481,21 +481,28 @@ impl Service for IpcRelay {
                 None => break,
                 Some(Item::Reply(id, payload)) => {
                     let answered = conns.answer(id, |conn, reply| {
+                        // Counted before the reply can reach the client.
+                        add(&sh.counts.replies_out, 1);
                         conn.waiting_on = 0;
                         // A reply larger than the segment fails the reply: the server closes.
                         if reply.write_bytes(&(payload.len() as u32).to_be_bytes()).is_ok() {
                             let _ = reply.write_bytes(&payload);
                         }
                     });
-                    match answered {
-                        Ok(()) => add(&sh.counts.replies_out, 1),
-                        Err(_) => add(&sh.counts.replies_dropped, 1),
+                    if answered.is_err() {
+                        add(&sh.counts.replies_dropped, 1);
                     }
                     spent = Some(payload);
                 }
                 Some(Item::Lost(generation)) => {
-                    let closed = conns.close_waiting(|conn| conn.waiting_on != 0 && conn.waiting_on <= generation);
-                    add(&sh.counts.closed_backend_lost, closed as u64);
+                    conns.close_waiting(|conn| {
+                        let lost = conn.waiting_on != 0 && conn.waiting_on <= generation;
+                        if lost {
+                            // Counted before the close can reach the client.
+                            add(&sh.counts.closed_backend_lost, 1);
+                        }
+                        lost
+                    });
                 }
             }
         }
@@ -586,6 +593,8 @@ fn relay_thread(sh: &Shared, first: Duplex) {
     }
     lock(&sh.link).tx = None;
     sh.attached.notify_all();
+    // Also when the stop came before the first round began.
+    let _ = Duplex::unlink_named(&sh.config.channel);
 }
 
 /// Splits a record into its connection id and payload, if its header is sound.
