@@ -1,0 +1,213 @@
+//! `relay_bench`: the round trip of a 64-byte frame through `berth relay` (TCP → IPC
+//! → `berth backend-echo` → IPC → TCP) against a direct TCP echo (`berth echo`, the
+//! same server without the IPC hop), side by side in one run.
+//!
+//! ```text
+//! relay_bench [--quick]
+//! ```
+//!
+//! Row (appended to `berth_benches::results_path()`, peer `tcp_echo`, lower is
+//! better): `relay/64B/rtt_p50_us` — the median round trip over every sample of every
+//! round. The ratio is below 1 by construction (the relay adds a hop and a process);
+//! it says what the hop costs.
+//!
+//! The `berth` binary is looked up next to this executable and built with
+//! `cargo build -p berth-cli` (same profile) if it is missing. The servers (relay,
+//! backend, echo; one worker each) are pinned to the first core and the client to
+//! the second when there are two. One client connection sends a frame, waits for
+//! the whole reply, and repeats; rounds alternate relay and echo so drift on a
+//! shared machine hits both alike. Every child is stopped with SIGINT (so the relay
+//! removes its channel files) and killed if it does not exit.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use berth_benches::sys_bench::{ChildGuard, available_cores, pin_current_thread, spawn_pinned};
+use berth_benches::{Better, Row, append_rows, results_path};
+
+/// Payload bytes per frame (plus the 4-byte length).
+const PAYLOAD: usize = 64;
+const STARTUP: Duration = Duration::from_secs(10);
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relay_bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let mut quick = false;
+    for a in std::env::args().skip(1) {
+        match a.as_str() {
+            "--quick" => quick = true,
+            other => return Err(format!("unknown argument {other:?} (usage: relay_bench [--quick])")),
+        }
+    }
+    let (rounds, samples, warmup) = if quick { (3, 2_000, 300) } else { (7, 20_000, 2_000) };
+    let berth = berth_binary()?;
+    let cores = available_cores().map_err(|e| format!("reading the CPU set: {e}"))?;
+    let (server_core, client_core) = match cores.as_slice() {
+        [a, b, ..] => (Some(*a), Some(*b)),
+        _ => (None, None),
+    };
+
+    let channel = format!("relay-bench-{}", std::process::id());
+    let (relay, relay_addr) = start(&berth, &["relay", "--channel", &channel], server_core)?;
+    let (backend, _) = start(&berth, &["backend-echo", "--channel", &channel], server_core)?;
+    let (echo, echo_addr) = start(&berth, &["echo"], server_core)?;
+    if let Some(core) = client_core {
+        pin_current_thread(core).map_err(|e| format!("pinning the client: {e}"))?;
+    }
+    let relay_addr = relay_addr.ok_or("no address in the relay's banner")?;
+    let echo_addr = echo_addr.ok_or("no address in the echo server's banner")?;
+    let mut via_relay = relay_client(relay_addr)?;
+    let mut direct = client(echo_addr)?;
+
+    let frame: Vec<u8> = (PAYLOAD as u32).to_be_bytes().into_iter().chain((0..PAYLOAD).map(|i| i as u8)).collect();
+    let mut relay_rtts = Vec::with_capacity(rounds * samples);
+    let mut echo_rtts = Vec::with_capacity(rounds * samples);
+    for round in 0..rounds {
+        measure(&mut via_relay, &frame, warmup, samples, &mut relay_rtts)?;
+        measure(&mut direct, &frame, warmup, samples, &mut echo_rtts)?;
+        eprintln!("relay_bench: round {}/{rounds} done", round + 1);
+    }
+    let (relay_p50, relay_p99) = percentiles(&mut relay_rtts);
+    let (echo_p50, echo_p99) = percentiles(&mut echo_rtts);
+    eprintln!(
+        "relay_bench: 64 B round trip: relay p50 {relay_p50:.1} µs p99 {relay_p99:.1} µs; \
+         tcp echo p50 {echo_p50:.1} µs p99 {echo_p99:.1} µs"
+    );
+    let row = Row::new("relay/64B/rtt_p50_us", "rtt_p50_us", relay_p50, "tcp_echo", echo_p50, Better::Lower);
+    append_rows(&results_path(), &[row]).map_err(|e| format!("writing results: {e}"))?;
+
+    drop((via_relay, direct));
+    for child in [relay, backend, echo] {
+        stop(child);
+    }
+    Ok(())
+}
+
+/// The `berth` binary next to this one, built first if it is missing.
+fn berth_binary() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = exe.parent().ok_or("no directory for this executable")?;
+    let berth = dir.join("berth");
+    if !berth.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "berth-cli", "--bin", "berth"]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        eprintln!("relay_bench: building berth ({cmd:?})");
+        let status = cmd.status().map_err(|e| format!("running cargo: {e}"))?;
+        if !status.success() || !berth.exists() {
+            return Err(format!("could not build {}", berth.display()));
+        }
+    }
+    Ok(berth)
+}
+
+/// Starts `berth ARGS --workers 1 --log warn` (with `--addr 127.0.0.1:0` unless it
+/// is the backend) on `core`; returns it and the address from its banner.
+fn start(berth: &PathBuf, args: &[&str], core: Option<usize>) -> Result<(ChildGuard, Option<SocketAddr>), String> {
+    let mut cmd = Command::new(berth);
+    cmd.args(args).args(["--log", "warn"]);
+    let server = args[0] != "backend-echo";
+    if server {
+        cmd.args(["--addr", "127.0.0.1:0", "--workers", "1"]);
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = ChildGuard::new(spawn_pinned(&mut cmd, core).map_err(|e| format!("starting berth {args:?}: {e}"))?);
+    let stdout = child.child_mut().stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next());
+        for _ in lines {} // keep the pipe drained
+    });
+    let banner = match rx.recv_timeout(STARTUP) {
+        Ok(Some(Ok(line))) => line,
+        _ => return Err(format!("berth {args:?} printed no banner")),
+    };
+    // "... on ADDR (1 worker)"
+    let addr = banner.rsplit(" on ").next().and_then(|rest| rest.split(' ').next()).and_then(|a| a.parse().ok());
+    if server && addr.is_none() {
+        return Err(format!("no address in {banner:?}"));
+    }
+    Ok((child, addr))
+}
+
+fn stop(mut child: ChildGuard) {
+    if let Ok(pid) = i32::try_from(child.id())
+        && let Some(pid) = rustix::process::Pid::from_raw(pid)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+    }
+    let _ = child.child_mut();
+    let _ = child.wait_timeout(Duration::from_secs(5));
+}
+
+fn client(addr: SocketAddr) -> Result<TcpStream, String> {
+    let s = TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+/// A relay connection that has had one echo: until the relay has taken the
+/// backend's hello, a frame is answered by a clean close, so retry (bounded).
+fn relay_client(addr: SocketAddr) -> Result<TcpStream, String> {
+    let start = Instant::now();
+    let probe = [0, 0, 0, 1, 42];
+    loop {
+        if start.elapsed() > STARTUP {
+            return Err("the relay never took the backend".into());
+        }
+        let mut s = client(addr)?;
+        let mut back = [0u8; 5];
+        if s.write_all(&probe).is_ok() && s.read_exact(&mut back).is_ok() && back == probe {
+            return Ok(s);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `warmup` unmeasured round trips, then `samples` timed ones (µs) into `out`; every
+/// reply is checked.
+fn measure(s: &mut TcpStream, frame: &[u8], warmup: usize, samples: usize, out: &mut Vec<f64>) -> Result<(), String> {
+    let mut back = vec![0u8; frame.len()];
+    for i in 0..warmup + samples {
+        let t = Instant::now();
+        s.write_all(frame).map_err(|e| format!("send: {e}"))?;
+        s.read_exact(&mut back).map_err(|e| format!("receive: {e}"))?;
+        let rtt = t.elapsed();
+        if back != frame {
+            return Err("a reply differs from its frame".into());
+        }
+        if i >= warmup {
+            out.push(rtt.as_secs_f64() * 1e6);
+        }
+    }
+    Ok(())
+}
+
+/// (p50, p99) of the samples.
+fn percentiles(v: &mut [f64]) -> (f64, f64) {
+    if v.is_empty() {
+        return (0.0, 0.0);
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}
