@@ -331,3 +331,20 @@ impl fmt::Debug for Reply<'_> {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conn_id_keeps_worker_slot_and_generation() {
+        let socket = SocketId::from_u64((0xDEAD_BEEF << 32) | 0x12_3456);
+        let id = ConnId::new(200, socket);
+        assert_eq!(id.worker(), 200);
+        assert_eq!(id.socket(), socket);
+        assert_eq!(ConnId::from_u64(id.to_u64()), id);
+        // The same slot under another generation or worker is another id.
+        assert_ne!(ConnId::new(200, SocketId::from_u64((0xDEAD_BEF0 << 32) | 0x12_3456)), id);
+        assert_ne!(ConnId::new(3, socket), id);
+    }
+}
