@@ -323,7 +323,7 @@ pub(crate) fn summary(results: &Results) -> String {
 pub(crate) fn chart(group: &str, rows: &[&Row]) -> String {
     const LABEL_W: f64 = 300.0;
     const PLOT_W: f64 = 360.0;
-    const VALUE_W: f64 = 80.0;
+    const VALUE_W: f64 = 130.0;
     const ROW_H: f64 = 30.0;
     const TOP: f64 = 40.0;
     let width = LABEL_W + PLOT_W + VALUE_W;
