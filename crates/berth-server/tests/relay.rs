@@ -232,3 +232,26 @@ fn a_reply_for_a_gone_connection_is_dropped_and_counted() {
     drop(backend);
     server.shutdown(Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn graceful_shutdown_lets_a_pending_reply_through_then_closes() {
+    let name = channel("drain");
+    let (server, handle) = relay_server(&name, 1);
+    let mut backend = RelayBackend::attach_retrying(&name, IO_TIMEOUT).unwrap();
+    assert!(handle.wait_attached(IO_TIMEOUT));
+    let mut s = client(server.local_addr());
+    s.write_all(&frame(b"in flight")).unwrap();
+    let req = backend.recv(Some(IO_TIMEOUT)).unwrap();
+    let id = req.conn();
+    drop(req);
+
+    // Shut down with the request at the backend; its reply still reaches the client,
+    // then the connection closes and the server stops.
+    server.shutdown_handle().shutdown(IO_TIMEOUT);
+    backend.reply(id, b"in flight", Some(IO_TIMEOUT)).unwrap();
+    assert_eq!(read_frame(&mut s).unwrap(), b"in flight");
+    closes_cleanly(&mut s);
+    drop(s); // ends the server's lingering close at once
+    server.join().unwrap();
+    assert!(!files_exist(&name));
+}
