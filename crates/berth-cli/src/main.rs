@@ -151,7 +151,9 @@ fn relay(common: &Common, channel: &str, max_frame: usize) -> Result<(), String>
     // A frame and its length must fit one buffer segment.
     let segment = (max_frame + 4).next_power_of_two().max(8192);
     let builder = builder(common).segment_size(segment).max_request_head(segment).segment_count(1024);
-    let result = run_with(builder, common, relay, &format!("relaying to backend channel {channel}"), "", "");
+    let what = format!("relaying to backend channel {channel}");
+    let stats = || handle.stats().to_string();
+    let result = run_with(builder, common, relay, &what, "", "", Some(&stats));
     tracing::info!("{}", handle.stats());
     result
 }
@@ -197,7 +199,7 @@ fn backend_echo(channel: &str) -> Result<(), String> {
 }
 
 fn run<S: Service>(common: &Common, service: S, what: &str, scheme: &str, suffix: &str) -> Result<(), String> {
-    run_with(builder(common), common, service, what, scheme, suffix)
+    run_with(builder(common), common, service, what, scheme, suffix, None)
 }
 
 fn run_with<S: Service>(
@@ -207,6 +209,7 @@ fn run_with<S: Service>(
     what: &str,
     scheme: &str,
     suffix: &str,
+    more_stats: Option<&dyn Fn() -> String>,
 ) -> Result<(), String> {
     let server = builder.serve(service).map_err(|e| format!("cannot listen on {}: {e}", common.addr))?;
     let n = server.workers();
@@ -247,6 +250,9 @@ fn run_with<S: Service>(
             && std::time::Instant::now() >= at
         {
             eprintln!("berth: {}", shutdown.metrics());
+            if let Some(more) = more_stats {
+                eprintln!("berth: {}", more());
+            }
             next_stats = Some(at + i);
         }
     }
