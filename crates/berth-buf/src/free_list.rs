@@ -13,6 +13,7 @@
 //! per-thread cache refills and flushes.
 
 use crate::loom::{AtomicU32, AtomicU64, Ordering};
+use crate::strided::Strided;
 
 /// "No segment": the end of a chain.
 pub(crate) const NIL: u32 = u32::MAX;
@@ -32,7 +33,7 @@ pub(crate) struct FreeList {
     heads: Box<[Head]>,
     /// `heads.len() - 1`; the shard count is a power of two.
     mask: usize,
-    next: Box<[AtomicU32]>,
+    next: Strided<AtomicU32>,
 }
 
 fn pack(tag: u32, index: u32) -> u64 {
@@ -48,7 +49,9 @@ impl FreeList {
     /// `shards` shards (rounded up to a power of two).
     pub(crate) fn full(count: u32, shards: usize) -> FreeList {
         let shards = shards.max(1).next_power_of_two();
-        let next = (0..count).map(|i| AtomicU32::new(if i + 1 < count { i + 1 } else { NIL })).collect();
+        let count_usize = count as usize;
+        let next =
+            Strided::new(count_usize, |i| AtomicU32::new(if i + 1 < count_usize { (i + 1) as u32 } else { NIL }));
         let top = if count == 0 { NIL } else { 0 };
         let heads = (0..shards).map(|s| Head(AtomicU64::new(pack(0, if s == 0 { top } else { NIL })))).collect();
         FreeList { heads, mask: shards - 1, next }

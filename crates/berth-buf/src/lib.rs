@@ -58,6 +58,7 @@ mod loom;
 mod manager;
 mod recyclable;
 mod stats;
+mod strided;
 
 pub use config::{BufferConfig, ConfigError, Exhaustion};
 pub use lease::{Lease, LengthError, RawLease};

@@ -20,6 +20,7 @@ use crate::free_list::FreeList;
 use crate::lease::{Lease, RawLease};
 use crate::loom::{AtomicU32, AtomicUsize, Ordering, fence};
 use crate::stats::{BufferStats, Counters};
+use crate::strided::Strided;
 
 /// Per-segment state word: `generation << 2 | tag`.
 pub(crate) const FREE: u32 = 0;
@@ -75,7 +76,7 @@ pub(crate) struct Shared {
     count: u32,
     pub(crate) id: u32,
     exhaustion: Exhaustion,
-    pub(crate) states: Box<[AtomicU32]>,
+    pub(crate) states: Strided<AtomicU32>,
     pub(crate) free: FreeList,
     handles: AtomicUsize,
     pub(crate) counters: Counters,
@@ -276,7 +277,7 @@ impl BufferManager {
             count,
             id: NEXT_MANAGER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             exhaustion: config.exhaustion,
-            states: (0..count).map(|_| AtomicU32::new(state(0, FREE))).collect(),
+            states: Strided::new(count as usize, |_| AtomicU32::new(state(0, FREE))),
             free: FreeList::full(count, shard_count()),
             handles: AtomicUsize::new(1),
             counters: Counters::default(),
