@@ -34,11 +34,16 @@ const PAIRS: &[Pair] = &[
 /// by side and append their own rows (see `berth_benches::append_rows`). Each gets
 /// `--quick` when xtask does, and `BERTH_BENCH_RESULTS` pointing at the results file.
 /// (group, binary name)
-const SYSTEM_BENCHES: &[(&str, &str)] =
-    &[("sendfile", "sendfile_bench"), ("echo", "echo_bench"), ("ipc", "ipc_bench"), ("relay", "relay_bench")];
+const SYSTEM_BENCHES: &[(&str, &str)] = &[
+    ("sendfile", "sendfile_bench"),
+    ("echo", "echo_bench"),
+    ("ipc", "ipc_bench"),
+    ("files", "files_bench"),
+    ("relay", "relay_bench"),
+];
 
 /// Groups that belong in the report but have no benchmark in xtask yet, and why.
-const NOT_YET: &[(&str, &str)] = &[("files", "berth serve vs nginx under wrk is not written yet (issue 6)")];
+const NOT_YET: &[(&str, &str)] = &[];
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let mut quick = false;
