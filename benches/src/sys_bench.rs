@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::io;
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
@@ -168,6 +169,29 @@ pub fn raise_nofile(wanted: u64) -> io::Result<u64> {
         setrlimit(Resource::Nofile, Rlimit { current: Some(new), maximum: old.maximum })?;
     }
     Ok(new.max(soft))
+}
+
+/// The `berth` binary (berth-cli) next to the running benchmark binary, built with
+/// cargo first if it is missing (release if the benchmark runs from `release/`).
+/// `who` names the caller in the progress line.
+pub fn berth_binary(who: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = exe.parent().ok_or("no directory for this executable")?;
+    let berth = dir.join("berth");
+    if !berth.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "berth-cli", "--bin", "berth"]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        eprintln!("{who}: building berth ({cmd:?})");
+        let status = cmd.status().map_err(|e| format!("running cargo: {e}"))?;
+        if !status.success() || !berth.exists() {
+            return Err(format!("could not build {}", berth.display()));
+        }
+    }
+    Ok(berth)
 }
 
 #[cfg(test)]

@@ -85,7 +85,7 @@ fn run() -> Result<(), String> {
         files.push((label, name, body));
     }
 
-    let berth_bin = berth_binary()?;
+    let berth_bin = berth_benches::sys_bench::berth_binary("files_bench")?;
     let (berth, berth_addr) = start_berth(&berth_bin, &www, server_core)?;
     let (nginx_proc, nginx_addr) = start_nginx(&nginx, &work.path, &www, server_core)?;
     let servers = [("berth", &berth, berth_addr), ("nginx", &nginx_proc, nginx_addr)];
@@ -236,27 +236,6 @@ fn content(size: usize) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
-}
-
-/// The `berth` binary next to this one, built first if it is missing.
-fn berth_binary() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let dir = exe.parent().ok_or("no directory for this executable")?;
-    let berth = dir.join("berth");
-    if !berth.exists() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "berth-cli", "--bin", "berth"]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        eprintln!("files_bench: building berth ({cmd:?})");
-        let status = cmd.status().map_err(|e| format!("running cargo: {e}"))?;
-        if !status.success() || !berth.exists() {
-            return Err(format!("could not build {}", berth.display()));
-        }
-    }
-    Ok(berth)
 }
 
 /// Starts `berth serve WWW --addr 127.0.0.1:0 --workers 1` on `core`; returns it and

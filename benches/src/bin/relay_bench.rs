@@ -53,7 +53,7 @@ fn run() -> Result<(), String> {
         }
     }
     let (rounds, samples, warmup) = if quick { (3, 2_000, 300) } else { (7, 20_000, 2_000) };
-    let berth = berth_binary()?;
+    let berth = berth_benches::sys_bench::berth_binary("relay_bench")?;
     let cores = available_cores().map_err(|e| format!("reading the CPU set: {e}"))?;
     let (server_core, client_core) = match cores.as_slice() {
         [a, b, ..] => (Some(*a), Some(*b)),
@@ -94,27 +94,6 @@ fn run() -> Result<(), String> {
         stop(child);
     }
     Ok(())
-}
-
-/// The `berth` binary next to this one, built first if it is missing.
-fn berth_binary() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let dir = exe.parent().ok_or("no directory for this executable")?;
-    let berth = dir.join("berth");
-    if !berth.exists() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "berth-cli", "--bin", "berth"]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        eprintln!("relay_bench: building berth ({cmd:?})");
-        let status = cmd.status().map_err(|e| format!("running cargo: {e}"))?;
-        if !status.success() || !berth.exists() {
-            return Err(format!("could not build {}", berth.display()));
-        }
-    }
-    Ok(berth)
 }
 
 /// Starts `berth ARGS --workers 1 --log warn` (with `--addr 127.0.0.1:0` unless it
