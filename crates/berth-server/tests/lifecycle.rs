@@ -173,6 +173,27 @@ fn file_truncated_while_sent_closes_the_connection() {
 }
 
 #[test]
+fn file_deleted_while_sent_still_delivers_every_byte() {
+    // An open file outlives its directory entry: deleting it mid-send must neither
+    // cut the reply short nor hang it, and the next request sees a 404.
+    let dir = TempDir::new("deleted");
+    let len = 16usize << 20;
+    let data = pattern(len);
+    let path = dir.file("big.bin", &data);
+    let server = serve_dir(dir.path());
+    let mut s = client(server.local_addr());
+    s.write_all(req("GET", "/big.bin", "").as_bytes()).unwrap();
+    let head = read_head(&mut s).unwrap();
+    assert!(head.contains(&format!("Content-Length: {len}\r\n")));
+    std::fs::remove_file(&path).unwrap();
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    assert!(body == data, "bytes of a deleted file changed in flight");
+    assert!(get(server.local_addr(), &req("GET", "/big.bin", "")).head.starts_with("HTTP/1.1 404"));
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
 fn echo_service_round_trips() {
     let server = builder().serve(Echo).unwrap();
     let mut clients: Vec<_> = (0..4).map(|_| client(server.local_addr())).collect();
