@@ -518,7 +518,7 @@ impl Sender {
 
     /// Records that this end is alive (see [`Receiver::set_peer_timeout`]).
     pub fn heartbeat(&self) {
-        self.sh.u64_at(self.me.heartbeat).store(sys::monotonic_ns(), Ordering::Relaxed);
+        beat(&self.sh, self.me);
     }
 
     /// Copies `msg` into the ring and commits it, or fails at once with `Full`.
@@ -548,43 +548,19 @@ impl Sender {
     /// Reserves `len` bytes in place, waiting up to `timeout` (`None`: forever) for
     /// room. Write the message into the [`Grant`] and [`commit`](Grant::commit) it.
     pub fn reserve(&mut self, len: usize, timeout: Option<Duration>) -> Result<Grant<'_>, SendError> {
-        // The clock is read only once spinning is over: no vDSO call on the fast path.
-        let mut start = None;
-        let mut spins = 0u32;
-        let mut grown = SLICE_MIN;
+        let mut wait = Wait::new(timeout);
         let slot = loop {
             match self.prod.reserve(&*self.sh, len) {
                 Ok(slot) => break slot,
                 Err(ReserveError::Full) => {}
                 Err(e) => return Err(self.reserve_error(e, len)),
             }
-            let budget = match self.mode {
-                WaitMode::Block { spins } => spins,
-                WaitMode::BusyPoll => BUSY_CHECK_EVERY,
-            };
-            if spins < budget {
-                spins += 1;
-                std::hint::spin_loop();
-                continue;
-            }
-            match self.peer.check(&self.sh) {
-                PeerState::Closed => return Err(SendError::Closed),
-                PeerState::Dead => return Err(SendError::PeerDead),
-                PeerState::Absent | PeerState::Alive => {}
-            }
-            let slice = remaining(*start.get_or_insert_with(Instant::now), timeout)
-                .ok_or(SendError::TimedOut)?
-                .min(self.sh.slice_cap(grown));
-            self.heartbeat();
-            match self.mode {
-                WaitMode::BusyPoll => spins = 0,
-                WaitMode::Block { .. } => {
-                    if self.prod.prepare_wait(&*self.sh, len) {
-                        sys::futex_wait(self.sh.tx_wait(), 1, slice);
-                        self.sh.tx_wait().store(0, Ordering::Relaxed);
-                        grown = (grown * 2).min(SLICE_MAX);
-                    }
-                }
+            let (sh, prod) = (&*self.sh, &mut self.prod);
+            match wait.pause(sh, self.mode, &mut self.peer, self.me, sh.tx_wait(), || prod.prepare_wait(sh, len)) {
+                Ok(()) => {}
+                Err(Stop::Peer(PeerState::Closed)) => return Err(SendError::Closed),
+                Err(Stop::Peer(_)) => return Err(SendError::PeerDead),
+                Err(Stop::TimedOut) => return Err(SendError::TimedOut),
             }
         };
         Ok(Grant { tx: self, slot })
@@ -602,11 +578,7 @@ impl Sender {
 
 impl Drop for Sender {
     fn drop(&mut self) {
-        self.sh.u32_at(off::TX_FLAGS).fetch_or(FLAG_CLOSED, Ordering::Release);
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if self.sh.rx_wait().swap(0, Ordering::Relaxed) != 0 {
-            sys::futex_wake(self.sh.rx_wait());
-        }
+        close_end(&self.sh, off::TX_FLAGS, self.sh.rx_wait());
     }
 }
 
@@ -614,6 +586,87 @@ fn remaining(start: Instant, timeout: Option<Duration>) -> Option<Duration> {
     match timeout {
         None => Some(Duration::MAX),
         Some(t) => t.checked_sub(start.elapsed()).filter(|d| !d.is_zero()),
+    }
+}
+
+/// Why a blocking call stopped waiting.
+enum Stop {
+    /// The peer closed cleanly or died (never `Absent` or `Alive`).
+    Peer(PeerState),
+    /// The caller's timeout passed.
+    TimedOut,
+}
+
+/// One blocking call's waiting, shared by [`Sender::reserve`] and [`Receiver::recv`]:
+/// spin up to the wait mode's budget, then check the peer and the deadline, beat, and
+/// sleep on a futex in slices that grow from [`SLICE_MIN`] to [`SLICE_MAX`]. The clock
+/// is read only once spinning is over: no vDSO call on the fast path.
+struct Wait {
+    timeout: Option<Duration>,
+    start: Option<Instant>,
+    spins: u32,
+    grown: Duration,
+}
+
+impl Wait {
+    fn new(timeout: Option<Duration>) -> Wait {
+        Wait { timeout, start: None, spins: 0, grown: SLICE_MIN }
+    }
+
+    /// Called after an attempt that found nothing to do. `prepare` flags this end as
+    /// waiting on `word` and says whether sleeping is safe (the ring did not change).
+    fn pause(
+        &mut self,
+        sh: &Shared,
+        mode: WaitMode,
+        peer: &mut PeerWatch,
+        me: End,
+        word: &AtomicU32,
+        prepare: impl FnOnce() -> bool,
+    ) -> Result<(), Stop> {
+        let budget = match mode {
+            WaitMode::Block { spins } => spins,
+            WaitMode::BusyPoll => BUSY_CHECK_EVERY,
+        };
+        if self.spins < budget {
+            self.spins += 1;
+            std::hint::spin_loop();
+            return Ok(());
+        }
+        match peer.check(sh) {
+            state @ (PeerState::Closed | PeerState::Dead) => return Err(Stop::Peer(state)),
+            PeerState::Absent | PeerState::Alive => {}
+        }
+        let slice = remaining(*self.start.get_or_insert_with(Instant::now), self.timeout)
+            .ok_or(Stop::TimedOut)?
+            .min(sh.slice_cap(self.grown));
+        beat(sh, me);
+        match mode {
+            WaitMode::BusyPoll => self.spins = 0,
+            WaitMode::Block { .. } => {
+                if prepare() {
+                    sys::futex_wait(word, 1, slice);
+                    word.store(0, Ordering::Relaxed);
+                    self.grown = (self.grown * 2).min(SLICE_MAX);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Records that end `me` is alive.
+fn beat(sh: &Shared, me: End) {
+    sh.u64_at(me.heartbeat).store(sys::monotonic_ns(), Ordering::Relaxed);
+}
+
+/// Marks this end closed (flags word at `flags_at`) and wakes the peer if it sleeps
+/// on `peer_word`.
+fn close_end(sh: &Shared, flags_at: usize, peer_word: &AtomicU32) {
+    sh.u32_at(flags_at).fetch_or(FLAG_CLOSED, Ordering::Release);
+    std::sync::atomic::fence(Ordering::SeqCst);
+    if peer_word.swap(0, Ordering::Relaxed) != 0 {
+        sys::futex_wake(peer_word);
     }
 }
 
@@ -698,7 +751,7 @@ impl Receiver {
 
     /// Records that this end is alive (see [`Sender::set_peer_timeout`]).
     pub fn heartbeat(&self) {
-        self.sh.u64_at(self.me.heartbeat).store(sys::monotonic_ns(), Ordering::Relaxed);
+        beat(&self.sh, self.me);
     }
 
     /// The next message, lent in place until the guard drops, or `Empty` at once.
@@ -718,48 +771,24 @@ impl Receiver {
 
     /// Like [`Receiver::try_recv`], waiting up to `timeout` (`None`: forever).
     pub fn recv(&mut self, timeout: Option<Duration>) -> Result<RecvGuard<'_>, RecvError> {
-        // The clock is read only once spinning is over: no vDSO call on the fast path.
-        let mut start = None;
-        let mut spins = 0u32;
-        let mut grown = SLICE_MIN;
+        let mut wait = Wait::new(timeout);
         let slot = loop {
             match self.cons.peek(&*self.sh) {
                 Ok(Some(slot)) => break slot,
                 Ok(None) => {}
                 Err(why) => return Err(RecvError::Corrupted(why)),
             }
-            let budget = match self.mode {
-                WaitMode::Block { spins } => spins,
-                WaitMode::BusyPoll => BUSY_CHECK_EVERY,
-            };
-            if spins < budget {
-                spins += 1;
-                std::hint::spin_loop();
-                continue;
-            }
-            let state = self.peer.check(&self.sh);
-            if matches!(state, PeerState::Closed | PeerState::Dead) {
-                // Whatever it committed before closing or dying is still delivered.
-                match self.cons.peek(&*self.sh) {
+            let (sh, cons) = (&*self.sh, &mut self.cons);
+            match wait.pause(sh, self.mode, &mut self.peer, self.me, sh.rx_wait(), || cons.prepare_wait(sh)) {
+                Ok(()) => {}
+                Err(Stop::TimedOut) => return Err(RecvError::TimedOut),
+                // Whatever the peer committed before closing or dying is still delivered.
+                Err(Stop::Peer(state)) => match self.cons.peek(&*self.sh) {
                     Ok(Some(slot)) => break slot,
                     Ok(None) if state == PeerState::Closed => return Err(RecvError::Closed),
                     Ok(None) => return Err(RecvError::PeerDead),
                     Err(why) => return Err(RecvError::Corrupted(why)),
-                }
-            }
-            let slice = remaining(*start.get_or_insert_with(Instant::now), timeout)
-                .ok_or(RecvError::TimedOut)?
-                .min(self.sh.slice_cap(grown));
-            self.heartbeat();
-            match self.mode {
-                WaitMode::BusyPoll => spins = 0,
-                WaitMode::Block { .. } => {
-                    if self.cons.prepare_wait(&*self.sh) {
-                        sys::futex_wait(self.sh.rx_wait(), 1, slice);
-                        self.sh.rx_wait().store(0, Ordering::Relaxed);
-                        grown = (grown * 2).min(SLICE_MAX);
-                    }
-                }
+                },
             }
         };
         Ok(RecvGuard { rx: self, slot })
@@ -784,11 +813,7 @@ impl Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        self.sh.u32_at(off::RX_FLAGS).fetch_or(FLAG_CLOSED, Ordering::Release);
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if self.sh.tx_wait().swap(0, Ordering::Relaxed) != 0 {
-            sys::futex_wake(self.sh.tx_wait());
-        }
+        close_end(&self.sh, off::RX_FLAGS, self.sh.tx_wait());
     }
 }
 
