@@ -2,34 +2,17 @@
 //! round-trip; a backend killed with SIGKILL mid-request gets its client a clean
 //! close; a new backend is taken; SIGINT stops both and the channel files are gone.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rustix::process::{Pid, Signal, kill_process};
 
-const TIMEOUT: Duration = Duration::from_secs(20);
+mod common;
 
-/// Starts `berth ARGS` and returns it with its first stdout line (the banner).
-fn start(args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start berth");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let banner = rx.recv_timeout(TIMEOUT).expect("a banner line");
-    (child, banner)
-}
+use common::{TIMEOUT, start};
 
 fn signal(child: &Child, sig: Signal) {
     kill_process(Pid::from_raw(child.id() as i32).unwrap(), sig).unwrap();

@@ -1,13 +1,13 @@
 //! The built `berth` binary: `serve DIR --addr 127.0.0.1:0` prints its banner with the
 //! real address, serves the directory's index.html, and exits 0 on SIGINT.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
 
-const TIMEOUT: Duration = Duration::from_secs(20);
+mod common;
+
+use common::{TIMEOUT, start};
 
 #[test]
 fn serve_banner_get_and_sigint() {
@@ -16,20 +16,8 @@ fn serve_banner_get_and_sigint() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("index.html"), "<h1>berth cli</h1>").unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["serve", dir.to_str().unwrap(), "--addr", "127.0.0.1:0", "--workers", "1", "--log", "warn"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start berth");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let banner = rx.recv_timeout(TIMEOUT).expect("a banner line");
+    let (mut child, banner) =
+        start(&["serve", dir.to_str().unwrap(), "--addr", "127.0.0.1:0", "--workers", "1", "--log", "warn"]);
     let expected = format!("berth: serving {} on http://127.0.0.1:", dir.display());
     assert!(banner.starts_with(&expected), "banner: {banner:?}");
     assert!(banner.trim_end().ends_with("/ (1 worker)"), "banner: {banner:?}");
