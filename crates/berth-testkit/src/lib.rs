@@ -2,7 +2,9 @@
 //!
 //! [`CountingAllocator`] wraps the system allocator and counts allocations per
 //! thread, so a test can prove a hot path allocates nothing while other test threads
-//! go about their business. Install it in a test binary:
+//! go about their business, and in total across threads ([`total_allocations`]) for
+//! tests of servers whose hot path runs on threads the test does not own (such a
+//! test must be alone in its test binary). Install it in a test binary:
 //!
 //! ```
 //! use berth_testkit::{CountingAllocator, allocations_during};
@@ -20,6 +22,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 thread_local! {
     // Const-initialised and without a destructor: reading it never allocates.
@@ -30,8 +33,12 @@ thread_local! {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CountingAllocator;
 
+/// Allocations made by every thread of the process.
+static TOTAL: AtomicU64 = AtomicU64::new(0);
+
 fn count() {
     let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+    TOTAL.fetch_add(1, Ordering::Relaxed);
 }
 
 // SAFETY: every call is forwarded unchanged to the system allocator; counting touches
@@ -65,6 +72,13 @@ unsafe impl GlobalAlloc for CountingAllocator {
 /// [`CountingAllocator`] installed as the global allocator).
 pub fn thread_allocations() -> u64 {
     ALLOCATIONS.try_with(Cell::get).unwrap_or(0)
+}
+
+/// Allocations made so far by all threads of the process (only meaningful with
+/// [`CountingAllocator`] installed). Other tests running in parallel in the same
+/// binary count too: a test that relies on this should be the binary's only test.
+pub fn total_allocations() -> u64 {
+    TOTAL.load(Ordering::Relaxed)
 }
 
 /// Allocations this thread made while running `f`.

@@ -1,0 +1,121 @@
+//! The request path allocates nothing: after a warm-up, thousands of keep-alive
+//! requests to `StaticFiles` (a small file, a larger one by sendfile, a 304, a 206
+//! and a 404), echo round trips and relay round trips (TCP -> IPC -> backend -> back)
+//! make zero heap allocations in the whole process — the server's worker and the
+//! relay thread included.
+//!
+//! The count is process-wide ([`berth_testkit::total_allocations`]), so this binary
+//! holds one test, and the client loops below allocate nothing themselves: requests
+//! are prepared before the count starts and responses are read into a fixed buffer.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use berth_server::{Echo, IpcRelay, RelayBackend, RelayConfig, StaticFiles};
+use berth_testkit::{CountingAllocator, total_allocations};
+
+use common::*;
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+const WARM_UP: usize = 200;
+const ROUNDS: usize = 2000;
+
+/// Sends `request` and reads exactly `expect` response bytes into `buf`.
+fn round_trip(s: &mut TcpStream, request: &[u8], buf: &mut [u8], expect: usize) {
+    s.write_all(request).expect("send");
+    s.read_exact(&mut buf[..expect]).expect("response");
+}
+
+/// Allocations in the whole process while `rounds` of `f` run, after a warm-up.
+fn allocations_over(mut f: impl FnMut()) -> u64 {
+    for _ in 0..WARM_UP {
+        f();
+    }
+    let before = total_allocations();
+    for _ in 0..ROUNDS {
+        f();
+    }
+    total_allocations() - before
+}
+
+/// The full length of the response to `request` (head and body), measured once.
+fn response_len(s: &mut TcpStream, request: &str) -> usize {
+    let r = exchange(s, request);
+    r.head.len() + if request.starts_with("HEAD ") || r.status == 304 { 0 } else { r.body.len() }
+}
+
+fn static_files() {
+    let dir = TempDir::new("alloc");
+    dir.file("small.txt", &pattern(1024));
+    dir.file("big.bin", &pattern(256 * 1024));
+    let server = builder().serve(StaticFiles::new(dir.path()).unwrap()).expect("server starts");
+    let mut s = client(server.local_addr());
+    let since = exchange(&mut s, &req("GET", "/small.txt", "")).header("last-modified").unwrap().to_owned();
+    let requests = [
+        req("GET", "/small.txt", ""),
+        req("GET", "/big.bin", ""),
+        req("HEAD", "/big.bin", ""),
+        req("GET", "/small.txt", &format!("If-Modified-Since: {since}\r\n")),
+        req("GET", "/big.bin", "Range: bytes=1000-70999\r\n"),
+        req("GET", "/missing", ""),
+        req("GET", "/%2e%2e/etc/passwd", ""),
+    ];
+    let lens: Vec<usize> = requests.iter().map(|r| response_len(&mut s, r)).collect();
+    let mut buf = vec![0u8; 512 * 1024];
+    for (request, &len) in requests.iter().zip(&lens) {
+        let n = allocations_over(|| round_trip(&mut s, request.as_bytes(), &mut buf, len));
+        let line = request.lines().next().unwrap();
+        assert_eq!(n, 0, "{n} allocations over {ROUNDS} requests of `{line}`");
+    }
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+fn echo() {
+    let server = builder().serve(Echo).expect("server starts");
+    let mut s = client(server.local_addr());
+    let msg = pattern(1000);
+    let mut buf = vec![0u8; msg.len()];
+    let n = allocations_over(|| {
+        round_trip(&mut s, &msg, &mut buf, msg.len());
+        assert!(buf == msg);
+    });
+    assert_eq!(n, 0, "{n} allocations over {ROUNDS} echo round trips");
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+fn relay() {
+    let channel = format!("alloc-test-{}", std::process::id());
+    let relay = IpcRelay::start(RelayConfig::new(&channel).max_frame(4096)).expect("relay starts");
+    let handle = relay.handle();
+    let server = builder().serve(relay).expect("server starts");
+    let mut backend = RelayBackend::attach(&channel).expect("backend attaches");
+    assert!(handle.wait_attached(Duration::from_secs(10)));
+    let backend = std::thread::spawn(move || while backend.echo_one(Some(Duration::from_secs(30))).is_ok() {});
+    let mut s = client(server.local_addr());
+    let payload = pattern(300);
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&payload);
+    let mut buf = vec![0u8; frame.len()];
+    let n = allocations_over(|| {
+        round_trip(&mut s, &frame, &mut buf, frame.len());
+        assert!(buf == frame);
+    });
+    assert_eq!(n, 0, "{n} allocations over {ROUNDS} relay round trips");
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    backend.join().unwrap();
+}
+
+#[test]
+fn request_paths_allocate_nothing() {
+    static_files();
+    echo();
+    relay();
+}
