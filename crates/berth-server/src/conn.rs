@@ -18,7 +18,9 @@
 //!   the whole reply instead of a reset.
 //! - *Awaiting*: the service will answer later ([`Reply::answer_later`]), from
 //!   [`Service::posted`] through [`Conns`]. No op is pending; unconsumed input waits
-//!   in the read segment.
+//!   in the read segment. The answer has a deadline (the answer timeout), checked by
+//!   a sweep over the connections that runs only while some connection awaits, and
+//!   at most every `timeout / 8`: no timer per connection, no allocation.
 //!
 //! An op is given back to the port's pool exactly once: at close if it is idle, or
 //! when its (cancelled) completion arrives if it was pending.
@@ -43,7 +45,15 @@ pub(crate) struct Limits {
     pub(crate) header_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) write_timeout: Option<Duration>,
+    pub(crate) answer_timeout: Option<Duration>,
     pub(crate) max_input: usize,
+}
+
+impl Limits {
+    /// The least time between two sweeps for overdue answers.
+    fn sweep_every(&self) -> Duration {
+        self.answer_timeout.map_or(Duration::MAX, |t| (t / 8).clamp(Duration::from_millis(10), Duration::from_secs(1)))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +82,8 @@ struct Conn<C> {
     close_after: bool,
     /// Wait for the service's later answer once the reply is sent.
     await_after: bool,
+    /// While awaiting: when the answer is overdue.
+    answer_by: Option<Instant>,
     user: C,
 }
 
@@ -86,6 +98,8 @@ pub(crate) struct Worker<S: Service> {
     conns: Vec<Option<Conn<S::Conn>>>,
     live: usize,
     draining: Option<Instant>,
+    /// When to sweep for overdue answers next; `None` while no connection awaits.
+    sweep_at: Option<Instant>,
     counts: Local,
     /// Connections this worker refused itself (no op left for them).
     refused_here: u64,
@@ -102,6 +116,7 @@ impl<S: Service> Worker<S> {
             conns: (0..max_sockets).map(|_| None).collect(),
             live: 0,
             draining: None,
+            sweep_at: None,
             counts: Local::default(),
             refused_here: 0,
         }
@@ -117,8 +132,15 @@ impl<S: Service> Worker<S> {
         port.accept(listener, accept).map_err(std::io::Error::other)?;
         self.accept = Some(accept);
         loop {
-            let timeout = self.draining.map(|d| d.saturating_duration_since(Instant::now()));
+            let wake = match (self.draining, self.sweep_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = wake.map(|d| d.saturating_duration_since(Instant::now()));
             port.run_once(&mut self, timeout)?;
+            if self.sweep_at.is_some_and(|at| Instant::now() >= at) {
+                self.sweep(&mut port);
+            }
             self.publish(&port, row);
             if let Some(deadline) = self.draining {
                 if self.live == 0 {
@@ -191,6 +213,7 @@ impl<S: Service> Worker<S> {
             file: None,
             close_after: false,
             await_after: false,
+            answer_by: None,
             user,
         });
         self.live += 1;
@@ -217,6 +240,41 @@ impl<S: Service> Worker<S> {
 
     fn conn(&mut self, index: usize) -> Option<&mut Conn<S::Conn>> {
         self.conns.get_mut(index).and_then(Option::as_mut)
+    }
+
+    /// Connection `index` now waits for the service's answer, until the answer
+    /// timeout.
+    fn awaiting(&mut self, index: usize) {
+        let timeout = self.limits.answer_timeout;
+        let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
+        conn.phase = Phase::Awaiting;
+        conn.answer_by = timeout.and_then(|t| Instant::now().checked_add(t));
+        if let Some(by) = conn.answer_by
+            && self.sweep_at.is_none_or(|at| by < at)
+        {
+            self.sweep_at = Some(by);
+        }
+    }
+
+    /// Closes (cleanly, as [`Reply::close`]) every connection whose answer is
+    /// overdue, and schedules the next sweep for the earliest deadline left, but not
+    /// sooner than [`Limits::sweep_every`] from now.
+    fn sweep(&mut self, port: &mut CompletionPort<()>) {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        for index in 0..self.conns.len() {
+            let Some(conn) = self.conns[index].as_ref() else { continue };
+            let Some(by) = conn.answer_by.filter(|_| conn.phase == Phase::Awaiting) else { continue };
+            if by <= now {
+                tracing::debug!(socket = ?conn.socket, "no answer within the answer timeout: closing");
+                self.counts.add(Counter::AnswerTimeouts, 1);
+                self.linger(port, index);
+            } else {
+                next = Some(next.map_or(by, |n| n.min(by)));
+            }
+        }
+        let soonest = now.checked_add(self.limits.sweep_every()).unwrap_or(now);
+        self.sweep_at = next.map(|n| n.max(soonest));
     }
 
     fn begin_drain(&mut self, port: &mut CompletionPort<()>, grace: Duration) {
@@ -355,8 +413,7 @@ impl<S: Service> Worker<S> {
             }
             if parts.later {
                 conn.request_started = None;
-                conn.phase = Phase::Awaiting;
-                return;
+                return self.awaiting(index);
             }
             if consumed == 0 {
                 break;
@@ -465,8 +522,7 @@ impl<S: Service> Worker<S> {
         }
         if std::mem::take(&mut conn.await_after) {
             // Even while draining: the answer may still come within the grace period.
-            conn.phase = Phase::Awaiting;
-            return;
+            return self.awaiting(index);
         }
         if !(conn.close_after || draining.is_some()) {
             return self.process(port, index);

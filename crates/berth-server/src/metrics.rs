@@ -26,6 +26,10 @@ pub struct Metrics {
     pub connections_refused: u64,
     /// Connections closed because a read deadline passed (header or idle timeout).
     pub timeouts: u64,
+    /// Connections closed because the answer the service promised
+    /// ([`Reply::answer_later`](crate::Reply::answer_later)) did not come within the
+    /// [answer timeout](crate::ServerBuilder::answer_timeout).
+    pub answer_timeouts: u64,
     /// Replies sent in full.
     pub replies: u64,
     /// Bytes received.
@@ -53,12 +57,13 @@ impl fmt::Display for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "conns open={} accepted={} refused={} timeouts={} replies={} bytes in={} out={} \
+            "conns open={} accepted={} refused={} timeouts={} answer_timeouts={} replies={} bytes in={} out={} \
              ops inline={} queued={} in_use={}/{} buffers in_use={}/{} high_water={} exhausted={}",
             self.connections_open,
             self.connections_accepted,
             self.connections_refused,
             self.timeouts,
+            self.answer_timeouts,
             self.replies,
             self.bytes_in,
             self.bytes_out,
@@ -81,6 +86,7 @@ pub(crate) enum Counter {
     Closed,
     Refused,
     Timeouts,
+    AnswerTimeouts,
     Replies,
     BytesIn,
     BytesOut,
@@ -92,7 +98,7 @@ pub(crate) enum Counter {
     OpsExhausted,
 }
 
-const COUNTERS: usize = 13;
+const COUNTERS: usize = 14;
 
 /// A worker's plain counters.
 #[derive(Debug, Default, Clone, Copy)]
@@ -133,6 +139,7 @@ pub(crate) fn snapshot(rows: &[Row], buffers: BufferStats) -> Metrics {
         connections_accepted: accepted,
         connections_refused: sum(Counter::Refused),
         timeouts: sum(Counter::Timeouts),
+        answer_timeouts: sum(Counter::AnswerTimeouts),
         replies: sum(Counter::Replies),
         bytes_in: sum(Counter::BytesIn),
         bytes_out: sum(Counter::BytesOut),

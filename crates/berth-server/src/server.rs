@@ -43,6 +43,7 @@ pub struct ServerBuilder {
     header_timeout: Duration,
     idle_timeout: Duration,
     write_timeout: Option<Duration>,
+    answer_timeout: Option<Duration>,
     max_request_head: usize,
     backlog: i32,
 }
@@ -108,6 +109,18 @@ impl ServerBuilder {
         self
     }
 
+    /// How long a connection may wait for an answer the service promised
+    /// ([`Reply::answer_later`](crate::Reply::answer_later)) — an IPC relay's backend
+    /// that is alive but never replies, say — before it is closed cleanly and counted
+    /// in [`Metrics::answer_timeouts`](crate::Metrics::answer_timeouts) (default 30 s;
+    /// `None`: wait for ever). Checked by a sweep that runs at most every
+    /// `timeout / 8` (between 10 ms and 1 s), so a connection may wait that much
+    /// longer. An answer that comes after is refused ([`NotWaiting`](crate::NotWaiting)).
+    pub fn answer_timeout(mut self, t: Option<Duration>) -> Self {
+        self.answer_timeout = t;
+        self
+    }
+
     /// The most bytes of unconsumed input buffered for a connection: the request head
     /// limit (default 8192; capped at the segment size).
     pub fn max_request_head(mut self, bytes: usize) -> Self {
@@ -142,6 +155,7 @@ impl ServerBuilder {
             header_timeout: self.header_timeout,
             idle_timeout: self.idle_timeout,
             write_timeout: self.write_timeout,
+            answer_timeout: self.answer_timeout,
             max_input: self.max_request_head.min(buffers.segment_size()),
         };
         let service = Arc::new(service);
@@ -195,6 +209,7 @@ impl Server {
             header_timeout: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(60),
             write_timeout: None,
+            answer_timeout: Some(Duration::from_secs(30)),
             max_request_head: 8192,
             backlog: 1024,
         }

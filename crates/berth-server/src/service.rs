@@ -228,8 +228,9 @@ impl<'a> Reply<'a> {
     /// connection neither reads nor calls [`Service::data`] until
     /// [`Conns::answer`] (from [`Service::posted`]) answers it or closes it.
     /// Unconsumed input waits in the connection's buffer meanwhile. A connection
-    /// waiting for an answer has no deadline and is not read from, so a client
-    /// that gives up is noticed when its answer is written.
+    /// waiting for an answer is not read from (a client that gives up is noticed
+    /// when its answer is written), and is closed cleanly if the answer does not
+    /// come within the [answer timeout](crate::ServerBuilder::answer_timeout).
     pub fn answer_later(&mut self) {
         self.later = true;
     }

@@ -255,3 +255,41 @@ fn graceful_shutdown_lets_a_pending_reply_through_then_closes() {
     server.join().unwrap();
     assert!(!files_exist(&name));
 }
+
+#[test]
+fn a_backend_that_never_replies_gets_its_clients_closed_at_the_answer_timeout() {
+    let name = channel("silent");
+    let relay = IpcRelay::start(RelayConfig::new(&name).max_frame(1024)).expect("relay starts");
+    let handle = relay.handle();
+    let timeout = Duration::from_millis(300);
+    let server = builder().answer_timeout(Some(timeout)).serve(relay).expect("server starts");
+    // Attached and alive, but it does not read its requests (yet).
+    let mut backend = RelayBackend::attach_retrying(&name, IO_TIMEOUT).expect("backend attaches");
+    assert!(handle.wait_attached(IO_TIMEOUT));
+
+    let mut waiting: Vec<TcpStream> = (0..3).map(|_| client(server.local_addr())).collect();
+    for (i, s) in waiting.iter_mut().enumerate() {
+        s.write_all(&frame(&payload(i, 0, 100))).unwrap();
+    }
+    let started = std::time::Instant::now();
+    for s in &mut waiting {
+        closes_cleanly(s);
+    }
+    let waited = started.elapsed();
+    assert!(waited >= timeout - Duration::from_millis(50), "closed after {waited:?}, before the timeout");
+    eventually("answer timeouts counted", || server.metrics().answer_timeouts == 3);
+    assert_eq!(server.metrics().timeouts, 0, "read timeouts are counted apart");
+
+    // The backend wakes up and answers the three: their connections are gone, so the
+    // replies are dropped, and a new client is served as usual.
+    let backend = thread::spawn(move || while backend.echo_one(Some(IO_TIMEOUT)).is_ok() {});
+    eventually("late replies dropped", || handle.stats().replies_dropped == 3);
+    let mut s = client(server.local_addr());
+    let p = payload(9, 1, 500);
+    s.write_all(&frame(&p)).unwrap();
+    assert_eq!(read_frame(&mut s).unwrap(), p);
+    assert_eq!(server.metrics().answer_timeouts, 3);
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    backend.join().unwrap();
+}
