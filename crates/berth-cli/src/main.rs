@@ -5,9 +5,12 @@
 //! NAME` relays length-prefixed frames to a backend process attached to the named
 //! shared-memory channel, and `berth backend-echo --channel NAME` is a demo backend.
 //! Each prints a one-line banner on stdout, logs to stderr (`--log`, or `RUST_LOG`),
-//! and shuts down gracefully on Ctrl-C or SIGTERM (a second signal exits at once).
+//! shuts down gracefully on Ctrl-C or SIGTERM (a second signal exits at once), and
+//! prints its metrics on SIGUSR1.
 
 mod signals;
+
+use signals::Signal;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +58,10 @@ enum Command {
         /// Largest frame payload in bytes; a longer frame closes its connection.
         #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
         max_frame: usize,
+        /// Seconds a client may wait for the backend's reply before it is closed
+        /// (0: wait for ever).
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        answer_timeout: u64,
         #[command(flatten)]
         common: Common,
     },
@@ -86,7 +93,8 @@ struct Common {
     /// (default: RUST_LOG, else info).
     #[arg(long)]
     log: Option<String>,
-    /// Print a metrics line to stderr every this many seconds.
+    /// Print a metrics line to stderr every this many seconds (and at any time on
+    /// SIGUSR1: `kill -USR1 <pid>`).
     #[arg(long, value_name = "SECS")]
     stats_interval: Option<u64>,
     /// How long in-flight replies may take to finish after Ctrl-C, in seconds.
@@ -113,7 +121,9 @@ fn main() -> ExitCode {
             Err(e) => Err(format!("cannot serve {}: {e}", dir.display())),
         },
         Command::Echo { common } => run(common, Echo, "echo", "", ""),
-        Command::Relay { channel, max_frame, common } => relay(common, channel, *max_frame),
+        Command::Relay { channel, max_frame, answer_timeout, common } => {
+            relay(common, channel, *max_frame, *answer_timeout)
+        }
         Command::BackendEcho { channel, .. } => backend_echo(channel),
     };
     match result {
@@ -144,13 +154,18 @@ fn builder(common: &Common) -> ServerBuilder {
     b
 }
 
-fn relay(common: &Common, channel: &str, max_frame: usize) -> Result<(), String> {
+fn relay(common: &Common, channel: &str, max_frame: usize, answer_timeout: u64) -> Result<(), String> {
     let relay = IpcRelay::start(RelayConfig::new(channel).max_frame(max_frame))
         .map_err(|e| format!("cannot start the relay on channel {channel}: {e}"))?;
     let handle: RelayHandle = relay.handle();
     // A frame and its length must fit one buffer segment.
     let segment = (max_frame + 4).next_power_of_two().max(8192);
-    let builder = builder(common).segment_size(segment).max_request_head(segment).segment_count(1024);
+    let answer_timeout = Some(answer_timeout).filter(|&s| s > 0).map(Duration::from_secs);
+    let builder = builder(common)
+        .segment_size(segment)
+        .max_request_head(segment)
+        .segment_count(1024)
+        .answer_timeout(answer_timeout);
     let what = format!("relaying to backend channel {channel}");
     let stats = || handle.stats().to_string();
     let result = run_with(builder, common, relay, &what, "", "", Some(&stats));
@@ -162,7 +177,11 @@ fn relay(common: &Common, channel: &str, max_frame: usize) -> Result<(), String>
 /// relay goes away, until SIGINT/SIGTERM.
 fn backend_echo(channel: &str) -> Result<(), String> {
     println!("berth: echo backend for relay channel {channel}");
-    let stop = || signals::wait(Duration::ZERO).map(|s| s.is_some()).map_err(|e| format!("waiting for signals: {e}"));
+    let stopped = |timeout| {
+        signals::wait(timeout)
+            .map(|s| matches!(s, Some(Signal::Stop(_))))
+            .map_err(|e| format!("waiting for signals: {e}"))
+    };
     let mut waiting_logged = false;
     loop {
         let mut backend = match RelayBackend::attach(channel) {
@@ -172,8 +191,7 @@ fn backend_echo(channel: &str) -> Result<(), String> {
                     tracing::info!("waiting for the relay's channel {channel}: {e}");
                     waiting_logged = true;
                 }
-                if signals::wait(Duration::from_millis(50)).map_err(|e| format!("waiting for signals: {e}"))?.is_some()
-                {
+                if stopped(Duration::from_millis(50))? {
                     return Ok(());
                 }
                 continue;
@@ -185,7 +203,7 @@ fn backend_echo(channel: &str) -> Result<(), String> {
             match backend.echo_one(Some(Duration::from_millis(200))) {
                 Ok(()) => {}
                 Err(EchoError::Recv(berth_server::RecvError::TimedOut)) => {
-                    if stop()? {
+                    if stopped(Duration::ZERO)? {
                         return Ok(());
                     }
                 }
@@ -226,20 +244,27 @@ fn run_with<S: Service>(
             r
         })
     };
+    let print_stats = || {
+        eprintln!("berth: {}", shutdown.metrics());
+        if let Some(more) = more_stats {
+            eprintln!("berth: {}", more());
+        }
+    };
     let mut stopping = false;
     // Wake up at least once a second to notice workers that stopped on their own.
     let mut tick = interval.unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(1));
     let mut next_stats = interval.map(|i| std::time::Instant::now() + i);
     while !finished.load(std::sync::atomic::Ordering::Acquire) {
         match signals::wait(tick) {
-            Ok(Some(sig)) if !stopping => {
+            Ok(Some(Signal::Stats)) => print_stats(),
+            Ok(Some(Signal::Stop(sig))) if !stopping => {
                 tracing::info!("{sig}: shutting down (up to {}s for replies in flight)", grace.as_secs());
                 shutdown.shutdown(grace);
                 stopping = true;
                 // Notice the workers' end promptly.
                 tick = tick.min(Duration::from_millis(50));
             }
-            Ok(Some(sig)) => {
+            Ok(Some(Signal::Stop(sig))) => {
                 eprintln!("berth: {sig} again: exiting now");
                 std::process::exit(130);
             }
@@ -249,10 +274,7 @@ fn run_with<S: Service>(
         if let (Some(at), Some(i)) = (next_stats, interval)
             && std::time::Instant::now() >= at
         {
-            eprintln!("berth: {}", shutdown.metrics());
-            if let Some(more) = more_stats {
-                eprintln!("berth: {}", more());
-            }
+            print_stats();
             next_stats = Some(at + i);
         }
     }

@@ -1,25 +1,36 @@
-//! Ctrl-C and SIGTERM without a signal handler: both are blocked in every thread
-//! (the mask is set before any thread starts and inherited) and the main thread takes
-//! them synchronously with `sigtimedwait`. No async-signal-safety concerns, no extra
+//! Ctrl-C, SIGTERM and SIGUSR1 without a signal handler: all three are blocked in
+//! every thread (the mask is set before any thread starts and inherited) and the main
+//! thread takes them synchronously with `sigtimedwait`. No async-signal-safety concerns, no extra
 //! crate; libc because rustix has no stable sigprocmask/sigtimedwait.
 
 use std::io;
 use std::time::Duration;
 
-/// The signals that stop the server.
+/// A signal the main thread acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signal {
+    /// SIGINT or SIGTERM (named): shut down.
+    Stop(&'static str),
+    /// SIGUSR1: print the metrics now.
+    Stats,
+}
+
+/// The signals the main thread takes.
 fn set() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before use, and the
-    // two signal numbers are valid, so sigaddset cannot fail.
+    // three signal numbers are valid, so sigaddset cannot fail.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
         set
     }
 }
 
-/// Blocks SIGINT and SIGTERM in the calling thread (and so in threads it starts).
+/// Blocks SIGINT, SIGTERM and SIGUSR1 in the calling thread (and so in threads it
+/// starts).
 pub(crate) fn block() -> io::Result<()> {
     let set = set();
     // SAFETY: `set` is an initialised signal set; a null old-set pointer is allowed.
@@ -27,8 +38,8 @@ pub(crate) fn block() -> io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(rc)) }
 }
 
-/// Waits up to `timeout` for SIGINT or SIGTERM; returns its name, or `None` on timeout.
-pub(crate) fn wait(timeout: Duration) -> io::Result<Option<&'static str>> {
+/// Waits up to `timeout` for one of the signals; `None` on timeout.
+pub(crate) fn wait(timeout: Duration) -> io::Result<Option<Signal>> {
     let set = set();
     let ts = libc::timespec {
         tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
@@ -38,7 +49,11 @@ pub(crate) fn wait(timeout: Duration) -> io::Result<Option<&'static str>> {
     // pointer is allowed.
     let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
     if sig >= 0 {
-        return Ok(Some(if sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" }));
+        return Ok(Some(match sig {
+            libc::SIGUSR1 => Signal::Stats,
+            libc::SIGINT => Signal::Stop("SIGINT"),
+            _ => Signal::Stop("SIGTERM"),
+        }));
     }
     let e = io::Error::last_os_error();
     match e.raw_os_error() {

@@ -1,5 +1,6 @@
 //! The built `berth` binary: `serve DIR --addr 127.0.0.1:0` prints its banner with the
-//! real address, serves the directory's index.html, and exits 0 on SIGINT.
+//! real address, serves the directory's index.html, prints its metrics on SIGUSR1,
+//! and exits 0 on SIGINT.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -7,7 +8,7 @@ use std::sync::mpsc;
 
 mod common;
 
-use common::{TIMEOUT, start};
+use common::{TIMEOUT, start_capturing, wait_for_line};
 
 #[test]
 fn serve_banner_get_and_sigint() {
@@ -16,8 +17,8 @@ fn serve_banner_get_and_sigint() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("index.html"), "<h1>berth cli</h1>").unwrap();
 
-    let (mut child, banner) =
-        start(&["serve", dir.to_str().unwrap(), "--addr", "127.0.0.1:0", "--workers", "1", "--log", "warn"]);
+    let (mut child, banner, stderr) =
+        start_capturing(&["serve", dir.to_str().unwrap(), "--addr", "127.0.0.1:0", "--workers", "1", "--log", "warn"]);
     let expected = format!("berth: serving {} on http://127.0.0.1:", dir.display());
     assert!(banner.starts_with(&expected), "banner: {banner:?}");
     assert!(banner.trim_end().ends_with("/ (1 worker)"), "banner: {banner:?}");
@@ -36,6 +37,10 @@ fn serve_banner_get_and_sigint() {
     assert!(response.ends_with("\r\n\r\n<h1>berth cli</h1>"), "{response}");
 
     let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::USR1).unwrap();
+    let stats = wait_for_line(&stderr, "berth: conns open=");
+    assert!(stats.contains("accepted=1 ") && stats.contains("replies=1 "), "stats after SIGUSR1: {stats}");
+
     rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
