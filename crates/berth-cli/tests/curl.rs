@@ -1,0 +1,162 @@
+//! `berth serve` as a real HTTP client sees it: curl downloads files byte for byte,
+//! reuses one kept-alive connection for several URLs, gets HEAD, Range, 304 and
+//! HTTP/1.0 right, and never gets a byte from outside the root whatever path it
+//! sends (`--path-as-is` keeps curl from normalising `..` itself).
+//!
+//! Skipped, with a message saying so, when curl is not installed (`.ci/run` installs
+//! it when it runs as root).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use rustix::process::{Pid, Signal, kill_process};
+
+mod common;
+
+use common::{TIMEOUT, start};
+
+fn curl_installed() -> bool {
+    Command::new("curl").arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+/// Runs curl with a time limit on every transfer; `-s` quiet, `-S` errors shown.
+fn curl(args: &[&str]) -> Output {
+    let max = TIMEOUT.as_secs().to_string();
+    Command::new("curl").args(["-sS", "--max-time", &max]).args(args).output().expect("run curl")
+}
+
+/// curl's `-w` output (stdout) for a request whose body goes to `-o /dev/null`.
+fn curl_w(format: &str, args: &[&str]) -> String {
+    let mut all = vec!["-o", "/dev/null", "-w", format];
+    all.extend_from_slice(args);
+    let out = curl(&all);
+    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i.wrapping_mul(131) ^ (i >> 9)) as u8).collect()
+}
+
+struct Dir(PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `root/` with files to serve, and a secret beside it that must never be served.
+fn site() -> (Dir, PathBuf) {
+    let base = std::env::temp_dir().join(format!("berth-curl-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let root = base.join("root");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::write(root.join("index.html"), "<h1>curl</h1>").unwrap();
+    std::fs::write(root.join("big.bin"), pattern(3 << 20)).unwrap();
+    std::fs::write(root.join("small.txt"), pattern(1000)).unwrap();
+    std::fs::write(root.join("sub/page.html"), "<p>sub</p>").unwrap();
+    std::fs::write(base.join("secret.txt"), "TOP-SECRET").unwrap();
+    std::os::unix::fs::symlink(base.join("secret.txt"), root.join("escape.txt")).unwrap();
+    (Dir(base), root)
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn curl_against_berth_serve() {
+    if !curl_installed() {
+        eprintln!("SKIPPED curl_against_berth_serve: curl is not installed (apt-get install curl)");
+        return;
+    }
+    let (dir, root) = site();
+    let (mut child, banner) = start(&["serve", root.to_str().unwrap(), "--addr", "127.0.0.1:0", "--workers", "1"]);
+    let addr = banner.split("http://").nth(1).and_then(|r| r.split('/').next()).expect("address in banner");
+    let url = |path: &str| format!("http://{addr}{path}");
+    let out_dir = dir.0.join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = |name: &str| out_dir.join(name);
+
+    // Downloads, byte for byte, two of them over one kept-alive connection.
+    let (big, small) = (out("big"), out("small"));
+    let o = curl(&[
+        "-w",
+        "%{http_code} %{num_connects}\n",
+        "-o",
+        big.to_str().unwrap(),
+        &url("/big.bin"),
+        "-o",
+        small.to_str().unwrap(),
+        &url("/small.txt"),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8(o.stdout).unwrap(), "200 1\n200 0\n", "two 200s, the second on the same connection");
+    assert!(read(&big) == pattern(3 << 20), "big.bin differs");
+    assert_eq!(read(&small), pattern(1000));
+
+    // The directory's index.html, and a subdirectory's page.
+    let o = curl(&[&url("/")]);
+    assert_eq!(o.stdout, b"<h1>curl</h1>");
+    let o = curl(&[&url("/sub/page.html")]);
+    assert_eq!(o.stdout, b"<p>sub</p>");
+
+    // HEAD: the headers, no body.
+    let o = curl(&["-I", &url("/big.bin")]);
+    let head = String::from_utf8(o.stdout).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains(&format!("content-length: {}\r\n", 3 << 20)), "{head}");
+    assert!(head.contains("accept-ranges: bytes\r\n"), "{head}");
+
+    // A range, and a suffix range.
+    let part = out("part");
+    assert_eq!(curl_w("%{http_code}", &["-r", "1000-199999", &url("/big.bin")]), "206");
+    let o = curl(&["-r", "1000-199999", "-o", part.to_str().unwrap(), &url("/big.bin")]);
+    assert!(o.status.success());
+    assert!(read(&part) == pattern(3 << 20)[1000..200_000], "range body differs");
+    let o = curl(&["-r", "-100", &url("/small.txt")]);
+    assert_eq!(o.stdout, &pattern(1000)[900..]);
+    assert_eq!(curl_w("%{http_code}", &["-r", "5000-6000", &url("/small.txt")]), "416");
+
+    // If-Modified-Since from a file as new as the served one: 304, no body.
+    let o = curl(&["-z", root.join("small.txt").to_str().unwrap(), "-w", "%{http_code}", &url("/small.txt")]);
+    assert_eq!(o.stdout, b"304");
+
+    // HTTP/1.0: served, and the connection closed after the reply.
+    let o = curl(&["--http1.0", "-i", &url("/small.txt")]);
+    let text = String::from_utf8_lossy(&o.stdout).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200 ok\r\n") || text.starts_with("http/1.0 200 ok\r\n"), "{text}");
+    assert!(o.stdout.ends_with(&pattern(1000)));
+
+    // Not found, wrong method.
+    assert_eq!(curl_w("%{http_code}", &[&url("/nope.txt")]), "404");
+    assert_eq!(curl_w("%{http_code}", &["-X", "POST", "-d", "x", &url("/small.txt")]), "405");
+
+    // Nothing from outside the root, however the path is spelled.
+    for path in [
+        "/../secret.txt",
+        "/sub/../../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/%2E%2E%2Fsecret.txt",
+        "/sub/%2e%2e%2f%2e%2e%2fsecret.txt",
+        "/..%5csecret.txt",
+        "/%00/../secret.txt",
+        "/escape.txt",
+    ] {
+        let o = curl(&["--path-as-is", "-w", "\n%{http_code}", &url(path)]);
+        let text = String::from_utf8_lossy(&o.stdout);
+        let code = text.rsplit('\n').next().unwrap();
+        assert!(matches!(code, "400" | "403" | "404"), "{path}: status {code}");
+        assert!(!text.contains("TOP-SECRET"), "{path}: served the secret");
+    }
+
+    kill_process(Pid::from_raw(child.id() as i32).unwrap(), Signal::INT).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = rx.recv_timeout(TIMEOUT + Duration::from_secs(5)).expect("berth exits after SIGINT").unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
