@@ -6,7 +6,8 @@ use std::path::Path;
 
 use berth_benches::{Better, Row, append_rows, read_results};
 
-use crate::{USAGE, cargo, report, root, run_cmd};
+use crate::progress::Stages;
+use crate::{USAGE, cargo, report, root};
 
 /// A criterion bench compared with its peer: both ids are measured in the same run.
 struct Pair {
@@ -66,56 +67,72 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         return Err(format!("--only {bad}: no such group (groups: {})", known.join(", ")));
     }
     let wanted = |group: &str| only.is_empty() || only.iter().any(|o| o == group);
-    for group in known.iter().filter(|g| !wanted(g)) {
-        eprintln!("xtask: skipped {group}: not asked for (--only {})", only.join(" --only "));
-    }
-    for &(group, why) in NOT_YET.iter().filter(|(g, _)| wanted(g)) {
-        eprintln!("xtask: skipped {group}: {why}");
-    }
 
     let report = root().join("target/bench-report");
     fs::create_dir_all(&report).map_err(|e| e.to_string())?;
-    let results = report.join("results.json");
 
     let criterion: Vec<&str> = CRITERION_BENCHES.iter().copied().filter(|b| wanted(b)).collect();
     let system: Vec<(&str, &str)> = SYSTEM_BENCHES.iter().copied().filter(|(g, _)| wanted(g)).collect();
-    let stages = criterion.len() + system.len() + 1;
-    let mut stage = 0;
-    let mut progress = |what: &str| {
-        stage += 1;
-        eprintln!("xtask: [{stage}/{stages}] {what}");
-    };
+    let mut stages = Stages::new(criterion.len() + system.len() + 1, &report.join("logs"));
+    let unwanted: Vec<&str> = known.iter().copied().filter(|g| !wanted(g)).collect();
+    if !unwanted.is_empty() {
+        stages.skip(&unwanted.join(", "), &format!("not asked for (--only {})", only.join(" --only ")));
+    }
+    for &(group, why) in NOT_YET.iter().filter(|(g, _)| wanted(g)) {
+        stages.skip(group, why);
+    }
 
-    for bench in criterion {
-        progress(&format!("criterion bench {bench}"));
+    let result = run_stages(&mut stages, &criterion, &system, quick, &report);
+    // The bars go before anything else is printed.
+    let recap = stages.finish();
+    if let Ok(rendered) = &result {
+        print_report(&report, rendered);
+    }
+    eprint!("{recap}");
+    result.map(drop)
+}
+
+fn run_stages(
+    stages: &mut Stages,
+    criterion: &[&str],
+    system: &[(&str, &str)],
+    quick: bool,
+    report: &Path,
+) -> Result<report::Report, String> {
+    let results = report.join("results.json");
+    for &bench in criterion {
         let mut cmd = cargo();
         cmd.args(["bench", "-p", "berth-benches", "--bench", bench, "--"]);
         if quick {
             cmd.args(["--warm-up-time", "0.5", "--measurement-time", "1", "--sample-size", "20"]);
         }
-        run_cmd(&mut cmd)?;
+        stages.run(&format!("criterion bench {bench}"), &mut cmd, &root())?;
         let rows = criterion_rows(&root().join("target/criterion"), bench)?;
         append_rows(&results, &rows).map_err(|e| e.to_string())?;
     }
 
-    for (group, bin) in system {
-        progress(&format!("system bench {group} ({bin})"));
+    for &(group, bin) in system {
         let mut cmd = cargo();
         cmd.args(["run", "--release", "-p", "berth-benches", "--bin", bin, "--"]);
         if quick {
             cmd.arg("--quick");
         }
         cmd.env("BERTH_BENCH_RESULTS", &results);
-        run_cmd(&mut cmd).map_err(|e| format!("system bench {group}: {e}"))?;
+        stages.run(&format!("system bench {group} ({bin})"), &mut cmd, &root())?;
     }
 
-    progress("report");
-    write_report(&report)
+    stages.step("report", || render_report(report))
 }
 
 /// Renders `results.json` in `dir` into `report.md` and one SVG per group beside it,
 /// and prints the summary. `cargo xtask report` runs only this.
 pub(crate) fn write_report(dir: &Path) -> Result<(), String> {
+    let rendered = render_report(dir)?;
+    print_report(dir, &rendered);
+    Ok(())
+}
+
+fn render_report(dir: &Path) -> Result<report::Report, String> {
     let results = dir.join("results.json");
     let all = read_results(&results).map_err(|e| format!("{}: {e}", results.display()))?;
     if all.results.is_empty() {
@@ -123,9 +140,12 @@ pub(crate) fn write_report(dir: &Path) -> Result<(), String> {
     }
     let rendered = report::render(&all, &report::Machine::detect());
     report::write(dir, &rendered)?;
+    Ok(rendered)
+}
+
+fn print_report(dir: &Path, rendered: &report::Report) {
     print!("{}", rendered.summary);
     println!("written: {} and {} charts beside it", dir.join("report.md").display(), rendered.charts.len());
-    Ok(())
 }
 
 /// Rows for the pairs of one criterion bench target, from criterion's estimates.

@@ -13,6 +13,7 @@ use std::process::{Command, ExitCode};
 
 mod bench;
 mod docs;
+mod progress;
 mod report;
 
 fn main() -> ExitCode {
