@@ -92,24 +92,35 @@ impl Drop for ChildGuard {
 /// User plus system CPU time consumed so far by all threads of process `pid`, from
 /// `/proc/<pid>/stat` (resolution: one clock tick, usually 10 ms).
 pub fn process_cpu_time(pid: u32) -> io::Result<Duration> {
+    process_cpu_split(pid).map(|(user, system)| user + system)
+}
+
+/// CPU time a process has used so far, split into user and system (kernel) time.
+pub fn process_cpu_split(pid: u32) -> io::Result<(Duration, Duration)> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let ticks = parse_stat_cpu_ticks(&text)
+    let (user, system) = parse_stat_cpu_split(&text)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("/proc/{pid}/stat: unexpected format")))?;
     let hz = rustix::param::clock_ticks_per_second().max(1);
-    Ok(Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / hz))
+    let time = |ticks: u64| Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / hz);
+    Ok((time(user), time(system)))
 }
 
 /// `utime + stime` in clock ticks from the text of `/proc/<pid>/stat`.
+pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    parse_stat_cpu_split(stat).map(|(user, system)| user + system)
+}
+
+/// `(utime, stime)` in clock ticks from the text of `/proc/<pid>/stat`.
 ///
 /// The command name (field 2) is in parentheses and may itself contain spaces or
 /// parentheses, so fields are counted from the last `)`: after it come field 3
 /// (state) onwards, which puts utime (field 14) and stime (field 15) at 11 and 12.
-pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+pub fn parse_stat_cpu_split(stat: &str) -> Option<(u64, u64)> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// CPU time spent busy by the whole machine so far, summed over all CPUs, from the
@@ -202,6 +213,7 @@ mod tests {
     fn stat_fields_are_counted_after_the_last_parenthesis() {
         let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 123 4096 10";
         assert_eq!(parse_stat_cpu_ticks(stat), Some(10));
+        assert_eq!(parse_stat_cpu_split(stat), Some((7, 3)));
         assert_eq!(parse_stat_cpu_ticks("42 (x) S 1"), None);
     }
 

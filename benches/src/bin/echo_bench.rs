@@ -37,8 +37,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use berth_benches::sys_bench::{
-    ChildGuard, available_cores, machine_busy_time, open_fds, pin_current_thread, process_cpu_time, raise_nofile,
-    rss_kib, spawn_pinned,
+    ChildGuard, available_cores, machine_busy_time, open_fds, pin_current_thread, process_cpu_split, process_cpu_time,
+    raise_nofile, rss_kib, spawn_pinned,
 };
 use berth_benches::{Better, Row, append_rows, results_path};
 
@@ -102,6 +102,8 @@ struct EchoResult {
     p99_us: f64,
     messages: u64,
     server_cpu: Duration,
+    /// The part of `server_cpu` spent in user space (the rest is the kernel's).
+    server_user: Duration,
     /// Wall time between the samples, and CPU time the rest of the machine (neither
     /// the server nor the load) used in it.
     window: Duration,
@@ -122,6 +124,13 @@ impl EchoResult {
     fn server_cpu_us_per_msg(&self) -> f64 {
         if self.messages == 0 { 0.0 } else { self.server_cpu.as_secs_f64() * 1e6 / self.messages as f64 }
     }
+
+    /// The share of the server's CPU time spent in user space: what the server's own
+    /// code (rather than the kernel's TCP path) can change at most.
+    fn server_user_share(&self) -> f64 {
+        let cpu = self.server_cpu.as_secs_f64();
+        if cpu > 0.0 { self.server_user.as_secs_f64() / cpu } else { 0.0 }
+    }
 }
 
 /// A throughput case against one server over all rounds: medians, so that a round
@@ -130,6 +139,7 @@ impl EchoResult {
 struct EchoSummary {
     msgs_per_s: f64,
     server_cpu_us_per_msg: f64,
+    server_user_share: f64,
     p50_us: f64,
     p99_us: f64,
     /// The slowest and fastest round used, to show the spread.
@@ -149,6 +159,7 @@ impl EchoSummary {
         EchoSummary {
             msgs_per_s: med(rate),
             server_cpu_us_per_msg: med(EchoResult::server_cpu_us_per_msg),
+            server_user_share: med(EchoResult::server_user_share),
             p50_us: med(|r| r.p50_us),
             p99_us: med(|r| r.p99_us),
             min_msgs_per_s: rounds.iter().map(rate).fold(f64::INFINITY, f64::min),
@@ -297,11 +308,12 @@ fn run() -> Result<(), String> {
                 let r = measure_echo(&cfg, spec, size).map_err(|e| format!("{} {label}: {e}", spec.name))?;
                 println!(
                     "  round {round} echo/{label} {:<13} {:>9.0} msgs/s  p99 {:>7.1} us  server cpu {:.2} us/msg \
-                     ({} msgs, {:.2} s cpu); others {:.0}% of a core{}",
+                     ({:.0}% user; {} msgs, {:.2} s cpu); others {:.0}% of a core{}",
                     spec.name,
                     r.msgs_per_s,
                     r.p99_us,
                     r.server_cpu_us_per_msg(),
+                    r.server_user_share() * 100.0,
                     r.messages,
                     r.server_cpu.as_secs_f64(),
                     r.others_share() * 100.0,
@@ -323,7 +335,7 @@ fn run() -> Result<(), String> {
             }
             println!(
                 "echo/{label}/{CONNECTIONS}conns {:<13} {:>9.0} msgs/s (rounds {:.0}..{:.0})  p50 {:>6.1} us  \
-                 p99 {:>7.1} us  server cpu {:.2} us/msg",
+                 p99 {:>7.1} us  server cpu {:.2} us/msg ({:.0}% of it in user space)",
                 spec.name,
                 s.msgs_per_s,
                 s.min_msgs_per_s,
@@ -331,6 +343,7 @@ fn run() -> Result<(), String> {
                 s.p50_us,
                 s.p99_us,
                 s.server_cpu_us_per_msg,
+                s.server_user_share * 100.0,
             );
             result.echo.push(s);
         }
@@ -515,6 +528,7 @@ fn measure_echo(cfg: &Config, spec: &ServerSpec, size: usize) -> Result<EchoResu
         p99_us: num("p99_us")?,
         messages,
         server_cpu: end.server.saturating_sub(start.server),
+        server_user: end.server_user.saturating_sub(start.server_user),
         window: end.at.duration_since(start.at),
         others_cpu: end.others_since(&start),
     })
@@ -525,6 +539,7 @@ fn measure_echo(cfg: &Config, spec: &ServerSpec, size: usize) -> Result<EchoResu
 struct Sample {
     at: Instant,
     server: Duration,
+    server_user: Duration,
     load: Duration,
     machine: Duration,
 }
@@ -532,9 +547,10 @@ struct Sample {
 impl Sample {
     fn take(server_pid: u32, load_pid: u32) -> Result<Sample, String> {
         let machine = machine_busy_time().map_err(|e| format!("machine cpu time: {e}"))?;
-        let server = process_cpu_time(server_pid).map_err(|e| format!("server cpu time: {e}"))?;
+        let (server_user, server_system) =
+            process_cpu_split(server_pid).map_err(|e| format!("server cpu time: {e}"))?;
         let load = process_cpu_time(load_pid).map_err(|e| format!("berth_load cpu time: {e}"))?;
-        Ok(Sample { at: Instant::now(), server, load, machine })
+        Ok(Sample { at: Instant::now(), server: server_user + server_system, server_user, load, machine })
     }
 
     /// CPU time used since `start` by everything but the server and the load.
@@ -636,6 +652,7 @@ mod tests {
             p99_us: 2.0,
             messages,
             server_cpu: Duration::from_millis(cpu_ms),
+            server_user: Duration::from_millis(cpu_ms / 10),
             window: Duration::from_secs(1),
             others_cpu: Duration::ZERO,
         };
@@ -653,12 +670,14 @@ mod tests {
             p99_us: rate,
             messages: 1000,
             server_cpu: Duration::from_millis(cpu_ms),
+            server_user: Duration::from_millis(cpu_ms) / 4,
             window: Duration::from_secs(1),
             others_cpu: Duration::from_millis(others_ms),
         };
         let s = EchoSummary::of(&[r(10.0, 5, 0), r(1000.0, 1, 0), r(20.0, 2, 0)]);
         assert_eq!((s.msgs_per_s, s.min_msgs_per_s, s.max_msgs_per_s), (20.0, 10.0, 1000.0));
         assert_eq!(s.server_cpu_us_per_msg, 2.0);
+        assert_eq!(s.server_user_share, 0.25);
         assert_eq!((s.used, s.measured), (3, 3));
         // Disturbed rounds are left out while there are clean ones...
         let s = EchoSummary::of(&[r(10.0, 5, 600), r(1000.0, 1, 0), r(20.0, 2, 0)]);
