@@ -37,10 +37,11 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     eprintln!("xtask: [1/5] the benchmark report into the book");
     copy_bench_report(&root.join("target/bench-report"), &book.join("src/generated"))?;
 
-    eprintln!("xtask: [2/5] the book's includes");
-    let problems = check_includes(&book.join("src"))?;
+    eprintln!("xtask: [2/5] the book's includes and code blocks");
+    let mut problems = check_includes(&book.join("src"))?;
+    problems.extend(check_code_blocks(&book.join("src"))?);
     if !problems.is_empty() {
-        return Err(format!("broken includes in the book:\n  {}", problems.join("\n  ")));
+        return Err(format!("broken includes or uncompiled code in the book:\n  {}", problems.join("\n  ")));
     }
 
     eprintln!("xtask: [3/5] mdbook build");
@@ -238,6 +239,77 @@ pub(crate) fn check_includes(src: &Path) -> Result<Vec<String>, String> {
     Ok(problems)
 }
 
+/// The book's `mdbook test`: every Rust code block must be made of `{{#include}}`s
+/// (which [`check_includes`] holds to files cargo compiles, and the examples among
+/// them run as tests), so no pasted code can rot. A block of inline code that is not
+/// meant to compile says so with another language (`text`, `sh`, `toml`, ...). A
+/// fence without a language counts as Rust, as it does for rustdoc and `mdbook test`.
+pub(crate) fn check_code_blocks(src: &Path) -> Result<Vec<String>, String> {
+    let mut problems = Vec::new();
+    for md in files_with_ext(src, "md")? {
+        let text = fs::read_to_string(&md).map_err(|e| format!("{}: {e}", md.display()))?;
+        for block in code_blocks(&text) {
+            let lang = block.info.split([',', ' ']).next().unwrap_or_default();
+            if lang != "rust" && !lang.is_empty() {
+                continue;
+            }
+            let inline = block.body.iter().find(|l| {
+                let l = l.trim();
+                !l.is_empty()
+                    && !((l.starts_with("{{#include ") || l.starts_with("{{#rustdoc_include ")) && l.ends_with("}}"))
+            });
+            if let Some(line) = inline {
+                let at = format!("{}:{}", md.display(), block.line);
+                problems.push(if lang.is_empty() {
+                    format!("{at}: a code block without a language is Rust to rustdoc: include Rust from a compiled file, or name the language (`text`, `sh`, ...)")
+                } else {
+                    format!("{at}: inline Rust (`{}`): include it by anchor from a compiled, tested file (an example), or mark the block `text` if it is not code to compile", line.trim())
+                });
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// A fenced code block of a markdown text: its info string, its lines, and the line
+/// number of its opening fence.
+struct CodeBlock<'a> {
+    info: &'a str,
+    body: Vec<&'a str>,
+    line: usize,
+}
+
+/// The fenced (```` ``` ```` or `~~~`) code blocks of a markdown text, at any indentation.
+fn code_blocks(text: &str) -> Vec<CodeBlock<'_>> {
+    let mut out = Vec::new();
+    let mut open: Option<(&str, CodeBlock<'_>)> = None;
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        let fence_len = |c: char| t.chars().take_while(|&x| x == c).count();
+        match &mut open {
+            Some((fence, block)) => {
+                if t.starts_with(*fence) && t.trim_end().chars().all(|c| c == fence.chars().next().unwrap_or('`')) {
+                    out.push(open.take().map(|(_, b)| b).expect("open block"));
+                } else {
+                    block.body.push(line);
+                }
+            }
+            None => {
+                for c in ['`', '~'] {
+                    let len = fence_len(c);
+                    if len >= 3 {
+                        let (fence, info) = t.split_at(len);
+                        open = Some((fence, CodeBlock { info: info.trim(), body: Vec::new(), line: n + 1 }));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    out.extend(open.map(|(_, b)| b));
+    out
+}
+
 /// The anchor a line opens or closes (`// ANCHOR: name`).
 fn anchor_name<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
     let at = line.find(marker)?;
@@ -250,8 +322,14 @@ fn include_specs(text: &str) -> Vec<(String, usize)> {
     for (n, line) in text.lines().enumerate() {
         let mut rest = line;
         while let Some(at) = rest.find("{{#") {
+            let escaped = rest[..at].ends_with('\\');
             let after = &rest[at + 3..];
             let Some(end) = after.find("}}") else { break };
+            if escaped {
+                // `\{{#include ...}}`: mdBook shows it as written.
+                rest = &after[end + 2..];
+                continue;
+            }
             let directive = after[..end].trim();
             for kw in ["include ", "rustdoc_include "] {
                 if let Some(spec) = directive.strip_prefix(kw) {
@@ -535,7 +613,8 @@ mod tests {
         fs::write(
             dir.join("src/page.md"),
             "{{#include ../crate/examples/a.rs:good}}\n{{#include ../crate/examples/a.rs:open}}\n\
-             {{#include ../crate/examples/b.rs}}\n{{#include ../crate/examples/a.rs:1:2}}\n",
+             {{#include ../crate/examples/b.rs}}\n{{#include ../crate/examples/a.rs:1:2}}\n\
+             `\\{{#include ../crate/examples/shown_not_included.rs}}`\n",
         )
         .unwrap();
         let problems = check_includes(&dir.join("src")).unwrap();
@@ -552,6 +631,31 @@ mod tests {
         let problems = check_includes(&root().join("docs/src")).unwrap();
         // The generated report is only there after `cargo xtask docs` has run.
         let problems: Vec<_> = problems.iter().filter(|p| !p.contains("generated/")).collect();
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
+
+    #[test]
+    fn code_block_check_refuses_inline_rust() {
+        let dir = temp("blocks");
+        fs::write(
+            dir.join("page.md"),
+            "```rust,ignore\n{{#include ../x/examples/a.rs:anchor}}\n\n```\n\
+             ```sh\ncargo xtask docs\n```\n\
+             ```text\nlet x = 1; // not compiled, on purpose\n```\n\
+             - in a list:\n\n  ```rust\n  fn pasted() {}\n  ```\n\
+             ````\nunlabelled\n````\n",
+        )
+        .unwrap();
+        let problems = check_code_blocks(&dir).unwrap();
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(problems[0].contains("page.md:13: inline Rust (`fn pasted() {}`)"), "{}", problems[0]);
+        assert!(problems[1].contains("page.md:16: a code block without a language"), "{}", problems[1]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_book_has_no_inline_rust() {
+        let problems = check_code_blocks(&root().join("docs/src")).unwrap();
         assert!(problems.is_empty(), "{problems:#?}");
     }
 
