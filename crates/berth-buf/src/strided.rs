@@ -16,27 +16,32 @@ pub(crate) struct Strided<T> {
     mask: usize,
     /// `log2(rows)`.
     shift: u32,
-    /// Items per row (one cache line).
-    per_line: usize,
     /// Indices that hold real entries; the rest of the table is padding.
     len: usize,
 }
 
 impl<T> Strided<T> {
+    /// Items per row (one cache line): a constant, so placing an index is a mask, two
+    /// shifts and an add on the lease path.
+    const PER_LINE: usize = {
+        let per = LINE / if std::mem::size_of::<T>() == 0 { 1 } else { std::mem::size_of::<T>() };
+        if per == 0 { 1 } else { per }
+    };
+
     /// A table for indices `0..len`, entry `i` made by `make(i)`; padding entries
     /// (indices `len..`) are made by `make` too and never handed out by [`get`].
     pub(crate) fn new(len: usize, mut make: impl FnMut(usize) -> T) -> Strided<T> {
-        let per_line = (LINE / std::mem::size_of::<T>().max(1)).max(1);
+        let per_line = Self::PER_LINE;
         let rows = len.div_ceil(per_line).max(1).next_power_of_two();
         let shift = rows.trailing_zeros();
         // Storage position p holds index (p mod per_line) * rows + (p div per_line).
         let items = (0..rows * per_line).map(|p| make((p % per_line) * rows + p / per_line)).collect();
-        Strided { items, mask: rows - 1, shift, per_line, len }
+        Strided { items, mask: rows - 1, shift, len }
     }
 
     #[inline]
     fn position(&self, index: usize) -> usize {
-        (index & self.mask) * self.per_line + (index >> self.shift)
+        (index & self.mask) * Self::PER_LINE + (index >> self.shift)
     }
 
     /// The entry for `index`, or `None` if it is not a real index.
