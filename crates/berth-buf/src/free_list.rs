@@ -102,40 +102,40 @@ impl FreeList {
         }
     }
 
-    /// Pops up to `max` indices into `out` with a single CAS, from `shard` or, if it
-    /// is empty, from the first other shard that has any; returns how many.
-    pub(crate) fn pop_batch(&self, shard: usize, max: usize, out: &mut Vec<u32>) -> usize {
+    /// Pops up to `out.len()` indices into `out` with a single CAS, from `shard` or, if
+    /// it is empty, from the first other shard that has any; returns how many.
+    pub(crate) fn pop_batch(&self, shard: usize, out: &mut [u32]) -> usize {
         let n = self.heads.len();
         let own = shard & self.mask;
         std::iter::once(own)
             .chain((0..n).filter(|&s| s != own))
-            .map(|s| self.pop_batch_from(self.head(s), max, out))
+            .map(|s| self.pop_batch_from(self.head(s), out))
             .find(|&got| got > 0)
             .unwrap_or(0)
     }
 
     /// The chain below the head cannot change while the head's tag is unchanged (any
     /// push or pop bumps it), so a successful CAS proves the walked chain was intact.
-    fn pop_batch_from(&self, head_word: &AtomicU64, max: usize, out: &mut Vec<u32>) -> usize {
-        if max == 0 {
+    fn pop_batch_from(&self, head_word: &AtomicU64, out: &mut [u32]) -> usize {
+        if out.is_empty() {
             return 0;
         }
-        let start = out.len();
         let mut head = head_word.load(Ordering::Acquire);
         loop {
-            out.truncate(start);
             let (tag, top) = unpack(head);
             let mut cur = top;
-            while cur != NIL && out.len() - start < max {
-                out.push(cur);
+            let mut got = 0;
+            while cur != NIL && got < out.len() {
+                out[got] = cur;
+                got += 1;
                 cur = self.next_of(cur);
             }
-            if out.len() == start {
+            if got == 0 {
                 return 0;
             }
             let new = pack(tag.wrapping_add(1), cur);
             match head_word.compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire) {
-                Ok(_) => return out.len() - start,
+                Ok(_) => return got,
                 Err(actual) => head = actual,
             }
         }
@@ -207,18 +207,19 @@ mod tests {
     #[test]
     fn batches_move_in_one_piece() {
         let list = FreeList::full(10, 2);
-        let mut out = Vec::new();
-        assert_eq!(list.pop_batch(1, 4, &mut out), 4); // stolen from shard 0
+        let mut out = [0; 4];
+        assert_eq!(list.pop_batch(1, &mut out), 4); // stolen from shard 0
         assert_eq!(list.len_quiescent(), 6);
         list.push_batch(1, &out[1..]);
         assert_eq!(list.len_quiescent(), 9);
         list.push(0, out[0]);
         assert_eq!(list.len_quiescent(), 10);
-        out.clear();
-        assert_eq!(list.pop_batch(1, 100, &mut out), 3); // shard 1's own first
-        assert_eq!(list.pop_batch(1, 100, &mut out), 7);
-        out.sort_unstable();
-        assert_eq!(out, (0..10).collect::<Vec<_>>());
+        let mut all = [0; 100];
+        assert_eq!(list.pop_batch(1, &mut all), 3); // shard 1's own first
+        assert_eq!(list.pop_batch(1, &mut all[3..]), 7);
+        let mut all = all[..10].to_vec();
+        all.sort_unstable();
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
     }
 
     #[test]
@@ -239,7 +240,7 @@ mod tests {
     fn empty_list() {
         let list = FreeList::full(0, 4);
         assert_eq!(list.pop(3), None);
-        assert_eq!(list.pop_batch(3, 3, &mut Vec::new()), 0);
+        assert_eq!(list.pop_batch(3, &mut [0; 3]), 0);
     }
 }
 
@@ -256,9 +257,9 @@ mod loom_tests {
             let list = Arc::new(FreeList::full(3, 2));
             let l2 = list.clone();
             let t = loom::thread::spawn(move || {
-                let mut got = Vec::new();
-                l2.pop_batch(1, 2, &mut got);
-                l2.push_batch(1, &got);
+                let mut got = [0; 2];
+                let n = l2.pop_batch(1, &mut got);
+                l2.push_batch(1, &got[..n]);
             });
             if let Some(i) = list.pop(0) {
                 list.push(0, i);

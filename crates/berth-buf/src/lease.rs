@@ -6,7 +6,7 @@ use std::ptr::NonNull;
 
 use crate::local;
 use crate::loom::Ordering;
-use crate::manager::{FREE, MAX_GENERATION, RAW, Shared, generation_of, state};
+use crate::manager::{FREE, RAW, Shared, state};
 
 /// Where a lease's bytes live and where they go back to, decoded from its fields.
 #[derive(Clone, Copy)]
@@ -227,11 +227,10 @@ impl Lease {
         std::mem::forget(self);
         // SAFETY: the arena outlives every lease and raw lease of it (see `manager`).
         let s = unsafe { shared.as_ref() };
-        let slot = &s.states[index as usize];
         // A new generation per handoff: a raw lease that was redeemed and made raw
         // again must not revive the earlier, spent copy.
-        let generation = generation_of(slot.load(Ordering::Relaxed)).wrapping_add(1) & MAX_GENERATION;
-        slot.store(state(generation, RAW), Ordering::Release);
+        let generation = s.next_raw_generation(index);
+        s.states[index as usize].store(state(generation, RAW), Ordering::Release);
         Ok(RawLease { manager: s.id, index, generation })
     }
 }
@@ -270,16 +269,28 @@ impl AsMut<[u8]> for Lease {
 }
 
 impl Drop for Lease {
+    /// Into this thread's segment cache if it serves the lease's arena (small enough
+    /// to inline), else out of line to the shared list or the heap.
     #[inline]
     fn drop(&mut self) {
+        if let Home::Arena { shared, index } = self.home()
+            && local::give_back(shared, index)
+        {
+            return;
+        }
+        self.drop_slow();
+    }
+}
+
+impl Lease {
+    #[inline(never)]
+    fn drop_slow(&mut self) {
         match self.home() {
             Home::Arena { shared, index } => {
-                if !local::give_back(shared, index) {
-                    // SAFETY: the arena outlives every lease of it (see `manager`).
-                    let s = unsafe { shared.as_ref() };
-                    s.mark(index, FREE);
-                    s.give_back_shared(index); // our last access to the arena
-                }
+                // SAFETY: the arena outlives every lease of it (see `manager`).
+                let s = unsafe { shared.as_ref() };
+                s.mark(index, FREE);
+                s.give_back_shared(index); // our last access to the arena
             }
             Home::Heap { bytes, capacity } => {
                 // SAFETY: allocated in `Lease::heap` with this very layout, freed only here.

@@ -10,9 +10,11 @@
 //!   can be registered with the kernel once.
 //! - [`Lease`]: a segment, owned; it derefs to its bytes, remembers how many are
 //!   filled, is `Send`, and goes back to the arena when dropped — from any thread.
-//! - A lock-free shared free list (the manager is `Sync`), and a [`LocalCache`] per
-//!   thread that moves segments in batches, so an event loop leases and returns
-//!   without shared atomic operations.
+//! - A lock-free shared free list (the manager is `Sync`) behind a small per-thread
+//!   segment cache: [`BufferManager::lease`] and a lease dropped on the same thread
+//!   use it without shared atomic operations, and it moves segments to and from the
+//!   shared list in batches. A [`LocalCache`] pins it to one arena and sizes it, for
+//!   an event loop.
 //! - [`RawLease`]: a lease as plain data (segment index + generation) for io_uring
 //!   buffer ids, FFI or IPC. A stale or repeated return is refused and counted, never
 //!   undefined behaviour.
@@ -39,14 +41,21 @@
 //! ```
 //!
 //! # Costs
-//! Leasing from the shared list and returning to it is two compare-and-swaps; through
-//! a [`LocalCache`] it is a few plain loads and stores. Neither allocates. Leases carry
-//! no reference count: dropping the last [`BufferManager`] handle while a lease is
-//! still out leaks the arena instead of unmapping it under the lease. `cargo xtask bench` measures both against
+//! A lease and its return on one thread go through that thread's cache: a few plain
+//! loads and stores. When the cache is empty, full or serves another arena, the shared
+//! list costs one compare-and-swap per batch, or per segment for a thread without a
+//! cache. Nothing allocates. Leases carry no reference count: dropping the last
+//! [`BufferManager`] handle while a lease is still out leaks the arena instead of
+//! unmapping it under the lease. `cargo xtask bench` measures both paths against
 //! `Vec::with_capacity(4096)`.
 //!
 //! # Caveats
-//! One [`LocalCache`] per thread at a time. A lease's bytes are not zeroed when it is
+//! One [`LocalCache`] per thread at a time. Segments in a thread's cache are free but
+//! reachable only from that thread ([`BufferStats::cached`]): for an arena of 256
+//! segments or more, up to `segment_count / 64` (at most 32) per thread that leased
+//! from it, `2 * batch` with a [`LocalCache`]; smaller arenas are cached only by a
+//! [`LocalCache`]. A thread's cache keeps its arena mapped after the last handle is
+//! dropped, until the thread exits or moves on to another arena. A lease's bytes are not zeroed when it is
 //! handed out (see [`Lease::clear`]). Generations are 30 bits and wrap: a raw lease
 //! kept across 2^30 reuses of its segment would be taken for current.
 

@@ -1,18 +1,37 @@
-//! [`LocalCache`]: a per-thread stash of free segments in front of the shared list.
+//! The per-thread segment cache (a "magazine", as in tcmalloc and jemalloc) in front
+//! of the shared free list, and [`LocalCache`], the handle that pins it to one arena.
 //!
-//! The cache's state lives on the heap, owned by its handle, and a thread-local slot
-//! points at it while the handle lives. Leasing through the handle pops the stash; a
-//! [`Lease`] dropped on the same thread finds the slot and pushes its segment back,
-//! with no atomic read-modify-write at all. The stash refills from and flushes to the
-//! shared list in batches (one CAS each), and a lease dropped on another thread simply
-//! goes to the shared list.
+//! Every thread has one magazine: a small stack of free segment indices of one arena.
+//! [`BufferManager::lease`] pops from it and a [`Lease`] dropped on the thread pushes
+//! to it, with plain loads and stores and no atomic read-modify-write; it refills from
+//! and flushes to the shared list a batch at a time (one CAS each). It lives in a
+//! const-initialised thread-local without a destructor, so reaching it is a
+//! thread-pointer-relative access; a separate guard with a destructor, registered when
+//! the magazine is first bound, flushes it when the thread exits.
 //!
-//! The slot is a plain `Cell` of a raw pointer: const-initialised and without a
-//! destructor, so reaching it is a single thread-pointer-relative load. Only code on
-//! the owning thread ever follows it, none of that code calls out to user code while
-//! it holds a reference, so no two references to the state ever overlap.
+//! # Binding and the arena's lifetime
+//!
+//! A bound magazine holds a counted manager handle, so the arena cannot be freed while
+//! a magazine refers to it: no magazine ever touches freed memory, by construction.
+//! The magazine lets go (flushes its segments to the shared list, then gives up the
+//! handle — possibly the last, which frees the arena) when the thread exits, when a
+//! [`LocalCache`] of another arena is installed on the thread or the one pinning it is
+//! dropped, or when the thread has leased `MISS_LIMIT` times from other arenas.
+//! Until then an arena whose user handles are all gone stays mapped.
+//!
+//! # How much it holds
+//!
+//! Segments in a magazine are free but reachable only from its thread (stats count
+//! them as `cached`). A magazine bound implicitly, by [`BufferManager::lease`], holds at
+//! most `segment_count / 64` segments, at most 32, and arenas of fewer than 256
+//! segments get none; a [`LocalCache`] holds up to `2 * batch`.
+//!
+//! # Aliasing
+//!
+//! The magazine is reached as `&mut` only inside `tls::with`, by code on its own
+//! thread that never calls back into user code or into `tls::with` while it holds
+//! the reference, so no two references to it ever overlap.
 
-use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ptr::{self, NonNull};
@@ -20,119 +39,331 @@ use std::ptr::{self, NonNull};
 use crate::lease::Lease;
 use crate::manager::{BufferManager, CACHED, Exhausted, FREE, Shared, thread_ordinal};
 
-struct CacheState {
-    shared: NonNull<Shared>,
-    /// Free segment indices; capacity `2 * batch`, never grown.
-    slots: Vec<u32>,
-    batch: usize,
+/// Most segments one magazine holds: a [`LocalCache`]'s `2 * batch`, batch at most 64.
+const MAX_HELD: usize = 128;
+/// Most segments an implicitly bound magazine holds.
+const IMPLICIT_MAX: usize = 32;
+/// Leases from other arenas after which an implicitly bound magazine moves over.
+const MISS_LIMIT: u32 = 64;
+
+/// How many segments an implicitly bound magazine may hold for an arena of `count`
+/// segments: 0 (none) for small arenas, so a thread never strands a large share.
+fn implicit_cap(count: usize) -> usize {
+    if cfg!(loom) {
+        // Small arenas keep loom's state space small; the logic is the same.
+        return count.min(4);
+    }
+    match (count / 64).min(IMPLICIT_MAX) {
+        cap if cap < 4 => 0,
+        cap => cap,
+    }
 }
 
-impl CacheState {
-    #[inline]
-    fn shared(&self) -> &Shared {
-        // SAFETY: a cache state exists only while its LocalCache, which holds a
-        // manager handle, lives (or that handle was leaked with it).
-        unsafe { self.shared.as_ref() }
+pub(crate) struct Magazine {
+    /// The arena served (one counted handle held), or null.
+    shared: *const Shared,
+    /// Segments held: `slots[..len]`, the most recently returned on top.
+    len: usize,
+    /// Most segments held before a batch is flushed; at most [`MAX_HELD`].
+    cap: usize,
+    /// Segments moved per refill or flush; at most `cap / 2`, at least 1.
+    batch: usize,
+    /// Leases on this thread from other arenas since binding.
+    misses: u32,
+    /// A [`LocalCache`] owns the binding: only it unbinds.
+    pinned: bool,
+    /// The thread is exiting and the magazine was flushed: never bind again.
+    dead: bool,
+    slots: [u32; MAX_HELD],
+}
+
+impl Magazine {
+    const EMPTY: Magazine = Magazine {
+        shared: ptr::null(),
+        len: 0,
+        cap: 0,
+        batch: 0,
+        misses: 0,
+        pinned: false,
+        dead: false,
+        slots: [0; MAX_HELD],
+    };
+
+    #[inline(always)]
+    fn serves(&self, shared: NonNull<Shared>) -> bool {
+        ptr::eq(self.shared, shared.as_ptr())
     }
 
-    /// Moves the top `n` cached segments to the shared list.
-    fn flush(&mut self, n: usize) {
-        let at = self.slots.len().saturating_sub(n);
-        let moved = self.slots.len() - at;
-        if moved == 0 {
-            return;
-        }
-        let shared = self.shared();
-        for &index in &self.slots[at..] {
-            shared.mark(index, FREE);
-        }
-        shared.free.push_batch(thread_ordinal(), &self.slots[at..]);
-        self.slots.truncate(at);
+    /// The bound arena. Only called while bound.
+    #[inline(always)]
+    fn arena(&self) -> &Shared {
+        debug_assert!(!self.shared.is_null());
+        // SAFETY: while bound, the magazine holds a counted handle, so `Shared` lives.
+        unsafe { &*self.shared }
     }
 
-    /// Pops a cached segment, refilling a batch from the shared list if empty, and
-    /// marks it leased.
-    #[inline]
-    fn take(&mut self) -> Option<u32> {
-        let index = match self.slots.pop() {
-            Some(index) => index,
-            None => self.refill()?,
-        };
-        self.shared().mark_leased(index);
+    /// Pops a segment of `shared` and marks it leased, if bound to it and not empty.
+    #[inline(always)]
+    fn take(&mut self, shared: NonNull<Shared>) -> Option<u32> {
+        if !self.serves(shared) {
+            return None;
+        }
+        let len = self.len.checked_sub(1)?;
+        let index = *self.slots.get(len)?;
+        self.len = len;
+        self.arena().mark_leased(index);
         Some(index)
     }
 
-    #[cold]
-    fn refill(&mut self) -> Option<u32> {
-        // SAFETY: as in `shared`; a separate borrow so `slots` can be filled.
-        let shared = unsafe { self.shared.as_ref() };
-        if shared.free.pop_batch(thread_ordinal(), self.batch, &mut self.slots) == 0 {
-            return None;
+    /// Takes back a segment of `shared` dropped on this thread; false if the
+    /// magazine serves another arena (the caller returns it to the shared list).
+    #[inline(always)]
+    fn put(&mut self, shared: NonNull<Shared>, index: u32) -> bool {
+        if !self.serves(shared) {
+            return false;
         }
-        for &index in &self.slots {
+        let len = self.len;
+        if len < self.cap
+            && let Some(slot) = self.slots.get_mut(len)
+        {
+            *slot = index;
+            self.len = len + 1;
+            self.arena().mark(index, CACHED);
+        } else {
+            self.put_full(index);
+        }
+        true
+    }
+
+    #[cold]
+    fn put_full(&mut self, index: u32) {
+        self.flush(self.batch);
+        let len = self.len;
+        if let Some(slot) = self.slots.get_mut(len) {
+            *slot = index;
+            self.len = len + 1;
+            self.arena().mark(index, CACHED);
+        } else {
+            // Unreachable (a flush makes room), but never lose a segment.
+            let s = self.arena();
+            s.mark(index, FREE);
+            s.give_back_shared(index);
+        }
+    }
+
+    /// Refills an empty magazine with up to a batch from the shared list; false if the
+    /// list had none.
+    #[cold]
+    fn refill(&mut self) -> bool {
+        debug_assert_eq!(self.len, 0);
+        // SAFETY: as in `arena`; a separate borrow so `slots` can be filled.
+        let shared = unsafe { &*self.shared };
+        let want = self.batch.clamp(1, MAX_HELD);
+        let got = shared.free.pop_batch(thread_ordinal(), &mut self.slots[..want]);
+        for &index in &self.slots[..got] {
             shared.note_high_water(index);
             shared.mark(index, CACHED);
         }
-        self.slots.pop()
+        self.len = got;
+        got > 0
     }
 
-    /// Takes back a segment dropped on this thread.
-    #[inline]
-    fn put(&mut self, index: u32) {
-        if self.slots.len() == self.slots.capacity() {
-            self.flush(self.batch);
+    /// Moves the `n` oldest segments (the bottom of the stack, the coldest) to the
+    /// shared list with one CAS.
+    fn flush(&mut self, n: usize) {
+        let n = n.min(self.len);
+        if n == 0 {
+            return;
         }
-        self.shared().mark(index, CACHED);
-        self.slots.push(index);
+        // SAFETY: as in `arena`; a separate borrow so `slots` can be shifted.
+        let shared = unsafe { &*self.shared };
+        // Marked free before the push: once pushed, another thread may lease them.
+        for &index in &self.slots[..n] {
+            shared.mark(index, FREE);
+        }
+        shared.free.push_batch(thread_ordinal(), &self.slots[..n]);
+        self.slots.copy_within(n..self.len, 0);
+        self.len -= n;
+    }
+
+    /// Serves `manager`'s arena from now on, holding up to `cap` segments. Flushes and
+    /// lets go of the previous arena first. False if the thread is exiting.
+    fn bind(&mut self, manager: &BufferManager, cap: usize, batch: usize, pinned: bool) -> bool {
+        if self.dead || !tls::flush_at_exit() {
+            self.dead = true;
+            return false;
+        }
+        let cap = cap.clamp(2, MAX_HELD);
+        let batch = batch.clamp(1, cap / 2);
+        if !self.serves(manager.shared_ptr()) {
+            self.unbind();
+            // The caller's handle keeps the count above 0; this one is ours.
+            manager.shared().acquire_handle();
+            self.shared = manager.shared_ptr().as_ptr();
+        }
+        self.cap = cap;
+        self.batch = batch;
+        self.pinned = pinned;
+        self.misses = 0;
+        if self.len > cap {
+            self.flush(self.len - cap);
+        }
+        true
+    }
+
+    /// Flushes every segment and gives up the handle: afterwards the magazine serves
+    /// nothing and holds no reference to any arena.
+    fn unbind(&mut self) {
+        let Some(shared) = NonNull::new(self.shared.cast_mut()) else { return };
+        self.flush(self.len);
+        self.shared = ptr::null();
+        self.len = 0;
+        self.cap = 0;
+        self.pinned = false;
+        // SAFETY: the handle taken in `bind`, given up once; the pointer was cleared
+        // above, so the magazine never touches the arena again.
+        unsafe { Shared::release_handle(shared) };
+    }
+
+    /// The thread is exiting: let go and stay unbound.
+    fn retire(&mut self) {
+        self.unbind();
+        self.dead = true;
     }
 }
 
-impl Drop for CacheState {
-    fn drop(&mut self) {
-        self.flush(self.slots.len());
+/// Where the magazine lives: std's thread-locals normally, loom's under `--cfg loom`
+/// (loom runs its threads on one OS thread, so std's would be shared by all of them).
+#[cfg(not(loom))]
+mod tls {
+    use std::cell::UnsafeCell;
+
+    use super::Magazine;
+
+    thread_local! {
+        // No destructor: a const thread-local without one is reached with no
+        // lazy-initialisation or registration check.
+        static MAGAZINE: UnsafeCell<Magazine> = const { UnsafeCell::new(Magazine::EMPTY) };
+        // Flushes the magazine when the thread exits; registered on first bind.
+        static GUARD: Guard = const { Guard };
+    }
+
+    struct Guard;
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            // SAFETY: thread exit: no other reference to this thread's magazine is live.
+            MAGAZINE.with(|m| unsafe { &mut *m.get() }.retire());
+        }
+    }
+
+    /// Runs `f` on this thread's magazine. `f` must not call `with` again.
+    #[inline(always)]
+    pub(super) fn with<R>(f: impl FnOnce(&mut Magazine) -> R) -> Option<R> {
+        // SAFETY: this thread's own magazine; see the module docs on aliasing.
+        Some(MAGAZINE.with(|m| f(unsafe { &mut *m.get() })))
+    }
+
+    /// Makes sure the magazine is flushed when the thread exits; false if the thread
+    /// is already exiting (its guard has run).
+    pub(super) fn flush_at_exit() -> bool {
+        GUARD.try_with(|_| ()).is_ok()
     }
 }
 
-thread_local! {
-    /// This thread's cache, or null.
-    static CACHE: Cell<*mut CacheState> = const { Cell::new(ptr::null_mut()) };
+#[cfg(loom)]
+mod tls {
+    use std::cell::UnsafeCell;
+
+    use super::Magazine;
+
+    /// Loom drops a thread's locals when the thread ends, so the magazine flushes
+    /// itself instead of through a guard.
+    struct Slot(UnsafeCell<Magazine>);
+
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            self.0.get_mut().retire();
+        }
+    }
+
+    loom::thread_local! {
+        static MAGAZINE: Slot = Slot(UnsafeCell::new(Magazine::EMPTY));
+    }
+
+    pub(super) fn with<R>(f: impl FnOnce(&mut Magazine) -> R) -> Option<R> {
+        // SAFETY: this thread's own magazine; see the module docs on aliasing.
+        MAGAZINE.try_with(|m| f(unsafe { &mut *m.0.get() })).ok()
+    }
+
+    pub(super) fn flush_at_exit() -> bool {
+        true
+    }
 }
 
-/// This thread's cache if it serves `shared`'s arena.
-#[inline]
-fn cache_for(shared: NonNull<Shared>) -> Option<NonNull<CacheState>> {
-    let state = NonNull::new(CACHE.with(Cell::get))?;
-    // SAFETY: a non-null slot points to the live state of this thread's LocalCache
-    // (the handle clears the slot before freeing it); reading one field makes no
-    // lasting reference.
-    (unsafe { state.as_ref() }.shared == shared).then_some(state)
+/// Flushes and unbinds this thread's magazine as its exit does. Loom's `join` returns
+/// before the joined thread's locals are dropped (std's waits), so loom models call
+/// this at the end of a thread to make its exit flush visible to the joiner.
+#[cfg(all(test, loom))]
+fn exit_now() {
+    tls::with(Magazine::retire);
 }
 
-/// Puts a segment dropped on this thread into this thread's cache if the cache
-/// belongs to the segment's arena. Returns false if it did not take it.
-#[inline]
+/// Takes a segment of `shared` from this thread's magazine: the lease fast path.
+#[inline(always)]
+pub(crate) fn take(shared: NonNull<Shared>) -> Option<u32> {
+    tls::with(|m| m.take(shared)).flatten()
+}
+
+/// The lease slow path: refills the magazine if it serves `manager`'s arena, or binds
+/// it (if the arena is large enough and the magazine is free to move), then takes one.
+/// `None` means "use the shared list".
+pub(crate) fn take_slow(manager: &BufferManager) -> Option<u32> {
+    let shared = manager.shared_ptr();
+    tls::with(|m| {
+        if !m.serves(shared) {
+            if m.pinned || m.dead {
+                return None;
+            }
+            let cap = implicit_cap(manager.segment_count());
+            if cap == 0 {
+                return None;
+            }
+            if !m.shared.is_null() {
+                m.misses += 1;
+                if m.misses < MISS_LIMIT {
+                    return None;
+                }
+            }
+            if !m.bind(manager, cap, cap / 2, false) {
+                return None;
+            }
+        }
+        if m.len == 0 && !m.refill() {
+            return None;
+        }
+        m.take(shared)
+    })
+    .flatten()
+}
+
+/// Puts a segment dropped on this thread into this thread's magazine if it serves the
+/// segment's arena. Returns false if it did not take it.
+#[inline(always)]
 pub(crate) fn give_back(shared: NonNull<Shared>, index: u32) -> bool {
-    let Some(mut state) = cache_for(shared) else { return false };
-    // SAFETY: see the module docs: owning thread, no overlapping reference.
-    unsafe { state.as_mut() }.put(index);
-    true
-}
-
-/// Takes a segment from this thread's cache if it belongs to `shared`'s arena: the
-/// shared path's last resort before declaring the arena exhausted.
-pub(crate) fn take_cached(shared: NonNull<Shared>) -> Option<Lease> {
-    let mut state = cache_for(shared)?;
-    // SAFETY: see the module docs: owning thread, no overlapping reference.
-    let state = unsafe { state.as_mut() };
-    let index = state.slots.pop()?;
-    state.shared().mark_leased(index);
-    Some(Lease::arena(shared, index))
+    tls::with(|m| m.put(shared, index)).unwrap_or(false)
 }
 
 /// A per-thread cache of free segments for a single-thread hot path (a reactor's
-/// event loop). Leases taken through it, and any lease of the same arena dropped on
-/// its thread, move between the cache and the caller without touching shared atomics;
-/// the cache exchanges `batch` segments at a time with the shared free list.
+/// event loop): this thread's segment cache, pinned to one arena and sized by the
+/// caller. Leases taken through it or through [`BufferManager::lease`] on this
+/// thread, and any lease of the same arena dropped on this thread, move between the
+/// cache and the caller without shared atomics; the cache exchanges `batch` segments
+/// at a time with the shared free list.
+///
+/// Without one, [`BufferManager::lease`] caches a few segments per thread anyway for
+/// arenas of 256 segments or more; a `LocalCache` makes the cache larger and keeps it
+/// on this arena.
 ///
 /// One cache may be installed per thread at a time; it is not `Send`. Dropping it
 /// returns its segments to the shared list. Segments parked in a cache are free but
@@ -152,7 +383,6 @@ pub(crate) fn take_cached(shared: NonNull<Shared>) -> Option<Lease> {
 /// ```
 pub struct LocalCache {
     manager: BufferManager,
-    state: NonNull<CacheState>,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -166,44 +396,70 @@ pub enum CacheError {
     /// The batch size must be at least 1.
     #[error("local cache batch size is 0")]
     ZeroBatch,
+    /// The thread is exiting (its thread-local storage is being torn down).
+    #[error("this thread is exiting")]
+    ThreadExiting,
 }
 
 impl BufferManager {
     /// Installs a [`LocalCache`] on this thread that moves 32 segments at a time.
+    ///
+    /// ```
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let cache = manager.local_cache()?;
+    /// assert!(manager.local_cache().is_err()); // one per thread
+    /// # drop(cache);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn local_cache(&self) -> Result<LocalCache, CacheError> {
         self.local_cache_with_batch(32)
     }
 
     /// Installs a [`LocalCache`] that moves `batch` segments at a time and holds up
-    /// to `2 * batch`.
+    /// to `2 * batch`. The batch is capped at 64 and at the arena's segment count.
+    ///
+    /// ```
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let cache = manager.local_cache_with_batch(8)?;
+    /// let lease = cache.lease()?;
+    /// assert_eq!(cache.cached(), 7); // one batch came over, one is leased
+    /// # drop(lease);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn local_cache_with_batch(&self, batch: usize) -> Result<LocalCache, CacheError> {
         if batch == 0 {
             return Err(CacheError::ZeroBatch);
         }
-        if !CACHE.with(Cell::get).is_null() {
-            return Err(CacheError::AlreadyInstalled);
-        }
-        let batch = batch.min(self.segment_count());
-        let state = Box::new(CacheState { shared: self.shared_ptr(), slots: Vec::with_capacity(2 * batch), batch });
-        let state = NonNull::from(Box::leak(state));
-        CACHE.with(|slot| slot.set(state.as_ptr()));
-        Ok(LocalCache { manager: self.clone(), state, _not_send: PhantomData })
+        let batch = batch.min(MAX_HELD / 2).min(self.segment_count());
+        tls::with(|m| {
+            if m.pinned {
+                Err(CacheError::AlreadyInstalled)
+            } else if m.bind(self, 2 * batch, batch, true) {
+                Ok(())
+            } else {
+                Err(CacheError::ThreadExiting)
+            }
+        })
+        .unwrap_or(Err(CacheError::ThreadExiting))?;
+        Ok(LocalCache { manager: self.clone(), _not_send: PhantomData })
     }
 }
 
 impl LocalCache {
     /// Leases a segment from this thread's cache, refilling it from the shared list
     /// when empty. Exhaustion follows the manager's policy.
+    ///
+    /// ```
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let cache = manager.local_cache()?;
+    /// let mut lease = cache.lease()?;
+    /// lease[0] = 1;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn lease(&self) -> Result<Lease, Exhausted> {
-        let mut state = self.state;
-        // SAFETY: see the module docs: owning thread (the handle is not Send), no
-        // overlapping reference.
-        match unsafe { state.as_mut() }.take() {
-            Some(index) => Ok(Lease::arena(self.manager.shared_ptr(), index)),
-            // Empty everywhere: the manager's own path applies the exhaustion policy.
-            None => self.manager.lease(),
-        }
+        // The thread's cache is pinned to this arena, so the manager's path finds it.
+        self.manager.lease()
     }
 
     /// The manager this cache serves.
@@ -213,27 +469,193 @@ impl LocalCache {
 
     /// Segments currently in the cache.
     pub fn cached(&self) -> usize {
-        // SAFETY: as in `lease`.
-        unsafe { self.state.as_ref() }.slots.len()
+        let shared = self.manager.shared_ptr();
+        tls::with(|m| if m.pinned && m.serves(shared) { m.len } else { 0 }).unwrap_or(0)
     }
 }
 
 impl Drop for LocalCache {
     fn drop(&mut self) {
-        // Unhook the slot first so no lease drop can reach the state being freed.
-        let _ = CACHE.try_with(|slot| {
-            if slot.get() == self.state.as_ptr() {
-                slot.set(ptr::null_mut());
+        let shared = self.manager.shared_ptr();
+        // Unpinned and flushed unless the thread's exit already did it.
+        tls::with(|m| {
+            if m.pinned && m.serves(shared) {
+                m.unbind();
             }
         });
-        // SAFETY: made by `Box::leak` in `local_cache_with_batch`, freed only here;
-        // the slot no longer points to it. Dropping it flushes the segments.
-        drop(unsafe { Box::from_raw(self.state.as_ptr()) });
     }
 }
 
 impl fmt::Debug for LocalCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalCache").field("cached", &self.cached()).finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::mpsc;
+
+    use crate::manager::FREED;
+    use crate::{BufferConfig, BufferManager};
+
+    fn freed(id: u32) -> bool {
+        FREED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&id)
+    }
+
+    fn arena() -> BufferManager {
+        BufferManager::new(BufferConfig::new().segment_size(64).segment_count(1024)).unwrap()
+    }
+
+    /// The last user handle goes while another thread's cache holds segments: the
+    /// cache's own handle keeps the arena mapped, and the thread's exit flushes the
+    /// segments and frees it.
+    #[test]
+    fn manager_dropped_while_a_thread_cache_holds_segments() {
+        let m = arena();
+        let id = m.shared().id;
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let m2 = m.clone();
+        let t = std::thread::spawn(move || {
+            let leases: Vec<_> = (0..10).map(|_| m2.lease().unwrap()).collect();
+            let kept = m2.lease().unwrap();
+            drop(leases); // into this thread's cache
+            let shared = m2.shared_ptr();
+            drop(m2);
+            ready_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            // No user handle is left; the cache still serves the arena and this lease
+            // (dropped into it) still points into mapped memory.
+            let mut kept = kept;
+            kept.fill(9);
+            drop(kept);
+            assert!(super::tls::with(|m| m.serves(shared)).unwrap());
+        });
+        ready_rx.recv().unwrap();
+        drop(m);
+        assert!(!freed(id), "freed while a cache held segments");
+        go_tx.send(()).unwrap();
+        t.join().unwrap();
+        assert!(freed(id), "the thread's exit should flush its cache and free the arena");
+    }
+
+    /// A cache lets go of an arena when the thread moves to another one, and the last
+    /// handle it held frees the arena there and then.
+    #[test]
+    fn moving_to_another_arena_releases_the_old_one() {
+        let a = arena();
+        let id = a.shared().id;
+        drop(a.lease().unwrap());
+        drop(a);
+        assert!(!freed(id), "this thread's cache still holds segments of `a`");
+        let b = arena();
+        for _ in 0..super::MISS_LIMIT {
+            drop(b.lease().unwrap());
+        }
+        assert!(freed(id));
+    }
+
+    /// The user's last handle frees the arena at once when no cache holds it.
+    #[test]
+    fn an_unused_arena_is_freed_with_its_last_handle() {
+        let m = arena();
+        let id = m.shared().id;
+        let m2 = m.clone();
+        std::thread::spawn(move || drop(m2.lease().unwrap())).join().unwrap();
+        drop(m);
+        assert!(freed(id));
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use crate::manager::FREED;
+    use crate::{BufferConfig, BufferManager};
+
+    fn freed(id: u32) -> bool {
+        FREED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&id)
+    }
+
+    fn arena() -> BufferManager {
+        BufferManager::new(BufferConfig::new().segment_size(64).segment_count(3)).unwrap()
+    }
+
+    /// A thread leases and returns through its cache, gives up its handle and exits
+    /// (flushing the cache) while the main thread drops the last user handle: the
+    /// arena is freed exactly once, after both, whatever the interleaving.
+    #[test]
+    fn exit_flush_races_the_last_user_handle() {
+        loom::model(|| {
+            let m = arena();
+            let id = m.shared().id;
+            let m2 = m.clone();
+            let t = loom::thread::spawn(move || {
+                let a = m2.lease().unwrap();
+                let b = m2.lease().unwrap();
+                drop(a);
+                drop(m2);
+                drop(b); // into the cache of an arena with no user handle on this thread
+                super::exit_now();
+            });
+            drop(m);
+            t.join().unwrap();
+            assert!(freed(id));
+        });
+    }
+
+    /// A lease taken through one thread's cache is dropped on another thread while
+    /// the first exits: the segment goes to the shared list, the cache flushes, and
+    /// every segment ends up home exactly once.
+    #[test]
+    fn cross_thread_drop_races_the_cache_flush() {
+        loom::model(|| {
+            let m = arena();
+            let id = m.shared().id;
+            let m2 = m.clone();
+            let (tx, rx) = loom::sync::mpsc::channel();
+            let t = loom::thread::spawn(move || {
+                let a = m2.lease().unwrap();
+                tx.send(a).unwrap();
+                drop(m2.lease().unwrap());
+                super::exit_now();
+            });
+            let a = rx.recv().unwrap();
+            drop(a); // this thread has no cache for the arena: the shared list
+            t.join().unwrap();
+            let s = m.stats();
+            assert_eq!((s.in_use, s.cached, s.free()), (0, 0, 3));
+            drop(m);
+            assert!(freed(id));
+        });
+    }
+
+    /// Two threads lease and return through their own caches: a segment is never
+    /// handed to both.
+    #[test]
+    fn two_caches_never_share_a_segment() {
+        loom::model(|| {
+            let m = arena();
+            let m2 = m.clone();
+            let t = loom::thread::spawn(move || {
+                let mut l = m2.lease().unwrap();
+                l[0] = 1;
+                drop(l);
+                super::exit_now();
+            });
+            let m3 = m.clone();
+            let u = loom::thread::spawn(move || {
+                let mut l = m3.lease().unwrap();
+                l[0] = 2;
+                super::exit_now();
+                l
+            });
+            t.join().unwrap();
+            let held = u.join().unwrap();
+            assert_eq!(held[0], 2);
+            drop(held);
+            let s = m.stats();
+            assert_eq!((s.in_use, s.cached), (0, 0));
+        });
     }
 }

@@ -4,12 +4,15 @@
 //!
 //! A [`Lease`] holds a raw pointer to [`Shared`], not an `Arc`: two atomic
 //! reference-count operations per lease would cost as much as the lease itself. Only
-//! manager handles are counted. When the last handle goes, the arena is unmapped if
+//! manager handles are counted, and a thread's segment cache (see `local`) holds one
+//! while it serves the arena. When the last handle goes, the arena is unmapped if
 //! every segment is back on the shared free list (a walk of the list, once); otherwise
 //! a lease or raw lease is still out and the arena is deliberately leaked rather than
 //! risk a use after free. A lease's last access to the arena is the CAS that puts its
-//! segment back on the list, so a full list proves no lease can still touch it. With no
-//! handle left nothing can pop, so the walk sees a list that only grows.
+//! segment back on the list (or, on a thread whose cache serves the arena, a push into
+//! that cache, whose handle outlives it), so a full list proves no lease can still
+//! touch it. With no handle left nothing can pop, so the walk sees a list that only
+//! grows.
 
 use std::ptr::NonNull;
 
@@ -22,7 +25,10 @@ use crate::loom::{AtomicU32, AtomicUsize, Ordering, fence};
 use crate::stats::{BufferStats, Counters};
 use crate::strided::Strided;
 
-/// Per-segment state word: `generation << 2 | tag`.
+/// Per-segment state word: `generation << 2 | tag`. The generation is that of the
+/// segment's last raw handoff, kept until the segment is leased again, which writes
+/// generation 0 ("moved on"): a returned raw lease finds its own generation (a double
+/// return) or another (stale). Raw generations are never 0.
 pub(crate) const FREE: u32 = 0;
 pub(crate) const LEASED: u32 = 1;
 pub(crate) const RAW: u32 = 2;
@@ -66,6 +72,10 @@ pub(crate) fn thread_ordinal() -> usize {
     })
 }
 
+/// Ids of the arenas freed so far, so tests can see an arena go (or stay).
+#[cfg(test)]
+pub(crate) static FREED: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
 /// Distinguishes managers so a raw lease is never redeemed at the wrong one.
 static NEXT_MANAGER_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
@@ -77,6 +87,9 @@ pub(crate) struct Shared {
     pub(crate) id: u32,
     exhaustion: Exhaustion,
     pub(crate) states: Strided<AtomicU32>,
+    /// Per segment, the generation of its last raw handoff; written only by the
+    /// segment's holder in [`Lease::into_raw`].
+    pub(crate) raw_generations: Strided<AtomicU32>,
     pub(crate) free: FreeList,
     handles: AtomicUsize,
     pub(crate) counters: Counters,
@@ -109,12 +122,23 @@ impl Shared {
         unsafe { self.base.add(index as usize * self.segment_size) }
     }
 
-    /// Marks a segment just taken off a free list as leased, in a new generation.
+    /// Marks a segment leased again. A plain store of a constant, so the lease path
+    /// reads nothing of the segment's state; it also retires any earlier raw lease of
+    /// the segment (generation 0 matches none).
     #[inline]
     pub(crate) fn mark_leased(&self, index: u32) {
-        let slot = &self.states[index as usize];
-        let g = generation_of(slot.load(Ordering::Relaxed)).wrapping_add(1);
-        slot.store(state(g, LEASED), Ordering::Release);
+        self.states[index as usize].store(state(0, LEASED), Ordering::Release);
+    }
+
+    /// A fresh raw generation for segment `index`, never 0. Only its holder calls it.
+    pub(crate) fn next_raw_generation(&self, index: u32) -> u32 {
+        let slot = &self.raw_generations[index as usize];
+        let g = match slot.load(Ordering::Relaxed).wrapping_add(1) & MAX_GENERATION {
+            0 => 1,
+            g => g,
+        };
+        slot.store(g, Ordering::Relaxed);
+        g
     }
 
     /// Sets a segment's tag, keeping its generation. Only the segment's holder calls it.
@@ -164,7 +188,7 @@ impl Shared {
     /// # Safety
     /// `this` must point to a live `Shared` created by [`BufferManager::new`], and the
     /// caller must give up a handle it holds and not touch `*this` again.
-    unsafe fn release_handle(this: NonNull<Shared>) {
+    pub(crate) unsafe fn release_handle(this: NonNull<Shared>) {
         // SAFETY: the caller's handle keeps `*this` alive until this fetch_sub.
         let prev = unsafe { this.as_ref() }.handles.fetch_sub(1, Ordering::AcqRel);
         if prev != 1 {
@@ -175,12 +199,20 @@ impl Shared {
         // SAFETY: no handle is left, but `Shared` is freed only below, by us.
         let shared = unsafe { this.as_ref() };
         if shared.free.len_quiescent() == shared.count as usize {
+            #[cfg(test)]
+            FREED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(shared.id);
             // SAFETY: every segment is on the free list, so no lease, raw lease or
             // cache refers to the arena, and no handle is left to make one. It was
             // created by `Box::leak` in `BufferManager::new`.
             drop(unsafe { Box::from_raw(this.as_ptr()) });
         }
         // Otherwise a lease is still out: leak the arena rather than free it under it.
+    }
+
+    /// Takes one more handle; the caller must hold one already (so the count is not 0)
+    /// and give the new one up with [`release_handle`](Shared::release_handle).
+    pub(crate) fn acquire_handle(&self) {
+        self.handles.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Returns one segment (already marked free) to the shared list. The push is the
@@ -278,6 +310,7 @@ impl BufferManager {
             id: NEXT_MANAGER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             exhaustion: config.exhaustion,
             states: Strided::new(count as usize, |_| AtomicU32::new(state(0, FREE))),
+            raw_generations: Strided::new(count as usize, |_| AtomicU32::new(0)),
             free: FreeList::full(count, shard_count()),
             handles: AtomicUsize::new(1),
             counters: Counters::default(),
@@ -311,17 +344,28 @@ impl BufferManager {
         self.shared().count as usize
     }
 
-    /// Leases one segment from the shared free list.
+    /// Leases one segment: from this thread's segment cache when it serves this arena
+    /// (plain loads and stores), else from the shared free list.
     ///
     /// When every segment is leased, fails with [`Exhausted`] or, under
-    /// [`Exhaustion::Heap`], returns a heap-backed lease.
+    /// [`Exhaustion::Heap`], returns a heap-backed lease. Segments parked in other
+    /// threads' caches count as taken here (see [`LocalCache`](crate::LocalCache)).
     #[inline]
     pub fn lease(&self) -> Result<Lease, Exhausted> {
-        let shared = self.shared();
-        match shared.take_shared() {
+        match crate::local::take(self.shared) {
             Some(index) => Ok(Lease::arena(self.shared, index)),
-            // Before giving up, take one parked in this thread's cache, if any.
-            None => crate::local::take_cached(self.shared).ok_or(()).or_else(|()| shared.on_exhausted()),
+            None => self.lease_slow(),
+        }
+    }
+
+    /// The cache was empty or serves another arena: refill or bind it, else take one
+    /// from the shared list, else apply the exhaustion policy.
+    #[inline(never)]
+    fn lease_slow(&self) -> Result<Lease, Exhausted> {
+        let shared = self.shared();
+        match crate::local::take_slow(self).or_else(|| shared.take_shared()) {
+            Some(index) => Ok(Lease::arena(self.shared, index)),
+            None => shared.on_exhausted(),
         }
     }
 
@@ -372,7 +416,7 @@ impl BufferManager {
             shared.counters.stale_returns.fetch_add(1, Ordering::Relaxed);
             return Err(RawError::Foreign);
         };
-        if raw.generation > MAX_GENERATION {
+        if raw.generation == 0 || raw.generation > MAX_GENERATION {
             shared.counters.stale_returns.fetch_add(1, Ordering::Relaxed);
             return Err(RawError::Stale { index: raw.index, generation: raw.generation });
         }

@@ -26,13 +26,14 @@ pub struct BufferStats {
     pub in_use: usize,
     /// Of `in_use`, segments currently handed out as [`RawLease`](crate::RawLease)s.
     pub raw: usize,
-    /// Segments parked in per-thread [`LocalCache`](crate::LocalCache)s: free, but off
-    /// the shared list.
+    /// Segments parked in per-thread caches (a [`LocalCache`](crate::LocalCache), or
+    /// the cache [`BufferManager::lease`](crate::BufferManager::lease) keeps for large
+    /// arenas): free, but off the shared list.
     pub cached: usize,
     /// Segments ever handed out: one past the highest index leased or cached so far.
     /// Free segments are reused last-in first-out, lowest index first, so this is the
-    /// arena's touched footprint and, on one thread, the peak in use at once; with
-    /// several threads it bounds that peak from above.
+    /// arena's touched footprint; it bounds the peak in use from above (by up to a
+    /// batch per thread cache, which takes segments a batch at a time).
     pub high_water: usize,
     /// Times a lease found every segment taken.
     pub exhausted: u64,

@@ -14,7 +14,7 @@ static GLOBAL: CountingAllocator = CountingAllocator;
 fn steady_state_allocates_nothing() {
     let m = BufferManager::new(BufferConfig::new().segment_size(4096).segment_count(256)).unwrap();
 
-    // Shared path.
+    // Plain path (256 segments: this thread caches a few).
     drop(m.lease().unwrap());
     let n = allocations_during(|| {
         for _ in 0..10_000 {
@@ -22,6 +22,16 @@ fn steady_state_allocates_nothing() {
         }
     });
     assert_eq!(n, 0, "shared lease + return allocated");
+
+    // The same path holding several at once: this thread's implicit cache refills
+    // from and flushes to the shared list.
+    let n = allocations_during(|| {
+        for _ in 0..1_000 {
+            let held: [_; 10] = std::array::from_fn(|_| m.lease().unwrap());
+            black_box(&held);
+        }
+    });
+    assert_eq!(n, 0, "lease + return through the implicit cache allocated");
 
     // Raw handoff.
     let n = allocations_during(|| {

@@ -224,3 +224,151 @@ fn many_threads_lease_and_return() {
     assert_eq!((s.in_use, s.cached), (0, 0));
     assert!(s.high_water <= 32);
 }
+
+/// An arena large enough for `BufferManager::lease` to cache segments per thread
+/// (256 or more segments: `segment_count / 64` of them, at most 32).
+fn cached_arena(count: usize) -> BufferManager {
+    BufferManager::new(BufferConfig::new().segment_size(64).segment_count(count)).unwrap()
+}
+
+#[test]
+fn a_thread_cache_serves_the_plain_lease_path_and_stats_stay_truthful() {
+    let m = cached_arena(1024);
+    let leases: Vec<_> = (0..40).map(|_| m.lease().unwrap()).collect();
+    let s = m.stats();
+    assert_eq!(s.in_use, 40);
+    assert!(s.cached <= 16, "{s:?}");
+    drop(leases);
+    let s = m.stats();
+    assert_eq!(s.in_use, 0, "dropped leases are not in use");
+    assert!(0 < s.cached && s.cached <= 16, "segments parked in this thread's cache are cached: {s:?}");
+    assert_eq!(s.free() + s.cached, 1024);
+    // Small arenas get no implicit cache: nothing is stranded on a thread.
+    let small = cached_arena(255);
+    drop(small.lease().unwrap());
+    assert_eq!((small.stats().in_use, small.stats().cached), (0, 0));
+}
+
+#[test]
+fn a_thread_exit_flushes_its_cache() {
+    let m = cached_arena(512);
+    let m2 = m.clone();
+    std::thread::spawn(move || {
+        let held: Vec<_> = (0..20).map(|_| m2.lease().unwrap()).collect();
+        drop(held);
+        let s = m2.stats();
+        assert_eq!(s.in_use, 0);
+        assert!(s.cached > 0, "{s:?}");
+    })
+    .join()
+    .unwrap();
+    let s = m.stats();
+    assert_eq!((s.in_use, s.cached, s.free()), (0, 0, 512));
+}
+
+#[test]
+fn leases_cross_threads_between_caches() {
+    let m = cached_arena(1024);
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<berth_buf::Lease>>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let producer = {
+        let m = m.clone();
+        std::thread::spawn(move || {
+            for _ in 0..50 {
+                let batch: Vec<_> = (0..20).map(|_| m.lease().unwrap()).collect();
+                tx.send(batch).unwrap();
+            }
+        })
+    };
+    let consumer = {
+        let m = m.clone();
+        std::thread::spawn(move || {
+            // This thread leases too, so its cache serves the arena and takes the
+            // producer's segments as they are dropped here.
+            let own = m.lease().unwrap();
+            for batch in rx {
+                for l in &batch {
+                    assert!(!l.is_heap());
+                }
+                drop(batch);
+            }
+            drop(own);
+            let s = m.stats();
+            assert_eq!(s.in_use, 0, "{s:?}");
+            done_tx.send(()).unwrap();
+            // Hold the cache until the main thread has looked.
+            std::thread::park_timeout(std::time::Duration::from_millis(100));
+        })
+    };
+    producer.join().unwrap();
+    done_rx.recv().unwrap();
+    let s = m.stats();
+    assert_eq!(s.in_use, 0);
+    assert!(s.cached <= 2 * 16, "at most one implicit cache per thread: {s:?}");
+    consumer.join().unwrap();
+    let s = m.stats();
+    assert_eq!((s.in_use, s.cached, s.free()), (0, 0, 1024));
+}
+
+#[test]
+fn a_thread_cache_moves_to_the_arena_the_thread_uses() {
+    let a = cached_arena(1024);
+    let b = cached_arena(1024);
+    drop(a.lease().unwrap());
+    assert!(a.stats().cached > 0);
+    // Leases from another arena go to its shared list until the thread has clearly
+    // moved on; then the cache flushes `a` and serves `b`.
+    for _ in 0..100 {
+        drop(b.lease().unwrap());
+    }
+    assert_eq!(a.stats().cached, 0);
+    assert!(b.stats().cached > 0);
+    // A LocalCache of `a` takes the thread's cache over at once.
+    let cache = a.local_cache_with_batch(4).unwrap();
+    assert_eq!(b.stats().cached, 0);
+    drop(cache.lease().unwrap());
+    assert_eq!(cache.cached(), 4);
+    // While it is installed, `b` cannot take the cache.
+    for _ in 0..100 {
+        drop(b.lease().unwrap());
+    }
+    assert_eq!((b.stats().cached, b.stats().in_use), (0, 0));
+    assert_eq!(cache.cached(), 4);
+    // Leases through the manager on this thread use the pinned cache.
+    drop(a.lease().unwrap());
+    assert_eq!(cache.cached(), 4);
+    drop(cache);
+    assert_eq!(a.stats().cached, 0);
+}
+
+#[test]
+fn many_threads_with_implicit_caches_keep_segments_exclusive() {
+    let m = cached_arena(256);
+    let threads: Vec<_> = (0..4u32)
+        .map(|t| {
+            let m = m.clone();
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                for i in 0..20_000u32 {
+                    if let Ok(mut l) = m.lease() {
+                        let tag = t << 24 | i;
+                        l[..4].copy_from_slice(&tag.to_le_bytes());
+                        held.push((l, tag));
+                    }
+                    if held.len() > (i % 7) as usize {
+                        let (l, tag) = held.swap_remove(0);
+                        assert_eq!(u32::from_le_bytes(l[..4].try_into().unwrap()), tag, "segment shared");
+                    }
+                }
+                held.clear();
+                let s = m.stats();
+                assert!(s.in_use + s.cached <= 256);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let s = m.stats();
+    assert_eq!((s.in_use, s.cached, s.free()), (0, 0, 256));
+}
