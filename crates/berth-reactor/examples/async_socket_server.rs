@@ -102,7 +102,21 @@ fn main() -> io::Result<()> {
         (Some("--seconds"), Some(n)) => n.parse().ok(),
         _ => None,
     };
+    let stats = run(addr, seconds.map(Duration::from_secs), |at| println!("listening on {at}"))?;
+    println!(
+        "accepted {} refused {} inline {} queued {}",
+        stats.accepted, stats.refused, stats.completed_inline, stats.completed_queued
+    );
+    Ok(())
+}
 
+/// Serves on `addr` (for `run_for`, or for ever), telling `listening` the bound
+/// address once it accepts.
+fn run(
+    addr: SocketAddr,
+    run_for: Option<Duration>,
+    listening: impl FnOnce(SocketAddr),
+) -> io::Result<berth_reactor::PortStats> {
     // ANCHOR: setup
     // new AsyncSocketServer(numConnections, receiveBufferSize)
     let num_connections = 10_000;
@@ -127,23 +141,51 @@ fn main() -> io::Result<()> {
 
     // Start(localEndPoint): bind, listen, StartAccept.
     let listener = port.listen(addr, ListenOptions::default()).map_err(io::Error::other)?;
-    println!("listening on {}", port.local_addr(listener).map_err(io::Error::other)?);
     let accept = port.take_op().map_err(io::Error::other)?;
     port.accept(listener, accept).map_err(io::Error::other)?;
 
     // ANCHOR_END: setup
+    listening(port.local_addr(listener).map_err(io::Error::other)?);
     let mut server = AsyncSocketServer { listener, connections: 0 };
-    let deadline = seconds.map(|s| Instant::now() + Duration::from_secs(s));
+    let deadline = run_for.map(|d| Instant::now() + d);
     loop {
         port.run_once(&mut server, Some(Duration::from_millis(200)))?;
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
     }
-    let stats = port.stats();
-    println!(
-        "accepted {} refused {} inline {} queued {} open {}",
-        stats.accepted, stats.refused, stats.completed_inline, stats.completed_queued, server.connections
-    );
-    Ok(())
+    Ok(port.stats())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    /// The example as a client sees it: three connections, each echoed byte for byte
+    /// (a small message and one of 100 KiB, larger than a buffer segment), then closed.
+    #[test]
+    fn echoes_every_byte() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let server = std::thread::spawn(move || {
+            super::run("127.0.0.1:0".parse().unwrap(), Some(Duration::from_secs(2)), |a| tx.send(a).unwrap())
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(10)).expect("listening");
+        for len in [5usize, 4096, 100_000] {
+            let msg: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let writer = {
+                let mut s = s.try_clone().unwrap();
+                let msg = msg.clone();
+                std::thread::spawn(move || s.write_all(&msg).unwrap())
+            };
+            let mut back = vec![0u8; len];
+            s.read_exact(&mut back).unwrap();
+            writer.join().unwrap();
+            assert!(back == msg, "echo of {len} bytes differs");
+        }
+        let stats = server.join().unwrap().unwrap();
+        assert_eq!(stats.accepted, 3);
+    }
 }

@@ -53,10 +53,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (Some("--seconds"), Some(n)) => n.parse()?,
         _ => 0u64,
     };
-    // ANCHOR: serve
-    let server = Server::builder().addr(addr).max_connections(1000).serve(LineLength)?;
+    let server = start(addr)?;
     println!("line_length on {}", server.local_addr());
-    // ANCHOR_END: serve
     if seconds > 0 {
         std::thread::sleep(Duration::from_secs(seconds));
         server.shutdown(Duration::from_secs(5))?;
@@ -64,4 +62,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         server.join()?;
     }
     Ok(())
+}
+
+fn start(addr: SocketAddr) -> Result<Server, berth_server::ServeError> {
+    // ANCHOR: serve
+    let server = Server::builder().addr(addr).max_connections(1000).serve(LineLength)?;
+    // ANCHOR_END: serve
+    Ok(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    /// Lines sent in pieces and several at once are each answered, in order, with
+    /// the count kept per connection.
+    #[test]
+    fn answers_every_line() {
+        let server = super::start("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut s = std::net::TcpStream::connect(server.local_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"hel").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        s.write_all(b"lo\n\nberth\n").unwrap();
+        let want = "line 1: 5 bytes\nline 2: 0 bytes\nline 3: 5 bytes\n";
+        let mut got = vec![0u8; want.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(String::from_utf8(got).unwrap(), want);
+        drop(s);
+        server.shutdown(Duration::from_secs(5)).unwrap();
+    }
 }
