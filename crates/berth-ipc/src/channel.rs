@@ -151,7 +151,7 @@ impl Shared {
     }
 
     fn geometry(&self) -> Geometry {
-        Geometry { capacity: self.layout.capacity, max_message: self.layout.max_message }
+        Geometry::new(self.layout.capacity, self.layout.max_message)
     }
 
     /// Maps `fd` and validates its header. `check_seal`: refuse a memfd that could
@@ -213,14 +213,17 @@ impl Region for Shared {
     fn tx_wait(&self) -> &AtomicU32 {
         self.u32_at(off::TX_WAIT)
     }
+    #[inline]
     fn load_word(&self, at: usize) -> u64 {
-        // SAFETY: the ring core passes 8-aligned offsets below capacity; the data area
-        // starts page-aligned, so the word is aligned and mapped.
-        unsafe { AtomicU64::from_ptr(self.data(at).cast()) }.load(Ordering::Relaxed)
+        // SAFETY: the ring core passes 8-aligned offsets below capacity (positions are
+        // checked for alignment when an end attaches and only move by multiples of 8);
+        // the data area starts page-aligned, so the word is aligned and mapped.
+        unsafe { AtomicU64::from_ptr(self.data(at).cast()) }.load(Ordering::Acquire)
     }
+    #[inline]
     fn store_word(&self, at: usize, v: u64) {
         // SAFETY: as in `load_word`.
-        unsafe { AtomicU64::from_ptr(self.data(at).cast()) }.store(v, Ordering::Relaxed)
+        unsafe { AtomicU64::from_ptr(self.data(at).cast()) }.store(v, Ordering::Release)
     }
     #[inline]
     fn light_barrier(&self) {
@@ -370,8 +373,9 @@ impl Channel {
 
     /// Attaches as the channel's only sender.
     pub fn sender(&self) -> Result<Sender, OpenError> {
+        let prod =
+            Producer::new(self.sh.geometry(), &*self.sh).map_err(|what| OpenError::LayoutOutOfBounds { what })?;
         let me = claim(&self.sh, "sender", off::TX_PID, off::TX_START, off::TX_HEARTBEAT)?;
-        let prod = Producer::new(self.sh.geometry(), &*self.sh);
         Ok(Sender {
             sh: self.sh.clone(),
             prod,
@@ -383,8 +387,9 @@ impl Channel {
 
     /// Attaches as the channel's only receiver.
     pub fn receiver(&self) -> Result<Receiver, OpenError> {
+        let cons =
+            Consumer::new(self.sh.geometry(), &*self.sh).map_err(|what| OpenError::LayoutOutOfBounds { what })?;
         let me = claim(&self.sh, "receiver", off::RX_PID, off::RX_START, off::RX_HEARTBEAT)?;
-        let cons = Consumer::new(self.sh.geometry(), &*self.sh);
         Ok(Receiver {
             sh: self.sh.clone(),
             cons,
@@ -548,22 +553,33 @@ impl Sender {
     /// Reserves `len` bytes in place, waiting up to `timeout` (`None`: forever) for
     /// room. Write the message into the [`Grant`] and [`commit`](Grant::commit) it.
     pub fn reserve(&mut self, len: usize, timeout: Option<Duration>) -> Result<Grant<'_>, SendError> {
+        match self.prod.reserve(&*self.sh, len) {
+            Ok(slot) => Ok(Grant { tx: self, slot }),
+            Err(ReserveError::Full) => self.reserve_slow(len, timeout),
+            Err(e) => Err(self.reserve_error(e, len)),
+        }
+    }
+
+    /// [`Sender::reserve`] once the ring was found full: wait for room.
+    #[cold]
+    fn reserve_slow(&mut self, len: usize, timeout: Option<Duration>) -> Result<Grant<'_>, SendError> {
         let mut wait = Wait::new(timeout);
-        let slot = loop {
-            match self.prod.reserve(&*self.sh, len) {
-                Ok(slot) => break slot,
-                Err(ReserveError::Full) => {}
-                Err(e) => return Err(self.reserve_error(e, len)),
-            }
+        let got = loop {
             let (sh, prod) = (&*self.sh, &mut self.prod);
             match wait.pause(sh, self.mode, &mut self.peer, self.me, sh.tx_wait(), || prod.prepare_wait(sh, len)) {
                 Ok(()) => {}
-                Err(Stop::Peer(PeerState::Closed)) => return Err(SendError::Closed),
-                Err(Stop::Peer(_)) => return Err(SendError::PeerDead),
-                Err(Stop::TimedOut) => return Err(SendError::TimedOut),
+                Err(Stop::Peer(PeerState::Closed)) => break Err(SendError::Closed),
+                Err(Stop::Peer(_)) => break Err(SendError::PeerDead),
+                Err(Stop::TimedOut) => break Err(SendError::TimedOut),
+            }
+            match self.prod.reserve(&*self.sh, len) {
+                Ok(slot) => break Ok(slot),
+                Err(ReserveError::Full) => {}
+                Err(e) => break Err(self.reserve_error(e, len)),
             }
         };
-        Ok(Grant { tx: self, slot })
+        wait.finish(self.sh.tx_wait());
+        Ok(Grant { tx: self, slot: got? })
     }
 
     fn reserve_error(&mut self, e: ReserveError, len: usize) -> SendError {
@@ -644,14 +660,25 @@ impl Wait {
         match mode {
             WaitMode::BusyPoll => self.spins = 0,
             WaitMode::Block { .. } => {
-                if prepare() {
+                // A flag still raised from our last sleep means nobody committed since
+                // our last barrier and re-check (that commit would have cleared it),
+                // so we may sleep again without another membarrier: an idle blocked
+                // end pays only the futex timeout and the liveness check.
+                if word.load(Ordering::Relaxed) == 1 || prepare() {
                     sys::futex_wait(word, 1, slice);
-                    word.store(0, Ordering::Relaxed);
                     self.grown = (self.grown * 2).min(SLICE_MAX);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Lowers our waiter flag once the wait is over, so the peer does not issue a
+    /// futex wake for a sleep that ended by timeout.
+    fn finish(self, word: &AtomicU32) {
+        if word.load(Ordering::Relaxed) != 0 {
+            word.store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -757,41 +784,67 @@ impl Receiver {
     /// The next message, lent in place until the guard drops, or `Empty` at once.
     /// After the sender closed or died, the messages it committed are still
     /// delivered, then `Closed` / `PeerDead`.
+    #[inline]
     pub fn try_recv(&mut self) -> Result<RecvGuard<'_>, RecvError> {
         match self.cons.peek(&*self.sh) {
             Ok(Some(slot)) => Ok(RecvGuard { rx: self, slot }),
-            Ok(None) => Err(self.empty_error()),
+            Ok(None) => Err(self.empty()),
             Err(why) => Err(RecvError::Corrupted(why)),
         }
     }
 
-    fn empty_error(&mut self) -> RecvError {
+    /// The ring is empty: publish our position (waking a sender that waits for
+    /// room), and say whether the sender is gone.
+    #[cold]
+    fn empty(&mut self) -> RecvError {
+        self.flush();
         if self.peer.closed(&self.sh) { RecvError::Closed } else { RecvError::Empty }
     }
 
+    /// Publishes the consumer position if a batch is pending; see `Consumer::flush`.
+    fn flush(&mut self) {
+        if self.cons.flush(&*self.sh) {
+            sys::futex_wake(self.sh.tx_wait());
+        }
+    }
+
     /// Like [`Receiver::try_recv`], waiting up to `timeout` (`None`: forever).
+    #[inline]
     pub fn recv(&mut self, timeout: Option<Duration>) -> Result<RecvGuard<'_>, RecvError> {
+        match self.cons.peek(&*self.sh) {
+            Ok(Some(slot)) => Ok(RecvGuard { rx: self, slot }),
+            Ok(None) => self.recv_slow(timeout),
+            Err(why) => Err(RecvError::Corrupted(why)),
+        }
+    }
+
+    /// [`Receiver::recv`] once the ring was found empty: wait for a record.
+    #[cold]
+    fn recv_slow(&mut self, timeout: Option<Duration>) -> Result<RecvGuard<'_>, RecvError> {
         let mut wait = Wait::new(timeout);
-        let slot = loop {
-            match self.cons.peek(&*self.sh) {
-                Ok(Some(slot)) => break slot,
-                Ok(None) => {}
-                Err(why) => return Err(RecvError::Corrupted(why)),
-            }
+        let got = loop {
+            // Never keep a sender waiting for room behind an unpublished batch.
+            self.flush();
             let (sh, cons) = (&*self.sh, &mut self.cons);
             match wait.pause(sh, self.mode, &mut self.peer, self.me, sh.rx_wait(), || cons.prepare_wait(sh)) {
                 Ok(()) => {}
-                Err(Stop::TimedOut) => return Err(RecvError::TimedOut),
+                Err(Stop::TimedOut) => break Err(RecvError::TimedOut),
                 // Whatever the peer committed before closing or dying is still delivered.
                 Err(Stop::Peer(state)) => match self.cons.peek(&*self.sh) {
-                    Ok(Some(slot)) => break slot,
-                    Ok(None) if state == PeerState::Closed => return Err(RecvError::Closed),
-                    Ok(None) => return Err(RecvError::PeerDead),
-                    Err(why) => return Err(RecvError::Corrupted(why)),
+                    Ok(Some(slot)) => break Ok(slot),
+                    Ok(None) if state == PeerState::Closed => break Err(RecvError::Closed),
+                    Ok(None) => break Err(RecvError::PeerDead),
+                    Err(why) => break Err(RecvError::Corrupted(why)),
                 },
             }
+            match self.cons.peek(&*self.sh) {
+                Ok(Some(slot)) => break Ok(slot),
+                Ok(None) => {}
+                Err(why) => break Err(RecvError::Corrupted(why)),
+            }
         };
-        Ok(RecvGuard { rx: self, slot })
+        wait.finish(self.sh.rx_wait());
+        Ok(RecvGuard { rx: self, slot: got? })
     }
 
     /// Copies the next message into `buf` and releases it; `BufferTooSmall` leaves it
@@ -813,6 +866,7 @@ impl Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
+        self.flush();
         close_end(&self.sh, off::RX_FLAGS, self.sh.tx_wait());
     }
 }

@@ -6,7 +6,7 @@ use crate::error::OpenError;
 /// `BERTHIPC`, the first eight bytes of every channel file.
 pub const MAGIC: [u8; 8] = *b"BERTHIPC";
 /// Layout major version: a reader rejects any other major.
-pub const VERSION_MAJOR: u16 = 1;
+pub const VERSION_MAJOR: u16 = 2;
 /// Layout minor version: additions a reader of the same major may ignore.
 pub const VERSION_MINOR: u16 = 0;
 /// ABI flag: the file's integers are little-endian.
@@ -243,8 +243,8 @@ mod tests {
         assert!(matches!(Layout::parse(&good().0, len - 1), Err(OpenError::TooShort { .. })));
         assert!(matches!(Layout::parse(&with(0, b"NOTBERTH"), len), Err(OpenError::BadMagic)));
         assert!(matches!(
-            Layout::parse(&with(off::MAJOR, &2u16.to_le_bytes()), len),
-            Err(OpenError::VersionMismatch { found_major: 2, .. })
+            Layout::parse(&with(off::MAJOR, &1u16.to_le_bytes()), len),
+            Err(OpenError::VersionMismatch { found_major: 1, .. })
         ));
         // A newer minor of the same major is accepted.
         assert!(Layout::parse(&with(off::MINOR, &9u16.to_le_bytes()), len).is_ok());

@@ -50,7 +50,7 @@
 //! Either end may create the channel; each process then attaches with
 //! [`Channel::sender`] or [`Channel::receiver`] (one of each per channel).
 //!
-//! # On-disk layout (version 1.0)
+//! # On-disk layout (version 2.0)
 //!
 //! All integers are little-endian (ABI flag bit 0; a big-endian build writes 0 there
 //! and the two refuse each other's files). Offsets in bytes from the start of the file.
@@ -58,7 +58,7 @@
 //! | offset | type | field |
 //! | ---: | --- | --- |
 //! | 0 | `[u8; 8]` | magic `BERTHIPC` |
-//! | 8 | u16 | major version (1); readers refuse another major |
+//! | 8 | u16 | major version (2); readers refuse another major |
 //! | 10 | u16 | minor version (0); additions readers of the same major may ignore |
 //! | 12 | u32 | ABI flags: bit 0 = little-endian; no other bit defined |
 //! | 16 | u32 | header length = 4096 |
@@ -70,12 +70,12 @@
 //! | 56 | u32 | creator pid |
 //! | 60 | u32 | state: 0 = initialising, 1 = ready; written last, with release ordering |
 //! | 64 | u64 | creator start time (field 22 of `/proc/<pid>/stat`, clock ticks since boot) |
-//! | 128 | u64 | **tail**: bytes ever committed by the sender (monotonic) |
+//! | 128 | u64 | **tail**: bytes ever committed by the sender (monotonic), stored after each commit |
 //! | 136 | u32 | sender pid (0 until attached; claimed by compare-and-swap) |
 //! | 140 | u32 | sender flags: bit 0 = closed cleanly |
 //! | 144 | u64 | sender start time |
 //! | 152 | u64 | sender heartbeat (`CLOCK_MONOTONIC` ns) |
-//! | 256 | u64 | **head**: bytes ever released by the receiver (monotonic) |
+//! | 256 | u64 | **head**: bytes released by the receiver (monotonic), published in batches |
 //! | 264 | u32 | receiver pid |
 //! | 268 | u32 | receiver flags: bit 0 = closed cleanly |
 //! | 272 | u64 | receiver start time |
@@ -85,26 +85,55 @@
 //! | D | `[u8; C]` | the ring |
 //!
 //! Tail and head each sit on their own 128-byte line, the futex words on lines of
-//! their own, so neither end's hot writes invalidate the other's hot reads; each end
-//! also caches the other's position and re-reads it only when its cached view says
-//! full (sender) or empty (receiver).
+//! their own, so neither end's hot writes invalidate the other's hot reads.
 //!
-//! A position `p` addresses ring byte `p mod C`. A record starts at an 8-aligned
-//! position with an 8-byte header, `u32 len` then `u32 type`, followed by `len`
-//! payload bytes padded to a multiple of 8. Type 1 is a message. Type 2 is padding:
-//! when a record would cross the end of the ring, the sender writes a padding record
-//! whose `len` covers exactly the rest of the ring (`C − offset − 8`) and puts the
-//! message at offset 0. A message plus any padding is committed by one release
-//! store of tail; the receiver releases by a release store of head.
+//! A position `p` addresses ring byte `p mod C`; its *lap* is `p / C`. A record
+//! starts at an 8-aligned position with an 8-byte header word, followed by `len`
+//! payload bytes padded to a multiple of 8:
+//!
+//! | byte | type | field |
+//! | ---: | --- | --- |
+//! | 0 | u32 | `len`: payload bytes |
+//! | 4 | u8 | type: 1 = message, 2 = padding |
+//! | 5 | u8 | 0 |
+//! | 6 | u16 | lap tag: the low 16 bits of the lap of the record's position |
+//!
+//! A header word is never 0. When a record would cross the end of the ring, the
+//! sender writes a padding record whose `len` covers exactly the rest of the ring
+//! (`C − offset − 8`) and puts the message at offset 0 (tagged with the next lap).
+//!
+//! **Commit.** The receiver polls the header word at its position, not `tail`, so a
+//! message costs it one cache-line transfer, not two. To commit, the sender writes
+//! the payload; then, if the 8 bytes after the record are free, stores 0 there (so
+//! that stale bytes of an earlier lap are never taken for the next header); then
+//! release-stores the header word (at a wrap: the message's header at offset 0
+//! first, then the padding header); then stores `tail`. If the bytes after the
+//! record are not free, the ring is exactly full and they hold the oldest record's
+//! header, one lap old. So the receiver, expecting lap `L` at its position, reads
+//! (acquire) a word that is either 0 or tagged `L − 1` (not committed yet), or
+//! tagged `L` (committed); anything else is corruption. A receiver that sees no
+//! header where `tail` says one was committed also reports corruption, rather than
+//! wait forever; it reads `tail` only before sleeping and every 1024 empty polls.
+//!
+//! **Release.** The receiver publishes `head` (release store) every `C/4` bytes,
+//! whenever it finds the ring empty, and whenever the sender's futex word says it
+//! waits for room; between publications the sender may see less room than there
+//! is. The sender re-reads `head` only when its cached copy says full.
 //!
 //! # Wake protocol
 //!
-//! Both ends spin briefly ([`WaitMode::Block`]), then sleep. The receiver stores 1
-//! in its futex word, issues a sequentially consistent fence and
-//! `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, re-reads tail, and only if still
-//! empty calls `futex_wait(word, 1)`. The sender, after the release store of tail,
-//! reads the word with a plain load; only if it is 1 does it swap it to 0 and call
-//! `futex_wake`. A sender waiting for room does the same on its own word with head.
+//! Both ends spin briefly ([`WaitMode::Block`]), then sleep. The receiver publishes
+//! `head`, stores 1 in its futex word, issues a sequentially consistent fence and
+//! `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, re-reads the header word at its
+//! position, and only if still empty calls `futex_wait(word, 1)`. The sender, after
+//! the release store of a header, reads the word with a plain load; only if it is 1
+//! does it swap it to 0 and call `futex_wake`. A sender waiting for room does the
+//! same on its own word with `head`, and the receiver checks that word whenever it
+//! releases a record (publishing `head` at once if it is set).
+//!
+//! A sleep that ends by timeout with the word still 1 proves that no commit came
+//! after the barrier (it would have cleared the word), so the next sleep needs no
+//! new barrier: an idle blocked end pays only the timeout and a liveness check.
 //!
 //! The classic Dekker handshake needs a StoreLoad barrier on *both* sides, which
 //! would put an `mfence` on every commit and release. Here the barrier is
@@ -112,10 +141,10 @@
 //! `MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED`, so the sleeper's membarrier makes
 //! every running thread of both processes execute a full barrier before it returns.
 //! Wherever that barrier falls in the sender's instruction stream, either the
-//! sender's tail store is visible to the receiver's re-check, or the sender's flag
+//! sender's header store is visible to the receiver's re-check, or the sender's flag
 //! load comes after the receiver's flag store (loom checks the protocol with the
 //! barrier pair modelled as two fences, and shows a wake-up is lost without it).
-//! The per-message cost is therefore one release store and one plain load of a
+//! The per-message cost is therefore a few plain stores and one plain load of a
 //! line nobody writes while both ends are busy: no fence, no locked instruction, no
 //! syscall. The sleeper pays the membarrier (a few µs), which it only does on its
 //! way to a futex sleep.
@@ -139,14 +168,15 @@
 //!   counts as dead too (a hung process). Both ends must share a pid namespace.
 //! - A receiver first drains every record the sender committed, then reports
 //!   `Closed` / `PeerDead`. A record the sender reserved but never committed
-//!   (killed mid-write, or a dropped [`Grant`]) is never visible: only the tail
+//!   (killed mid-write, or a dropped [`Grant`]) is never visible: only the header
 //!   store publishes, and it comes after the bytes.
 //! - `try_send` does not check the receiver's liveness (that would cost a syscall):
 //!   while there is room, messages to a dead receiver are accepted and lost with it.
-//! - Opening validates the whole header ([`OpenError`]); positions and record headers
-//!   are re-validated on every use, since the peer keeps writing them. A failed check
-//!   is [`RecvError::Corrupted`] / [`SendError::Corrupted`], never an access outside
-//!   the mapping, a panic or a hang.
+//! - Opening validates the whole header ([`OpenError`]), attaching the alignment of
+//!   the positions; positions and record headers are re-validated on every use,
+//!   since the peer keeps writing them. A failed check is [`RecvError::Corrupted`] /
+//!   [`SendError::Corrupted`], never an access outside the mapping, a panic or a
+//!   hang.
 //!
 //! # Trust model
 //!

@@ -172,27 +172,58 @@ fn dropped_grant_aborts_and_partial_commit_shortens() {
     assert_eq!(&*rx.try_recv().unwrap(), b"abc");
 }
 
+/// A record header word as layout 2.0 defines it: `u32 len`, `u8 type`, a zero
+/// byte, `u16` lap tag.
+fn header(len: u32, ty: u8, lap: u16) -> u64 {
+    u64::from(len) | (u64::from(ty) << 32) | (u64::from(lap) << 48)
+}
+
 #[test]
-fn corrupted_record_length_from_a_hostile_peer() {
-    for (at, bad) in [
-        (4096usize, u64::from(u32::MAX) | (1 << 32)), // huge length
-        (4096, 2000 | (1 << 32)),                     // within max, beyond committed data
-        (4096, 16 | (9 << 32)),                       // unknown record type
-        (128, 1 << 50),                               // tail far beyond head + capacity
-        (128, 4),                                     // tail not record-aligned
+fn corrupted_record_header_from_a_hostile_peer() {
+    for bad in [
+        header(u32::MAX, 1, 0),          // huge length
+        header(2041, 1, 0),              // just above the maximum message
+        header(16, 9, 0),                // unknown record type
+        header(16, 1, 7),                // a lap tag from another lap
+        header(16, 1, 0) | (0xff << 40), // reserved byte set
     ] {
         let chan = Channel::create_memfd(&Config::new(4096)).unwrap();
         let (mut tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+        for _ in 0..3 {
+            tx.try_send(&[1; 16]).unwrap();
+            rx.try_recv().unwrap();
+        }
         tx.try_send(&[1; 16]).unwrap();
-        raw(&chan).write_all_at(&bad.to_le_bytes(), at as u64).unwrap();
-        assert!(matches!(rx.try_recv(), Err(RecvError::Corrupted(_))), "at {at}: {bad:#x}");
+        raw(&chan).write_all_at(&bad.to_le_bytes(), 4096 + 72).unwrap();
+        assert!(matches!(rx.try_recv(), Err(RecvError::Corrupted(_))), "{bad:#x}");
         assert!(matches!(rx.recv(T), Err(RecvError::Corrupted(_))));
+    }
+    // A header erased (or made to look one lap old) below the producer position, and
+    // a corrupted producer position: once the ring looks empty, the receiver checks
+    // the position instead of waiting forever.
+    for (at, bad) in [(4096u64, 0u64), (4096, header(16, 1, u16::MAX)), (128, 1 << 50), (128, 4)] {
+        let chan = Channel::create_memfd(&Config::new(4096)).unwrap();
+        let (mut tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+        tx.try_send(&[1; 16]).unwrap();
+        raw(&chan).write_all_at(&bad.to_le_bytes(), at).unwrap();
+        if at == 128 {
+            assert_eq!(&*rx.try_recv().unwrap(), &[1; 16]);
+        }
+        let t0 = Instant::now();
+        assert!(matches!(rx.recv(T), Err(RecvError::Corrupted(_))), "at {at}: {bad:#x}");
+        assert!(t0.elapsed() < Duration::from_secs(1));
     }
     // A hostile consumer moving head past tail: the sender errors instead of overwriting.
     let chan = Channel::create_memfd(&Config::new(1024)).unwrap();
     let (mut tx, _rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
     raw(&chan).write_all_at(&(1u64 << 40).to_le_bytes(), 256).unwrap();
     assert!(matches!(tx.try_send(&[0; 8]), Err(SendError::Corrupted(_))));
+    // Misaligned positions are refused when an end attaches.
+    let chan = Channel::create_memfd(&Config::new(1024)).unwrap();
+    raw(&chan).write_all_at(&3u64.to_le_bytes(), 128).unwrap();
+    raw(&chan).write_all_at(&5u64.to_le_bytes(), 256).unwrap();
+    assert!(matches!(chan.sender(), Err(OpenError::LayoutOutOfBounds { .. })));
+    assert!(matches!(chan.receiver(), Err(OpenError::LayoutOutOfBounds { .. })));
 }
 
 #[test]
