@@ -53,8 +53,8 @@
 //! One [`LocalCache`] per thread at a time. Segments in a thread's cache are free but
 //! reachable only from that thread ([`BufferStats::cached`]): for an arena of 256
 //! segments or more, up to `segment_count / 64` (at most 32) per thread that leased
-//! from it, `2 * batch` with a [`LocalCache`]; smaller arenas are cached only by a
-//! [`LocalCache`]. A thread's cache keeps its arena mapped after the last handle is
+//! from it and an eighth of the arena over all such threads, `2 * batch` with a
+//! [`LocalCache`]; smaller arenas are cached only by a [`LocalCache`]. A thread's cache keeps its arena mapped after the last handle is
 //! dropped, until the thread exits or moves on to another arena. A lease's bytes are not zeroed when it is
 //! handed out (see [`Lease::clear`]). Generations are 30 bits and wrap: a raw lease
 //! kept across 2^30 reuses of its segment would be taken for current.

@@ -24,7 +24,9 @@
 //! Segments in a magazine are free but reachable only from its thread (stats count
 //! them as `cached`). A magazine bound implicitly, by [`BufferManager::lease`], holds at
 //! most `segment_count / 64` segments, at most 32, and arenas of fewer than 256
-//! segments get none; a [`LocalCache`] holds up to `2 * batch`.
+//! segments get none; implicit magazines of one arena reserve their capacity from a
+//! budget of an eighth of the arena, and a thread that finds it spent uses the shared
+//! list. A [`LocalCache`] holds up to `2 * batch`.
 //!
 //! # Aliasing
 //!
@@ -72,6 +74,8 @@ pub(crate) struct Magazine {
     misses: u32,
     /// A [`LocalCache`] owns the binding: only it unbinds.
     pinned: bool,
+    /// Segments of the arena's implicit-cache budget this (implicit) binding reserved.
+    reserved: usize,
     /// The thread is exiting and the magazine was flushed: never bind again.
     dead: bool,
     slots: [u32; MAX_HELD],
@@ -85,6 +89,7 @@ impl Magazine {
         batch: 0,
         misses: 0,
         pinned: false,
+        reserved: 0,
         dead: false,
         slots: [0; MAX_HELD],
     };
@@ -187,7 +192,8 @@ impl Magazine {
     }
 
     /// Serves `manager`'s arena from now on, holding up to `cap` segments. Flushes and
-    /// lets go of the previous arena first. False if the thread is exiting.
+    /// lets go of the previous arena first. False if the thread is exiting, or if an
+    /// implicit binding would take the arena's implicit caches over their budget.
     fn bind(&mut self, manager: &BufferManager, cap: usize, batch: usize, pinned: bool) -> bool {
         if self.dead || !tls::flush_at_exit() {
             self.dead = true;
@@ -195,12 +201,24 @@ impl Magazine {
         }
         let cap = cap.clamp(2, MAX_HELD);
         let batch = batch.clamp(1, cap / 2);
-        if !self.serves(manager.shared_ptr()) {
+        let shared = manager.shared();
+        // Pinned caches are sized by their owner; implicit ones share a budget.
+        let reserve = if pinned { 0 } else { cap };
+        if self.serves(manager.shared_ptr()) {
+            if reserve > 0 && !shared.reserve_implicit(reserve) {
+                return false;
+            }
+            shared.unreserve_implicit(std::mem::take(&mut self.reserved));
+        } else {
+            if reserve > 0 && !shared.reserve_implicit(reserve) {
+                return false;
+            }
             self.unbind();
             // The caller's handle keeps the count above 0; this one is ours.
-            manager.shared().acquire_handle();
+            shared.acquire_handle();
             self.shared = manager.shared_ptr().as_ptr();
         }
+        self.reserved = reserve;
         self.cap = cap;
         self.batch = batch;
         self.pinned = pinned;
@@ -216,6 +234,8 @@ impl Magazine {
     fn unbind(&mut self) {
         let Some(shared) = NonNull::new(self.shared.cast_mut()) else { return };
         self.flush(self.len);
+        let reserved = std::mem::take(&mut self.reserved);
+        self.arena().unreserve_implicit(reserved);
         self.shared = ptr::null();
         self.len = 0;
         self.cap = 0;
@@ -554,6 +574,31 @@ mod tests {
             drop(b.lease().unwrap());
         }
         assert!(freed(id));
+    }
+
+    /// Implicit caches give their share of the budget back when they let go, and a
+    /// LocalCache taking a thread's cache over returns it too.
+    #[test]
+    fn the_implicit_budget_comes_back() {
+        let m = arena();
+        let budget = || m.shared().implicit_budget.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(budget(), 128);
+        let threads: Vec<_> = (0..12)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(move || drop(m.lease().unwrap()))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(budget(), 128);
+        drop(m.lease().unwrap());
+        assert_eq!(budget(), 128 - 16);
+        let cache = m.local_cache().unwrap();
+        assert_eq!(budget(), 128);
+        drop(cache);
+        assert_eq!(budget(), 128);
     }
 
     /// The user's last handle frees the arena at once when no cache holds it.

@@ -94,6 +94,10 @@ pub(crate) struct Shared {
     handles: AtomicUsize,
     pub(crate) counters: Counters,
     high_water: AtomicUsize,
+    /// Segments that implicitly bound thread caches may hold between them (each
+    /// reserves its capacity when it binds), so idle threads never strand more than
+    /// an eighth of the arena.
+    pub(crate) implicit_budget: AtomicUsize,
 }
 
 // SAFETY: the arena is plain bytes; each segment is accessed only by the one holder of
@@ -215,6 +219,17 @@ impl Shared {
         self.handles.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Reserves room for a thread cache of `cap` segments; false if the caches already
+    /// bound implicitly would then hold too much of the arena.
+    pub(crate) fn reserve_implicit(&self, cap: usize) -> bool {
+        self.implicit_budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(cap)).is_ok()
+    }
+
+    /// Gives back a reservation made by [`reserve_implicit`](Shared::reserve_implicit).
+    pub(crate) fn unreserve_implicit(&self, cap: usize) {
+        self.implicit_budget.fetch_add(cap, Ordering::Relaxed);
+    }
+
     /// Returns one segment (already marked free) to the shared list. The push is the
     /// caller's last access to the arena.
     #[inline]
@@ -315,6 +330,7 @@ impl BufferManager {
             handles: AtomicUsize::new(1),
             counters: Counters::default(),
             high_water: AtomicUsize::new(0),
+            implicit_budget: AtomicUsize::new(if cfg!(loom) { count as usize } else { count as usize / 8 }),
         });
         Ok(BufferManager { shared: NonNull::from(Box::leak(shared)) })
     }

@@ -342,6 +342,36 @@ fn a_thread_cache_moves_to_the_arena_the_thread_uses() {
 }
 
 #[test]
+fn implicit_caches_of_many_idle_threads_hold_at_most_an_eighth_of_the_arena() {
+    let m = cached_arena(256);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(17));
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let (m, barrier) = (m.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let held: Vec<_> = (0..4).map(|_| m.lease().unwrap()).collect();
+                drop(held);
+                barrier.wait(); // every thread has leased and returned
+                barrier.wait(); // the main thread has looked
+            })
+        })
+        .collect();
+    barrier.wait();
+    let s = m.stats();
+    assert_eq!(s.in_use, 0);
+    assert!(0 < s.cached && s.cached <= 256 / 8, "{s:?}");
+    // The rest is on the shared list: one thread can still lease it all.
+    let all: Vec<_> = (0..256 - s.cached).map(|_| m.lease().unwrap()).collect();
+    drop(all);
+    barrier.wait();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let s = m.stats();
+    assert_eq!((s.in_use, s.free()), (0, 256 - s.cached));
+}
+
+#[test]
 fn many_threads_with_implicit_caches_keep_segments_exclusive() {
     let m = cached_arena(256);
     let threads: Vec<_> = (0..4u32)
