@@ -54,10 +54,13 @@
 //! reachable only from that thread ([`BufferStats::cached`]): for an arena of 256
 //! segments or more, up to `segment_count / 64` (at most 32) per thread that leased
 //! from it and an eighth of the arena over all such threads, `2 * batch` with a
-//! [`LocalCache`]; smaller arenas are cached only by a [`LocalCache`]. A thread's cache keeps its arena mapped after the last handle is
-//! dropped, until the thread exits or moves on to another arena. A lease's bytes are not zeroed when it is
-//! handed out (see [`Lease::clear`]). Generations are 30 bits and wrap: a raw lease
-//! kept across 2^30 reuses of its segment would be taken for current.
+//! [`LocalCache`]; smaller arenas are cached only by a [`LocalCache`]. A thread's
+//! cache holds a handle: when the last user handle is dropped on another thread, the
+//! arena stays mapped until the caching thread exits or moves on to another arena.
+//!
+//! A lease's bytes are not zeroed when it is handed out (see [`Lease::clear`]).
+//! Generations are 30 bits and wrap: a raw lease kept across 2^30 raw handoffs of its
+//! segment would be taken for current.
 
 mod config;
 mod free_list;

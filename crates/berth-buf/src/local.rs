@@ -16,8 +16,9 @@
 //! The magazine lets go (flushes its segments to the shared list, then gives up the
 //! handle — possibly the last, which frees the arena) when the thread exits, when a
 //! [`LocalCache`] of another arena is installed on the thread or the one pinning it is
-//! dropped, or when the thread has leased `MISS_LIMIT` times from other arenas.
-//! Until then an arena whose user handles are all gone stays mapped.
+//! dropped, when the thread has leased `MISS_LIMIT` times from other arenas, or when
+//! the thread drops the last other handle. An arena whose last user handle is dropped
+//! on another thread stays mapped until then.
 //!
 //! # How much it holds
 //!
@@ -367,6 +368,27 @@ pub(crate) fn take_slow(manager: &BufferManager) -> Option<u32> {
     .flatten()
 }
 
+/// Called as a manager handle is dropped: if this thread's implicit magazine holds the
+/// only other handle, flush it, and if that brings every segment home, unbind it too,
+/// so the caller's release is the last and frees the arena now. If a lease is still
+/// out, the magazine keeps its handle: the arena is freed when the thread exits, if
+/// every segment is home by then, instead of leaked.
+///
+/// With exactly two handles, the caller's and this thread's magazine's, no other thread
+/// holds one to clone, release or pop with, so the count cannot change meanwhile and
+/// the shared list can only grow.
+pub(crate) fn let_go_if_last(manager: &BufferManager) {
+    let shared = manager.shared_ptr();
+    tls::with(|m| {
+        if m.serves(shared) && !m.pinned && manager.shared().handle_count() == 2 {
+            m.flush(m.len);
+            if manager.shared().free.len_quiescent() == manager.segment_count() {
+                m.unbind();
+            }
+        }
+    });
+}
+
 /// Puts a segment dropped on this thread into this thread's magazine if it serves the
 /// segment's arena. Returns false if it did not take it.
 #[inline(always)]
@@ -567,7 +589,8 @@ mod tests {
         let a = arena();
         let id = a.shared().id;
         drop(a.lease().unwrap());
-        drop(a);
+        // The last user handle goes on another thread: this thread's cache keeps it.
+        std::thread::spawn(move || drop(a)).join().unwrap();
         assert!(!freed(id), "this thread's cache still holds segments of `a`");
         let b = arena();
         for _ in 0..super::MISS_LIMIT {
@@ -599,6 +622,35 @@ mod tests {
         assert_eq!(budget(), 128);
         drop(cache);
         assert_eq!(budget(), 128);
+    }
+
+    /// The user's last handle, dropped on the thread whose cache serves the arena,
+    /// flushes that cache and frees the arena at once.
+    #[test]
+    fn the_last_handle_on_the_caching_thread_frees_the_arena() {
+        let m = arena();
+        let id = m.shared().id;
+        let held: Vec<_> = (0..20).map(|_| m.lease().unwrap()).collect();
+        drop(held);
+        assert!(m.stats().cached > 0);
+        drop(m);
+        assert!(freed(id));
+        // A lease still out keeps it mapped instead, and this thread's cache keeps a
+        // handle, so the arena is freed at the thread's exit once the lease is back.
+        let id = std::thread::spawn(|| {
+            let m = arena();
+            let id = m.shared().id;
+            let kept = m.lease().unwrap();
+            drop(m.lease().unwrap());
+            drop(m);
+            assert!(!freed(id));
+            drop(kept); // into this thread's cache, which still serves the arena
+            assert!(!freed(id));
+            id
+        })
+        .join()
+        .unwrap();
+        assert!(freed(id));
     }
 
     /// The user's last handle frees the arena at once when no cache holds it.

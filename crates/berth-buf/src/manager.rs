@@ -213,6 +213,11 @@ impl Shared {
         // Otherwise a lease is still out: leak the arena rather than free it under it.
     }
 
+    /// Manager handles alive, thread caches' included.
+    pub(crate) fn handle_count(&self) -> usize {
+        self.handles.load(Ordering::Acquire)
+    }
+
     /// Takes one more handle; the caller must hold one already (so the count is not 0)
     /// and give the new one up with [`release_handle`](Shared::release_handle).
     pub(crate) fn acquire_handle(&self) {
@@ -497,6 +502,9 @@ impl Clone for BufferManager {
 
 impl Drop for BufferManager {
     fn drop(&mut self) {
+        // If this thread's cache holds the only other handle, let it go first, so the
+        // arena is freed now (when every segment is home) rather than at thread exit.
+        crate::local::let_go_if_last(self);
         // SAFETY: this handle is given up and never used again.
         unsafe { Shared::release_handle(self.shared) };
     }
