@@ -73,7 +73,7 @@ pub(crate) struct Magazine {
     batch: usize,
     /// Leases on this thread from other arenas since binding.
     misses: u32,
-    /// A [`LocalCache`] owns the binding: only it unbinds.
+    /// A [`LocalCache`] owns the binding: only it (or the thread's exit) unbinds.
     pinned: bool,
     /// Segments of the arena's implicit-cache budget this (implicit) binding reserved.
     reserved: usize,

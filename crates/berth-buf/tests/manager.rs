@@ -402,3 +402,46 @@ fn many_threads_with_implicit_caches_keep_segments_exclusive() {
     let s = m.stats();
     assert_eq!((s.in_use, s.cached, s.free()), (0, 0, 256));
 }
+
+/// Code that runs in a thread-local destructor after the thread's cache was flushed
+/// (a late destructor, say) still leases and returns, through the shared list, and
+/// cannot install a cache.
+#[test]
+fn an_exiting_thread_uses_the_shared_list() {
+    use std::cell::RefCell;
+    use std::sync::mpsc;
+
+    type Report = (bool, bool, usize);
+    struct Late(Option<(BufferManager, mpsc::Sender<Report>)>);
+    impl Drop for Late {
+        fn drop(&mut self) {
+            if let Some((m, tx)) = self.0.take() {
+                let lease = m.lease();
+                let exiting = matches!(m.local_cache(), Err(CacheError::ThreadExiting));
+                let ok = lease.is_ok();
+                drop(lease);
+                let _ = tx.send((ok, exiting, m.stats().cached));
+            }
+        }
+    }
+    thread_local! {
+        static LATE: RefCell<Late> = const { RefCell::new(Late(None)) };
+    }
+
+    let m = cached_arena(1024);
+    let (tx, rx) = mpsc::channel();
+    let m2 = m.clone();
+    std::thread::spawn(move || {
+        // Registered before the cache's exit guard, so destroyed after it.
+        LATE.with(|late| late.borrow_mut().0 = Some((m2.clone(), tx)));
+        drop(m2.lease().unwrap());
+    })
+    .join()
+    .unwrap();
+    let (leased, exiting, cached) = rx.recv().unwrap();
+    assert!(leased, "a lease in a late destructor comes from the shared list");
+    assert!(exiting, "no cache is installed on an exiting thread");
+    assert_eq!(cached, 0);
+    let s = m.stats();
+    assert_eq!((s.in_use, s.cached, s.free()), (0, 0, 1024));
+}
