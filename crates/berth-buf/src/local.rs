@@ -132,9 +132,11 @@ impl Magazine {
         if len < self.cap
             && let Some(slot) = self.slots.get_mut(len)
         {
+            // SAFETY: the magazine serves `shared`, so its handle keeps it alive.
+            // (Through the argument, not `self.shared`: no reload after the store.)
+            unsafe { shared.as_ref() }.mark(index, CACHED);
             *slot = index;
             self.len = len + 1;
-            self.arena().mark(index, CACHED);
         } else {
             self.put_full(index);
         }
