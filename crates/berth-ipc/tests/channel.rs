@@ -84,8 +84,14 @@ fn wrong_magic() {
 
 #[test]
 fn other_major_version() {
-    let e = open_bytes(&patched(8, &2u16.to_le_bytes())).unwrap_err();
-    assert!(matches!(e, OpenError::VersionMismatch { found_major: 2, supported_major: 1, .. }), "{e}");
+    // Layout 1.x (tail-polled commits) and a future 3.x are both refused by this 2.x build.
+    for other in [1u16, 3] {
+        let e = open_bytes(&patched(8, &other.to_le_bytes())).unwrap_err();
+        assert!(
+            matches!(e, OpenError::VersionMismatch { found_major, supported_major: 2, .. } if found_major == other),
+            "{e}"
+        );
+    }
 }
 
 #[test]
