@@ -104,12 +104,13 @@
 //!
 //! **Commit.** The receiver polls the header word at its position, not `tail`, so a
 //! message costs it one cache-line transfer, not two. To commit, the sender writes
-//! the payload; then, if the 8 bytes after the record are free, stores 0 there (so
-//! that stale bytes of an earlier lap are never taken for the next header); then
-//! release-stores the header word (at a wrap: the message's header at offset 0
-//! first, then the padding header); then stores `tail`. If the bytes after the
-//! record are not free, the ring is exactly full and they hold the oldest record's
-//! header, one lap old. So the receiver, expecting lap `L` at its position, reads
+//! the payload; then makes sure the 8 bytes after the record read 0 if they are
+//! free (it zeroes free space ahead of `tail` a chunk at a time, up to 4 KiB, and
+//! forgets what it zeroed when a grant is dropped or shortened), so that stale bytes
+//! of an earlier lap are never taken for the next header; then release-stores the
+//! header word (at a wrap: the message's header at offset 0 first, then the padding
+//! header); then stores `tail`. If the bytes after the record are not free, the
+//! ring is exactly full and they hold the oldest record's header, one lap old. So the receiver, expecting lap `L` at its position, reads
 //! (acquire) a word that is either 0 or tagged `L − 1` (not committed yet), or
 //! tagged `L` (committed); anything else is corruption. A receiver that sees no
 //! header where `tail` says one was committed also reports corruption, rather than

@@ -43,6 +43,9 @@ pub(crate) trait Region {
     /// Stores, with release ordering, the 8-byte record header at data offset `off`
     /// (8-aligned, in bounds).
     fn store_word(&self, off: usize, v: u64);
+    /// Zeroes data bytes `off..off + len` (8-aligned, in bounds, free space that the
+    /// consumer does not read until a later release store publishes it).
+    fn zero(&self, off: usize, len: usize);
     /// The waker's half of the wake handshake, between its store (a record header or
     /// its position) and its load of the peer's waiter flag: it must act as a full
     /// (StoreLoad) barrier *together with* [`Region::heavy_barrier`] on the sleeping
@@ -76,20 +79,28 @@ pub(crate) fn record_size(len: u64) -> u64 {
     RECORD_ALIGN + len.next_multiple_of(RECORD_ALIGN)
 }
 
-/// Geometry both ends agree on, plus the consumer's publication batch.
+/// Geometry both ends agree on, plus each end's batching.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Geometry {
     pub(crate) capacity: u64,
     pub(crate) max_message: u64,
     /// The consumer publishes its position at least every this many bytes.
     pub(crate) release_batch: u64,
+    /// The producer zeroes free space ahead of its position this many bytes at a time.
+    pub(crate) zero_chunk: u64,
 }
 
 impl Geometry {
     /// A ring of `capacity` bytes (a power of two) carrying up to `max_message`; the
-    /// consumer publishes its position every quarter ring.
+    /// consumer publishes its position every quarter ring, the producer zeroes
+    /// ahead in chunks of a sixteenth of the ring, at most 4 KiB.
     pub(crate) fn new(capacity: u64, max_message: u64) -> Geometry {
-        Geometry { capacity, max_message, release_batch: (capacity / 4).max(RECORD_ALIGN) }
+        Geometry {
+            capacity,
+            max_message,
+            release_batch: (capacity / 4).max(RECORD_ALIGN),
+            zero_chunk: (capacity / 16).clamp(RECORD_ALIGN, 4096),
+        }
     }
 
     /// The lap tag of position `pos`: the low 16 bits of `pos / capacity`.
@@ -132,6 +143,8 @@ pub(crate) struct Producer {
     geo: Geometry,
     tail: u64,
     cached_head: u64,
+    /// Free space from `tail` up to here is known to read 0.
+    zeroed: u64,
 }
 
 impl Producer {
@@ -139,7 +152,7 @@ impl Producer {
     pub(crate) fn new(geo: Geometry, r: &impl Region) -> Result<Producer, &'static str> {
         let tail = check_position(r.tail().load(Ordering::Relaxed))?;
         // Pretend the ring is full so the first reserve loads and validates the head.
-        Ok(Producer { geo, tail, cached_head: tail.wrapping_sub(geo.capacity) })
+        Ok(Producer { geo, tail, cached_head: tail.wrapping_sub(geo.capacity), zeroed: tail })
     }
 
     /// Finds room for a `len`-byte record (after a padding record if it would wrap).
@@ -180,21 +193,22 @@ impl Producer {
         Ok(())
     }
 
-    /// Publishes a reserved record (optionally shortened to `len`): zeroes the next
-    /// header word if it is free, then release-stores the record's header (and, at a
-    /// wrap, the padding header after it), then the position. Returns true when the
-    /// receiver flagged that it sleeps and must be woken.
+    /// Publishes a reserved record (optionally shortened to `len`): makes sure the
+    /// next header word reads 0 if it is free, then release-stores the record's
+    /// header (and, at a wrap, the padding header after it), then the position.
+    /// Returns true when the receiver flagged that it sleeps and must be woken.
     #[inline]
     pub(crate) fn commit(&mut self, r: &impl Region, slot: Slot, len: usize) -> bool {
         debug_assert!(len <= slot.len);
         let geo = self.geo;
         // A shortened record frees its unused tail padding.
         let next = slot.next - (record_size(slot.len as u64) - record_size(len as u64));
-        if next.wrapping_sub(self.cached_head) < geo.capacity {
-            // Free (the reservation checked up to `next`; a word more is free unless
-            // the ring is now exactly full, and then the word is the oldest record's
-            // header, one lap old).
-            r.store_word(geo.offset(next), 0);
+        if len < slot.len {
+            // The caller may have written past `len`: that is not zero any more.
+            self.zeroed = next;
+        }
+        if (self.zeroed.wrapping_sub(next) as i64) < RECORD_ALIGN as i64 {
+            self.zero_ahead(r, next);
         }
         let at = geo.offset(self.tail);
         if slot.hdr == at {
@@ -213,6 +227,37 @@ impl Producer {
         // it sees our header, or we see its flag. No fence, no RMW while it is awake.
         r.light_barrier();
         r.rx_wait().load(Ordering::Relaxed) != 0 && r.rx_wait().swap(0, Ordering::Relaxed) != 0
+    }
+
+    /// Zeroes free space from `next` on, a chunk at a time, so that the word at `next`
+    /// reads 0 before the header that leads the consumer there is published: stale
+    /// payload of an earlier lap is never taken for a header. Zeroing ahead in chunks
+    /// costs one `memset` per chunk instead of a store into a fresh line per record.
+    /// If no byte at `next` is free, the ring is exactly full and the word there is
+    /// the oldest record's header, one lap old, which its tag tells apart.
+    #[cold]
+    fn zero_ahead(&mut self, r: &impl Region, next: u64) {
+        let geo = self.geo;
+        let free = self.cached_head.wrapping_add(geo.capacity).wrapping_sub(next);
+        if free == 0 || free > geo.capacity {
+            return;
+        }
+        let start = if (self.zeroed.wrapping_sub(next) as i64) > 0 { self.zeroed } else { next };
+        let end = next.wrapping_add(free.min(geo.zero_chunk));
+        let (from, len) = (geo.offset(start), end.wrapping_sub(start) as usize);
+        let first = len.min(geo.capacity as usize - from);
+        r.zero(from, first);
+        if first < len {
+            r.zero(0, len - first);
+        }
+        self.zeroed = end;
+    }
+
+    /// A reservation was dropped uncommitted: its bytes may hold anything now.
+    pub(crate) fn abort(&mut self, slot: Slot) {
+        if slot.len > 0 {
+            self.zeroed = self.tail;
+        }
     }
 
     /// Announces that the sender is about to sleep until at least `len` bytes fit.
@@ -442,7 +487,7 @@ pub(crate) enum Mutation {
     RelaxedCommit,
     /// The consumer takes any non-zero word for a header, ignoring its lap tag.
     NoLapTags,
-    /// The producer does not zero the next header word before committing.
+    /// The producer does not zero free space ahead of its position.
     NoPreZero,
 }
 
@@ -534,9 +579,21 @@ impl Region for HeapRegion {
     }
     fn store_word(&self, off: usize, v: u64) {
         match self.mutation {
-            Some(Mutation::NoPreZero) if v == 0 => {}
             Some(Mutation::RelaxedCommit) => self.words[off / 8].store(v, Ordering::Relaxed),
             _ => self.words[off / 8].store(v, Ordering::Release),
+        }
+    }
+    fn zero(&self, off: usize, len: usize) {
+        if self.mutation == Some(Mutation::NoPreZero) {
+            return;
+        }
+        for w in &self.words[off / 8..(off + len) / 8] {
+            w.store(0, Ordering::Relaxed);
+        }
+        for b in &self.bytes[off..off + len] {
+            // SAFETY: free space: the consumer released it and reads it again only
+            // after a later release store (loom checks that claim).
+            b.with_mut(|p| unsafe { *p = 0 });
         }
     }
     /// Models the membarrier pairing: the sleeper's membarrier makes the waker execute
@@ -830,6 +887,39 @@ mod tests {
             send(&r, &mut p, &[3; 8]).unwrap();
             assert_eq!(recv(&r, &mut c).unwrap().unwrap(), vec![3; 8]);
             assert_eq!(recv(&r, &mut c).unwrap().is_some(), stale_delivered, "{mutation:?}");
+        }
+    }
+
+    /// Bytes written into a reservation that is then aborted or shortened are no
+    /// longer zero: the producer forgets what it had zeroed ahead, so garbage that
+    /// looks like a header is never where the consumer looks next.
+    #[test]
+    fn aborted_and_shortened_grants_are_zeroed_again() {
+        let fake = record_word(0, REC_DATA, 0).to_le_bytes();
+        for (shorten, forget) in [(false, false), (false, true), (true, false), (true, true)] {
+            let (r, mut p, mut c) = pair(1024);
+            send(&r, &mut p, &[1; 8]).unwrap(); // zeroes ahead of position 16
+            recv(&r, &mut c).unwrap().unwrap();
+            let s = p.reserve(&r, 40).unwrap(); // payload at 24..64
+            r.write(s.off, &[fake, fake].concat());
+            if shorten {
+                // An empty record: the consumer looks next at 24, inside the grant.
+                if forget {
+                    // What a commit that kept its zeroed frontier would publish.
+                    r.store_word(s.hdr, record_word(0, REC_DATA, 0));
+                } else {
+                    p.commit(&r, s, 0);
+                }
+                assert_eq!(recv(&r, &mut c).unwrap().unwrap(), Vec::<u8>::new());
+            } else {
+                if !forget {
+                    p.abort(s);
+                }
+                // An 8-byte record: the consumer looks next at 32, inside the old grant.
+                send(&r, &mut p, &[2; 8]).unwrap();
+                assert_eq!(recv(&r, &mut c).unwrap().unwrap(), vec![2; 8]);
+            }
+            assert_eq!(recv(&r, &mut c).unwrap().is_some(), forget, "shorten {shorten}, forget {forget}");
         }
     }
 
