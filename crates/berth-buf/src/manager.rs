@@ -283,8 +283,10 @@ pub enum RawError {
 ///
 /// A `BufferManager` is a cheap handle (clone it for each thread); the arena lives
 /// until the last handle and the last lease are gone. It is `Send + Sync`; leasing from
-/// many threads goes through a lock-free free list, and a thread that leases a lot can
-/// use a [`LocalCache`](crate::LocalCache) to skip it.
+/// many threads goes through a lock-free free list, behind a small cache per thread
+/// (for arenas of 256 segments or more) that a lease dropped on the same thread goes
+/// back to. An event loop pins and sizes its thread's cache with a
+/// [`LocalCache`](crate::LocalCache).
 ///
 /// ```
 /// use berth_buf::BufferManager;
