@@ -127,6 +127,7 @@ impl Shared {
         if self.asym && !self.degraded.load(Ordering::Relaxed) { grown } else { grown.min(SLICE_NO_MEMBARRIER) }
     }
 
+    #[inline]
     fn u32_at(&self, at: usize) -> &AtomicU32 {
         debug_assert!(at.is_multiple_of(4) && at + 4 <= layout::HEADER_LEN as usize);
         // SAFETY: `at` is a constant header offset, 4-aligned, inside the header page
@@ -135,6 +136,7 @@ impl Shared {
         unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(at).cast()) }
     }
 
+    #[inline]
     fn u64_at(&self, at: usize) -> &AtomicU64 {
         debug_assert!(at.is_multiple_of(8) && at + 8 <= layout::HEADER_LEN as usize);
         // SAFETY: as in `u32_at`, with 8-byte alignment.
@@ -143,6 +145,7 @@ impl Shared {
 
     /// Pointer to data byte `off` (`off <= capacity`, guaranteed by the ring core;
     /// `capacity` itself only as the end of an empty record).
+    #[inline]
     fn data(&self, off: usize) -> *mut u8 {
         debug_assert!((off as u64) <= self.layout.capacity);
         // SAFETY: data_offset + capacity == total_len, the mapped length (checked by
@@ -534,6 +537,7 @@ impl Sender {
     }
 
     /// Copies `msg` into the ring and commits it, or fails at once with `Full`.
+    #[inline]
     pub fn try_send(&mut self, msg: &[u8]) -> Result<(), SendError> {
         let mut g = self.try_reserve(msg.len())?;
         g.copy_from_slice(msg);
@@ -542,6 +546,7 @@ impl Sender {
     }
 
     /// Like [`Sender::try_send`], waiting up to `timeout` (`None`: forever) for room.
+    #[inline]
     pub fn send(&mut self, msg: &[u8], timeout: Option<Duration>) -> Result<(), SendError> {
         let mut g = self.reserve(msg.len(), timeout)?;
         g.copy_from_slice(msg);
@@ -550,6 +555,7 @@ impl Sender {
     }
 
     /// Reserves `len` bytes in place, or fails at once with `Full`.
+    #[inline]
     pub fn try_reserve(&mut self, len: usize) -> Result<Grant<'_>, SendError> {
         match self.prod.reserve(&*self.sh, len) {
             Ok(slot) => Ok(Grant { tx: self, slot, committed: false }),
@@ -559,6 +565,7 @@ impl Sender {
 
     /// Reserves `len` bytes in place, waiting up to `timeout` (`None`: forever) for
     /// room. Write the message into the [`Grant`] and [`commit`](Grant::commit) it.
+    #[inline]
     pub fn reserve(&mut self, len: usize, timeout: Option<Duration>) -> Result<Grant<'_>, SendError> {
         match self.prod.reserve(&*self.sh, len) {
             Ok(slot) => Ok(Grant { tx: self, slot, committed: false }),
@@ -715,6 +722,7 @@ pub struct Grant<'a> {
 
 impl Grant<'_> {
     /// Publishes the whole reserved length.
+    #[inline]
     pub fn commit(self) {
         let len = self.slot.len;
         self.commit_len(len);
@@ -746,19 +754,21 @@ impl Drop for Grant<'_> {
 
 impl Deref for Grant<'_> {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         // SAFETY: the slot lies inside the data area (checked by the ring core) beyond
         // the committed tail, where an honest receiver never reads or writes, and
         // `&mut Sender` makes this the only grant. See the crate's trust model for a
         // hostile receiver.
-        unsafe { std::slice::from_raw_parts(self.tx.sh.data(self.slot.off), self.slot.len) }
+        unsafe { std::slice::from_raw_parts(self.tx.sh.data(self.slot.off()), self.slot.len) }
     }
 }
 
 impl DerefMut for Grant<'_> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `deref`; `&mut self` makes the slice unique in this process.
-        unsafe { std::slice::from_raw_parts_mut(self.tx.sh.data(self.slot.off), self.slot.len) }
+        unsafe { std::slice::from_raw_parts_mut(self.tx.sh.data(self.slot.off()), self.slot.len) }
     }
 }
 
@@ -806,9 +816,9 @@ impl Receiver {
     /// delivered, then `Closed` / `PeerDead`.
     #[inline]
     pub fn try_recv(&mut self) -> Result<RecvGuard<'_>, RecvError> {
-        match self.cons.peek(&*self.sh) {
-            Ok(Some(slot)) => Ok(RecvGuard { rx: self, slot }),
-            Ok(None) => Err(self.empty()),
+        match self.cons.poll(&*self.sh) {
+            Ok(true) => Ok(RecvGuard { rx: self }),
+            Ok(false) => Err(self.empty()),
             Err(why) => Err(RecvError::Corrupted(why)),
         }
     }
@@ -831,9 +841,9 @@ impl Receiver {
     /// Like [`Receiver::try_recv`], waiting up to `timeout` (`None`: forever).
     #[inline]
     pub fn recv(&mut self, timeout: Option<Duration>) -> Result<RecvGuard<'_>, RecvError> {
-        match self.cons.peek(&*self.sh) {
-            Ok(Some(slot)) => Ok(RecvGuard { rx: self, slot }),
-            Ok(None) => self.recv_slow(timeout),
+        match self.cons.poll(&*self.sh) {
+            Ok(true) => Ok(RecvGuard { rx: self }),
+            Ok(false) => self.recv_slow(timeout),
             Err(why) => Err(RecvError::Corrupted(why)),
         }
     }
@@ -850,21 +860,22 @@ impl Receiver {
                 Ok(()) => {}
                 Err(Stop::TimedOut) => break Err(RecvError::TimedOut),
                 // Whatever the peer committed before closing or dying is still delivered.
-                Err(Stop::Peer(state)) => match self.cons.peek(&*self.sh) {
-                    Ok(Some(slot)) => break Ok(slot),
-                    Ok(None) if state == PeerState::Closed => break Err(RecvError::Closed),
-                    Ok(None) => break Err(RecvError::PeerDead),
+                Err(Stop::Peer(state)) => match self.cons.poll(&*self.sh) {
+                    Ok(true) => break Ok(()),
+                    Ok(false) if state == PeerState::Closed => break Err(RecvError::Closed),
+                    Ok(false) => break Err(RecvError::PeerDead),
                     Err(why) => break Err(RecvError::Corrupted(why)),
                 },
             }
-            match self.cons.peek(&*self.sh) {
-                Ok(Some(slot)) => break Ok(slot),
-                Ok(None) => {}
+            match self.cons.poll(&*self.sh) {
+                Ok(true) => break Ok(()),
+                Ok(false) => {}
                 Err(why) => break Err(RecvError::Corrupted(why)),
             }
         };
         wait.finish(self.sh.rx_wait());
-        Ok(RecvGuard { rx: self, slot: got? })
+        got?;
+        Ok(RecvGuard { rx: self })
     }
 
     /// Copies the next message into `buf` and releases it; `BufferTooSmall` leaves it
@@ -895,21 +906,21 @@ impl Drop for Receiver {
 /// space back to the sender.
 pub struct RecvGuard<'a> {
     rx: &'a mut Receiver,
-    slot: Slot,
 }
 
 impl RecvGuard<'_> {
     /// Copies the message out with volatile reads (no assumption that the bytes hold
     /// still) and releases it; `BufferTooSmall` if `buf` is too short.
     pub fn copy_to(self, buf: &mut [u8]) -> Result<usize, RecvError> {
-        let len = self.slot.len;
+        let slot = self.rx.cons.current();
+        let len = slot.len;
         let Some(dst) = buf.get_mut(..len) else {
             // Keep the message queued: forget nothing, release nothing.
             let err = RecvError::BufferTooSmall { len, buf: buf.len() };
             std::mem::forget(self);
             return Err(err);
         };
-        let src = self.rx.sh.data(self.slot.off);
+        let src = self.rx.sh.data(slot.off());
         for (i, d) in dst.iter_mut().enumerate() {
             // SAFETY: [off, off + len) is inside the data area (validated by the ring
             // core); volatile reads tolerate a peer writing concurrently.
@@ -921,18 +932,22 @@ impl RecvGuard<'_> {
 
 impl Deref for RecvGuard<'_> {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
+        let slot = self.rx.cons.current();
         // SAFETY: the slot is a committed record inside the data area (bounds checked
-        // against the capacity and the committed tail by the ring core); an honest
-        // sender does not write it until we release it, and `&mut Receiver` makes this
-        // the only guard. See the crate's trust model for a hostile sender.
-        unsafe { std::slice::from_raw_parts(self.rx.sh.data(self.slot.off), self.slot.len) }
+        // against the capacity by the ring core); an honest sender does not write it
+        // until we release it, and `&mut Receiver` makes this the only guard. See the
+        // crate's trust model for a hostile sender.
+        unsafe { std::slice::from_raw_parts(self.rx.sh.data(slot.off()), slot.len) }
     }
 }
 
 impl Drop for RecvGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
-        if self.rx.cons.release(&*self.rx.sh, self.slot) {
+        let slot = self.rx.cons.current();
+        if self.rx.cons.release(&*self.rx.sh, slot) {
             sys::futex_wake(self.rx.sh.tx_wait());
         }
     }
@@ -940,6 +955,6 @@ impl Drop for RecvGuard<'_> {
 
 impl fmt::Debug for RecvGuard<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RecvGuard").field("len", &self.slot.len).finish()
+        f.debug_struct("RecvGuard").field("len", &self.rx.cons.current().len).finish()
     }
 }

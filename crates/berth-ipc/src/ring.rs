@@ -117,10 +117,17 @@ impl Geometry {
 /// bytes; the position becomes `next` once committed or released.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Slot {
-    pub(crate) off: usize,
     pub(crate) len: usize,
     hdr: usize,
     next: u64,
+}
+
+impl Slot {
+    /// Data offset of the payload.
+    #[inline]
+    pub(crate) fn off(&self) -> usize {
+        self.hdr + RECORD_ALIGN as usize
+    }
 }
 
 /// Why the producer cannot reserve.
@@ -174,7 +181,7 @@ impl Producer {
             }
         }
         let hdr = if to_end < total { 0 } else { at };
-        Ok(Slot { off: hdr + RECORD_ALIGN as usize, len, hdr, next: self.tail.wrapping_add(need) })
+        Ok(Slot { len, hdr, next: self.tail.wrapping_add(need) })
     }
 
     /// Loads and validates the consumer position.
@@ -305,6 +312,8 @@ pub(crate) struct Consumer {
     /// Empty polls since the last cross-check.
     idle: u32,
     poisoned: Option<&'static str>,
+    /// The record the last successful [`Consumer::poll`] found.
+    cur: Slot,
 }
 
 /// What the word at a record position says.
@@ -317,13 +326,46 @@ impl Consumer {
     /// Resumes at the consumer position currently in the region.
     pub(crate) fn new(geo: Geometry, r: &impl Region) -> Result<Consumer, &'static str> {
         let head = check_position(r.head().load(Ordering::Relaxed))?;
-        Ok(Consumer { geo, head, published: head, idle: 0, poisoned: None })
+        Ok(Consumer { geo, head, published: head, idle: 0, poisoned: None, cur: Slot { len: 0, hdr: 0, next: head } })
     }
 
     /// The next committed record, if any. Validates the record header against the
     /// geometry and the lap; a failure poisons the consumer.
-    #[inline]
+    #[cfg(any(test, loom))]
     pub(crate) fn peek(&mut self, r: &impl Region) -> Result<Option<Slot>, &'static str> {
+        Ok(if self.poll(r)? { Some(self.cur) } else { None })
+    }
+
+    /// Like [`Consumer::peek`], leaving the record found in [`Consumer::current`]:
+    /// nothing larger than a flag crosses the call, which keeps the hot path free of
+    /// aggregate copies through the stack.
+    #[inline]
+    pub(crate) fn poll(&mut self, r: &impl Region) -> Result<bool, &'static str> {
+        if self.poisoned.is_none()
+            && let Ok(Some(slot)) = self.peek_inner(r)
+        {
+            self.cur = slot;
+            return Ok(true);
+        }
+        match self.peek_slow(r)? {
+            Some(slot) => {
+                self.cur = slot;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The record the last successful [`Consumer::poll`] found.
+    #[inline]
+    pub(crate) fn current(&self) -> Slot {
+        self.cur
+    }
+
+    /// [`Consumer::peek`] when there is no record (or an error): count the empty
+    /// poll, cross-check now and then, and poison on an error.
+    #[cold]
+    fn peek_slow(&mut self, r: &impl Region) -> Result<Option<Slot>, &'static str> {
         if let Some(why) = self.poisoned {
             return Err(why);
         }
@@ -354,6 +396,7 @@ impl Consumer {
         }
     }
 
+    #[inline]
     fn peek_inner(&mut self, r: &impl Region) -> Result<Option<Slot>, &'static str> {
         let cap = self.geo.capacity;
         let mut head = self.head;
@@ -378,12 +421,7 @@ impl Consumer {
                         return Err("record crosses the end of the ring");
                     }
                     self.head = head;
-                    return Ok(Some(Slot {
-                        off: (at + RECORD_ALIGN) as usize,
-                        len: len as usize,
-                        hdr: at as usize,
-                        next: head.wrapping_add(total),
-                    }));
+                    return Ok(Some(Slot { len: len as usize, hdr: at as usize, next: head.wrapping_add(total) }));
                 }
                 REC_PAD => {
                     let to_end = cap - at;
@@ -637,7 +675,7 @@ mod tests {
 
     fn send(r: &HeapRegion, p: &mut Producer, msg: &[u8]) -> Result<(), ReserveError> {
         let s = p.reserve(r, msg.len())?;
-        r.write(s.off, msg);
+        r.write(s.off(), msg);
         p.commit(r, s, msg.len());
         Ok(())
     }
@@ -649,7 +687,7 @@ mod tests {
             return Ok(None);
         };
         let mut v = vec![0; s.len];
-        r.read(s.off, &mut v);
+        r.read(s.off(), &mut v);
         c.release(r, s);
         Ok(Some(v))
     }
@@ -791,7 +829,7 @@ mod tests {
     fn shortened_commit_frees_the_rest() {
         let (r, mut p, mut c) = pair(128);
         let s = p.reserve(&r, 40).unwrap();
-        r.write(s.off, &[5; 3]);
+        r.write(s.off(), &[5; 3]);
         p.commit(&r, s, 3);
         assert_eq!(p.position(), 16);
         assert_eq!(recv(&r, &mut c).unwrap().unwrap(), vec![5; 3]);
@@ -806,7 +844,7 @@ mod tests {
         recv(&r, &mut c).unwrap().unwrap();
         // This one would wrap: nothing, not even the padding, is written until commit.
         let s = p.reserve(&r, 40).unwrap();
-        r.write(s.off, &[7; 40]);
+        r.write(s.off(), &[7; 40]);
         assert_eq!(recv(&r, &mut c).unwrap(), None);
         send(&r, &mut p, &[2; 40]).unwrap();
         assert_eq!(recv(&r, &mut c).unwrap().unwrap(), vec![2; 40]);
@@ -901,7 +939,7 @@ mod tests {
             send(&r, &mut p, &[1; 8]).unwrap(); // zeroes ahead of position 16
             recv(&r, &mut c).unwrap().unwrap();
             let s = p.reserve(&r, 40).unwrap(); // payload at 24..64
-            r.write(s.off, &[fake, fake].concat());
+            r.write(s.off(), &[fake, fake].concat());
             if shorten {
                 // An empty record: the consumer looks next at 24, inside the grant.
                 if forget {
@@ -965,7 +1003,7 @@ mod tests {
             for _ in 0..20 {
                 match c.peek(&r) {
                     Ok(Some(s)) => {
-                        prop_assert!(s.off + s.len <= 256);
+                        prop_assert!(s.off() + s.len <= 256);
                         c.release(&r, s);
                     }
                     Ok(None) => { c.flush(&r); }
@@ -997,7 +1035,7 @@ mod loom_tests {
             while sent < 3 {
                 match p.reserve(&*pr, 20) {
                     Ok(s) => {
-                        pr.write(s.off, &[sent; 20]);
+                        pr.write(s.off(), &[sent; 20]);
                         p.commit(&*pr, s, 20);
                         sent += 1;
                     }
@@ -1012,7 +1050,7 @@ mod loom_tests {
             match c.peek(&*r).unwrap() {
                 Some(s) => {
                     let mut buf = [0u8; 20];
-                    r.read(s.off, &mut buf);
+                    r.read(s.off(), &mut buf);
                     assert_eq!(s.len, 20);
                     assert_eq!(buf, [got; 20], "a stale or torn record");
                     c.release(&*r, s);
@@ -1061,7 +1099,7 @@ mod loom_tests {
             let producer = thread::spawn(move || {
                 let mut p = Producer::new(geo(), &*pr).unwrap();
                 let s = p.reserve(&*pr, 8).unwrap();
-                pr.write(s.off, &[1; 8]);
+                pr.write(s.off(), &[1; 8]);
                 p.commit(&*pr, s, 8)
             });
             let mut c = Consumer::new(geo(), &*r).unwrap();
@@ -1191,7 +1229,7 @@ mod loom_tests {
                             Err(e) => panic!("{e:?}"),
                         }
                     };
-                    pr.write(s.off, &[n; 20]);
+                    pr.write(s.off(), &[n; 20]);
                     if p.commit(&*pr, s, 20) {
                         // futex_wake: the flag is already 0, the sleeper proceeds.
                     }
@@ -1212,7 +1250,7 @@ mod loom_tests {
                     }
                 };
                 let mut buf = [0u8; 20];
-                r.read(s.off, &mut buf);
+                r.read(s.off(), &mut buf);
                 assert_eq!(buf, [n; 20]);
                 c.release(&*r, s);
             }
