@@ -421,26 +421,24 @@ impl Service for IpcRelay {
             reply.close();
             return input.len();
         };
-        match tx.try_reserve(RECORD_HEADER + len) {
-            Ok(mut grant) => {
-                grant[..8].copy_from_slice(&reply.conn_id().to_u64().to_le_bytes());
-                grant[8..12].copy_from_slice(&(len as u32).to_le_bytes());
-                grant[12..].copy_from_slice(payload);
-                grant.commit();
-            }
-            Err(e) => {
-                drop(link);
-                match e {
-                    SendError::Full => add(&sh.counts.closed_ring_full, 1),
-                    // Closed, dead, corrupted: the relay thread notices and reattaches.
-                    _ => add(&sh.counts.closed_backend_lost, 1),
-                }
-                tracing::debug!("relay: cannot forward a frame ({e}): closing");
-                reply.close();
-                return input.len();
-            }
-        }
+        let id = reply.conn_id().to_u64();
+        let forwarded = tx.try_reserve(RECORD_HEADER + len).map(|mut grant| {
+            grant[..8].copy_from_slice(&id.to_le_bytes());
+            grant[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+            grant[12..].copy_from_slice(payload);
+            grant.commit();
+        });
         drop(link);
+        if let Err(e) = forwarded {
+            match e {
+                SendError::Full => add(&sh.counts.closed_ring_full, 1),
+                // Closed, dead, corrupted: the relay thread notices and reattaches.
+                _ => add(&sh.counts.closed_backend_lost, 1),
+            }
+            tracing::debug!("relay: cannot forward a frame ({e}): closing");
+            reply.close();
+            return input.len();
+        }
         add(&sh.counts.frames_in, 1);
         conn.waiting_on = generation;
         reply.answer_later();
