@@ -6,15 +6,13 @@
 //! Skipped, with a message saying so, when curl is not installed (`.ci/run` installs
 //! it when it runs as root).
 
+use rustix::process::Signal;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
-
-use rustix::process::{Pid, Signal, kill_process};
 
 mod common;
 
-use common::{TIMEOUT, start};
+use common::{TIMEOUT, banner_addr, signal, start, wait_exit};
 
 fn curl_installed() -> bool {
     Command::new("curl").arg("--version").output().is_ok_and(|o| o.status.success())
@@ -73,8 +71,8 @@ fn curl_against_berth_serve() {
         return;
     }
     let (dir, root) = site();
-    let (mut child, banner) = start(&["serve", root.to_str().unwrap(), "--addr", "127.0.0.1:0", "--workers", "1"]);
-    let addr = banner.split("http://").nth(1).and_then(|r| r.split('/').next()).expect("address in banner");
+    let (child, banner) = start(&["serve", root.to_str().unwrap(), "--addr", "127.0.0.1:0", "--workers", "1"]);
+    let addr = banner_addr(&banner);
     let url = |path: &str| format!("http://{addr}{path}");
     let out_dir = dir.0.join("out");
     std::fs::create_dir_all(&out_dir).unwrap();
@@ -152,11 +150,7 @@ fn curl_against_berth_serve() {
         assert!(!text.contains("TOP-SECRET"), "{path}: served the secret");
     }
 
-    kill_process(Pid::from_raw(child.id() as i32).unwrap(), Signal::INT).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait());
-    });
-    let status = rx.recv_timeout(TIMEOUT + Duration::from_secs(5)).expect("berth exits after SIGINT").unwrap();
+    signal(&child, Signal::INT);
+    let status = wait_exit(child);
     assert!(status.success(), "exit status {status:?}");
 }

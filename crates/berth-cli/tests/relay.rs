@@ -4,27 +4,13 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Child;
-use std::sync::mpsc;
 use std::time::Instant;
 
-use rustix::process::{Pid, Signal, kill_process};
+use rustix::process::Signal;
 
 mod common;
 
-use common::{TIMEOUT, start};
-
-fn signal(child: &Child, sig: Signal) {
-    kill_process(Pid::from_raw(child.id() as i32).unwrap(), sig).unwrap();
-}
-
-fn wait_exit(mut child: Child) -> std::process::ExitStatus {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait());
-    });
-    rx.recv_timeout(TIMEOUT).expect("berth exits").unwrap()
-}
+use common::{TIMEOUT, banner_addr, signal, start, wait_exit};
 
 fn frame(payload: &[u8]) -> Vec<u8> {
     let mut f = (payload.len() as u32).to_be_bytes().to_vec();
@@ -76,11 +62,7 @@ fn relay_and_backend_processes_survive_a_killed_backend() {
         start(&["relay", "--channel", &channel, "--addr", "127.0.0.1:0", "--workers", "1", "--log", "warn"]);
     let prefix = format!("berth: relaying to backend channel {channel} on ");
     assert!(banner.starts_with(&prefix), "banner: {banner:?}");
-    let addr: SocketAddr = banner[prefix.len()..]
-        .split(' ')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {banner:?}"));
+    let addr = banner_addr(&banner);
 
     let (backend, banner) = start(&["backend-echo", "--channel", &channel, "--log", "warn"]);
     assert!(banner.starts_with("berth: echo backend"), "banner: {banner:?}");
