@@ -269,9 +269,9 @@ impl AsMut<[u8]> for Lease {
 }
 
 impl Drop for Lease {
-    /// Into this thread's segment cache if it serves the lease's arena (small enough
-    /// to inline), else out of line to the shared list or the heap.
-    #[inline]
+    /// Into this thread's segment cache if it serves the lease's arena (a few
+    /// instructions, inlined), else out of line to the shared list or the heap.
+    #[inline(always)]
     fn drop(&mut self) {
         if let Home::Arena { shared, index } = self.home()
             && local::give_back(shared, index)

@@ -55,6 +55,8 @@
 //! segments or more, up to `segment_count / 64` (at most 32) per thread that leased
 //! from it and an eighth of the arena over all such threads, `2 * batch` with a
 //! [`LocalCache`]; smaller arenas are cached only by a [`LocalCache`]. A thread's
+//! cache gives everything back at its next return after a lease found the arena
+//! exhausted, so a retry succeeds unless the segments sit with idle threads. A thread's
 //! cache holds a handle: when the last user handle is dropped on another thread, the
 //! arena stays mapped until the caching thread exits or moves on to another arena.
 //!

@@ -29,6 +29,10 @@
 //! budget of an eighth of the arena, and a thread that finds it spent uses the shared
 //! list. A [`LocalCache`] holds up to `2 * batch`.
 //!
+//! When a lease finds the arena exhausted, every magazine serving it gives all its
+//! segments back at its next return (one relaxed load per return notices), so only
+//! the caches of idle threads stay stranded.
+//!
 //! # Aliasing
 //!
 //! The magazine is reached as `&mut` only inside `tls::with`, by code on its own
@@ -44,6 +48,7 @@ use crate::manager::{BufferManager, CACHED, Exhausted, FREE, Shared, thread_ordi
 
 /// Most segments one magazine holds: a [`LocalCache`]'s `2 * batch`, batch at most 64.
 const MAX_HELD: usize = 128;
+const _: () = assert!(MAX_HELD.is_power_of_two());
 /// Most segments an implicitly bound magazine holds.
 const IMPLICIT_MAX: usize = 32;
 /// Leases from other arenas after which an implicitly bound magazine moves over.
@@ -77,6 +82,8 @@ pub(crate) struct Magazine {
     pinned: bool,
     /// Segments of the arena's implicit-cache budget this (implicit) binding reserved.
     reserved: usize,
+    /// The arena's exhaustion count when this magazine last gave everything back.
+    seen_exhausted: u64,
     /// The thread is exiting and the magazine was flushed: never bind again.
     dead: bool,
     slots: [u32; MAX_HELD],
@@ -91,6 +98,7 @@ impl Magazine {
         misses: 0,
         pinned: false,
         reserved: 0,
+        seen_exhausted: 0,
         dead: false,
         slots: [0; MAX_HELD],
     };
@@ -128,14 +136,15 @@ impl Magazine {
         if !self.serves(shared) {
             return false;
         }
+        // SAFETY: the magazine serves `shared`, so its handle keeps it alive. (Through
+        // the argument, not `self.shared`: no reload after the slot store.)
+        let arena = unsafe { shared.as_ref() };
         let len = self.len;
-        if len < self.cap
-            && let Some(slot) = self.slots.get_mut(len)
-        {
-            // SAFETY: the magazine serves `shared`, so its handle keeps it alive.
-            // (Through the argument, not `self.shared`: no reload after the store.)
-            unsafe { shared.as_ref() }.mark(index, CACHED);
-            *slot = index;
+        if len < self.cap && arena.exhaustions() == self.seen_exhausted {
+            arena.mark(index, CACHED);
+            // len < cap <= MAX_HELD, a power of two: the mask changes nothing and
+            // spares a bounds check.
+            self.slots[len % MAX_HELD] = index;
             self.len = len + 1;
         } else {
             self.put_full(index);
@@ -143,8 +152,19 @@ impl Magazine {
         true
     }
 
+    /// The magazine is full, or a lease found the arena exhausted since it last
+    /// looked: then the manager wants its segments, and they all go back, this one too.
     #[cold]
     fn put_full(&mut self, index: u32) {
+        let exhaustions = self.arena().exhaustions();
+        if exhaustions != self.seen_exhausted {
+            self.seen_exhausted = exhaustions;
+            self.flush(self.len);
+            let s = self.arena();
+            s.mark(index, FREE);
+            s.give_back_shared(index);
+            return;
+        }
         self.flush(self.batch);
         let len = self.len;
         if let Some(slot) = self.slots.get_mut(len) {
@@ -222,6 +242,7 @@ impl Magazine {
             self.shared = manager.shared_ptr().as_ptr();
         }
         self.reserved = reserve;
+        self.seen_exhausted = shared.exhaustions();
         self.cap = cap;
         self.batch = batch;
         self.pinned = pinned;
@@ -413,7 +434,8 @@ pub(crate) fn give_back(shared: NonNull<Shared>, index: u32) -> bool {
 /// returns its segments to the shared list. Segments parked in a cache are free but
 /// reachable only from its thread, so another thread can find the arena exhausted
 /// while up to `2 * batch` segments per cache sit idle: size the arena with that in
-/// mind.
+/// mind. After such an exhaustion, a cache gives all its segments back at its next
+/// return, so a retry finds those of every active thread.
 ///
 /// ```
 /// # let manager = berth_buf::BufferManager::with_defaults()?;

@@ -174,6 +174,13 @@ impl Shared {
         Some(index)
     }
 
+    /// Times a lease found the arena exhausted: thread caches that see it change give
+    /// their segments back.
+    #[inline(always)]
+    pub(crate) fn exhaustions(&self) -> u64 {
+        self.counters.exhausted.load(Ordering::Relaxed)
+    }
+
     /// What to hand out when no segment is left: an error or a heap lease.
     pub(crate) fn on_exhausted(&self) -> Result<Lease, Exhausted> {
         self.counters.exhausted.fetch_add(1, Ordering::Relaxed);

@@ -445,3 +445,41 @@ fn an_exiting_thread_uses_the_shared_list() {
     let s = m.stats();
     assert_eq!((s.in_use, s.cached, s.free()), (0, 0, 1024));
 }
+
+/// A lease that finds the arena exhausted calls cached segments home: every thread
+/// cache serving the arena gives all of them back at its next return.
+#[test]
+fn exhaustion_calls_cached_segments_home() {
+    use std::sync::mpsc;
+
+    let m = cached_arena(256);
+    let (to_main, from_worker) = mpsc::channel();
+    let (to_worker, from_main) = mpsc::channel::<()>();
+    let m2 = m.clone();
+    let worker = std::thread::spawn(move || {
+        let cache = m2.local_cache_with_batch(8).unwrap();
+        let held: Vec<_> = (0..12).map(|_| cache.lease().unwrap()).collect();
+        drop(held);
+        let keep = cache.lease().unwrap();
+        to_main.send(cache.cached()).unwrap();
+        from_main.recv().unwrap(); // the main thread found the arena exhausted
+        drop(keep); // the cache notices and gives everything back
+        to_main.send(cache.cached()).unwrap();
+        from_main.recv().unwrap();
+    });
+    let cached = from_worker.recv().unwrap();
+    assert!(cached > 0);
+    let mine: Vec<_> = std::iter::from_fn(|| m.lease().ok()).collect();
+    assert_eq!(mine.len(), 256 - 1 - cached, "exhausted while the worker's cache holds {cached}");
+    assert_eq!(m.stats().exhausted, 1);
+    to_worker.send(()).unwrap();
+    assert_eq!(from_worker.recv().unwrap(), 0, "the worker's cache gave its segments back");
+    let more: Vec<_> = std::iter::from_fn(|| m.lease().ok()).collect();
+    assert_eq!(more.len(), cached + 1);
+    to_worker.send(()).unwrap();
+    worker.join().unwrap();
+    drop((mine, more));
+    let s = m.stats();
+    assert_eq!((s.in_use, s.free() + s.cached), (0, 256));
+    assert!(s.cached <= 4, "only this thread's small cache: {s:?}");
+}
