@@ -1,5 +1,11 @@
 //! Lease + return of one 4096-byte segment, against `Vec::with_capacity(4096)` + drop.
 //!
+//! `shared` is the plain `BufferManager::lease` on a thread without a `LocalCache`: on
+//! this 4096-segment arena it goes through the thread's implicit segment cache, as
+//! any thread that leases and returns on its own does (the shared free list sees one
+//! CAS per batch). `local` goes through a `LocalCache`; `contended_2threads` is
+//! `shared` on two pinned threads at once.
+//!
 //! Ids: `buf/lease_return/{shared,local,vec_4096,contended_2threads,vec_4096_2threads}`.
 //! `cargo xtask bench` pairs them into results.json.
 
