@@ -751,6 +751,35 @@ mod loom_tests {
         });
     }
 
+    /// A lease on one thread finds the arena exhausted while another thread's cache
+    /// holds a segment: that cache gives everything back at its next return, and the
+    /// first thread's retry gets both.
+    #[test]
+    fn exhaustion_calls_a_cache_home() {
+        loom::model(|| {
+            let m = arena();
+            let m2 = m.clone();
+            let (ready_tx, ready_rx) = loom::sync::mpsc::channel();
+            let (go_tx, go_rx) = loom::sync::mpsc::channel();
+            let t = loom::thread::spawn(move || {
+                let a = m2.lease().unwrap();
+                drop(m2.lease().unwrap()); // parked in this thread's cache
+                ready_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                drop(a); // sees the exhaustion: everything goes back
+                super::exit_now();
+            });
+            ready_rx.recv().unwrap();
+            let mine = m.lease().unwrap();
+            assert!(m.lease().is_err(), "one segment leased, one cached elsewhere");
+            go_tx.send(()).unwrap();
+            t.join().unwrap();
+            let more: Vec<_> = std::iter::from_fn(|| m.lease().ok()).collect();
+            assert_eq!(more.len(), 2);
+            drop((mine, more));
+        });
+    }
+
     /// Two threads lease and return through their own caches: a segment is never
     /// handed to both.
     #[test]
