@@ -3,10 +3,12 @@
 //! `shared` is the plain `BufferManager::lease` on a thread without a `LocalCache`: on
 //! this 4096-segment arena it goes through the thread's implicit segment cache, as
 //! any thread that leases and returns on its own does (the shared free list sees one
-//! CAS per batch). `local` goes through a `LocalCache`; `contended_2threads` is
-//! `shared` on two pinned threads at once.
+//! CAS per batch). `shared_list` is the same call on an arena too small (128
+//! segments) for thread caches: every lease and every return is a CAS on the shared
+//! free list, the path a thread takes when no cache serves it. `local` goes through a
+//! `LocalCache`; `contended_2threads` is `shared` on two pinned threads at once.
 //!
-//! Ids: `buf/lease_return/{shared,local,vec_4096,contended_2threads,vec_4096_2threads}`.
+//! Ids: `buf/lease_return/{shared,shared_list,local,vec_4096,contended_2threads,vec_4096_2threads}`.
 //! `cargo xtask bench` pairs them into results.json.
 
 // criterion's macros generate undocumented items.
@@ -64,6 +66,12 @@ fn lease_return(c: &mut Criterion) {
     let m = manager();
     group.bench_function("shared", |b| {
         b.iter(|| black_box(m.lease().expect("segment")));
+    });
+
+    let small =
+        BufferManager::new(BufferConfig::new().segment_size(4096).segment_count(128).prefault(true)).expect("arena");
+    group.bench_function("shared_list", |b| {
+        b.iter(|| black_box(small.lease().expect("segment")));
     });
 
     let cache = m.local_cache().expect("cache");

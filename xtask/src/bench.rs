@@ -21,6 +21,12 @@ struct Pair {
 const CRITERION_BENCHES: &[&str] = &["buf", "ops"];
 const PAIRS: &[Pair] = &[
     Pair { group: "buf", berth: "buf/lease_return/shared", peer_id: "buf/lease_return/vec_4096", peer: "vec_4096" },
+    Pair {
+        group: "buf",
+        berth: "buf/lease_return/shared_list",
+        peer_id: "buf/lease_return/vec_4096",
+        peer: "vec_4096",
+    },
     Pair { group: "buf", berth: "buf/lease_return/local", peer_id: "buf/lease_return/vec_4096", peer: "vec_4096" },
     Pair {
         group: "buf",
