@@ -228,13 +228,7 @@ impl Region for Shared {
         // SAFETY: as in `load_word`.
         unsafe { AtomicU64::from_ptr(self.data(at).cast()) }.store(v, Ordering::Release)
     }
-    fn zero(&self, at: usize, len: usize) {
-        debug_assert!((at + len) as u64 <= self.layout.capacity);
-        // SAFETY: the ring core passes a range inside the data area (at + len <=
-        // capacity) of free space: no honest receiver reads it until a later release
-        // store publishes it, and `&mut Producer` makes the producer its only writer.
-        unsafe { std::ptr::write_bytes(self.data(at), 0, len) }
-    }
+
     #[inline]
     fn light_barrier(&self) {
         if self.asym {
@@ -558,7 +552,7 @@ impl Sender {
     #[inline]
     pub fn try_reserve(&mut self, len: usize) -> Result<Grant<'_>, SendError> {
         match self.prod.reserve(&*self.sh, len) {
-            Ok(slot) => Ok(Grant { tx: self, slot, committed: false }),
+            Ok(slot) => Ok(Grant { tx: self, slot }),
             Err(e) => Err(self.reserve_error(e, len)),
         }
     }
@@ -568,7 +562,7 @@ impl Sender {
     #[inline]
     pub fn reserve(&mut self, len: usize, timeout: Option<Duration>) -> Result<Grant<'_>, SendError> {
         match self.prod.reserve(&*self.sh, len) {
-            Ok(slot) => Ok(Grant { tx: self, slot, committed: false }),
+            Ok(slot) => Ok(Grant { tx: self, slot }),
             Err(ReserveError::Full) => self.reserve_slow(len, timeout),
             Err(e) => Err(self.reserve_error(e, len)),
         }
@@ -593,7 +587,7 @@ impl Sender {
             }
         };
         wait.finish(self.sh.tx_wait());
-        Ok(Grant { tx: self, slot: got?, committed: false })
+        Ok(Grant { tx: self, slot: got? })
     }
 
     fn reserve_error(&mut self, e: ReserveError, len: usize) -> SendError {
@@ -717,7 +711,6 @@ fn close_end(sh: &Shared, flags_at: usize, peer_word: &AtomicU32) {
 pub struct Grant<'a> {
     tx: &'a mut Sender,
     slot: Slot,
-    committed: bool,
 }
 
 impl Grant<'_> {
@@ -733,21 +726,10 @@ impl Grant<'_> {
     /// # Panics
     /// If `len` is larger than the reservation.
     #[inline]
-    pub fn commit_len(mut self, len: usize) {
+    pub fn commit_len(self, len: usize) {
         assert!(len <= self.slot.len, "commit_len({len}) beyond a {}-byte grant", self.slot.len);
-        self.committed = true;
         if self.tx.prod.commit(&*self.tx.sh, self.slot, len) {
             sys::futex_wake(self.tx.sh.rx_wait());
-        }
-    }
-}
-
-impl Drop for Grant<'_> {
-    #[inline]
-    fn drop(&mut self) {
-        if !self.committed {
-            // Nothing was published; only the bytes written into the grant need forgetting.
-            self.tx.prod.abort(self.slot);
         }
     }
 }

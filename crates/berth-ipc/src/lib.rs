@@ -70,7 +70,7 @@
 //! | 56 | u32 | creator pid |
 //! | 60 | u32 | state: 0 = initialising, 1 = ready; written last, with release ordering |
 //! | 64 | u64 | creator start time (field 22 of `/proc/<pid>/stat`, clock ticks since boot) |
-//! | 128 | u64 | **tail**: bytes ever committed by the sender (monotonic), stored after each commit |
+//! | 128 | u64 | **tail**: bytes ever committed by the sender (monotonic) |
 //! | 136 | u32 | sender pid (0 until attached; claimed by compare-and-swap) |
 //! | 140 | u32 | sender flags: bit 0 = closed cleanly |
 //! | 144 | u64 | sender start time |
@@ -98,23 +98,19 @@
 //! | 5 | u8 | 0 |
 //! | 6 | u16 | lap tag: the low 16 bits of the lap of the record's position |
 //!
-//! A header word is never 0. When a record would cross the end of the ring, the
-//! sender writes a padding record whose `len` covers exactly the rest of the ring
-//! (`C − offset − 8`) and puts the message at offset 0 (tagged with the next lap).
+//! When a record would cross the end of the ring, the sender writes a padding
+//! record whose `len` covers exactly the rest of the ring (`C − offset − 8`) and
+//! puts the message at offset 0 (tagged with the next lap).
 //!
-//! **Commit.** The receiver polls the header word at its position, not `tail`, so a
-//! message costs it one cache-line transfer, not two. To commit, the sender writes
-//! the payload; then makes sure the 8 bytes after the record read 0 if they are
-//! free (it zeroes free space ahead of `tail` a chunk at a time, up to 4 KiB, and
-//! forgets what it zeroed when a grant is dropped or shortened), so that stale bytes
-//! of an earlier lap are never taken for the next header; then release-stores the
-//! header word (at a wrap: the message's header at offset 0 first, then the padding
-//! header); then stores `tail`. If the bytes after the record are not free, the
-//! ring is exactly full and they hold the oldest record's header, one lap old. So the receiver, expecting lap `L` at its position, reads
-//! (acquire) a word that is either 0 or tagged `L − 1` (not committed yet), or
-//! tagged `L` (committed); anything else is corruption. A receiver that sees no
-//! header where `tail` says one was committed also reports corruption, rather than
-//! wait forever; it reads `tail` only before sleeping and every 1024 empty polls.
+//! **Commit.** The sender writes the payload, then the header word (at a wrap: the
+//! message's header at offset 0 and the padding header), then publishes everything
+//! with one release store of `tail`. The receiver reads `tail` (acquire) only when
+//! the records it already knows of are used up, and never reads past it, so it
+//! never touches bytes the sender is still writing and never takes stale bytes of
+//! an earlier lap for a header. Under `tail`, every record must be whole: a header
+//! whose lap tag is not the lap of its position (erased, left over from an earlier
+//! lap), a length beyond `tail` or beyond the end of the ring, or an unknown type
+//! is corruption.
 //!
 //! **Release.** The receiver publishes `head` (release store) every `C/4` bytes,
 //! whenever it finds the ring empty, and whenever the sender's futex word says it
@@ -125,10 +121,10 @@
 //!
 //! Both ends spin briefly ([`WaitMode::Block`]), then sleep. The receiver publishes
 //! `head`, stores 1 in its futex word, issues a sequentially consistent fence and
-//! `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, re-reads the header word at its
-//! position, and only if still empty calls `futex_wait(word, 1)`. The sender, after
-//! the release store of a header, reads the word with a plain load; only if it is 1
-//! does it swap it to 0 and call `futex_wake`. A sender waiting for room does the
+//! `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, re-reads `tail`, and only if still
+//! empty calls `futex_wait(word, 1)`. The sender, after the release store of
+//! `tail`, reads the word with a plain load; only if it is 1 does it swap it to 0
+//! and call `futex_wake`. A sender waiting for room does the
 //! same on its own word with `head`, and the receiver checks that word whenever it
 //! releases a record (publishing `head` at once if it is set).
 //!
@@ -142,7 +138,7 @@
 //! `MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED`, so the sleeper's membarrier makes
 //! every running thread of both processes execute a full barrier before it returns.
 //! Wherever that barrier falls in the sender's instruction stream, either the
-//! sender's header store is visible to the receiver's re-check, or the sender's flag
+//! sender's tail store is visible to the receiver's re-check, or the sender's flag
 //! load comes after the receiver's flag store (loom checks the protocol with the
 //! barrier pair modelled as two fences, and shows a wake-up is lost without it).
 //! The per-message cost is therefore a few plain stores and one plain load of a
@@ -169,11 +165,11 @@
 //!   counts as dead too (a hung process). Both ends must share a pid namespace.
 //! - A receiver first drains every record the sender committed, then reports
 //!   `Closed` / `PeerDead`. A record the sender reserved but never committed
-//!   (killed mid-write, or a dropped [`Grant`]) is never visible: only the header
+//!   (killed mid-write, or a dropped [`Grant`]) is never visible: only the tail
 //!   store publishes, and it comes after the bytes.
 //! - `try_send` does not check the receiver's liveness (that would cost a syscall):
 //!   while there is room, messages to a dead receiver are accepted and lost with it.
-//! - Opening validates the whole header ([`OpenError`]), attaching the alignment of
+//! - Opening validates the whole header ([`OpenError`]), and attaching the alignment of
 //!   the positions; positions and record headers are re-validated on every use,
 //!   since the peer keeps writing them. A failed check is [`RecvError::Corrupted`] /
 //!   [`SendError::Corrupted`], never an access outside the mapping, a panic or a
