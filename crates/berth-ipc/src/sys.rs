@@ -111,6 +111,13 @@ pub(crate) fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<memmap2::MmapRaw
     memmap2::MmapOptions::new().len(len).map_raw(fd.as_raw_fd())
 }
 
+/// Whether the calling thread may run on one CPU only (its affinity mask, or the
+/// machine): then spinning while waiting for a peer only keeps the peer, which
+/// needs that CPU, from running. False if the mask cannot be read.
+pub(crate) fn runs_on_one_cpu() -> bool {
+    rustix::thread::sched_getaffinity(None).is_ok_and(|set| set.count() == 1)
+}
+
 /// Sleeps while `*word == expected`, at most `timeout`. Spurious returns are fine:
 /// callers re-check their condition.
 pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {

@@ -7,7 +7,7 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use berth_ipc::{Channel, Config, Duplex, OpenError, RecvError, SendError};
+use berth_ipc::{Channel, Config, Duplex, OpenError, RecvError, SendError, WaitMode};
 
 const T: Option<Duration> = Some(Duration::from_secs(10));
 
@@ -412,4 +412,24 @@ fn duplex_request_reply_over_memfds_and_names() {
     assert_eq!(&*b.rx.recv(T).unwrap(), b"ping");
     b.tx.try_send(b"pong").unwrap();
     assert_eq!(&*a.rx.recv(T).unwrap(), b"pong");
+}
+
+/// A thread that may run on one CPU only does not spin by default: spinning would
+/// keep a peer that needs the same CPU from running (a relay and its backend pinned
+/// together). With more CPUs, the default spins.
+#[test]
+fn default_wait_mode_does_not_spin_on_one_cpu() {
+    let mask = rustix::thread::sched_getaffinity(None).expect("affinity");
+    let Some(cpu) = (0..rustix::thread::CpuSet::MAX_CPU).find(|&c| mask.is_set(c)) else { return };
+    std::thread::spawn(move || {
+        let mut one = rustix::thread::CpuSet::new();
+        one.set(cpu);
+        rustix::thread::sched_setaffinity(None, &one).expect("pin");
+        assert_eq!(WaitMode::default(), WaitMode::Block { spins: 0 });
+    })
+    .join()
+    .unwrap();
+    if mask.count() > 1 {
+        assert_eq!(WaitMode::default(), WaitMode::Block { spins: 2000 });
+    }
 }
