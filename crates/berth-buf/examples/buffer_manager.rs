@@ -52,3 +52,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("arena: {} segments of {} bytes, high-water {}", stats.total, stats.segment_size, stats.high_water);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn example_runs() {
+        super::main().unwrap();
+    }
+}
