@@ -205,6 +205,30 @@ pub fn berth_binary(who: &str) -> Result<PathBuf, String> {
     Ok(berth)
 }
 
+/// The exit code of a bench binary whose work returned `result`: on an error, the
+/// message is printed as `name: error` and the code is 1.
+pub fn exit_code(name: &str, result: Result<(), String>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The command line of a bench that takes only `--quick`: whether it was given.
+pub fn quick_flag(name: &str) -> Result<bool, String> {
+    let mut quick = false;
+    for a in std::env::args().skip(1) {
+        match a.as_str() {
+            "--quick" => quick = true,
+            other => return Err(format!("unknown argument {other:?} (usage: {name} [--quick])")),
+        }
+    }
+    Ok(quick)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

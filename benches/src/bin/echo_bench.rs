@@ -61,13 +61,7 @@ const MAX_ATTEMPTS: usize = 3;
 const STARTUP: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("echo_bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    berth_benches::sys_bench::exit_code("echo_bench", run())
 }
 
 /// The command line and what follows from it.

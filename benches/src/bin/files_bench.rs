@@ -48,23 +48,11 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const INSTALL: &str = "apt-get install -y nginx-light wrk";
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("files_bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    berth_benches::sys_bench::exit_code("files_bench", run())
 }
 
 fn run() -> Result<(), String> {
-    let mut quick = false;
-    for a in std::env::args().skip(1) {
-        match a.as_str() {
-            "--quick" => quick = true,
-            other => return Err(format!("unknown argument {other:?} (usage: files_bench [--quick])")),
-        }
-    }
+    let quick = berth_benches::sys_bench::quick_flag("files_bench")?;
     let (rounds, secs) = if quick { (1, 2) } else { (3, 5) };
     let Some((nginx, wrk)) = tools()? else { return Ok(()) };
 

@@ -35,23 +35,11 @@ const STARTUP: Duration = Duration::from_secs(10);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("relay_bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    berth_benches::sys_bench::exit_code("relay_bench", run())
 }
 
 fn run() -> Result<(), String> {
-    let mut quick = false;
-    for a in std::env::args().skip(1) {
-        match a.as_str() {
-            "--quick" => quick = true,
-            other => return Err(format!("unknown argument {other:?} (usage: relay_bench [--quick])")),
-        }
-    }
+    let quick = berth_benches::sys_bench::quick_flag("relay_bench")?;
     let (rounds, samples, warmup) = if quick { (3, 2_000, 300) } else { (7, 20_000, 2_000) };
     let berth = berth_benches::sys_bench::berth_binary("relay_bench")?;
     let cores = available_cores().map_err(|e| format!("reading the CPU set: {e}"))?;
