@@ -26,8 +26,18 @@ fn serve_banner_get_and_sigint() {
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
     assert!(response.ends_with("\r\n\r\n<h1>berth cli</h1>"), "{response}");
 
-    signal(&child, Signal::USR1);
-    let stats = wait_for_line(&stderr, "berth: conns open=");
+    // Workers publish their counters after each batch of completions, so a snapshot
+    // may trail what the client has already seen by one batch: ask again (bounded)
+    // until the reply shows.
+    let mut stats = String::new();
+    for _ in 0..50 {
+        signal(&child, Signal::USR1);
+        stats = wait_for_line(&stderr, "berth: conns open=");
+        if stats.contains("replies=1 ") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(stats.contains("accepted=1 ") && stats.contains("replies=1 "), "stats after SIGUSR1: {stats}");
 
     signal(&child, Signal::INT);
