@@ -2,7 +2,8 @@
 //! processes pinned to different cores (this binary re-executes itself with `--role`).
 //!
 //! Rows: `ipc/rtt_64B/p50_ns` (peer `unix_socketpair`), `ipc/rtt_64B_vs_pipe/p50_ns`
-//! (peer `pipe`), `ipc/throughput_64B/msgs_per_s` (peer `unix_socketpair`),
+//! (peer `pipe`), `ipc/rtt_64B_vs_floor/p50_ns` (peer `shm_pingpong`: the floor of
+//! any shared-memory channel on this machine, see [`rtt_floor`]), `ipc/throughput_64B/msgs_per_s` (peer `unix_socketpair`),
 //! `ipc/throughput_64KiB/gbps` (peer `memcpy`, one core), `ipc/idle_blocked/cpu_percent`
 //! (peer: a receiver blocked on a Unix socket read). `--quick` keeps it under a minute;
 //! `--only rtt|tp64|tp64k|idle` runs one measurement (and writes only its rows).
@@ -25,6 +26,8 @@ const BIG: usize = 64 * 1024;
 /// Round trips timed together: the RTT rows are the p50 over batches of the mean
 /// round trip in a batch, so the clock is read twice per batch, not per round trip.
 const RTT_BATCH: usize = 100;
+/// Turns berth-ipc and the floor ping-pong take in the round-trip measurement.
+const RTT_ROUNDS: usize = 5;
 
 fn pin(core: usize) {
     let mut set = rustix::thread::CpuSet::new();
@@ -111,6 +114,20 @@ fn role(args: &[String]) {
                 tx.send(&out, t).unwrap();
             }
         }
+        "floor_echo" => {
+            let page = Floor::open(take_fd(&args[1]));
+            let mut out = [0u8; MSG];
+            let mut expect = 1u64;
+            loop {
+                let seq = page.wait(PING, expect);
+                if seq == Floor::STOP {
+                    break;
+                }
+                page.read(PING, &mut out);
+                page.write(PONG, &out, seq);
+                expect = seq + 1;
+            }
+        }
         "stream_echo" => {
             let mut r = std::fs::File::from(take_fd(&args[1]));
             let mut w = std::fs::File::from(take_fd(&args[2]));
@@ -167,7 +184,8 @@ fn p50(mut v: Vec<u64>) -> f64 {
     v[v.len() / 2] as f64
 }
 
-fn rtt_ipc(n: usize) -> f64 {
+/// Batch samples of berth-ipc round trips (see [`RTT_BATCH`]).
+fn rtt_ipc(n: usize) -> Vec<u64> {
     let a2b = Channel::create_memfd(&Config::new(1 << 16)).unwrap();
     let b2a = Channel::create_memfd(&Config::new(1 << 16)).unwrap();
     let mut c = child("ipc_echo", &[BorrowedOrOwned::Chan(&a2b), BorrowedOrOwned::Chan(&b2a)], &[]);
@@ -192,7 +210,116 @@ fn rtt_ipc(n: usize) -> f64 {
     std::hint::black_box(sink);
     drop((tx, rx));
     c.wait().unwrap();
-    p50(samples)
+    samples
+}
+
+/// Offsets in the floor's shared page: each direction has a 64-byte payload line and,
+/// on the next line, its sequence word (the commit). A 256-byte stride keeps the two
+/// directions out of each other's adjacent-line prefetch pairs.
+const PING: usize = 0;
+const PONG: usize = 256;
+
+/// The least any shared-memory channel can do for a 64-byte message: write the payload
+/// line, publish a sequence number with a release store, and have the other core spin
+/// on it and copy the payload out. No ring, no positions, no validation, no waking:
+/// berth-ipc's round trip measured against this says what the channel itself costs
+/// on top of moving two cache lines each way between these two cores.
+struct Floor {
+    map: memmap2::MmapMut,
+}
+
+impl Floor {
+    /// A sequence number that tells the echo side to stop.
+    const STOP: u64 = u64::MAX;
+
+    fn create() -> (Floor, OwnedFd) {
+        let fd = rustix::fs::memfd_create("berth-ipc-bench-floor", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
+        let file = std::fs::File::from(fd);
+        file.set_len(4096).expect("memfd size");
+        let page = Floor::map(&file);
+        (page, OwnedFd::from(file))
+    }
+
+    fn open(fd: OwnedFd) -> Floor {
+        Floor::map(&std::fs::File::from(fd))
+    }
+
+    fn map(file: &std::fs::File) -> Floor {
+        // SAFETY: a private memfd shared only by this benchmark's two processes, which
+        // touch the payload bytes only in turn (see `wait`) and the sequence words
+        // only atomically.
+        let map = unsafe { memmap2::MmapMut::map_mut(file) }.expect("mmap");
+        Floor { map }
+    }
+
+    fn seq(&self, dir: usize) -> &std::sync::atomic::AtomicU64 {
+        // SAFETY: `dir + 64` is 8-aligned and in the page, which outlives `&self`; the
+        // word is only ever accessed atomically.
+        unsafe { &*self.map.as_ptr().add(dir + MSG).cast::<std::sync::atomic::AtomicU64>() }
+    }
+
+    /// Spins until direction `dir` carries sequence `want` (or STOP); returns it.
+    /// Panics after a minute rather than hang the benchmark.
+    fn wait(&self, dir: usize, want: u64) -> u64 {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            let seq = self.seq(dir).load(std::sync::atomic::Ordering::Acquire);
+            if seq == want || seq == Floor::STOP {
+                return seq;
+            }
+            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(1 << 20) && start.elapsed() > Duration::from_secs(60) {
+                panic!("floor ping-pong: no sequence {want} after a minute");
+            }
+        }
+    }
+
+    fn read(&self, dir: usize, out: &mut [u8; MSG]) {
+        // SAFETY: the writer published this payload (acquire in `wait`) and writes the
+        // direction again only after our answer; the page outlives the copy.
+        unsafe { std::ptr::copy_nonoverlapping(self.map.as_ptr().add(dir), out.as_mut_ptr(), MSG) };
+    }
+
+    fn write(&self, dir: usize, payload: &[u8; MSG], seq: u64) {
+        // SAFETY: the reader copied the previous payload out before answering it, so
+        // nobody reads these bytes until the release store below.
+        unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), self.map.as_ptr().add(dir).cast_mut(), MSG) };
+        self.seq(dir).store(seq, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Batch samples of the floor ping-pong ([`Floor`]), timed like [`rtt_ipc`].
+fn rtt_floor(n: usize) -> Vec<u64> {
+    let (page, fd) = Floor::create();
+    let mut c = child("floor_echo", &[BorrowedOrOwned::Fd(&fd)], &[]);
+    drop(fd);
+    let batches = n / RTT_BATCH;
+    let mut samples = Vec::with_capacity(batches);
+    let mut payload = [0u8; MSG];
+    let mut back = [0u8; MSG];
+    let mut sink = 0u64;
+    let mut seq = 0u64;
+    for b in 0..batches + batches / 10 {
+        let t0 = Instant::now();
+        for _ in 0..RTT_BATCH {
+            seq += 1;
+            payload[..8].copy_from_slice(&seq.to_le_bytes());
+            page.write(PING, &payload, seq);
+            page.wait(PONG, seq);
+            page.read(PONG, &mut back);
+            sink = sink.wrapping_add(touch(&back));
+        }
+        let dt = t0.elapsed().as_nanos() as u64 / RTT_BATCH as u64;
+        if b >= batches / 10 {
+            samples.push(dt);
+        }
+    }
+    std::hint::black_box(sink);
+    page.seq(PING).store(Floor::STOP, std::sync::atomic::Ordering::Release);
+    c.wait().unwrap();
+    samples
 }
 
 fn rtt_stream(n: usize, role_fds: [OwnedFd; 2], mut w: std::fs::File, mut r: std::fs::File) -> f64 {
@@ -368,12 +495,24 @@ fn main() {
 
     let mut rows = Vec::new();
     if run("rtt") {
-        let ipc_rtt = rtt_ipc(rtt_n);
+        // The hypervisor may move this machine's two cores between sibling hyperthreads
+        // and separate cores while we run, which changes a cache line's trip several
+        // times over: berth and the floor take turns, a slice each per round.
+        let (mut ipc, mut floor) = (Vec::new(), Vec::new());
+        for _ in 0..RTT_ROUNDS {
+            ipc.extend(rtt_ipc(rtt_n / RTT_ROUNDS));
+            floor.extend(rtt_floor(rtt_n / RTT_ROUNDS));
+        }
+        let (ipc_rtt, floor_rtt) = (p50(ipc), p50(floor));
         let sock_rtt = rtt_socketpair(rtt_sock_n);
         let pipe_rtt = rtt_pipe(rtt_sock_n);
-        println!("rtt 64B p50: ipc {ipc_rtt:.0} ns, socketpair {sock_rtt:.0} ns, pipe {pipe_rtt:.0} ns");
+        println!(
+            "rtt 64B p50: ipc {ipc_rtt:.0} ns, socketpair {sock_rtt:.0} ns, pipe {pipe_rtt:.0} ns, \
+             shared-memory floor {floor_rtt:.0} ns"
+        );
         rows.push(Row::new("ipc/rtt_64B/p50_ns", "p50_ns", ipc_rtt, "unix_socketpair", sock_rtt, Better::Lower));
         rows.push(Row::new("ipc/rtt_64B_vs_pipe/p50_ns", "p50_ns", ipc_rtt, "pipe", pipe_rtt, Better::Lower));
+        rows.push(Row::new("ipc/rtt_64B_vs_floor/p50_ns", "p50_ns", ipc_rtt, "shm_pingpong", floor_rtt, Better::Lower));
     }
     if run("tp64") {
         let ipc_tp = throughput_ipc(MSG, tp_n);
