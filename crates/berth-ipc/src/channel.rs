@@ -163,15 +163,16 @@ impl Shared {
         Geometry::new(self.layout.capacity, self.layout.max_message)
     }
 
-    /// Maps `fd` and validates its header. `check_seal`: refuse a memfd that could
-    /// still be shrunk under us (a `SIGBUS` hazard).
-    fn open(fd: OwnedFd, check_seal: bool) -> Result<Shared, OpenError> {
+    /// Maps `fd` and validates its header. `require_seal`: refuse any descriptor not
+    /// sealed against shrinking (whoever else holds it could truncate it under our
+    /// mapping: a `SIGBUS` hazard); only our own, owner-checked named files skip this.
+    fn open(fd: OwnedFd, require_seal: bool) -> Result<Shared, OpenError> {
+        if require_seal && !sys::sealed_against_shrink(fd.as_fd()) {
+            return Err(OpenError::NotSealed);
+        }
         let len = sys::file_len(fd.as_fd())?;
         if len < layout::HEADER_LEN {
             return Err(OpenError::TooShort { len, need: layout::HEADER_LEN });
-        }
-        if check_seal && sys::memfd_sealed_against_shrink(fd.as_fd()) == Some(false) {
-            return Err(OpenError::NotSealed);
         }
         // Map the header page alone first: nothing beyond it is trusted yet.
         let head = sys::map(fd.as_fd(), layout::HEADER_LEN as usize)?;
@@ -342,9 +343,12 @@ impl Channel {
         Ok(removed)
     }
 
-    /// Maps a channel from a descriptor: received over a socket, inherited, or any
-    /// file holding a channel. A memfd must be sealed against shrinking; any other
-    /// file is trusted not to be truncated by whoever else can write it.
+    /// Maps a channel from a descriptor: received over a socket or inherited. The
+    /// descriptor must be sealed against shrinking (a memfd from
+    /// [`Channel::create_memfd`]); anything else — an unsealed memfd, a `/dev/shm` or
+    /// other plain file — is [`OpenError::NotSealed`], since whoever else holds it
+    /// could truncate it under our mapping (`SIGBUS`). Open named channels with
+    /// [`Channel::open_named`].
     pub fn from_fd(fd: OwnedFd) -> Result<Channel, OpenError> {
         Ok(Channel { sh: Arc::new(Shared::open(fd, true)?) })
     }

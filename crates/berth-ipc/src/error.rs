@@ -79,8 +79,10 @@ pub enum OpenError {
     /// The path is not a regular file (a symlink, a directory, a FIFO...).
     #[error("channel path is not a regular file")]
     NotRegularFile,
-    /// A memfd handed to us can still be shrunk by its sender (SIGBUS hazard).
-    #[error("memfd is not sealed against shrinking")]
+    /// A descriptor handed to us is not sealed against shrinking (an unsealed memfd,
+    /// a plain or `/dev/shm` file): its sender could truncate it under our mapping
+    /// (SIGBUS hazard).
+    #[error("channel descriptor is not sealed against shrinking")]
     NotSealed,
     /// A channel name must be 1..=200 bytes of `[A-Za-z0-9._-]`, not `.` or `..`.
     #[error("invalid channel name {0:?}")]

@@ -39,8 +39,8 @@
 //! - [`Channel::create_memfd`]: an anonymous memfd sealed against shrinking and
 //!   growing. Pass it with [`Channel::send_over`] / [`Channel::recv_from`] over a
 //!   Unix socket, or let a child inherit it ([`Channel::set_inheritable`] and
-//!   [`Channel::from_fd`]). It leaves nothing in the file system, even after
-//!   `kill -9` of both ends.
+//!   [`Channel::from_fd`], which accept only descriptors sealed against shrinking).
+//!   It leaves nothing in the file system, even after `kill -9` of both ends.
 //! - [`Channel::create_named`] / [`Channel::open_named`]: `/dev/shm/berth-ipc.<name>`,
 //!   created with `O_CREAT | O_EXCL | O_NOFOLLOW`, mode 0600; opening refuses
 //!   symlinks, files of another owner and files readable by group or others.
@@ -194,7 +194,9 @@
 //! [`Receiver::recv_vec`], which read with volatile loads into private memory) and
 //! validate the copy. A named file could also be truncated by another process of the
 //! same user, which would raise `SIGBUS` on access; memfd channels are sealed against
-//! that and [`Channel::from_fd`] refuses an unsealed memfd.
+//! that, and a descriptor from a peer ([`Channel::from_fd`], [`Channel::recv_from`],
+//! [`Duplex::accept_over`]) must carry the shrink seal (`F_GET_SEALS`) or is refused
+//! with [`OpenError::NotSealed`]: only [`Channel::open_named`] maps an unsealed file.
 
 // Under loom only the OS-free core is built; its helpers for the mapped layer go unused.
 #![cfg_attr(loom, allow(dead_code, unused_imports))]

@@ -58,15 +58,12 @@ pub(crate) fn memfd(len: u64) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// `Some(true)` if `fd` is a memfd sealed against shrinking, `Some(false)` if it is a
-/// memfd that its creator could still shrink, `None` if it is not a memfd.
-pub(crate) fn memfd_sealed_against_shrink(fd: BorrowedFd<'_>) -> Option<bool> {
-    use std::os::fd::AsRawFd;
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
-    if !link.as_os_str().as_encoded_bytes().starts_with(b"/memfd:") {
-        return None;
-    }
-    Some(fs::fcntl_get_seals(fd).is_ok_and(|seals| seals.contains(SealFlags::SHRINK)))
+/// Whether `fd` carries the `F_SEAL_SHRINK` seal, so nobody can ever truncate it
+/// under our mapping. Asked of the descriptor itself (`F_GET_SEALS`): a file that
+/// cannot be sealed (not a memfd or tmpfs file) or a call that fails counts as
+/// unsealed. `/proc` is not consulted.
+pub(crate) fn sealed_against_shrink(fd: BorrowedFd<'_>) -> bool {
+    fs::fcntl_get_seals(fd).is_ok_and(|seals| seals.contains(SealFlags::SHRINK))
 }
 
 /// Creates `path` exclusively, mode 0600, refusing symlinks, sized `len`.

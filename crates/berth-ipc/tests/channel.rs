@@ -30,13 +30,14 @@ fn good_file_bytes() -> Vec<u8> {
     bytes
 }
 
-/// Opens `bytes` as a channel file (a plain temp file, as `from_fd` would see).
+/// Opens `bytes` as a channel file: a memfd sealed against resizing, the only kind
+/// of descriptor `from_fd` accepts.
 fn open_bytes(bytes: &[u8]) -> Result<Channel, OpenError> {
-    let path = std::env::temp_dir().join(unique("file"));
-    std::fs::write(&path, bytes).unwrap();
-    let file = File::options().read(true).write(true).open(&path).unwrap();
-    std::fs::remove_file(&path).unwrap();
-    Channel::from_fd(OwnedFd::from(file))
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create("test", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    File::from(fd.try_clone().unwrap()).write_all_at(bytes, 0).unwrap();
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL).unwrap();
+    Channel::from_fd(fd)
 }
 
 fn patched(at: usize, v: &[u8]) -> Vec<u8> {
@@ -126,6 +127,40 @@ fn unsealed_memfd_is_refused() {
     let fd = rustix::fs::memfd_create("hostile", rustix::fs::MemfdFlags::ALLOW_SEALING).unwrap();
     File::from(fd.try_clone().unwrap()).write_all_at(&bytes, 0).unwrap();
     assert!(matches!(Channel::from_fd(fd), Err(OpenError::NotSealed)));
+}
+
+/// A file that is not a sealed memfd could be truncated by whoever sent it, after we
+/// mapped it (`SIGBUS` on our next access): `from_fd` refuses it, even with a valid
+/// header. Opening the same file by name (our own 0600 file) still works.
+#[test]
+fn unsealed_plain_files_are_refused_by_from_fd() {
+    let name = unique("plain");
+    let chan = Channel::create_named(&name, &Config::new(4096)).unwrap();
+    let path = berth_ipc::named_path(&name).unwrap();
+    let tmpfs = File::options().read(true).write(true).open(&path).unwrap();
+    let e = Channel::from_fd(OwnedFd::from(tmpfs)).unwrap_err();
+    assert!(matches!(e, OpenError::NotSealed), "{e}");
+    let by_name = Channel::open_named(&name).unwrap();
+    let (mut tx, mut rx) = (chan.sender().unwrap(), by_name.receiver().unwrap());
+    tx.try_send(b"by name").unwrap();
+    assert_eq!(&*rx.recv(T).unwrap(), b"by name");
+    Channel::unlink_named(&name).unwrap();
+
+    // A file on another file system (no seals at all), and one received over a socket.
+    let path = std::env::temp_dir().join(unique("file"));
+    std::fs::write(&path, good_file_bytes()).unwrap();
+    let file = File::options().read(true).write(true).open(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let (a, b) = UnixStream::pair().unwrap();
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+    let fds = [file.as_fd()];
+    assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+    rustix::net::sendmsg(&a, &[std::io::IoSlice::new(&[1])], &mut control, rustix::net::SendFlags::empty()).unwrap();
+    let e = Channel::from_fd(OwnedFd::from(file.try_clone().unwrap())).unwrap_err();
+    assert!(matches!(e, OpenError::NotSealed), "{e}");
+    let e = Channel::recv_from(&b).unwrap_err();
+    assert!(matches!(e, OpenError::NotSealed), "{e}");
 }
 
 #[test]
