@@ -25,6 +25,9 @@ const WAKER: Token = Token(usize::MAX);
 /// Accept back-off after EMFILE/ENFILE: first delay, then doubling up to the cap.
 const BACKOFF_FIRST: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Connections one accept attempt may refuse or find dead in the backlog before it
+/// lets the other sockets have a turn; the listener is driven again at the next wait.
+const ACCEPT_TURN: u32 = 64;
 
 /// One finished operation or a posted user completion: an entry of
 /// `GetQueuedCompletionStatusEx`.
@@ -215,6 +218,7 @@ impl PortBuilder {
             limit: self.limit,
             stats: PortStats::default(),
             batch: Vec::with_capacity(self.events.max(64)),
+            redrive: Vec::with_capacity(8),
         })
     }
 }
@@ -310,6 +314,9 @@ pub struct CompletionPort<T> {
     limit: Option<ConnectionLimit>,
     stats: PortStats,
     batch: Vec<Completion>,
+    /// Listeners whose accept gave up its turn with connections still in the backlog:
+    /// no new edge will announce those, so the next wait drives them again.
+    redrive: Vec<u32>,
 }
 
 /// Called once per completion by [`CompletionPort::run_once`]: the seed's
@@ -354,8 +361,14 @@ impl<T> CompletionPort<T> {
     }
 
     /// The op, mutable (to attach a buffer or set its range before submitting).
+    /// [`SubmitError::Busy`] while it is submitted: until it completes, the op and its
+    /// buffer belong to the port.
     pub fn op_mut(&mut self, id: OpId) -> Result<&mut OpArgs<T>, SubmitError> {
-        self.pool.get_mut(id).map_err(|_| SubmitError::StaleOp)
+        let args = self.pool.get_mut(id).map_err(|_| SubmitError::StaleOp)?;
+        if self.meta[id.index()].state != State::Idle {
+            return Err(SubmitError::Busy);
+        }
+        Ok(args)
     }
 
     /// Sets (or clears) the deadline of the op's next submission: if it is still
@@ -694,9 +707,14 @@ impl<T> CompletionPort<T> {
 
     fn try_recv(&mut self, op: u32, id: OpId, socket: u32) -> Step {
         let (step, drained) = self.recv_once(op, id, socket);
-        if drained && let Some(entry) = self.sockets.get_mut(socket as usize) {
+        if drained
+            && let Some(entry) = self.sockets.get_mut(socket as usize)
+            && !entry.read_closed
+        {
             // A short stream read emptied the receive queue: wait for the next edge
-            // instead of paying an EAGAIN on the next receive.
+            // instead of paying an EAGAIN on the next receive. Not after the peer's
+            // FIN or an error: their edge may have come with the data just read, and
+            // no other follows.
             entry.readable = false;
         }
         step
@@ -817,7 +835,17 @@ impl<T> CompletionPort<T> {
 
     fn try_accept(&mut self, listener: u32) -> Step {
         let lsid = self.sid(listener);
+        let mut turn = 0u32;
         loop {
+            turn += 1;
+            if turn > ACCEPT_TURN {
+                // A flood of refused or dead connections: give the other sockets their
+                // turn and come back at the next wait.
+                if !self.redrive.contains(&listener) {
+                    self.redrive.push(listener);
+                }
+                return Step::Pending;
+            }
             let Some(entry) = self.sockets.get_mut(listener as usize) else {
                 return Step::Done(Err(OpError::NotConnected), lsid);
             };
@@ -864,9 +892,17 @@ impl<T> CompletionPort<T> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Pending,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12)) => {
-                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the connection stays in the
-                    // backlog; retry after a growing pause instead of spinning.
+                // A connection that died in the backlog (ECONNABORTED, EPROTO, and the
+                // network errors accept(2) passes on from the new socket): not the
+                // listener's fault; take the next one.
+                Err(e) if matches!(e.raw_os_error(), Some(103 | 71 | 100 | 92 | 112 | 64 | 113 | 95 | 101)) => {
+                    tracing::debug!("accept: {e}");
+                    continue;
+                }
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM — or anything else (a security
+                    // module's EPERM, say): the connection may stay in the backlog, so
+                    // retry after a growing pause instead of spinning.
                     let delay = if entry.backoff_delay.is_zero() {
                         BACKOFF_FIRST
                     } else {
@@ -887,12 +923,6 @@ impl<T> CompletionPort<T> {
                         }
                     });
                     return Step::Pending;
-                }
-                // A connection that died in the backlog (ECONNABORTED, EPROTO, ...):
-                // not the listener's fault; take the next one.
-                Err(e) => {
-                    tracing::debug!("accept: {e}");
-                    continue;
                 }
             }
         }
@@ -977,7 +1007,7 @@ impl<T> CompletionPort<T> {
         // the wait: keep polling until a completion or the timeout.
         loop {
             let now = Instant::now();
-            let mut poll_timeout = if self.ready.is_empty() {
+            let mut poll_timeout = if self.ready.is_empty() && self.redrive.is_empty() {
                 deadline.map(|d| d.saturating_duration_since(now))
             } else {
                 Some(Duration::ZERO)
@@ -1018,6 +1048,7 @@ impl<T> CompletionPort<T> {
             let write = event.is_writable() || event.is_write_closed() || event.is_error();
             entry.readable |= read;
             entry.writable |= write;
+            entry.read_closed |= event.is_read_closed() || event.is_error();
             if read {
                 self.drive(socket, Dir::Read);
             }
@@ -1026,6 +1057,16 @@ impl<T> CompletionPort<T> {
             }
         }
         self.events = events;
+        // Each listener waiting for its next turn gets one; one that gives it up again
+        // queues itself behind the others. (A slot closed and reused meanwhile gets a
+        // harmless extra drive.)
+        for _ in 0..self.redrive.len() {
+            let socket = self.redrive.remove(0);
+            if let Some(entry) = self.sockets.get_mut(socket as usize) {
+                entry.readable = true;
+                self.drive(socket, Dir::Read);
+            }
+        }
         Ok(())
     }
 

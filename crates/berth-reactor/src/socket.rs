@@ -74,6 +74,10 @@ pub(crate) struct Entry {
     /// wake-up — and saves the EAGAIN a pooled receive would otherwise pay per message.
     pub(crate) readable: bool,
     pub(crate) writable: bool,
+    /// The peer shut its side or the socket has an error (sticky): every read now
+    /// returns at once, and the edge that said so is spent, so a short read never
+    /// clears `readable` again.
+    pub(crate) read_closed: bool,
     /// Accept back-off after EMFILE/ENFILE: no accept before this instant.
     pub(crate) backoff_until: Option<Instant>,
     pub(crate) backoff_delay: Duration,
@@ -89,6 +93,7 @@ impl Entry {
             _permit: permit,
             readable: true,
             writable: true,
+            read_closed: false,
             backoff_until: None,
             backoff_delay: Duration::ZERO,
             backoff_seq: 0,

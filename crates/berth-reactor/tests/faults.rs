@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 
 use berth_ops::{OpError, OpKind};
 use berth_reactor::{Completion, SubmitError};
+use berth_testkit::{CountingAllocator, thread_allocations};
 use common::{connected_pair, wait_for};
+
+#[global_allocator]
+static ALLOC: CountingAllocator = CountingAllocator;
 
 fn is_op(c: &Completion, want: OpKind) -> bool {
     matches!(c, Completion::Op { kind, .. } if *kind == want)
@@ -104,22 +108,34 @@ fn a_client_that_never_reads_keeps_memory_bounded() {
         port.op_mut(op).unwrap().set_buffer(lease, 0..cap).unwrap();
     }
     let mut batch = Vec::with_capacity(16);
-    // Keep sending as fast as the port lets us for a while.
-    let mut pending_seen = 0;
-    for _ in 0..200 {
+    let resubmit = |port: &mut berth_reactor::CompletionPort<()>, batch: &mut Vec<Completion>| {
         for &op in &ops {
             match port.send(socket, op) {
                 Ok(()) | Err(SubmitError::Busy) => {}
                 Err(e) => panic!("{e}"),
             }
         }
-        port.wait(&mut batch, Some(Duration::ZERO)).unwrap();
-        pending_seen = pending_seen.max(port.stats().pending);
+        port.wait(batch, Some(Duration::ZERO)).unwrap();
+        batch.len()
+    };
+    // Send as fast as the port lets us until the kernel's buffers are full and every
+    // op is stuck.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while port.stats().pending < 4 {
+        assert!(Instant::now() < deadline, "sends never backed up");
+        resubmit(&mut port, &mut batch);
     }
-    // Memory held is bounded by the op pool: never more than 4 leases.
-    assert_eq!(port.pool_stats().capacity, 4);
-    assert!(port.buffers().stats().in_use <= 4);
-    assert!(pending_seen >= 1, "sends never backed up");
+    // From then on nothing moves and nothing grows: no completion, no allocation, no
+    // more than the pool's four ops pending, no more than their four leases out.
+    let before = thread_allocations();
+    let mut completed = 0;
+    for _ in 0..1000 {
+        completed += resubmit(&mut port, &mut batch);
+        assert!(port.stats().pending <= 4);
+    }
+    assert_eq!(thread_allocations() - before, 0, "allocations while backed up");
+    assert_eq!(completed, 0, "a send completed although the client reads nothing");
+    assert_eq!(port.buffers().stats().in_use, 4);
     assert!(port.take_op().is_err(), "pool exhaustion is the bound");
     drop(client);
     port.close(socket).unwrap();
@@ -281,4 +297,87 @@ fn a_refused_submit_leaves_the_op_untouched() {
     port.recv_pooled(socket, op).unwrap();
     assert!(port.op(op).unwrap().buffer().is_none());
     assert_eq!(port.buffers().stats().in_use, 0);
+}
+
+/// Data and the peer's FIN arrive in one epoll edge: the short read that takes the data
+/// must not make the port wait for another edge, for none will come. The next
+/// receive completes with `Ok(0)` (the seed's "BytesTransferred == 0: close").
+#[test]
+fn data_and_fin_in_one_edge_both_complete() {
+    let (mut port, _l, socket, mut client) = connected_pair(8);
+    let recv = port.take_op().unwrap();
+    port.recv_pooled(socket, recv).unwrap();
+    let mut batch = Vec::with_capacity(8);
+    port.wait(&mut batch, Some(Duration::from_millis(20))).unwrap();
+    assert!(batch.is_empty(), "nothing sent yet: {batch:?}");
+    client.write_all(b"abc").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    // Both are queued on the socket before the port looks: one edge for the two.
+    std::thread::sleep(Duration::from_millis(50));
+    let c = wait_for(&mut port, |c| is_op(c, OpKind::Recv));
+    assert_eq!(result_of(c), Ok(3));
+    port.recv_pooled(socket, recv).unwrap();
+    let c = wait_for(&mut port, |c| is_op(c, OpKind::Recv));
+    assert_eq!(result_of(c), Ok(0), "the FIN was lost");
+    port.close(socket).unwrap();
+    port.give_op(recv).unwrap();
+    assert_eq!(port.buffers().stats().in_use, 0);
+}
+
+/// A flood of connections over the limit is refused a turn at a time: the port goes on
+/// serving an existing connection in between, and every refused one is still closed.
+#[test]
+fn a_refused_flood_takes_turns_with_other_sockets() {
+    const FLOOD: usize = 300;
+    let limit = berth_ops::ConnectionLimit::new(1);
+    let mut port =
+        berth_reactor::CompletionPort::builder().ops(8).max_sockets(16).connection_limit(limit).build(|_| ()).unwrap();
+    let listener = port.listen("127.0.0.1:0".parse().unwrap(), berth_reactor::ListenOptions::default()).unwrap();
+    let addr = port.local_addr(listener).unwrap();
+    let accept = port.take_op().unwrap();
+    port.accept(listener, accept).unwrap();
+    let mut client = std::net::TcpStream::connect(addr).unwrap();
+    let Completion::Op { socket, .. } = wait_for(&mut port, |c| is_op(c, OpKind::Accept)) else { unreachable!() };
+    // The accept op is pending again; the limit is spent by the first connection.
+    port.accept(listener, accept).unwrap();
+    let flood: Vec<_> = (0..FLOOD).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+    // One look refuses one turn's worth, not the whole backlog.
+    let mut batch = Vec::with_capacity(8);
+    port.wait(&mut batch, Some(Duration::ZERO)).unwrap();
+    let first_turn = port.stats().refused;
+    assert!(first_turn > 0 && first_turn < FLOOD as u64, "refused {first_turn} in one turn");
+    client.write_all(b"ping").unwrap();
+    let recv = port.take_op().unwrap();
+    port.recv_pooled(socket, recv).unwrap();
+    let c = wait_for(&mut port, |c| is_op(c, OpKind::Recv));
+    assert_eq!(result_of(c), Ok(4));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while port.stats().refused < FLOOD as u64 && Instant::now() < deadline {
+        port.wait(&mut batch, Some(Duration::from_millis(10))).unwrap();
+        assert!(batch.is_empty(), "nothing but refusals expected: {batch:?}");
+    }
+    assert_eq!(port.stats().refused, FLOOD as u64);
+    for mut s in flood {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(matches!(s.read(&mut [0u8; 1]), Ok(0) | Err(_)), "a refused connection was not closed");
+    }
+}
+
+/// A submitted op belongs to the port until it completes: no taking its buffer away
+/// mid-receive.
+#[test]
+fn a_submitted_op_cannot_be_changed() {
+    let (mut port, _l, socket, mut client) = connected_pair(8);
+    let recv = port.take_op().unwrap();
+    let lease = port.lease().unwrap();
+    port.op_mut(recv).unwrap().set_buffer(lease, 0..512).unwrap();
+    port.recv(socket, recv).unwrap();
+    assert!(matches!(port.op_mut(recv), Err(SubmitError::Busy)));
+    assert!(port.op(recv).unwrap().buffer().is_some(), "still readable");
+    client.write_all(b"hello").unwrap();
+    let c = wait_for(&mut port, |c| is_op(c, OpKind::Recv));
+    assert_eq!(result_of(c), Ok(5));
+    let args = port.op_mut(recv).expect("idle again once completed");
+    assert_eq!(&args.take_buffer().unwrap().filled()[..5], b"hello");
+    port.give_op(recv).unwrap();
 }
