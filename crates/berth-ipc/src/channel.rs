@@ -878,10 +878,20 @@ impl Receiver {
         g.copy_to(buf)
     }
 
-    /// Waits for the next message and copies it into a new `Vec`.
+    /// Waits for the next message and copies it into a new `Vec`. The length is the
+    /// sender's choice (up to [`Receiver::max_message`]): if it cannot be allocated,
+    /// the message stays queued and the call returns [`RecvError::OutOfMemory`]
+    /// instead of aborting the process.
     pub fn recv_vec(&mut self, timeout: Option<Duration>) -> Result<Vec<u8>, RecvError> {
         let g = self.recv(timeout)?;
-        let mut v = vec![0; g.len()];
+        let len = g.len();
+        let mut v = Vec::new();
+        if v.try_reserve_exact(len).is_err() {
+            // Keep the message queued, as `copy_to` does for a short buffer.
+            std::mem::forget(g);
+            return Err(RecvError::OutOfMemory { len });
+        }
+        v.resize(len, 0); // within the reserved capacity: no further allocation
         g.copy_to(&mut v)?;
         Ok(v)
     }

@@ -165,4 +165,12 @@ pub enum RecvError {
         /// The buffer's length.
         buf: usize,
     },
+    /// [`Receiver::recv_vec`](crate::Receiver::recv_vec) could not allocate a `Vec`
+    /// for the message (its length is the sender's choice, up to the channel's
+    /// maximum); the message stays queued.
+    #[error("cannot allocate {len} bytes for a message")]
+    OutOfMemory {
+        /// The message's length.
+        len: usize,
+    },
 }
