@@ -69,8 +69,10 @@ pub struct Workers {
 
 impl Workers {
     /// Starts `config.workers` threads. Each builds a port whose ops carry tokens from
-    /// `token`, binds its listener, and runs `body(worker)` until it returns. Errors
-    /// building any worker's port or listener are returned here.
+    /// `token` and binds its listener; once every worker is set up, each runs
+    /// `body(worker)` until it returns. An error building any worker's port or
+    /// listener is returned here, and then no body runs: the workers already set up
+    /// drop their ports and are joined before `start` returns.
     pub fn start<T, M, B>(config: WorkersConfig, token: M, body: B) -> io::Result<Workers>
     where
         T: 'static,
@@ -82,12 +84,14 @@ impl Workers {
         let mut addr = config.addr;
         let mut handles = Vec::new();
         let mut threads = Vec::new();
+        let mut gos = Vec::new();
         for index in 0..config.workers.max(1) {
             let (ready_tx, ready_rx) = mpsc::channel();
+            let (go_tx, go_rx) = mpsc::channel::<bool>();
             let (token, body, buffers, limit) =
                 (token.clone(), body.clone(), config.buffers.clone(), config.limit.clone());
             let (ops, max_sockets) = (config.ops, config.max_sockets);
-            let thread = std::thread::Builder::new().name(format!("berth-worker-{index}")).spawn(move || {
+            let spawned = std::thread::Builder::new().name(format!("berth-worker-{index}")).spawn(move || {
                 let setup = (|| {
                     let mut builder = CompletionPort::builder().ops(ops).max_sockets(max_sockets).buffers(buffers);
                     if let Some(limit) = limit {
@@ -101,19 +105,45 @@ impl Workers {
                 match setup {
                     Ok((port, listener, local)) => {
                         let _ = ready_tx.send(Ok((port.handle(), local)));
-                        body(Worker { index, port, listener })
+                        // Run only once every worker is set up; otherwise let go.
+                        match go_rx.recv() {
+                            Ok(true) => body(Worker { index, port, listener }),
+                            _ => Ok(()),
+                        }
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(io::Error::new(e.kind(), e.to_string())));
                         Err(e)
                     }
                 }
-            })?;
-            threads.push(thread);
-            let (handle, local) = ready_rx.recv().map_err(|_| io::Error::other("worker died during setup"))??;
-            // The first worker may have picked the port; the others join it.
-            addr = local;
-            handles.push(handle);
+            });
+            let ready = match spawned {
+                Ok(thread) => {
+                    threads.push(thread);
+                    ready_rx.recv().unwrap_or_else(|_| Err(io::Error::other("worker died during setup")))
+                }
+                Err(e) => Err(e),
+            };
+            match ready {
+                Ok((handle, local)) => {
+                    // The first worker may have picked the port; the others join it.
+                    addr = local;
+                    handles.push(handle);
+                    gos.push(go_tx);
+                }
+                Err(e) => {
+                    for go in gos {
+                        let _ = go.send(false);
+                    }
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        for go in gos {
+            let _ = go.send(true);
         }
         Ok(Workers { local_addr: addr, handles, threads })
     }

@@ -120,3 +120,35 @@ fn workers_share_one_address() {
     workers.join().unwrap();
     assert_eq!(buffers.stats().in_use, 0);
 }
+
+/// A worker that cannot be set up fails the whole start, and then no worker serves:
+/// the ones already set up let go of their ports instead of running unreachable.
+#[test]
+fn a_failed_worker_stops_the_start_and_no_body_runs() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let buffers = BufferManager::new(BufferConfig::new().segment_count(256)).unwrap();
+    let mut config = WorkersConfig::new("127.0.0.1:0".parse().unwrap(), buffers.clone());
+    config.workers = 3;
+    config.ops = 8;
+    config.max_sockets = 8;
+    let ran = Arc::new(AtomicUsize::new(0));
+    let ran2 = ran.clone();
+    let started = Workers::start(
+        config,
+        // The second worker's port cannot be built: its token maker fails.
+        |_| {
+            if std::thread::current().name() == Some("berth-worker-1") {
+                panic!("deliberate setup failure of worker 1");
+            }
+        },
+        move |_w| {
+            ran2.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        },
+    );
+    let err = started.expect_err("a worker failed to set up");
+    assert!(err.to_string().contains("setup"), "{err}");
+    assert_eq!(ran.load(Ordering::SeqCst), 0, "a body ran although the start failed");
+    assert_eq!(buffers.stats().in_use, 0);
+}
