@@ -11,6 +11,14 @@ use berth_reactor::{Completion, CompletionPort, ListenOptions};
 
 const CONNECTIONS: usize = 20;
 const CHILD_ENV: &str = "BERTH_EMFILE_CHILD";
+/// How long the child keeps its descriptors while accept backs off, measuring its CPU.
+const BACKOFF_WINDOW: Duration = Duration::from_millis(300);
+
+/// This process's CPU time (all threads, user and system).
+fn cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
 
 #[test]
 fn accept_backs_off_on_emfile_and_recovers() {
@@ -54,7 +62,8 @@ fn accept_backs_off_on_emfile_and_recovers() {
     drop(clients);
     assert!(status.success(), "child failed: {rest}");
     let report = rest.lines().find_map(|l| l.find("ok accepted=").map(|at| &l[at..])).expect("child report");
-    let backoffs: u64 = report.split("backoffs=").nth(1).unwrap().trim().parse().unwrap();
+    let field = |name: &str| report.split(name).nth(1).and_then(|v| v.split_whitespace().next()).unwrap();
+    let backoffs: u64 = field("backoffs=").parse().unwrap();
     eprintln!("child: {report}");
     assert!(backoffs >= 1, "EMFILE never happened: {report}");
     // Exponential back-off: a handful of retries, not a spinning core.
@@ -83,6 +92,8 @@ fn emfile_child() {
 
     let mut held = Vec::new();
     let mut released = false;
+    let mut backing_off: Option<(Instant, Duration)> = None;
+    let mut cpu_share = 0.0;
     let mut accepted = 0;
     let mut batch = Vec::with_capacity(64);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -95,7 +106,15 @@ fn emfile_child() {
                 port.accept(listener, accept).unwrap();
             }
         }
-        if !released && port.stats().accept_backoffs >= 2 {
+        if !released && port.stats().accept_backoffs >= 1 && backing_off.is_none() {
+            backing_off = Some((Instant::now(), cpu_time()));
+        }
+        let waited_enough = backing_off.is_some_and(|(at, _)| at.elapsed() >= BACKOFF_WINDOW);
+        if !released && port.stats().accept_backoffs >= 2 && waited_enough {
+            // While it backed off, the port slept: well under half a core.
+            let (at, cpu) = backing_off.unwrap();
+            cpu_share = (cpu_time() - cpu).as_secs_f64() / at.elapsed().as_secs_f64();
+            assert!(cpu_share < 0.5, "the port spun while backing off: {:.0}% of a core", cpu_share * 100.0);
             // Free the descriptors: accepting must resume on its own.
             for s in held.drain(..) {
                 port.close(s).unwrap();
@@ -108,6 +127,10 @@ fn emfile_child() {
         }
     }
     let stats = port.stats();
-    println!("ok accepted={accepted} backoffs={}", stats.accept_backoffs);
+    println!(
+        "ok accepted={accepted} backoffs={} cpu_while_backing_off={:.1}%",
+        stats.accept_backoffs,
+        cpu_share * 100.0
+    );
     assert_eq!(accepted, CONNECTIONS, "{stats:?}");
 }
