@@ -34,6 +34,9 @@ const SLICE_MAX: Duration = Duration::from_millis(50);
 const SLICE_NO_MEMBARRIER: Duration = Duration::from_millis(1);
 /// Busy-poll iterations between liveness and deadline checks.
 const BUSY_CHECK_EVERY: u32 = 4096;
+/// The non-blocking calls check the peer's process at most this often (in ns of the
+/// coarse clock); in between an empty or full result costs no syscall.
+const TRY_CHECK_EVERY_NS: u64 = SLICE_MIN.as_nanos() as u64;
 
 /// Parameters of a new channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -461,15 +464,33 @@ struct PeerWatch {
     known: Option<(u32, u64)>,
     pidfd: Option<sys::Pidfd>,
     timeout: Option<Duration>,
+    /// Coarse-clock time before which `check_now_and_then` skips the process check.
+    next_try_check: u64,
 }
 
 impl PeerWatch {
     fn new(pid_at: usize, start_at: usize, flags_at: usize, hb_at: usize) -> PeerWatch {
-        PeerWatch { pid_at, start_at, flags_at, hb_at, known: None, pidfd: None, timeout: None }
+        PeerWatch { pid_at, start_at, flags_at, hb_at, known: None, pidfd: None, timeout: None, next_try_check: 0 }
     }
 
     fn closed(&self, sh: &Shared) -> bool {
         sh.u32_at(self.flags_at).load(Ordering::Acquire) & FLAG_CLOSED != 0
+    }
+
+    /// For the non-blocking calls, on an empty or full ring: the clean-close flag every
+    /// time, the full [`PeerWatch::check`] (a syscall or a `/proc` read) at most every
+    /// [`TRY_CHECK_EVERY_NS`], so a busy `try_recv` loop pays a coarse-clock read per
+    /// empty result and no syscall. `Alive` when the check was skipped.
+    fn check_now_and_then(&mut self, sh: &Shared) -> PeerState {
+        if self.closed(sh) {
+            return PeerState::Closed;
+        }
+        let now = sys::coarse_ns();
+        if now < self.next_try_check {
+            return PeerState::Alive;
+        }
+        self.next_try_check = now.saturating_add(TRY_CHECK_EVERY_NS);
+        self.check(sh)
     }
 
     fn check(&mut self, sh: &Shared) -> PeerState {
@@ -604,8 +625,11 @@ impl Sender {
         match e {
             ReserveError::TooLarge => SendError::TooLarge { len, max: self.max_message() },
             ReserveError::Corrupted(why) => SendError::Corrupted(why),
-            ReserveError::Full if self.peer.closed(&self.sh) => SendError::Closed,
-            ReserveError::Full => SendError::Full,
+            ReserveError::Full => match self.peer.check_now_and_then(&self.sh) {
+                PeerState::Closed => SendError::Closed,
+                PeerState::Dead => SendError::PeerDead,
+                PeerState::Absent | PeerState::Alive => SendError::Full,
+            },
         }
     }
 }
@@ -805,22 +829,33 @@ impl Receiver {
 
     /// The next message, lent in place until the guard drops, or `Empty` at once.
     /// After the sender closed or died, the messages it committed are still
-    /// delivered, then `Closed` / `PeerDead`.
+    /// delivered, then `Closed` / `PeerDead` (a death is noticed within about 10 ms
+    /// of calls: the sender's process is checked at most that often).
     #[inline]
     pub fn try_recv(&mut self) -> Result<RecvGuard<'_>, RecvError> {
         match self.cons.poll(&*self.sh) {
             Ok(true) => Ok(RecvGuard { rx: self }),
-            Ok(false) => Err(self.empty()),
+            Ok(false) => self.try_recv_empty(),
             Err(why) => Err(RecvError::Corrupted(why)),
         }
     }
 
-    /// The ring is empty: publish our position (waking a sender that waits for
+    /// The ring was empty: publish our position (waking a sender that waits for
     /// room), and say whether the sender is gone.
     #[cold]
-    fn empty(&mut self) -> RecvError {
+    fn try_recv_empty(&mut self) -> Result<RecvGuard<'_>, RecvError> {
         self.flush();
-        if self.peer.closed(&self.sh) { RecvError::Closed } else { RecvError::Empty }
+        let gone = match self.peer.check_now_and_then(&self.sh) {
+            PeerState::Closed => RecvError::Closed,
+            PeerState::Dead => RecvError::PeerDead,
+            PeerState::Absent | PeerState::Alive => return Err(RecvError::Empty),
+        };
+        // It may have committed between our poll and its close or death: deliver that first.
+        match self.cons.poll(&*self.sh) {
+            Ok(true) => Ok(RecvGuard { rx: self }),
+            Ok(false) => Err(gone),
+            Err(why) => Err(RecvError::Corrupted(why)),
+        }
     }
 
     /// Publishes the consumer position if a batch is pending; see `Consumer::flush`.

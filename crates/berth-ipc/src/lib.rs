@@ -167,8 +167,12 @@
 //!   `Closed` / `PeerDead`. A record the sender reserved but never committed
 //!   (killed mid-write, or a dropped [`Grant`]) is never visible: only the tail
 //!   store publishes, and it comes after the bytes.
-//! - `try_send` does not check the receiver's liveness (that would cost a syscall):
-//!   while there is room, messages to a dead receiver are accepted and lost with it.
+//! - The non-blocking calls report the peer too: on an empty ring `try_recv`, on a
+//!   full one `try_send` / `try_reserve`, check the clean-close flag every time and
+//!   the peer's process (as above, with the heartbeat limit if set) at most every
+//!   10 ms of a coarse clock, so a busy polling loop pays no syscall per call and
+//!   sees a death within about 10 ms. While there is room, `try_send` does not
+//!   check: messages to a dead receiver are accepted and lost with it.
 //! - Opening validates the whole header ([`OpenError`]), and attaching the alignment of
 //!   the positions; positions and record headers are re-validated on every use,
 //!   since the peer keeps writing them. A failed check is [`RecvError::Corrupted`] /

@@ -11,7 +11,8 @@
 //! - peer liveness: `getpid`, `start_time` (from `/proc/<pid>/stat`, to tell a pid
 //!   from its reuse), `Pidfd`;
 //! - descriptor passing: `send_fd` / `recv_fd` with `SCM_RIGHTS`;
-//! - `monotonic_ns`, a clock both processes share (for heartbeats).
+//! - `monotonic_ns`, a clock both processes share (for heartbeats), and `coarse_ns`
+//!   (for rate-limiting the non-blocking calls' liveness checks).
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -35,6 +36,13 @@ pub(crate) fn getpid() -> u32 {
 /// Nanoseconds on `CLOCK_MONOTONIC`, the same clock in every process of the host.
 pub(crate) fn monotonic_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
+}
+
+/// Nanoseconds on `CLOCK_MONOTONIC_COARSE`: a vDSO read of the last tick (1–10 ms
+/// resolution), cheap enough for every empty poll.
+pub(crate) fn coarse_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
     (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
 }
 

@@ -144,6 +144,34 @@ fn stress_two_processes_10m() {
     stress(10_000_000);
 }
 
+/// Calls `f` while it says `Empty` / `Full` (for at most 2 s) and returns what it
+/// says then.
+fn try_until_not_empty<E: PartialEq + From<Nothing>>(mut f: impl FnMut() -> Result<(), E>) -> Result<(), E> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = f();
+        if r != Err(E::from(Nothing)) || Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// `Empty` or `Full`: the non-blocking calls' "nothing right now".
+struct Nothing;
+
+impl From<Nothing> for RecvError {
+    fn from(_: Nothing) -> RecvError {
+        RecvError::Empty
+    }
+}
+
+impl From<Nothing> for SendError {
+    fn from(_: Nothing) -> SendError {
+        SendError::Full
+    }
+}
+
 fn shm_entries() -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir("/dev/shm")
         .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
@@ -176,8 +204,9 @@ fn kill_producer_mid_message_gives_peer_dead_and_leaves_nothing() {
     assert_eq!(err, RecvError::PeerDead);
     let took = done.saturating_duration_since(killed_at);
     assert!(took < Duration::from_millis(100), "PeerDead after {took:?}");
-    // The half-written record is never delivered.
-    assert_eq!(rx.try_recv().unwrap_err(), RecvError::Empty);
+    // The half-written record is never delivered, and the non-blocking call reports
+    // the death too (it checks the process at most every 10 ms).
+    assert_eq!(try_until_not_empty(|| rx.try_recv().map(drop)), Err(RecvError::PeerDead));
     drop((rx, chan));
     assert_eq!(shm_entries(), before, "memfd mode leaves nothing in /dev/shm");
 }
@@ -201,4 +230,21 @@ fn kill_consumer_while_producer_waits_gives_peer_dead() {
     assert_eq!(err, SendError::PeerDead);
     let took = done.saturating_duration_since(killed_at);
     assert!(took < Duration::from_millis(100), "PeerDead after {took:?}");
+    // The ring is still full: the non-blocking call reports the death too.
+    assert_eq!(try_until_not_empty(|| tx.try_send(&[7; 256])), Err(SendError::PeerDead));
+}
+
+/// Only non-blocking calls: the messages committed before the kill, then `PeerDead`.
+#[test]
+fn try_recv_alone_reports_a_killed_producer() {
+    let chan = Channel::create_memfd(&Config::new(64 * 1024)).unwrap();
+    let mut rx = chan.receiver().unwrap();
+    let mut child = spawn_helper("producer_mid", &chan, 0);
+    wait_ready(&mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for i in 0..3u8 {
+        assert_eq!(try_until_not_empty(|| rx.try_recv().map(|m| assert_eq!(&*m, &[i; 100]))), Ok(()));
+    }
+    assert_eq!(try_until_not_empty(|| rx.try_recv().map(drop)), Err(RecvError::PeerDead));
 }
