@@ -1,5 +1,7 @@
 //! [`OpPool`]: pre-allocated [`OpArgs`], handed out by generation-checked [`OpId`]s.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use slab::Slab;
 
 use crate::args::OpArgs;
@@ -91,7 +93,12 @@ pub struct OpPool<T> {
     free: Vec<u32>,
     high_water: usize,
     exhausted: u64,
-    stale: u64,
+    /// Stale ids refused, by `get` (which has only `&self`) as well as `get_mut` and
+    /// `give`. An atomic rather than a `Cell` so the pool (and the port that holds it)
+    /// stays `Sync`; `&mut self` paths bump it without an atomic operation, and `get`
+    /// pays a relaxed add only when it refuses an id. Not from `crate::loom`: the pool
+    /// is single-threaded and not model-checked.
+    stale: AtomicU64,
 }
 
 impl<T> OpPool<T> {
@@ -105,7 +112,7 @@ impl<T> OpPool<T> {
         }
         // Lowest index on top, so a lightly loaded pool keeps reusing the same few ops.
         let free = (0..capacity as u32).rev().collect();
-        OpPool { slots, free, high_water: 0, exhausted: 0, stale: 0 }
+        OpPool { slots, free, high_water: 0, exhausted: 0, stale: AtomicU64::new(0) }
     }
 
     /// Takes a free op (reset, with its token as left by its last user).
@@ -127,13 +134,19 @@ impl<T> OpPool<T> {
 
     /// The op `id` names, if it is still taken.
     pub fn get(&self, id: OpId) -> Result<&OpArgs<T>, StaleOp> {
-        self.entry(id).map(|e| &e.args).ok_or(StaleOp { id })
+        match self.entry(id) {
+            Some(e) => Ok(&e.args),
+            None => {
+                self.stale.fetch_add(1, Ordering::Relaxed);
+                Err(StaleOp { id })
+            }
+        }
     }
 
     /// The op `id` names, mutable.
     pub fn get_mut(&mut self, id: OpId) -> Result<&mut OpArgs<T>, StaleOp> {
         if self.entry(id).is_none() {
-            self.stale += 1;
+            *self.stale.get_mut() += 1;
             return Err(StaleOp { id });
         }
         Ok(&mut self.slots[id.index as usize].args)
@@ -143,7 +156,7 @@ impl<T> OpPool<T> {
     /// stays) and `id` becomes stale.
     pub fn give(&mut self, id: OpId) -> Result<(), StaleOp> {
         if self.entry(id).is_none() {
-            self.stale += 1;
+            *self.stale.get_mut() += 1;
             return Err(StaleOp { id });
         }
         let entry = &mut self.slots[id.index as usize];
@@ -176,7 +189,7 @@ impl<T> OpPool<T> {
             in_use: self.slots.len() - self.free.len(),
             high_water: self.high_water,
             exhausted: self.exhausted,
-            stale: self.stale,
+            stale: self.stale.load(Ordering::Relaxed),
         }
     }
 }

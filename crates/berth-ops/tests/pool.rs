@@ -31,7 +31,8 @@ fn stale_and_forged_ids_are_refused() {
     assert!(pool.get(OpId::from_u64(u64::MAX)).is_err());
     assert!(pool.get(OpId::from_u64(a2.to_u64() + (1 << 32))).is_err());
     assert_eq!(OpId::from_u64(a2.to_u64()), a2);
-    assert!(pool.stats().stale >= 2);
+    // A double give, a `get` and a `get_mut` of the stale id, and two forged `get`s.
+    assert_eq!(pool.stats().stale, 5);
 }
 
 #[test]
@@ -117,6 +118,7 @@ proptest! {
         let mut live: HashMap<OpId, u64> = HashMap::new();
         let mut dead: Vec<OpId> = Vec::new();
         let mut stamp = 0u64;
+        let mut stale = 0u64;
         for (kind, pick) in ops {
             match kind {
                 0 => match pool.take() {
@@ -137,6 +139,7 @@ proptest! {
                     let id = dead[pick % dead.len()];
                     prop_assert!(pool.get(id).is_err());
                     prop_assert!(pool.give(id).is_err());
+                    stale += 2;
                 }
                 _ => {}
             }
@@ -145,6 +148,7 @@ proptest! {
             }
             prop_assert_eq!(pool.stats().in_use, live.len());
             prop_assert_eq!(pool.available(), cap - live.len());
+            prop_assert_eq!(pool.stats().stale, stale);
         }
     }
 }
