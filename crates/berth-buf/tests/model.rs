@@ -39,6 +39,8 @@ fn check(ops: Vec<Op>, count: usize, heap: bool, local_cache: bool, prelease: us
     // Every raw lease ever made, and whether it is still redeemable.
     let mut raws: Vec<(RawLease, bool)> = Vec::new();
     let (mut expect_double, mut expect_stale, mut expect_heap) = (0u64, 0u64, 0u64);
+    // The most arena segments the model has held at once (leased or raw).
+    let mut peak = live.len();
 
     for op in ops {
         match op {
@@ -108,11 +110,15 @@ fn check(ops: Vec<Op>, count: usize, heap: bool, local_cache: bool, prelease: us
                 prop_assert!(seen.insert(r.index()));
             }
         }
+        peak = peak.max(seen.len());
         let s = m.stats();
         prop_assert_eq!(s.in_use, seen.len());
         prop_assert_eq!(s.raw, raws.iter().filter(|r| r.1).count());
         prop_assert_eq!(s.double_returns + s.stale_returns, expect_double + expect_stale);
         prop_assert_eq!(s.heap_fallbacks, expect_heap);
+        // The touched footprint covers every segment ever held at once, and no more
+        // than the arena.
+        prop_assert!(s.high_water >= peak, "high_water {} below the peak in use {}", s.high_water, peak);
         prop_assert!(s.high_water <= count);
     }
     live.clear();
