@@ -440,8 +440,18 @@ fn claim(sh: &Shared, role: &'static str, pid_at: usize, start_at: usize, hb_at:
     Ok(End { heartbeat: hb_at })
 }
 
+/// Whether `pid` names a live process, and (unless `start` is 0) the one that
+/// started at `start`.
 fn pid_alive(pid: u32, start: u64) -> bool {
-    pid != 0 && matches!(sys::start_time(pid), Some((s, false)) if s == start || start == 0)
+    if pid == 0 {
+        return false;
+    }
+    match sys::start_time(pid) {
+        Some((s, zombie)) => !zombie && (s == start || start == 0),
+        // No such process, unless /proc cannot be read at all (then a peer records
+        // start 0 and only its bare pid can be checked).
+        None => start == 0 && sys::start_time(sys::getpid()).is_none() && sys::process_exists(pid),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -499,9 +509,12 @@ impl PeerWatch {
         }
         let pid = sh.u32_at(self.pid_at).load(Ordering::Acquire);
         let start = sh.u64_at(self.start_at).load(Ordering::Acquire);
-        if pid == 0 || start == 0 {
+        if pid == 0 {
             return PeerState::Absent;
         }
+        // A start time of 0 means the peer claimed its end and has not stored its
+        // start time yet, died before it did, or could not read it: watch the pid
+        // alone (pid reuse could fool that) until the start time appears.
         if self.known != Some((pid, start)) {
             self.known = Some((pid, start));
             // Open the pidfd first, then confirm the pid still names the process that

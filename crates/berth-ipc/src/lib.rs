@@ -159,7 +159,8 @@
 //!   double up to 50 ms (so an idle blocked end wakes about 20 times a second): its
 //!   clean-close flag, then its process through a pidfd (or `/proc/<pid>/stat` if pidfds are
 //!   unavailable) opened once and verified against the recorded start time, so pid
-//!   reuse is not mistaken for life. A dead peer turns a wait into `PeerDead`
+//!   reuse is not mistaken for life. A peer that stored its pid but no start time
+//!   (it died while attaching, or `/proc` is unreadable) is watched by pid alone. A dead peer turns a wait into `PeerDead`
 //!   within 10 to 50 ms; a peer that closed cleanly gives `Closed`. Optionally
 //!   ([`Receiver::set_peer_timeout`]) a peer whose heartbeat is older than a limit
 //!   counts as dead too (a hung process). Both ends must share a pid namespace.

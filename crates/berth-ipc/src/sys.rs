@@ -58,6 +58,13 @@ pub(crate) fn start_time(pid: u32) -> Option<(u64, bool)> {
     Some((start, state == "Z" || state == "X"))
 }
 
+/// Whether a process `pid` exists (`kill(pid, 0)`; a zombie counts), for when
+/// `/proc` cannot be read. Another user's process (`EPERM`) exists too.
+pub(crate) fn process_exists(pid: u32) -> bool {
+    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else { return false };
+    !matches!(rustix::process::test_kill_process(pid), Err(rustix::io::Errno::SRCH))
+}
+
 /// An anonymous shared file of `len` bytes that can never shrink or grow again.
 pub(crate) fn memfd(len: u64) -> io::Result<OwnedFd> {
     let fd = fs::memfd_create("berth-ipc", fs::MemfdFlags::CLOEXEC | fs::MemfdFlags::ALLOW_SEALING)?;

@@ -405,6 +405,25 @@ fn cleanup_stale_removes_only_dead_channels() {
     Channel::unlink_named(&live).unwrap();
 }
 
+/// A peer that claimed its end (pid stored) but died before storing its start time
+/// is watched by pid alone: a wait ends with `PeerDead`, not a timeout (with `None`,
+/// it would never end). A live claimer in that window still counts as alive.
+#[test]
+fn peer_that_died_while_claiming_is_dead() {
+    let chan = Channel::create_memfd(&Config::new(4096)).unwrap();
+    let mut rx = chan.receiver().unwrap();
+    // Our own pid, start time not yet stored: alive.
+    raw(&chan).write_all_at(&std::process::id().to_le_bytes(), 136).unwrap();
+    assert_eq!(rx.recv(Some(Duration::from_millis(100))).unwrap_err(), RecvError::TimedOut);
+    // A pid that surely names no process: one of our children, reaped.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    raw(&chan).write_all_at(&dead_pid.to_le_bytes(), 136).unwrap();
+    raw(&chan).write_all_at(&0u64.to_le_bytes(), 144).unwrap();
+    assert_eq!(rx.recv(Some(Duration::from_secs(5))).unwrap_err(), RecvError::PeerDead);
+}
+
 #[test]
 fn fd_passed_over_a_unix_socket() {
     let (a, b) = UnixStream::pair().unwrap();
