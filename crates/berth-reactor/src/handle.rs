@@ -15,7 +15,10 @@ pub(crate) struct Post {
 
 pub(crate) struct Shared {
     pub(crate) waker: mio::Waker,
+    /// Posts waiting for the port; never more than `post_capacity`, so pushing
+    /// never allocates.
     pub(crate) posts: Mutex<VecDeque<Post>>,
+    pub(crate) post_capacity: usize,
     pub(crate) closed: AtomicBool,
 }
 
@@ -41,13 +44,41 @@ pub struct PortHandle {
 
 impl PortHandle {
     /// Queues a [`Completion::Posted`](crate::Completion::Posted) and wakes the port.
-    /// Fails with `BrokenPipe` once the port is dropped.
+    /// Fails with `BrokenPipe` once the port is dropped, and with `WouldBlock` while
+    /// the port already has [`posts`](crate::PortBuilder::posts) posts waiting for it
+    /// (nothing is queued then; try again after it has waited). Allocates nothing, and
+    /// wakes the port only for the first post it has not yet seen.
+    ///
+    /// ```
+    /// # use berth_reactor::{CompletionPort, Completion};
+    /// let mut port = CompletionPort::builder().posts(2).build(|_| ())?;
+    /// let handle = port.handle();
+    /// handle.post(1, 0)?;
+    /// handle.post(2, 0)?;
+    /// let full = handle.post(3, 0).unwrap_err();
+    /// assert_eq!(full.kind(), std::io::ErrorKind::WouldBlock);
+    /// let mut done = Vec::new();
+    /// port.wait(&mut done, None)?;
+    /// assert_eq!(done.len(), 2);
+    /// handle.post(3, 0)?; // room again
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn post(&self, key: u64, data: u64) -> io::Result<()> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(io::Error::new(io::ErrorKind::BrokenPipe, "completion port is gone"));
         }
-        self.shared.posts.lock().unwrap_or_else(|e| e.into_inner()).push_back(Post { key, data });
-        self.shared.waker.wake()
+        let mut posts = self.shared.posts.lock().unwrap_or_else(|e| e.into_inner());
+        if posts.len() >= self.shared.post_capacity {
+            // A bare kind: refusing allocates nothing either.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let first = posts.is_empty();
+        posts.push_back(Post { key, data });
+        drop(posts);
+        // The port drains the whole queue on a wake-up, under the same lock: a post
+        // into a non-empty queue is covered by the wake of the one that made it
+        // non-empty.
+        if first { self.shared.waker.wake() } else { Ok(()) }
     }
 }
 

@@ -141,6 +141,7 @@ pub struct PortBuilder {
     ops: usize,
     max_sockets: usize,
     events: usize,
+    posts: usize,
     buffers: Option<BufferManager>,
     cache_batch: usize,
     limit: Option<ConnectionLimit>,
@@ -157,6 +158,14 @@ impl PortBuilder {
     /// cleanly and counted.
     pub fn max_sockets(mut self, n: usize) -> Self {
         self.max_sockets = n;
+        self
+    }
+
+    /// Posts ([`PortHandle::post`]) that may wait for the port at once (default 1024):
+    /// beyond that a post is refused with `WouldBlock` instead of queueing without
+    /// bound behind a port that does not wait.
+    pub fn posts(mut self, n: usize) -> Self {
+        self.posts = n.max(1);
         self
     }
 
@@ -210,9 +219,14 @@ impl PortBuilder {
             sockets: Slab::with_capacity(max_sockets),
             generations: vec![0; max_sockets],
             max_sockets,
-            ready: VecDeque::with_capacity(ops + 64),
+            ready: VecDeque::with_capacity(ops + self.posts + 64),
             timers: Timers::with_capacity(2 * ops + max_sockets + 16),
-            shared: Arc::new(Shared { waker, posts: Mutex::new(VecDeque::new()), closed: AtomicBool::new(false) }),
+            shared: Arc::new(Shared {
+                waker,
+                posts: Mutex::new(VecDeque::with_capacity(self.posts)),
+                post_capacity: self.posts,
+                closed: AtomicBool::new(false),
+            }),
             buffers,
             cache,
             limit: self.limit,
@@ -329,7 +343,15 @@ pub trait Handler<T> {
 impl CompletionPort<()> {
     /// A builder with the defaults: 1024 ops, 1024 sockets, a fresh arena.
     pub fn builder() -> PortBuilder {
-        PortBuilder { ops: 1024, max_sockets: 1024, events: 1024, buffers: None, cache_batch: 32, limit: None }
+        PortBuilder {
+            ops: 1024,
+            max_sockets: 1024,
+            events: 1024,
+            posts: 1024,
+            buffers: None,
+            cache_batch: 32,
+            limit: None,
+        }
     }
 }
 

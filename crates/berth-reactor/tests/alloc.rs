@@ -77,3 +77,29 @@ fn echo_round_trips_allocate_nothing() {
     let stats = port.stats();
     assert!(stats.completed_inline >= 2000, "sends should complete at submit: {stats:?}");
 }
+
+/// Posting and delivering posts allocates nothing, up to the queue's bound, and a full
+/// queue refuses instead of growing.
+#[test]
+fn posts_allocate_nothing_and_stay_bounded() {
+    let mut port = CompletionPort::builder().ops(8).posts(64).build(|_| ()).unwrap();
+    let handle = port.handle();
+    let mut batch = Vec::with_capacity(128);
+    let cycle = |port: &mut CompletionPort<()>, batch: &mut Vec<Completion>| {
+        for i in 0..64 {
+            handle.post(1, i).unwrap();
+        }
+        let full = handle.post(1, 64).unwrap_err();
+        assert_eq!(full.kind(), std::io::ErrorKind::WouldBlock);
+        port.wait(batch, Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(batch.len(), 64);
+        assert_eq!(batch[63], Completion::Posted { key: 1, data: 63 }, "in order, nothing extra");
+    };
+    cycle(&mut port, &mut batch);
+    let before = thread_allocations();
+    for _ in 0..100 {
+        cycle(&mut port, &mut batch);
+    }
+    let n = thread_allocations() - before;
+    assert_eq!(n, 0, "{n} allocations in 6400 posts");
+}

@@ -620,7 +620,12 @@ fn deliver(sh: &Shared, inbox: &Inbox, item: Item) {
     }
     let was_empty = q.items.is_empty();
     q.items.push_back(item);
-    if was_empty && inbox.worker.post(0).is_err() {
+    if was_empty
+        && let Err(e) = inbox.worker.post(0)
+        // WouldBlock: the worker's port has posts waiting, so it wakes and drains this
+        // queue anyway (`posted` reads it whatever the data).
+        && e.kind() != std::io::ErrorKind::WouldBlock
+    {
         // The worker stopped: nothing will read this queue again.
         q.dead = true;
         q.items.clear();

@@ -274,8 +274,19 @@ impl ShutdownHandle {
     pub fn shutdown(&self, grace: Duration) {
         let millis = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
         for handle in self.handles.iter() {
-            // A worker that already stopped has dropped its port: nothing to do.
-            let _ = handle.post(SHUTDOWN, millis);
+            // A worker that already stopped has dropped its port (BrokenPipe): nothing
+            // to do. A full post queue (WouldBlock) empties at the worker's next wait:
+            // try again, for a while.
+            let give_up = std::time::Instant::now() + Duration::from_secs(5);
+            while let Err(e) = handle.post(SHUTDOWN, millis) {
+                if e.kind() != std::io::ErrorKind::WouldBlock || std::time::Instant::now() >= give_up {
+                    if e.kind() == std::io::ErrorKind::WouldBlock {
+                        tracing::warn!("shutdown: a worker's post queue stayed full; it was not told to stop");
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
     }
 

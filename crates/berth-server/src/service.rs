@@ -148,7 +148,8 @@ impl WorkerHandle {
     }
 
     /// Wakes the worker and has it call [`Service::posted`] with `data`. Fails with
-    /// `BrokenPipe` once the worker has stopped.
+    /// `BrokenPipe` once the worker has stopped, and with `WouldBlock` while 1024
+    /// posts already wait for it (nothing is queued; try again later).
     pub fn post(&self, data: u64) -> io::Result<()> {
         self.port.post(SERVICE_POST, data)
     }
