@@ -4,6 +4,17 @@ use std::io;
 
 /// What [`BufferManager::lease`](crate::BufferManager::lease) does when every segment
 /// of the arena is leased.
+///
+/// ```
+/// use berth_buf::{BufferConfig, BufferManager, Exhaustion};
+///
+/// let config = BufferConfig::new().segment_count(1).exhaustion(Exhaustion::Heap);
+/// let manager = BufferManager::new(config)?;
+/// let _only = manager.lease()?;
+/// assert!(manager.lease()?.is_heap()); // exhausted: a heap buffer instead of an error
+/// assert_eq!(Exhaustion::default(), Exhaustion::Fail);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Exhaustion {
     /// Return [`Exhausted`](crate::Exhausted): the caller decides (refuse a
@@ -42,21 +53,52 @@ impl Default for BufferConfig {
 
 impl BufferConfig {
     /// The largest number of segments one arena may have.
+    ///
+    /// ```
+    /// use berth_buf::{BufferConfig, BufferManager, ConfigError};
+    ///
+    /// let config = BufferConfig::new().segment_count(BufferConfig::MAX_SEGMENTS + 1);
+    /// assert!(matches!(BufferManager::new(config), Err(ConfigError::TooManySegments { .. })));
+    /// ```
     pub const MAX_SEGMENTS: usize = (u32::MAX - 1) as usize;
 
     /// 1024 segments of 4096 bytes, not pre-faulted, failing when exhausted.
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager};
+    /// let manager = BufferManager::new(BufferConfig::new())?;
+    /// assert_eq!((manager.segment_count(), manager.segment_size()), (1024, 4096));
+    /// assert_eq!(BufferConfig::new(), BufferConfig::default());
+    /// # Ok::<(), berth_buf::ConfigError>(())
+    /// ```
     pub const fn new() -> BufferConfig {
         BufferConfig { segment_size: 4096, segment_count: 1024, prefault: false, exhaustion: Exhaustion::Fail }
     }
 
     /// Bytes per segment (default 4096). A multiple of the page size keeps every
     /// segment page-aligned.
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager};
+    /// let manager = BufferManager::new(BufferConfig::new().segment_size(512).segment_count(4))?;
+    /// assert_eq!(manager.lease()?.capacity(), 512);
+    /// assert!(BufferManager::new(BufferConfig::new().segment_size(0)).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub const fn segment_size(mut self, bytes: usize) -> Self {
         self.segment_size = bytes;
         self
     }
 
     /// Number of segments (default 1024).
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager};
+    /// let manager = BufferManager::new(BufferConfig::new().segment_count(3))?;
+    /// assert_eq!(manager.stats().total, 3);
+    /// assert_eq!(manager.arena().1, 3 * 4096);
+    /// # Ok::<(), berth_buf::ConfigError>(())
+    /// ```
     pub const fn segment_count(mut self, count: usize) -> Self {
         self.segment_count = count;
         self
@@ -64,12 +106,29 @@ impl BufferConfig {
 
     /// Touch every page at construction (`MAP_POPULATE`) so the first use of a
     /// segment never page-faults. Costs the whole arena in resident memory up front.
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager};
+    /// let manager = BufferManager::new(BufferConfig::new().segment_count(16).prefault(true))?;
+    /// let lease = manager.lease()?;
+    /// assert!(lease.iter().all(|&b| b == 0)); // populated pages, still zeroed
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub const fn prefault(mut self, yes: bool) -> Self {
         self.prefault = yes;
         self
     }
 
     /// What to do when every segment is leased.
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager, Exhaustion};
+    /// let manager = BufferManager::new(BufferConfig::new().segment_count(1).exhaustion(Exhaustion::Fail))?;
+    /// let _only = manager.lease()?;
+    /// assert!(manager.lease().is_err());
+    /// assert_eq!(manager.stats().exhausted, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub const fn exhaustion(mut self, policy: Exhaustion) -> Self {
         self.exhaustion = policy;
         self
@@ -97,6 +156,15 @@ impl BufferConfig {
 }
 
 /// A [`BufferConfig`] that cannot be built.
+///
+/// ```
+/// use berth_buf::{BufferConfig, BufferManager, ConfigError};
+///
+/// let err = BufferManager::new(BufferConfig::new().segment_count(0)).unwrap_err();
+/// assert!(matches!(err, ConfigError::ZeroSegmentCount));
+/// let err = BufferManager::new(BufferConfig::new().segment_size(1 << 40)).unwrap_err();
+/// assert!(matches!(err, ConfigError::SegmentTooLarge { max, .. } if max == u32::MAX as usize));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {

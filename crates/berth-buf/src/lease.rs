@@ -57,6 +57,15 @@ unsafe impl Send for Lease {}
 unsafe impl Sync for Lease {}
 
 /// A length beyond the lease's capacity was asked for. The lease is unchanged.
+///
+/// ```
+/// # let manager = berth_buf::BufferManager::with_defaults()?;
+/// let mut lease = manager.lease()?;
+/// let err = lease.set_len(5000).unwrap_err();
+/// assert_eq!((err.len, err.capacity), (5000, 4096));
+/// assert_eq!(lease.len(), 0); // unchanged
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("length {len} exceeds the segment capacity {capacity}")]
 pub struct LengthError {
@@ -72,6 +81,16 @@ pub struct LengthError {
 /// [`BufferManager::from_raw`](crate::BufferManager::from_raw) or returned with
 /// [`BufferManager::release_raw`](crate::BufferManager::release_raw). A stale or
 /// repeated redemption is refused, never undefined behaviour.
+///
+/// ```
+/// # use berth_buf::RawLease;
+/// # let manager = berth_buf::BufferManager::with_defaults()?;
+/// let raw = manager.lease()?.into_raw().expect("an arena segment");
+/// let parts = raw.to_parts(); // into an io_uring buffer table or an IPC message, and back
+/// let lease = manager.from_raw(RawLease::from_parts(parts))?;
+/// assert_eq!(lease.index(), Some(raw.index()));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RawLease {
     pub(crate) manager: u32,
@@ -81,22 +100,63 @@ pub struct RawLease {
 
 impl RawLease {
     /// The segment's index in its arena.
+    ///
+    /// ```
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let lease = manager.lease()?;
+    /// let index = lease.index();
+    /// let raw = lease.into_raw().expect("an arena segment");
+    /// assert_eq!(Some(raw.index()), index);
+    /// # manager.release_raw(raw)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn index(&self) -> u32 {
         self.index
     }
 
     /// The generation the segment was in when it was made raw.
+    ///
+    /// ```
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let raw = manager.lease()?.into_raw().expect("an arena segment");
+    /// let again = manager.from_raw(raw)?.into_raw().expect("an arena segment");
+    /// assert_eq!(again.index(), raw.index());
+    /// assert_ne!(again.generation(), raw.generation()); // so the first copy is stale now
+    /// assert!(manager.release_raw(raw).is_err());
+    /// # manager.release_raw(again)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn generation(&self) -> u32 {
         self.generation
     }
 
     /// Packs into 96 bits for transport: `[manager, index, generation]`.
+    ///
+    /// ```
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let raw = manager.lease()?.into_raw().expect("an arena segment");
+    /// let [_manager, index, generation] = raw.to_parts();
+    /// assert_eq!((index, generation), (raw.index(), raw.generation()));
+    /// # manager.release_raw(raw)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn to_parts(self) -> [u32; 3] {
         [self.manager, self.index, self.generation]
     }
 
     /// Unpacks [`to_parts`](RawLease::to_parts). Any value is accepted here; a forged
     /// one is refused when redeemed.
+    ///
+    /// ```
+    /// # use berth_buf::RawLease;
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let raw = manager.lease()?.into_raw().expect("an arena segment");
+    /// assert_eq!(RawLease::from_parts(raw.to_parts()), raw);
+    /// let [m, i, g] = raw.to_parts();
+    /// assert!(manager.release_raw(RawLease::from_parts([m, i, g + 1])).is_err()); // forged: refused
+    /// # manager.release_raw(raw)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn from_parts(parts: [u32; 3]) -> RawLease {
         RawLease { manager: parts[0], index: parts[1], generation: parts[2] }
     }
@@ -144,23 +204,61 @@ impl Lease {
     }
 
     /// Bytes in the segment.
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager};
+    /// let manager = BufferManager::new(BufferConfig::new().segment_size(256).segment_count(2))?;
+    /// let lease = manager.lease()?;
+    /// assert_eq!((lease.capacity(), lease.len()), (256, 0));
+    /// assert_eq!(lease[..].len(), lease.capacity()); // it derefs to the whole segment
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn capacity(&self) -> usize {
         self.raw_parts().1
     }
 
     /// Bytes of valid data at the start of the segment.
+    ///
+    /// ```
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let mut lease = manager.lease()?;
+    /// lease[..3].copy_from_slice(b"abc");
+    /// assert_eq!(lease.len(), 0); // writing bytes does not record them
+    /// lease.set_len(3)?;
+    /// assert_eq!(lease.len(), 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn len(&self) -> usize {
         self.len as usize
     }
 
     /// True if no data has been recorded.
+    ///
+    /// ```
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let mut lease = manager.lease()?;
+    /// assert!(lease.is_empty());
+    /// lease.set_len(1)?;
+    /// assert!(!lease.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Records that the first `len` bytes hold data (after a receive, say).
+    ///
+    /// ```
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let mut lease = manager.lease()?;
+    /// lease[..4].copy_from_slice(b"data");
+    /// lease.set_len(4)?;
+    /// assert_eq!(lease.filled(), b"data");
+    /// assert!(lease.set_len(lease.capacity() + 1).is_err()); // past the segment: refused
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn set_len(&mut self, len: usize) -> Result<(), LengthError> {
         let capacity = self.capacity();
@@ -173,35 +271,94 @@ impl Lease {
     }
 
     /// The valid data: the first [`len`](Lease::len) bytes.
+    ///
+    /// ```
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let mut lease = manager.lease()?;
+    /// lease[..2].copy_from_slice(b"ok");
+    /// assert_eq!(lease.filled(), b"");
+    /// lease.set_len(2)?;
+    /// assert_eq!(lease.filled(), b"ok");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn filled(&self) -> &[u8] {
         &self[..self.len as usize]
     }
 
     /// The valid data, mutable.
+    ///
+    /// ```
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let mut lease = manager.lease()?;
+    /// lease[..2].copy_from_slice(b"ok");
+    /// lease.set_len(2)?;
+    /// lease.filled_mut().make_ascii_uppercase();
+    /// assert_eq!(lease.filled(), b"OK");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn filled_mut(&mut self) -> &mut [u8] {
         let len = self.len as usize;
         &mut self[..len]
     }
 
     /// The bytes after the valid data, to receive more into.
+    ///
+    /// ```
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let mut lease = manager.lease()?;
+    /// lease.spare_mut()[..3].copy_from_slice(b"GET");
+    /// lease.set_len(3)?;
+    /// lease.spare_mut()[..2].copy_from_slice(b" /"); // appends after the data
+    /// lease.set_len(5)?;
+    /// assert_eq!(lease.filled(), b"GET /");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn spare_mut(&mut self) -> &mut [u8] {
         let len = self.len as usize;
         &mut self[len..]
     }
 
     /// Zeroes the whole segment and sets the length to 0.
+    ///
+    /// ```
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let mut lease = manager.lease()?;
+    /// lease[..3].copy_from_slice(b"old");
+    /// lease.set_len(3)?;
+    /// lease.clear();
+    /// assert!(lease.is_empty() && lease.iter().all(|&b| b == 0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn clear(&mut self) {
         self.fill(0);
         self.len = 0;
     }
 
     /// True if this lease is a heap fallback rather than an arena segment.
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager, Exhaustion};
+    /// let manager = BufferManager::new(BufferConfig::new().segment_count(1).exhaustion(Exhaustion::Heap))?;
+    /// let segment = manager.lease()?;
+    /// let fallback = manager.lease()?; // the arena is exhausted
+    /// assert!(!segment.is_heap() && fallback.is_heap());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_heap(&self) -> bool {
         matches!(self.home(), Home::Heap { .. })
     }
 
     /// The arena index of the segment (`None` for a heap fallback).
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager, Exhaustion};
+    /// let manager = BufferManager::new(BufferConfig::new().segment_count(1).exhaustion(Exhaustion::Heap))?;
+    /// let segment = manager.lease()?;
+    /// assert_eq!(segment.index(), Some(0));
+    /// assert_eq!(manager.lease()?.index(), None); // a heap fallback has no index
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn index(&self) -> Option<u32> {
         match self.home() {
             Home::Arena { index, .. } => Some(index),

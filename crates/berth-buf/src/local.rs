@@ -453,6 +453,17 @@ pub struct LocalCache {
 }
 
 /// A [`LocalCache`] could not be installed.
+///
+/// ```
+/// use berth_buf::CacheError;
+/// # let manager = berth_buf::BufferManager::with_defaults()?;
+///
+/// assert_eq!(manager.local_cache_with_batch(0).unwrap_err(), CacheError::ZeroBatch);
+/// let cache = manager.local_cache()?;
+/// assert_eq!(manager.local_cache().unwrap_err(), CacheError::AlreadyInstalled);
+/// # drop(cache);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CacheError {
@@ -529,11 +540,30 @@ impl LocalCache {
     }
 
     /// The manager this cache serves.
+    ///
+    /// ```
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let cache = manager.local_cache()?;
+    /// let lease = cache.lease()?;
+    /// assert_eq!(cache.manager().stats().in_use, 1); // the same arena
+    /// # drop(lease);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn manager(&self) -> &BufferManager {
         &self.manager
     }
 
     /// Segments currently in the cache.
+    ///
+    /// ```
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let cache = manager.local_cache_with_batch(4)?;
+    /// let lease = cache.lease()?; // a batch of 4 comes over, one is leased
+    /// assert_eq!(cache.cached(), 3);
+    /// drop(lease); // back into the cache, not the shared list
+    /// assert_eq!(cache.cached(), 4);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn cached(&self) -> usize {
         let shared = self.manager.shared_ptr();
         tls::with(|m| if m.pinned && m.serves(shared) { m.len } else { 0 }).unwrap_or(0)

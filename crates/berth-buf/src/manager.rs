@@ -252,6 +252,16 @@ impl Shared {
 
 /// All segments were leased and the policy is [`Exhaustion::Fail`]. Nothing was taken;
 /// retry after leases are dropped, or shed load.
+///
+/// ```
+/// # use berth_buf::{BufferConfig, BufferManager};
+/// let manager = BufferManager::new(BufferConfig::new().segment_count(1))?;
+/// let held = manager.lease()?;
+/// assert_eq!(manager.lease().unwrap_err().segments, 1);
+/// drop(held);
+/// assert!(manager.lease().is_ok()); // a retry after a return succeeds
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("all {segments} buffer segments are leased")]
 pub struct Exhausted {
@@ -261,6 +271,17 @@ pub struct Exhausted {
 
 /// A raw lease that could not be redeemed: it was stale, already returned, or belongs
 /// to another manager. Counted in [`BufferStats`]; the segment is untouched.
+///
+/// ```
+/// use berth_buf::{BufferManager, RawError};
+///
+/// let (a, b) = (BufferManager::with_defaults()?, BufferManager::with_defaults()?);
+/// let raw = a.lease()?.into_raw().expect("an arena segment");
+/// assert_eq!(b.release_raw(raw), Err(RawError::Foreign));
+/// a.release_raw(raw)?;
+/// assert!(matches!(a.release_raw(raw), Err(RawError::DoubleReturn { .. })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RawError {
@@ -320,6 +341,15 @@ impl BufferManager {
     /// Maps an arena of the given shape.
     ///
     /// Errors if the shape is zero-sized, overflows, or the kernel refuses the mapping.
+    ///
+    /// ```
+    /// use berth_buf::{BufferConfig, BufferManager};
+    ///
+    /// let manager = BufferManager::new(BufferConfig::new().segment_size(1024).segment_count(8))?;
+    /// assert_eq!(manager.arena().1, 8 * 1024);
+    /// assert!(BufferManager::new(BufferConfig::new().segment_count(0)).is_err());
+    /// # Ok::<(), berth_buf::ConfigError>(())
+    /// ```
     pub fn new(config: BufferConfig) -> Result<BufferManager, ConfigError> {
         let len = config.arena_len()?;
         let mut options = MmapOptions::new();
@@ -350,6 +380,12 @@ impl BufferManager {
     }
 
     /// An arena of [`BufferConfig::new`]'s shape: 1024 segments of 4096 bytes.
+    ///
+    /// ```
+    /// let manager = berth_buf::BufferManager::with_defaults()?;
+    /// assert_eq!((manager.segment_count(), manager.segment_size()), (1024, 4096));
+    /// # Ok::<(), berth_buf::ConfigError>(())
+    /// ```
     pub fn with_defaults() -> Result<BufferManager, ConfigError> {
         BufferManager::new(BufferConfig::new())
     }
@@ -365,11 +401,28 @@ impl BufferManager {
     }
 
     /// Bytes per segment.
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager};
+    /// let manager = BufferManager::new(BufferConfig::new().segment_size(2048))?;
+    /// assert_eq!(manager.segment_size(), 2048);
+    /// assert_eq!(manager.lease()?.capacity(), 2048);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn segment_size(&self) -> usize {
         self.shared().segment_size
     }
 
     /// Number of segments in the arena.
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager};
+    /// let manager = BufferManager::new(BufferConfig::new().segment_count(2))?;
+    /// assert_eq!(manager.segment_count(), 2);
+    /// let _both = (manager.lease()?, manager.lease()?);
+    /// assert!(manager.lease().is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn segment_count(&self) -> usize {
         self.shared().count as usize
     }
@@ -380,6 +433,16 @@ impl BufferManager {
     /// When every segment is leased, fails with [`Exhausted`] or, under
     /// [`Exhaustion::Heap`], returns a heap-backed lease. Segments parked in other
     /// threads' caches count as taken here (see [`LocalCache`](crate::LocalCache)).
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager};
+    /// let manager = BufferManager::new(BufferConfig::new().segment_count(1))?;
+    /// let lease = manager.lease()?;
+    /// assert_eq!(lease.capacity(), manager.segment_size());
+    /// assert!(manager.lease().is_err()); // exhausted: an error, never a block
+    /// assert_eq!(manager.stats().exhausted, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn lease(&self) -> Result<Lease, Exhausted> {
         match crate::local::take(self.shared) {
@@ -468,6 +531,16 @@ impl BufferManager {
     ///
     /// The counts are found by reading every segment's state word (a few microseconds
     /// for tens of thousands of segments), so nothing on the lease path counts them.
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager};
+    /// let manager = BufferManager::new(BufferConfig::new().segment_count(4))?;
+    /// let lease = manager.lease()?;
+    /// let s = manager.stats();
+    /// assert_eq!((s.total, s.in_use, s.raw, s.free()), (4, 1, 0, 3));
+    /// # drop(lease);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> BufferStats {
         let shared = self.shared();
         let (mut leased, mut raw, mut cached) = (0, 0, 0);
@@ -496,6 +569,16 @@ impl BufferManager {
 
     /// The arena's first byte and its length: for registering the whole arena with
     /// the kernel once (io_uring fixed buffers, `mlock`, `madvise`).
+    ///
+    /// ```
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let (base, len) = manager.arena();
+    /// assert_eq!(len, manager.segment_count() * manager.segment_size());
+    /// let lease = manager.lease()?;
+    /// let offset = lease.as_ptr() as usize - base.as_ptr() as usize; // every segment lies inside
+    /// assert_eq!(offset, lease.index().unwrap() as usize * manager.segment_size());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn arena(&self) -> (NonNull<u8>, usize) {
         let shared = self.shared();
         (shared.base, shared.map.len())

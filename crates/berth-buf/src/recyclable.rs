@@ -12,6 +12,17 @@ use crate::manager::{BufferManager, Exhausted};
 
 /// A [`RecyclableBuffer`] could not take more bytes. Everything written before is
 /// still there, and the failed write wrote nothing.
+///
+/// ```
+/// use berth_buf::{BufferConfig, BufferManager, GrowError, RecyclableBuffer};
+///
+/// let manager = BufferManager::new(BufferConfig::new().segment_size(16).segment_count(1))?;
+/// let mut buf = RecyclableBuffer::new(&manager, 64);
+/// assert!(matches!(buf.extend_from_slice(&[0; 65]), Err(GrowError::CapacityExceeded { max: 64, .. })));
+/// assert!(matches!(buf.extend_from_slice(&[0; 17]), Err(GrowError::Exhausted(_)))); // one segment only
+/// assert!(buf.is_empty()); // neither write wrote anything
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum GrowError {
@@ -81,6 +92,16 @@ pub struct RecyclableBuffer {
 impl RecyclableBuffer {
     /// An empty buffer over `manager`'s arena that holds at most `max_capacity` bytes.
     /// Takes no segment until the first write.
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager, RecyclableBuffer};
+    /// # let manager = BufferManager::new(BufferConfig::new().segment_size(16).segment_count(8))?;
+    /// let mut buf = RecyclableBuffer::new(&manager, 1024);
+    /// assert_eq!((buf.len(), buf.segment_count()), (0, 0)); // no segment until the first write
+    /// buf.extend_from_slice(b"x")?;
+    /// assert_eq!(buf.segment_count(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(manager: &BufferManager, max_capacity: usize) -> RecyclableBuffer {
         let per_segment = manager.segment_size().max(1);
         let expected = max_capacity.div_ceil(per_segment).saturating_add(1).min(64);
@@ -95,26 +116,78 @@ impl RecyclableBuffer {
     }
 
     /// Bytes held (written and not yet read).
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager, RecyclableBuffer};
+    /// # let manager = BufferManager::new(BufferConfig::new().segment_size(16).segment_count(8))?;
+    /// let mut buf = RecyclableBuffer::new(&manager, 64);
+    /// buf.extend_from_slice(&[7; 20])?;
+    /// assert_eq!(buf.len(), 20);
+    /// buf.consume(5);
+    /// assert_eq!(buf.len(), 15);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// True if nothing is held.
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager, RecyclableBuffer};
+    /// # let manager = BufferManager::new(BufferConfig::new().segment_size(16).segment_count(8))?;
+    /// let mut buf = RecyclableBuffer::new(&manager, 64);
+    /// assert!(buf.is_empty());
+    /// buf.extend_from_slice(b"hi")?;
+    /// buf.consume(2);
+    /// assert!(buf.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// The most bytes this buffer may hold.
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager, RecyclableBuffer};
+    /// # let manager = BufferManager::new(BufferConfig::new().segment_size(16).segment_count(8))?;
+    /// let mut buf = RecyclableBuffer::new(&manager, 10);
+    /// assert_eq!(buf.max_capacity(), 10);
+    /// assert_eq!(buf.write_some(&[1; 25])?, 10); // writes stop at the maximum
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_capacity(&self) -> usize {
         self.max
     }
 
     /// Segments currently leased by this buffer.
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager, RecyclableBuffer};
+    /// # let manager = BufferManager::new(BufferConfig::new().segment_size(16).segment_count(8))?;
+    /// let mut buf = RecyclableBuffer::new(&manager, 64);
+    /// buf.extend_from_slice(&[0; 20])?; // 16-byte segments
+    /// assert_eq!(buf.segment_count(), 2);
+    /// assert_eq!(manager.stats().in_use, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn segment_count(&self) -> usize {
         self.segs.len()
     }
 
     /// Bytes that can be written without leasing another segment.
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager, RecyclableBuffer};
+    /// # let manager = BufferManager::new(BufferConfig::new().segment_size(16).segment_count(8))?;
+    /// let mut buf = RecyclableBuffer::new(&manager, 64);
+    /// buf.reserve(20)?;
+    /// assert_eq!((buf.reserved(), buf.segment_count()), (32, 2)); // two whole segments
+    /// buf.extend_from_slice(&[0; 20])?;
+    /// assert_eq!(buf.reserved(), 12);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn reserved(&self) -> usize {
         let spare: usize = self.segs.iter().skip(self.wseg).map(|s| s.capacity() - s.len()).sum();
         spare.min(self.max - self.len)
@@ -123,6 +196,16 @@ impl RecyclableBuffer {
     /// Makes sure `additional` more bytes can be written without leasing, taking
     /// segments now. On error nothing held is lost (segments already taken stay
     /// reserved).
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager, RecyclableBuffer};
+    /// # let manager = BufferManager::new(BufferConfig::new().segment_size(16).segment_count(8))?;
+    /// let mut buf = RecyclableBuffer::new(&manager, 64);
+    /// buf.reserve(40)?;
+    /// assert_eq!(manager.stats().in_use, 3); // the segments are taken now
+    /// assert!(buf.reserve(65).is_err()); // past the maximum
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn reserve(&mut self, additional: usize) -> Result<(), GrowError> {
         self.check_room(additional)?;
         let mut spare: usize = self.segs.iter().skip(self.wseg).map(|s| s.capacity() - s.len()).sum();
@@ -143,6 +226,16 @@ impl RecyclableBuffer {
 
     /// Appends all of `data` or nothing: fails without writing if it would pass the
     /// maximum or the arena cannot supply the segments.
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager, RecyclableBuffer};
+    /// # let manager = BufferManager::new(BufferConfig::new().segment_size(16).segment_count(8))?;
+    /// let mut buf = RecyclableBuffer::new(&manager, 8);
+    /// buf.extend_from_slice(b"12345")?;
+    /// assert!(buf.extend_from_slice(b"6789").is_err()); // would pass 8: nothing written
+    /// assert_eq!(buf.len(), 5);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn extend_from_slice(&mut self, data: &[u8]) -> Result<(), GrowError> {
         self.reserve(data.len())?;
         let written = self.copy_in(data);
@@ -152,6 +245,15 @@ impl RecyclableBuffer {
 
     /// Appends as much of `data` as fits under the maximum and the arena allows.
     /// Fails only if not a single byte could be written.
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager, RecyclableBuffer};
+    /// # let manager = BufferManager::new(BufferConfig::new().segment_size(16).segment_count(8))?;
+    /// let mut buf = RecyclableBuffer::new(&manager, 8);
+    /// assert_eq!(buf.write_some(b"123456789")?, 8); // as much as fits
+    /// assert!(buf.write_some(b"x").is_err()); // full: not a single byte
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write_some(&mut self, data: &[u8]) -> Result<usize, GrowError> {
         if data.is_empty() {
             return Ok(0);
@@ -208,6 +310,16 @@ impl RecyclableBuffer {
 
     /// Drops the first `n` held bytes (at most [`len`](Self::len)), returning emptied
     /// segments to the arena.
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager, RecyclableBuffer};
+    /// # let manager = BufferManager::new(BufferConfig::new().segment_size(16).segment_count(8))?;
+    /// let mut buf = RecyclableBuffer::new(&manager, 64);
+    /// buf.extend_from_slice(&[0; 40])?; // three 16-byte segments
+    /// buf.consume(32);
+    /// assert_eq!((buf.len(), buf.segment_count()), (8, 1)); // two emptied segments went back
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn consume(&mut self, n: usize) {
         let mut n = n.min(self.len);
         self.len -= n;
@@ -244,6 +356,17 @@ impl RecyclableBuffer {
     }
 
     /// Drops everything held and returns every segment to the arena.
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager, RecyclableBuffer};
+    /// # let manager = BufferManager::new(BufferConfig::new().segment_size(16).segment_count(8))?;
+    /// let mut buf = RecyclableBuffer::new(&manager, 64);
+    /// buf.extend_from_slice(&[0; 40])?;
+    /// buf.clear();
+    /// assert!(buf.is_empty());
+    /// assert_eq!((buf.segment_count(), manager.stats().in_use), (0, 0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn clear(&mut self) {
         self.segs.clear();
         self.read = 0;
@@ -252,6 +375,18 @@ impl RecyclableBuffer {
     }
 
     /// The held bytes as `IoSlice`s for `writev` (see [`Buf::chunks_vectored`]).
+    ///
+    /// ```
+    /// # use std::io::IoSlice;
+    /// # use berth_buf::{BufferConfig, BufferManager, RecyclableBuffer};
+    /// # let manager = BufferManager::new(BufferConfig::new().segment_size(16).segment_count(8))?;
+    /// let mut buf = RecyclableBuffer::new(&manager, 64);
+    /// buf.extend_from_slice(b"one segment, then more")?; // 22 bytes, 16 per segment
+    /// let mut slices = [IoSlice::new(&[]); 4];
+    /// assert_eq!(buf.io_slices(&mut slices), 2);
+    /// assert_eq!(slices[0].len() + slices[1].len(), buf.len());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn io_slices<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
         self.chunks_vectored(dst)
     }

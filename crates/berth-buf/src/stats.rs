@@ -15,6 +15,18 @@ pub(crate) struct Counters {
 ///
 /// Taken while other threads lease and return, the fields are each accurate but not
 /// necessarily from the same instant.
+///
+/// ```
+/// # use berth_buf::{BufferConfig, BufferManager};
+/// let manager = BufferManager::new(BufferConfig::new().segment_count(4))?;
+/// let lease = manager.lease()?;
+/// let raw = manager.lease()?.into_raw().expect("an arena segment");
+/// let s = manager.stats();
+/// assert_eq!((s.total, s.in_use, s.raw, s.cached, s.high_water), (4, 2, 1, 0, 2));
+/// # drop(lease);
+/// # manager.release_raw(raw)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct BufferStats {
@@ -47,6 +59,16 @@ pub struct BufferStats {
 
 impl BufferStats {
     /// Segments neither leased nor cached.
+    ///
+    /// ```
+    /// # use berth_buf::{BufferConfig, BufferManager};
+    /// let manager = BufferManager::new(BufferConfig::new().segment_count(4))?;
+    /// let _lease = manager.lease()?;
+    /// let s = manager.stats();
+    /// assert_eq!(s.free(), s.total - s.in_use - s.cached);
+    /// assert_eq!(s.free(), 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn free(&self) -> usize {
         self.total.saturating_sub(self.in_use + self.cached)
     }
