@@ -8,6 +8,15 @@ use berth_buf::Lease;
 use crate::error::OpError;
 
 /// What an operation does.
+///
+/// ```
+/// use berth_ops::{OpArgs, OpKind};
+///
+/// let mut op = OpArgs::new(());
+/// assert_eq!(op.kind(), OpKind::None);
+/// op.set_kind(OpKind::User(7)); // a posted completion carrying the user's code
+/// assert_eq!(op.kind(), OpKind::User(7));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum OpKind {
@@ -32,6 +41,17 @@ pub enum OpKind {
 }
 
 /// A buffer range that does not fit in the op's lease.
+///
+/// ```
+/// # use berth_ops::{OpArgs, OpKind};
+/// # let manager = berth_buf::BufferManager::with_defaults()?;
+/// let mut op = OpArgs::new(());
+/// op.set_buffer(manager.lease()?, 0..10)?;
+/// let err = op.set_range(0..5000).unwrap_err();
+/// assert_eq!((err.start, err.end, err.capacity), (0, 5000, 4096));
+/// assert_eq!(op.range(), 0..10); // unchanged
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("range {start}..{end} does not fit a buffer of {capacity} bytes")]
 pub struct RangeError {
@@ -44,6 +64,17 @@ pub struct RangeError {
 }
 
 /// [`OpArgs::set_buffer`] refused a range; the lease comes back unchanged.
+///
+/// ```
+/// # use berth_ops::{OpArgs, OpKind};
+/// # let manager = berth_buf::BufferManager::with_defaults()?;
+/// let mut op = OpArgs::new(());
+/// let err = op.set_buffer(manager.lease()?, 0..5000).unwrap_err();
+/// assert_eq!(err.range.capacity, 4096);
+/// op.set_buffer(err.lease, 0..4096)?; // the lease came back: offer it again
+/// assert!(op.buffer().is_some());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[error("{range}")]
 pub struct SetBufferError {
@@ -89,6 +120,13 @@ pub struct OpArgs<T> {
 
 impl<T> OpArgs<T> {
     /// A fresh op carrying `token`.
+    ///
+    /// ```
+    /// # use berth_ops::{OpArgs, OpKind};
+    /// let op = OpArgs::new("connection 1");
+    /// assert_eq!((op.kind(), *op.token()), (OpKind::None, "connection 1"));
+    /// assert!(op.buffer().is_none() && op.socket().is_none());
+    /// ```
     pub fn new(token: T) -> OpArgs<T> {
         OpArgs {
             kind: OpKind::None,
@@ -103,21 +141,55 @@ impl<T> OpArgs<T> {
     }
 
     /// The operation.
+    ///
+    /// ```
+    /// # use berth_ops::{OpArgs, OpKind};
+    /// let mut op = OpArgs::new(());
+    /// assert_eq!(op.kind(), OpKind::None); // fresh
+    /// op.set_kind(OpKind::Accept);
+    /// assert_eq!(op.kind(), OpKind::Accept);
+    /// ```
     pub fn kind(&self) -> OpKind {
         self.kind
     }
 
     /// Sets the operation.
+    ///
+    /// ```
+    /// # use berth_ops::{OpArgs, OpKind};
+    /// let mut op = OpArgs::new(());
+    /// op.set_kind(OpKind::Send);
+    /// assert_eq!(op.kind(), OpKind::Send);
+    /// op.reset();
+    /// assert_eq!(op.kind(), OpKind::None);
+    /// ```
     pub fn set_kind(&mut self, kind: OpKind) {
         self.kind = kind;
     }
 
     /// The socket (`AcceptSocket` after an accept).
+    ///
+    /// ```
+    /// # use berth_ops::OpArgs;
+    /// let mut op = OpArgs::new(());
+    /// assert_eq!(op.socket(), None);
+    /// op.set_socket(Some(7)); // e.g. the fd an accept completed with
+    /// assert_eq!(op.socket(), Some(7));
+    /// ```
     pub fn socket(&self) -> Option<RawFd> {
         self.socket
     }
 
     /// Sets the socket the op works on.
+    ///
+    /// ```
+    /// # use berth_ops::OpArgs;
+    /// let mut op = OpArgs::new(());
+    /// op.set_socket(Some(3));
+    /// assert_eq!(op.socket(), Some(3));
+    /// op.reset();
+    /// assert_eq!(op.socket(), None);
+    /// ```
     pub fn set_socket(&mut self, socket: Option<RawFd>) {
         self.socket = socket;
     }
@@ -125,6 +197,17 @@ impl<T> OpArgs<T> {
     /// Attaches a buffer and the range of it the op uses, returning the buffer it
     /// replaces. A range outside the lease is refused and the lease handed back in
     /// the error.
+    ///
+    /// ```
+    /// # use berth_ops::{OpArgs, OpKind};
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let mut op = OpArgs::new(());
+    /// assert!(op.set_buffer(manager.lease()?, 0..100)?.is_none());
+    /// let old = op.set_buffer(manager.lease()?, 0..50)?; // replaces the first
+    /// assert!(old.is_some());
+    /// assert_eq!(op.range(), 0..50);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_buffer(&mut self, lease: Lease, range: Range<usize>) -> Result<Option<Lease>, SetBufferError> {
         if range.start > range.end || range.end > lease.capacity() {
             let range = RangeError { start: range.start, end: range.end, capacity: lease.capacity() };
@@ -135,6 +218,17 @@ impl<T> OpArgs<T> {
     }
 
     /// Changes the active range of the attached buffer (`SetBuffer(offset, count)`).
+    ///
+    /// ```
+    /// # use berth_ops::{OpArgs, OpKind};
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let mut op = OpArgs::new(());
+    /// op.set_buffer(manager.lease()?, 0..4096)?;
+    /// op.set_range(100..200)?;
+    /// assert_eq!(op.active().len(), 100);
+    /// assert!(op.set_range(0..4097).is_err()); // past the segment
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_range(&mut self, range: Range<usize>) -> Result<(), RangeError> {
         let capacity = self.buffer.as_ref().map_or(0, Lease::capacity);
         if range.start > range.end || range.end > capacity {
@@ -145,54 +239,155 @@ impl<T> OpArgs<T> {
     }
 
     /// The active range.
+    ///
+    /// ```
+    /// # use berth_ops::{OpArgs, OpKind};
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let mut op = OpArgs::new(());
+    /// assert_eq!(op.range(), 0..0);
+    /// op.set_buffer(manager.lease()?, 16..32)?;
+    /// assert_eq!(op.range(), 16..32);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn range(&self) -> Range<usize> {
         self.range.clone()
     }
 
     /// The attached buffer.
+    ///
+    /// ```
+    /// # use berth_ops::{OpArgs, OpKind};
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let mut op = OpArgs::new(());
+    /// assert!(op.buffer().is_none());
+    /// op.set_buffer(manager.lease()?, 0..10)?;
+    /// assert_eq!(op.buffer().map(|b| b.capacity()), Some(4096));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn buffer(&self) -> Option<&Lease> {
         self.buffer.as_ref()
     }
 
     /// The attached buffer, mutable.
+    ///
+    /// ```
+    /// # use berth_ops::{OpArgs, OpKind};
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let mut op = OpArgs::new(());
+    /// op.set_buffer(manager.lease()?, 0..10)?;
+    /// op.buffer_mut().expect("attached").set_len(3)?;
+    /// assert_eq!(op.buffer().expect("attached").len(), 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn buffer_mut(&mut self) -> Option<&mut Lease> {
         self.buffer.as_mut()
     }
 
     /// Detaches the buffer (to keep it, or to return it to the arena by dropping it).
+    ///
+    /// ```
+    /// # use berth_ops::{OpArgs, OpKind};
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let mut op = OpArgs::new(());
+    /// op.set_buffer(manager.lease()?, 10..20)?;
+    /// let lease = op.take_buffer().expect("attached");
+    /// assert_eq!((op.range(), op.active().len()), (0..0, 0));
+    /// drop(lease); // back to the arena
+    /// assert_eq!(manager.stats().in_use, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn take_buffer(&mut self) -> Option<Lease> {
         self.range = 0..0;
         self.buffer.take()
     }
 
     /// The active range of the buffer (empty if none is attached).
+    ///
+    /// ```
+    /// # use berth_ops::{OpArgs, OpKind};
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let mut op = OpArgs::new(());
+    /// assert_eq!(op.active(), b""); // no buffer yet
+    /// let mut lease = manager.lease()?;
+    /// lease[..11].copy_from_slice(b"hello world");
+    /// op.set_buffer(lease, 6..11)?;
+    /// assert_eq!(op.active(), b"world");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn active(&self) -> &[u8] {
         self.buffer.as_ref().and_then(|b| b.get(self.range.clone())).unwrap_or(&[])
     }
 
     /// The active range of the buffer, mutable (empty if none is attached).
+    ///
+    /// ```
+    /// # use berth_ops::{OpArgs, OpKind};
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let mut op = OpArgs::new(());
+    /// op.set_buffer(manager.lease()?, 4..8)?;
+    /// op.active_mut().copy_from_slice(b"body");
+    /// assert_eq!(&op.buffer().expect("attached")[4..8], b"body");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn active_mut(&mut self) -> &mut [u8] {
         let range = self.range.clone();
         self.buffer.as_mut().and_then(|b| b.get_mut(range)).unwrap_or(&mut [])
     }
 
     /// Bytes moved by the last completion (`BytesTransferred`).
+    ///
+    /// ```
+    /// # use berth_ops::{OpArgs, OpError};
+    /// let mut op = OpArgs::new(());
+    /// op.complete(Ok(42));
+    /// assert_eq!(op.transferred(), 42);
+    /// op.complete(Err(OpError::ConnectionReset));
+    /// assert_eq!(op.transferred(), 0);
+    /// ```
     pub fn transferred(&self) -> usize {
         self.transferred
     }
 
     /// The bytes the last completion moved: the start of the active range.
+    ///
+    /// ```
+    /// # use berth_ops::{OpArgs, OpKind};
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let mut op = OpArgs::new(());
+    /// op.set_buffer(manager.lease()?, 0..4)?;
+    /// op.active_mut().copy_from_slice(b"pong");
+    /// op.complete(Ok(2));
+    /// assert_eq!(op.transferred_bytes(), b"po");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn transferred_bytes(&self) -> &[u8] {
         let active = self.active();
         &active[..self.transferred.min(active.len())]
     }
 
     /// How the last completion ended (`SocketError`).
+    ///
+    /// ```
+    /// # use berth_ops::{OpArgs, OpError};
+    /// let mut op = OpArgs::new(());
+    /// assert_eq!(op.result(), Ok(()));
+    /// op.complete(Err(OpError::TimedOut));
+    /// assert_eq!(op.result(), Err(OpError::TimedOut));
+    /// ```
     pub fn result(&self) -> Result<(), OpError> {
         self.result
     }
 
     /// Records a completion: bytes moved, or why it failed (0 bytes).
+    ///
+    /// ```
+    /// # use berth_ops::{OpArgs, OpError};
+    /// let mut op = OpArgs::new(());
+    /// op.complete(Err(OpError::BrokenPipe));
+    /// assert_eq!((op.transferred(), op.result()), (0, Err(OpError::BrokenPipe)));
+    /// op.complete(Ok(10));
+    /// assert_eq!((op.transferred(), op.result()), (10, Ok(())));
+    /// ```
     pub fn complete(&mut self, outcome: Result<usize, OpError>) {
         match outcome {
             Ok(n) => {
@@ -207,27 +402,70 @@ impl<T> OpArgs<T> {
     }
 
     /// A free word for the completion engine (a file offset, a timer key).
+    ///
+    /// ```
+    /// # use berth_ops::OpArgs;
+    /// let mut op = OpArgs::new(());
+    /// assert_eq!(op.user_data(), 0);
+    /// op.set_user_data(4096); // e.g. the next file offset
+    /// assert_eq!(op.user_data(), 4096);
+    /// ```
     pub fn user_data(&self) -> u64 {
         self.user_data
     }
 
     /// Sets the free word.
+    ///
+    /// ```
+    /// # use berth_ops::OpArgs;
+    /// let mut op = OpArgs::new(());
+    /// op.set_user_data(u64::MAX);
+    /// assert_eq!(op.user_data(), u64::MAX);
+    /// op.reset();
+    /// assert_eq!(op.user_data(), 0);
+    /// ```
     pub fn set_user_data(&mut self, data: u64) {
         self.user_data = data;
     }
 
     /// The user's token (`UserToken`).
+    ///
+    /// ```
+    /// # use berth_ops::OpArgs;
+    /// let mut op = OpArgs::new(17u32);
+    /// op.reset(); // the token survives a reset
+    /// assert_eq!(*op.token(), 17);
+    /// ```
     pub fn token(&self) -> &T {
         &self.token
     }
 
     /// The user's token, mutable.
+    ///
+    /// ```
+    /// # use berth_ops::OpArgs;
+    /// let mut op = OpArgs::new(String::from("conn"));
+    /// op.token_mut().push_str("-1");
+    /// assert_eq!(op.token(), "conn-1");
+    /// ```
     pub fn token_mut(&mut self) -> &mut T {
         &mut self.token
     }
 
     /// Clears everything but the token for reuse; an attached lease goes back to
     /// its arena.
+    ///
+    /// ```
+    /// # use berth_ops::{OpArgs, OpKind};
+    /// # let manager = berth_buf::BufferManager::with_defaults()?;
+    /// let mut op = OpArgs::new(7u32);
+    /// op.set_kind(OpKind::Send);
+    /// op.set_buffer(manager.lease()?, 0..10)?;
+    /// op.reset();
+    /// assert_eq!((op.kind(), op.buffer().is_none(), *op.token()), (OpKind::None, true, 7));
+    /// assert_eq!(manager.stats().in_use, 0); // the lease went back
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn reset(&mut self) {
         self.kind = OpKind::None;
         self.socket = None;

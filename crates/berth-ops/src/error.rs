@@ -70,6 +70,15 @@ pub enum OpError {
 
 impl OpError {
     /// Maps an I/O error to its kind.
+    ///
+    /// ```
+    /// # use berth_ops::OpError;
+    /// use std::io::{Error, ErrorKind};
+    ///
+    /// assert_eq!(OpError::from_io(&Error::from_raw_os_error(24)), OpError::TooManyOpenFiles); // EMFILE
+    /// assert_eq!(OpError::from_io(&Error::from(ErrorKind::TimedOut)), OpError::TimedOut);
+    /// assert_eq!(OpError::from_io(&Error::from_raw_os_error(9999)), OpError::Os(9999));
+    /// ```
     pub fn from_io(e: &io::Error) -> OpError {
         if let Some(errno) = e.raw_os_error() {
             // EMFILE / ENFILE have no stable io::ErrorKind of their own.
@@ -96,6 +105,12 @@ impl OpError {
     }
 
     /// True if the peer is gone and the connection should be closed.
+    ///
+    /// ```
+    /// # use berth_ops::OpError;
+    /// assert!(OpError::BrokenPipe.is_peer_gone()); // close the connection
+    /// assert!(!OpError::TimedOut.is_peer_gone());
+    /// ```
     pub fn is_peer_gone(&self) -> bool {
         matches!(
             self,
@@ -108,6 +123,12 @@ impl OpError {
     }
 
     /// True if the same operation may succeed later (resources freed up).
+    ///
+    /// ```
+    /// # use berth_ops::OpError;
+    /// assert!(OpError::BufferExhausted.is_transient()); // retry once segments come back
+    /// assert!(!OpError::ConnectionReset.is_transient());
+    /// ```
     pub fn is_transient(&self) -> bool {
         matches!(self, OpError::TooManyOpenFiles | OpError::BufferExhausted | OpError::TimedOut)
     }

@@ -33,6 +33,13 @@ pub struct ConnectionLimit {
 
 /// The connection limit is reached; nothing was taken. Counted in
 /// [`ConnectionLimit::refused`].
+///
+/// ```
+/// # use berth_ops::ConnectionLimit;
+/// let limit = ConnectionLimit::new(0);
+/// assert_eq!(limit.try_acquire().unwrap_err().max, 0);
+/// assert_eq!(limit.refused(), 1);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("connection limit of {max} reached")]
 pub struct LimitReached {
@@ -41,17 +48,43 @@ pub struct LimitReached {
 }
 
 /// One place under a [`ConnectionLimit`], given back on drop.
+///
+/// ```
+/// # use berth_ops::ConnectionLimit;
+/// let limit = ConnectionLimit::new(2);
+/// let permit = limit.try_acquire()?;
+/// assert_eq!(limit.in_use(), 1);
+/// std::thread::spawn(move || drop(permit)).join().unwrap(); // a permit can move threads
+/// assert_eq!(limit.in_use(), 0);
+/// # Ok::<(), berth_ops::LimitReached>(())
+/// ```
 pub struct ConnectionPermit {
     inner: Arc<Inner>,
 }
 
 impl ConnectionLimit {
     /// A limit of `max` concurrent permits.
+    ///
+    /// ```
+    /// # use berth_ops::ConnectionLimit;
+    /// let limit = ConnectionLimit::new(3);
+    /// assert_eq!((limit.max(), limit.in_use(), limit.refused()), (3, 0, 0));
+    /// ```
     pub fn new(max: usize) -> ConnectionLimit {
         ConnectionLimit { inner: Arc::new(Inner { max, current: AtomicUsize::new(0), refused: AtomicU64::new(0) }) }
     }
 
     /// Takes a place, or refuses at once if none is left.
+    ///
+    /// ```
+    /// # use berth_ops::ConnectionLimit;
+    /// let limit = ConnectionLimit::new(1);
+    /// let permit = limit.try_acquire()?;
+    /// assert_eq!(limit.try_acquire().unwrap_err().max, 1); // refused at once, not blocked
+    /// drop(permit);
+    /// assert!(limit.try_acquire().is_ok());
+    /// # Ok::<(), berth_ops::LimitReached>(())
+    /// ```
     pub fn try_acquire(&self) -> Result<ConnectionPermit, LimitReached> {
         let inner = &self.inner;
         let mut current = inner.current.load(Ordering::Relaxed);
@@ -68,16 +101,45 @@ impl ConnectionLimit {
     }
 
     /// The limit.
+    ///
+    /// ```
+    /// # use berth_ops::ConnectionLimit;
+    /// let limit = ConnectionLimit::new(100);
+    /// let _permit = limit.try_acquire()?;
+    /// assert_eq!(limit.max(), 100); // the limit, not what is left
+    /// # Ok::<(), berth_ops::LimitReached>(())
+    /// ```
     pub fn max(&self) -> usize {
         self.inner.max
     }
 
     /// Permits held now.
+    ///
+    /// ```
+    /// # use berth_ops::ConnectionLimit;
+    /// let limit = ConnectionLimit::new(4);
+    /// let clone = limit.clone(); // clones share the count
+    /// let permits = (clone.try_acquire()?, limit.try_acquire()?);
+    /// assert_eq!(limit.in_use(), 2);
+    /// drop(permits);
+    /// assert_eq!(limit.in_use(), 0);
+    /// # Ok::<(), berth_ops::LimitReached>(())
+    /// ```
     pub fn in_use(&self) -> usize {
         self.inner.current.load(Ordering::Relaxed)
     }
 
     /// Refusals so far.
+    ///
+    /// ```
+    /// # use berth_ops::ConnectionLimit;
+    /// let limit = ConnectionLimit::new(1);
+    /// let _held = limit.try_acquire()?;
+    /// assert!(limit.try_acquire().is_err());
+    /// assert!(limit.try_acquire().is_err());
+    /// assert_eq!(limit.refused(), 2);
+    /// # Ok::<(), berth_ops::LimitReached>(())
+    /// ```
     pub fn refused(&self) -> u64 {
         self.inner.refused.load(Ordering::Relaxed)
     }
