@@ -487,3 +487,21 @@ fn default_wait_mode_does_not_spin_on_one_cpu() {
         assert_eq!(WaitMode::default(), WaitMode::Block { spins: 2000 });
     }
 }
+
+/// The copying calls deliver every byte in place, whatever the length: whole words
+/// and the bytes after the last one.
+#[test]
+fn copies_are_byte_exact_at_every_length() {
+    let chan = Channel::create_memfd(&Config::new(1 << 16)).unwrap();
+    let (mut tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+    let mut out = [0xeeu8; 2100];
+    for len in (0..=100).chain([1023, 1024, 1025, 2047, 2099]) {
+        let msg: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+        tx.send(&msg, T).unwrap();
+        assert_eq!(rx.recv(T).unwrap().copy_to(&mut out).unwrap(), len);
+        assert_eq!(&out[..len], &msg[..], "length {len}");
+        tx.send(&msg, T).unwrap();
+        assert_eq!(rx.try_recv_into(&mut out[..len]).unwrap(), len);
+        assert_eq!(&out[..len], &msg[..], "length {len}");
+    }
+}
