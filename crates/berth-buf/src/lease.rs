@@ -15,6 +15,18 @@ enum Home {
     Heap { bytes: NonNull<u8>, capacity: usize },
 }
 
+/// Decodes a lease's `origin` and `word` fields.
+#[inline(always)]
+fn home_of(origin: NonNull<u8>, word: u32) -> Home {
+    if origin.addr().get() & HEAP_TAG == 0 {
+        Home::Arena { shared: origin.cast(), index: word }
+    } else {
+        // SAFETY: clearing the tag bit of a non-null, 2-aligned address leaves it non-zero.
+        let bytes = origin.map_addr(|a| unsafe { std::num::NonZero::new_unchecked(a.get() & !HEAP_TAG) });
+        Home::Heap { bytes, capacity: word as usize }
+    }
+}
+
 /// Low bit of `Lease::origin` set: a heap block, not the arena.
 const HEAP_TAG: usize = 1;
 /// Heap blocks are aligned to 2 so that the tag bit is free.
@@ -181,13 +193,7 @@ impl Lease {
 
     #[inline]
     fn home(&self) -> Home {
-        if self.origin.addr().get() & HEAP_TAG == 0 {
-            Home::Arena { shared: self.origin.cast(), index: self.word }
-        } else {
-            // SAFETY: clearing the tag bit of a non-null, 2-aligned address leaves it non-zero.
-            let bytes = self.origin.map_addr(|a| unsafe { std::num::NonZero::new_unchecked(a.get() & !HEAP_TAG) });
-            Home::Heap { bytes, capacity: self.word as usize }
-        }
+        home_of(self.origin, self.word)
     }
 
     /// The first byte and the size of the segment.
@@ -435,24 +441,24 @@ impl Drop for Lease {
         {
             return;
         }
-        self.drop_slow();
+        // Two scalars, passed in registers, so the fast path above never spills the
+        // lease to memory.
+        drop_slow(self.origin, self.word);
     }
 }
 
-impl Lease {
-    #[inline(never)]
-    fn drop_slow(&mut self) {
-        match self.home() {
-            Home::Arena { shared, index } => {
-                // SAFETY: the arena outlives every lease of it (see `manager`).
-                let s = unsafe { shared.as_ref() };
-                s.mark(index, FREE);
-                s.give_back_shared(index); // our last access to the arena
-            }
-            Home::Heap { bytes, capacity } => {
-                // SAFETY: allocated in `Lease::heap` with this very layout, freed only here.
-                unsafe { std::alloc::dealloc(bytes.as_ptr(), heap_layout(capacity)) };
-            }
+#[inline(never)]
+fn drop_slow(origin: NonNull<u8>, word: u32) {
+    match home_of(origin, word) {
+        Home::Arena { shared, index } => {
+            // SAFETY: the arena outlives every lease of it (see `manager`).
+            let s = unsafe { shared.as_ref() };
+            s.mark(index, FREE);
+            s.give_back_shared(index); // our last access to the arena
+        }
+        Home::Heap { bytes, capacity } => {
+            // SAFETY: allocated in `Lease::heap` with this very layout, freed only here.
+            unsafe { std::alloc::dealloc(bytes.as_ptr(), heap_layout(capacity)) };
         }
     }
 }

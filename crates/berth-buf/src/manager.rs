@@ -21,18 +21,22 @@ use memmap2::{MmapMut, MmapOptions};
 use crate::config::{BufferConfig, ConfigError, Exhaustion};
 use crate::free_list::FreeList;
 use crate::lease::{Lease, RawLease};
-use crate::loom::{AtomicU32, AtomicUsize, Ordering, fence};
+use crate::loom::{AtomicU32, AtomicUsize, Mutex, Ordering, fence};
 use crate::stats::{BufferStats, Counters};
 use crate::strided::Strided;
 
 /// Per-segment state word: `generation << 2 | tag`. The generation is that of the
-/// segment's last raw handoff, kept until the segment is leased again, which writes
-/// generation 0 ("moved on"): a returned raw lease finds its own generation (a double
-/// return) or another (stale). Raw generations are never 0.
+/// segment's last raw handoff, kept until the segment next leaves the shared list,
+/// which writes generation 0 ("moved on"): a returned raw lease finds its own
+/// generation (a double return) or another (stale). Raw generations are never 0.
+///
+/// `LEASED` means "taken off the shared list by a thread": held by a [`Lease`] or
+/// parked in that thread's cache (`local`), which moves segments to and from its
+/// leases without writing this word; [`BufferManager::stats`] tells the two apart by
+/// the caches' registered counts.
 pub(crate) const FREE: u32 = 0;
 pub(crate) const LEASED: u32 = 1;
 pub(crate) const RAW: u32 = 2;
-pub(crate) const CACHED: u32 = 3;
 const TAG_MASK: u32 = 3;
 /// Generations are 30 bits and wrap.
 pub(crate) const MAX_GENERATION: u32 = u32::MAX >> 2;
@@ -98,6 +102,11 @@ pub(crate) struct Shared {
     /// reserves its capacity when it binds), so idle threads never strand more than
     /// an eighth of the arena.
     pub(crate) implicit_budget: AtomicUsize,
+    /// The held-segment counts of the thread caches bound to this arena (addresses of
+    /// their thread-local `AtomicUsize`s), for [`BufferManager::stats`]. A cache adds
+    /// its count when it binds and removes it when it unbinds, which it does before
+    /// its thread's storage goes; taken only on those cold paths and by `stats`.
+    caches: Mutex<Vec<usize>>,
 }
 
 // SAFETY: the arena is plain bytes; each segment is accessed only by the one holder of
@@ -248,6 +257,43 @@ impl Shared {
     pub(crate) fn give_back_shared(&self, index: u32) {
         self.free.push(thread_ordinal(), index);
     }
+
+    /// A thread cache binding to this arena lists its held-segment count.
+    pub(crate) fn register_cache(&self, held: &AtomicUsize) {
+        lock(&self.caches).push(std::ptr::from_ref(held) as usize);
+    }
+
+    /// A thread cache letting go of this arena takes its count off the list.
+    pub(crate) fn unregister_cache(&self, held: &AtomicUsize) {
+        let mut caches = lock(&self.caches);
+        if let Some(at) = caches.iter().position(|&a| a == std::ptr::from_ref(held) as usize) {
+            caches.swap_remove(at);
+        }
+    }
+
+    /// How many thread caches are bound here.
+    #[cfg(test)]
+    pub(crate) fn registered_caches(&self) -> usize {
+        lock(&self.caches).len()
+    }
+
+    /// Segments parked in thread caches right now (exact for the calling thread's own
+    /// cache, a moment's snapshot for the others).
+    fn cached(&self) -> usize {
+        lock(&self.caches)
+            .iter()
+            // SAFETY: a listed count lives in a thread-local of a thread whose cache is
+            // bound here; the cache unlists it (under this lock) before that thread's
+            // storage is freed, so the address is valid while the lock is held.
+            .map(|&a| unsafe { &*(a as *const AtomicUsize) }.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// The cache list's lock. A panic cannot leave the list half-changed (a push or a
+/// swap_remove), so a poisoned lock is used as is.
+fn lock(caches: &Mutex<Vec<usize>>) -> crate::loom::MutexGuard<'_, Vec<usize>> {
+    caches.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// All segments were leased and the policy is [`Exhaustion::Fail`]. Nothing was taken;
@@ -375,6 +421,7 @@ impl BufferManager {
             counters: Counters::default(),
             high_water: AtomicUsize::new(0),
             implicit_budget: AtomicUsize::new(if cfg!(loom) { count as usize } else { count as usize / 8 }),
+            caches: Mutex::new(Vec::new()),
         });
         Ok(BufferManager { shared: NonNull::from(Box::leak(shared)) })
     }
@@ -543,15 +590,19 @@ impl BufferManager {
     /// ```
     pub fn stats(&self) -> BufferStats {
         let shared = self.shared();
-        let (mut leased, mut raw, mut cached) = (0, 0, 0);
+        let (mut leased, mut raw) = (0usize, 0);
         for slot in shared.states.iter() {
             match slot.load(Ordering::Relaxed) & TAG_MASK {
                 LEASED => leased += 1,
                 RAW => raw += 1,
-                CACHED => cached += 1,
                 _ => {}
             }
         }
+        // `LEASED` counts the caches' segments too (see `LEASED`). Other threads move
+        // segments while this runs, so the two reads can disagree by a few: never
+        // report more cached than taken off the list.
+        let cached = shared.cached().min(leased);
+        let leased = leased - cached;
         let c = &shared.counters;
         BufferStats {
             total: shared.count as usize,
