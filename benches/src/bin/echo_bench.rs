@@ -6,8 +6,9 @@
 //! is sampled at the edges of the load's measured window, giving the CPU time per
 //! message. Then the idle test: a fresh server gets 15,000 connections that never send
 //! (`--quick`: 3,000) and the growth of its resident set is measured. Cases run
-//! interleaved (size by size, berth then tokio) so slow drift on a shared machine hits
-//! both servers alike.
+//! interleaved (size by size; in each round both servers, who goes first alternating)
+//! so drift on a shared machine hits both alike, and each row comes from the round
+//! whose own berth/tokio ratio is the median (see [`Pair`]).
 //!
 //! ```text
 //! echo_bench [--quick] [--self-test]
@@ -164,6 +165,64 @@ impl EchoSummary {
     }
 }
 
+/// One round of a throughput case: each server measured once, back to back (who
+/// goes first alternates between rounds), so both saw the same machine.
+///
+/// This VM's loopback throughput jumps between two levels from one round to the
+/// next (about 1.6x apart, for tokio and berth alike, seemingly with where the
+/// hypervisor runs the two vCPUs). Medians taken over each server's rounds
+/// separately can then compare a fast round of one with a slow round of the other;
+/// the ratio of each round's own pair cannot.
+#[derive(Debug, Clone, Copy)]
+struct Pair {
+    berth: EchoResult,
+    tokio: EchoResult,
+}
+
+impl Pair {
+    fn disturbed(&self) -> bool {
+        self.berth.disturbed() || self.tokio.disturbed()
+    }
+
+    /// berth's messages per second over tokio's (> 1: berth served more).
+    fn rate_ratio(&self) -> f64 {
+        ratio(self.berth.msgs_per_s, self.tokio.msgs_per_s)
+    }
+
+    /// tokio's server CPU per message over berth's (> 1: berth used less).
+    fn cpu_ratio(&self) -> f64 {
+        ratio(self.tokio.server_cpu_us_per_msg(), self.berth.server_cpu_us_per_msg())
+    }
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+/// The rounds a case's rows come from: for each figure, the round whose berth/tokio
+/// ratio is the median over the clean rounds (over all rounds if none is clean).
+#[derive(Debug, Clone, Copy)]
+struct Compared {
+    rate: Pair,
+    cpu: Pair,
+}
+
+impl Compared {
+    fn of(all: &[Pair]) -> Option<Compared> {
+        let clean: Vec<Pair> = all.iter().filter(|p| !p.disturbed()).copied().collect();
+        let pairs = if clean.is_empty() { all } else { &clean };
+        Some(Compared { rate: median_pair(pairs, Pair::rate_ratio)?, cpu: median_pair(pairs, Pair::cpu_ratio)? })
+    }
+}
+
+/// The pair at the median of `key`; for an even count the lower of the middle two,
+/// the one less favourable to berth. `None` for no pairs.
+fn median_pair(pairs: &[Pair], key: fn(&Pair) -> f64) -> Option<Pair> {
+    let mut sorted = pairs.to_vec();
+    sorted.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    sorted.get(sorted.len().checked_sub(1)? / 2).copied()
+}
+
 /// The median (the mean of the middle two for an even count); 0 for none.
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -186,14 +245,6 @@ impl IdleResult {
     fn growth_mib(&self) -> f64 {
         self.rss_after_kib.saturating_sub(self.rss_before_kib) as f64 / 1024.0
     }
-}
-
-/// Everything measured of one server.
-#[derive(Debug, Clone, Default)]
-struct ServerResult {
-    /// Per entry of [`SIZES`], in order.
-    echo: Vec<EchoSummary>,
-    idle: Option<IdleResult>,
 }
 
 fn run() -> Result<(), String> {
@@ -261,8 +312,10 @@ fn run() -> Result<(), String> {
     let cfg = Config {
         quick,
         self_test,
-        rounds: if quick { 3 } else { 5 },
-        secs: if quick { 1.0 } else { 2.0 },
+        rounds: if quick { 3 } else { 9 },
+        // Many short rounds rather than a few long ones: the machine's state changes
+        // every few seconds, and more pairs make their median steadier.
+        secs: 1.0,
         warmup: if quick { 0.3 } else { 0.5 },
         idle,
         exe_dir,
@@ -271,7 +324,7 @@ fn run() -> Result<(), String> {
     };
     println!(
         "echo_bench: server on cpu {}, load on cpu {} (sched_setaffinity via rustix); {CONNECTIONS} connections, \
-         {} rounds of {} s per case (medians), each after {} s warm-up; idle test {} connections; RLIMIT_NOFILE {limit}",
+         {} rounds of {} s per case (each row from the round with the median berth/tokio ratio), each after {} s warm-up; idle test {} connections; RLIMIT_NOFILE {limit}",
         show_core(cfg.server_core),
         show_core(cfg.load_core),
         cfg.rounds,
@@ -281,24 +334,19 @@ fn run() -> Result<(), String> {
     );
 
     let servers = [berth, tokio];
-    let mut results: Vec<ServerResult> = vec![ServerResult::default(); servers.len()];
+    let mut compared = Vec::new();
     for &(label, size) in SIZES {
-        let mut rounds: Vec<Vec<EchoResult>> = vec![Vec::new(); servers.len()];
-        let clean = |rs: &Vec<EchoResult>| rs.iter().filter(|r| !r.disturbed()).count();
+        let mut pairs: Vec<Pair> = Vec::new();
+        let clean = |pairs: &[Pair]| pairs.iter().filter(|p| !p.disturbed()).count();
         for round in 0..cfg.rounds * MAX_ATTEMPTS {
-            if round >= cfg.rounds && rounds.iter().all(|rs| clean(rs) >= cfg.rounds) {
+            if clean(&pairs) >= cfg.rounds {
                 break;
             }
             // Alternate who goes first, so neither always runs on a warmer machine.
-            let mut order: Vec<usize> = (0..servers.len()).collect();
-            if round % 2 == 1 {
-                order.reverse();
-            }
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            let mut measured = [None; 2];
             for i in order {
                 let spec = &servers[i];
-                if round >= cfg.rounds && clean(&rounds[i]) >= cfg.rounds {
-                    continue;
-                }
                 let r = measure_echo(&cfg, spec, size).map_err(|e| format!("{} {label}: {e}", spec.name))?;
                 println!(
                     "  round {round} echo/{label} {:<13} {:>9.0} msgs/s  p99 {:>7.1} us  server cpu {:.2} us/msg \
@@ -313,20 +361,22 @@ fn run() -> Result<(), String> {
                     r.others_share() * 100.0,
                     if r.disturbed() { " (disturbed)" } else { "" },
                 );
-                rounds[i].push(r);
+                measured[i] = Some(r);
+            }
+            if let [Some(berth), Some(tokio)] = measured {
+                pairs.push(Pair { berth, tokio });
             }
         }
-        for ((spec, result), rounds) in servers.iter().zip(results.iter_mut()).zip(&rounds) {
-            let s = EchoSummary::of(rounds);
-            if clean(rounds) < cfg.rounds {
-                println!(
-                    "echo_bench: warning: {} {label}: the machine was busy with other work; {} of {} rounds clean, \
-                     throughput is unreliable (server cpu per message much less so)",
-                    spec.name,
-                    clean(rounds),
-                    s.measured,
-                );
-            }
+        if clean(&pairs) < cfg.rounds {
+            println!(
+                "echo_bench: warning: {label}: the machine was busy with other work; {} of {} rounds clean, \
+                 throughput is unreliable (server cpu per message much less so)",
+                clean(&pairs),
+                pairs.len(),
+            );
+        }
+        for (spec, side) in servers.iter().zip([|p: &Pair| p.berth, |p: &Pair| p.tokio]) {
+            let s = EchoSummary::of(&pairs.iter().map(side).collect::<Vec<_>>());
             println!(
                 "echo/{label}/{CONNECTIONS}conns {:<13} {:>9.0} msgs/s (rounds {:.0}..{:.0})  p50 {:>6.1} us  \
                  p99 {:>7.1} us  server cpu {:.2} us/msg ({:.0}% of it in user space)",
@@ -339,10 +389,22 @@ fn run() -> Result<(), String> {
                 s.server_cpu_us_per_msg,
                 s.server_user_share * 100.0,
             );
-            result.echo.push(s);
         }
+        let c = Compared::of(&pairs).ok_or_else(|| format!("{label}: no round measured"))?;
+        println!(
+            "echo/{label}/{CONNECTIONS}conns median round: msgs/s {:.0} vs {:.0} ({:.3}x); \
+             server cpu {:.2} vs {:.2} us/msg ({:.3}x less)",
+            c.rate.berth.msgs_per_s,
+            c.rate.tokio.msgs_per_s,
+            c.rate.rate_ratio(),
+            c.cpu.berth.server_cpu_us_per_msg(),
+            c.cpu.tokio.server_cpu_us_per_msg(),
+            c.cpu.cpu_ratio(),
+        );
+        compared.push(c);
     }
-    for (spec, result) in servers.iter().zip(results.iter_mut()) {
+    let mut idle = Vec::new();
+    for spec in &servers {
         let r = measure_idle(&cfg, spec).map_err(|e| format!("{} idle: {e}", spec.name))?;
         println!(
             "echo/idle {} conns {:<13} rss {:.1} MiB -> {:.1} MiB: +{:.2} MiB ({:.0} B per connection)",
@@ -353,10 +415,11 @@ fn run() -> Result<(), String> {
             r.growth_mib(),
             r.growth_mib() * 1024.0 * 1024.0 / r.conns.max(1) as f64,
         );
-        result.idle = Some(r);
+        idle.push(r);
     }
 
-    let rows = rows(&results[0], &results[1])?;
+    let [berth_idle, tokio_idle] = idle[..] else { return Err("missing idle result".into()) };
+    let rows = rows(&compared, berth_idle, tokio_idle)?;
     for row in &rows {
         println!(
             "{:<42} berth {:>12.3}  {} {:>12.3}  ratio {:.3}",
@@ -377,31 +440,40 @@ fn show_core(core: Option<usize>) -> String {
     core.map_or_else(|| "any".into(), |c| c.to_string())
 }
 
-/// The rows comparing berth (`b`) with tokio (`t`).
-fn rows(b: &ServerResult, t: &ServerResult) -> Result<Vec<Row>, String> {
+/// The rows comparing berth with tokio: one [`Compared`] per entry of [`SIZES`], in
+/// order, then the idle case of each.
+fn rows(cases: &[Compared], berth_idle: IdleResult, tokio_idle: IdleResult) -> Result<Vec<Row>, String> {
+    if cases.len() != SIZES.len() {
+        return Err("missing echo result".into());
+    }
     let mut rows = Vec::new();
-    for (i, &(label, _)) in SIZES.iter().enumerate() {
-        let (Some(be), Some(te)) = (b.echo.get(i), t.echo.get(i)) else { return Err("missing echo result".into()) };
+    for (c, &(label, _)) in cases.iter().zip(SIZES) {
         let id = format!("echo/{label}/{CONNECTIONS}conns");
         rows.push(Row::new(
             format!("{id}/msgs_per_s"),
             "msgs_per_s",
-            be.msgs_per_s,
+            c.rate.berth.msgs_per_s,
             "tokio",
-            te.msgs_per_s,
+            c.rate.tokio.msgs_per_s,
             Better::Higher,
         ));
         rows.push(Row::new(
             format!("{id}/server_cpu_us_per_msg"),
             "server_cpu_us_per_msg",
-            be.server_cpu_us_per_msg,
+            c.cpu.berth.server_cpu_us_per_msg(),
             "tokio",
-            te.server_cpu_us_per_msg,
+            c.cpu.tokio.server_cpu_us_per_msg(),
             Better::Lower,
         ));
     }
-    let (Some(bi), Some(ti)) = (b.idle, t.idle) else { return Err("missing idle result".into()) };
-    rows.push(Row::new("echo/idle15k/rss_mib", "rss_mib", bi.growth_mib(), "tokio", ti.growth_mib(), Better::Lower));
+    rows.push(Row::new(
+        "echo/idle15k/rss_mib",
+        "rss_mib",
+        berth_idle.growth_mib(),
+        "tokio",
+        tokio_idle.growth_mib(),
+        Better::Lower,
+    ));
     Ok(rows)
 }
 
@@ -639,8 +711,8 @@ fn settled_rss(pid: u32) -> Result<u64, String> {
 mod tests {
     use super::*;
 
-    fn echo(msgs_per_s: f64, messages: u64, cpu_ms: u64) -> EchoSummary {
-        let round = EchoResult {
+    fn round(msgs_per_s: f64, messages: u64, cpu_ms: u64, others_ms: u64) -> EchoResult {
+        EchoResult {
             msgs_per_s,
             p50_us: 1.0,
             p99_us: 2.0,
@@ -648,9 +720,43 @@ mod tests {
             server_cpu: Duration::from_millis(cpu_ms),
             server_user: Duration::from_millis(cpu_ms / 10),
             window: Duration::from_secs(1),
-            others_cpu: Duration::ZERO,
-        };
-        EchoSummary::of(&[round])
+            others_cpu: Duration::from_millis(others_ms),
+        }
+    }
+
+    fn pair(berth: EchoResult, tokio: EchoResult) -> Pair {
+        Pair { berth, tokio }
+    }
+
+    /// A fast round of one server is never set against a slow round of the other:
+    /// each figure comes from the round whose own ratio is the median.
+    #[test]
+    fn rows_come_from_the_median_round_not_from_separate_medians() {
+        // The machine is fast (tokio 200) or slow (tokio 100); berth is 1.1x either
+        // way. Three rounds caught both servers in the same state, two caught berth
+        // fast and tokio slow. Separate medians would say 220 against 100 (2.2x).
+        let fast = |rate: f64| round(rate, rate as u64 * 10, 1000, 0);
+        let pairs = [
+            pair(fast(220.0), fast(200.0)),
+            pair(fast(110.0), fast(100.0)),
+            pair(fast(110.0), fast(100.0)),
+            pair(fast(220.0), fast(100.0)),
+            pair(fast(220.0), fast(100.0)),
+        ];
+        let c = Compared::of(&pairs).unwrap();
+        assert!((c.rate.rate_ratio() - 1.1).abs() < 1e-9);
+        assert!((c.cpu.cpu_ratio() - 1.1).abs() < 1e-9);
+        // A disturbed round is left out while there are clean ones...
+        let mut with_noise = pairs.to_vec();
+        with_noise.push(pair(round(900.0, 9000, 1000, 0), round(100.0, 1000, 1000, 600)));
+        with_noise.push(pair(round(950.0, 9500, 1000, 0), round(100.0, 1000, 1000, 600)));
+        assert!((Compared::of(&with_noise).unwrap().rate.rate_ratio() - 1.1).abs() < 1e-9);
+        // ...an even count takes the lower middle...
+        let two =
+            [pair(round(100.0, 1, 1, 0), round(100.0, 1, 1, 0)), pair(round(300.0, 1, 1, 0), round(100.0, 1, 1, 0))];
+        assert_eq!(Compared::of(&two).unwrap().rate.rate_ratio(), 1.0);
+        // ...and no rounds is no comparison.
+        assert!(Compared::of(&[]).is_none());
     }
 
     #[test]
@@ -684,9 +790,12 @@ mod tests {
     #[test]
     fn rows_compare_berth_with_tokio_in_the_right_direction() {
         let idle = |after| IdleResult { conns: 100, rss_before_kib: 1024, rss_after_kib: after };
-        let berth = ServerResult { echo: vec![echo(200.0, 1000, 1), echo(50.0, 500, 2)], idle: Some(idle(2048)) };
-        let tokio = ServerResult { echo: vec![echo(100.0, 1000, 2), echo(50.0, 500, 2)], idle: Some(idle(5120)) };
-        let rows = rows(&berth, &tokio).unwrap();
+        let one = |p: Pair| Compared { rate: p, cpu: p };
+        let cases = [
+            one(pair(round(200.0, 1000, 1, 0), round(100.0, 1000, 2, 0))),
+            one(pair(round(50.0, 500, 2, 0), round(50.0, 500, 2, 0))),
+        ];
+        let rows = rows(&cases, idle(2048), idle(5120)).unwrap();
         let ids: Vec<&str> = rows.iter().map(|r| r.bench.as_str()).collect();
         assert_eq!(
             ids,
@@ -704,6 +813,6 @@ mod tests {
         assert_eq!(rows[4].berth, 1.0); // +1 MiB
         assert_eq!(rows[4].ratio, 4.0); // a quarter of tokio's growth
         assert!(rows.iter().all(|r| r.peer == "tokio"));
-        assert!(super::rows(&ServerResult::default(), &tokio).is_err());
+        assert!(super::rows(&cases[..1], idle(2048), idle(5120)).is_err());
     }
 }
