@@ -55,6 +55,9 @@ thread_local! {
     static SHARD: std::cell::Cell<(usize, u32)> = const { std::cell::Cell::new((0, 0)) };
 }
 
+/// Thread caches the arena has room to list without allocating.
+const CACHE_SLOTS: usize = 64;
+
 /// Calls between re-reads of the current CPU.
 const SHARD_REFRESH: u32 = 1024;
 
@@ -421,7 +424,9 @@ impl BufferManager {
             counters: Counters::default(),
             high_water: AtomicUsize::new(0),
             implicit_budget: AtomicUsize::new(if cfg!(loom) { count as usize } else { count as usize / 8 }),
-            caches: Mutex::new(Vec::new()),
+            // Room for 64 thread caches up front, so a thread's first lease (which
+            // binds its cache) allocates nothing in the usual case.
+            caches: Mutex::new(Vec::with_capacity(CACHE_SLOTS)),
         });
         Ok(BufferManager { shared: NonNull::from(Box::leak(shared)) })
     }
