@@ -466,13 +466,25 @@ impl<T> OpArgs<T> {
     /// assert_eq!(manager.stats().in_use, 0); // the lease went back
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[inline]
     pub fn reset(&mut self) {
         self.kind = OpKind::None;
         self.socket = None;
-        self.buffer = None;
+        if let Some(lease) = self.buffer.take() {
+            return_lease(lease);
+        }
         self.range = 0..0;
         self.transferred = 0;
         self.result = Ok(());
         self.user_data = 0;
     }
+}
+
+/// Returns a lease an op still held when it was reset. Out of line, so that
+/// `OpPool::give` (which resets) stays small enough to be inlined where ops are
+/// given back without one: with the lease's return path inlined into it, `give` was
+/// not, and `ops/take_give/pool` went from 6.8 to 12.7 ns.
+#[inline(never)]
+fn return_lease(lease: Lease) {
+    drop(lease);
 }
