@@ -262,15 +262,15 @@ impl Shared {
         self.free.push(thread_ordinal(), index);
     }
 
-    /// A thread cache binding to this arena lists its held-segment count.
-    pub(crate) fn register_cache(&self, held: &AtomicUsize) {
-        lock(&self.caches).push(std::ptr::from_ref(held) as usize);
+    /// A thread cache binding to this arena lists its count.
+    pub(crate) fn register_cache(&self, count: &CacheCount) {
+        lock(&self.caches).push(std::ptr::from_ref(count) as usize);
     }
 
     /// A thread cache letting go of this arena takes its count off the list.
-    pub(crate) fn unregister_cache(&self, held: &AtomicUsize) {
+    pub(crate) fn unregister_cache(&self, count: &CacheCount) {
         let mut caches = lock(&self.caches);
-        if let Some(at) = caches.iter().position(|&a| a == std::ptr::from_ref(held) as usize) {
+        if let Some(at) = caches.iter().position(|&a| a == std::ptr::from_ref(count) as usize) {
             caches.swap_remove(at);
         }
     }
@@ -281,16 +281,100 @@ impl Shared {
         lock(&self.caches).len()
     }
 
-    /// Segments parked in thread caches right now (exact for the calling thread's own
-    /// cache, a moment's snapshot for the others).
-    fn cached(&self) -> usize {
-        lock(&self.caches)
-            .iter()
-            // SAFETY: a listed count lives in a thread-local of a thread whose cache is
-            // bound here; the cache unlists it (under this lock) before that thread's
-            // storage is freed, so the address is valid while the lock is held.
-            .map(|&a| unsafe { &*(a as *const AtomicUsize) }.load(Ordering::Relaxed))
-            .sum()
+    /// Counts the segments by state: `(leased, raw, cached)`, where `leased` is held
+    /// by leases only, the caches' segments counted apart.
+    ///
+    /// The state words and the caches' counts are read as one snapshot: a cache's
+    /// sequence number is odd while it refills or flushes (the only times it writes
+    /// state words), so a pass that saw one odd, or any of them move, is retried. A
+    /// cache's pops and pushes change only its count, and either reading of that is a
+    /// true state of the arena. After [`SNAPSHOT_TRIES`] busy passes the last one is
+    /// reported, clamped, rather than waiting on a thread that may be descheduled.
+    fn count_states(&self) -> (usize, usize, usize) {
+        let caches = lock(&self.caches);
+        // SAFETY: a listed count lives in a thread-local of a thread whose cache is
+        // bound here; the cache unlists it (under this lock, which we hold) before that
+        // thread's storage is freed, so every address is valid until we return.
+        let counts = || caches.iter().map(|&a| unsafe { &*(a as *const CacheCount) });
+        let mut attempt = 0;
+        loop {
+            let (mut before, mut changing) = (0usize, false);
+            for c in counts() {
+                let seq = c.seq.load(Ordering::Acquire);
+                before = before.wrapping_add(seq);
+                changing |= seq & 1 == 1;
+            }
+            let cached: usize = counts().map(CacheCount::len).sum();
+            let (mut leased, mut raw) = (0usize, 0);
+            for slot in self.states.iter() {
+                match slot.load(Ordering::Relaxed) & TAG_MASK {
+                    LEASED => leased += 1,
+                    RAW => raw += 1,
+                    _ => {}
+                }
+            }
+            fence(Ordering::Acquire);
+            // Sequence numbers only grow, so an unchanged sum means none moved.
+            let after = counts().fold(0usize, |sum, c| sum.wrapping_add(c.seq.load(Ordering::Relaxed)));
+            attempt += 1;
+            if (!changing && before == after) || attempt >= SNAPSHOT_TRIES {
+                // `LEASED` counts the caches' segments too (see `LEASED`).
+                let cached = cached.min(leased);
+                return (leased - cached, raw, cached);
+            }
+            #[cfg(not(loom))]
+            std::thread::yield_now();
+            #[cfg(loom)]
+            loom::thread::yield_now();
+        }
+    }
+}
+
+/// Passes [`Shared::count_states`] makes before it settles for a busy one.
+/// (Under loom, until a pass is clean: loom runs the writer when the reader yields.)
+const SNAPSHOT_TRIES: u32 = if cfg!(loom) { u32::MAX } else { 100 };
+
+/// A thread cache's count of segments held, readable by other threads, and a
+/// sequence number that is odd while the cache changes segments' state words.
+/// Only the cache's own thread writes either, with plain stores.
+pub(crate) struct CacheCount {
+    held: AtomicUsize,
+    seq: AtomicUsize,
+}
+
+impl CacheCount {
+    #[cfg(not(loom))]
+    pub(crate) const fn new() -> CacheCount {
+        CacheCount { held: AtomicUsize::new(0), seq: AtomicUsize::new(0) }
+    }
+
+    #[cfg(loom)]
+    pub(crate) fn new() -> CacheCount {
+        CacheCount { held: AtomicUsize::new(0), seq: AtomicUsize::new(0) }
+    }
+
+    /// Segments held. Only the owning thread writes the count, so there a relaxed
+    /// load reads its own last store.
+    #[inline(always)]
+    pub(crate) fn len(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    #[inline(always)]
+    pub(crate) fn set_len(&self, len: usize) {
+        self.held.store(len, Ordering::Relaxed);
+    }
+
+    /// Runs `change` (which writes state words and the count) with the sequence
+    /// number odd, as a seqlock writer: readers that overlap it retry.
+    #[inline]
+    pub(crate) fn changing<R>(&self, change: impl FnOnce() -> R) -> R {
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        let r = change();
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+        r
     }
 }
 
@@ -596,19 +680,7 @@ impl BufferManager {
     /// ```
     pub fn stats(&self) -> BufferStats {
         let shared = self.shared();
-        let (mut leased, mut raw) = (0usize, 0);
-        for slot in shared.states.iter() {
-            match slot.load(Ordering::Relaxed) & TAG_MASK {
-                LEASED => leased += 1,
-                RAW => raw += 1,
-                _ => {}
-            }
-        }
-        // `LEASED` counts the caches' segments too (see `LEASED`). Other threads move
-        // segments while this runs, so the two reads can disagree by a few: never
-        // report more cached than taken off the list.
-        let cached = shared.cached().min(leased);
-        let leased = leased - cached;
+        let (leased, raw, cached) = shared.count_states();
         let c = &shared.counters;
         BufferStats {
             total: shared.count as usize,

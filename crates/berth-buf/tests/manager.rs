@@ -44,6 +44,7 @@ fn exhaustion_heap_falls_back_and_counts() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "asks the kernel for mappings larger than miri can model")]
 fn bad_configurations_are_errors() {
     let e = BufferManager::new(BufferConfig::new().segment_size(0)).unwrap_err();
     assert!(matches!(e, ConfigError::ZeroSegmentSize));
