@@ -18,11 +18,13 @@
 //! to tell leases from cached segments. Refills and flushes, which do write state
 //! words, run inside the count's sequence number (a seqlock whose only writer is the
 //! owning thread), so `stats` never pairs state words and counts from either side of
-//! one. Writing the state word on every pop and push
-//! cost more than a third of the lease-and-return time (`buf/lease_return/local`: 7.7
-//! ns with it, 4.9 ns without, on the project's 2-core test VM). For the same reason
-//! the inlined return path passes nothing by reference to its out-of-line fallbacks,
-//! so neither the lease nor the magazine handle is spilled to memory on the way.
+//! one.
+//!
+//! Writing the state word on every pop and push cost more than a third of the
+//! lease-and-return time (`buf/lease_return/local`: 7.7 ns with it, 4.9 ns without,
+//! on the project's 2-core test VM). For the same reason the inlined return path
+//! passes nothing by reference to its out-of-line fallbacks, so neither the lease nor
+//! the magazine handle is spilled to memory on the way.
 //!
 //! # Binding and the arena's lifetime
 //!

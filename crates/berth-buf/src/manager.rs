@@ -106,8 +106,8 @@ pub(crate) struct Shared {
     /// reserves its capacity when it binds), so idle threads never strand more than
     /// an eighth of the arena.
     pub(crate) implicit_budget: AtomicUsize,
-    /// The held-segment counts of the thread caches bound to this arena (addresses of
-    /// their thread-local `AtomicUsize`s), for [`BufferManager::stats`]. A cache adds
+    /// The counts of the thread caches bound to this arena (addresses of their
+    /// thread-local [`CacheCount`]s), for [`BufferManager::stats`]. A cache adds
     /// its count when it binds and removes it when it unbinds, which it does before
     /// its thread's storage goes; taken only on those cold paths and by `stats`.
     caches: Mutex<Vec<usize>>,
