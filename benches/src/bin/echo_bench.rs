@@ -378,10 +378,12 @@ fn run() -> Result<(), String> {
         for (spec, side) in servers.iter().zip([|p: &Pair| p.berth, |p: &Pair| p.tokio]) {
             let s = EchoSummary::of(&pairs.iter().map(side).collect::<Vec<_>>());
             println!(
-                "echo/{label}/{CONNECTIONS}conns {:<13} {:>9.0} msgs/s (rounds {:.0}..{:.0})  p50 {:>6.1} us  \
-                 p99 {:>7.1} us  server cpu {:.2} us/msg ({:.0}% of it in user space)",
+                "echo/{label}/{CONNECTIONS}conns {:<13} {:>9.0} msgs/s (median of {} clean rounds of {}: {:.0}..{:.0})  \
+                 p50 {:>6.1} us  p99 {:>7.1} us  server cpu {:.2} us/msg ({:.0}% of it in user space)",
                 spec.name,
                 s.msgs_per_s,
+                s.used,
+                s.measured,
                 s.min_msgs_per_s,
                 s.max_msgs_per_s,
                 s.p50_us,

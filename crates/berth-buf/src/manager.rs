@@ -55,9 +55,6 @@ thread_local! {
     static SHARD: std::cell::Cell<(usize, u32)> = const { std::cell::Cell::new((0, 0)) };
 }
 
-/// Thread caches the arena has room to list without allocating.
-const CACHE_SLOTS: usize = 64;
-
 /// Calls between re-reads of the current CPU.
 const SHARD_REFRESH: u32 = 1024;
 
@@ -329,6 +326,9 @@ impl Shared {
         }
     }
 }
+
+/// Thread caches the arena has room to list without allocating.
+const CACHE_SLOTS: usize = 64;
 
 /// Passes [`Shared::count_states`] makes before it settles for a busy one.
 /// (Under loom, until a pass is clean: loom runs the writer when the reader yields.)
