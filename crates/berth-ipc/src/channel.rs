@@ -22,13 +22,17 @@ pub const SHM_DIR: &str = "/dev/shm";
 /// File-name prefix of named channels (`/dev/shm/berth-ipc.<name>`).
 pub const NAME_PREFIX: &str = "berth-ipc.";
 
-/// The first futex sleep of a wait; each further sleep doubles, up to [`SLICE_MAX`],
-/// and the peer's liveness is checked between sleeps. A waiter that has just started
-/// notices a death within 10 ms, a long idle one within 50 ms, and an idle blocked
-/// end wakes about 20 times a second instead of 100.
+/// The first futex sleep of a wait; each further sleep doubles, up to [`SLICE_MAX`]
+/// (or [`SLICE_WATCHED`]), and the peer's liveness is checked between sleeps.
 const SLICE_MIN: Duration = Duration::from_millis(10);
-/// The longest futex sleep between two liveness checks.
+/// The longest futex sleep between two liveness checks when no watcher thread wakes
+/// us on the peer's death (see `watch`): a death is then noticed within 10 ms by a
+/// waiter that has just started, within 50 ms by a long idle one, and an idle
+/// blocked end wakes about 20 times a second.
 const SLICE_MAX: Duration = Duration::from_millis(50);
+/// The longest futex sleep while the watcher thread wakes us on the peer's death:
+/// only a backstop. An idle blocked end wakes once a second.
+const SLICE_WATCHED: Duration = Duration::from_secs(1);
 /// The longest futex sleep when this process cannot issue `membarrier` (the peer's
 /// fence-free wake could then be missed, and is only caught by this timeout).
 const SLICE_NO_MEMBARRIER: Duration = Duration::from_millis(1);
@@ -101,7 +105,7 @@ impl Default for WaitMode {
 }
 
 /// The shared mapping, owned jointly by a channel's handles in this process.
-struct Shared {
+pub(crate) struct Shared {
     _map: memmap2::MmapRaw,
     base: NonNull<u8>,
     fd: OwnedFd,
@@ -137,7 +141,7 @@ impl Shared {
     }
 
     #[inline]
-    fn u32_at(&self, at: usize) -> &AtomicU32 {
+    pub(crate) fn u32_at(&self, at: usize) -> &AtomicU32 {
         debug_assert!(at.is_multiple_of(4) && at + 4 <= layout::HEADER_LEN as usize);
         // SAFETY: `at` is a constant header offset, 4-aligned, inside the header page
         // which is mapped for as long as `self` lives; page alignment of the mapping
@@ -279,6 +283,12 @@ pub fn named_path(name: &str) -> Result<PathBuf, OpenError> {
 }
 
 impl Channel {
+    /// The shared mapping (for the watcher's tests).
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.sh
+    }
+
     /// Creates an anonymous channel in a memfd sealed against resizing. Nothing
     /// appears in the file system; the file dies with its last descriptor and mapping,
     /// even after `kill -9`. Hand it to the peer with [`Channel::send_over`] or by
@@ -393,13 +403,7 @@ impl Channel {
         let prod =
             Producer::new(self.sh.geometry(), &*self.sh).map_err(|what| OpenError::LayoutOutOfBounds { what })?;
         let me = claim(&self.sh, "sender", off::TX_PID, off::TX_START, off::TX_HEARTBEAT)?;
-        Ok(Sender {
-            sh: self.sh.clone(),
-            prod,
-            peer: PeerWatch::new(off::RX_PID, off::RX_START, off::RX_FLAGS, off::RX_HEARTBEAT),
-            mode: WaitMode::default(),
-            me,
-        })
+        Ok(Sender { sh: self.sh.clone(), prod, peer: PeerWatch::new(Side::TX), mode: WaitMode::default(), me })
     }
 
     /// Attaches as the channel's only receiver.
@@ -407,13 +411,7 @@ impl Channel {
         let cons =
             Consumer::new(self.sh.geometry(), &*self.sh).map_err(|what| OpenError::LayoutOutOfBounds { what })?;
         let me = claim(&self.sh, "receiver", off::RX_PID, off::RX_START, off::RX_HEARTBEAT)?;
-        Ok(Receiver {
-            sh: self.sh.clone(),
-            cons,
-            peer: PeerWatch::new(off::TX_PID, off::TX_START, off::TX_FLAGS, off::TX_HEARTBEAT),
-            mode: WaitMode::default(),
-            me,
-        })
+        Ok(Receiver { sh: self.sh.clone(), cons, peer: PeerWatch::new(Side::RX), mode: WaitMode::default(), me })
     }
 }
 
@@ -463,35 +461,69 @@ enum PeerState {
     Dead,
 }
 
-/// Watches the other end: its clean-close flag, its process (pidfd, else /proc),
-/// and optionally its heartbeat.
-#[derive(Debug)]
-struct PeerWatch {
+/// Header offsets of the words one end watches, and of the futex word it sleeps on.
+#[derive(Debug, Clone, Copy)]
+struct Side {
     pid_at: usize,
     start_at: usize,
     flags_at: usize,
     hb_at: usize,
+    wait_at: usize,
+}
+
+impl Side {
+    /// The sender's view: it watches the receiver and sleeps on `TX_WAIT`.
+    const TX: Side = Side {
+        pid_at: off::RX_PID,
+        start_at: off::RX_START,
+        flags_at: off::RX_FLAGS,
+        hb_at: off::RX_HEARTBEAT,
+        wait_at: off::TX_WAIT,
+    };
+    /// The receiver's view: it watches the sender and sleeps on `RX_WAIT`.
+    const RX: Side = Side {
+        pid_at: off::TX_PID,
+        start_at: off::TX_START,
+        flags_at: off::TX_FLAGS,
+        hb_at: off::TX_HEARTBEAT,
+        wait_at: off::RX_WAIT,
+    };
+}
+
+/// Watches the other end: its clean-close flag, its process (pidfd, else /proc),
+/// and optionally its heartbeat.
+#[derive(Debug)]
+struct PeerWatch {
+    side: Side,
     known: Option<(u32, u64)>,
     pidfd: Option<sys::Pidfd>,
+    /// The watcher thread wakes our sleeps when the peer's process exits.
+    watched: Option<crate::watch::Registration>,
     timeout: Option<Duration>,
     /// Coarse-clock time before which `check_now_and_then` skips the process check.
     next_try_check: u64,
 }
 
 impl PeerWatch {
-    fn new(pid_at: usize, start_at: usize, flags_at: usize, hb_at: usize) -> PeerWatch {
-        PeerWatch { pid_at, start_at, flags_at, hb_at, known: None, pidfd: None, timeout: None, next_try_check: 0 }
+    fn new(side: Side) -> PeerWatch {
+        PeerWatch { side, known: None, pidfd: None, watched: None, timeout: None, next_try_check: 0 }
+    }
+
+    /// The longest we may sleep before checking the peer again: long while the
+    /// watcher thread reports its death.
+    fn slice_max(&self) -> Duration {
+        if self.watched.is_some() { SLICE_WATCHED } else { SLICE_MAX }
     }
 
     fn closed(&self, sh: &Shared) -> bool {
-        sh.u32_at(self.flags_at).load(Ordering::Acquire) & FLAG_CLOSED != 0
+        sh.u32_at(self.side.flags_at).load(Ordering::Acquire) & FLAG_CLOSED != 0
     }
 
     /// For the non-blocking calls, on an empty or full ring: the clean-close flag every
     /// time, the full [`PeerWatch::check`] (a syscall or a `/proc` read) at most every
     /// [`TRY_CHECK_EVERY_NS`], so a busy `try_recv` loop pays a coarse-clock read per
     /// empty result and no syscall. `Alive` when the check was skipped.
-    fn check_now_and_then(&mut self, sh: &Shared) -> PeerState {
+    fn check_now_and_then(&mut self, sh: &Arc<Shared>) -> PeerState {
         if self.closed(sh) {
             return PeerState::Closed;
         }
@@ -503,12 +535,12 @@ impl PeerWatch {
         self.check(sh)
     }
 
-    fn check(&mut self, sh: &Shared) -> PeerState {
+    fn check(&mut self, sh: &Arc<Shared>) -> PeerState {
         if self.closed(sh) {
             return PeerState::Closed;
         }
-        let pid = sh.u32_at(self.pid_at).load(Ordering::Acquire);
-        let start = sh.u64_at(self.start_at).load(Ordering::Acquire);
+        let pid = sh.u32_at(self.side.pid_at).load(Ordering::Acquire);
+        let start = sh.u64_at(self.side.start_at).load(Ordering::Acquire);
         if pid == 0 {
             return PeerState::Absent;
         }
@@ -520,6 +552,7 @@ impl PeerWatch {
             // Open the pidfd first, then confirm the pid still names the process that
             // attached: from then on the pidfd cannot be fooled by pid reuse.
             self.pidfd = sys::Pidfd::open(pid).ok();
+            self.watched = self.pidfd.as_ref().and_then(|fd| crate::watch::register(fd, sh, self.side.wait_at));
             if !pid_alive(pid, start) {
                 return PeerState::Dead;
             }
@@ -532,7 +565,7 @@ impl PeerWatch {
             return PeerState::Dead;
         }
         if let Some(limit) = self.timeout {
-            let hb = sh.u64_at(self.hb_at).load(Ordering::Relaxed);
+            let hb = sh.u64_at(self.side.hb_at).load(Ordering::Relaxed);
             if Duration::from_nanos(sys::monotonic_ns().saturating_sub(hb)) > limit {
                 return PeerState::Dead;
             }
@@ -617,8 +650,8 @@ impl Sender {
     fn reserve_slow(&mut self, len: usize, timeout: Option<Duration>) -> Result<Grant<'_>, SendError> {
         let mut wait = Wait::new(timeout);
         let got = loop {
-            let (sh, prod) = (&*self.sh, &mut self.prod);
-            match wait.pause(sh, self.mode, &mut self.peer, self.me, sh.tx_wait(), || prod.prepare_wait(sh, len)) {
+            let (sh, prod) = (&self.sh, &mut self.prod);
+            match wait.pause(sh, self.mode, &mut self.peer, self.me, sh.tx_wait(), || prod.prepare_wait(&**sh, len)) {
                 Ok(()) => {}
                 Err(Stop::Peer(PeerState::Closed)) => break Err(SendError::Closed),
                 Err(Stop::Peer(_)) => break Err(SendError::PeerDead),
@@ -688,7 +721,7 @@ impl Wait {
     /// waiting on `word` and says whether sleeping is safe (the ring did not change).
     fn pause(
         &mut self,
-        sh: &Shared,
+        sh: &Arc<Shared>,
         mode: WaitMode,
         peer: &mut PeerWatch,
         me: End,
@@ -704,24 +737,30 @@ impl Wait {
             std::hint::spin_loop();
             return Ok(());
         }
+        // A flag still raised from our last sleep means nobody committed since our
+        // last barrier and re-check (that commit would have cleared it), so we may
+        // sleep again without another membarrier: an idle blocked end pays only the
+        // futex timeout and the liveness check.
+        let sleep = matches!(mode, WaitMode::Block { .. }) && (word.load(Ordering::Relaxed) == 1 || prepare());
+        // With our flag raised: a death the watcher thread reports after this check
+        // clears the flag, so the sleep below returns at once (see `watch`).
         match peer.check(sh) {
             state @ (PeerState::Closed | PeerState::Dead) => return Err(Stop::Peer(state)),
             PeerState::Absent | PeerState::Alive => {}
         }
-        let slice = remaining(*self.start.get_or_insert_with(Instant::now), self.timeout)
-            .ok_or(Stop::TimedOut)?
-            .min(sh.slice_cap(self.grown));
+        let left = remaining(*self.start.get_or_insert_with(Instant::now), self.timeout).ok_or(Stop::TimedOut)?;
         beat(sh, me);
         match mode {
             WaitMode::BusyPoll => self.spins = 0,
             WaitMode::Block { .. } => {
-                // A flag still raised from our last sleep means nobody committed since
-                // our last barrier and re-check (that commit would have cleared it),
-                // so we may sleep again without another membarrier: an idle blocked
-                // end pays only the futex timeout and the liveness check.
-                if word.load(Ordering::Relaxed) == 1 || prepare() {
-                    sys::futex_wait(word, 1, slice);
-                    self.grown = (self.grown * 2).min(SLICE_MAX);
+                if sleep {
+                    let longest = peer.slice_max();
+                    sys::futex_wait(word, 1, left.min(sh.slice_cap(self.grown.min(longest))));
+                    self.grown = (self.grown * 2).min(longest);
+                    // The peer reads our heartbeat only while it waits, which it can
+                    // start to do (the ring full or empty) only once we are awake: a
+                    // beat on waking keeps a long sleep from looking like a hang.
+                    beat(sh, me);
                 }
             }
         }
@@ -895,8 +934,8 @@ impl Receiver {
         let got = loop {
             // Never keep a sender waiting for room behind an unpublished batch.
             self.flush();
-            let (sh, cons) = (&*self.sh, &mut self.cons);
-            match wait.pause(sh, self.mode, &mut self.peer, self.me, sh.rx_wait(), || cons.prepare_wait(sh)) {
+            let (sh, cons) = (&self.sh, &mut self.cons);
+            match wait.pause(sh, self.mode, &mut self.peer, self.me, sh.rx_wait(), || cons.prepare_wait(&**sh)) {
                 Ok(()) => {}
                 Err(Stop::TimedOut) => break Err(RecvError::TimedOut),
                 // Whatever the peer committed before closing or dying is still delivered.

@@ -155,15 +155,25 @@
 //!
 //! # Failure semantics
 //!
-//! - A sleeping end wakes to check its peer after 10 ms, then after sleeps that
-//!   double up to 50 ms (so an idle blocked end wakes about 20 times a second): its
-//!   clean-close flag, then its process through a pidfd (or `/proc/<pid>/stat` if pidfds are
-//!   unavailable) opened once and verified against the recorded start time, so pid
-//!   reuse is not mistaken for life. A peer that stored its pid but no start time
-//!   (it died while attaching, or `/proc` is unreadable) is watched by pid alone. A dead peer turns a wait into `PeerDead`
-//!   within 10 to 50 ms; a peer that closed cleanly gives `Closed`. Optionally
+//! - Before each sleep an end checks its peer, with its waiter flag already raised:
+//!   the clean-close flag, then the process through a pidfd (or `/proc/<pid>/stat` if
+//!   pidfds are unavailable) opened once and verified against the recorded start
+//!   time, so pid reuse is not mistaken for life. A peer that stored its pid but no
+//!   start time (it died while attaching, or `/proc` is unreadable) is watched by pid
+//!   alone. The pidfd is also handed to a watcher thread (one per process, started
+//!   at the first sleep, blocked in `epoll_wait` on the pidfds of every peer an end
+//!   of this process sleeps on). When the peer's process exits, the watcher clears
+//!   the sleeper's flag and wakes it, as a commit would, so a dead peer turns a wait
+//!   into `PeerDead` at once. Sleeps then only need a backstop timeout: they double
+//!   from 10 ms to 1 s, so an idle blocked end wakes about once a second. Without the
+//!   watcher (no pidfd or epoll, or a child forked from the process that started it)
+//!   sleeps stop doubling at 50 ms, and a death is seen within 10 to 50 ms. A peer
+//!   that closed cleanly gives `Closed` at once: its close clears the flag. Optionally
 //!   ([`Receiver::set_peer_timeout`]) a peer whose heartbeat is older than a limit
-//!   counts as dead too (a hung process). Both ends must share a pid namespace.
+//!   counts as dead too (a hung process). An end beats when it starts to sleep and
+//!   when it wakes, and the peer only reads the heartbeat while it waits itself
+//!   (which starts once this end is awake), so a long sleep never looks like a
+//!   hang. Both ends must share a pid namespace.
 //! - A receiver first drains every record the sender committed, then reports
 //!   `Closed` / `PeerDead`. A record the sender reserved but never committed
 //!   (killed mid-write, or a dropped [`Grant`]) is never visible: only the tail
@@ -216,6 +226,8 @@ mod loom;
 mod ring;
 #[cfg(not(loom))]
 mod sys;
+#[cfg(not(loom))]
+mod watch;
 
 #[cfg(not(loom))]
 pub use channel::{Channel, Config, Grant, NAME_PREFIX, Receiver, RecvGuard, SHM_DIR, Sender, WaitMode, named_path};

@@ -170,6 +170,12 @@ pub(crate) fn membarrier_global() -> bool {
 #[derive(Debug)]
 pub(crate) struct Pidfd(OwnedFd);
 
+impl AsFd for Pidfd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
 impl Pidfd {
     /// Opens a pidfd; `Err` if there is no such process or pidfds are unavailable.
     pub(crate) fn open(pid: u32) -> io::Result<Pidfd> {

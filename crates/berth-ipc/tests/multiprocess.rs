@@ -248,3 +248,44 @@ fn try_recv_alone_reports_a_killed_producer() {
     }
     assert_eq!(try_until_not_empty(|| rx.try_recv().map(drop)), Err(RecvError::PeerDead));
 }
+
+/// Voluntary context switches of thread `tid` of this process so far.
+fn voluntary_switches(tid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("voluntary_ctxt_switches:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A receiver blocked for a long time hardly wakes (the watcher thread, not a
+/// timer, tells it of its peer's death), and still learns of a kill -9 at once.
+#[test]
+fn an_idle_blocked_receiver_sleeps_yet_sees_a_kill_at_once() {
+    let chan = Channel::create_memfd(&Config::new(64 * 1024)).unwrap();
+    let mut rx = chan.receiver().unwrap();
+    let mut child = spawn_helper("producer_mid", &chan, 0);
+    wait_ready(&mut child);
+    for i in 0..3u8 {
+        assert_eq!(&*rx.recv(T).unwrap(), &[i; 100]);
+    }
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get()).unwrap();
+        let err = rx.recv(T).map(|m| m.len()).unwrap_err();
+        (err, Instant::now())
+    });
+    let tid = tid_rx.recv().unwrap();
+    // Let the receiver settle into its longest sleeps, then count its wake-ups.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = voluntary_switches(tid);
+    std::thread::sleep(Duration::from_millis(2000));
+    let woke = voluntary_switches(tid) - before;
+    // Timed 50 ms slices would be 40 wake-ups here; 1 s ones are about 2.
+    assert!(woke <= 8, "an idle blocked receiver woke {woke} times in 2 s");
+    child.kill().unwrap();
+    let killed_at = Instant::now();
+    child.wait().unwrap();
+    let (err, done) = waiter.join().unwrap();
+    assert_eq!(err, RecvError::PeerDead);
+    let took = done.saturating_duration_since(killed_at);
+    assert!(took < Duration::from_millis(100), "PeerDead after {took:?}");
+}

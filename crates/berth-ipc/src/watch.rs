@@ -1,0 +1,181 @@
+//! Wake-ups for ends asleep on a peer that dies.
+//!
+//! A blocked end sleeps on a futex word that only its peer writes to. If the peer is
+//! killed, nobody would wake it, so without help it must wake now and then to look
+//! (which is what it does when this module is unavailable: every 10–50 ms). Instead,
+//! each process has one watcher thread, started at the first sleep, blocked in
+//! `epoll_wait` on the pidfds of the peers its ends sleep on. When a peer exits,
+//! its pidfd turns readable and the watcher clears the sleeping end's waiter flag
+//! and wakes it, as a commit would. A blocked end then sleeps up to a second at a
+//! time (a backstop) instead of 50 ms, and still learns of a death at once.
+//!
+//! No wake-up is lost: a sleeping end raises its flag, then checks the peer, then
+//! sleeps on the flag. A death after the check clears the flag (the futex wait then
+//! returns at once) or wakes the sleep; a death before it is seen by the check.
+//!
+//! The watcher belongs to the process that started it: after a `fork` the child has
+//! the state but not the thread, so it does not register and falls back to timed
+//! sleeps.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rustix::event::epoll;
+
+use crate::channel::Shared;
+use crate::sys;
+
+/// Room reserved in the registry up front, so that registering an end does not
+/// allocate until this many sleep on different peers at once.
+const PRESIZED: usize = 64;
+
+/// One sleeping end: wake the word at `word_at` of `sh` when `pidfd` turns readable.
+struct Entry {
+    id: u64,
+    pidfd: OwnedFd,
+    sh: Arc<Shared>,
+    word_at: usize,
+}
+
+struct Watcher {
+    /// The process that started the thread.
+    pid: u32,
+    epoll: OwnedFd,
+    entries: Mutex<Vec<Entry>>,
+    next_id: AtomicU64,
+}
+
+static WATCHER: OnceLock<Option<Watcher>> = OnceLock::new();
+
+/// The process's watcher, started on first use; `None` if it cannot run here (no
+/// epoll, no thread) or this process is a fork of the one that started it.
+fn watcher() -> Option<&'static Watcher> {
+    let w = WATCHER.get_or_init(start).as_ref()?;
+    (w.pid == sys::getpid()).then_some(w)
+}
+
+fn start() -> Option<Watcher> {
+    let ep = epoll::create(epoll::CreateFlags::CLOEXEC).ok()?;
+    let theirs = ep.try_clone().ok()?;
+    std::thread::Builder::new().name("berth-ipc-watch".into()).spawn(move || run(theirs)).ok()?;
+    Some(Watcher {
+        pid: sys::getpid(),
+        epoll: ep,
+        entries: Mutex::new(Vec::with_capacity(PRESIZED)),
+        next_id: AtomicU64::new(1),
+    })
+}
+
+/// The watcher thread: waits for pidfds to turn readable, forever.
+fn run(ep: OwnedFd) {
+    let mut events = Vec::with_capacity(16);
+    loop {
+        events.clear();
+        match epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            // Nothing sensible is left to do; sleepers fall back to their timeouts.
+            Err(_) => return,
+        }
+        // Events only come from registrations, made after the watcher was stored.
+        let Some(Some(w)) = WATCHER.get() else { return };
+        for ev in &events {
+            w.fire(ev.data.u64());
+        }
+    }
+}
+
+impl Watcher {
+    /// The peer behind registration `id` exited: wake its sleeper, drop the entry.
+    fn fire(&self, id: u64) {
+        let entry = {
+            let mut list = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(i) = list.iter().position(|e| e.id == id) else { return };
+            list.swap_remove(i)
+        };
+        let _ = epoll::delete(&self.epoll, &entry.pidfd);
+        let word = entry.sh.u32_at(entry.word_at);
+        // As a commit does: clear the flag, then wake. A sleep that has not begun yet
+        // then finds the flag cleared and does not block.
+        word.store(0, Ordering::Relaxed);
+        sys::futex_wake(word);
+    }
+
+    fn remove(&self, id: u64) {
+        let entry = {
+            let mut list = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(i) = list.iter().position(|e| e.id == id) else { return };
+            list.swap_remove(i)
+        };
+        let _ = epoll::delete(&self.epoll, &entry.pidfd);
+    }
+}
+
+/// A sleeping end's registration with the watcher; dropping it unregisters.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    id: u64,
+}
+
+/// Asks the watcher to wake the futex word at `word_at` of `sh` when the process
+/// behind `pidfd` exits. `None` when the watcher is unavailable: the caller must
+/// then keep waking on its own to check the peer.
+pub(crate) fn register(pidfd: &impl AsFd, sh: &Arc<Shared>, word_at: usize) -> Option<Registration> {
+    let w = watcher()?;
+    let pidfd = pidfd.as_fd().try_clone_to_owned().ok()?;
+    let id = w.next_id.fetch_add(1, Ordering::Relaxed);
+    let mut list = w.entries.lock().unwrap_or_else(|e| e.into_inner());
+    // Under the lock, so that `fire` for this id finds the entry.
+    epoll::add(&w.epoll, &pidfd, epoll::EventData::new_u64(id), epoll::EventFlags::IN).ok()?;
+    list.push(Entry { id, pidfd, sh: sh.clone(), word_at });
+    Some(Registration { id })
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(w) = watcher() {
+            w.remove(self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registration for a process that exits is fired: its entry leaves the list.
+    #[test]
+    fn an_exiting_process_fires_its_registration() {
+        let chan = crate::Channel::create_memfd(&crate::Config::new(4096)).unwrap();
+        let mut child = std::process::Command::new("sleep").arg("0.2").spawn().unwrap();
+        let pidfd = sys::Pidfd::open(child.id()).unwrap();
+        let sh = chan.shared();
+        let word = sh.u32_at(crate::layout::off::RX_WAIT);
+        word.store(1, Ordering::Relaxed);
+        let reg = register(&pidfd, sh, crate::layout::off::RX_WAIT).expect("the watcher runs here");
+        let t0 = std::time::Instant::now();
+        // What a sleeping receiver does: wait while the flag is 1.
+        while word.load(Ordering::Relaxed) == 1 && t0.elapsed() < std::time::Duration::from_secs(10) {
+            sys::futex_wait(word, 1, std::time::Duration::from_secs(10));
+        }
+        assert_eq!(word.load(Ordering::Relaxed), 0, "woken by the watcher");
+        child.wait().unwrap();
+        let w = watcher().unwrap();
+        assert!(!w.entries.lock().unwrap().iter().any(|e| e.id == reg.id), "fired entries are dropped");
+        drop(reg);
+    }
+
+    /// Dropping a registration removes its entry and the pidfd's epoll interest.
+    #[test]
+    fn dropping_a_registration_unregisters() {
+        let chan = crate::Channel::create_memfd(&crate::Config::new(4096)).unwrap();
+        let pidfd = sys::Pidfd::open(sys::getpid()).unwrap();
+        let reg = register(&pidfd, chan.shared(), crate::layout::off::TX_WAIT).unwrap();
+        let id = reg.id;
+        let w = watcher().unwrap();
+        assert!(w.entries.lock().unwrap().iter().any(|e| e.id == id));
+        drop(reg);
+        assert!(!w.entries.lock().unwrap().iter().any(|e| e.id == id));
+    }
+}
