@@ -5,7 +5,8 @@
 //! (peer `pipe`), `ipc/rtt_64B_vs_floor/p50_ns` (peer `shm_pingpong`: the floor of
 //! any shared-memory channel on this machine, see [`rtt_floor`]), `ipc/throughput_64B/msgs_per_s` (peer `unix_socketpair`),
 //! `ipc/throughput_64KiB/gbps` (peer `memcpy`, one core), `ipc/idle_blocked/cpu_percent`
-//! (peer: a receiver blocked on a Unix socket read). `--quick` keeps it under a minute;
+//! (peer: a receiver blocked on a Unix socket read; both measured as the process's CPU
+//! over a window that starts once the receive has been blocked for 1.5 s). `--quick` keeps it under a minute;
 //! `--only rtt|tp64|tp64k|idle` runs one measurement (and writes only its rows).
 //! Throughputs (ours and the peers') are the median over 50 timed chunks.
 //!
@@ -163,20 +164,39 @@ fn role(args: &[String]) {
             let ch = Channel::from_fd(take_fd(&args[1])).unwrap();
             let ms: u64 = args[2].parse().unwrap();
             let mut rx = ch.receiver().unwrap();
-            let c0 = cpu_ns();
-            assert_eq!(rx.recv(Some(Duration::from_millis(ms))).unwrap_err(), RecvError::TimedOut);
-            println!("{}", cpu_ns() - c0);
+            println!("{}", idle_window(ms, move |t| assert_eq!(rx.recv(Some(t)).unwrap_err(), RecvError::TimedOut)));
         }
         "sock_idle" => {
             let s = UnixStream::from(take_fd(&args[1]));
             let ms: u64 = args[2].parse().unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(ms))).unwrap();
-            let c0 = cpu_ns();
-            assert!((&s).read(&mut [0u8; 1]).is_err());
-            println!("{}", cpu_ns() - c0);
+            println!(
+                "{}",
+                idle_window(ms, move |t| {
+                    s.set_read_timeout(Some(t)).unwrap();
+                    assert!((&s).read(&mut [0u8; 1]).is_err());
+                })
+            );
         }
         other => panic!("unknown role {other}"),
     }
+}
+
+/// Settling time before the idle window: a blocked receive has reached its longest
+/// sleeps by then (they double from 10 ms to 1 s).
+const IDLE_SETTLE: Duration = Duration::from_millis(1500);
+
+/// CPU ns this process uses (all threads: the blocked one and any helper such as
+/// berth-ipc's watcher) during `ms` of a blocking call `block` that started
+/// [`IDLE_SETTLE`] earlier and lasts past the window.
+fn idle_window(ms: u64, block: impl FnOnce(Duration) + Send + 'static) -> u64 {
+    let window = Duration::from_millis(ms);
+    let blocked = std::thread::spawn(move || block(IDLE_SETTLE + window + Duration::from_millis(500)));
+    std::thread::sleep(IDLE_SETTLE);
+    let c0 = cpu_ns();
+    std::thread::sleep(window);
+    let used = cpu_ns() - c0;
+    blocked.join().unwrap();
+    used
 }
 
 fn p50(mut v: Vec<u64>) -> f64 {
