@@ -509,9 +509,16 @@ impl PeerWatch {
         PeerWatch { side, known: None, pidfd: None, watched: None, timeout: None, next_try_check: 0 }
     }
 
-    /// The longest we may sleep before checking the peer again: long while the
-    /// watcher thread reports its death.
-    fn slice_max(&self) -> Duration {
+    /// Before a sleep: hands the peer's pidfd to the watcher thread (once), and
+    /// returns the longest we may sleep before checking the peer again: long while
+    /// the watcher reports its death. A peer that died just before is reported at
+    /// once too: its pidfd is readable when it is registered.
+    fn watch(&mut self, sh: &Arc<Shared>) -> Duration {
+        if self.watched.is_none()
+            && let Some(fd) = &self.pidfd
+        {
+            self.watched = crate::watch::register(fd, sh, self.side.wait_at);
+        }
         if self.watched.is_some() { SLICE_WATCHED } else { SLICE_MAX }
     }
 
@@ -552,7 +559,7 @@ impl PeerWatch {
             // Open the pidfd first, then confirm the pid still names the process that
             // attached: from then on the pidfd cannot be fooled by pid reuse.
             self.pidfd = sys::Pidfd::open(pid).ok();
-            self.watched = self.pidfd.as_ref().and_then(|fd| crate::watch::register(fd, sh, self.side.wait_at));
+            self.watched = None;
             if !pid_alive(pid, start) {
                 return PeerState::Dead;
             }
@@ -754,7 +761,7 @@ impl Wait {
             WaitMode::BusyPoll => self.spins = 0,
             WaitMode::Block { .. } => {
                 if sleep {
-                    let longest = peer.slice_max();
+                    let longest = peer.watch(sh);
                     sys::futex_wait(word, 1, left.min(sh.slice_cap(self.grown.min(longest))));
                     self.grown = (self.grown * 2).min(longest);
                     // The peer reads our heartbeat only while it waits, which it can
