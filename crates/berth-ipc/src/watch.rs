@@ -89,12 +89,7 @@ fn run(ep: OwnedFd) {
 impl Watcher {
     /// The peer behind registration `id` exited: wake its sleeper, drop the entry.
     fn fire(&self, id: u64) {
-        let entry = {
-            let mut list = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(i) = list.iter().position(|e| e.id == id) else { return };
-            list.swap_remove(i)
-        };
-        let _ = epoll::delete(&self.epoll, &entry.pidfd);
+        let Some(entry) = self.take(id) else { return };
         let word = entry.sh.u32_at(entry.word_at);
         // As a commit does: clear the flag, then wake. A sleep that has not begun yet
         // then finds the flag cleared and does not block.
@@ -102,13 +97,15 @@ impl Watcher {
         sys::futex_wake(word);
     }
 
-    fn remove(&self, id: u64) {
+    /// Removes registration `id` (if it is still there) from the list and from epoll.
+    fn take(&self, id: u64) -> Option<Entry> {
         let entry = {
             let mut list = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(i) = list.iter().position(|e| e.id == id) else { return };
+            let i = list.iter().position(|e| e.id == id)?;
             list.swap_remove(i)
         };
         let _ = epoll::delete(&self.epoll, &entry.pidfd);
+        Some(entry)
     }
 }
 
@@ -135,7 +132,7 @@ pub(crate) fn register(pidfd: &impl AsFd, sh: &Arc<Shared>, word_at: usize) -> O
 impl Drop for Registration {
     fn drop(&mut self) {
         if let Some(w) = watcher() {
-            w.remove(self.id);
+            w.take(self.id);
         }
     }
 }
