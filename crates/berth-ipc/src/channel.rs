@@ -530,7 +530,7 @@ impl PeerWatch {
     /// time, the full [`PeerWatch::check`] (a syscall or a `/proc` read) at most every
     /// [`TRY_CHECK_EVERY_NS`], so a busy `try_recv` loop pays a coarse-clock read per
     /// empty result and no syscall. `Alive` when the check was skipped.
-    fn check_now_and_then(&mut self, sh: &Arc<Shared>) -> PeerState {
+    fn check_now_and_then(&mut self, sh: &Shared) -> PeerState {
         if self.closed(sh) {
             return PeerState::Closed;
         }
@@ -542,7 +542,7 @@ impl PeerWatch {
         self.check(sh)
     }
 
-    fn check(&mut self, sh: &Arc<Shared>) -> PeerState {
+    fn check(&mut self, sh: &Shared) -> PeerState {
         if self.closed(sh) {
             return PeerState::Closed;
         }

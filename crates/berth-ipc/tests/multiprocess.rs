@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use berth_ipc::{Channel, Config, RecvError, SendError};
+use berth_ipc::{Channel, Config, Receiver, RecvError, SendError};
 
 const T: Option<Duration> = Some(Duration::from_secs(30));
 /// Spawning with an inheritable fd must not race another test's spawn.
@@ -182,13 +182,20 @@ fn shm_entries() -> Vec<String> {
     v
 }
 
+/// A memfd channel, its receiver, and a producer process that has committed three
+/// 100-byte messages and is stopped halfway through writing a fourth.
+fn producer_mid() -> (Channel, Receiver, Child) {
+    let chan = Channel::create_memfd(&Config::new(64 * 1024)).unwrap();
+    let rx = chan.receiver().unwrap();
+    let mut child = spawn_helper("producer_mid", &chan, 0);
+    wait_ready(&mut child);
+    (chan, rx, child)
+}
+
 #[test]
 fn kill_producer_mid_message_gives_peer_dead_and_leaves_nothing() {
     let before = shm_entries();
-    let chan = Channel::create_memfd(&Config::new(64 * 1024)).unwrap();
-    let mut rx = chan.receiver().unwrap();
-    let mut child = spawn_helper("producer_mid", &chan, 0);
-    wait_ready(&mut child);
+    let (chan, mut rx, mut child) = producer_mid();
     for i in 0..3u8 {
         assert_eq!(&*rx.recv(T).unwrap(), &[i; 100]);
     }
@@ -237,10 +244,7 @@ fn kill_consumer_while_producer_waits_gives_peer_dead() {
 /// Only non-blocking calls: the messages committed before the kill, then `PeerDead`.
 #[test]
 fn try_recv_alone_reports_a_killed_producer() {
-    let chan = Channel::create_memfd(&Config::new(64 * 1024)).unwrap();
-    let mut rx = chan.receiver().unwrap();
-    let mut child = spawn_helper("producer_mid", &chan, 0);
-    wait_ready(&mut child);
+    let (_chan, mut rx, mut child) = producer_mid();
     child.kill().unwrap();
     child.wait().unwrap();
     for i in 0..3u8 {
@@ -260,10 +264,7 @@ fn voluntary_switches(tid: i32) -> u64 {
 /// timer, tells it of its peer's death), and still learns of a kill -9 at once.
 #[test]
 fn an_idle_blocked_receiver_sleeps_yet_sees_a_kill_at_once() {
-    let chan = Channel::create_memfd(&Config::new(64 * 1024)).unwrap();
-    let mut rx = chan.receiver().unwrap();
-    let mut child = spawn_helper("producer_mid", &chan, 0);
-    wait_ready(&mut child);
+    let (_chan, mut rx, mut child) = producer_mid();
     for i in 0..3u8 {
         assert_eq!(&*rx.recv(T).unwrap(), &[i; 100]);
     }
