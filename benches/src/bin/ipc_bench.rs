@@ -14,6 +14,10 @@
 //! Throughputs (ours and the peers') are the median over 50 timed chunks; where two
 //! take turns (five each), the median of the turns.
 //!
+//! At 64 KiB the producer sends from a page-aligned buffer with `Sender::send` and the
+//! consumer copies each lent record into another page-aligned buffer: the same buffers
+//! as the `memcpy` peer's.
+//!
 //! Round trips are timed in batches of [`RTT_BATCH`] (p50 over batches of the mean
 //! round trip), in busy-poll mode for berth-ipc, the mode the latency target is for.
 
@@ -149,12 +153,11 @@ fn role(args: &[String]) {
             let count: u64 = args[3].parse().unwrap();
             let mut tx = ch.sender().unwrap();
             tx.set_wait_mode(WaitMode::BusyPoll);
-            let mut src = vec![0xa5u8; size];
+            let mut src_v = vec![0xa5u8; size + 4096];
+            let src = page_aligned(&mut src_v, size);
             for i in 0..count {
                 src[..8].copy_from_slice(&i.to_le_bytes());
-                let mut g = tx.reserve(size, t).unwrap();
-                g.copy_from_slice(&src);
-                g.commit();
+                tx.send(src, t).unwrap();
             }
         }
         "floor_produce" => {
@@ -519,7 +522,8 @@ fn throughput_ipc(size: usize, count: u64) -> f64 {
     rx.set_wait_mode(WaitMode::BusyPoll);
     let mut c = child("ipc_produce", &[BorrowedOrOwned::Chan(&ch)], &[size.to_string(), count.to_string()]);
     let t = Some(Duration::from_secs(60));
-    let mut dst = vec![0u8; size];
+    let mut dst_v = vec![0u8; size + 4096];
+    let dst = page_aligned(&mut dst_v, size);
     let mut sink = 0u64;
     drop(rx.recv(t).unwrap());
     let chunk = chunk_len(count);
@@ -583,20 +587,20 @@ fn throughput_socketpair(count: u64) -> f64 {
     median(rates)
 }
 
-/// Gbit/s of one core copying `count` 64 KiB messages, as the ring's two copies do.
-/// A page-aligned `BIG`-byte slice of `v` (which has a page to spare).
-fn page_aligned(v: &mut [u8]) -> &mut [u8] {
+/// A page-aligned `len`-byte slice of `v` (which has a page to spare).
+fn page_aligned(v: &mut [u8], len: usize) -> &mut [u8] {
     let skip = v.as_ptr().align_offset(4096);
-    &mut v[skip..skip + BIG]
+    &mut v[skip..skip + len]
 }
 
+/// Gbit/s of one core copying `count` 64 KiB messages, as the ring's two copies do.
 fn memcpy_gbps(count: u64) -> f64 {
     // Page-aligned like the ring's data area: wherever the allocator happened to put
     // two plain vectors, `rep movsb` could run at a tenth of its speed (seen after the
     // other stages had used the heap: 15-19 Gbit/s instead of about 300).
     let (mut src_v, mut dst_v) = (vec![0xa5u8; BIG + 4096], vec![0u8; BIG + 4096]);
-    let src = page_aligned(&mut src_v);
-    let dst = page_aligned(&mut dst_v);
+    let src = page_aligned(&mut src_v, BIG);
+    let dst = page_aligned(&mut dst_v, BIG);
     let chunk = chunk_len(count);
     let mut rates = Vec::new();
     for _ in 0..count / chunk {

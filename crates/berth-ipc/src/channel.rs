@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::copy::copy_bytes;
 use crate::error::{OpenError, RecvError, SendError};
 use crate::layout::{self, FLAG_CLOSED, Layout, STATE_READY, off};
 use crate::ring::{Consumer, Geometry, Producer, Region, ReserveError, Slot};
@@ -618,7 +619,7 @@ impl Sender {
     #[inline]
     pub fn try_send(&mut self, msg: &[u8]) -> Result<(), SendError> {
         let mut g = self.try_reserve(msg.len())?;
-        g.copy_from_slice(msg);
+        copy_bytes(&mut g, msg);
         g.commit();
         Ok(())
     }
@@ -627,7 +628,7 @@ impl Sender {
     #[inline]
     pub fn send(&mut self, msg: &[u8], timeout: Option<Duration>) -> Result<(), SendError> {
         let mut g = self.reserve(msg.len(), timeout)?;
-        g.copy_from_slice(msg);
+        copy_bytes(&mut g, msg);
         g.commit();
         Ok(())
     }

@@ -219,6 +219,8 @@
 #[cfg(not(loom))]
 mod channel;
 #[cfg(not(loom))]
+mod copy;
+#[cfg(not(loom))]
 mod duplex;
 mod error;
 mod layout;

@@ -62,6 +62,29 @@ fn memfd_round_trip_lend_and_copy() {
     assert_eq!(rx.try_recv().unwrap_err(), RecvError::Empty);
 }
 
+/// Large messages from a page-aligned buffer land at every payload page offset of
+/// a lap (they advance by 8 bytes a record), so `send` takes both of its copy paths,
+/// the ordinary one and the backward one for a destination just past the source;
+/// every byte must arrive either way.
+#[test]
+fn large_sends_arrive_intact_at_every_page_offset() {
+    const LEN: usize = 5000; // above the backward path's threshold, odd 64-byte tail
+    let chan = Channel::create_memfd(&Config::new(1 << 16)).unwrap();
+    let (mut tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+    let mut buf = vec![0u8; LEN + 4096];
+    let at = buf.as_ptr().align_offset(4096);
+    let mut out = vec![0u8; LEN];
+    for i in 0..2_000u32 {
+        let msg = &mut buf[at..at + LEN];
+        for (j, b) in msg.iter_mut().enumerate() {
+            *b = (j as u32).wrapping_mul(31).wrapping_add(i) as u8;
+        }
+        tx.send(msg, T).unwrap();
+        let n = rx.recv(T).unwrap().copy_to(&mut out).unwrap();
+        assert_eq!((n, &out[..]), (LEN, &buf[at..at + LEN]), "message {i}");
+    }
+}
+
 #[test]
 fn a_well_formed_file_opens() {
     let ch = open_bytes(&good_file_bytes()).unwrap();
