@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::cache;
 use crate::copy::copy_bytes;
 use crate::error::{OpenError, RecvError, SendError};
 use crate::layout::{self, FLAG_CLOSED, Layout, STATE_READY, off};
@@ -115,6 +116,8 @@ pub(crate) struct Shared {
     asym: bool,
     /// A membarrier call failed after the start-up probe succeeded: sleep in short slices.
     degraded: std::sync::atomic::AtomicBool,
+    /// The CPU has `PREFETCHW` (see `crate::cache`).
+    prefetchw: bool,
 }
 
 // SAFETY: the mapping is only accessed through atomics (control words and record
@@ -132,7 +135,8 @@ impl fmt::Debug for Shared {
 impl Shared {
     fn new(map: memmap2::MmapRaw, base: NonNull<u8>, fd: OwnedFd, layout: Layout) -> Shared {
         let asym = sys::membarrier_ready();
-        Shared { _map: map, base, fd, layout, asym, degraded: std::sync::atomic::AtomicBool::new(false) }
+        let degraded = std::sync::atomic::AtomicBool::new(false);
+        Shared { _map: map, base, fd, layout, asym, degraded, prefetchw: cache::has_prefetchw() }
     }
 
     /// The longest a futex sleep may last: `grown` while the peer's wakes are sure to
@@ -242,6 +246,15 @@ impl Region for Shared {
     fn store_word(&self, at: usize, v: u64) {
         // SAFETY: as in `load_word`.
         unsafe { AtomicU64::from_ptr(self.data(at).cast()) }.store(v, Ordering::Release)
+    }
+
+    #[inline]
+    fn prefetch_read(&self, at: usize) {
+        cache::prefetch_read(self.data(at));
+    }
+    #[inline]
+    fn prefetch_write(&self, at: usize) {
+        cache::prefetch_write(self.data(at), self.prefetchw);
     }
 
     #[inline]

@@ -216,6 +216,7 @@
 // Under loom only the OS-free core is built; its helpers for the mapped layer go unused.
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
+mod cache;
 #[cfg(not(loom))]
 mod channel;
 #[cfg(not(loom))]

@@ -17,6 +17,7 @@
 //! `release_batch` bytes, whenever it finds the ring empty, and whenever the
 //! producer flags that it waits for room.
 
+use crate::cache::AHEAD;
 use crate::layout::{REC_DATA, REC_PAD, RECORD_ALIGN};
 use crate::loom::{AtomicU32, AtomicU64, Ordering};
 
@@ -51,6 +52,11 @@ pub(crate) trait Region {
     /// a `SeqCst` fence plus, over shared memory, `membarrier(GLOBAL_EXPEDITED)`.
     /// Runs only when an end is about to sleep.
     fn heavy_barrier(&self);
+    /// Hints that the data line at offset `off` (in bounds) will be read soon; see
+    /// `crate::cache`. The heap region of tests and loom ignores it.
+    fn prefetch_read(&self, _off: usize) {}
+    /// Hints that the data line at offset `off` (in bounds) will be written soon.
+    fn prefetch_write(&self, _off: usize) {}
 }
 
 /// Bit position of the lap tag in a record header word.
@@ -159,6 +165,10 @@ impl Producer {
             }
         }
         let hdr = if to_end < total { 0 } else { at };
+        // Take a free line a little ahead for writing, while this record is written.
+        if cap - self.tail.wrapping_sub(self.cached_head) > need + AHEAD {
+            r.prefetch_write(self.geo.offset(self.tail.wrapping_add(AHEAD)));
+        }
         Ok(Slot { len, hdr, next: self.tail.wrapping_add(need) })
     }
 
@@ -278,6 +288,10 @@ impl Consumer {
         if self.head != self.cached_tail && self.poisoned.is_none() {
             return match self.peek_inner(r) {
                 Ok(slot) => {
+                    // Ask for a committed line a little ahead, while this record is read.
+                    if self.cached_tail.wrapping_sub(slot.next) > AHEAD {
+                        r.prefetch_read(self.geo.offset(slot.next.wrapping_add(AHEAD)));
+                    }
                     self.cur = slot;
                     Ok(true)
                 }
