@@ -13,7 +13,7 @@
 //! 58 M with read prefetches on both ends, and 103 M with the sender's
 //! `PREFETCHW` as well. In another, with six runs each, they were 63 M without
 //! hints and 80 M with both. Hints never change what is read or written, only
-//! when lines move. On other architectures they are no-ops.
+//! when lines move. On other architectures (and under miri) they are no-ops.
 
 /// How far ahead of its position an end prefetches, in bytes: eight lines, enough
 /// to cover a line's trip between cores at the rate records are produced.
@@ -21,28 +21,28 @@ pub(crate) const AHEAD: u64 = 512;
 
 /// Whether this CPU has `PREFETCHW`: CPUID leaf 0x8000_0001, ECX bit 8
 /// ("3DNowPrefetch" on AMD; "PRFCHW" on Intel since Broadwell). Read once per
-/// mapping: CPUID traps to the hypervisor on a virtual machine.
+/// mapping: CPUID traps to the hypervisor on a virtual machine. Miri has no CPUID.
 pub(crate) fn has_prefetchw() -> bool {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
     {
         use std::arch::x86_64::__cpuid;
         __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
     false
 }
 
 /// Hints that the line holding `p` will be read soon.
 #[inline]
 pub(crate) fn prefetch_read(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
     // SAFETY: a prefetch only hints the cache: it never faults, not even for an
     // unmapped address, and changes no register or memory. SSE is part of x86_64.
     unsafe {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
         _mm_prefetch::<_MM_HINT_T0>(p.cast());
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
     let _ = p;
 }
 
@@ -50,7 +50,7 @@ pub(crate) fn prefetch_read(p: *const u8) {
 /// state when `prefetchw` (the CPU has `PREFETCHW`), else as [`prefetch_read`].
 #[inline]
 pub(crate) fn prefetch_write(p: *const u8, prefetchw: bool) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
     if prefetchw {
         // SAFETY: PREFETCHW is a hint like the one above: it never faults, reads
         // or writes nothing architecturally and preserves the flags; `prefetchw`

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::cache;
-use crate::copy::copy_bytes;
+use crate::copy::{copy_bytes, volatile_copy};
 use crate::error::{OpenError, RecvError, SendError};
 use crate::layout::{self, FLAG_CLOSED, Layout, STATE_READY, off};
 use crate::ring::{Consumer, Geometry, Producer, Region, ReserveError, Slot};
@@ -1035,31 +1035,6 @@ impl RecvGuard<'_> {
         // and `dst` is exactly `len` bytes.
         unsafe { volatile_copy(src, dst) };
         Ok(len)
-    }
-}
-
-/// Copies `dst.len()` bytes from shared memory at `src` into private memory with
-/// volatile loads, which tolerate a peer writing concurrently: the copy may hold torn
-/// or changing bytes, never more than that. Eight bytes per load when `src` is
-/// 8-aligned (payloads always are), about six times faster than byte loads.
-///
-/// # Safety
-/// `src .. src + dst.len()` must lie inside a live mapping.
-unsafe fn volatile_copy(src: *const u8, dst: &mut [u8]) {
-    let mut done = 0;
-    if src.addr().is_multiple_of(8) {
-        let mut words = dst.chunks_exact_mut(8);
-        for chunk in &mut words {
-            // SAFETY: `done + 8 <= dst.len()`, so inside the caller's range; aligned
-            // since `src` is and `done` is a multiple of 8.
-            let w = unsafe { src.add(done).cast::<u64>().read_volatile() };
-            chunk.copy_from_slice(&w.to_ne_bytes());
-            done += 8;
-        }
-    }
-    for (i, d) in dst[done..].iter_mut().enumerate() {
-        // SAFETY: `done + i < dst.len()`, inside the caller's range.
-        *d = unsafe { src.add(done + i).read_volatile() };
     }
 }
 

@@ -1,5 +1,7 @@
-//! Copying a message into the ring without tripping the CPU's slow path for
-//! nearby page offsets.
+//! Copying messages into and out of the ring: [`copy_bytes`] for `send`, and
+//! [`volatile_copy`] for the receiver's copy-out calls.
+//!
+//! # Into the ring
 //!
 //! From a few KiB up, glibc's `memcpy` copies with `rep movsb`. That instruction
 //! slows down more than tenfold when the destination lies 1 to 31 bytes past the
@@ -49,6 +51,54 @@ fn copy_backwards(dst: &mut [u8], src: &[u8]) {
     dst_head.copy_from_slice(src_head);
 }
 
+/// Copies `dst.len()` bytes from shared memory at `src` into private memory with
+/// volatile loads, which tolerate a peer writing concurrently: the copy may hold torn
+/// or changing bytes, never more than that. On x86_64, 16 bytes per load (SSE) once
+/// `src` is 16-aligned, as fast as `memcpy` (about 400 Gbit/s for 64 KiB on the test
+/// machine, against 230 with 8-byte loads); elsewhere, or for the rest, 8 bytes per
+/// load while `src` is 8-aligned (payloads always are), then single bytes.
+///
+/// # Safety
+/// `src .. src + dst.len()` must lie inside a live mapping.
+pub(crate) unsafe fn volatile_copy(src: *const u8, dst: &mut [u8]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__m128i;
+        // One 8-byte word first if that brings `src` to a 16-byte boundary.
+        if src.addr() % 16 == 8 && dst.len() >= 8 {
+            // SAFETY: 8 <= dst.len(), inside the caller's range; `src` is 8-aligned.
+            let w = unsafe { src.cast::<u64>().read_volatile() };
+            dst[..8].copy_from_slice(&w.to_ne_bytes());
+            done = 8;
+        }
+        if src.addr().wrapping_add(done).is_multiple_of(16) {
+            for chunk in dst[done..].chunks_exact_mut(16) {
+                // SAFETY: `done + 16 <= dst.len()`, inside the caller's range; 16-aligned
+                // since `src + done` was and `done` grows by 16.
+                let v = unsafe { src.add(done).cast::<__m128i>().read_volatile() };
+                // SAFETY: `__m128i` is 16 plain bytes; every bit pattern is a valid array.
+                let bytes: [u8; 16] = unsafe { std::mem::transmute(v) };
+                chunk.copy_from_slice(&bytes);
+                done += 16;
+            }
+        }
+    }
+    if src.addr().wrapping_add(done).is_multiple_of(8) {
+        for chunk in dst[done..].chunks_exact_mut(8) {
+            // SAFETY: `done + 8 <= dst.len()`, so inside the caller's range; aligned
+            // since `src + done` was and `done` grows by 8.
+            let w = unsafe { src.add(done).cast::<u64>().read_volatile() };
+            chunk.copy_from_slice(&w.to_ne_bytes());
+            done += 8;
+        }
+    }
+    for (i, d) in dst[done..].iter_mut().enumerate() {
+        // SAFETY: `done + i < dst.len()`, inside the caller's range.
+        *d = unsafe { src.add(done + i).read_volatile() };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,20 +108,40 @@ mod tests {
     #[test]
     fn copies_exactly_at_every_skew_and_length() {
         let src_buf: Vec<u8> = (0..3 * PAGE).map(|i| (i * 7 + i / 251) as u8).collect();
-        let mut dst_buf = vec![0u8; 4 * PAGE];
+        let mut dst_buf = vec![0u8; 5 * PAGE];
         let src_at = src_buf.as_ptr().align_offset(PAGE);
-        let dst_base = dst_buf.as_ptr().align_offset(PAGE);
+        let dst_base = dst_buf.as_ptr().align_offset(PAGE) + PAGE;
         let skews = [0, 1, 7, 8, 31, 32, 33, 63, 64, PAGE - 1];
         let lens = [0, 1, 63, 64, 65, SLOW_MIN_LEN - 1, SLOW_MIN_LEN, SLOW_MIN_LEN + 37, PAGE + 1];
         for skew in skews {
             for len in lens {
                 let src = &src_buf[src_at..src_at + len];
-                dst_buf.fill(0xee);
                 let at = dst_base + skew;
+                // The copy and a margin of 64 bytes on each side.
+                let window = at - 64..at + len + 64;
+                dst_buf[window.clone()].fill(0xee);
                 copy_bytes(&mut dst_buf[at..at + len], src);
                 assert_eq!(&dst_buf[at..at + len], src, "skew {skew}, len {len}");
-                assert!(dst_buf[..at].iter().all(|&b| b == 0xee), "wrote before, skew {skew}, len {len}");
-                assert!(dst_buf[at + len..].iter().all(|&b| b == 0xee), "wrote after, skew {skew}, len {len}");
+                let (before, after) = (&dst_buf[window.start..at], &dst_buf[at + len..window.end]);
+                assert!(before.iter().chain(after).all(|&b| b == 0xee), "wrote outside, skew {skew}, len {len}");
+            }
+        }
+    }
+
+    /// Every source alignment (the wide loads need 16, then 8), lengths with every
+    /// kind of tail: the copy is exact and stays within `dst`.
+    #[test]
+    fn volatile_copy_is_exact_at_every_alignment_and_length() {
+        let src_buf: Vec<u8> = (0..512).map(|i| (i * 13 + 5) as u8).collect();
+        let base = src_buf.as_ptr().align_offset(16);
+        for misalign in 0..16 {
+            for len in [0, 1, 7, 8, 9, 15, 16, 17, 24, 31, 32, 33, 100, 255] {
+                let src = &src_buf[base + misalign..base + misalign + len];
+                let mut dst = vec![0xeeu8; len + 2];
+                // SAFETY: `src` is a live slice of exactly `len` bytes.
+                unsafe { volatile_copy(src.as_ptr(), &mut dst[1..=len]) };
+                assert_eq!(&dst[1..=len], src, "misalign {misalign}, len {len}");
+                assert_eq!((dst[0], dst[len + 1]), (0xee, 0xee), "misalign {misalign}, len {len}");
             }
         }
     }
