@@ -278,7 +278,7 @@ impl Consumer {
         Ok(if self.poll(r)? { Some(self.cur) } else { None })
     }
 
-    /// Like [`Consumer::peek`], leaving the record found in [`Consumer::current`]:
+    /// Like `Consumer::peek` (built for tests), leaving the record found in [`Consumer::current`]:
     /// nothing larger than a flag crosses the call, which keeps the hot path free of
     /// aggregate copies through the stack. While the cached producer position says
     /// more records are committed, this reads only their headers; the producer's
