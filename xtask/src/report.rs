@@ -530,7 +530,12 @@ mod tests {
         ] {
             assert!(goals_for(id).is_some(), "{id}");
         }
-        for id in ["buf/lease_return/contended_2threads", "ipc/rtt_64B_vs_pipe/p50_ns", "echo/64B/64conns"] {
+        for id in [
+            "buf/lease_return/contended_2threads",
+            "ipc/rtt_64B_vs_pipe/p50_ns",
+            "ipc/throughput_64KiB_vs_floor/gbps",
+            "echo/64B/64conns",
+        ] {
             assert!(goals_for(id).is_none(), "{id}");
         }
     }

@@ -6,7 +6,9 @@
 //! any shared-memory channel on this machine, see [`rtt_floor`]),
 //! `ipc/throughput_64B/msgs_per_s` (peer `unix_socketpair`),
 //! `ipc/throughput_64B_vs_floor/msgs_per_s` (peer `shm_stream`, see [`StreamFloor`]),
-//! `ipc/throughput_64KiB/gbps` (peer `memcpy`, one core), `ipc/idle_blocked/cpu_percent`
+//! `ipc/throughput_64KiB/gbps` (peer `memcpy`, one core),
+//! `ipc/throughput_64KiB_vs_floor/gbps` (peer `shm_stream` with 64 KiB slots),
+//! `ipc/idle_blocked/cpu_percent`
 //! (peer: a receiver blocked on a Unix socket read; both measured as the process's CPU
 //! over a window that starts once the receive has been blocked for 1.5 s). `--quick`
 //! keeps it under a minute;
@@ -161,19 +163,21 @@ fn role(args: &[String]) {
             }
         }
         "floor_produce" => {
-            let ring = StreamFloor::open(take_fd(&args[1]));
-            let count: u64 = args[2].parse().unwrap();
-            let mut src = [0xa5u8; MSG];
+            let size: usize = args[2].parse().unwrap();
+            let ring = StreamFloor::open(take_fd(&args[1]), size);
+            let count: u64 = args[3].parse().unwrap();
+            let mut src_v = vec![0xa5u8; size + 4096];
+            let src = page_aligned(&mut src_v, size);
             let mut head = 0u64;
             for i in 0..count {
-                while i - head >= STREAM_SLOTS {
+                while i - head >= ring.slots {
                     head = ring.word(STREAM_HEAD).load(std::sync::atomic::Ordering::Acquire);
                     std::hint::spin_loop();
                 }
                 src[..8].copy_from_slice(&i.to_le_bytes());
                 // SAFETY: slot `i` is free (the consumer published a head past its
                 // previous use) and is read only after the release store below.
-                unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), ring.slot(i), MSG) };
+                unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), ring.slot(i), size) };
                 ring.word(STREAM_TAIL).store(i + 1, std::sync::atomic::Ordering::Release);
             }
         }
@@ -336,45 +340,50 @@ impl Floor {
     }
 }
 
-/// Slots of the streaming floor ([`StreamFloor`]): one 64-byte message per cache line,
-/// 1 MiB in all like berth-ipc's ring in the 64 B throughput run.
-const STREAM_SLOTS: u64 = 1 << 14;
+/// Bytes of the streaming floor's slots ([`StreamFloor`]): the size of berth-ipc's
+/// ring in the same throughput run (1 MiB for 64 B messages, 4 MiB for 64 KiB).
+fn stream_bytes(size: usize) -> u64 {
+    if size > 1024 { 1 << 22 } else { 1 << 20 }
+}
 /// Offsets in the streaming floor's mapping: the producer position, the consumer
 /// position (each on its own 128-byte pair of lines), then the slots from 4096.
 const STREAM_TAIL: usize = 0;
 const STREAM_HEAD: usize = 128;
 const STREAM_DATA: usize = 4096;
 
-/// The least a shared-memory ring must do to stream 64-byte messages: the producer
-/// copies each into its own cache line and publishes a position with a release
-/// store; the consumer reads the position only when it has used up the messages it
-/// knows of, reads each line, and publishes its own position every quarter ring.
-/// This is berth-ipc's protocol without record headers (so no line is shared by two
-/// messages), validation, reservations or waking: berth-ipc's 64 B throughput against
-/// this says what the channel costs on top of what these two cores can move.
+/// The least a shared-memory ring must do to stream messages of one size: the
+/// producer copies each into its own slot (a cache line for 64 B, page-aligned for
+/// 64 KiB) and publishes a position with a release store; the consumer reads the
+/// position only when it has used up the messages it knows of, reads (64 B) or
+/// copies out (64 KiB) each message, and publishes its own position every quarter
+/// ring. This is berth-ipc's protocol without record headers (so no line is shared
+/// by two messages), validation, reservations or waking: berth-ipc's throughput
+/// against this says what the channel costs on top of what these two cores can move.
 struct StreamFloor {
     map: memmap2::MmapMut,
+    size: usize,
+    slots: u64,
 }
 
 impl StreamFloor {
-    fn create() -> (StreamFloor, OwnedFd) {
+    fn create(size: usize) -> (StreamFloor, OwnedFd) {
         let fd = rustix::fs::memfd_create("berth-ipc-bench-stream", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
         let file = std::fs::File::from(fd);
-        file.set_len(STREAM_DATA as u64 + STREAM_SLOTS * MSG as u64).expect("memfd size");
-        let ring = StreamFloor::map(&file);
+        file.set_len(STREAM_DATA as u64 + stream_bytes(size)).expect("memfd size");
+        let ring = StreamFloor::map(&file, size);
         (ring, OwnedFd::from(file))
     }
 
-    fn open(fd: OwnedFd) -> StreamFloor {
-        StreamFloor::map(&std::fs::File::from(fd))
+    fn open(fd: OwnedFd, size: usize) -> StreamFloor {
+        StreamFloor::map(&std::fs::File::from(fd), size)
     }
 
-    fn map(file: &std::fs::File) -> StreamFloor {
+    fn map(file: &std::fs::File, size: usize) -> StreamFloor {
         // SAFETY: a private memfd shared only by this benchmark's two processes; a slot
         // is written only while free and read only once published (see the roles), the
         // positions are only accessed atomically.
         let map = unsafe { memmap2::MmapMut::map_mut(file) }.expect("mmap");
-        StreamFloor { map }
+        StreamFloor { map, size, slots: stream_bytes(size) / size as u64 }
     }
 
     fn word(&self, at: usize) -> &std::sync::atomic::AtomicU64 {
@@ -385,19 +394,22 @@ impl StreamFloor {
 
     /// The slot of message `i`.
     fn slot(&self, i: u64) -> *mut u8 {
-        let at = STREAM_DATA + (i % STREAM_SLOTS) as usize * MSG;
-        // SAFETY: `at + MSG` is within the mapping's length set in `create`.
+        let at = STREAM_DATA + (i % self.slots) as usize * self.size;
+        // SAFETY: `at + size` is within the mapping's length set in `create`.
         unsafe { self.map.as_ptr().add(at).cast_mut() }
     }
 }
 
-/// Messages per second through the streaming floor ([`StreamFloor`]), timed like
-/// [`throughput_ipc`] (median over chunks), the payload read on arrival.
-fn throughput_floor(count: u64) -> f64 {
-    let (ring, fd) = StreamFloor::create();
-    let mut c = child("floor_produce", &[BorrowedOrOwned::Fd(&fd)], &[count.to_string()]);
+/// Messages per second of `size` bytes through the streaming floor
+/// ([`StreamFloor`]), timed like [`throughput_ipc`] (median over chunks), the payload
+/// read (64 B) or copied out to a page-aligned buffer (larger) on arrival, as there.
+fn throughput_floor(size: usize, count: u64) -> f64 {
+    let (ring, fd) = StreamFloor::create(size);
+    let mut c = child("floor_produce", &[BorrowedOrOwned::Fd(&fd)], &[size.to_string(), count.to_string()]);
     drop(fd);
     let (mut next, mut tail, mut sink) = (0u64, 0u64, 0u64);
+    let mut dst_v = vec![0u8; size + 4096];
+    let dst = page_aligned(&mut dst_v, size);
     let mut take = |ring: &StreamFloor| {
         let mut spins = 0u32;
         let mut start = None;
@@ -415,10 +427,15 @@ fn throughput_floor(count: u64) -> f64 {
         }
         // SAFETY: message `next` was published (acquire above) and its slot is not
         // written again until our head passes it.
-        let line = unsafe { std::slice::from_raw_parts(ring.slot(next), MSG) };
-        sink = sink.wrapping_add(touch(line));
+        let msg = unsafe { std::slice::from_raw_parts(ring.slot(next), size) };
+        if size == MSG {
+            sink = sink.wrapping_add(touch(msg));
+        } else {
+            dst.copy_from_slice(msg);
+            sink = sink.wrapping_add(dst[size - 1] as u64);
+        }
         next += 1;
-        if next.is_multiple_of(STREAM_SLOTS / 4) {
+        if next.is_multiple_of(ring.slots / 4) {
             ring.word(STREAM_HEAD).store(next, std::sync::atomic::Ordering::Release);
         }
     };
@@ -682,7 +699,7 @@ fn main() {
         let (mut ipc, mut floor) = (Vec::new(), Vec::new());
         for _ in 0..RTT_ROUNDS {
             ipc.push(throughput_ipc(MSG, tp_n / RTT_ROUNDS as u64));
-            floor.push(throughput_floor(tp_n / RTT_ROUNDS as u64));
+            floor.push(throughput_floor(MSG, tp_n / RTT_ROUNDS as u64));
         }
         let (ipc_turns, floor_tp) = (median(ipc), median(floor));
         println!(
@@ -711,15 +728,31 @@ fn main() {
         ));
     }
     if run("tp64k") {
-        // In turns too: a disturbance of this shared machine then hits both sides.
-        let (mut ipc, mut copy) = (Vec::new(), Vec::new());
+        // In turns, with the streaming floor as well: a disturbance of this shared
+        // machine then hits all three, and the floor shows what the two cores could
+        // move across at the time (their cross-core bandwidth changes by whole turns,
+        // about 95 instead of 280 Gbit/s).
+        let gbps = |msgs_per_s: f64| msgs_per_s * BIG as f64 * 8.0 / 1e9;
+        let (mut ipc, mut copy, mut floor) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..RTT_ROUNDS {
-            ipc.push(throughput_ipc(BIG, big_n / RTT_ROUNDS as u64) * BIG as f64 * 8.0 / 1e9);
+            ipc.push(gbps(throughput_ipc(BIG, big_n / RTT_ROUNDS as u64)));
             copy.push(memcpy_gbps(big_n / RTT_ROUNDS as u64));
+            floor.push(gbps(throughput_floor(BIG, big_n / RTT_ROUNDS as u64)));
         }
-        let (big, mc) = (median(ipc), median(copy));
-        println!("throughput 64KiB: ipc {big:.1} Gbit/s, memcpy {mc:.1} Gbit/s ({:.0}%)", big / mc * 100.0);
+        let turns = |v: &[f64]| v.iter().map(|g| format!("{g:.0}")).collect::<Vec<_>>().join(" ");
+        println!(
+            "throughput 64KiB turns (Gbit/s): ipc {}; memcpy {}; shared-memory floor {}",
+            turns(&ipc),
+            turns(&copy),
+            turns(&floor)
+        );
+        let (big, mc, fl) = (median(ipc), median(copy), median(floor));
+        println!(
+            "throughput 64KiB: ipc {big:.1} Gbit/s, memcpy {mc:.1} Gbit/s ({:.0}%), shared-memory floor {fl:.1} Gbit/s",
+            big / mc * 100.0
+        );
         rows.push(Row::new("ipc/throughput_64KiB/gbps", "gbps", big, "memcpy", mc, Better::Higher));
+        rows.push(Row::new("ipc/throughput_64KiB_vs_floor/gbps", "gbps", big, "shm_stream", fl, Better::Higher));
     }
     if run("idle") {
         let idle_ipc = idle_cpu_percent(true, idle_ms);
