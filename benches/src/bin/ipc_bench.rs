@@ -13,7 +13,7 @@
 //! over a window that starts once the receive has been blocked for 1.5 s). `--quick`
 //! keeps it under a minute;
 //! `--only rtt|tp64|tp64k|idle` runs one measurement (and writes only its rows).
-//! Throughputs (ours and the peers') are the median over 50 timed chunks; where two
+//! Throughputs (ours and the peers') are the median over 50 timed chunks; where they
 //! take turns (five each), the median of the turns.
 //!
 //! At 64 KiB the producer sends from a page-aligned buffer with `Sender::send` and the
@@ -692,28 +692,33 @@ fn main() {
         rows.push(Row::new("ipc/rtt_64B_vs_floor/p50_ns", "p50_ns", ipc_rtt, "shm_pingpong", floor_rtt, Better::Lower));
     }
     if run("tp64") {
-        let ipc_tp = throughput_ipc(MSG, tp_n);
-        let sock_tp = throughput_socketpair(tp_sock_n);
-        // As for the round trip: berth and the streaming floor take turns, so that
-        // both see each placement of our two vCPUs.
-        let (mut ipc, mut floor) = (Vec::new(), Vec::new());
+        // As for the round trip: berth, the streaming floor and the socket pair take
+        // turns, so that all see each placement of our two vCPUs, and each row is a
+        // median over the turns (a single long run is a single placement).
+        let (mut ipc, mut floor, mut sock) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..RTT_ROUNDS {
             ipc.push(throughput_ipc(MSG, tp_n / RTT_ROUNDS as u64));
             floor.push(throughput_floor(MSG, tp_n / RTT_ROUNDS as u64));
+            sock.push(throughput_socketpair(tp_sock_n / RTT_ROUNDS as u64));
         }
-        let (ipc_turns, floor_tp) = (median(ipc), median(floor));
+        let turns = |v: &[f64]| v.iter().map(|r| format!("{:.1}", r / 1e6)).collect::<Vec<_>>().join(" ");
         println!(
-            "throughput 64B: ipc {:.1} M msg/s, socketpair {:.2} M msg/s; in turns: ipc {:.1}, \
-             shared-memory floor {:.1} M msg/s",
+            "throughput 64B turns (M msg/s): ipc {}; shared-memory floor {}; socketpair {}",
+            turns(&ipc),
+            turns(&floor),
+            turns(&sock)
+        );
+        let (ipc_tp, floor_tp, sock_tp) = (median(ipc), median(floor), median(sock));
+        println!(
+            "throughput 64B: ipc {:.1} M msg/s, socketpair {:.2} M msg/s, shared-memory floor {:.1} M msg/s",
             ipc_tp / 1e6,
             sock_tp / 1e6,
-            ipc_turns / 1e6,
             floor_tp / 1e6
         );
         rows.push(Row::new(
             "ipc/throughput_64B_vs_floor/msgs_per_s",
             "msgs_per_s",
-            ipc_turns,
+            ipc_tp,
             "shm_stream",
             floor_tp,
             Better::Higher,
