@@ -31,16 +31,21 @@ const SLOW_MIN_LEN: usize = 2048;
 /// `<[u8]>::copy_from_slice`, which panics otherwise).
 #[inline]
 pub(crate) fn copy_bytes(dst: &mut [u8], src: &[u8]) {
-    if src.len() >= SLOW_MIN_LEN && SLOW_SKEW.contains(&(dst.as_ptr().addr().wrapping_sub(src.as_ptr().addr()) % PAGE))
-    {
+    if src.len() >= SLOW_MIN_LEN && SLOW_SKEW.contains(&skew(dst, src)) {
         copy_backwards(dst, src);
     } else {
         dst.copy_from_slice(src);
     }
 }
 
-/// Copies 64-byte blocks from the end down, then the odd bytes at the front.
-#[cold]
+/// How far `dst` lies past `src`, modulo [`PAGE`].
+fn skew(dst: &[u8], src: &[u8]) -> usize {
+    dst.as_ptr().addr().wrapping_sub(src.as_ptr().addr()) % PAGE
+}
+
+/// Copies 64-byte blocks from the end down, then the odd bytes at the front. Out
+/// of line: it serves a few large records per lap and would only bloat `send`.
+#[inline(never)]
 fn copy_backwards(dst: &mut [u8], src: &[u8]) {
     assert_eq!(dst.len(), src.len(), "copy_bytes: lengths differ");
     let (dst_head, dst_blocks) = dst.as_rchunks_mut::<64>();
