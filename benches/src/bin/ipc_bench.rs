@@ -340,9 +340,9 @@ impl Floor {
     }
 }
 
-/// Bytes of the streaming floor's slots ([`StreamFloor`]): the size of berth-ipc's
-/// ring in the same throughput run (1 MiB for 64 B messages, 4 MiB for 64 KiB).
-fn stream_bytes(size: usize) -> u64 {
+/// Bytes of berth-ipc's ring in a throughput run with `size`-byte messages (1 MiB
+/// for 64 B, 4 MiB for 64 KiB), and of the streaming floor's slots ([`StreamFloor`]).
+fn ring_bytes(size: usize) -> u64 {
     if size > 1024 { 1 << 22 } else { 1 << 20 }
 }
 /// Offsets in the streaming floor's mapping: the producer position, the consumer
@@ -369,7 +369,7 @@ impl StreamFloor {
     fn create(size: usize) -> (StreamFloor, OwnedFd) {
         let fd = rustix::fs::memfd_create("berth-ipc-bench-stream", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
         let file = std::fs::File::from(fd);
-        file.set_len(STREAM_DATA as u64 + stream_bytes(size)).expect("memfd size");
+        file.set_len(STREAM_DATA as u64 + ring_bytes(size)).expect("memfd size");
         let ring = StreamFloor::map(&file, size);
         (ring, OwnedFd::from(file))
     }
@@ -383,7 +383,7 @@ impl StreamFloor {
         // is written only while free and read only once published (see the roles), the
         // positions are only accessed atomically.
         let map = unsafe { memmap2::MmapMut::map_mut(file) }.expect("mmap");
-        StreamFloor { map, size, slots: stream_bytes(size) / size as u64 }
+        StreamFloor { map, size, slots: ring_bytes(size) / size as u64 }
     }
 
     fn word(&self, at: usize) -> &std::sync::atomic::AtomicU64 {
@@ -534,7 +534,7 @@ fn rtt_pipe(n: usize) -> f64 {
 
 /// Messages per second (and bytes) of `count` messages of `size` bytes.
 fn throughput_ipc(size: usize, count: u64) -> f64 {
-    let ch = Channel::create_memfd(&Config::new(if size > 1024 { 1 << 22 } else { 1 << 20 })).unwrap();
+    let ch = Channel::create_memfd(&Config::new(ring_bytes(size))).unwrap();
     let mut rx = ch.receiver().unwrap();
     rx.set_wait_mode(WaitMode::BusyPoll);
     let mut c = child("ipc_produce", &[BorrowedOrOwned::Chan(&ch)], &[size.to_string(), count.to_string()]);
