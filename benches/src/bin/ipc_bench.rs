@@ -439,21 +439,10 @@ fn throughput_floor(size: usize, count: u64) -> f64 {
             ring.word(STREAM_HEAD).store(next, std::sync::atomic::Ordering::Release);
         }
     };
-    let chunk = chunk_len(count);
-    let mut rates = Vec::new();
-    for _ in 0..count / chunk {
-        let t0 = Instant::now();
-        for _ in 0..chunk {
-            take(&ring);
-        }
-        rates.push(chunk as f64 / t0.elapsed().as_secs_f64());
-    }
-    for _ in 0..count % chunk {
-        take(&ring);
-    }
+    let rate = median_rate(count, || take(&ring));
     std::hint::black_box(sink);
     c.wait().unwrap();
-    median(rates)
+    rate
 }
 
 /// Batch samples of the floor ping-pong ([`Floor`]), timed like [`rtt_ipc`].
@@ -543,33 +532,48 @@ fn throughput_ipc(size: usize, count: u64) -> f64 {
     let dst = page_aligned(&mut dst_v, size);
     let mut sink = 0u64;
     drop(rx.recv(t).unwrap());
-    let chunk = chunk_len(count);
-    let mut rates = Vec::new();
-    for _ in 0..(count - 1) / chunk {
-        let t0 = Instant::now();
-        for _ in 0..chunk {
-            let g = rx.recv(t).unwrap();
-            if size == MSG {
-                sink = sink.wrapping_add(touch(&g));
-            } else {
-                dst.copy_from_slice(&g);
-                sink = sink.wrapping_add(dst[size - 1] as u64);
-            }
+    let rate = median_rate(count - 1, || {
+        let g = rx.recv(t).unwrap();
+        if size == MSG {
+            sink = sink.wrapping_add(touch(&g));
+        } else {
+            dst.copy_from_slice(&g);
+            sink = sink.wrapping_add(dst[size - 1] as u64);
         }
-        rates.push(chunk as f64 / t0.elapsed().as_secs_f64());
-    }
-    for _ in 0..(count - 1) % chunk {
-        drop(rx.recv(t).unwrap());
-    }
+    });
     std::hint::black_box(sink);
     c.wait().unwrap();
-    median(rates)
+    rate
 }
 
 /// Messages per timed chunk: throughputs are the median over chunks, so that a
 /// chunk in which another process took our core does not drag the figure down.
 fn chunk_len(count: u64) -> u64 {
     (count / 50).max(1)
+}
+
+/// Calls `one` `count` times and returns the median, over timed chunks of
+/// [`chunk_len`] calls, of calls per second; the calls left after the last whole
+/// chunk run untimed.
+fn median_rate(count: u64, mut one: impl FnMut()) -> f64 {
+    let chunk = chunk_len(count);
+    let mut rates = Vec::new();
+    for _ in 0..count / chunk {
+        let t0 = Instant::now();
+        for _ in 0..chunk {
+            one();
+        }
+        rates.push(chunk as f64 / t0.elapsed().as_secs_f64());
+    }
+    for _ in 0..count % chunk {
+        one();
+    }
+    median(rates)
+}
+
+/// The figures of each turn, divided by `unit`, with `digits` decimals.
+fn turns(v: &[f64], unit: f64, digits: usize) -> String {
+    v.iter().map(|x| format!("{:.*}", digits, x / unit)).collect::<Vec<_>>().join(" ")
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -586,22 +590,13 @@ fn throughput_socketpair(count: u64) -> f64 {
     let mut buf = [0u8; MSG];
     let mut sink = 0u64;
     r.read_exact(&mut buf).unwrap();
-    let chunk = chunk_len(count);
-    let mut rates = Vec::new();
-    for _ in 0..(count - 1) / chunk {
-        let t0 = Instant::now();
-        for _ in 0..chunk {
-            r.read_exact(&mut buf).unwrap();
-            sink = sink.wrapping_add(touch(&buf));
-        }
-        rates.push(chunk as f64 / t0.elapsed().as_secs_f64());
-    }
-    for _ in 0..(count - 1) % chunk {
+    let rate = median_rate(count - 1, || {
         r.read_exact(&mut buf).unwrap();
-    }
+        sink = sink.wrapping_add(touch(&buf));
+    });
     std::hint::black_box(sink);
     c.wait().unwrap();
-    median(rates)
+    rate
 }
 
 /// A page-aligned `len`-byte slice of `v` (which has a page to spare).
@@ -618,19 +613,15 @@ fn memcpy_gbps(count: u64) -> f64 {
     let (mut src_v, mut dst_v) = (vec![0xa5u8; BIG + 4096], vec![0u8; BIG + 4096]);
     let src = page_aligned(&mut src_v, BIG);
     let dst = page_aligned(&mut dst_v, BIG);
-    let chunk = chunk_len(count);
-    let mut rates = Vec::new();
-    for _ in 0..count / chunk {
-        let t0 = Instant::now();
-        for i in 0..chunk {
-            let s = std::hint::black_box(&*src);
-            dst.copy_from_slice(s);
-            dst[0] = i as u8;
-            std::hint::black_box(&mut *dst);
-        }
-        rates.push((chunk * BIG as u64) as f64 * 8.0 / t0.elapsed().as_secs_f64() / 1e9);
-    }
-    median(rates)
+    let mut i = 0u8;
+    let copies_per_s = median_rate(count, || {
+        let s = std::hint::black_box(&*src);
+        dst.copy_from_slice(s);
+        dst[0] = i;
+        i = i.wrapping_add(1);
+        std::hint::black_box(&mut *dst);
+    });
+    copies_per_s * BIG as f64 * 8.0 / 1e9
 }
 
 fn idle_cpu_percent(ipc: bool, ms: u64) -> f64 {
@@ -701,12 +692,11 @@ fn main() {
             floor.push(throughput_floor(MSG, tp_n / RTT_ROUNDS as u64));
             sock.push(throughput_socketpair(tp_sock_n / RTT_ROUNDS as u64));
         }
-        let turns = |v: &[f64]| v.iter().map(|r| format!("{:.1}", r / 1e6)).collect::<Vec<_>>().join(" ");
         println!(
             "throughput 64B turns (M msg/s): ipc {}; shared-memory floor {}; socketpair {}",
-            turns(&ipc),
-            turns(&floor),
-            turns(&sock)
+            turns(&ipc, 1e6, 1),
+            turns(&floor, 1e6, 1),
+            turns(&sock, 1e6, 1)
         );
         let (ipc_tp, floor_tp, sock_tp) = (median(ipc), median(floor), median(sock));
         println!(
@@ -744,12 +734,11 @@ fn main() {
             copy.push(memcpy_gbps(big_n / RTT_ROUNDS as u64));
             floor.push(gbps(throughput_floor(BIG, big_n / RTT_ROUNDS as u64)));
         }
-        let turns = |v: &[f64]| v.iter().map(|g| format!("{g:.0}")).collect::<Vec<_>>().join(" ");
         println!(
             "throughput 64KiB turns (Gbit/s): ipc {}; memcpy {}; shared-memory floor {}",
-            turns(&ipc),
-            turns(&copy),
-            turns(&floor)
+            turns(&ipc, 1.0, 0),
+            turns(&copy, 1.0, 0),
+            turns(&floor, 1.0, 0)
         );
         let (big, mc, fl) = (median(ipc), median(copy), median(floor));
         println!(
