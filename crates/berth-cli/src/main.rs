@@ -37,6 +37,10 @@ enum Command {
         /// The directory to serve.
         #[arg(default_value = ".")]
         dir: PathBuf,
+        /// Serve hidden files too (a path segment starting with `.`, such as
+        /// `.git/config` or `.env`); by default they are 404s, `/.well-known/` aside.
+        #[arg(long)]
+        hidden: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -116,8 +120,8 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let result = match &cli.command {
-        Command::Serve { dir, common } => match StaticFiles::new(dir) {
-            Ok(files) => run(common, files, &format!("serving {}", dir.display()), "http://", "/"),
+        Command::Serve { dir, hidden, common } => match StaticFiles::new(dir) {
+            Ok(files) => run(common, files.hidden(*hidden), &format!("serving {}", dir.display()), "http://", "/"),
             Err(e) => Err(format!("cannot serve {}: {e}", dir.display())),
         },
         Command::Echo { common } => run(common, Echo, "echo", "", ""),

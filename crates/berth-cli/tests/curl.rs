@@ -56,6 +56,8 @@ fn site() -> (Dir, PathBuf) {
     std::fs::write(root.join("small.txt"), pattern(1000)).unwrap();
     std::fs::write(root.join("sub/page.html"), "<p>sub</p>").unwrap();
     std::fs::write(base.join("secret.txt"), "TOP-SECRET").unwrap();
+    std::fs::create_dir_all(root.join(".git")).unwrap();
+    std::fs::write(root.join(".git/config"), "[core] TOP-SECRET").unwrap();
     std::os::unix::fs::symlink(base.join("secret.txt"), root.join("escape.txt")).unwrap();
     (Dir(base), root)
 }
@@ -100,6 +102,13 @@ fn curl_against_berth_serve() {
     assert_eq!(o.stdout, b"<h1>curl</h1>");
     let o = curl(&[&url("/sub/page.html")]);
     assert_eq!(o.stdout, b"<p>sub</p>");
+
+    // Dotfiles are hidden, however the path is spelled (curl keeps `%2e` as sent).
+    for path in ["/.git/config", "/%2egit/config", "/./.git/config", "/.git/"] {
+        let o = curl(&["-w", "%{http_code}", "--path-as-is", &url(path)]);
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.ends_with("404") && !text.contains("TOP-SECRET"), "{path}: {text}");
+    }
 
     // HEAD: the headers, no body.
     let o = curl(&["-I", &url("/big.bin")]);

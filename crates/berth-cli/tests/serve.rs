@@ -60,6 +60,12 @@ fn serve_in_the_checkout_answers_slash_with_its_index_html() {
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
     assert!(response.contains("Content-Type: text/html"), "{response}");
     assert!(response.ends_with(&format!("\r\n\r\n{index}")), "{response}");
+    // The checkout's repository is not handed out, in any spelling.
+    for hidden in ["/.git/config", "/%2egit/config", "/.git/HEAD", "/.git/", "/.gitignore"] {
+        let response = get_close(banner_addr(&banner), hidden);
+        assert!(response.starts_with("HTTP/1.1 404 Not Found\r\n"), "{hidden}: {response}");
+        assert!(!response.contains("[core]") && !response.contains("refs/"), "{hidden}: {response}");
+    }
 
     signal(&child, Signal::INT);
     let status = wait_exit(child);

@@ -60,6 +60,14 @@ const UNAVAILABLE: Status = Status(503, "Service Unavailable");
 /// opened in turn with `O_NOFOLLOW`, so no symlink is followed at all. FIFOs,
 /// sockets and devices are not served.
 ///
+/// # Hidden files
+///
+/// A path with a segment that starts with `.` (`/.git/config`, `/.env`,
+/// `/docs/.htpasswd`, in any spelling, `/%2egit/config` included) is a 404, as if it
+/// did not exist, unless [`hidden`](Self::hidden) is set: a checkout or a home
+/// directory served as it is must not hand out its repository, keys or passwords.
+/// `/.well-known/` (RFC 8615) is served; dotfiles beneath it are still hidden.
+///
 /// # Limits
 ///
 /// A request line or head that does not fit in the server's request head limit gets
@@ -95,6 +103,7 @@ pub struct StaticFiles {
     root_path: PathBuf,
     max_uri: usize,
     max_headers: usize,
+    hidden: bool,
 }
 
 impl StaticFiles {
@@ -103,7 +112,7 @@ impl StaticFiles {
     pub fn new(root: impl AsRef<Path>) -> io::Result<StaticFiles> {
         let root_path = root.as_ref().to_path_buf();
         let fd = rustix::fs::open(&root_path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-        Ok(StaticFiles { root: fd, root_path, max_uri: 4096, max_headers: 64 })
+        Ok(StaticFiles { root: fd, root_path, max_uri: 4096, max_headers: 64, hidden: false })
     }
 
     /// The longest request target accepted (default 4096 bytes); longer gets 414.
@@ -116,6 +125,13 @@ impl StaticFiles {
     /// gets 431.
     pub fn max_headers(mut self, n: usize) -> Self {
         self.max_headers = n.clamp(1, MAX_HEADERS);
+        self
+    }
+
+    /// Serves hidden files too: paths with a segment that starts with `.` (default
+    /// false: they are 404s, `/.well-known/` aside).
+    pub fn hidden(mut self, serve: bool) -> Self {
+        self.hidden = serve;
         self
     }
 
@@ -197,6 +213,10 @@ impl StaticFiles {
                 return r.error(FORBIDDEN, "");
             }
         };
+        if !self.hidden && path::is_hidden(&buf[..rel.len]) {
+            tracing::debug!(target, "hidden path");
+            return r.error(NOT_FOUND, "");
+        }
         let mut len = rel.len;
         let (mut file, mut meta) = match self.open(cstr(&buf, len)) {
             Ok(opened) => opened,

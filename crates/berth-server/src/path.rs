@@ -74,6 +74,19 @@ pub(crate) fn decode(raw: &[u8], out: &mut [u8]) -> Result<RelPath, PathError> {
     Ok(RelPath { len: w, trailing_slash })
 }
 
+/// Whether a decoded path (as [`decode`] leaves it) names a hidden file: one of its
+/// segments starts with `.` (`.git/config`, `.env`, `a/.htpasswd`). A first segment
+/// of `.well-known` (RFC 8615: ACME challenges, `security.txt`) is not hidden, but a
+/// dotfile beneath it is. The root itself (`.`) is not hidden.
+pub(crate) fn is_hidden(rel: &[u8]) -> bool {
+    if rel == b"." {
+        return false;
+    }
+    rel.split(|&b| b == b'/')
+        .enumerate()
+        .any(|(i, seg)| seg.first() == Some(&b'.') && !(i == 0 && seg == b".well-known"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +114,7 @@ mod tests {
         assert_eq!(ok("/with%20space"), "with space");
         assert_eq!(ok("/a%2fb"), "a/b");
         assert_eq!(ok("/..a/b.."), "..a/b..");
+        assert_eq!(ok("/.%2e%2e"), "...");
         assert_eq!(ok("/%252e%252e"), "%2e%2e"); // decoded once only
     }
 
@@ -124,6 +138,34 @@ mod tests {
         assert_eq!(err("a"), PathError::NotAbsolute);
         assert_eq!(err("*"), PathError::NotAbsolute);
         assert_eq!(err(&format!("/{}", "a".repeat(300))), PathError::TooLong);
+    }
+
+    fn hidden(raw: &str) -> bool {
+        let mut buf = [0u8; 256];
+        let p = decode(raw.as_bytes(), &mut buf).unwrap_or_else(|e| panic!("{raw}: {e:?}"));
+        is_hidden(&buf[..p.len])
+    }
+
+    #[test]
+    fn hidden_segments() {
+        for raw in [
+            "/.git/config",
+            "/%2egit/config",
+            "/%2Egit%2fconfig",
+            "/.env",
+            "/a/.htpasswd",
+            "/a/b/.git/",
+            "/.well-known/.secret",
+            "/.well-knownx/a",
+            "/a/.well-known/x",
+            "/..a/b",
+            "/./.env",
+        ] {
+            assert!(hidden(raw), "{raw} should be hidden");
+        }
+        for raw in ["/", "/.", "/a.txt", "/a/b.c/d", "/.well-known/acme-challenge/x", "/.well-known/", "/a./b"] {
+            assert!(!hidden(raw), "{raw} should not be hidden");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
+use berth_server::StaticFiles;
 use common::*;
 
 #[test]
@@ -259,6 +260,51 @@ fn nothing_outside_the_root() {
         assert!(matches!(r.status, 400 | 403 | 404), "{raw:?}: {}", r.head);
         assert!(!String::from_utf8_lossy(&r.body).contains("TOPSECRET"));
     }
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn hidden_files_are_404_unless_asked_for() {
+    let dir = TempDir::new("hidden");
+    dir.file(".env", b"SECRET=1");
+    dir.file(".git/config", b"[core] SECRET");
+    dir.file("docs/.htpasswd", b"admin:SECRET");
+    dir.file(".hiddendir/index.html", b"SECRET index");
+    dir.file(".well-known/security.txt", b"Contact: x");
+    dir.file(".well-known/.key", b"SECRET key");
+    dir.file("docs/a.txt", b"visible");
+    let server = serve_dir(dir.path());
+    let addr = server.local_addr();
+    for target in [
+        "/.env",
+        "/.git/config",
+        "/%2egit/config",
+        "/%2Egit%2Fconfig",
+        "/./.env",
+        "/docs/.htpasswd",
+        "/docs/%2ehtpasswd",
+        "/.hiddendir/",
+        "/.hiddendir",
+        "/.git/",
+        "/.well-known/.key",
+    ] {
+        let r = get(addr, &req("GET", target, ""));
+        assert_eq!(r.status, 404, "{target}: {}", r.head);
+        assert!(!String::from_utf8_lossy(&r.body).contains("SECRET"), "{target} leaked");
+        let h = get(addr, &req("HEAD", target, ""));
+        assert_eq!(h.status, 404, "HEAD {target}: {}", h.head);
+    }
+    assert_eq!(get(addr, &req("GET", "/.well-known/security.txt", "")).body, b"Contact: x");
+    assert_eq!(get(addr, &req("GET", "/docs/a.txt", "")).body, b"visible");
+    server.shutdown(Duration::from_secs(5)).unwrap();
+
+    // `hidden(true)` (`berth serve --hidden`) serves them.
+    let server = builder().serve(StaticFiles::new(dir.path()).unwrap().hidden(true)).unwrap();
+    let addr = server.local_addr();
+    assert_eq!(get(addr, &req("GET", "/.env", "")).body, b"SECRET=1");
+    assert_eq!(get(addr, &req("GET", "/%2egit/config", "")).body, b"[core] SECRET");
+    assert_eq!(get(addr, &req("GET", "/.hiddendir/", "")).body, b"SECRET index");
+    assert_eq!(get(addr, &req("GET", "/.well-known/.key", "")).body, b"SECRET key");
     server.shutdown(Duration::from_secs(5)).unwrap();
 }
 
