@@ -101,6 +101,11 @@ struct Common {
     /// SIGUSR1: `kill -USR1 <pid>`).
     #[arg(long, value_name = "SECS")]
     stats_interval: Option<u64>,
+    /// The completion ports' driver: auto (io_uring where the kernel allows it, else
+    /// epoll), epoll or uring (an error if io_uring cannot run). Default:
+    /// BERTH_DRIVER, else auto.
+    #[arg(long, value_name = "auto|epoll|uring")]
+    driver: Option<berth_server::Driver>,
     /// How long in-flight replies may take to finish after Ctrl-C, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     grace: u64,
@@ -154,6 +159,9 @@ fn builder(common: &Common) -> ServerBuilder {
     let mut b = Server::builder().addr(common.addr).max_connections(common.max_connections);
     if let Some(n) = common.workers {
         b = b.workers(n);
+    }
+    if let Some(driver) = common.driver {
+        b = b.driver(driver);
     }
     b
 }
@@ -235,7 +243,8 @@ fn run_with<S: Service>(
 ) -> Result<(), String> {
     let server = builder.serve(service).map_err(|e| format!("cannot listen on {}: {e}", common.addr))?;
     let n = server.workers();
-    println!("berth: {what} on {scheme}{}{suffix} ({n} worker{})", server.local_addr(), if n == 1 { "" } else { "s" });
+    let plural = if n == 1 { "" } else { "s" };
+    println!("berth: {what} on {scheme}{}{suffix} ({n} worker{plural}, {})", server.local_addr(), server.driver());
     let shutdown = server.shutdown_handle();
     let interval = common.stats_interval.filter(|&s| s > 0).map(Duration::from_secs);
     let grace = Duration::from_secs(common.grace);

@@ -7,7 +7,7 @@ use rustix::process::Signal;
 
 mod common;
 
-use common::{banner_addr, get_close, signal, start_capturing, start_in, wait_exit, wait_for_line};
+use common::{banner_addr, get_close, signal, start, start_capturing, start_in, wait_exit, wait_for_line};
 
 #[test]
 fn serve_banner_get_and_sigint() {
@@ -20,7 +20,9 @@ fn serve_banner_get_and_sigint() {
         start_capturing(&["serve", dir.to_str().unwrap(), "--addr", "127.0.0.1:0", "--workers", "1", "--log", "warn"]);
     let expected = format!("berth: serving {} on http://127.0.0.1:", dir.display());
     assert!(banner.starts_with(&expected), "banner: {banner:?}");
-    assert!(banner.trim_end().ends_with("/ (1 worker)"), "banner: {banner:?}");
+    // The banner names the driver the ports run on.
+    let driver = if banner.trim_end().ends_with("/ (1 worker, uring)") { "uring" } else { "epoll" };
+    assert!(banner.trim_end().ends_with(&format!("/ (1 worker, {driver})")), "banner: {banner:?}");
 
     let response = get_close(banner_addr(&banner), "/");
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
@@ -39,6 +41,7 @@ fn serve_banner_get_and_sigint() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(stats.contains("accepted=1 ") && stats.contains("replies=1 "), "stats after SIGUSR1: {stats}");
+    assert!(stats.contains(&format!(" driver={driver} ")), "stats after SIGUSR1: {stats}");
 
     signal(&child, Signal::INT);
     let status = wait_exit(child);
@@ -70,4 +73,35 @@ fn serve_in_the_checkout_answers_slash_with_its_index_html() {
     signal(&child, Signal::INT);
     let status = wait_exit(child);
     assert!(status.success(), "exit status {status:?}");
+}
+
+/// `--driver` picks the completion ports' driver: `epoll` always runs; `uring` runs or
+/// fails with the reason (never a silent fallback); anything else is refused.
+#[test]
+fn driver_flag_picks_the_driver() {
+    let (child, banner) = start(&["echo", "--addr", "127.0.0.1:0", "--workers", "1", "--driver", "epoll"]);
+    assert!(banner.trim_end().ends_with("(1 worker, epoll)"), "banner: {banner:?}");
+    signal(&child, Signal::INT);
+    assert!(wait_exit(child).success());
+
+    // io_uring runs here, or the port says why not and the process exits: never a
+    // silent fallback.
+    let (mut child, banner, stderr) =
+        start_capturing(&["echo", "--addr", "127.0.0.1:0", "--workers", "1", "--driver", "uring"]);
+    if banner.is_empty() {
+        assert!(!child.wait().unwrap().success());
+        let why = wait_for_line(&stderr, "berth: ");
+        assert!(why.contains("io_uring cannot run here"), "{why}");
+    } else {
+        assert!(banner.trim_end().ends_with("(1 worker, uring)"), "banner: {banner:?}");
+        signal(&child, Signal::INT);
+        assert!(wait_exit(child).success());
+    }
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["echo", "--addr", "127.0.0.1:0", "--driver", "kqueue"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("expected auto, epoll or uring"), "{bad:?}");
 }

@@ -13,8 +13,29 @@ pub(crate) struct Post {
     pub(crate) data: u64,
 }
 
+/// How a post wakes its port: each driver's own doorbell.
+pub(crate) enum Notifier {
+    /// The epoll driver's mio waker.
+    Epoll(mio::Waker),
+    /// An eventfd the io_uring driver keeps a poll armed on.
+    EventFd(std::os::fd::OwnedFd),
+}
+
+impl Notifier {
+    fn wake(&self) -> io::Result<()> {
+        match self {
+            Notifier::Epoll(waker) => waker.wake(),
+            Notifier::EventFd(fd) => match rustix::io::write(fd, &1u64.to_ne_bytes()) {
+                // EAGAIN: the counter is at its maximum, so a wake is pending anyway.
+                Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(()),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+}
+
 pub(crate) struct Shared {
-    pub(crate) waker: mio::Waker,
+    pub(crate) notifier: Notifier,
     /// Posts waiting for the port; never more than `post_capacity`, so pushing
     /// never allocates.
     pub(crate) posts: Mutex<VecDeque<Post>>,
@@ -78,7 +99,7 @@ impl PortHandle {
         // The port drains the whole queue on a wake-up, under the same lock: a post
         // into a non-empty queue is covered by the wake of the one that made it
         // non-empty.
-        if first { self.shared.waker.wake() } else { Ok(()) }
+        if first { self.shared.notifier.wake() } else { Ok(()) }
     }
 }
 

@@ -1,11 +1,18 @@
 //! berth-reactor: an IOCP-style completion port for Linux.
 //!
 //! Windows servers built on `SocketAsyncEventArgs` submit an operation and later
-//! receive its *completion*. Linux's epoll reports *readiness* instead. This crate
-//! gives the completion model on top of epoll (through mio, edge-triggered), the way
-//! .NET's own Linux socket engine does: try the syscall at once, queue the op per
-//! socket and direction only if it would block, and complete it when readiness
-//! arrives.
+//! receive its *completion*. This crate gives that model on Linux with two drivers
+//! behind one API ([`Driver`]):
+//! - **io_uring**, Linux's own completion interface: each op is a submission on the
+//!   port's ring, and one `io_uring_enter` per wait submits them all and collects
+//!   their completions.
+//! - **epoll** (through mio, edge-triggered), the fallback wherever io_uring is
+//!   missing or forbidden, as .NET's own Linux socket engine works: try the syscall
+//!   at once, queue the op per socket and direction only if it would block, and
+//!   complete it when readiness arrives.
+//!
+//! [`Driver::Auto`] (the default) picks io_uring when the kernel allows it;
+//! `BERTH_DRIVER=epoll|uring` or [`PortBuilder::driver`] force one.
 //!
 //! - [`CompletionPort`]: one per thread. Submit [`accept`](CompletionPort::accept),
 //!   [`recv`](CompletionPort::recv), [`recv_pooled`](CompletionPort::recv_pooled)
@@ -31,6 +38,9 @@
 //! connections past the [`ConnectionLimit`](berth_ops::ConnectionLimit) or the socket
 //! table are closed at once and counted; nothing on the completion path allocates.
 
+mod builder;
+mod core;
+mod driver;
 pub mod echo;
 mod handle;
 mod port;
@@ -39,6 +49,8 @@ mod sys;
 mod timer;
 pub mod workers;
 
+pub use builder::{ListenOptions, PortBuilder};
+pub use driver::{Driver, UringUnavailable};
 pub use handle::PortHandle;
-pub use port::{Completion, CompletionPort, Handler, ListenOptions, PortBuilder, PortStats, SubmitError};
+pub use port::{Completion, CompletionPort, Handler, PortStats, SubmitError};
 pub use socket::SocketId;

@@ -1,10 +1,11 @@
 //! The port's socket table: each socket registered once, with one FIFO queue of
 //! pending ops per direction, linked through the ops' own metadata (no allocation).
 
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use berth_ops::ConnectionPermit;
-use mio::net::{TcpListener, TcpStream};
 
 /// The end of an op queue.
 pub(crate) const NIL: u32 = u32::MAX;
@@ -57,9 +58,20 @@ impl Queue {
     }
 }
 
+/// A registered socket, always non-blocking. Plain `std` types: each driver
+/// registers the descriptor its own way.
 pub(crate) enum Io {
     Stream(TcpStream),
     Listener { listener: TcpListener, nodelay: bool },
+}
+
+impl AsRawFd for Io {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Io::Stream(s) => s.as_raw_fd(),
+            Io::Listener { listener, .. } => listener.as_raw_fd(),
+        }
+    }
 }
 
 pub(crate) struct Entry {
@@ -68,8 +80,8 @@ pub(crate) struct Entry {
     pub(crate) write_q: Queue,
     /// The connection-limit place an accepted socket holds until it is closed.
     pub(crate) _permit: Option<ConnectionPermit>,
-    /// Readiness ticks: false once a syscall showed the direction drained (EAGAIN, or
-    /// a short read), true again on the next epoll edge. Edge-triggered epoll reports
+    /// Readiness ticks (the epoll driver's): false once a syscall showed the direction
+    /// drained (EAGAIN, or a short read), true again on the next epoll edge. Edge-triggered epoll reports
     /// every arrival after the drain, so skipping the syscall while false loses no
     /// wake-up — and saves the EAGAIN a pooled receive would otherwise pay per message.
     pub(crate) readable: bool,
@@ -112,6 +124,13 @@ impl Entry {
         match dir {
             Dir::Read => self.readable = ready,
             Dir::Write => self.writable = ready,
+        }
+    }
+
+    pub(crate) fn queue_ref(&self, dir: Dir) -> &Queue {
+        match dir {
+            Dir::Read => &self.read_q,
+            Dir::Write => &self.write_q,
         }
     }
 

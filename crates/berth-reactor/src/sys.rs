@@ -1,4 +1,4 @@
-//! The OS calls the port makes beyond mio: listener setup through socket2.
+//! Socket setup the drivers share: listeners and outgoing connections through socket2.
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,5 +18,18 @@ pub(crate) fn listener(addr: SocketAddr, options: &ListenOptions) -> io::Result<
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(options.backlog)?;
+    Ok(socket.into())
+}
+
+/// A non-blocking stream with a connect to `addr` under way (or done: loopback
+/// connects may finish at once).
+pub(crate) fn connect(addr: SocketAddr) -> io::Result<std::net::TcpStream> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error()) => {}
+        Err(e) => return Err(e),
+    }
     Ok(socket.into())
 }

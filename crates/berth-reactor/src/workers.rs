@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use berth_buf::BufferManager;
 use berth_ops::ConnectionLimit;
 
-use crate::{CompletionPort, ListenOptions, PortHandle, SocketId};
+use crate::{CompletionPort, Driver, ListenOptions, PortHandle, SocketId};
 
 /// How to start a group of workers.
 #[derive(Debug, Clone)]
@@ -30,6 +30,9 @@ pub struct WorkersConfig {
     pub limit: Option<ConnectionLimit>,
     /// Listener options; `reuse_port` is forced on when there is more than one worker.
     pub listen: ListenOptions,
+    /// The driver every worker's port runs on (default: [`Driver::from_env`], which is
+    /// `Auto` unless `BERTH_DRIVER` says otherwise).
+    pub driver: Option<Driver>,
 }
 
 impl WorkersConfig {
@@ -44,6 +47,7 @@ impl WorkersConfig {
             buffers,
             limit: None,
             listen: ListenOptions::default(),
+            driver: None,
         }
     }
 }
@@ -64,6 +68,7 @@ pub struct Workers {
     /// The address they all listen on.
     pub local_addr: SocketAddr,
     handles: Vec<PortHandle>,
+    driver: Driver,
     threads: Vec<JoinHandle<io::Result<()>>>,
 }
 
@@ -83,6 +88,7 @@ impl Workers {
         listen.reuse_port |= config.workers > 1;
         let mut addr = config.addr;
         let mut handles = Vec::new();
+        let mut running_on = Driver::Epoll;
         let mut threads = Vec::new();
         let mut gos = Vec::new();
         for index in 0..config.workers.max(1) {
@@ -90,12 +96,15 @@ impl Workers {
             let (go_tx, go_rx) = mpsc::channel::<bool>();
             let (token, body, buffers, limit) =
                 (token.clone(), body.clone(), config.buffers.clone(), config.limit.clone());
-            let (ops, max_sockets) = (config.ops, config.max_sockets);
+            let (ops, max_sockets, driver) = (config.ops, config.max_sockets, config.driver);
             let spawned = std::thread::Builder::new().name(format!("berth-worker-{index}")).spawn(move || {
                 let setup = (|| {
                     let mut builder = CompletionPort::builder().ops(ops).max_sockets(max_sockets).buffers(buffers);
                     if let Some(limit) = limit {
                         builder = builder.connection_limit(limit);
+                    }
+                    if let Some(driver) = driver {
+                        builder = builder.driver(driver);
                     }
                     let mut port = builder.build(token)?;
                     let listener = port.listen(addr, listen).map_err(io::Error::other)?;
@@ -104,7 +113,7 @@ impl Workers {
                 })();
                 match setup {
                     Ok((port, listener, local)) => {
-                        let _ = ready_tx.send(Ok((port.handle(), local)));
+                        let _ = ready_tx.send(Ok((port.handle(), local, port.driver())));
                         // Run only once every worker is set up; otherwise let go.
                         match go_rx.recv() {
                             Ok(true) => body(Worker { index, port, listener }),
@@ -125,9 +134,10 @@ impl Workers {
                 Err(e) => Err(e),
             };
             match ready {
-                Ok((handle, local)) => {
+                Ok((handle, local, kind)) => {
                     // The first worker may have picked the port; the others join it.
                     addr = local;
+                    running_on = kind;
                     handles.push(handle);
                     gos.push(go_tx);
                 }
@@ -145,7 +155,13 @@ impl Workers {
         for go in gos {
             let _ = go.send(true);
         }
-        Ok(Workers { local_addr: addr, handles, threads })
+        Ok(Workers { local_addr: addr, handles, driver: running_on, threads })
+    }
+
+    /// The driver the workers' ports run on (the same for all: each builds with the
+    /// same choice on the same kernel).
+    pub fn driver(&self) -> Driver {
+        self.driver
     }
 
     /// Handles for posting to each worker (to ask them to stop, say).

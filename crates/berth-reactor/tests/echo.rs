@@ -54,7 +54,9 @@ fn echo_integrity_many_connections_and_sizes() {
     }
     let (stats, in_use) = server.stop();
     assert_eq!(stats.accepted, 16);
-    assert!(stats.completed_inline > 0, "the fast path never fired: {stats:?}");
+    if stats.driver == berth_reactor::Driver::Epoll {
+        assert!(stats.completed_inline > 0, "the fast path never fired: {stats:?}");
+    }
     assert_eq!(in_use, 0, "leases left behind after the port closed");
 }
 

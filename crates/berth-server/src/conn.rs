@@ -166,6 +166,8 @@ impl<S: Service> Worker<S> {
         let c = &mut self.counts;
         c.set(Counter::OpsInline, stats.completed_inline);
         c.set(Counter::OpsQueued, stats.completed_queued);
+        c.set(Counter::Uring, u64::from(stats.driver == berth_reactor::Driver::Uring));
+        c.set(Counter::CqOverflows, stats.cq_overflows);
         c.set(Counter::OpsCapacity, pool.capacity as u64);
         c.set(Counter::OpsInUse, pool.in_use as u64);
         c.set(Counter::OpsHighWater, pool.high_water as u64);

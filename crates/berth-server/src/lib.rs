@@ -82,6 +82,8 @@ mod server;
 mod service;
 
 pub use berth_ipc::{OpenError, RecvError, SendError};
+/// The completion ports' driver, for [`ServerBuilder::driver`].
+pub use berth_reactor::Driver;
 pub use conn::{Conns, NotWaiting};
 pub use echo::Echo;
 pub use files::{MAX_HEADERS, StaticFiles};

@@ -8,6 +8,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use berth_buf::BufferStats;
+use berth_reactor::Driver;
 
 /// A snapshot of a [`Server`](crate::Server)'s counters, from
 /// [`Server::metrics`](crate::Server::metrics) or
@@ -36,6 +37,12 @@ pub struct Metrics {
     pub bytes_in: u64,
     /// Bytes sent (reply bytes and file bodies).
     pub bytes_out: u64,
+    /// The driver the workers' completion ports run on ([`Driver::Auto`] only if
+    /// they differ, which one build never makes them).
+    pub driver: Driver,
+    /// Times a worker's io_uring completion queue overflowed into the kernel's
+    /// backlog (nothing lost; the queue is sized so this stays 0).
+    pub cq_overflows: u64,
     /// Operations that completed at submit, without waiting for epoll.
     pub ops_inline: u64,
     /// Operations that completed after waiting for readiness.
@@ -58,7 +65,7 @@ impl fmt::Display for Metrics {
         write!(
             f,
             "conns open={} accepted={} refused={} timeouts={} answer_timeouts={} replies={} bytes in={} out={} \
-             ops inline={} queued={} in_use={}/{} buffers in_use={}/{} high_water={} exhausted={}",
+             driver={} ops inline={} queued={} in_use={}/{} buffers in_use={}/{} high_water={} exhausted={}",
             self.connections_open,
             self.connections_accepted,
             self.connections_refused,
@@ -67,6 +74,7 @@ impl fmt::Display for Metrics {
             self.replies,
             self.bytes_in,
             self.bytes_out,
+            self.driver,
             self.ops_inline,
             self.ops_queued,
             self.ops_in_use,
@@ -96,9 +104,12 @@ pub(crate) enum Counter {
     OpsInUse,
     OpsHighWater,
     OpsExhausted,
+    /// 1 if the worker's port runs on io_uring.
+    Uring,
+    CqOverflows,
 }
 
-const COUNTERS: usize = 14;
+const COUNTERS: usize = 16;
 
 /// A worker's plain counters.
 #[derive(Debug, Default, Clone, Copy)]
@@ -143,6 +154,12 @@ pub(crate) fn snapshot(rows: &[Row], buffers: BufferStats) -> Metrics {
         replies: sum(Counter::Replies),
         bytes_in: sum(Counter::BytesIn),
         bytes_out: sum(Counter::BytesOut),
+        driver: match sum(Counter::Uring) {
+            0 => Driver::Epoll,
+            n if n == rows.len() as u64 => Driver::Uring,
+            _ => Driver::Auto,
+        },
+        cq_overflows: sum(Counter::CqOverflows),
         ops_inline: sum(Counter::OpsInline),
         ops_queued: sum(Counter::OpsQueued),
         ops_capacity: sum(Counter::OpsCapacity),

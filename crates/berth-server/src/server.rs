@@ -9,7 +9,7 @@ use std::time::Duration;
 use berth_buf::{BufferConfig, BufferManager, ConfigError};
 use berth_ops::ConnectionLimit;
 use berth_reactor::workers::{Workers, WorkersConfig};
-use berth_reactor::{ListenOptions, PortHandle};
+use berth_reactor::{Driver, ListenOptions, PortHandle};
 
 use crate::conn::{Limits, Worker};
 use crate::metrics::{self, Metrics, Row};
@@ -46,6 +46,7 @@ pub struct ServerBuilder {
     answer_timeout: Option<Duration>,
     max_request_head: usize,
     backlog: i32,
+    driver: Option<Driver>,
 }
 
 impl ServerBuilder {
@@ -134,6 +135,14 @@ impl ServerBuilder {
         self
     }
 
+    /// The driver the workers' completion ports run on (default:
+    /// [`Driver::from_env`], which is `Auto` — io_uring where the kernel allows it,
+    /// else epoll — unless `BERTH_DRIVER` says otherwise).
+    pub fn driver(mut self, driver: Driver) -> Self {
+        self.driver = Some(driver);
+        self
+    }
+
     /// Starts the workers and serves `service` until shut down.
     pub fn serve<S: Service>(self, service: S) -> Result<Server, ServeError> {
         let buffers =
@@ -150,6 +159,7 @@ impl ServerBuilder {
         config.ops = max_sockets.saturating_mul(2);
         config.limit = Some(limit.clone());
         config.listen = ListenOptions { backlog: self.backlog, ..ListenOptions::default() };
+        config.driver = self.driver;
         let rows: Arc<[Row]> = (0..workers).map(|_| Row::default()).collect();
         let limits = Limits {
             header_timeout: self.header_timeout,
@@ -212,7 +222,13 @@ impl Server {
             answer_timeout: Some(Duration::from_secs(30)),
             max_request_head: 8192,
             backlog: 1024,
+            driver: None,
         }
+    }
+
+    /// The driver the workers' completion ports run on: `Epoll` or `Uring`.
+    pub fn driver(&self) -> Driver {
+        self.workers.driver()
     }
 
     /// The address the workers listen on (the real port when 0 was asked for).

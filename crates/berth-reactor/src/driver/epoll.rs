@@ -1,0 +1,229 @@
+//! The epoll driver (through mio, edge-triggered): completions emulated from
+//! readiness, as .NET's Linux `SocketAsyncEngine` does. Submit tries the syscall at
+//! once; an op that would block waits in its socket's queue and is tried again when
+//! an edge says the socket is ready.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use berth_ops::{OpError, OpKind};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::core::{Core, Step};
+use crate::driver::io::{self as sys_io, AcceptFailure};
+use crate::socket::{Dir, Io, NIL};
+
+const WAKER: Token = Token(usize::MAX);
+/// Connections one accept attempt may refuse or find dead in the backlog before it
+/// lets the other sockets have a turn; the listener is driven again at the next wait.
+const ACCEPT_TURN: u32 = 64;
+
+pub(crate) struct Epoll {
+    poll: Poll,
+    events: Events,
+    /// Listeners whose accept gave up its turn with connections still in the backlog:
+    /// no new edge will announce those, so the next wait drives them again.
+    redrive: Vec<u32>,
+}
+
+impl Epoll {
+    pub(crate) fn new(events: usize) -> io::Result<(Epoll, Waker)> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        Ok((Epoll { poll, events: Events::with_capacity(events), redrive: Vec::with_capacity(8) }, waker))
+    }
+
+    pub(crate) fn register(&self, index: usize, fd: RawFd, listener: bool) -> io::Result<()> {
+        let interest = if listener { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
+        self.poll.registry().register(&mut SourceFd(&fd), Token(index), interest)
+    }
+
+    pub(crate) fn deregister(&self, fd: RawFd) {
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+    }
+
+    /// Whether a wait must not block: listeners wait for their next accept turn.
+    pub(crate) fn busy(&self) -> bool {
+        !self.redrive.is_empty()
+    }
+
+    /// Tries a freshly submitted op at once if nothing is ahead of it and the socket
+    /// may be ready (the seed's `willRaiseEvent == false`); queues it otherwise.
+    pub(crate) fn submit<T>(&mut self, core: &mut Core<T>, op: u32, socket: u32, dir: Dir) {
+        let entry = &core.sockets[socket as usize];
+        if entry.queue_ref(dir).is_empty() && entry.ready(dir) {
+            match self.try_op(core, op, socket) {
+                Step::Done(result, target) => {
+                    core.stats.completed_inline += 1;
+                    core.complete(op, result, target);
+                    return;
+                }
+                Step::Pending => core.sockets[socket as usize].set_ready(dir, false),
+            }
+        }
+        core.push_back(socket, dir, op);
+    }
+
+    /// A listener's back-off ended: the backlog still holds the connections that met
+    /// EMFILE, and no new edge will announce them.
+    pub(crate) fn resume<T>(&mut self, core: &mut Core<T>, socket: u32) {
+        if let Some(e) = core.sockets.get_mut(socket as usize) {
+            e.readable = true;
+        }
+        self.drive(core, socket, Dir::Read);
+    }
+
+    /// Tries op `op`'s syscall once on socket `socket` (by index).
+    fn try_op<T>(&mut self, core: &mut Core<T>, op: u32, socket: u32) -> Step {
+        let kind = match core.meta[op as usize].id.map(|id| core.pool.get(id)) {
+            Some(Ok(args)) => args.kind(),
+            _ => return Step::Done(Err(OpError::InvalidInput), core.sid(socket)),
+        };
+        match kind {
+            OpKind::Accept => self.try_accept(core, socket),
+            OpKind::Recv => {
+                let (step, drained) = sys_io::recv(core, op, socket);
+                if drained
+                    && let Some(entry) = core.sockets.get_mut(socket as usize)
+                    && !entry.read_closed
+                {
+                    // A short stream read emptied the receive queue: wait for the next
+                    // edge instead of paying an EAGAIN on the next receive. Not after
+                    // the peer's FIN or an error: their edge may have come with the
+                    // data just read, and no other follows.
+                    entry.readable = false;
+                }
+                step
+            }
+            OpKind::Send => sys_io::send(core, op, socket),
+            OpKind::SendFile => sys_io::send_file(core, op, socket),
+            OpKind::Connect => sys_io::connect(core, socket),
+            _ => Step::Done(Err(OpError::InvalidInput), core.sid(socket)),
+        }
+    }
+
+    fn try_accept<T>(&mut self, core: &mut Core<T>, listener: u32) -> Step {
+        let lsid = core.sid(listener);
+        let mut turn = 0u32;
+        loop {
+            turn += 1;
+            if turn > ACCEPT_TURN {
+                // A flood of refused or dead connections: give the other sockets their
+                // turn and come back at the next wait.
+                if !self.redrive.contains(&listener) {
+                    self.redrive.push(listener);
+                }
+                return Step::Pending;
+            }
+            if core.backing_off(listener) {
+                return Step::Pending;
+            }
+            let Some(entry) = core.sockets.get_mut(listener as usize) else {
+                return Step::Done(Err(OpError::NotConnected), lsid);
+            };
+            let Io::Listener { listener: l, nodelay } = &entry.io else {
+                return Step::Done(Err(OpError::InvalidInput), lsid);
+            };
+            let nodelay = *nodelay;
+            match sys_io::accept(l) {
+                Ok(stream) => {
+                    entry.backoff_delay = Duration::ZERO;
+                    let poll = &self.poll;
+                    let register = |index: usize, fd: RawFd, _: bool| {
+                        poll.registry().register(
+                            &mut SourceFd(&fd),
+                            Token(index),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
+                    };
+                    match core.admit(stream, nodelay, register) {
+                        Some(sid) => return Step::Done(Ok(0), sid),
+                        // Refused and closed: keep accepting.
+                        None => continue,
+                    }
+                }
+                Err(e) => match sys_io::classify_accept(e) {
+                    AcceptFailure::Empty => return Step::Pending,
+                    AcceptFailure::Interrupted => continue,
+                    AcceptFailure::Skip => {
+                        tracing::debug!("accept: {e}");
+                        continue;
+                    }
+                    AcceptFailure::BackOff => {
+                        core.back_off(listener, &e.into());
+                        return Step::Pending;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Runs queued ops of one direction of a socket until one would block.
+    fn drive<T>(&mut self, core: &mut Core<T>, socket: u32, dir: Dir) {
+        loop {
+            let head = core.head(socket, dir);
+            if head == NIL {
+                return;
+            }
+            match self.try_op(core, head, socket) {
+                Step::Pending => {
+                    if let Some(entry) = core.sockets.get_mut(socket as usize) {
+                        entry.set_ready(dir, false);
+                    }
+                    return;
+                }
+                Step::Done(result, target) => {
+                    core.pop_front(socket, dir);
+                    core.stats.completed_queued += 1;
+                    core.complete(head, result, target);
+                }
+            }
+        }
+    }
+
+    /// One `epoll_wait` and the work its events make possible.
+    pub(crate) fn poll<T>(&mut self, core: &mut Core<T>, timeout: Option<Duration>) -> io::Result<()> {
+        let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        match self.poll.poll(&mut events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => events.clear(),
+            Err(e) => {
+                self.events = events;
+                return Err(e);
+            }
+        }
+        for event in events.iter() {
+            if event.token() == WAKER {
+                core.drain_posts();
+                continue;
+            }
+            let socket = event.token().0 as u32;
+            let Some(entry) = core.sockets.get_mut(socket as usize) else { continue };
+            let read = event.is_readable() || event.is_read_closed() || event.is_error();
+            let write = event.is_writable() || event.is_write_closed() || event.is_error();
+            entry.readable |= read;
+            entry.writable |= write;
+            entry.read_closed |= event.is_read_closed() || event.is_error();
+            if read {
+                self.drive(core, socket, Dir::Read);
+            }
+            if write {
+                self.drive(core, socket, Dir::Write);
+            }
+        }
+        self.events = events;
+        // Each listener waiting for its next turn gets one; one that gives it up again
+        // queues itself behind the others. (A slot closed and reused meanwhile gets a
+        // harmless extra drive.)
+        for _ in 0..self.redrive.len() {
+            let socket = self.redrive.remove(0);
+            if let Some(entry) = core.sockets.get_mut(socket as usize) {
+                entry.readable = true;
+                self.drive(core, socket, Dir::Read);
+            }
+        }
+        Ok(())
+    }
+}

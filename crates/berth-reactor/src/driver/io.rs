@@ -1,0 +1,179 @@
+//! One-shot socket syscalls, each written once: the epoll driver calls them when a
+//! socket is ready, the io_uring driver for the ops it runs by readiness (pooled
+//! receives, file sends, connects). Each returns a [`Step`]: done (with the result
+//! the op completes with), or pending (it would block). Errnos are named.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+
+use berth_buf::Lease;
+use berth_ops::OpError;
+use berth_sendfile::SendFileError;
+use rustix::io::Errno;
+use rustix::net::SocketFlags;
+
+use crate::core::{Core, Step};
+use crate::socket::{Entry, Io};
+
+/// One receive into the op's range, or into a fresh segment for a pooled receive.
+/// Also says whether the read was short, so the socket's queue is drained.
+pub(crate) fn recv<T>(core: &mut Core<T>, op: u32, socket: u32) -> (Step, bool) {
+    let sid = core.sid(socket);
+    let Some(Entry { io: Io::Stream(stream), .. }) = core.sockets.get(socket as usize) else {
+        return (Step::Done(Err(OpError::NotConnected), sid), false);
+    };
+    let Some(id) = core.meta[op as usize].id else { return (Step::Done(Err(OpError::InvalidInput), sid), false) };
+    let pooled = core.meta[op as usize].pooled;
+    let mut fresh = None;
+    if pooled {
+        let lease = match &core.cache {
+            Some(cache) => cache.lease(),
+            None => core.buffers.lease(),
+        };
+        let Ok(lease) = lease else { return (Step::Done(Err(OpError::BufferExhausted), sid), false) };
+        fresh = Some(lease);
+    }
+    let Ok(args) = core.pool.get_mut(id) else { return (Step::Done(Err(OpError::InvalidInput), sid), false) };
+    let range = if pooled { 0..fresh.as_ref().map_or(0, Lease::capacity) } else { args.range() };
+    let Some(lease) = fresh.as_mut().or(args.buffer_mut()) else {
+        return (Step::Done(Err(OpError::InvalidInput), sid), false);
+    };
+    let n = loop {
+        match (&*stream).read(&mut lease[range.clone()]) {
+            Ok(n) => break n,
+            // A pooled segment goes straight back to the cache: idle sockets hold none.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (Step::Pending, false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return (Step::Done(Err(OpError::from_io(&e)), sid), false),
+        }
+    };
+    let _ = lease.set_len(range.start + n);
+    if let Some(lease) = fresh
+        && let Err(e) = args.set_buffer(lease, range.clone())
+    {
+        drop(e.lease);
+        return (Step::Done(Err(OpError::InvalidInput), sid), false);
+    }
+    (Step::Done(Ok(n), sid), n > 0 && n < range.len())
+}
+
+/// Sends what is left of the op's range, resuming from its progress.
+pub(crate) fn send<T>(core: &mut Core<T>, op: u32, socket: u32) -> Step {
+    let sid = core.sid(socket);
+    let Some(Entry { io: Io::Stream(stream), .. }) = core.sockets.get(socket as usize) else {
+        return Step::Done(Err(OpError::NotConnected), sid);
+    };
+    let meta = &mut core.meta[op as usize];
+    let Some(Ok(args)) = meta.id.map(|id| core.pool.get(id)) else {
+        return Step::Done(Err(OpError::InvalidInput), sid);
+    };
+    let range = args.range();
+    let Some(lease) = args.buffer() else { return Step::Done(Err(OpError::InvalidInput), sid) };
+    while meta.progress < range.len() {
+        match (&*stream).write(&lease[range.start + meta.progress..range.end]) {
+            Ok(0) => return Step::Done(Err(OpError::BrokenPipe), sid),
+            Ok(n) => meta.progress += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Pending,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Step::Done(Err(OpError::from_io(&e)), sid),
+        }
+    }
+    Step::Done(Ok(meta.progress), sid)
+}
+
+/// Sends what is left of the op's file range by sendfile(2), the op's buffer as
+/// scratch space for the copy fallback.
+pub(crate) fn send_file<T>(core: &mut Core<T>, op: u32, socket: u32) -> Step {
+    let sid = core.sid(socket);
+    let Some(Entry { io: Io::Stream(stream), .. }) = core.sockets.get(socket as usize) else {
+        return Step::Done(Err(OpError::NotConnected), sid);
+    };
+    let Some(file) = core.files[op as usize].as_mut() else { return Step::Done(Err(OpError::InvalidInput), sid) };
+    let Some(Ok(args)) = core.meta[op as usize].id.map(|id| core.pool.get_mut(id)) else {
+        return Step::Done(Err(OpError::InvalidInput), sid);
+    };
+    let mut no_scratch = [0u8; 0];
+    let scratch: &mut [u8] = match args.buffer_mut() {
+        Some(lease) => &mut lease[..],
+        None => &mut no_scratch,
+    };
+    loop {
+        match file.send_some(stream, scratch) {
+            Ok(progress) if progress.done => {
+                let sent = progress.sent_total as usize;
+                core.files[op as usize] = None;
+                return Step::Done(Ok(sent), sid);
+            }
+            Ok(_) => continue,
+            Err(SendFileError::WouldBlock) => return Step::Pending,
+            Err(e) => {
+                let error = match &e {
+                    SendFileError::Truncated { .. } => OpError::Truncated,
+                    SendFileError::PeerClosed { reset: true, .. } => OpError::ConnectionReset,
+                    SendFileError::PeerClosed { .. } => OpError::BrokenPipe,
+                    SendFileError::ScratchRequired => OpError::InvalidInput,
+                    _ => OpError::from_io(&io::Error::from(e.kind())),
+                };
+                core.files[op as usize] = None;
+                return Step::Done(Err(error), sid);
+            }
+        }
+    }
+}
+
+/// Whether a non-blocking connect has finished, and how.
+pub(crate) fn connect<T>(core: &mut Core<T>, socket: u32) -> Step {
+    let sid = core.sid(socket);
+    let Some(Entry { io: Io::Stream(stream), .. }) = core.sockets.get(socket as usize) else {
+        return Step::Done(Err(OpError::NotConnected), sid);
+    };
+    match stream.take_error() {
+        Ok(Some(e)) | Err(e) => return Step::Done(Err(OpError::from_io(&e)), sid),
+        Ok(None) => {}
+    }
+    match stream.peer_addr() {
+        Ok(_) => Step::Done(Ok(0), sid),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected || Errno::from_io_error(&e) == Some(Errno::INPROGRESS) => {
+            Step::Pending
+        }
+        Err(e) => Step::Done(Err(OpError::from_io(&e)), sid),
+    }
+}
+
+/// What an accept(2) error means for the listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AcceptFailure {
+    /// Nothing in the backlog now.
+    Empty,
+    /// EINTR: try again at once.
+    Interrupted,
+    /// A connection that died in the backlog (ECONNABORTED, EPROTO, and the network
+    /// errors accept(2) passes on from the new socket): not the listener's fault;
+    /// take the next one.
+    Skip,
+    /// EMFILE, ENFILE, ENOBUFS, ENOMEM — or anything else (a security module's
+    /// EPERM, say): the connection may stay in the backlog, so back off.
+    BackOff,
+}
+
+pub(crate) fn classify_accept(e: Errno) -> AcceptFailure {
+    match e {
+        Errno::AGAIN => AcceptFailure::Empty,
+        Errno::INTR => AcceptFailure::Interrupted,
+        Errno::CONNABORTED
+        | Errno::PROTO
+        | Errno::NETDOWN
+        | Errno::NOPROTOOPT
+        | Errno::HOSTDOWN
+        | Errno::NONET
+        | Errno::HOSTUNREACH
+        | Errno::OPNOTSUPP
+        | Errno::NETUNREACH => AcceptFailure::Skip,
+        _ => AcceptFailure::BackOff,
+    }
+}
+
+/// accept4(2) with the new socket non-blocking and close-on-exec.
+pub(crate) fn accept(listener: &TcpListener) -> Result<TcpStream, Errno> {
+    rustix::net::accept_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC).map(TcpStream::from)
+}

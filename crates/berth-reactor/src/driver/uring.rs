@@ -1,0 +1,526 @@
+//! The io_uring driver: true completions. Each op at the head of its socket's queue
+//! is one submission on the port's ring; all of them go to the kernel, and all
+//! completions come back, in one `io_uring_enter` per wait.
+//!
+//! - accept, recv (into the op's own segment) and send are ring operations: no
+//!   syscall of their own. A partial send is resubmitted for the rest.
+//! - Pooled receives, file sends and connects wait for readiness on the ring
+//!   (`POLL_ADD`) and then make their syscall, so a pooled receive still holds no
+//!   segment while the socket is idle, and a file still goes out by sendfile(2).
+//! - The kernel may write into an op's buffer until the op's completion comes back,
+//!   so cancelling (`cancel`, `close`, a deadline) only *asks* (`ASYNC_CANCEL`): the
+//!   op keeps its lease, and the user cannot take it back, until then.
+//! - Posts wake the ring through an eventfd with a multishot poll armed on it.
+
+use std::io;
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use berth_ops::{OpError, OpKind};
+use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
+use rustix::event::PollFlags;
+use rustix::io::Errno;
+use rustix::net::{SendFlags, SocketFlags};
+
+use crate::core::{Core, State, Step};
+use crate::driver::UringUnavailable;
+use crate::driver::io::{self as sys_io, AcceptFailure};
+use crate::socket::{Dir, Io, NIL};
+
+const POLLIN: u32 = PollFlags::IN.bits() as u32;
+const POLLOUT: u32 = PollFlags::OUT.bits() as u32;
+
+/// `user_data` of the eventfd's poll.
+const WAKE: u64 = u64::MAX;
+/// `user_data` of cancel requests, whose own completions say nothing we need.
+const CANCEL: u64 = u64::MAX - 1;
+
+/// What the kernel is doing for an op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    /// The op itself (accept, recv, send).
+    Data,
+    /// A readiness poll; the op's syscall follows when it fires.
+    Poll,
+}
+
+/// How starting an op went.
+enum Start {
+    /// With the kernel now.
+    Started,
+    /// Left in its queue: its listener is backing off.
+    Waiting,
+    /// Finished at once (a file send that did not block).
+    Done(Result<usize, OpError>, crate::SocketId),
+}
+
+/// What a completion means for its op.
+enum Outcome {
+    Done(Result<usize, OpError>, crate::SocketId),
+    /// Cancelled by the kernel at our request: complete with this error.
+    Abandon(OpError),
+    /// Not finished: submit it again (the rest of a send, the next accept).
+    Again,
+}
+
+pub(crate) struct Uring {
+    ring: IoUring,
+    /// The read side of the posts' eventfd (the notifier holds a duplicate).
+    wake: OwnedFd,
+    wake_armed: bool,
+    phase: Vec<Phase>,
+    in_kernel: usize,
+    /// Completions copied out of the ring before they are handled (handling one may
+    /// submit more); preallocated to the completion queue's size.
+    cqes: Vec<(u64, i32, u32)>,
+    overflow_seen: u32,
+    /// The setup flags the kernel took.
+    pub(crate) flags: &'static str,
+}
+
+type Flags = fn(&mut io_uring::Builder);
+
+/// Setup flags, best first; `EINVAL` steps down to the next.
+const LADDER: [(&str, Flags); 3] = [
+    ("SINGLE_ISSUER|DEFER_TASKRUN|SUBMIT_ALL", |b| {
+        b.setup_single_issuer().setup_defer_taskrun().setup_submit_all();
+    }),
+    ("COOP_TASKRUN|TASKRUN_FLAG|SUBMIT_ALL", |b| {
+        b.setup_coop_taskrun().setup_taskrun_flag().setup_submit_all();
+    }),
+    ("none", |_| {}),
+];
+
+fn unavailable(during: &'static str, source: io::Error) -> UringUnavailable {
+    UringUnavailable { during, source }
+}
+
+impl Uring {
+    /// Sets up a ring with room for `ops` operations in flight, probes every opcode
+    /// the port uses, and makes one round trip through the kernel (a seccomp filter
+    /// may allow the setup and refuse the enter). Returns the driver and the eventfd
+    /// posts write to.
+    pub(crate) fn new(ops: usize) -> Result<(Uring, OwnedFd), UringUnavailable> {
+        let sq = (ops as u32).clamp(8, 4096).next_power_of_two();
+        // Each op has at most one submission and one cancel in flight, plus the wake
+        // poll's completions: the completion queue never needs to overflow.
+        let cq = ((2 * ops + 64) as u32).clamp(2 * sq, 65536).next_power_of_two();
+        let mut last = None;
+        let mut ring = None;
+        for (name, apply) in LADDER {
+            let mut builder = IoUring::builder();
+            builder.dontfork().setup_cqsize(cq);
+            apply(&mut builder);
+            match builder.build(sq) {
+                Ok(r) => {
+                    ring = Some((r, name));
+                    break;
+                }
+                Err(e) if e.raw_os_error() == Some(Errno::INVAL.raw_os_error()) => last = Some(e),
+                Err(e) => return Err(unavailable("io_uring_setup", e)),
+            }
+        }
+        let Some((mut ring, flags)) = ring else {
+            return Err(unavailable("io_uring_setup", last.unwrap_or_else(|| Errno::INVAL.into())));
+        };
+        if !ring.params().is_feature_nodrop() || !ring.params().is_feature_ext_arg() {
+            return Err(unavailable("io_uring_setup (no FEAT_NODROP or FEAT_EXT_ARG)", Errno::NOSYS.into()));
+        }
+        let mut probe = Probe::new();
+        ring.submitter().register_probe(&mut probe).map_err(|e| unavailable("IORING_REGISTER_PROBE", e))?;
+        for (name, code) in [
+            ("ACCEPT", opcode::Accept::CODE),
+            ("RECV", opcode::Recv::CODE),
+            ("SEND", opcode::Send::CODE),
+            ("POLL_ADD", opcode::PollAdd::CODE),
+            ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
+        ] {
+            if !probe.is_supported(code) {
+                let _ = name;
+                return Err(unavailable("probing the opcodes the port uses", Errno::NOSYS.into()));
+            }
+        }
+        // One round trip: a NOP submitted and reaped.
+        // SAFETY: a NOP refers to no memory.
+        unsafe { ring.submission().push(&opcode::Nop::new().build().user_data(CANCEL)) }
+            .map_err(|_| unavailable("the first submission", Errno::AGAIN.into()))?;
+        ring.submit_and_wait(1).map_err(|e| unavailable("io_uring_enter", e))?;
+        ring.completion().for_each(drop);
+        // Optional: saves the kernel a descriptor lookup per enter.
+        let _ = ring.submitter().register_ring_fd();
+
+        let wake =
+            rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
+                .map_err(|e| unavailable("eventfd", e.into()))?;
+        let notifier = wake.try_clone().map_err(|e| unavailable("eventfd", e))?;
+        let mut uring = Uring {
+            ring,
+            wake,
+            wake_armed: false,
+            phase: vec![Phase::Idle; ops],
+            in_kernel: 0,
+            cqes: Vec::with_capacity(cq as usize),
+            overflow_seen: 0,
+            flags,
+        };
+        uring.arm_wake();
+        Ok((uring, notifier))
+    }
+
+    fn arm_wake(&mut self) {
+        let poll = opcode::PollAdd::new(types::Fd(self.wake.as_raw_fd()), POLLIN).multi(true);
+        // SAFETY: a poll refers to no memory; the eventfd lives as long as the ring.
+        self.push(&poll.build().user_data(WAKE));
+        self.wake_armed = true;
+    }
+
+    /// Queues a submission, making room by submitting the queue if it is full.
+    fn push(&mut self, sqe: &squeue::Entry) {
+        loop {
+            // SAFETY: every submission's memory (an op's segment, owned by the op in
+            // the pool, in the arena the core keeps mapped) stays valid and untouched
+            // until its completion: the op is `kernel` until then, and `op_mut`,
+            // `give_op` and the drop path all wait for that.
+            if unsafe { self.ring.submission().push(sqe) }.is_ok() {
+                return;
+            }
+            match self.ring.submit() {
+                Ok(_) => {}
+                // The completion queue is backed up: move completions out (handled at
+                // the next reap) and try again.
+                Err(_) => self.copy_out(),
+            }
+        }
+    }
+
+    /// Whether a wait must not block: never for this driver (its work is all in the
+    /// kernel's hands).
+    pub(crate) fn busy(&self) -> bool {
+        false
+    }
+
+    pub(crate) fn submit<T>(&mut self, core: &mut Core<T>, op: u32, socket: u32, dir: Dir) {
+        core.push_back(socket, dir, op);
+        self.advance(core, socket, dir);
+    }
+
+    /// Starts the head of a queue, and the ones after it as long as they finish at
+    /// once; stops at one the kernel holds.
+    fn advance<T>(&mut self, core: &mut Core<T>, socket: u32, dir: Dir) {
+        loop {
+            let head = core.head(socket, dir);
+            if head == NIL || core.meta[head as usize].kernel {
+                return;
+            }
+            match self.start(core, head, socket, true) {
+                Start::Started | Start::Waiting => return,
+                Start::Done(result, sid) => {
+                    core.pop_front(socket, dir);
+                    core.stats.completed_queued += 1;
+                    core.complete(head, result, sid);
+                }
+            }
+        }
+    }
+
+    /// A listener's back-off ended: accept again.
+    pub(crate) fn resume<T>(&mut self, core: &mut Core<T>, socket: u32) {
+        self.advance(core, socket, Dir::Read);
+    }
+
+    /// Asks the kernel for an op back (its completion follows, cancelled or not).
+    pub(crate) fn abort<T>(&mut self, core: &mut Core<T>, op: u32) {
+        let target = user_data(op, core.meta[op as usize].seq);
+        self.push(&opcode::AsyncCancel::new(target).build().user_data(CANCEL));
+    }
+
+    fn start<T>(&mut self, core: &mut Core<T>, op: u32, socket: u32, try_now: bool) -> Start {
+        let sid = core.sid(socket);
+        let Some(id) = core.meta[op as usize].id else { return Start::Done(Err(OpError::InvalidInput), sid) };
+        let Some(entry) = core.sockets.get(socket as usize) else {
+            return Start::Done(Err(OpError::NotConnected), sid);
+        };
+        let fd = types::Fd(entry.io.as_raw_fd());
+        let meta = core.meta[op as usize];
+        let Ok(args) = core.pool.get_mut(id) else { return Start::Done(Err(OpError::InvalidInput), sid) };
+        let (sqe, phase) = match args.kind() {
+            OpKind::Accept => {
+                if core.backing_off(socket) {
+                    return Start::Waiting;
+                }
+                let flags = (SocketFlags::NONBLOCK | SocketFlags::CLOEXEC).bits() as i32;
+                (opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut()).flags(flags).build(), Phase::Data)
+            }
+            OpKind::Recv if meta.pooled => (opcode::PollAdd::new(fd, POLLIN).build(), Phase::Poll),
+            OpKind::Recv => {
+                let range = args.range();
+                let Some(lease) = args.buffer_mut() else { return Start::Done(Err(OpError::InvalidInput), sid) };
+                let Some(buf) = lease.get_mut(range) else { return Start::Done(Err(OpError::InvalidInput), sid) };
+                let len = buf.len().min(u32::MAX as usize) as u32;
+                (opcode::Recv::new(fd, buf.as_mut_ptr(), len).build(), Phase::Data)
+            }
+            OpKind::Send => {
+                let range = args.range();
+                let Some(lease) = args.buffer() else { return Start::Done(Err(OpError::InvalidInput), sid) };
+                let Some(buf) = lease.get(range.start + meta.progress..range.end) else {
+                    return Start::Done(Err(OpError::InvalidInput), sid);
+                };
+                let len = buf.len().min(u32::MAX as usize) as u32;
+                (opcode::Send::new(fd, buf.as_ptr(), len).flags(SendFlags::NOSIGNAL.bits() as i32).build(), Phase::Data)
+            }
+            OpKind::SendFile => {
+                if try_now && let Step::Done(result, sid) = sys_io::send_file(core, op, socket) {
+                    return Start::Done(result, sid);
+                }
+                (opcode::PollAdd::new(fd, POLLOUT).build(), Phase::Poll)
+            }
+            OpKind::Connect => (opcode::PollAdd::new(fd, POLLOUT).build(), Phase::Poll),
+            _ => return Start::Done(Err(OpError::InvalidInput), sid),
+        };
+        self.push(&sqe.user_data(user_data(op, meta.seq)));
+        self.phase[op as usize] = phase;
+        core.meta[op as usize].kernel = true;
+        self.in_kernel += 1;
+        Start::Started
+    }
+
+    /// Enters the kernel once: submits everything queued and waits up to `timeout`
+    /// for a completion; then handles every completion there is.
+    pub(crate) fn poll<T>(&mut self, core: &mut Core<T>, timeout: Option<Duration>) -> io::Result<()> {
+        let result = match timeout {
+            None => self.ring.submit_and_wait(1),
+            Some(t) => {
+                let ts = types::Timespec::from(t);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        match result.map_err(|e| Errno::from_io_error(&e).ok_or(e)) {
+            Ok(_) => {}
+            // Timed out, interrupted, or the completion queue is backed up (reaped now).
+            Err(Ok(Errno::TIME | Errno::INTR | Errno::BUSY | Errno::AGAIN)) => {}
+            Err(Ok(errno)) => return Err(errno.into()),
+            Err(Err(e)) => return Err(e),
+        }
+        self.reap(core);
+        Ok(())
+    }
+
+    fn copy_out(&mut self) {
+        let mut cq = self.ring.completion();
+        let overflow = cq.overflow();
+        for cqe in &mut cq {
+            self.cqes.push((cqe.user_data(), cqe.result(), cqe.flags()));
+        }
+        drop(cq);
+        if overflow != self.overflow_seen {
+            tracing::warn!(
+                "io_uring completion queue dropped {} completions",
+                overflow.wrapping_sub(self.overflow_seen)
+            );
+            self.overflow_seen = overflow;
+        }
+    }
+
+    fn reap<T>(&mut self, core: &mut Core<T>) {
+        if self.ring.submission().cq_overflow() {
+            // FEAT_NODROP: the kernel keeps what did not fit and hands it over at the
+            // next enter, which a wait with completions ready makes at once.
+            core.stats.cq_overflows += 1;
+        }
+        self.copy_out();
+        let mut cqes = std::mem::take(&mut self.cqes);
+        for (data, res, flags) in cqes.drain(..) {
+            self.completed(core, data, res, flags);
+        }
+        self.cqes = cqes;
+    }
+
+    fn completed<T>(&mut self, core: &mut Core<T>, data: u64, res: i32, flags: u32) {
+        if data == WAKE {
+            let mut count = [0u8; 8];
+            let _ = rustix::io::read(&self.wake, &mut count);
+            core.drain_posts();
+            if !cqueue::more(flags) {
+                self.arm_wake();
+            }
+            return;
+        }
+        if data == CANCEL {
+            return;
+        }
+        let (op, seq) = (data as u32, (data >> 32) as u32);
+        let Some(meta) = core.meta.get(op as usize).copied() else { return };
+        if !meta.kernel || meta.seq != seq {
+            tracing::error!(op, "io_uring completion for an op the port does not hold");
+            return;
+        }
+        core.meta[op as usize].kernel = false;
+        self.in_kernel -= 1;
+        let phase = std::mem::replace(&mut self.phase[op as usize], Phase::Idle);
+        match meta.state {
+            State::Idle => {}
+            State::Detached { socket } => {
+                core.stats.pending -= 1;
+                if phase == Phase::Data && res >= 0 && is_accept(core, op) {
+                    // SAFETY: a successful accept's result is a descriptor nobody else owns.
+                    drop(unsafe { OwnedFd::from_raw_fd(res) });
+                }
+                core.abandon(op, socket, meta.cancel_as.unwrap_or(OpError::Cancelled));
+            }
+            State::Queued { socket, dir } => {
+                let outcome = self.outcome(core, op, socket, phase, res);
+                let again = matches!(outcome, Outcome::Again);
+                if !again {
+                    if core.head(socket, dir) == op {
+                        core.pop_front(socket, dir);
+                    } else {
+                        core.unlink(socket, dir, op);
+                    }
+                }
+                match outcome {
+                    Outcome::Done(result, sid) => {
+                        core.stats.completed_queued += 1;
+                        core.complete(op, result, sid);
+                    }
+                    Outcome::Abandon(error) => core.abandon(op, core.sid(socket), error),
+                    Outcome::Again => {
+                        if let Start::Done(result, sid) = self.start(core, op, socket, false) {
+                            core.pop_front(socket, dir);
+                            core.stats.completed_queued += 1;
+                            core.complete(op, result, sid);
+                        }
+                    }
+                }
+                self.advance(core, socket, dir);
+            }
+        }
+    }
+
+    /// What completion `res` of an op in `phase` means.
+    fn outcome<T>(&mut self, core: &mut Core<T>, op: u32, socket: u32, phase: Phase, res: i32) -> Outcome {
+        let sid = core.sid(socket);
+        let meta = core.meta[op as usize];
+        let cancelled = res == -Errno::CANCELED.raw_os_error() || (res == -Errno::INTR.raw_os_error());
+        let error = || OpError::from_io(&io::Error::from_raw_os_error(-res));
+        let Some(Ok(args)) = meta.id.map(|id| core.pool.get_mut(id)) else {
+            return Outcome::Done(Err(OpError::InvalidInput), sid);
+        };
+        let kind = args.kind();
+        if phase == Phase::Poll {
+            // Nothing was read or written yet: a cancel wins, whatever the poll said.
+            if let Some(as_) = meta.cancel_as {
+                return Outcome::Abandon(as_);
+            }
+            if res < 0 && !cancelled {
+                return Outcome::Done(Err(error()), sid);
+            }
+            let step = match kind {
+                OpKind::Recv => sys_io::recv(core, op, socket).0,
+                OpKind::SendFile => sys_io::send_file(core, op, socket),
+                OpKind::Connect => sys_io::connect(core, socket),
+                _ => Step::Done(Err(OpError::InvalidInput), sid),
+            };
+            return match step {
+                Step::Done(result, sid) => Outcome::Done(result, sid),
+                Step::Pending => Outcome::Again,
+            };
+        }
+        if res < 0 {
+            if let Some(as_) = meta.cancel_as
+                && cancelled
+            {
+                return Outcome::Abandon(as_);
+            }
+            if kind == OpKind::Accept {
+                let errno = Errno::from_raw_os_error(-res);
+                if meta.cancel_as.is_some() {
+                    return Outcome::Abandon(meta.cancel_as.unwrap_or(OpError::Cancelled));
+                }
+                return match sys_io::classify_accept(errno) {
+                    AcceptFailure::Empty | AcceptFailure::Interrupted | AcceptFailure::Skip => Outcome::Again,
+                    AcceptFailure::BackOff => {
+                        core.back_off(socket, &errno.into());
+                        Outcome::Again
+                    }
+                };
+            }
+            return Outcome::Done(Err(error()), sid);
+        }
+        let n = res as usize;
+        match kind {
+            OpKind::Accept => {
+                // SAFETY: a successful accept's result is a new descriptor we now own.
+                let stream = unsafe { TcpStream::from_raw_fd(res) };
+                let nodelay = match core.sockets.get_mut(socket as usize) {
+                    Some(entry) => {
+                        entry.backoff_delay = Duration::ZERO;
+                        matches!(entry.io, Io::Listener { nodelay: true, .. })
+                    }
+                    None => false,
+                };
+                match core.admit(stream, nodelay, |_, _, _| Ok(())) {
+                    Some(accepted) => Outcome::Done(Ok(0), accepted),
+                    None if meta.cancel_as.is_some() => Outcome::Abandon(meta.cancel_as.unwrap_or(OpError::Cancelled)),
+                    // Refused and closed: keep accepting.
+                    None => Outcome::Again,
+                }
+            }
+            OpKind::Recv => {
+                let range = args.range();
+                if let Some(lease) = args.buffer_mut() {
+                    let _ = lease.set_len(range.start + n);
+                }
+                // Data that arrived wins over a cancel that came too late.
+                Outcome::Done(Ok(n), sid)
+            }
+            OpKind::Send => {
+                let len = args.range().len();
+                if n == 0 {
+                    return Outcome::Done(Err(OpError::BrokenPipe), sid);
+                }
+                let progress = meta.progress + n;
+                core.meta[op as usize].progress = progress;
+                if progress >= len {
+                    Outcome::Done(Ok(progress), sid)
+                } else if let Some(as_) = meta.cancel_as {
+                    Outcome::Abandon(as_)
+                } else {
+                    Outcome::Again
+                }
+            }
+            _ => Outcome::Done(Err(OpError::InvalidInput), sid),
+        }
+    }
+
+    /// Before the port's memory goes: asks the kernel for every op it holds and waits
+    /// (up to `limit`) for their completions. Returns how many it still holds.
+    pub(crate) fn drain<T>(&mut self, core: &mut Core<T>, limit: Duration) -> usize {
+        for op in 0..core.meta.len() {
+            if core.meta[op].kernel {
+                self.abort(core, op as u32);
+            }
+        }
+        let until = Instant::now() + limit;
+        while self.in_kernel > 0 {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            if self.poll(core, Some((until - now).min(Duration::from_millis(50)))).is_err() {
+                break;
+            }
+        }
+        self.in_kernel
+    }
+}
+
+fn user_data(op: u32, seq: u32) -> u64 {
+    (u64::from(seq) << 32) | u64::from(op)
+}
+
+fn is_accept<T>(core: &Core<T>, op: u32) -> bool {
+    core.meta[op as usize].id.and_then(|id| core.pool.get(id).ok()).is_some_and(|a| a.kind() == OpKind::Accept)
+}
