@@ -16,6 +16,7 @@ use rustix::io::Errno;
 
 use crate::path::{self, PathError};
 use crate::service::{Reply, Service};
+use crate::validators::{Conditions, ETag, Precondition, if_range_matches};
 
 /// The largest header count [`StaticFiles::max_headers`] accepts (the parser's array
 /// lives on the stack).
@@ -32,6 +33,7 @@ const OK: Status = Status(200, "OK");
 const PARTIAL: Status = Status(206, "Partial Content");
 const MOVED: Status = Status(301, "Moved Permanently");
 const NOT_MODIFIED: Status = Status(304, "Not Modified");
+const PRECONDITION_FAILED: Status = Status(412, "Precondition Failed");
 const BAD_REQUEST: Status = Status(400, "Bad Request");
 const FORBIDDEN: Status = Status(403, "Forbidden");
 const NOT_FOUND: Status = Status(404, "Not Found");
@@ -44,10 +46,23 @@ const UNAVAILABLE: Status = Status(503, "Service Unavailable");
 
 /// Serves the files beneath a root directory over HTTP/1.1: GET and HEAD,
 /// keep-alive and pipelining, `Content-Length`, `Content-Type` from the extension,
-/// `Last-Modified` / `If-Modified-Since` (304), a single `Range` (206, or 416;
+/// validators and conditional requests (below), a single `Range` (206, or 416;
 /// several ranges get the whole file), a directory's `index.html` (no listings; a
 /// directory asked for without its trailing slash is redirected to it), bodies by
 /// sendfile(2). HTTP/1.0 closes after the reply unless it asked for keep-alive.
+///
+/// # Validators
+///
+/// Every file response carries `Last-Modified` and a strong `ETag` made of the
+/// file's device, inode, size and modification time in nanoseconds (hex, quoted), so
+/// a rewrite or a replacement by rename changes it. The conditional headers are
+/// taken in RFC 9110 §13.2.2's order: `If-Match` (strong comparison, `*`), or else
+/// `If-Unmodified-Since`, fail with 412 Precondition Failed; then `If-None-Match`
+/// (lists, `*`, weak comparison: `W/` is ignored), or else `If-Modified-Since`, give
+/// 304 Not Modified with the `ETag` and `Last-Modified`; then `Range`, applied only
+/// if `If-Range` (when present) holds our `ETag` (strong comparison) or exactly our
+/// `Last-Modified` date. A value that does not parse never matches: a list is read
+/// up to its first malformed item, and an unparsable date is ignored.
 ///
 /// # Nothing outside the root
 ///
@@ -158,7 +173,7 @@ impl StaticFiles {
         let http10 = req.version == Some(0);
         let mut keep_alive = !http10;
         let (mut host, mut body) = (false, false);
-        let (mut ims, mut range, mut if_range) = (None, None, None);
+        let mut cond = Conditions::default();
         for h in req.headers.iter() {
             let value = std::str::from_utf8(h.value).ok().map(str::trim);
             let name = h.name;
@@ -177,13 +192,20 @@ impl StaticFiles {
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 body = true;
             } else if name.eq_ignore_ascii_case("if-modified-since") {
-                ims = value;
+                cond.modified_since = cond.modified_since.or(value);
+            } else if name.eq_ignore_ascii_case("if-unmodified-since") {
+                cond.unmodified_since = cond.unmodified_since.or(value);
+            } else if name.eq_ignore_ascii_case("if-match") {
+                cond.if_match = true;
+            } else if name.eq_ignore_ascii_case("if-none-match") {
+                cond.if_none_match = true;
             } else if name.eq_ignore_ascii_case("range") {
-                range = value;
+                cond.range = cond.range.or(value);
             } else if name.eq_ignore_ascii_case("if-range") {
-                if_range = value;
+                cond.if_range = cond.if_range.or(value);
             }
         }
+        cond.headers = &*req.headers;
         // A body is never read: closing keeps the next request from starting inside it.
         keep_alive &= !body && !reply.server_closing();
         let mut r = Response { reply, keep_alive, http10, head_only };
@@ -239,7 +261,7 @@ impl StaticFiles {
             return r.error(if meta.is_dir() { NOT_FOUND } else { FORBIDDEN }, "");
         }
         let name = Path::new(OsStr::from_bytes(&buf[..len]));
-        r.file(file, &meta, name, ims, range, if_range);
+        r.file(file, &meta, name, &cond);
     }
 }
 
@@ -319,6 +341,15 @@ impl Response<'_, '_> {
         Ok(())
     }
 
+    /// `ETag` and `Last-Modified`: on a 200 and a 206, and on a 304 in their place.
+    fn validators(&mut self, etag: &ETag, last_modified: Option<HttpDate>) -> io::Result<()> {
+        write!(self.reply, "ETag: {}\r\n", etag.as_str())?;
+        if let Some(lm) = last_modified {
+            write!(self.reply, "Last-Modified: {lm}\r\n")?;
+        }
+        Ok(())
+    }
+
     fn finish(&mut self) {
         if !self.keep_alive {
             self.reply.close();
@@ -349,37 +380,26 @@ impl Response<'_, '_> {
         self.finish();
     }
 
-    fn file(
-        mut self,
-        file: File,
-        meta: &Metadata,
-        name: &Path,
-        ims: Option<&str>,
-        range: Option<&str>,
-        if_range: Option<&str>,
-    ) {
+    fn file(mut self, file: File, meta: &Metadata, name: &Path, cond: &Conditions<'_, '_>) {
         let size = meta.len();
         let modified = meta.modified().ok();
         let mtime = modified.and_then(unix_secs);
         let last_modified = modified.and_then(http_date);
-        // If-Modified-Since (evaluated before Range, RFC 9110 §13.2.2).
-        if let (Some(mtime), Some(since)) = (mtime, ims.and_then(|v| httpdate::parse_http_date(v).ok()))
-            && unix_secs(since).is_some_and(|since| mtime <= since)
-        {
-            let _ = (|| {
-                self.start(NOT_MODIFIED)?;
-                if let Some(lm) = last_modified {
-                    write!(self.reply, "Last-Modified: {lm}\r\n")?;
-                }
-                write!(self.reply, "\r\n")
-            })();
-            return self.finish();
+        let etag = ETag::of(meta);
+        match cond.evaluate(&etag, mtime) {
+            Precondition::Failed => return self.error(PRECONDITION_FAILED, ""),
+            Precondition::NotModified => {
+                let _ = (|| {
+                    self.start(NOT_MODIFIED)?;
+                    self.validators(&etag, last_modified)?;
+                    write!(self.reply, "\r\n")
+                })();
+                return self.finish();
+            }
+            Precondition::Proceed => {}
         }
-        // If-Range with a date other than ours (or an entity tag: we send none) means
-        // the client's copy is stale: send the whole file.
-        let range_applies = if_range
-            .is_none_or(|v| httpdate::parse_http_date(v).ok().and_then(unix_secs).is_some_and(|t| Some(t) == mtime));
-        let (status, body) = match range.filter(|_| range_applies).map(|r| resolve_http_range(r, size)) {
+        let range_applies = cond.if_range.is_none_or(|v| if_range_matches(v, &etag, mtime));
+        let (status, body) = match cond.range.filter(|_| range_applies).map(|r| resolve_http_range(r, size)) {
             Some(Ok(r)) => (PARTIAL, r),
             Some(Err(HttpRangeError::Unsatisfiable { .. })) => {
                 let _ = (|| {
@@ -407,9 +427,7 @@ impl Response<'_, '_> {
             if status == PARTIAL {
                 write!(self.reply, "Content-Range: {}\r\n", body.content_range(size))?;
             }
-            if let Some(lm) = last_modified {
-                write!(self.reply, "Last-Modified: {lm}\r\n")?;
-            }
+            self.validators(&etag, last_modified)?;
             write!(self.reply, "Accept-Ranges: bytes\r\n\r\n")
         })();
         if !self.head_only && !body.is_empty() {

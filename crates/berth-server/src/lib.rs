@@ -80,6 +80,7 @@ mod path;
 mod relay;
 mod server;
 mod service;
+mod validators;
 
 pub use berth_ipc::{OpenError, RecvError, SendError};
 pub use conn::{Conns, NotWaiting};

@@ -380,3 +380,245 @@ fn refusals_400_405_414_431() {
     assert_eq!(get(addr, &req("GET", "/a.txt", "")).body, b"alpha");
     server.shutdown(Duration::from_secs(5)).unwrap();
 }
+
+/// GET `target` and return its `ETag`, checking it is strong and quoted.
+fn etag_of(s: &mut std::net::TcpStream, target: &str) -> String {
+    let r = exchange(s, &req("GET", target, ""));
+    let tag = r.header("etag").expect("an ETag").to_string();
+    assert!(tag.len() > 2 && tag.starts_with('"') && tag.ends_with('"'), "strong and quoted: {tag}");
+    tag
+}
+
+#[test]
+fn if_none_match_gives_304() {
+    let dir = TempDir::new("inm");
+    dir.file("a.txt", b"alpha");
+    let server = serve_dir(dir.path());
+    let mut s = client(server.local_addr());
+    let tag = etag_of(&mut s, "/a.txt");
+    let lm = exchange(&mut s, &req("GET", "/a.txt", "")).header("last-modified").unwrap().to_string();
+    assert_eq!(etag_of(&mut s, "/a.txt"), tag, "stable while the file is");
+    let old = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let inm = |v: &str| format!("If-None-Match: {v}\r\n");
+    for matching in [
+        inm(&tag),
+        inm("*"),
+        inm(" * "),
+        inm(&format!("\"other\", {tag}")),
+        inm(&format!("\"other\",{tag} , \"more\"")),
+        inm(&format!("W/{tag}")),
+        inm("\"other\"") + &inm(&tag), // one list over two lines
+        // If-None-Match decides; If-Modified-Since is not looked at.
+        inm(&tag) + &format!("If-Modified-Since: {old}\r\n"),
+    ] {
+        let r = exchange(&mut s, &req("GET", "/a.txt", &matching));
+        assert_eq!(r.status, 304, "{matching:?}: {}", r.head);
+        assert_eq!(r.header("etag"), Some(tag.as_str()), "{matching:?}");
+        assert_eq!(r.header("last-modified"), Some(lm.as_str()), "{matching:?}");
+        assert_eq!(r.header("content-length"), None);
+        let h = exchange(&mut s, &req("HEAD", "/a.txt", &matching));
+        assert_eq!(h.status, 304, "HEAD {matching:?}");
+    }
+    let stripped = tag.trim_matches('"');
+    for other in [
+        inm("\"other\""),
+        inm(stripped),                 // no quotes
+        inm(&format!("w/{tag}")),      // `W/` is case-sensitive
+        inm(&format!("{tag}junk")),    // not a list
+        inm(&format!("junk, {tag}")),  // garbage first: nothing after it is trusted
+        inm(&format!("\"{stripped}")), // unterminated
+        inm("*, *"),
+        inm("\""),
+        inm("W/"),
+        inm(""),
+        // If-None-Match is present and does not match: If-Modified-Since is ignored.
+        inm("\"other\"") + &format!("If-Modified-Since: {lm}\r\n"),
+    ] {
+        let r = exchange(&mut s, &req("GET", "/a.txt", &other));
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"alpha"[..]), "{other:?}: {}", r.head);
+    }
+    // Raw bytes that are not UTF-8.
+    s.write_all(b"GET /a.txt HTTP/1.1\r\nHost: t\r\nIf-None-Match: \"\xff\xfe\", \x80\r\n\r\n").unwrap();
+    let r = read_response(&mut s, false).unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"alpha"[..]));
+    assert_eq!(exchange(&mut s, &req("GET", "/a.txt", "")).body, b"alpha", "still in step");
+    drop(s);
+    // Control bytes in the value: the parser refuses the request.
+    let r = get(server.local_addr(), &req("GET", "/a.txt", "If-None-Match: \u{7f}\u{1}\u{8}\r\n"));
+    assert_eq!(r.status, 400);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn if_none_match_of_8_kib() {
+    let dir = TempDir::new("inm8k");
+    dir.file("a.txt", b"alpha");
+    let server = builder()
+        .segment_size(32 * 1024)
+        .max_request_head(32 * 1024)
+        .serve(StaticFiles::new(dir.path()).unwrap())
+        .unwrap();
+    let mut s = client(server.local_addr());
+    let tag = etag_of(&mut s, "/a.txt");
+    // Junk of every printable kind, quotes and commas included.
+    let junk: String = (0..8192).map(|i| (b' ' + ((i * 7919) % 95) as u8) as char).collect();
+    let r = exchange(&mut s, &req("GET", "/a.txt", &format!("If-None-Match: {junk}\r\n")));
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"alpha"[..]), "{}", r.head);
+    // 8 KiB of quotes.
+    let r = exchange(&mut s, &req("GET", "/a.txt", &format!("If-None-Match: {}\r\n", "\"".repeat(8192))));
+    assert_eq!(r.status, 200);
+    // A long list of other tags, ours last: still found.
+    let list: String = (0..600).map(|i| format!("\"t{i}\", ")).collect();
+    let r = exchange(&mut s, &req("GET", "/a.txt", &format!("If-None-Match: {list}{tag}\r\n")));
+    assert_eq!(r.status, 304);
+    // The same junk as If-Match and If-Range.
+    let r = exchange(&mut s, &req("GET", "/a.txt", &format!("If-Match: {junk}\r\n")));
+    assert_eq!(r.status, 412);
+    let r = exchange(&mut s, &req("GET", "/a.txt", &format!("Range: bytes=0-0\r\nIf-Range: \"{junk}\r\n")));
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"alpha"[..]));
+    drop(s);
+    // Nothing held: every segment is back.
+    eventually("buffers returned", || server.metrics().buffers.in_use == 0);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+
+    // With the default head limit, 8 KiB of it is a 431, not a panic.
+    let server = serve_dir(dir.path());
+    let mut s = client(server.local_addr());
+    let r = exchange(&mut s, &req("GET", "/a.txt", &format!("If-None-Match: {junk}\r\n")));
+    assert_eq!(r.status, 431);
+    assert!(closed_by_peer(&mut s));
+    assert_eq!(get(server.local_addr(), &req("GET", "/a.txt", "")).body, b"alpha");
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn if_match_and_if_unmodified_since_give_412() {
+    let dir = TempDir::new("412");
+    dir.file("a.txt", b"alpha");
+    let server = serve_dir(dir.path());
+    let mut s = client(server.local_addr());
+    let tag = etag_of(&mut s, "/a.txt");
+    let lm = exchange(&mut s, &req("GET", "/a.txt", "")).header("last-modified").unwrap().to_string();
+    let old = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let im = |v: &str| format!("If-Match: {v}\r\n");
+    let ius = |v: &str| format!("If-Unmodified-Since: {v}\r\n");
+    for failing in [
+        im("\"other\""),
+        im(&format!("W/{tag}")), // If-Match compares strongly
+        im("garbage"),
+        im(""),
+        ius(old),
+        // If-Match is looked at first: a match of If-None-Match does not save it.
+        im("\"other\"") + &format!("If-None-Match: {tag}\r\n"),
+        // Range does not either.
+        im("\"other\"") + "Range: bytes=0-1\r\n",
+    ] {
+        let r = exchange(&mut s, &req("GET", "/a.txt", &failing));
+        assert_eq!(r.status, 412, "{failing:?}: {}", r.head);
+        assert_eq!(r.body, b"412 Precondition Failed\n");
+        let h = exchange(&mut s, &req("HEAD", "/a.txt", &failing));
+        assert_eq!(h.status, 412, "HEAD {failing:?}");
+    }
+    for passing in [
+        im(&tag),
+        im("*"),
+        im(&format!("\"other\", {tag}")),
+        ius(&lm),
+        ius("Fri, 31 Dec 9999 23:59:59 GMT"),
+        ius("not a date"), // ignored
+        // If-Match present and matching: If-Unmodified-Since is not looked at.
+        im(&tag) + &ius(old),
+    ] {
+        let r = exchange(&mut s, &req("GET", "/a.txt", &passing));
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"alpha"[..]), "{passing:?}: {}", r.head);
+    }
+    // Passing If-Match, then a matching If-None-Match: 304.
+    let r = exchange(&mut s, &req("GET", "/a.txt", &(im(&tag) + &format!("If-None-Match: {tag}\r\n"))));
+    assert_eq!(r.status, 304);
+    // Passing If-Unmodified-Since, then a Range: 206.
+    let r = exchange(&mut s, &req("GET", "/a.txt", &(ius(&lm) + "Range: bytes=1-2\r\n")));
+    assert_eq!((r.status, r.body.as_slice()), (206, &b"lp"[..]));
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn if_range_with_an_etag() {
+    let dir = TempDir::new("ifrange");
+    let data = pattern(1000);
+    let path = dir.file("d.bin", &data);
+    let server = serve_dir(dir.path());
+    let mut s = client(server.local_addr());
+    let tag = etag_of(&mut s, "/d.bin");
+    let ranged = |s: &mut std::net::TcpStream, if_range: &str| {
+        exchange(s, &req("GET", "/d.bin", &format!("Range: bytes=10-19\r\nIf-Range: {if_range}\r\n")))
+    };
+    let r = ranged(&mut s, &tag);
+    assert_eq!((r.status, r.body.as_slice()), (206, &data[10..20]), "fresh tag: {}", r.head);
+    assert_eq!(r.header("etag"), Some(tag.as_str()));
+    for stale in [
+        "\"stale\"".to_string(),
+        format!("W/{tag}"), // If-Range compares strongly
+        format!("{tag}, {tag}"),
+        format!("{tag}x"),
+        "garbage".to_string(),
+    ] {
+        let r = ranged(&mut s, &stale);
+        assert_eq!((r.status, r.body.len()), (200, 1000), "{stale}: {}", r.head);
+    }
+    // The file changes: the tag the client holds is now stale.
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600)).unwrap();
+    drop(file);
+    let r = ranged(&mut s, &tag);
+    assert_eq!((r.status, r.body.len()), (200, 1000), "stale after the change: {}", r.head);
+    let fresh = r.header("etag").unwrap().to_string();
+    assert_ne!(fresh, tag);
+    let r = ranged(&mut s, &fresh);
+    assert_eq!((r.status, r.body.as_slice()), (206, &data[10..20]));
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn etag_changes_when_the_file_is_rewritten() {
+    let dir = TempDir::new("etag");
+    let path = dir.file("a.txt", b"alpha");
+    let server = serve_dir(dir.path());
+    let mut s = client(server.local_addr());
+    let first = etag_of(&mut s, "/a.txt");
+    let set_mtime = |t: std::time::SystemTime| {
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_modified(t).unwrap();
+    };
+    let t0 = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    set_mtime(t0);
+    let at_t0 = etag_of(&mut s, "/a.txt");
+    // The same size and bytes, a nanosecond later: another tag.
+    std::fs::write(&path, b"ALPHA").unwrap();
+    set_mtime(t0 + Duration::from_nanos(1));
+    let later = etag_of(&mut s, "/a.txt");
+    assert_ne!(at_t0, later, "mtime in ns is part of the tag");
+    // Back to the same mtime: the same tag (it depends on nothing else that changed).
+    set_mtime(t0);
+    assert_eq!(etag_of(&mut s, "/a.txt"), at_t0);
+    // Another size at the same mtime: another tag.
+    std::fs::write(&path, b"alphabet").unwrap();
+    set_mtime(t0);
+    let bigger = etag_of(&mut s, "/a.txt");
+    assert_ne!(bigger, at_t0, "size is part of the tag");
+    // Replaced by rename (a new inode), same size and mtime: another tag.
+    let tmp = dir.file("tmp", b"ALPHABET");
+    std::fs::OpenOptions::new().write(true).open(&tmp).unwrap().set_modified(t0).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    let renamed = etag_of(&mut s, "/a.txt");
+    assert_ne!(renamed, bigger, "inode is part of the tag");
+    // An old tag no longer matches.
+    for old in [&first, &at_t0, &later, &bigger] {
+        let r = exchange(&mut s, &req("GET", "/a.txt", &format!("If-None-Match: {old}\r\n")));
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"ALPHABET"[..]));
+    }
+    let r = exchange(&mut s, &req("GET", "/a.txt", &format!("If-None-Match: {renamed}\r\n")));
+    assert_eq!(r.status, 304);
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
