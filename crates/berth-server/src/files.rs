@@ -24,12 +24,14 @@ pub const MAX_HEADERS: usize = 100;
 /// Decoded paths (plus `/index.html` and a NUL) must fit in this many bytes.
 const PATH_BUF: usize = 4096;
 const INDEX: &[u8] = b"/index.html";
+const ALLOW: &str = "Allow: GET, HEAD, OPTIONS\r\n";
 
 /// A status code and its reason phrase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Status(u16, &'static str);
 
 const OK: Status = Status(200, "OK");
+const NO_CONTENT: Status = Status(204, "No Content");
 const PARTIAL: Status = Status(206, "Partial Content");
 const MOVED: Status = Status(301, "Moved Permanently");
 const NOT_MODIFIED: Status = Status(304, "Not Modified");
@@ -119,6 +121,84 @@ pub struct StaticFiles {
     max_uri: usize,
     max_headers: usize,
     hidden: bool,
+    /// `Cache-Control: ...\r\n`, rendered once.
+    cache_control: Vec<u8>,
+    /// The [`header`](Self::header) lines, rendered once.
+    extra: Vec<u8>,
+}
+
+/// The most bytes [`StaticFiles::cache_control`] and [`StaticFiles::header`] may add
+/// to a response head together (names, values, `: ` and CRLFs): the head must fit in
+/// one buffer segment with the server's own headers.
+pub const MAX_EXTRA_HEADERS: usize = 4096;
+
+/// Headers the server writes itself or that frame the message: setting them would
+/// duplicate them or let a response lie about its length.
+const RESERVED: &[&str] = &[
+    "accept-ranges",
+    "allow",
+    "cache-control",
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-range",
+    "content-type",
+    "date",
+    "etag",
+    "keep-alive",
+    "last-modified",
+    "location",
+    "proxy-connection",
+    "server",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// A response header refused by [`StaticFiles::header`] or
+/// [`StaticFiles::cache_control`]. Nothing was added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeaderError {
+    /// The name is empty or not an HTTP token (letters, digits and
+    /// ``!#$%&'*+-.^_`|~``; no spaces, colons or control bytes).
+    #[error("header name {0:?} is not an HTTP token")]
+    InvalidName(String),
+    /// The value holds CR, LF, NUL or another control byte (a tab aside): it could
+    /// end the header and start another, or the body.
+    #[error("the value of header {0:?} holds a control character (CR, LF, NUL, ...)")]
+    InvalidValue(String),
+    /// The server writes this header itself or it frames the message
+    /// (`Content-Length`, `Connection`, ...); use
+    /// [`cache_control`](StaticFiles::cache_control) for `Cache-Control`.
+    #[error("header {0:?} is set by the server and cannot be added")]
+    Reserved(String),
+    /// The added headers would take more than [`MAX_EXTRA_HEADERS`] bytes.
+    #[error("the added headers would take more than {MAX_EXTRA_HEADERS} bytes")]
+    TooLong,
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// `name: value\r\n`, if the name is a token and the value has no control bytes
+/// (surrounding spaces and tabs are dropped).
+fn render_header(name: &str, value: &str) -> Result<Vec<u8>, HeaderError> {
+    if name.is_empty() || !name.bytes().all(is_tchar) {
+        return Err(HeaderError::InvalidName(name.to_string()));
+    }
+    let value = value.trim_matches([' ', '\t']);
+    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(HeaderError::InvalidValue(name.to_string()));
+    }
+    let mut line = Vec::with_capacity(name.len() + value.len() + 4);
+    line.extend_from_slice(name.as_bytes());
+    line.extend_from_slice(b": ");
+    line.extend_from_slice(value.as_bytes());
+    line.extend_from_slice(b"\r\n");
+    Ok(line)
 }
 
 impl StaticFiles {
@@ -127,7 +207,65 @@ impl StaticFiles {
     pub fn new(root: impl AsRef<Path>) -> io::Result<StaticFiles> {
         let root_path = root.as_ref().to_path_buf();
         let fd = rustix::fs::open(&root_path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-        Ok(StaticFiles { root: fd, root_path, max_uri: 4096, max_headers: 64, hidden: false })
+        Ok(StaticFiles {
+            root: fd,
+            root_path,
+            max_uri: 4096,
+            max_headers: 64,
+            hidden: false,
+            cache_control: Vec::new(),
+            extra: Vec::new(),
+        })
+    }
+
+    /// Sends `Cache-Control: value` with every file (200, 206 and 304; not with
+    /// errors or redirects), replacing an earlier value. The line is rendered now,
+    /// so a response only copies its bytes.
+    ///
+    /// ```
+    /// # let root = std::env::temp_dir();
+    /// let files = berth_server::StaticFiles::new(&root)?.cache_control("public, max-age=3600")?;
+    /// assert!(berth_server::StaticFiles::new(&root)?.cache_control("no-cache\r\nX-Evil: 1").is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cache_control(mut self, value: &str) -> Result<Self, HeaderError> {
+        let line = render_header("Cache-Control", value)?;
+        if line.len() + self.extra.len() > MAX_EXTRA_HEADERS {
+            return Err(HeaderError::TooLong);
+        }
+        self.cache_control = line;
+        Ok(self)
+    }
+
+    /// Adds `name: value` to every file response (200, 206 and 304) and to the 204 of
+    /// `OPTIONS`; repeatable, sent in the order added. Refused with a
+    /// [`HeaderError`] — never sent half-checked — if the name is not an HTTP token,
+    /// the value holds CR, LF, NUL or another control byte, the name is one the server
+    /// writes itself or that frames the message (`Content-Length`, `Content-Type`,
+    /// `ETag`, `Cache-Control`: see [`cache_control`](Self::cache_control), ...), or
+    /// the added headers would pass [`MAX_EXTRA_HEADERS`] bytes. The line is rendered
+    /// now, so a response only copies its bytes.
+    ///
+    /// ```
+    /// use berth_server::{HeaderError, StaticFiles};
+    /// # let root = std::env::temp_dir();
+    /// let files = StaticFiles::new(&root)?
+    ///     .header("X-Content-Type-Options", "nosniff")?
+    ///     .header("Access-Control-Allow-Origin", "*")?;
+    /// let injected = StaticFiles::new(&root)?.header("X-A", "1\r\nSet-Cookie: stolen=1");
+    /// assert!(matches!(injected, Err(HeaderError::InvalidValue(_))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn header(mut self, name: &str, value: &str) -> Result<Self, HeaderError> {
+        if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+            return Err(HeaderError::Reserved(name.to_string()));
+        }
+        let line = render_header(name, value)?;
+        if line.len() + self.extra.len() + self.cache_control.len() > MAX_EXTRA_HEADERS {
+            return Err(HeaderError::TooLong);
+        }
+        self.extra.extend_from_slice(&line);
+        Ok(self)
     }
 
     /// The longest request target accepted (default 4096 bytes); longer gets 414.
@@ -208,10 +346,10 @@ impl StaticFiles {
         cond.headers = &*req.headers;
         // A body is never read: closing keeps the next request from starting inside it.
         keep_alive &= !body && !reply.server_closing();
-        let mut r = Response { reply, keep_alive, http10, head_only };
+        let mut r = Response { reply, keep_alive, http10, head_only, files: Some(self) };
 
-        if !matches!(req.method, Some("GET" | "HEAD")) {
-            return r.error(BAD_METHOD, "Allow: GET, HEAD\r\n");
+        if !matches!(req.method, Some("GET" | "HEAD" | "OPTIONS")) {
+            return r.error(BAD_METHOD, ALLOW);
         }
         if !http10 && !host {
             r.keep_alive = false;
@@ -220,6 +358,11 @@ impl StaticFiles {
         let target = req.path.unwrap_or("");
         if target.len() > self.max_uri {
             return r.error(URI_TOO_LONG, "");
+        }
+        if req.method == Some("OPTIONS") {
+            // The same methods for every resource, `*` (the server) included: no
+            // need to look at the file system.
+            return r.options();
         }
         let (raw_path, query) = match target.find(['?', '#']) {
             Some(i) => target.split_at(i),
@@ -306,6 +449,20 @@ fn open_status(e: Errno, target: &str) -> Status {
     }
 }
 
+/// `; charset=utf-8` for the textual types (`text/*`, JavaScript, JSON and `+json`,
+/// SVG), whose bytes a browser would otherwise decode by guessing; nothing for the
+/// rest. XML other than SVG is left alone: its own declaration names its encoding.
+fn charset(content_type: &str) -> &'static str {
+    let (top, sub) = content_type.split_once('/').unwrap_or((content_type, ""));
+    let textual = top.eq_ignore_ascii_case("text")
+        || (top.eq_ignore_ascii_case("application")
+            && (["javascript", "ecmascript", "x-javascript", "json"].iter().any(|t| sub.eq_ignore_ascii_case(t))
+                || sub.as_bytes().rsplit(|&b| b == b'+').next().is_some_and(|t| t.eq_ignore_ascii_case(b"json"))
+                    && sub.contains('+')))
+        || content_type.eq_ignore_ascii_case("image/svg+xml");
+    if textual && !content_type.contains(';') { "; charset=utf-8" } else { "" }
+}
+
 /// A time as an HTTP date, if it is one (1970 to 9999; httpdate panics outside).
 fn http_date(t: SystemTime) -> Option<HttpDate> {
     let secs = t.duration_since(UNIX_EPOCH).ok()?.as_secs();
@@ -323,6 +480,8 @@ struct Response<'r, 'a> {
     keep_alive: bool,
     http10: bool,
     head_only: bool,
+    /// For the added headers; `None` when the request did not even parse.
+    files: Option<&'r StaticFiles>,
 }
 
 impl Response<'_, '_> {
@@ -341,13 +500,31 @@ impl Response<'_, '_> {
         Ok(())
     }
 
-    /// `ETag` and `Last-Modified`: on a 200 and a 206, and on a 304 in their place.
+    /// `ETag`, `Last-Modified`, `Cache-Control` and the added headers: on a 200 and a
+    /// 206, and on a 304 in their place (RFC 9110 §15.4.5).
     fn validators(&mut self, etag: &ETag, last_modified: Option<HttpDate>) -> io::Result<()> {
         write!(self.reply, "ETag: {}\r\n", etag.as_str())?;
         if let Some(lm) = last_modified {
             write!(self.reply, "Last-Modified: {lm}\r\n")?;
         }
+        if let Some(files) = self.files {
+            self.reply.write_bytes(&files.cache_control).map_err(io::Error::other)?;
+            self.reply.write_bytes(&files.extra).map_err(io::Error::other)?;
+        }
         Ok(())
+    }
+
+    /// 204 with `Allow` (a 204 has no body and no `Content-Length`).
+    fn options(mut self) {
+        let _ = (|| {
+            self.start(NO_CONTENT)?;
+            self.reply.write_bytes(ALLOW.as_bytes()).map_err(io::Error::other)?;
+            if let Some(files) = self.files {
+                self.reply.write_bytes(&files.extra).map_err(io::Error::other)?;
+            }
+            write!(self.reply, "\r\n")
+        })();
+        self.finish();
     }
 
     fn finish(&mut self) {
@@ -423,7 +600,8 @@ impl Response<'_, '_> {
         let content_type = mime_guess::from_path(name).first_raw().unwrap_or("application/octet-stream");
         let _ = (|| {
             self.start(status)?;
-            write!(self.reply, "Content-Type: {content_type}\r\nContent-Length: {}\r\n", body.len())?;
+            let charset = charset(content_type);
+            write!(self.reply, "Content-Type: {content_type}{charset}\r\nContent-Length: {}\r\n", body.len())?;
             if status == PARTIAL {
                 write!(self.reply, "Content-Range: {}\r\n", body.content_range(size))?;
             }
@@ -465,7 +643,7 @@ impl Service for StaticFiles {
             Err(_) => BAD_REQUEST,
         };
         // The rest of this connection's input cannot be trusted to frame requests.
-        Response { reply, keep_alive: false, http10: false, head_only: false }.error(status, "");
+        Response { reply, keep_alive: false, http10: false, head_only: false, files: None }.error(status, "");
         input.len()
     }
 }

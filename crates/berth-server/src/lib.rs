@@ -85,7 +85,7 @@ mod validators;
 pub use berth_ipc::{OpenError, RecvError, SendError};
 pub use conn::{Conns, NotWaiting};
 pub use echo::Echo;
-pub use files::{MAX_HEADERS, StaticFiles};
+pub use files::{HeaderError, MAX_EXTRA_HEADERS, MAX_HEADERS, StaticFiles};
 pub use metrics::Metrics;
 pub use relay::{
     EchoError, IpcRelay, RelayBackend, RelayConfig, RelayConn, RelayError, RelayHandle, RelayRequest, RelayStats,

@@ -1,9 +1,9 @@
 //! The request path allocates nothing: after a warm-up, thousands of keep-alive
 //! requests to `StaticFiles` (a small file, a larger one by sendfile, 304s by date and
-//! by ETag, a 412, 206s with and without If-Range, and a 404; every 200 and 206 with
-//! its ETag), echo round trips and relay round trips (TCP -> IPC -> backend -> back)
-//! make zero heap allocations in the whole process — the server's worker and the
-//! relay thread included.
+//! by ETag, a 412, 206s with and without If-Range, a 404 and an OPTIONS; every 200
+//! and 206 with its ETag, Cache-Control and an added header), echo round trips and
+//! relay round trips (TCP -> IPC -> backend -> back) make zero heap allocations in
+//! the whole process — the server's worker and the relay thread included.
 //!
 //! The count is process-wide ([`berth_testkit::total_allocations`]), so this binary
 //! holds one test, and the client loops below allocate nothing themselves: requests
@@ -54,7 +54,13 @@ fn static_files() {
     let dir = TempDir::new("alloc");
     dir.file("small.txt", &pattern(1024));
     dir.file("big.bin", &pattern(256 * 1024));
-    let server = builder().serve(StaticFiles::new(dir.path()).unwrap()).expect("server starts");
+    let files = StaticFiles::new(dir.path())
+        .unwrap()
+        .cache_control("public, max-age=60")
+        .unwrap()
+        .header("X-Content-Type-Options", "nosniff")
+        .unwrap();
+    let server = builder().serve(files).expect("server starts");
     let mut s = client(server.local_addr());
     let first = exchange(&mut s, &req("GET", "/small.txt", ""));
     let since = first.header("last-modified").unwrap().to_owned();
@@ -70,6 +76,7 @@ fn static_files() {
         req("GET", "/small.txt", "If-Match: \"stale\"\r\n"),
         req("GET", "/big.bin", &format!("Range: bytes=1000-70999\r\nIf-Range: {big_etag}\r\n")),
         req("GET", "/missing", ""),
+        req("OPTIONS", "*", ""),
         req("GET", "/%2e%2e/etc/passwd", ""),
     ];
     let lens: Vec<usize> = requests.iter().map(|r| response_len(&mut s, r)).collect();

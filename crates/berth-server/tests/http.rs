@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use berth_server::StaticFiles;
+use berth_server::{HeaderError, MAX_EXTRA_HEADERS, StaticFiles};
 use common::*;
 
 #[test]
@@ -32,7 +32,7 @@ fn get_and_head_every_byte() {
         assert_eq!(h.content_length(), Some(n));
     }
     let r = exchange(&mut s, &req("GET", "/page.html", ""));
-    assert_eq!(r.header("content-type"), Some("text/html"));
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
     assert_eq!(r.body, b"<p>x</p>");
     let r = exchange(&mut s, &req("GET", "/f1.bin?query=1", ""));
     assert_eq!(r.header("content-type"), Some("application/octet-stream"));
@@ -326,9 +326,9 @@ fn refusals_400_405_414_431() {
     let server = serve_dir(dir.path());
     let addr = server.local_addr();
 
-    for method in ["POST", "PUT", "DELETE", "OPTIONS", "BREW"] {
+    for method in ["POST", "PUT", "DELETE", "PATCH", "BREW", "options"] {
         let r = get(addr, &req(method, "/a.txt", ""));
-        assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")), "{method}");
+        assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD, OPTIONS")), "{method}");
     }
     // 405 keeps the connection usable.
     let mut s = client(addr);
@@ -621,4 +621,133 @@ fn etag_changes_when_the_file_is_rewritten() {
     assert_eq!(r.status, 304);
     drop(s);
     server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn options_gives_204_with_allow() {
+    let dir = TempDir::new("options");
+    dir.file("a.txt", b"alpha");
+    let server = serve_dir(dir.path());
+    let mut s = client(server.local_addr());
+    for target in ["*", "/a.txt", "/", "/missing"] {
+        let r = exchange(&mut s, &req("OPTIONS", target, ""));
+        assert_eq!((r.status, r.header("allow")), (204, Some("GET, HEAD, OPTIONS")), "{target}: {}", r.head);
+        assert_eq!(r.header("content-length"), None, "no Content-Length on a 204");
+    }
+    // Still in step: nothing followed the 204's head.
+    assert_eq!(exchange(&mut s, &req("GET", "/a.txt", "")).body, b"alpha");
+    // `*` is only for OPTIONS.
+    assert_eq!(exchange(&mut s, &req("GET", "*", "")).status, 400);
+    drop(s);
+    // HTTP/1.1 without Host is still a 400.
+    assert_eq!(get(server.local_addr(), "OPTIONS * HTTP/1.1\r\n\r\n").status, 400);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn charset_on_textual_types_only() {
+    let dir = TempDir::new("charset");
+    let names = [
+        ("a.html", Some("text/html; charset=utf-8")),
+        ("a.txt", Some("text/plain; charset=utf-8")),
+        ("a.css", Some("text/css; charset=utf-8")),
+        ("a.json", Some("application/json; charset=utf-8")),
+        ("a.svg", Some("image/svg+xml; charset=utf-8")),
+        ("a.png", Some("image/png")),
+        ("a.bin", Some("application/octet-stream")),
+        ("a.gz", None),
+    ];
+    for (name, _) in names {
+        dir.file(name, b"x");
+    }
+    dir.file("a.js", b"x");
+    let server = serve_dir(dir.path());
+    let mut s = client(server.local_addr());
+    for (name, want) in names {
+        let r = exchange(&mut s, &req("GET", &format!("/{name}"), ""));
+        let ct = r.header("content-type").unwrap().to_string();
+        match want {
+            Some(want) => assert_eq!(ct, want, "{name}"),
+            None => assert!(!ct.contains("charset"), "{name}: {ct}"),
+        }
+    }
+    // JavaScript, whichever name mime_guess gives it.
+    let r = exchange(&mut s, &req("GET", "/a.js", ""));
+    assert!(r.header("content-type").unwrap().ends_with("javascript; charset=utf-8"), "{}", r.head);
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn cache_control_and_added_headers() {
+    let dir = TempDir::new("extra");
+    dir.file("a.txt", b"alpha");
+    let files = StaticFiles::new(dir.path())
+        .unwrap()
+        .cache_control("no-cache")
+        .unwrap()
+        .cache_control("public, max-age=60")
+        .unwrap()
+        .header("X-Content-Type-Options", "nosniff")
+        .unwrap()
+        .header("Access-Control-Allow-Origin", "  *\t")
+        .unwrap();
+    let server = builder().serve(files).unwrap();
+    let mut s = client(server.local_addr());
+    let check = |r: &Response, what: &str| {
+        assert_eq!(r.header("cache-control"), Some("public, max-age=60"), "{what}: {}", r.head);
+        assert_eq!(r.head.matches("Cache-Control").count(), 1, "{what}: replaced, not repeated");
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{what}");
+        assert_eq!(r.header("access-control-allow-origin"), Some("*"), "{what}");
+        assert!(r.head.contains("\r\nX-Content-Type-Options: nosniff\r\nAccess-Control-Allow-Origin: *\r\n"));
+    };
+    let r = exchange(&mut s, &req("GET", "/a.txt", ""));
+    check(&r, "200");
+    assert_eq!(r.body, b"alpha");
+    let tag = r.header("etag").unwrap().to_string();
+    check(&exchange(&mut s, &req("HEAD", "/a.txt", "")), "HEAD");
+    check(&exchange(&mut s, &req("GET", "/a.txt", "Range: bytes=0-1\r\n")), "206");
+    check(&exchange(&mut s, &req("GET", "/a.txt", &format!("If-None-Match: {tag}\r\n"))), "304");
+    // OPTIONS gets the added headers, not Cache-Control.
+    let r = exchange(&mut s, &req("OPTIONS", "*", ""));
+    assert_eq!((r.status, r.header("x-content-type-options")), (204, Some("nosniff")));
+    assert_eq!(r.header("cache-control"), None);
+    // Errors get neither.
+    let r = exchange(&mut s, &req("GET", "/missing", ""));
+    assert_eq!((r.status, r.header("cache-control"), r.header("x-content-type-options")), (404, None, None));
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn header_injection_is_refused_at_build_time() {
+    let dir = TempDir::new("inject");
+    let files = || StaticFiles::new(dir.path()).unwrap();
+    for value in ["1\r\nSet-Cookie: a=b", "1\nX: y", "1\rX: y", "a\0b", "\u{7f}", "\u{1b}[31m"] {
+        assert!(matches!(files().header("X-A", value), Err(HeaderError::InvalidValue(_))), "{value:?}");
+        assert!(matches!(files().cache_control(value), Err(HeaderError::InvalidValue(_))), "{value:?}");
+    }
+    for name in ["", "X A", "X:A", "X-A:", "X\r\nY", "X\0", "(x)", "X\u{e9}", "X/Y"] {
+        assert!(matches!(files().header(name, "v"), Err(HeaderError::InvalidName(_))), "{name:?}");
+    }
+    for name in ["Content-Length", "transfer-encoding", "CONNECTION", "Content-Type", "ETag", "Cache-Control", "Date"] {
+        assert!(matches!(files().header(name, "1"), Err(HeaderError::Reserved(_))), "{name:?}");
+    }
+    let long = "v".repeat(MAX_EXTRA_HEADERS);
+    assert!(matches!(files().header("X-Long", &long), Err(HeaderError::TooLong)));
+    assert!(matches!(files().cache_control(&long), Err(HeaderError::TooLong)));
+    let mut f = files();
+    for i in 0.. {
+        match f.header(&format!("X-{i}"), &"v".repeat(100)) {
+            Ok(next) => f = next,
+            Err(e) => {
+                assert_eq!(e, HeaderError::TooLong);
+                assert!(i > 30, "{i} headers of 100 bytes fit");
+                break;
+            }
+        }
+    }
+    // Tabs inside a value, and obs-text, are allowed.
+    assert!(files().header("X-Tab", "a\tb").is_ok());
+    assert!(files().header("X-Utf8", "caf\u{e9}").is_ok());
 }
