@@ -90,8 +90,9 @@ const UNAVAILABLE: Status = Status(503, "Service Unavailable");
 /// A request line or head that does not fit in the server's request head limit gets
 /// 414 (the line) or 431 (the headers), as do more headers than
 /// [`max_headers`](Self::max_headers); a target longer than
-/// [`max_uri_len`](Self::max_uri_len) gets 414; a malformed request 400; a method
-/// other than GET and HEAD 405 with `Allow`. A request with a body is answered and the
+/// [`max_uri_len`](Self::max_uri_len) gets 414; a malformed request 400; `OPTIONS`
+/// (any path, or `*`) 204 with `Allow: GET, HEAD, OPTIONS`, and any other method
+/// than GET, HEAD and OPTIONS 405 with the same `Allow`. A request with a body is answered and the
 /// connection closed (no body is read).
 ///
 /// ```

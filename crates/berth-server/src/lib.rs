@@ -19,8 +19,8 @@
 //!   that consumes input and answers through a [`Reply`] — bytes into a leased
 //!   segment, a file range by sendfile(2), a close.
 //! - Built-in services: [`Echo`], and [`StaticFiles`] — HTTP/1.1 GET and HEAD of the
-//!   files beneath a root, with keep-alive, pipelining, `Range`, `If-Modified-Since`
-//!   and strict path handling (openat2 with `RESOLVE_BENEATH`); and [`IpcRelay`] —
+//!   files beneath a root, with keep-alive, pipelining, `Range`, strong `ETag`s and
+//!   the conditional requests, `OPTIONS`, added headers, and strict path handling (openat2 with `RESOLVE_BENEATH`); and [`IpcRelay`] —
 //!   length-prefixed frames relayed to a local backend process over a berth-ipc
 //!   duplex, replies routed back by [`ConnId`] ([`RelayBackend`] is the backend's end).
 //! - Answering later, from another thread: [`Reply::answer_later`], then
