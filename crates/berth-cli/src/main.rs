@@ -32,7 +32,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the files of a directory over HTTP/1.1 (GET and HEAD).
+    /// Serve the files of a directory over HTTP/1.1 (GET, HEAD and OPTIONS).
     Serve {
         /// The directory to serve.
         #[arg(default_value = ".")]
@@ -41,6 +41,16 @@ enum Command {
         /// `.git/config` or `.env`); by default they are 404s, `/.well-known/` aside.
         #[arg(long)]
         hidden: bool,
+        /// Send `Cache-Control: VALUE` with every file (200, 206, 304), e.g.
+        /// `--cache-control 'public, max-age=3600'`.
+        #[arg(long, value_name = "VALUE")]
+        cache_control: Option<String>,
+        /// Add a header to every file response (200, 206, 304) and to OPTIONS' 204:
+        /// `--header 'X-Content-Type-Options: nosniff'`. Repeatable. A name that is
+        /// not an HTTP token, a value with control characters, or a header the
+        /// server sets itself (Content-Length, Content-Type, ETag, ...) is refused.
+        #[arg(long, value_name = "'NAME: VALUE'", value_parser = parse_header)]
+        header: Vec<(String, String)>,
         #[command(flatten)]
         common: Common,
     },
@@ -109,6 +119,25 @@ struct Common {
     /// How long in-flight replies may take to finish after Ctrl-C, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     grace: u64,
+    /// Seconds a client may take to send a whole request head (slowloris guard).
+    #[arg(long, value_name = "SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout: u64,
+    /// Seconds a kept-alive connection may stay idle between requests.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: u64,
+    /// Seconds one send (a reply, or a whole file body) may take; 0: no limit.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    write_timeout: u64,
+    /// listen(2) backlog per worker: the kernel's queue of connections not yet
+    /// accepted.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(i32).range(1..))]
+    backlog: i32,
+}
+
+/// `Name: value` from `--header`; the name and value are checked by StaticFiles.
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s.split_once(':').ok_or_else(|| format!("{s:?} is not 'Name: value'"))?;
+    Ok((name.to_string(), value.to_string()))
 }
 
 fn main() -> ExitCode {
@@ -125,10 +154,12 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let result = match &cli.command {
-        Command::Serve { dir, hidden, common } => match StaticFiles::new(dir) {
-            Ok(files) => run(common, files.hidden(*hidden), &format!("serving {}", dir.display()), "http://", "/"),
-            Err(e) => Err(format!("cannot serve {}: {e}", dir.display())),
-        },
+        Command::Serve { dir, hidden, cache_control, header, common } => {
+            match static_files(dir, *hidden, cache_control.as_deref(), header) {
+                Ok(files) => run(common, files, &format!("serving {}", dir.display()), "http://", "/"),
+                Err(e) => Err(e),
+            }
+        }
         Command::Echo { common } => run(common, Echo, "echo", "", ""),
         Command::Relay { channel, max_frame, answer_timeout, common } => {
             relay(common, channel, *max_frame, *answer_timeout)
@@ -155,8 +186,31 @@ fn init_logging(level: Option<&str>) {
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
 }
 
+fn static_files(
+    dir: &std::path::Path,
+    hidden: bool,
+    cache_control: Option<&str>,
+    headers: &[(String, String)],
+) -> Result<StaticFiles, String> {
+    let mut files = StaticFiles::new(dir).map_err(|e| format!("cannot serve {}: {e}", dir.display()))?.hidden(hidden);
+    if let Some(value) = cache_control {
+        files = files.cache_control(value).map_err(|e| format!("--cache-control: {e}"))?;
+    }
+    for (name, value) in headers {
+        files = files.header(name, value).map_err(|e| format!("--header: {e}"))?;
+    }
+    Ok(files)
+}
+
 fn builder(common: &Common) -> ServerBuilder {
-    let mut b = Server::builder().addr(common.addr).max_connections(common.max_connections);
+    let write_timeout = Some(common.write_timeout).filter(|&s| s > 0).map(Duration::from_secs);
+    let mut b = Server::builder()
+        .addr(common.addr)
+        .max_connections(common.max_connections)
+        .header_timeout(Duration::from_secs(common.header_timeout))
+        .idle_timeout(Duration::from_secs(common.idle_timeout))
+        .write_timeout(write_timeout)
+        .backlog(common.backlog);
     if let Some(n) = common.workers {
         b = b.workers(n);
     }

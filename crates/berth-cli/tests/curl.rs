@@ -1,5 +1,6 @@
 //! `berth serve` as a real HTTP client sees it: curl downloads files byte for byte,
-//! reuses one kept-alive connection for several URLs, gets HEAD, Range, 304 and
+//! reuses one kept-alive connection for several URLs, gets HEAD, Range, 304 (by date
+//! and by ETag), 412, If-Range, OPTIONS, the `--header`s and `--cache-control` and
 //! HTTP/1.0 right, and never gets a byte from outside the root whatever path it
 //! sends (`--path-as-is` keeps curl from normalising `..` itself).
 //!
@@ -73,7 +74,28 @@ fn curl_against_berth_serve() {
         return;
     }
     let (dir, root) = site();
-    let (child, banner) = start(&["serve", root.to_str().unwrap(), "--addr", "127.0.0.1:0", "--workers", "1"]);
+    let (child, banner) = start(&[
+        "serve",
+        root.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--cache-control",
+        "public, max-age=60",
+        "--header",
+        "X-Content-Type-Options: nosniff",
+        "--header",
+        "X-Berth-Test:  yes ",
+        "--header-timeout",
+        "10",
+        "--idle-timeout",
+        "30",
+        "--write-timeout",
+        "30",
+        "--backlog",
+        "64",
+    ]);
     let addr = banner_addr(&banner);
     let url = |path: &str| format!("http://{addr}{path}");
     let out_dir = dir.0.join("out");
@@ -130,6 +152,53 @@ fn curl_against_berth_serve() {
     // If-Modified-Since from a file as new as the served one: 304, no body.
     let o = curl(&["-z", root.join("small.txt").to_str().unwrap(), "-w", "%{http_code}", &url("/small.txt")]);
     assert_eq!(o.stdout, b"304");
+
+    // ETag revalidation: the tag from a HEAD, sent back as If-None-Match, gets a 304
+    // (with the tag); another tag, or a weak form of ours for If-Match, does not.
+    let o = curl(&["-I", &url("/small.txt")]);
+    let head = String::from_utf8(o.stdout).unwrap();
+    let etag = head
+        .lines()
+        .find_map(|l| l.strip_prefix("ETag: ").or_else(|| l.strip_prefix("etag: ")))
+        .unwrap_or_else(|| panic!("no ETag in {head}"))
+        .trim()
+        .to_string();
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+    let inm = format!("If-None-Match: {etag}");
+    assert_eq!(curl_w("%{http_code}", &["-H", &inm, &url("/small.txt")]), "304");
+    assert_eq!(curl_w("%{http_code}", &["-H", &format!("If-None-Match: \"x\", W/{etag}"), &url("/small.txt")]), "304");
+    assert_eq!(curl_w("%{http_code}", &["-H", "If-None-Match: \"stale\"", &url("/small.txt")]), "200");
+    assert_eq!(curl_w("%{http_code}", &["-H", "If-None-Match: garbage\u{7}", &url("/small.txt")]), "400");
+    assert_eq!(curl_w("%{http_code}", &["-H", "If-Match: \"stale\"", &url("/small.txt")]), "412");
+    let o = curl(&["-D", "-", "-o", "/dev/null", "-H", &inm, &url("/small.txt")]);
+    let head = String::from_utf8(o.stdout).unwrap();
+    assert!(head.starts_with("HTTP/1.1 304 ") && head.contains(&format!("ETag: {etag}\r\n")), "{head}");
+    // A resumed download with If-Range: our tag gets the rest, a stale one the whole.
+    let o = curl(&["-r", "900-", "-H", &format!("If-Range: {etag}"), &url("/small.txt")]);
+    assert_eq!(o.stdout, &pattern(1000)[900..]);
+    let o = curl(&["-r", "900-", "-H", "If-Range: \"stale\"", &url("/small.txt")]);
+    assert_eq!(o.stdout, pattern(1000));
+
+    // --cache-control and --header show up on files (and on the 304 above), with
+    // charset=utf-8 on text.
+    assert!(head.contains("Cache-Control: public, max-age=60\r\n"), "{head}");
+    let o = curl(&["-D", "-", "-o", "/dev/null", &url("/sub/page.html")]);
+    let head = String::from_utf8(o.stdout).unwrap();
+    for line in [
+        "Cache-Control: public, max-age=60\r\n",
+        "X-Content-Type-Options: nosniff\r\n",
+        "X-Berth-Test: yes\r\n",
+        "Content-Type: text/html; charset=utf-8\r\n",
+    ] {
+        assert!(head.contains(line), "{line:?} in {head}");
+    }
+
+    // OPTIONS: 204 with Allow, for a path and for the server (`*`).
+    let o = curl(&["-i", "-X", "OPTIONS", &url("/small.txt")]);
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.starts_with("HTTP/1.1 204 No Content\r\n"), "{text}");
+    assert!(text.contains("Allow: GET, HEAD, OPTIONS\r\n"), "{text}");
+    assert_eq!(curl_w("%{http_code}", &["-X", "OPTIONS", "--request-target", "*", &url("/")]), "204");
 
     // HTTP/1.0: served, and the connection closed after the reply.
     let o = curl(&["--http1.0", "-i", &url("/small.txt")]);

@@ -105,3 +105,64 @@ fn driver_flag_picks_the_driver() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("expected auto, epoll or uring"), "{bad:?}");
 }
+
+#[test]
+fn version_flag() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth")).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("berth {}\n", env!("CARGO_PKG_VERSION")));
+}
+
+/// `--idle-timeout 1` reaches the server: a kept-alive connection left idle is closed
+/// after about a second (the default would keep it for a minute, past this test's
+/// read timeout). Bad header flags are refused before anything listens.
+#[test]
+fn timeout_and_header_flags() {
+    use std::io::{Read, Write};
+    let dir = std::env::temp_dir().join(format!("berth-cli-flags-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.txt"), "alpha").unwrap();
+    let (child, banner, _stderr) = start_capturing(&[
+        "serve",
+        dir.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--log",
+        "warn",
+        "--idle-timeout",
+        "1",
+    ]);
+    let mut s = std::net::TcpStream::connect(banner_addr(&banner)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /a.txt HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let started = std::time::Instant::now();
+    let mut all = Vec::new();
+    let closed = s.read_to_end(&mut all).is_ok();
+    assert!(closed, "closed by the idle timeout within 10 s: {}", String::from_utf8_lossy(&all));
+    assert!(all.ends_with(b"alpha"));
+    assert!(started.elapsed() >= std::time::Duration::from_millis(500));
+    signal(&child, Signal::INT);
+    assert!(wait_exit(child).success());
+
+    for bad in [
+        ["--header", "Content-Length: 1"],
+        ["--header", "X-A: 1\r\nX-B: 2"],
+        ["--header", "no colon"],
+        ["--header", "X A: 1"],
+        ["--cache-control", "a\nb"],
+        ["--idle-timeout", "0"],
+        ["--backlog", "0"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["serve", dir.to_str().unwrap(), "--addr", "127.0.0.1:0"])
+            .args(bad)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad:?} accepted");
+        assert!(out.stdout.is_empty(), "{bad:?}: no banner, nothing listened");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -16,6 +16,7 @@ use rustix::io::Errno;
 
 use crate::path::{self, PathError};
 use crate::service::{Reply, Service};
+use crate::validators::{Conditions, ETag, Precondition, if_range_matches};
 
 /// The largest header count [`StaticFiles::max_headers`] accepts (the parser's array
 /// lives on the stack).
@@ -23,15 +24,18 @@ pub const MAX_HEADERS: usize = 100;
 /// Decoded paths (plus `/index.html` and a NUL) must fit in this many bytes.
 const PATH_BUF: usize = 4096;
 const INDEX: &[u8] = b"/index.html";
+const ALLOW: &str = "Allow: GET, HEAD, OPTIONS\r\n";
 
 /// A status code and its reason phrase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Status(u16, &'static str);
 
 const OK: Status = Status(200, "OK");
+const NO_CONTENT: Status = Status(204, "No Content");
 const PARTIAL: Status = Status(206, "Partial Content");
 const MOVED: Status = Status(301, "Moved Permanently");
 const NOT_MODIFIED: Status = Status(304, "Not Modified");
+const PRECONDITION_FAILED: Status = Status(412, "Precondition Failed");
 const BAD_REQUEST: Status = Status(400, "Bad Request");
 const FORBIDDEN: Status = Status(403, "Forbidden");
 const NOT_FOUND: Status = Status(404, "Not Found");
@@ -44,10 +48,23 @@ const UNAVAILABLE: Status = Status(503, "Service Unavailable");
 
 /// Serves the files beneath a root directory over HTTP/1.1: GET and HEAD,
 /// keep-alive and pipelining, `Content-Length`, `Content-Type` from the extension,
-/// `Last-Modified` / `If-Modified-Since` (304), a single `Range` (206, or 416;
+/// validators and conditional requests (below), a single `Range` (206, or 416;
 /// several ranges get the whole file), a directory's `index.html` (no listings; a
 /// directory asked for without its trailing slash is redirected to it), bodies by
 /// sendfile(2). HTTP/1.0 closes after the reply unless it asked for keep-alive.
+///
+/// # Validators
+///
+/// Every file response carries `Last-Modified` and a strong `ETag` made of the
+/// file's device, inode, size and modification time in nanoseconds (hex, quoted), so
+/// a rewrite or a replacement by rename changes it. The conditional headers are
+/// taken in RFC 9110 §13.2.2's order: `If-Match` (strong comparison, `*`), or else
+/// `If-Unmodified-Since`, fail with 412 Precondition Failed; then `If-None-Match`
+/// (lists, `*`, weak comparison: `W/` is ignored), or else `If-Modified-Since`, give
+/// 304 Not Modified with the `ETag` and `Last-Modified`; then `Range`, applied only
+/// if `If-Range` (when present) holds our `ETag` (strong comparison) or exactly our
+/// `Last-Modified` date. A value that does not parse never matches: a list is read
+/// up to its first malformed item, and an unparsable date is ignored.
 ///
 /// # Nothing outside the root
 ///
@@ -73,8 +90,9 @@ const UNAVAILABLE: Status = Status(503, "Service Unavailable");
 /// A request line or head that does not fit in the server's request head limit gets
 /// 414 (the line) or 431 (the headers), as do more headers than
 /// [`max_headers`](Self::max_headers); a target longer than
-/// [`max_uri_len`](Self::max_uri_len) gets 414; a malformed request 400; a method
-/// other than GET and HEAD 405 with `Allow`. A request with a body is answered and the
+/// [`max_uri_len`](Self::max_uri_len) gets 414; a malformed request 400; `OPTIONS`
+/// (any path, or `*`) 204 with `Allow: GET, HEAD, OPTIONS`, and any other method
+/// than GET, HEAD and OPTIONS 405 with the same `Allow`. A request with a body is answered and the
 /// connection closed (no body is read).
 ///
 /// ```
@@ -104,6 +122,84 @@ pub struct StaticFiles {
     max_uri: usize,
     max_headers: usize,
     hidden: bool,
+    /// `Cache-Control: ...\r\n`, rendered once.
+    cache_control: Vec<u8>,
+    /// The [`header`](Self::header) lines, rendered once.
+    extra: Vec<u8>,
+}
+
+/// The most bytes [`StaticFiles::cache_control`] and [`StaticFiles::header`] may add
+/// to a response head together (names, values, `: ` and CRLFs): the head must fit in
+/// one buffer segment with the server's own headers.
+pub const MAX_EXTRA_HEADERS: usize = 4096;
+
+/// Headers the server writes itself or that frame the message: setting them would
+/// duplicate them or let a response lie about its length.
+const RESERVED: &[&str] = &[
+    "accept-ranges",
+    "allow",
+    "cache-control",
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-range",
+    "content-type",
+    "date",
+    "etag",
+    "keep-alive",
+    "last-modified",
+    "location",
+    "proxy-connection",
+    "server",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// A response header refused by [`StaticFiles::header`] or
+/// [`StaticFiles::cache_control`]. Nothing was added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeaderError {
+    /// The name is empty or not an HTTP token (letters, digits and
+    /// ``!#$%&'*+-.^_`|~``; no spaces, colons or control bytes).
+    #[error("header name {0:?} is not an HTTP token")]
+    InvalidName(String),
+    /// The value holds CR, LF, NUL or another control byte (a tab aside): it could
+    /// end the header and start another, or the body.
+    #[error("the value of header {0:?} holds a control character (CR, LF, NUL, ...)")]
+    InvalidValue(String),
+    /// The server writes this header itself or it frames the message
+    /// (`Content-Length`, `Connection`, ...); use
+    /// [`cache_control`](StaticFiles::cache_control) for `Cache-Control`.
+    #[error("header {0:?} is set by the server and cannot be added")]
+    Reserved(String),
+    /// The added headers would take more than [`MAX_EXTRA_HEADERS`] bytes.
+    #[error("the added headers would take more than {MAX_EXTRA_HEADERS} bytes")]
+    TooLong,
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// `name: value\r\n`, if the name is a token and the value has no control bytes
+/// (surrounding spaces and tabs are dropped).
+fn render_header(name: &str, value: &str) -> Result<Vec<u8>, HeaderError> {
+    if name.is_empty() || !name.bytes().all(is_tchar) {
+        return Err(HeaderError::InvalidName(name.to_string()));
+    }
+    let value = value.trim_matches([' ', '\t']);
+    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(HeaderError::InvalidValue(name.to_string()));
+    }
+    let mut line = Vec::with_capacity(name.len() + value.len() + 4);
+    line.extend_from_slice(name.as_bytes());
+    line.extend_from_slice(b": ");
+    line.extend_from_slice(value.as_bytes());
+    line.extend_from_slice(b"\r\n");
+    Ok(line)
 }
 
 impl StaticFiles {
@@ -112,7 +208,65 @@ impl StaticFiles {
     pub fn new(root: impl AsRef<Path>) -> io::Result<StaticFiles> {
         let root_path = root.as_ref().to_path_buf();
         let fd = rustix::fs::open(&root_path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-        Ok(StaticFiles { root: fd, root_path, max_uri: 4096, max_headers: 64, hidden: false })
+        Ok(StaticFiles {
+            root: fd,
+            root_path,
+            max_uri: 4096,
+            max_headers: 64,
+            hidden: false,
+            cache_control: Vec::new(),
+            extra: Vec::new(),
+        })
+    }
+
+    /// Sends `Cache-Control: value` with every file (200, 206 and 304; not with
+    /// errors or redirects), replacing an earlier value. The line is rendered now,
+    /// so a response only copies its bytes.
+    ///
+    /// ```
+    /// # let root = std::env::temp_dir();
+    /// let files = berth_server::StaticFiles::new(&root)?.cache_control("public, max-age=3600")?;
+    /// assert!(berth_server::StaticFiles::new(&root)?.cache_control("no-cache\r\nX-Evil: 1").is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cache_control(mut self, value: &str) -> Result<Self, HeaderError> {
+        let line = render_header("Cache-Control", value)?;
+        if line.len() + self.extra.len() > MAX_EXTRA_HEADERS {
+            return Err(HeaderError::TooLong);
+        }
+        self.cache_control = line;
+        Ok(self)
+    }
+
+    /// Adds `name: value` to every file response (200, 206 and 304) and to the 204 of
+    /// `OPTIONS`; repeatable, sent in the order added. Refused with a
+    /// [`HeaderError`] — never sent half-checked — if the name is not an HTTP token,
+    /// the value holds CR, LF, NUL or another control byte, the name is one the server
+    /// writes itself or that frames the message (`Content-Length`, `Content-Type`,
+    /// `ETag`, `Cache-Control`: see [`cache_control`](Self::cache_control), ...), or
+    /// the added headers would pass [`MAX_EXTRA_HEADERS`] bytes. The line is rendered
+    /// now, so a response only copies its bytes.
+    ///
+    /// ```
+    /// use berth_server::{HeaderError, StaticFiles};
+    /// # let root = std::env::temp_dir();
+    /// let files = StaticFiles::new(&root)?
+    ///     .header("X-Content-Type-Options", "nosniff")?
+    ///     .header("Access-Control-Allow-Origin", "*")?;
+    /// let injected = StaticFiles::new(&root)?.header("X-A", "1\r\nSet-Cookie: stolen=1");
+    /// assert!(matches!(injected, Err(HeaderError::InvalidValue(_))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn header(mut self, name: &str, value: &str) -> Result<Self, HeaderError> {
+        if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+            return Err(HeaderError::Reserved(name.to_string()));
+        }
+        let line = render_header(name, value)?;
+        if line.len() + self.extra.len() + self.cache_control.len() > MAX_EXTRA_HEADERS {
+            return Err(HeaderError::TooLong);
+        }
+        self.extra.extend_from_slice(&line);
+        Ok(self)
     }
 
     /// The longest request target accepted (default 4096 bytes); longer gets 414.
@@ -158,7 +312,7 @@ impl StaticFiles {
         let http10 = req.version == Some(0);
         let mut keep_alive = !http10;
         let (mut host, mut body) = (false, false);
-        let (mut ims, mut range, mut if_range) = (None, None, None);
+        let mut cond = Conditions::default();
         for h in req.headers.iter() {
             let value = std::str::from_utf8(h.value).ok().map(str::trim);
             let name = h.name;
@@ -177,19 +331,26 @@ impl StaticFiles {
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 body = true;
             } else if name.eq_ignore_ascii_case("if-modified-since") {
-                ims = value;
+                cond.modified_since = cond.modified_since.or(value);
+            } else if name.eq_ignore_ascii_case("if-unmodified-since") {
+                cond.unmodified_since = cond.unmodified_since.or(value);
+            } else if name.eq_ignore_ascii_case("if-match") {
+                cond.if_match = true;
+            } else if name.eq_ignore_ascii_case("if-none-match") {
+                cond.if_none_match = true;
             } else if name.eq_ignore_ascii_case("range") {
-                range = value;
+                cond.range = cond.range.or(value);
             } else if name.eq_ignore_ascii_case("if-range") {
-                if_range = value;
+                cond.if_range = cond.if_range.or(value);
             }
         }
+        cond.headers = &*req.headers;
         // A body is never read: closing keeps the next request from starting inside it.
         keep_alive &= !body && !reply.server_closing();
-        let mut r = Response { reply, keep_alive, http10, head_only };
+        let mut r = Response { reply, keep_alive, http10, head_only, files: Some(self) };
 
-        if !matches!(req.method, Some("GET" | "HEAD")) {
-            return r.error(BAD_METHOD, "Allow: GET, HEAD\r\n");
+        if !matches!(req.method, Some("GET" | "HEAD" | "OPTIONS")) {
+            return r.error(BAD_METHOD, ALLOW);
         }
         if !http10 && !host {
             r.keep_alive = false;
@@ -198,6 +359,11 @@ impl StaticFiles {
         let target = req.path.unwrap_or("");
         if target.len() > self.max_uri {
             return r.error(URI_TOO_LONG, "");
+        }
+        if req.method == Some("OPTIONS") {
+            // The same methods for every resource, `*` (the server) included: no
+            // need to look at the file system.
+            return r.options();
         }
         let (raw_path, query) = match target.find(['?', '#']) {
             Some(i) => target.split_at(i),
@@ -239,7 +405,7 @@ impl StaticFiles {
             return r.error(if meta.is_dir() { NOT_FOUND } else { FORBIDDEN }, "");
         }
         let name = Path::new(OsStr::from_bytes(&buf[..len]));
-        r.file(file, &meta, name, ims, range, if_range);
+        r.file(file, &meta, name, &cond);
     }
 }
 
@@ -284,6 +450,20 @@ fn open_status(e: Errno, target: &str) -> Status {
     }
 }
 
+/// `; charset=utf-8` for the textual types (`text/*`, JavaScript, JSON and `+json`,
+/// SVG), whose bytes a browser would otherwise decode by guessing; nothing for the
+/// rest. XML other than SVG is left alone: its own declaration names its encoding.
+fn charset(content_type: &str) -> &'static str {
+    let (top, sub) = content_type.split_once('/').unwrap_or((content_type, ""));
+    let textual = top.eq_ignore_ascii_case("text")
+        || (top.eq_ignore_ascii_case("application")
+            && (["javascript", "ecmascript", "x-javascript", "json"].iter().any(|t| sub.eq_ignore_ascii_case(t))
+                || sub.as_bytes().rsplit(|&b| b == b'+').next().is_some_and(|t| t.eq_ignore_ascii_case(b"json"))
+                    && sub.contains('+')))
+        || content_type.eq_ignore_ascii_case("image/svg+xml");
+    if textual && !content_type.contains(';') { "; charset=utf-8" } else { "" }
+}
+
 /// A time as an HTTP date, if it is one (1970 to 9999; httpdate panics outside).
 fn http_date(t: SystemTime) -> Option<HttpDate> {
     let secs = t.duration_since(UNIX_EPOCH).ok()?.as_secs();
@@ -301,6 +481,8 @@ struct Response<'r, 'a> {
     keep_alive: bool,
     http10: bool,
     head_only: bool,
+    /// For the added headers; `None` when the request did not even parse.
+    files: Option<&'r StaticFiles>,
 }
 
 impl Response<'_, '_> {
@@ -317,6 +499,33 @@ impl Response<'_, '_> {
             self.reply.write_bytes(b"Connection: keep-alive\r\n").map_err(io::Error::other)?;
         }
         Ok(())
+    }
+
+    /// `ETag`, `Last-Modified`, `Cache-Control` and the added headers: on a 200 and a
+    /// 206, and on a 304 in their place (RFC 9110 §15.4.5).
+    fn validators(&mut self, etag: &ETag, last_modified: Option<HttpDate>) -> io::Result<()> {
+        write!(self.reply, "ETag: {}\r\n", etag.as_str())?;
+        if let Some(lm) = last_modified {
+            write!(self.reply, "Last-Modified: {lm}\r\n")?;
+        }
+        if let Some(files) = self.files {
+            self.reply.write_bytes(&files.cache_control).map_err(io::Error::other)?;
+            self.reply.write_bytes(&files.extra).map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
+
+    /// 204 with `Allow` (a 204 has no body and no `Content-Length`).
+    fn options(mut self) {
+        let _ = (|| {
+            self.start(NO_CONTENT)?;
+            self.reply.write_bytes(ALLOW.as_bytes()).map_err(io::Error::other)?;
+            if let Some(files) = self.files {
+                self.reply.write_bytes(&files.extra).map_err(io::Error::other)?;
+            }
+            write!(self.reply, "\r\n")
+        })();
+        self.finish();
     }
 
     fn finish(&mut self) {
@@ -349,37 +558,26 @@ impl Response<'_, '_> {
         self.finish();
     }
 
-    fn file(
-        mut self,
-        file: File,
-        meta: &Metadata,
-        name: &Path,
-        ims: Option<&str>,
-        range: Option<&str>,
-        if_range: Option<&str>,
-    ) {
+    fn file(mut self, file: File, meta: &Metadata, name: &Path, cond: &Conditions<'_, '_>) {
         let size = meta.len();
         let modified = meta.modified().ok();
         let mtime = modified.and_then(unix_secs);
         let last_modified = modified.and_then(http_date);
-        // If-Modified-Since (evaluated before Range, RFC 9110 §13.2.2).
-        if let (Some(mtime), Some(since)) = (mtime, ims.and_then(|v| httpdate::parse_http_date(v).ok()))
-            && unix_secs(since).is_some_and(|since| mtime <= since)
-        {
-            let _ = (|| {
-                self.start(NOT_MODIFIED)?;
-                if let Some(lm) = last_modified {
-                    write!(self.reply, "Last-Modified: {lm}\r\n")?;
-                }
-                write!(self.reply, "\r\n")
-            })();
-            return self.finish();
+        let etag = ETag::of(meta);
+        match cond.evaluate(&etag, mtime) {
+            Precondition::Failed => return self.error(PRECONDITION_FAILED, ""),
+            Precondition::NotModified => {
+                let _ = (|| {
+                    self.start(NOT_MODIFIED)?;
+                    self.validators(&etag, last_modified)?;
+                    write!(self.reply, "\r\n")
+                })();
+                return self.finish();
+            }
+            Precondition::Proceed => {}
         }
-        // If-Range with a date other than ours (or an entity tag: we send none) means
-        // the client's copy is stale: send the whole file.
-        let range_applies = if_range
-            .is_none_or(|v| httpdate::parse_http_date(v).ok().and_then(unix_secs).is_some_and(|t| Some(t) == mtime));
-        let (status, body) = match range.filter(|_| range_applies).map(|r| resolve_http_range(r, size)) {
+        let range_applies = cond.if_range.is_none_or(|v| if_range_matches(v, &etag, mtime));
+        let (status, body) = match cond.range.filter(|_| range_applies).map(|r| resolve_http_range(r, size)) {
             Some(Ok(r)) => (PARTIAL, r),
             Some(Err(HttpRangeError::Unsatisfiable { .. })) => {
                 let _ = (|| {
@@ -403,13 +601,12 @@ impl Response<'_, '_> {
         let content_type = mime_guess::from_path(name).first_raw().unwrap_or("application/octet-stream");
         let _ = (|| {
             self.start(status)?;
-            write!(self.reply, "Content-Type: {content_type}\r\nContent-Length: {}\r\n", body.len())?;
+            let charset = charset(content_type);
+            write!(self.reply, "Content-Type: {content_type}{charset}\r\nContent-Length: {}\r\n", body.len())?;
             if status == PARTIAL {
                 write!(self.reply, "Content-Range: {}\r\n", body.content_range(size))?;
             }
-            if let Some(lm) = last_modified {
-                write!(self.reply, "Last-Modified: {lm}\r\n")?;
-            }
+            self.validators(&etag, last_modified)?;
             write!(self.reply, "Accept-Ranges: bytes\r\n\r\n")
         })();
         if !self.head_only && !body.is_empty() {
@@ -447,7 +644,7 @@ impl Service for StaticFiles {
             Err(_) => BAD_REQUEST,
         };
         // The rest of this connection's input cannot be trusted to frame requests.
-        Response { reply, keep_alive: false, http10: false, head_only: false }.error(status, "");
+        Response { reply, keep_alive: false, http10: false, head_only: false, files: None }.error(status, "");
         input.len()
     }
 }

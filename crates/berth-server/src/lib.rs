@@ -19,8 +19,8 @@
 //!   that consumes input and answers through a [`Reply`] — bytes into a leased
 //!   segment, a file range by sendfile(2), a close.
 //! - Built-in services: [`Echo`], and [`StaticFiles`] — HTTP/1.1 GET and HEAD of the
-//!   files beneath a root, with keep-alive, pipelining, `Range`, `If-Modified-Since`
-//!   and strict path handling (openat2 with `RESOLVE_BENEATH`); and [`IpcRelay`] —
+//!   files beneath a root, with keep-alive, pipelining, `Range`, strong `ETag`s and
+//!   the conditional requests, `OPTIONS`, added headers, and strict path handling (openat2 with `RESOLVE_BENEATH`); and [`IpcRelay`] —
 //!   length-prefixed frames relayed to a local backend process over a berth-ipc
 //!   duplex, replies routed back by [`ConnId`] ([`RelayBackend`] is the backend's end).
 //! - Answering later, from another thread: [`Reply::answer_later`], then
@@ -80,13 +80,14 @@ mod path;
 mod relay;
 mod server;
 mod service;
+mod validators;
 
 pub use berth_ipc::{OpenError, RecvError, SendError};
 /// The completion ports' driver, for [`ServerBuilder::driver`].
 pub use berth_reactor::Driver;
 pub use conn::{Conns, NotWaiting};
 pub use echo::Echo;
-pub use files::{MAX_HEADERS, StaticFiles};
+pub use files::{HeaderError, MAX_EXTRA_HEADERS, MAX_HEADERS, StaticFiles};
 pub use metrics::Metrics;
 pub use relay::{
     EchoError, IpcRelay, RelayBackend, RelayConfig, RelayConn, RelayError, RelayHandle, RelayRequest, RelayStats,

@@ -1,8 +1,9 @@
 //! The request path allocates nothing: after a warm-up, thousands of keep-alive
-//! requests to `StaticFiles` (a small file, a larger one by sendfile, a 304, a 206
-//! and a 404), echo round trips and relay round trips (TCP -> IPC -> backend -> back)
-//! make zero heap allocations in the whole process — the server's worker and the
-//! relay thread included.
+//! requests to `StaticFiles` (a small file, a larger one by sendfile, 304s by date and
+//! by ETag, a 412, 206s with and without If-Range, a 404 and an OPTIONS; every 200
+//! and 206 with its ETag, Cache-Control and an added header), echo round trips and
+//! relay round trips (TCP -> IPC -> backend -> back) make zero heap allocations in
+//! the whole process — the server's worker and the relay thread included.
 //!
 //! The count is process-wide ([`berth_testkit::total_allocations`]), so this binary
 //! holds one test, and the client loops below allocate nothing themselves: requests
@@ -53,16 +54,29 @@ fn static_files() {
     let dir = TempDir::new("alloc");
     dir.file("small.txt", &pattern(1024));
     dir.file("big.bin", &pattern(256 * 1024));
-    let server = builder().serve(StaticFiles::new(dir.path()).unwrap()).expect("server starts");
+    let files = StaticFiles::new(dir.path())
+        .unwrap()
+        .cache_control("public, max-age=60")
+        .unwrap()
+        .header("X-Content-Type-Options", "nosniff")
+        .unwrap();
+    let server = builder().serve(files).expect("server starts");
     let mut s = client(server.local_addr());
-    let since = exchange(&mut s, &req("GET", "/small.txt", "")).header("last-modified").unwrap().to_owned();
+    let first = exchange(&mut s, &req("GET", "/small.txt", ""));
+    let since = first.header("last-modified").unwrap().to_owned();
+    let etag = first.header("etag").expect("an ETag").to_owned();
+    let big_etag = exchange(&mut s, &req("HEAD", "/big.bin", "")).header("etag").expect("an ETag").to_owned();
     let requests = [
         req("GET", "/small.txt", ""),
         req("GET", "/big.bin", ""),
         req("HEAD", "/big.bin", ""),
         req("GET", "/small.txt", &format!("If-Modified-Since: {since}\r\n")),
         req("GET", "/big.bin", "Range: bytes=1000-70999\r\n"),
+        req("GET", "/small.txt", &format!("If-None-Match: \"x\", W/{etag}\r\n")),
+        req("GET", "/small.txt", "If-Match: \"stale\"\r\n"),
+        req("GET", "/big.bin", &format!("Range: bytes=1000-70999\r\nIf-Range: {big_etag}\r\n")),
         req("GET", "/missing", ""),
+        req("OPTIONS", "*", ""),
         req("GET", "/%2e%2e/etc/passwd", ""),
     ];
     let lens: Vec<usize> = requests.iter().map(|r| response_len(&mut s, r)).collect();

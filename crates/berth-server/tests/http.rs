@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use berth_server::StaticFiles;
+use berth_server::{HeaderError, MAX_EXTRA_HEADERS, StaticFiles};
 use common::*;
 
 #[test]
@@ -32,7 +32,7 @@ fn get_and_head_every_byte() {
         assert_eq!(h.content_length(), Some(n));
     }
     let r = exchange(&mut s, &req("GET", "/page.html", ""));
-    assert_eq!(r.header("content-type"), Some("text/html"));
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
     assert_eq!(r.body, b"<p>x</p>");
     let r = exchange(&mut s, &req("GET", "/f1.bin?query=1", ""));
     assert_eq!(r.header("content-type"), Some("application/octet-stream"));
@@ -326,9 +326,9 @@ fn refusals_400_405_414_431() {
     let server = serve_dir(dir.path());
     let addr = server.local_addr();
 
-    for method in ["POST", "PUT", "DELETE", "OPTIONS", "BREW"] {
+    for method in ["POST", "PUT", "DELETE", "PATCH", "BREW", "options"] {
         let r = get(addr, &req(method, "/a.txt", ""));
-        assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")), "{method}");
+        assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD, OPTIONS")), "{method}");
     }
     // 405 keeps the connection usable.
     let mut s = client(addr);
@@ -379,4 +379,375 @@ fn refusals_400_405_414_431() {
     // The server is still fine.
     assert_eq!(get(addr, &req("GET", "/a.txt", "")).body, b"alpha");
     server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+/// GET `target` and return its `ETag`, checking it is strong and quoted.
+fn etag_of(s: &mut std::net::TcpStream, target: &str) -> String {
+    let r = exchange(s, &req("GET", target, ""));
+    let tag = r.header("etag").expect("an ETag").to_string();
+    assert!(tag.len() > 2 && tag.starts_with('"') && tag.ends_with('"'), "strong and quoted: {tag}");
+    tag
+}
+
+#[test]
+fn if_none_match_gives_304() {
+    let dir = TempDir::new("inm");
+    dir.file("a.txt", b"alpha");
+    let server = serve_dir(dir.path());
+    let mut s = client(server.local_addr());
+    let tag = etag_of(&mut s, "/a.txt");
+    let lm = exchange(&mut s, &req("GET", "/a.txt", "")).header("last-modified").unwrap().to_string();
+    assert_eq!(etag_of(&mut s, "/a.txt"), tag, "stable while the file is");
+    let old = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let inm = |v: &str| format!("If-None-Match: {v}\r\n");
+    for matching in [
+        inm(&tag),
+        inm("*"),
+        inm(" * "),
+        inm(&format!("\"other\", {tag}")),
+        inm(&format!("\"other\",{tag} , \"more\"")),
+        inm(&format!("W/{tag}")),
+        inm("\"other\"") + &inm(&tag), // one list over two lines
+        // If-None-Match decides; If-Modified-Since is not looked at.
+        inm(&tag) + &format!("If-Modified-Since: {old}\r\n"),
+    ] {
+        let r = exchange(&mut s, &req("GET", "/a.txt", &matching));
+        assert_eq!(r.status, 304, "{matching:?}: {}", r.head);
+        assert_eq!(r.header("etag"), Some(tag.as_str()), "{matching:?}");
+        assert_eq!(r.header("last-modified"), Some(lm.as_str()), "{matching:?}");
+        assert_eq!(r.header("content-length"), None);
+        let h = exchange(&mut s, &req("HEAD", "/a.txt", &matching));
+        assert_eq!(h.status, 304, "HEAD {matching:?}");
+    }
+    let stripped = tag.trim_matches('"');
+    for other in [
+        inm("\"other\""),
+        inm(stripped),                 // no quotes
+        inm(&format!("w/{tag}")),      // `W/` is case-sensitive
+        inm(&format!("{tag}junk")),    // not a list
+        inm(&format!("junk, {tag}")),  // garbage first: nothing after it is trusted
+        inm(&format!("\"{stripped}")), // unterminated
+        inm("*, *"),
+        inm("\""),
+        inm("W/"),
+        inm(""),
+        // If-None-Match is present and does not match: If-Modified-Since is ignored.
+        inm("\"other\"") + &format!("If-Modified-Since: {lm}\r\n"),
+    ] {
+        let r = exchange(&mut s, &req("GET", "/a.txt", &other));
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"alpha"[..]), "{other:?}: {}", r.head);
+    }
+    // Raw bytes that are not UTF-8.
+    s.write_all(b"GET /a.txt HTTP/1.1\r\nHost: t\r\nIf-None-Match: \"\xff\xfe\", \x80\r\n\r\n").unwrap();
+    let r = read_response(&mut s, false).unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"alpha"[..]));
+    assert_eq!(exchange(&mut s, &req("GET", "/a.txt", "")).body, b"alpha", "still in step");
+    drop(s);
+    // Control bytes in the value: the parser refuses the request.
+    let r = get(server.local_addr(), &req("GET", "/a.txt", "If-None-Match: \u{7f}\u{1}\u{8}\r\n"));
+    assert_eq!(r.status, 400);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn if_none_match_of_8_kib() {
+    let dir = TempDir::new("inm8k");
+    dir.file("a.txt", b"alpha");
+    let server = builder()
+        .segment_size(32 * 1024)
+        .max_request_head(32 * 1024)
+        .serve(StaticFiles::new(dir.path()).unwrap())
+        .unwrap();
+    let mut s = client(server.local_addr());
+    let tag = etag_of(&mut s, "/a.txt");
+    // Junk of every printable kind, quotes and commas included.
+    let junk: String = (0..8192).map(|i| (b' ' + ((i * 7919) % 95) as u8) as char).collect();
+    let r = exchange(&mut s, &req("GET", "/a.txt", &format!("If-None-Match: {junk}\r\n")));
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"alpha"[..]), "{}", r.head);
+    // 8 KiB of quotes.
+    let r = exchange(&mut s, &req("GET", "/a.txt", &format!("If-None-Match: {}\r\n", "\"".repeat(8192))));
+    assert_eq!(r.status, 200);
+    // A long list of other tags, ours last: still found.
+    let list: String = (0..600).map(|i| format!("\"t{i}\", ")).collect();
+    let r = exchange(&mut s, &req("GET", "/a.txt", &format!("If-None-Match: {list}{tag}\r\n")));
+    assert_eq!(r.status, 304);
+    // The same junk as If-Match and If-Range.
+    let r = exchange(&mut s, &req("GET", "/a.txt", &format!("If-Match: {junk}\r\n")));
+    assert_eq!(r.status, 412);
+    let r = exchange(&mut s, &req("GET", "/a.txt", &format!("Range: bytes=0-0\r\nIf-Range: \"{junk}\r\n")));
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"alpha"[..]));
+    drop(s);
+    // Nothing held: every segment is back.
+    eventually("buffers returned", || server.metrics().buffers.in_use == 0);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+
+    // With the default head limit, 8 KiB of it is a 431, not a panic.
+    let server = serve_dir(dir.path());
+    let mut s = client(server.local_addr());
+    let r = exchange(&mut s, &req("GET", "/a.txt", &format!("If-None-Match: {junk}\r\n")));
+    assert_eq!(r.status, 431);
+    assert!(closed_by_peer(&mut s));
+    assert_eq!(get(server.local_addr(), &req("GET", "/a.txt", "")).body, b"alpha");
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn if_match_and_if_unmodified_since_give_412() {
+    let dir = TempDir::new("412");
+    dir.file("a.txt", b"alpha");
+    let server = serve_dir(dir.path());
+    let mut s = client(server.local_addr());
+    let tag = etag_of(&mut s, "/a.txt");
+    let lm = exchange(&mut s, &req("GET", "/a.txt", "")).header("last-modified").unwrap().to_string();
+    let old = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let im = |v: &str| format!("If-Match: {v}\r\n");
+    let ius = |v: &str| format!("If-Unmodified-Since: {v}\r\n");
+    for failing in [
+        im("\"other\""),
+        im(&format!("W/{tag}")), // If-Match compares strongly
+        im("garbage"),
+        im(""),
+        ius(old),
+        // If-Match is looked at first: a match of If-None-Match does not save it.
+        im("\"other\"") + &format!("If-None-Match: {tag}\r\n"),
+        // Range does not either.
+        im("\"other\"") + "Range: bytes=0-1\r\n",
+    ] {
+        let r = exchange(&mut s, &req("GET", "/a.txt", &failing));
+        assert_eq!(r.status, 412, "{failing:?}: {}", r.head);
+        assert_eq!(r.body, b"412 Precondition Failed\n");
+        let h = exchange(&mut s, &req("HEAD", "/a.txt", &failing));
+        assert_eq!(h.status, 412, "HEAD {failing:?}");
+    }
+    for passing in [
+        im(&tag),
+        im("*"),
+        im(&format!("\"other\", {tag}")),
+        ius(&lm),
+        ius("Fri, 31 Dec 9999 23:59:59 GMT"),
+        ius("not a date"), // ignored
+        // If-Match present and matching: If-Unmodified-Since is not looked at.
+        im(&tag) + &ius(old),
+    ] {
+        let r = exchange(&mut s, &req("GET", "/a.txt", &passing));
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"alpha"[..]), "{passing:?}: {}", r.head);
+    }
+    // Passing If-Match, then a matching If-None-Match: 304.
+    let r = exchange(&mut s, &req("GET", "/a.txt", &(im(&tag) + &format!("If-None-Match: {tag}\r\n"))));
+    assert_eq!(r.status, 304);
+    // Passing If-Unmodified-Since, then a Range: 206.
+    let r = exchange(&mut s, &req("GET", "/a.txt", &(ius(&lm) + "Range: bytes=1-2\r\n")));
+    assert_eq!((r.status, r.body.as_slice()), (206, &b"lp"[..]));
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn if_range_with_an_etag() {
+    let dir = TempDir::new("ifrange");
+    let data = pattern(1000);
+    let path = dir.file("d.bin", &data);
+    let server = serve_dir(dir.path());
+    let mut s = client(server.local_addr());
+    let tag = etag_of(&mut s, "/d.bin");
+    let ranged = |s: &mut std::net::TcpStream, if_range: &str| {
+        exchange(s, &req("GET", "/d.bin", &format!("Range: bytes=10-19\r\nIf-Range: {if_range}\r\n")))
+    };
+    let r = ranged(&mut s, &tag);
+    assert_eq!((r.status, r.body.as_slice()), (206, &data[10..20]), "fresh tag: {}", r.head);
+    assert_eq!(r.header("etag"), Some(tag.as_str()));
+    for stale in [
+        "\"stale\"".to_string(),
+        format!("W/{tag}"), // If-Range compares strongly
+        format!("{tag}, {tag}"),
+        format!("{tag}x"),
+        "garbage".to_string(),
+    ] {
+        let r = ranged(&mut s, &stale);
+        assert_eq!((r.status, r.body.len()), (200, 1000), "{stale}: {}", r.head);
+    }
+    // The file changes: the tag the client holds is now stale.
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600)).unwrap();
+    drop(file);
+    let r = ranged(&mut s, &tag);
+    assert_eq!((r.status, r.body.len()), (200, 1000), "stale after the change: {}", r.head);
+    let fresh = r.header("etag").unwrap().to_string();
+    assert_ne!(fresh, tag);
+    let r = ranged(&mut s, &fresh);
+    assert_eq!((r.status, r.body.as_slice()), (206, &data[10..20]));
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn etag_changes_when_the_file_is_rewritten() {
+    let dir = TempDir::new("etag");
+    let path = dir.file("a.txt", b"alpha");
+    let server = serve_dir(dir.path());
+    let mut s = client(server.local_addr());
+    let first = etag_of(&mut s, "/a.txt");
+    let set_mtime = |t: std::time::SystemTime| {
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_modified(t).unwrap();
+    };
+    let t0 = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    set_mtime(t0);
+    let at_t0 = etag_of(&mut s, "/a.txt");
+    // The same size and bytes, a nanosecond later: another tag.
+    std::fs::write(&path, b"ALPHA").unwrap();
+    set_mtime(t0 + Duration::from_nanos(1));
+    let later = etag_of(&mut s, "/a.txt");
+    assert_ne!(at_t0, later, "mtime in ns is part of the tag");
+    // Back to the same mtime: the same tag (it depends on nothing else that changed).
+    set_mtime(t0);
+    assert_eq!(etag_of(&mut s, "/a.txt"), at_t0);
+    // Another size at the same mtime: another tag.
+    std::fs::write(&path, b"alphabet").unwrap();
+    set_mtime(t0);
+    let bigger = etag_of(&mut s, "/a.txt");
+    assert_ne!(bigger, at_t0, "size is part of the tag");
+    // Replaced by rename (a new inode), same size and mtime: another tag.
+    let tmp = dir.file("tmp", b"ALPHABET");
+    std::fs::OpenOptions::new().write(true).open(&tmp).unwrap().set_modified(t0).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    let renamed = etag_of(&mut s, "/a.txt");
+    assert_ne!(renamed, bigger, "inode is part of the tag");
+    // An old tag no longer matches.
+    for old in [&first, &at_t0, &later, &bigger] {
+        let r = exchange(&mut s, &req("GET", "/a.txt", &format!("If-None-Match: {old}\r\n")));
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"ALPHABET"[..]));
+    }
+    let r = exchange(&mut s, &req("GET", "/a.txt", &format!("If-None-Match: {renamed}\r\n")));
+    assert_eq!(r.status, 304);
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn options_gives_204_with_allow() {
+    let dir = TempDir::new("options");
+    dir.file("a.txt", b"alpha");
+    let server = serve_dir(dir.path());
+    let mut s = client(server.local_addr());
+    for target in ["*", "/a.txt", "/", "/missing"] {
+        let r = exchange(&mut s, &req("OPTIONS", target, ""));
+        assert_eq!((r.status, r.header("allow")), (204, Some("GET, HEAD, OPTIONS")), "{target}: {}", r.head);
+        assert_eq!(r.header("content-length"), None, "no Content-Length on a 204");
+    }
+    // Still in step: nothing followed the 204's head.
+    assert_eq!(exchange(&mut s, &req("GET", "/a.txt", "")).body, b"alpha");
+    // `*` is only for OPTIONS.
+    assert_eq!(exchange(&mut s, &req("GET", "*", "")).status, 400);
+    drop(s);
+    // HTTP/1.1 without Host is still a 400.
+    assert_eq!(get(server.local_addr(), "OPTIONS * HTTP/1.1\r\n\r\n").status, 400);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn charset_on_textual_types_only() {
+    let dir = TempDir::new("charset");
+    let names = [
+        ("a.html", Some("text/html; charset=utf-8")),
+        ("a.txt", Some("text/plain; charset=utf-8")),
+        ("a.css", Some("text/css; charset=utf-8")),
+        ("a.json", Some("application/json; charset=utf-8")),
+        ("a.svg", Some("image/svg+xml; charset=utf-8")),
+        ("a.png", Some("image/png")),
+        ("a.bin", Some("application/octet-stream")),
+        ("a.gz", None),
+    ];
+    for (name, _) in names {
+        dir.file(name, b"x");
+    }
+    dir.file("a.js", b"x");
+    let server = serve_dir(dir.path());
+    let mut s = client(server.local_addr());
+    for (name, want) in names {
+        let r = exchange(&mut s, &req("GET", &format!("/{name}"), ""));
+        let ct = r.header("content-type").unwrap().to_string();
+        match want {
+            Some(want) => assert_eq!(ct, want, "{name}"),
+            None => assert!(!ct.contains("charset"), "{name}: {ct}"),
+        }
+    }
+    // JavaScript, whichever name mime_guess gives it.
+    let r = exchange(&mut s, &req("GET", "/a.js", ""));
+    assert!(r.header("content-type").unwrap().ends_with("javascript; charset=utf-8"), "{}", r.head);
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn cache_control_and_added_headers() {
+    let dir = TempDir::new("extra");
+    dir.file("a.txt", b"alpha");
+    let files = StaticFiles::new(dir.path())
+        .unwrap()
+        .cache_control("no-cache")
+        .unwrap()
+        .cache_control("public, max-age=60")
+        .unwrap()
+        .header("X-Content-Type-Options", "nosniff")
+        .unwrap()
+        .header("Access-Control-Allow-Origin", "  *\t")
+        .unwrap();
+    let server = builder().serve(files).unwrap();
+    let mut s = client(server.local_addr());
+    let check = |r: &Response, what: &str| {
+        assert_eq!(r.header("cache-control"), Some("public, max-age=60"), "{what}: {}", r.head);
+        assert_eq!(r.head.matches("Cache-Control").count(), 1, "{what}: replaced, not repeated");
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{what}");
+        assert_eq!(r.header("access-control-allow-origin"), Some("*"), "{what}");
+        assert!(r.head.contains("\r\nX-Content-Type-Options: nosniff\r\nAccess-Control-Allow-Origin: *\r\n"));
+    };
+    let r = exchange(&mut s, &req("GET", "/a.txt", ""));
+    check(&r, "200");
+    assert_eq!(r.body, b"alpha");
+    let tag = r.header("etag").unwrap().to_string();
+    check(&exchange(&mut s, &req("HEAD", "/a.txt", "")), "HEAD");
+    check(&exchange(&mut s, &req("GET", "/a.txt", "Range: bytes=0-1\r\n")), "206");
+    check(&exchange(&mut s, &req("GET", "/a.txt", &format!("If-None-Match: {tag}\r\n"))), "304");
+    // OPTIONS gets the added headers, not Cache-Control.
+    let r = exchange(&mut s, &req("OPTIONS", "*", ""));
+    assert_eq!((r.status, r.header("x-content-type-options")), (204, Some("nosniff")));
+    assert_eq!(r.header("cache-control"), None);
+    // Errors get neither.
+    let r = exchange(&mut s, &req("GET", "/missing", ""));
+    assert_eq!((r.status, r.header("cache-control"), r.header("x-content-type-options")), (404, None, None));
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn header_injection_is_refused_at_build_time() {
+    let dir = TempDir::new("inject");
+    let files = || StaticFiles::new(dir.path()).unwrap();
+    for value in ["1\r\nSet-Cookie: a=b", "1\nX: y", "1\rX: y", "a\0b", "\u{7f}", "\u{1b}[31m"] {
+        assert!(matches!(files().header("X-A", value), Err(HeaderError::InvalidValue(_))), "{value:?}");
+        assert!(matches!(files().cache_control(value), Err(HeaderError::InvalidValue(_))), "{value:?}");
+    }
+    for name in ["", "X A", "X:A", "X-A:", "X\r\nY", "X\0", "(x)", "X\u{e9}", "X/Y"] {
+        assert!(matches!(files().header(name, "v"), Err(HeaderError::InvalidName(_))), "{name:?}");
+    }
+    for name in ["Content-Length", "transfer-encoding", "CONNECTION", "Content-Type", "ETag", "Cache-Control", "Date"] {
+        assert!(matches!(files().header(name, "1"), Err(HeaderError::Reserved(_))), "{name:?}");
+    }
+    let long = "v".repeat(MAX_EXTRA_HEADERS);
+    assert!(matches!(files().header("X-Long", &long), Err(HeaderError::TooLong)));
+    assert!(matches!(files().cache_control(&long), Err(HeaderError::TooLong)));
+    let mut f = files();
+    for i in 0.. {
+        match f.header(&format!("X-{i}"), &"v".repeat(100)) {
+            Ok(next) => f = next,
+            Err(e) => {
+                assert_eq!(e, HeaderError::TooLong);
+                assert!(i > 30, "{i} headers of 100 bytes fit");
+                break;
+            }
+        }
+    }
+    // Tabs inside a value, and obs-text, are allowed.
+    assert!(files().header("X-Tab", "a\tb").is_ok());
+    assert!(files().header("X-Utf8", "caf\u{e9}").is_ok());
 }

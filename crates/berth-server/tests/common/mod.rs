@@ -113,7 +113,8 @@ pub fn read_response(s: &mut TcpStream, head_only: bool) -> io::Result<Response>
     let head = read_head(s)?;
     let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status code");
     let mut r = Response { status, head, body: Vec::new() };
-    if !head_only && status != 304 {
+    // 204 and 304 have no body (and 204 no Content-Length).
+    if !head_only && status != 304 && status != 204 {
         let len = r.content_length().expect("a Content-Length");
         r.body = vec![0; len];
         s.read_exact(&mut r.body)?;
