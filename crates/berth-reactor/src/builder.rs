@@ -117,13 +117,23 @@ impl PortBuilder {
             None => Driver::from_env()?,
         };
         let ops = self.ops.min(u32::MAX as usize - 2);
+        let buffers = match self.buffers {
+            Some(b) => b,
+            None => BufferManager::with_defaults().map_err(io::Error::other)?,
+        };
+        // The io_uring buffer ring: a quarter of the arena, at most 256 segments.
+        let ring_entries = match (buffers.segment_count() / 4).min(256) {
+            0 => 0,
+            n => 1u16 << n.ilog2(),
+        };
+        let uring = || Uring::new(ops, buffers.segment_size(), ring_entries, || buffers.lease().ok());
         let (driver, notifier) = match wanted {
             Driver::Epoll => epoll(self.events)?,
-            Driver::Uring => match Uring::new(ops) {
+            Driver::Uring => match uring() {
                 Ok((ring, fd)) => (Backend::Uring(ring), Notifier::EventFd(fd)),
                 Err(e) => return Err(io::Error::new(io::ErrorKind::Unsupported, e)),
             },
-            Driver::Auto => match Uring::new(ops) {
+            Driver::Auto => match uring() {
                 Ok((ring, fd)) => {
                     static CHOSEN: Once = Once::new();
                     CHOSEN.call_once(|| tracing::info!(flags = ring.flags, "completion ports run on io_uring"));
@@ -136,15 +146,11 @@ impl PortBuilder {
                 }
             },
         };
-        let buffers = match self.buffers {
-            Some(b) => b,
-            None => BufferManager::with_defaults().map_err(io::Error::other)?,
-        };
         // One cache per thread: a second port on the same thread shares the arena's
         // shared list instead.
         let cache = buffers.local_cache_with_batch(self.cache_batch.max(1)).ok();
         let max_sockets = self.max_sockets.min(u32::MAX as usize - 1);
-        let stats = PortStats { driver: driver.kind(), ..PortStats::default() };
+        let stats = PortStats { driver: driver.kind(), ring_buffers: driver.ring_buffers(), ..PortStats::default() };
         Ok(CompletionPort {
             driver,
             core: Core {

@@ -112,6 +112,12 @@ pub struct PortStats {
     /// backlog (nothing is lost: the kernel keeps them, `FEAT_NODROP`, and the next
     /// enter hands them over). The queue is sized so this stays 0.
     pub cq_overflows: u64,
+    /// Times a pooled receive found the io_uring buffer ring empty (`ENOBUFS`) and
+    /// waited, queued, for segments to come back: backpressure, not an error.
+    pub enobufs: u64,
+    /// Segments lent to the kernel's buffer ring now (io_uring): they count as in use
+    /// in the arena's stats, and return to it when the port is dropped.
+    pub ring_buffers: usize,
 }
 
 /// An IOCP-style completion port: the user submits operations carrying pooled
@@ -537,7 +543,7 @@ impl<T> CompletionPort<T> {
 
     /// Counters.
     pub fn stats(&self) -> PortStats {
-        self.core.stats
+        PortStats { ring_buffers: self.driver.ring_buffers(), ..self.core.stats }
     }
 
     /// The op pool's counters.

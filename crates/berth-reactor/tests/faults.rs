@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use berth_ops::{OpError, OpKind};
 use berth_reactor::{Completion, SubmitError};
 use berth_testkit::{CountingAllocator, thread_allocations};
-use common::{connected_pair, wait_for};
+use common::{connected_pair, held, wait_for};
 
 #[global_allocator]
 static ALLOC: CountingAllocator = CountingAllocator;
@@ -44,7 +44,7 @@ fn peer_reset_mid_receive() {
     assert_eq!(result_of(c), Err(OpError::ConnectionReset));
     port.close(socket).unwrap();
     port.give_op(recv).unwrap();
-    assert_eq!(port.buffers().stats().in_use, 0);
+    assert_eq!(held(&port), 0);
 }
 
 #[test]
@@ -135,7 +135,7 @@ fn a_client_that_never_reads_keeps_memory_bounded() {
     }
     assert_eq!(thread_allocations() - before, 0, "allocations while backed up");
     assert_eq!(completed, 0, "a send completed although the client reads nothing");
-    assert_eq!(port.buffers().stats().in_use, 4);
+    assert_eq!(held(&port), 4);
     assert!(port.take_op().is_err(), "pool exhaustion is the bound");
     drop(client);
     port.close(socket).unwrap();
@@ -143,13 +143,13 @@ fn a_client_that_never_reads_keeps_memory_bounded() {
     for op in ops {
         port.give_op(op).unwrap();
     }
-    assert_eq!(port.buffers().stats().in_use, 0);
+    assert_eq!(held(&port), 0);
 }
 
 #[test]
 fn cancel_and_close_with_ops_in_flight_return_every_lease() {
     let (mut port, _l, socket, _client) = connected_pair(8);
-    let base = port.buffers().stats().in_use;
+    let base = held(&port);
     let r1 = port.take_op().unwrap();
     let lease = port.lease().unwrap();
     port.op_mut(r1).unwrap().set_buffer(lease, 0..100).unwrap();
@@ -169,7 +169,7 @@ fn cancel_and_close_with_ops_in_flight_return_every_lease() {
     assert_eq!(port.close(socket).unwrap(), 1);
     let c = wait_for(&mut port, |c| matches!(c, Completion::Op { op, .. } if *op == r1));
     assert_eq!(result_of(c), Err(OpError::Cancelled));
-    assert_eq!(port.buffers().stats().in_use, base, "a cancelled op kept its lease");
+    assert_eq!(held(&port), base, "a cancelled op kept its lease");
     assert!(matches!(port.recv(socket, r1), Err(SubmitError::StaleSocket | SubmitError::NoBuffer)));
     assert!(matches!(port.close(socket), Err(SubmitError::StaleSocket)));
     port.give_op(r1).unwrap();
@@ -296,7 +296,7 @@ fn a_refused_submit_leaves_the_op_untouched() {
     // Accepted: the old buffer goes back to the arena while the receive waits.
     port.recv_pooled(socket, op).unwrap();
     assert!(port.op(op).unwrap().buffer().is_none());
-    assert_eq!(port.buffers().stats().in_use, 0);
+    assert_eq!(held(&port), 0);
 }
 
 /// Data and the peer's FIN arrive in one epoll edge: the short read that takes the data
@@ -321,7 +321,7 @@ fn data_and_fin_in_one_edge_both_complete() {
     assert_eq!(result_of(c), Ok(0), "the FIN was lost");
     port.close(socket).unwrap();
     port.give_op(recv).unwrap();
-    assert_eq!(port.buffers().stats().in_use, 0);
+    assert_eq!(held(&port), 0);
 }
 
 /// A flood of connections over the limit is refused a turn at a time: the port goes on

@@ -18,6 +18,7 @@
 
 pub(crate) mod epoll;
 pub(crate) mod io;
+pub(crate) mod pbuf;
 pub(crate) mod uring;
 
 use std::os::fd::RawFd;
@@ -154,6 +155,14 @@ impl Backend {
         match self {
             Backend::Epoll(d) => d.resume(core, socket),
             Backend::Uring(d) => d.resume(core, socket),
+        }
+    }
+
+    /// Segments lent to the kernel's buffer ring.
+    pub(crate) fn ring_buffers(&self) -> usize {
+        match self {
+            Backend::Epoll(_) => 0,
+            Backend::Uring(d) => d.ring_buffers(),
         }
     }
 

@@ -4,9 +4,12 @@
 //!
 //! - accept, recv (into the op's own segment) and send are ring operations: no
 //!   syscall of their own. A partial send is resubmitted for the rest.
-//! - Pooled receives, file sends and connects wait for readiness on the ring
-//!   (`POLL_ADD`) and then make their syscall, so a pooled receive still holds no
-//!   segment while the socket is idle, and a file still goes out by sendfile(2).
+//! - Pooled receives pick a segment from the port's provided-buffer ring
+//!   (`driver::pbuf`) only when data arrives: no segment while idle, no syscall of
+//!   their own. (On a kernel without buffer rings they wait for readiness with
+//!   `POLL_ADD` and then receive into a fresh segment.)
+//! - File sends and connects wait for readiness on the ring (`POLL_ADD`) and then
+//!   make their syscall, so a file still goes out by sendfile(2).
 //! - The kernel may write into an op's buffer until the op's completion comes back,
 //!   so cancelling (`cancel`, `close`, a deadline) only *asks* (`ASYNC_CANCEL`): the
 //!   op keeps its lease, and the user cannot take it back, until then.
@@ -17,6 +20,7 @@ use std::net::TcpStream;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use berth_buf::Lease;
 use berth_ops::{OpError, OpKind};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
 use rustix::event::PollFlags;
@@ -26,10 +30,14 @@ use rustix::net::{SendFlags, SocketFlags};
 use crate::core::{Core, State, Step};
 use crate::driver::UringUnavailable;
 use crate::driver::io::{self as sys_io, AcceptFailure};
+use crate::driver::pbuf::{self, BufRing};
 use crate::socket::{Dir, Io, NIL};
 
 const POLLIN: u32 = PollFlags::IN.bits() as u32;
 const POLLOUT: u32 = PollFlags::OUT.bits() as u32;
+
+/// How soon a wait looks again for segments while receives are starved of them.
+const STARVED_RETRY: Duration = Duration::from_millis(1);
 
 /// `user_data` of the eventfd's poll.
 const WAKE: u64 = u64::MAX;
@@ -44,6 +52,8 @@ enum Phase {
     Data,
     /// A readiness poll; the op's syscall follows when it fires.
     Poll,
+    /// A pooled receive into a segment the kernel picks from the buffer ring.
+    Select,
 }
 
 /// How starting an op went.
@@ -63,6 +73,8 @@ enum Outcome {
     Abandon(OpError),
     /// Not finished: submit it again (the rest of a send, the next accept).
     Again,
+    /// The buffer ring was empty: wait, queued, until segments come back.
+    Starved,
 }
 
 pub(crate) struct Uring {
@@ -76,8 +88,24 @@ pub(crate) struct Uring {
     /// submit more); preallocated to the completion queue's size.
     cqes: Vec<(u64, i32, u32)>,
     overflow_seen: u32,
+    /// The provided-buffer ring pooled receives take their segments from (`None` on
+    /// kernels without buffer rings: they poll, then receive).
+    pbuf: Option<BufRing>,
+    /// Bytes a pooled receive may take (the arena's segment size).
+    segment: u32,
+    /// Sockets whose pooled receive found the buffer ring empty.
+    starved: Vec<u32>,
     /// The setup flags the kernel took.
     pub(crate) flags: &'static str,
+}
+
+impl Drop for Uring {
+    fn drop(&mut self) {
+        if self.pbuf.is_some() {
+            // Before the ring's memory and its segments go (fields drop after this).
+            let _ = self.ring.submitter().unregister_buf_ring(pbuf::GROUP);
+        }
+    }
 }
 
 type Flags = fn(&mut io_uring::Builder);
@@ -102,7 +130,16 @@ impl Uring {
     /// the port uses, and makes one round trip through the kernel (a seccomp filter
     /// may allow the setup and refuse the enter). Returns the driver and the eventfd
     /// posts write to.
-    pub(crate) fn new(ops: usize) -> Result<(Uring, OwnedFd), UringUnavailable> {
+    ///
+    /// `ring_entries` segments (a power of two; 0 for none) are leased with `lease`
+    /// for the provided-buffer ring; a kernel without buffer rings (before 5.19) runs
+    /// without one.
+    pub(crate) fn new(
+        ops: usize,
+        segment: usize,
+        ring_entries: u16,
+        lease: impl FnMut() -> Option<Lease>,
+    ) -> Result<(Uring, OwnedFd), UringUnavailable> {
         let sq = (ops as u32).clamp(8, 4096).next_power_of_two();
         // Each op has at most one submission and one cancel in flight, plus the wake
         // poll's completions: the completion queue never needs to overflow.
@@ -155,6 +192,16 @@ impl Uring {
             rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
                 .map_err(|e| unavailable("eventfd", e.into()))?;
         let notifier = wake.try_clone().map_err(|e| unavailable("eventfd", e))?;
+        let pbuf = match ring_entries {
+            0 => None,
+            n => match BufRing::new(&ring, n, lease) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::debug!("no provided-buffer ring ({e}): pooled receives poll, then receive");
+                    None
+                }
+            },
+        };
         let mut uring = Uring {
             ring,
             wake,
@@ -163,6 +210,9 @@ impl Uring {
             in_kernel: 0,
             cqes: Vec::with_capacity(cq as usize),
             overflow_seen: 0,
+            pbuf,
+            segment: segment.min(u32::MAX as usize) as u32,
+            starved: Vec::with_capacity(64),
             flags,
         };
         uring.arm_wake();
@@ -193,6 +243,10 @@ impl Uring {
                 Err(_) => self.copy_out(),
             }
         }
+    }
+
+    pub(crate) fn ring_buffers(&self) -> usize {
+        self.pbuf.as_ref().map_or(0, BufRing::lent)
     }
 
     /// Whether a wait must not block: never for this driver (its work is all in the
@@ -253,6 +307,13 @@ impl Uring {
                 let flags = (SocketFlags::NONBLOCK | SocketFlags::CLOEXEC).bits() as i32;
                 (opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut()).flags(flags).build(), Phase::Data)
             }
+            OpKind::Recv if meta.pooled && self.pbuf.is_some() => (
+                opcode::Recv::new(fd, std::ptr::null_mut(), self.segment)
+                    .buf_group(pbuf::GROUP)
+                    .build()
+                    .flags(squeue::Flags::BUFFER_SELECT),
+                Phase::Select,
+            ),
             OpKind::Recv if meta.pooled => (opcode::PollAdd::new(fd, POLLIN).build(), Phase::Poll),
             OpKind::Recv => {
                 let range = args.range();
@@ -288,7 +349,13 @@ impl Uring {
 
     /// Enters the kernel once: submits everything queued and waits up to `timeout`
     /// for a completion; then handles every completion there is.
-    pub(crate) fn poll<T>(&mut self, core: &mut Core<T>, timeout: Option<Duration>) -> io::Result<()> {
+    pub(crate) fn poll<T>(&mut self, core: &mut Core<T>, mut timeout: Option<Duration>) -> io::Result<()> {
+        self.feed(core);
+        if !self.starved.is_empty() {
+            // Receives wait for segments the user still holds; no completion announces
+            // their return, so look again soon.
+            timeout = Some(timeout.map_or(STARVED_RETRY, |t| t.min(STARVED_RETRY)));
+        }
         let result = match timeout {
             None => self.ring.submit_and_wait(1),
             Some(t) => {
@@ -306,6 +373,21 @@ impl Uring {
         }
         self.reap(core);
         Ok(())
+    }
+
+    /// Refills the buffer ring from the port's cache and restarts the receives that
+    /// found it empty.
+    fn feed<T>(&mut self, core: &mut Core<T>) {
+        let Some(pbuf) = self.pbuf.as_mut() else { return };
+        pbuf.refill(|| core.lease().ok());
+        core.stats.ring_buffers = pbuf.lent();
+        if pbuf.lent() > 0 && !self.starved.is_empty() {
+            let mut starved = std::mem::take(&mut self.starved);
+            for socket in starved.drain(..) {
+                self.advance(core, socket, Dir::Read);
+            }
+            self.starved = starved;
+        }
     }
 
     fn copy_out(&mut self) {
@@ -360,6 +442,12 @@ impl Uring {
         core.meta[op as usize].kernel = false;
         self.in_kernel -= 1;
         let phase = std::mem::replace(&mut self.phase[op as usize], Phase::Idle);
+        // Every completion that names a segment hands it back, whatever became of
+        // the op: to the op, or (dropped) to the arena.
+        let lease = match (cqueue::buffer_select(flags), self.pbuf.as_mut()) {
+            (Some(bid), Some(pbuf)) => pbuf.take(bid),
+            _ => None,
+        };
         match meta.state {
             State::Idle => {}
             State::Detached { socket } => {
@@ -371,8 +459,8 @@ impl Uring {
                 core.abandon(op, socket, meta.cancel_as.unwrap_or(OpError::Cancelled));
             }
             State::Queued { socket, dir } => {
-                let outcome = self.outcome(core, op, socket, phase, res);
-                let again = matches!(outcome, Outcome::Again);
+                let outcome = self.outcome(core, op, socket, phase, res, lease);
+                let again = matches!(outcome, Outcome::Again | Outcome::Starved);
                 if !again {
                     if core.head(socket, dir) == op {
                         core.pop_front(socket, dir);
@@ -386,6 +474,14 @@ impl Uring {
                         core.complete(op, result, sid);
                     }
                     Outcome::Abandon(error) => core.abandon(op, core.sid(socket), error),
+                    Outcome::Starved => {
+                        core.stats.enobufs += 1;
+                        if !self.starved.contains(&socket) {
+                            self.starved.push(socket);
+                        }
+                        // Queued, not with the kernel: `feed` restarts it.
+                        return;
+                    }
                     Outcome::Again => {
                         if let Start::Done(result, sid) = self.start(core, op, socket, false) {
                             core.pop_front(socket, dir);
@@ -400,7 +496,15 @@ impl Uring {
     }
 
     /// What completion `res` of an op in `phase` means.
-    fn outcome<T>(&mut self, core: &mut Core<T>, op: u32, socket: u32, phase: Phase, res: i32) -> Outcome {
+    fn outcome<T>(
+        &mut self,
+        core: &mut Core<T>,
+        op: u32,
+        socket: u32,
+        phase: Phase,
+        res: i32,
+        lease: Option<Lease>,
+    ) -> Outcome {
         let sid = core.sid(socket);
         let meta = core.meta[op as usize];
         let cancelled = res == -Errno::CANCELED.raw_os_error() || (res == -Errno::INTR.raw_os_error());
@@ -409,6 +513,25 @@ impl Uring {
             return Outcome::Done(Err(OpError::InvalidInput), sid);
         };
         let kind = args.kind();
+        if phase == Phase::Select {
+            if res < 0 {
+                return match meta.cancel_as {
+                    Some(as_) => Outcome::Abandon(as_),
+                    None if res == -Errno::NOBUFS.raw_os_error() => Outcome::Starved,
+                    None => Outcome::Done(Err(error()), sid),
+                };
+            }
+            // Data wins over a cancel that came too late.
+            if let Some(mut lease) = lease {
+                let capacity = lease.capacity();
+                let _ = lease.set_len(res as usize);
+                if let Err(e) = args.set_buffer(lease, 0..capacity) {
+                    drop(e.lease);
+                    return Outcome::Done(Err(OpError::InvalidInput), sid);
+                }
+            }
+            return Outcome::Done(Ok(res as usize), sid);
+        }
         if phase == Phase::Poll {
             // Nothing was read or written yet: a cancel wins, whatever the poll said.
             if let Some(as_) = meta.cancel_as {

@@ -99,3 +99,9 @@ pub fn connected_pair(ops: usize) -> (CompletionPort<()>, SocketId, SocketId, st
     port.give_op(accept).unwrap();
     (port, listener, socket, c)
 }
+
+/// Segments the port's ops and the test hold: the arena's in-use count less the
+/// segments lent to the io_uring buffer ring (0 on epoll).
+pub fn held<T>(port: &CompletionPort<T>) -> usize {
+    port.buffers().stats().in_use - port.stats().ring_buffers
+}
