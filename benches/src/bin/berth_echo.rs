@@ -1,8 +1,10 @@
 //! The berth echo server measured by `echo_bench` against `tokio_echo`: one
 //! completion port on one thread (the benchmark pins it to one core).
 //!
-//! `berth_echo --addr 127.0.0.1:0 [--connections N]` prints `listening on ADDR` and
-//! echoes until killed. `--connections` sizes the op pool and socket table (every
+//! `berth_echo --addr 127.0.0.1:0 [--connections N] [--driver auto|epoll|uring]`
+//! prints `listening on ADDR` and echoes until killed. `--driver` picks the port's
+//! driver (default: `BERTH_DRIVER`, else auto); a driver that cannot run exits with
+//! an error. `--connections` sizes the op pool and socket table (every
 //! idle connection has one receive pending; none of them holds a buffer).
 
 use std::io::{self, Write};
@@ -10,17 +12,19 @@ use std::net::SocketAddr;
 
 use berth_buf::{BufferConfig, BufferManager};
 use berth_reactor::echo::Echo;
-use berth_reactor::{CompletionPort, ListenOptions};
+use berth_reactor::{CompletionPort, Driver, ListenOptions};
 
 fn main() -> io::Result<()> {
     let mut addr: SocketAddr = "127.0.0.1:0".parse().map_err(io::Error::other)?;
     let mut connections = 20_000usize;
+    let mut driver = Driver::from_env()?;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next().ok_or_else(|| io::Error::other(format!("{arg} needs a value")))?;
         match arg.as_str() {
             "--addr" => addr = value.parse().map_err(io::Error::other)?,
             "--connections" => connections = value.parse().map_err(io::Error::other)?,
+            "--driver" => driver = value.parse()?,
             _ => return Err(io::Error::other(format!("unknown argument {arg}"))),
         }
     }
@@ -29,7 +33,12 @@ fn main() -> io::Result<()> {
     let buffers =
         BufferManager::new(BufferConfig::new().segment_size(4096).segment_count(4096)).map_err(io::Error::other)?;
     let mut port =
-        CompletionPort::builder().ops(connections + 1).max_sockets(connections + 1).buffers(buffers).build(|_| ())?;
+        CompletionPort::builder()
+            .ops(connections + 1)
+            .max_sockets(connections + 1)
+            .buffers(buffers)
+            .driver(driver)
+            .build(|_| ())?;
     let listener =
         port.listen(addr, ListenOptions { backlog: 4096, ..ListenOptions::default() }).map_err(io::Error::other)?;
     let mut echo = Echo::start(&mut port, listener).map_err(io::Error::other)?;

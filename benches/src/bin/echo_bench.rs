@@ -1,22 +1,28 @@
 //! `echo_bench`: berth's echo server against tokio's, side by side in one run.
 //!
-//! For each message size (64 B and 4 KiB) and each server, a fresh server process is
-//! started pinned to one core and `berth_load` drives it from the other core with 64
-//! ping-pong connections; the server's CPU time (utime + stime from `/proc/<pid>/stat`)
+//! For each case (64 B messages over 16, 64 and 256 connections, 4 KiB over 64) and
+//! each server — berth on io_uring, tokio, and berth on its epoll driver — a fresh
+//! server process is started pinned to one core and `berth_load` drives it from the
+//! other core with ping-pong connections; the server's CPU time (utime + stime from `/proc/<pid>/stat`)
 //! is sampled at the edges of the load's measured window, giving the CPU time per
 //! message. Then the idle test: a fresh server gets 15,000 connections that never send
 //! (`--quick`: 3,000) and the growth of its resident set is measured. Cases run
-//! interleaved (size by size; in each round both servers, who goes first alternating)
-//! so drift on a shared machine hits both alike, and each row comes from the round
-//! whose own berth/tokio ratio is the median (see [`Pair`]).
+//! interleaved (case by case; in each round every server, who goes first rotating)
+//! so drift on a shared machine hits all alike, and each row comes from the round
+//! whose own berth/peer ratio is the median (see [`Pair`]). A separate, untimed pass
+//! counts the syscalls per message of berth and tokio with `perf stat` (skipped, and
+//! said so, where perf is missing).
 //!
 //! ```text
 //! echo_bench [--quick] [--self-test]
 //! ```
 //!
-//! Rows (appended to `berth_benches::results_path()`, peer `tokio`):
-//! `echo/64B/64conns/msgs_per_s`, `echo/64B/64conns/server_cpu_us_per_msg`, the same
-//! for `4KiB`, and `echo/idle15k/rss_mib`.
+//! Rows (appended to `berth_benches::results_path()`): per case
+//! `echo/{64B,4KiB}/{N}conns/msgs_per_s` and `.../server_cpu_us_per_msg` (peer
+//! `tokio`) and `.../server_cpu_us_per_msg_vs_epoll` (peer `berth_epoll`);
+//! `echo/64B/64conns/syscalls_per_msg` (peer `tokio`); `echo/idle15k/rss_mib`.
+//! Where io_uring cannot run, berth is its epoll driver and the `_vs_epoll` rows are
+//! left out.
 //!
 //! A server is any binary that takes `--addr HOST:PORT`, prints `listening on ADDR`
 //! as its first line on stdout, echoes every byte back and runs until killed. Both the
@@ -43,10 +49,10 @@ use berth_benches::sys_bench::{
 };
 use berth_benches::{Better, Row, append_rows, results_path};
 
-/// Ping-pong connections in the throughput cases.
-const CONNECTIONS: usize = 64;
-/// Message sizes: (label in the bench id, bytes).
-const SIZES: &[(&str, usize)] = &[("64B", 64), ("4KiB", 4096)];
+/// Throughput cases: (message label in the bench id, bytes, ping-pong connections).
+const CASES: &[(&str, usize, usize)] = &[("64B", 64, 16), ("64B", 64, 64), ("64B", 64, 256), ("4KiB", 4096, 64)];
+/// The case whose syscalls per message are counted (in a separate, untimed pass).
+const SYSCALL_CASE: (&str, usize, usize) = ("64B", 64, 64);
 /// Idle connections in the memory case (`--quick`: [`IDLE_QUICK`]).
 const IDLE_FULL: usize = 15_000;
 const IDLE_QUICK: usize = 3_000;
@@ -176,23 +182,40 @@ impl EchoSummary {
 #[derive(Debug, Clone, Copy)]
 struct Pair {
     berth: EchoResult,
-    tokio: EchoResult,
+    /// tokio, or berth on its epoll driver.
+    peer: EchoResult,
 }
 
 impl Pair {
     fn disturbed(&self) -> bool {
-        self.berth.disturbed() || self.tokio.disturbed()
+        self.berth.disturbed() || self.peer.disturbed()
     }
 
-    /// berth's messages per second over tokio's (> 1: berth served more).
+    /// berth's messages per second over the peer's (> 1: berth served more).
     fn rate_ratio(&self) -> f64 {
-        ratio(self.berth.msgs_per_s, self.tokio.msgs_per_s)
+        ratio(self.berth.msgs_per_s, self.peer.msgs_per_s)
     }
 
-    /// tokio's server CPU per message over berth's (> 1: berth used less).
+    /// The peer's server CPU per message over berth's (> 1: berth used less).
     fn cpu_ratio(&self) -> f64 {
-        ratio(self.tokio.server_cpu_us_per_msg(), self.berth.server_cpu_us_per_msg())
+        ratio(self.peer.server_cpu_us_per_msg(), self.berth.server_cpu_us_per_msg())
     }
+}
+
+/// One throughput case's outcome: berth against tokio, and against itself on epoll.
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    label: &'static str,
+    conns: usize,
+    vs_tokio: Compared,
+    vs_epoll: Option<Compared>,
+}
+
+/// Syscalls per message of berth and tokio, counted in an untimed pass.
+#[derive(Debug, Clone, Copy)]
+struct Syscalls {
+    berth: f64,
+    tokio: f64,
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -275,7 +298,7 @@ fn run() -> Result<(), String> {
         println!("echo_bench: self-test: tokio_echo stands in for berth; no rows are written");
         ServerSpec { name: "berth(tokio)".into(), ..tokio.clone() }
     } else if berth_echo.is_file() {
-        ServerSpec { name: "berth".into(), program: berth_echo, args: vec![] }
+        ServerSpec { name: "berth".into(), program: berth_echo.clone(), args: vec!["--driver".into(), "uring".into()] }
     } else {
         println!(
             "echo_bench: skipped berth: berth_echo not built yet (it arrives with berth-reactor); no rows written"
@@ -323,8 +346,8 @@ fn run() -> Result<(), String> {
         load_core,
     };
     println!(
-        "echo_bench: server on cpu {}, load on cpu {} (sched_setaffinity via rustix); {CONNECTIONS} connections, \
-         {} rounds of {} s per case (each row from the round with the median berth/tokio ratio), each after {} s warm-up; idle test {} connections; RLIMIT_NOFILE {limit}",
+        "echo_bench: server on cpu {}, load on cpu {} (sched_setaffinity via rustix); \
+         {} rounds of {} s per case (each row from the round with the median berth/peer ratio), each after {} s warm-up; idle test {} connections; RLIMIT_NOFILE {limit}",
         show_core(cfg.server_core),
         show_core(cfg.load_core),
         cfg.rounds,
@@ -333,23 +356,43 @@ fn run() -> Result<(), String> {
         cfg.idle,
     );
 
-    let servers = [berth, tokio];
-    let mut compared = Vec::new();
-    for &(label, size) in SIZES {
-        let mut pairs: Vec<Pair> = Vec::new();
-        let clean = |pairs: &[Pair]| pairs.iter().filter(|p| !p.disturbed()).count();
+    // berth runs on io_uring and is measured against tokio and against itself on
+    // epoll; where io_uring cannot run, berth is its epoll driver and the rows
+    // against epoll are left out.
+    let mut berth = berth;
+    let mut berth_epoll = None;
+    if !self_test {
+        let epoll = ServerSpec {
+            name: "berth_epoll".into(),
+            program: berth.program.clone(),
+            args: vec!["--driver".into(), "epoll".into()],
+        };
+        if start_server(&cfg, &berth).is_ok() {
+            berth_epoll = Some(epoll);
+        } else {
+            println!("echo_bench: io_uring cannot run here: berth runs on epoll, no rows against epoll");
+            berth = ServerSpec { name: "berth".into(), ..epoll };
+        }
+    }
+    let mut servers = vec![berth, tokio];
+    servers.extend(berth_epoll);
+    let mut cases = Vec::new();
+    for &(label, size, conns) in CASES {
+        let mut rounds: Vec<Vec<EchoResult>> = Vec::new();
+        let clean = |rounds: &[Vec<EchoResult>]| rounds.iter().filter(|r| !r.iter().any(EchoResult::disturbed)).count();
         for round in 0..cfg.rounds * MAX_ATTEMPTS {
-            if clean(&pairs) >= cfg.rounds {
+            if clean(&rounds) >= cfg.rounds {
                 break;
             }
-            // Alternate who goes first, so neither always runs on a warmer machine.
-            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-            let mut measured = [None; 2];
-            for i in order {
+            // Rotate who goes first, so none always runs on a warmer machine.
+            let n = servers.len();
+            let mut measured = vec![None; n];
+            for k in 0..n {
+                let i = (round + k) % n;
                 let spec = &servers[i];
-                let r = measure_echo(&cfg, spec, size).map_err(|e| format!("{} {label}: {e}", spec.name))?;
+                let r = measure_echo(&cfg, spec, size, conns).map_err(|e| format!("{} {label}: {e}", spec.name))?;
                 println!(
-                    "  round {round} echo/{label} {:<13} {:>9.0} msgs/s  p99 {:>7.1} us  server cpu {:.2} us/msg \
+                    "  round {round} echo/{label}/{conns}conns {:<12} {:>9.0} msgs/s  p99 {:>7.1} us  server cpu {:.2} us/msg \
                      ({:.0}% user; {} msgs, {:.2} s cpu); others {:.0}% of a core{}",
                     spec.name,
                     r.msgs_per_s,
@@ -363,22 +406,21 @@ fn run() -> Result<(), String> {
                 );
                 measured[i] = Some(r);
             }
-            if let [Some(berth), Some(tokio)] = measured {
-                pairs.push(Pair { berth, tokio });
-            }
+            rounds.push(measured.into_iter().flatten().collect());
         }
-        if clean(&pairs) < cfg.rounds {
+        if clean(&rounds) < cfg.rounds {
             println!(
-                "echo_bench: warning: {label}: the machine was busy with other work; {} of {} rounds clean, \
-                 throughput is unreliable (server cpu per message much less so)",
-                clean(&pairs),
-                pairs.len(),
+                "echo_bench: warning: {label}/{conns}conns: the machine was busy with other work; {} of {} rounds \
+                 clean, throughput is unreliable (server cpu per message much less so)",
+                clean(&rounds),
+                rounds.len(),
             );
         }
-        for (spec, side) in servers.iter().zip([|p: &Pair| p.berth, |p: &Pair| p.tokio]) {
-            let s = EchoSummary::of(&pairs.iter().map(side).collect::<Vec<_>>());
+        let column = |i: usize| rounds.iter().filter_map(|r| r.get(i).copied()).collect::<Vec<_>>();
+        for (i, spec) in servers.iter().enumerate() {
+            let s = EchoSummary::of(&column(i));
             println!(
-                "echo/{label}/{CONNECTIONS}conns {:<13} {:>9.0} msgs/s (median of {} clean rounds of {}: {:.0}..{:.0})  \
+                "echo/{label}/{conns}conns {:<12} {:>9.0} msgs/s (median of {} clean rounds of {}: {:.0}..{:.0})  \
                  p50 {:>6.1} us  p99 {:>7.1} us  server cpu {:.2} us/msg ({:.0}% of it in user space)",
                 spec.name,
                 s.msgs_per_s,
@@ -392,21 +434,31 @@ fn run() -> Result<(), String> {
                 s.server_user_share * 100.0,
             );
         }
-        let c = Compared::of(&pairs).ok_or_else(|| format!("{label}: no round measured"))?;
-        println!(
-            "echo/{label}/{CONNECTIONS}conns median round: msgs/s {:.0} vs {:.0} ({:.3}x); \
-             server cpu {:.2} vs {:.2} us/msg ({:.3}x less)",
-            c.rate.berth.msgs_per_s,
-            c.rate.tokio.msgs_per_s,
-            c.rate.rate_ratio(),
-            c.cpu.berth.server_cpu_us_per_msg(),
-            c.cpu.tokio.server_cpu_us_per_msg(),
-            c.cpu.cpu_ratio(),
-        );
-        compared.push(c);
+        let pairs = |peer: usize| -> Vec<Pair> {
+            rounds.iter().filter(|r| r.len() > peer).map(|r| Pair { berth: r[0], peer: r[peer] }).collect()
+        };
+        let vs_tokio = Compared::of(&pairs(1)).ok_or_else(|| format!("{label}: no round measured"))?;
+        let vs_epoll = if servers.len() > 2 { Compared::of(&pairs(2)) } else { None };
+        for (peer, c) in [("tokio", Some(vs_tokio)), ("berth_epoll", vs_epoll)] {
+            let Some(c) = c else { continue };
+            println!(
+                "echo/{label}/{conns}conns against {peer}, median round: msgs/s {:.0} vs {:.0} ({:.3}x); \
+                 server cpu {:.2} vs {:.2} us/msg ({:.3}x less); cpu ratio spread over rounds {:.3}..{:.3}",
+                c.rate.berth.msgs_per_s,
+                c.rate.peer.msgs_per_s,
+                c.rate.rate_ratio(),
+                c.cpu.berth.server_cpu_us_per_msg(),
+                c.cpu.peer.server_cpu_us_per_msg(),
+                c.cpu.cpu_ratio(),
+                spread(&pairs(if peer == "tokio" { 1 } else { 2 })).0,
+                spread(&pairs(if peer == "tokio" { 1 } else { 2 })).1,
+            );
+        }
+        cases.push(Case { label, conns, vs_tokio, vs_epoll });
     }
+    let syscalls = if cfg.self_test { None } else { count_syscalls(&cfg, &servers[..2]) };
     let mut idle = Vec::new();
-    for spec in &servers {
+    for spec in &servers[..2] {
         let r = measure_idle(&cfg, spec).map_err(|e| format!("{} idle: {e}", spec.name))?;
         println!(
             "echo/idle {} conns {:<13} rss {:.1} MiB -> {:.1} MiB: +{:.2} MiB ({:.0} B per connection)",
@@ -421,7 +473,7 @@ fn run() -> Result<(), String> {
     }
 
     let [berth_idle, tokio_idle] = idle[..] else { return Err("missing idle result".into()) };
-    let rows = rows(&compared, berth_idle, tokio_idle)?;
+    let rows = rows(&cases, syscalls, berth_idle, tokio_idle)?;
     for row in &rows {
         println!(
             "{:<42} berth {:>12.3}  {} {:>12.3}  ratio {:.3}",
@@ -442,29 +494,57 @@ fn show_core(core: Option<usize>) -> String {
     core.map_or_else(|| "any".into(), |c| c.to_string())
 }
 
-/// The rows comparing berth with tokio: one [`Compared`] per entry of [`SIZES`], in
-/// order, then the idle case of each.
-fn rows(cases: &[Compared], berth_idle: IdleResult, tokio_idle: IdleResult) -> Result<Vec<Row>, String> {
-    if cases.len() != SIZES.len() {
+/// The rows: per entry of [`CASES`], in order, berth against tokio (messages per
+/// second, server CPU per message) and berth's server CPU per message against its
+/// own epoll driver; then the syscalls per message, if counted; then the idle case.
+fn rows(
+    cases: &[Case],
+    syscalls: Option<Syscalls>,
+    berth_idle: IdleResult,
+    tokio_idle: IdleResult,
+) -> Result<Vec<Row>, String> {
+    if cases.len() != CASES.len() {
         return Err("missing echo result".into());
     }
     let mut rows = Vec::new();
-    for (c, &(label, _)) in cases.iter().zip(SIZES) {
-        let id = format!("echo/{label}/{CONNECTIONS}conns");
+    for c in cases {
+        let id = format!("echo/{}/{}conns", c.label, c.conns);
+        let t = &c.vs_tokio;
         rows.push(Row::new(
             format!("{id}/msgs_per_s"),
             "msgs_per_s",
-            c.rate.berth.msgs_per_s,
+            t.rate.berth.msgs_per_s,
             "tokio",
-            c.rate.tokio.msgs_per_s,
+            t.rate.peer.msgs_per_s,
             Better::Higher,
         ));
         rows.push(Row::new(
             format!("{id}/server_cpu_us_per_msg"),
             "server_cpu_us_per_msg",
-            c.cpu.berth.server_cpu_us_per_msg(),
+            t.cpu.berth.server_cpu_us_per_msg(),
             "tokio",
-            c.cpu.tokio.server_cpu_us_per_msg(),
+            t.cpu.peer.server_cpu_us_per_msg(),
+            Better::Lower,
+        ));
+        if let Some(e) = &c.vs_epoll {
+            rows.push(Row::new(
+                format!("{id}/server_cpu_us_per_msg_vs_epoll"),
+                "server_cpu_us_per_msg",
+                e.cpu.berth.server_cpu_us_per_msg(),
+                "berth_epoll",
+                e.cpu.peer.server_cpu_us_per_msg(),
+                Better::Lower,
+            ));
+        }
+    }
+    if let Some(s) = syscalls {
+        let (label, _, conns) = SYSCALL_CASE;
+        rows.push(Row::new(
+            format!("echo/{label}/{conns}conns/syscalls_per_msg"),
+            "syscalls_per_msg",
+            s.berth,
+            "tokio",
+            s.tokio,
             Better::Lower,
         ));
     }
@@ -477,6 +557,78 @@ fn rows(cases: &[Compared], berth_idle: IdleResult, tokio_idle: IdleResult) -> R
         Better::Lower,
     ));
     Ok(rows)
+}
+
+/// The lowest and highest CPU ratio over the clean rounds (all rounds if none is clean).
+fn spread(pairs: &[Pair]) -> (f64, f64) {
+    let clean: Vec<Pair> = pairs.iter().filter(|p| !p.disturbed()).copied().collect();
+    let used = if clean.is_empty() { pairs } else { &clean };
+    let ratios = used.iter().map(Pair::cpu_ratio);
+    (ratios.clone().fold(f64::INFINITY, f64::min), ratios.fold(0.0, f64::max))
+}
+
+/// Syscalls per message of berth and tokio in [`SYSCALL_CASE`]: a separate pass,
+/// untimed (tracing slows the server), counting `raw_syscalls:sys_enter` of the
+/// server process with `perf stat` over the load's measured window. `None` (said
+/// so) where perf is missing or may not trace.
+fn count_syscalls(cfg: &Config, servers: &[ServerSpec]) -> Option<Syscalls> {
+    let (label, size, conns) = SYSCALL_CASE;
+    let mut per_msg = Vec::new();
+    for spec in servers {
+        match syscalls_per_msg(cfg, spec, size, conns) {
+            Ok(n) => {
+                println!("echo/{label}/{conns}conns {:<12} {n:.3} syscalls per message (perf stat, untimed pass)", spec.name);
+                per_msg.push(n);
+            }
+            Err(e) => {
+                println!("echo_bench: syscalls not counted ({}): {e}", spec.name);
+                return None;
+            }
+        }
+    }
+    match per_msg[..] {
+        [berth, tokio] => Some(Syscalls { berth, tokio }),
+        _ => None,
+    }
+}
+
+fn syscalls_per_msg(cfg: &Config, spec: &ServerSpec, size: usize, conns: usize) -> Result<f64, String> {
+    let (server, addr) = start_server(cfg, spec)?;
+    let pid = server.id().to_string();
+    let secs = cfg.secs.max(1.0);
+    let mut cmd = Command::new(cfg.exe_dir.join("berth_load"));
+    cmd.args(["--addr", &addr.to_string()])
+        .args(["--connections", &conns.to_string(), "--size", &size.to_string()])
+        .args(["--duration", &secs.to_string(), "--warmup", &cfg.warmup.to_string()])
+        .args(["--json", "--marks", "--quiet"]);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let child = spawn_pinned(&mut cmd, cfg.load_core).map_err(|e| format!("berth_load: {e}"))?;
+    let mut load = ChildGuard::new(child);
+    let lines = stdout_lines(&mut load)?;
+    let deadline = Instant::now() + Duration::from_secs_f64(cfg.warmup + secs + 20.0);
+    expect_line(&lines, deadline, "mark start")?;
+    let perf = Command::new("perf")
+        .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p", &pid, "--", "sleep", &secs.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("perf: {e}"))?;
+    expect_line(&lines, deadline, "mark end")?;
+    let json = next_line(&lines, deadline, "berth_load's JSON report")?;
+    let _ = load.wait_timeout(Duration::from_secs(5));
+    drop(server);
+    let report = String::from_utf8_lossy(&perf.stderr);
+    let count: f64 = report
+        .lines()
+        .find(|l| l.contains("raw_syscalls:sys_enter"))
+        .and_then(|l| l.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| format!("no syscall count from perf: {}", report.trim()))?;
+    let v: serde_json::Value = serde_json::from_str(&json).map_err(|e| format!("berth_load report {json:?}: {e}"))?;
+    let messages = v["messages"].as_f64().filter(|&m| m > 0.0).ok_or("no message completed")?;
+    // perf counted over `secs` from the start mark; the load's count covers the same window.
+    Ok(count / messages)
 }
 
 /// Makes sure the binaries `bins` of this package next to this executable are built
@@ -557,12 +709,12 @@ fn start_server(cfg: &Config, spec: &ServerSpec) -> Result<(ChildGuard, SocketAd
 
 /// One throughput case: a fresh server, `berth_load` with `size`-byte messages, and
 /// the server's CPU time over exactly the load's measured window.
-fn measure_echo(cfg: &Config, spec: &ServerSpec, size: usize) -> Result<EchoResult, String> {
+fn measure_echo(cfg: &Config, spec: &ServerSpec, size: usize, conns: usize) -> Result<EchoResult, String> {
     let (server, addr) = start_server(cfg, spec)?;
     let pid = server.id();
     let mut cmd = Command::new(cfg.exe_dir.join("berth_load"));
     cmd.args(["--addr", &addr.to_string()])
-        .args(["--connections", &CONNECTIONS.to_string(), "--size", &size.to_string()])
+        .args(["--connections", &conns.to_string(), "--size", &size.to_string()])
         .args(["--duration", &cfg.secs.to_string(), "--warmup", &cfg.warmup.to_string()])
         .args(["--json", "--marks", "--quiet"]);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
@@ -726,8 +878,8 @@ mod tests {
         }
     }
 
-    fn pair(berth: EchoResult, tokio: EchoResult) -> Pair {
-        Pair { berth, tokio }
+    fn pair(berth: EchoResult, peer: EchoResult) -> Pair {
+        Pair { berth, peer }
     }
 
     /// A fast round of one server is never set against a slow round of the other:
@@ -790,31 +942,45 @@ mod tests {
     }
 
     #[test]
-    fn rows_compare_berth_with_tokio_in_the_right_direction() {
+    fn rows_compare_berth_with_its_peers_in_the_right_direction() {
         let idle = |after| IdleResult { conns: 100, rss_before_kib: 1024, rss_after_kib: after };
         let one = |p: Pair| Compared { rate: p, cpu: p };
-        let cases = [
-            one(pair(round(200.0, 1000, 1, 0), round(100.0, 1000, 2, 0))),
-            one(pair(round(50.0, 500, 2, 0), round(50.0, 500, 2, 0))),
-        ];
-        let rows = rows(&cases, idle(2048), idle(5120)).unwrap();
+        let case = |i: usize, vs_epoll| Case {
+            label: CASES[i].0,
+            conns: CASES[i].2,
+            vs_tokio: one(pair(round(200.0, 1000, 1, 0), round(100.0, 1000, 2, 0))),
+            vs_epoll,
+        };
+        let epoll = Some(one(pair(round(50.0, 500, 2, 0), round(50.0, 500, 3, 0))));
+        let cases = [case(0, epoll), case(1, epoll), case(2, None), case(3, epoll)];
+        let calls = Some(Syscalls { berth: 0.05, tokio: 2.0 });
+        let rows = rows(&cases, calls, idle(2048), idle(5120)).unwrap();
         let ids: Vec<&str> = rows.iter().map(|r| r.bench.as_str()).collect();
         assert_eq!(
             ids,
             [
+                "echo/64B/16conns/msgs_per_s",
+                "echo/64B/16conns/server_cpu_us_per_msg",
+                "echo/64B/16conns/server_cpu_us_per_msg_vs_epoll",
                 "echo/64B/64conns/msgs_per_s",
                 "echo/64B/64conns/server_cpu_us_per_msg",
+                "echo/64B/64conns/server_cpu_us_per_msg_vs_epoll",
+                "echo/64B/256conns/msgs_per_s",
+                "echo/64B/256conns/server_cpu_us_per_msg",
                 "echo/4KiB/64conns/msgs_per_s",
                 "echo/4KiB/64conns/server_cpu_us_per_msg",
+                "echo/4KiB/64conns/server_cpu_us_per_msg_vs_epoll",
+                "echo/64B/64conns/syscalls_per_msg",
                 "echo/idle15k/rss_mib",
             ]
         );
         assert_eq!(rows[0].ratio, 2.0); // twice the messages per second
         assert_eq!(rows[1].berth, 1.0); // 1 ms over 1000 messages
         assert_eq!(rows[1].ratio, 2.0); // half the CPU per message
-        assert_eq!(rows[4].berth, 1.0); // +1 MiB
-        assert_eq!(rows[4].ratio, 4.0); // a quarter of tokio's growth
-        assert!(rows.iter().all(|r| r.peer == "tokio"));
-        assert!(super::rows(&cases[..1], idle(2048), idle(5120)).is_err());
+        assert_eq!((rows[2].peer.as_str(), rows[2].ratio), ("berth_epoll", 1.5)); // 2 ms against 3 ms
+        assert_eq!((rows[11].berth, rows[11].ratio), (0.05, 40.0));
+        assert_eq!(rows[12].berth, 1.0); // +1 MiB
+        assert_eq!(rows[12].ratio, 4.0); // a quarter of tokio's growth
+        assert!(super::rows(&cases[..1], None, idle(2048), idle(5120)).is_err());
     }
 }
