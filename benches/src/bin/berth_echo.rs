@@ -32,13 +32,12 @@ fn main() -> io::Result<()> {
     // any number of idle connections.
     let buffers =
         BufferManager::new(BufferConfig::new().segment_size(4096).segment_count(4096)).map_err(io::Error::other)?;
-    let mut port =
-        CompletionPort::builder()
-            .ops(connections + 1)
-            .max_sockets(connections + 1)
-            .buffers(buffers)
-            .driver(driver)
-            .build(|_| ())?;
+    let mut port = CompletionPort::builder()
+        .ops(connections + 1)
+        .max_sockets(connections + 1)
+        .buffers(buffers)
+        .driver(driver)
+        .build(|_| ())?;
     let listener =
         port.listen(addr, ListenOptions { backlog: 4096, ..ListenOptions::default() }).map_err(io::Error::other)?;
     let mut echo = Echo::start(&mut port, listener).map_err(io::Error::other)?;

@@ -577,7 +577,10 @@ fn count_syscalls(cfg: &Config, servers: &[ServerSpec]) -> Option<Syscalls> {
     for spec in servers {
         match syscalls_per_msg(cfg, spec, size, conns) {
             Ok(n) => {
-                println!("echo/{label}/{conns}conns {:<12} {n:.3} syscalls per message (perf stat, untimed pass)", spec.name);
+                println!(
+                    "echo/{label}/{conns}conns {:<12} {n:.3} syscalls per message (perf stat, untimed pass)",
+                    spec.name
+                );
                 per_msg.push(n);
             }
             Err(e) => {

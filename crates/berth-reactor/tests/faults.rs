@@ -381,3 +381,28 @@ fn a_submitted_op_cannot_be_changed() {
     assert_eq!(&args.take_buffer().unwrap().filled()[..5], b"hello");
     port.give_op(recv).unwrap();
 }
+
+/// Dropping a port with receives in flight (on io_uring: held by the kernel, with
+/// more queued behind them) returns every segment to the arena; none is leaked as
+/// still in the kernel's hands.
+#[test]
+fn dropping_a_port_with_ops_in_flight_returns_every_lease() {
+    let (mut port, _l, socket, _client) = connected_pair(8);
+    let buffers = port.buffers().clone();
+    for _ in 0..3 {
+        let op = port.take_op().unwrap();
+        let lease = port.lease().unwrap();
+        port.op_mut(op).unwrap().set_buffer(lease, 0..100).unwrap();
+        port.recv(socket, op).unwrap();
+    }
+    let send = port.take_op().unwrap();
+    let lease = port.lease().unwrap();
+    port.op_mut(send).unwrap().set_buffer(lease, 0..1).unwrap();
+    port.send(socket, send).unwrap();
+    let mut batch = Vec::new();
+    port.wait(&mut batch, Some(Duration::from_millis(20))).unwrap();
+    assert_eq!(port.stats().pending, 3, "three receives pending");
+    assert!(buffers.stats().in_use > 0);
+    drop(port);
+    assert_eq!(buffers.stats().in_use, 0, "a segment was kept (or leaked) at drop");
+}

@@ -95,6 +95,8 @@ pub(crate) struct Uring {
     segment: u32,
     /// Sockets whose pooled receive found the buffer ring empty.
     starved: Vec<u32>,
+    /// The port is going: nothing new goes to the kernel (see `drain`).
+    draining: bool,
     /// The setup flags the kernel took.
     pub(crate) flags: &'static str,
 }
@@ -213,6 +215,7 @@ impl Uring {
             pbuf,
             segment: segment.min(u32::MAX as usize) as u32,
             starved: Vec::with_capacity(64),
+            draining: false,
             flags,
         };
         uring.arm_wake();
@@ -291,6 +294,10 @@ impl Uring {
     }
 
     fn start<T>(&mut self, core: &mut Core<T>, op: u32, socket: u32, try_now: bool) -> Start {
+        if self.draining {
+            // Left queued: the port's drop frees it with the rest.
+            return Start::Waiting;
+        }
         let sid = core.sid(socket);
         let Some(id) = core.meta[op as usize].id else { return Start::Done(Err(OpError::InvalidInput), sid) };
         let Some(entry) = core.sockets.get(socket as usize) else {
@@ -621,6 +628,9 @@ impl Uring {
     /// Before the port's memory goes: asks the kernel for every op it holds and waits
     /// (up to `limit`) for their completions. Returns how many it still holds.
     pub(crate) fn drain<T>(&mut self, core: &mut Core<T>, limit: Duration) -> usize {
+        // The completions that come back must not start the ops queued behind them.
+        self.draining = true;
+        self.starved.clear();
         for op in 0..core.meta.len() {
             if core.meta[op].kernel {
                 self.abort(core, op as u32);
