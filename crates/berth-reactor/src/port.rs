@@ -297,7 +297,7 @@ impl<T> CompletionPort<T> {
             }
         }
         let entry = self.core.sockets.remove(index as usize);
-        self.driver.deregister(entry.io.as_raw_fd());
+        self.driver.deregister(socket, entry.io.as_raw_fd());
         drop(entry);
         self.core.generations[index as usize] = self.core.generations[index as usize].wrapping_add(1);
         self.core.stats.sockets = self.core.sockets.len();

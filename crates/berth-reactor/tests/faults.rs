@@ -8,7 +8,7 @@ use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 use berth_ops::{OpError, OpKind};
-use berth_reactor::{Completion, SubmitError};
+use berth_reactor::{Completion, CompletionPort, ListenOptions, SubmitError};
 use berth_testkit::{CountingAllocator, thread_allocations};
 use common::{connected_pair, held, wait_for};
 
@@ -405,4 +405,52 @@ fn dropping_a_port_with_ops_in_flight_returns_every_lease() {
     assert!(buffers.stats().in_use > 0);
     drop(port);
     assert_eq!(buffers.stats().in_use, 0, "a segment was kept (or leaked) at drop");
+}
+
+/// Connections that arrive while no accept is pending — after one completed and
+/// before the next is submitted, or after the pending one was cancelled — are all
+/// accepted later, each a working connection (on io_uring a multishot accept takes
+/// them from the backlog early and keeps them for the next accept op).
+#[test]
+fn connections_between_accepts_are_kept_for_the_next_accept() {
+    let mut port = CompletionPort::builder().ops(64).max_sockets(64).build(|_| ()).unwrap();
+    let listener = port.listen("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).unwrap();
+    let addr = port.local_addr(listener).unwrap();
+    let accept = port.take_op().unwrap();
+    // An accept cancelled while it waits (on io_uring its multishot stays armed).
+    port.accept(listener, accept).unwrap();
+    port.cancel(accept).unwrap();
+    let c = wait_for(&mut port, |c| is_op(c, OpKind::Accept));
+    assert_eq!(result_of(c), Err(OpError::Cancelled));
+    let mut clients: Vec<_> = (0..20).map(|_| common::client(addr)).collect();
+    port.accept(listener, accept).unwrap();
+    let first = wait_for(&mut port, |c| is_op(c, OpKind::Accept));
+    assert!(result_of(first).is_ok());
+    // No accept pending for a while: the rest arrive meanwhile.
+    let mut batch = Vec::new();
+    port.wait(&mut batch, Some(Duration::from_millis(50))).unwrap();
+    assert!(batch.is_empty(), "nothing completes without an accept op: {batch:?}");
+    let Completion::Op { socket, .. } = first else { unreachable!() };
+    let mut sockets = vec![socket];
+    while sockets.len() < clients.len() {
+        port.accept(listener, accept).unwrap();
+        let c = wait_for(&mut port, |c| is_op(c, OpKind::Accept));
+        let Completion::Op { socket, result, .. } = c else { unreachable!() };
+        assert!(result.is_ok(), "{result:?}");
+        sockets.push(socket);
+    }
+    // Every accepted socket is a live connection to one of the clients.
+    let recv = port.take_op().unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(&[i as u8]).unwrap();
+    }
+    for &socket in &sockets {
+        port.recv_pooled(socket, recv).unwrap();
+        let c = wait_for(&mut port, |c| is_op(c, OpKind::Recv));
+        assert_eq!(result_of(c), Ok(1));
+        assert!(seen.insert(port.op(recv).unwrap().transferred_bytes()[0]), "two sockets, one client");
+    }
+    assert_eq!(seen.len(), 20);
+    assert_eq!(port.stats().accepted, 20);
 }

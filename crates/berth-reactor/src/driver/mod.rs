@@ -3,7 +3,8 @@
 //! methods ([`Backend`]); the core (`crate::core`) knows nothing of either.
 //!
 //! Every driver provides:
-//! - `register` / `deregister`: a socket enters or leaves the table.
+//! - `register` / `deregister`: a socket enters or leaves the table (on io_uring,
+//!   leaving cancels what the socket itself has in the kernel: a multishot accept).
 //! - `submit`: an op was queued at the tail of its socket's queue for one direction;
 //!   run it when the ops ahead of it are done (the epoll driver may finish it at
 //!   once). Completions go through `Core::complete`, in queue order per direction.
@@ -129,10 +130,11 @@ impl Backend {
         }
     }
 
-    pub(crate) fn deregister(&self, fd: RawFd) {
+    /// Socket `socket` (by id) is being closed; `fd` is still open.
+    pub(crate) fn deregister(&mut self, socket: crate::SocketId, fd: RawFd) {
         match self {
             Backend::Epoll(d) => d.deregister(fd),
-            Backend::Uring(_) => {}
+            Backend::Uring(d) => d.deregister(socket),
         }
     }
 

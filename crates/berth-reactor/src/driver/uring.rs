@@ -3,7 +3,10 @@
 //! completions come back, in one `io_uring_enter` per wait.
 //!
 //! - accept, recv (into the op's own segment) and send are ring operations: no
-//!   syscall of their own. A partial send is resubmitted for the rest.
+//!   syscall of their own. A partial send is resubmitted for the rest. A listener
+//!   with an accept op waiting has one multishot accept in the kernel; connections
+//!   it delivers while no accept op waits are kept for the next accept, and the
+//!   multishot is cancelled until one comes.
 //! - Pooled receives pick a segment from the port's provided-buffer ring
 //!   (`driver::pbuf`) only when data arrives: no segment while idle, no syscall of
 //!   their own. (On a kernel without buffer rings they wait for readiness with
@@ -38,6 +41,15 @@ const POLLOUT: u32 = PollFlags::OUT.bits() as u32;
 
 /// How soon a wait looks again for segments while receives are starved of them.
 const STARVED_RETRY: Duration = Duration::from_millis(1);
+
+/// The `user_data` bit of requests that belong to a socket rather than to an op (a
+/// listener's multishot accept); op requests keep it clear.
+const SOCKET_TAG: u64 = 1 << 63;
+/// Room kept for connections a multishot accept delivers with no accept op waiting.
+/// A burst can exceed it (the multishot drains the backlog until its cancel lands);
+/// the queue then grows, once, rather than close connections the peer already sees
+/// as established.
+const UNCLAIMED_MAX: usize = 64;
 
 /// `user_data` of the eventfd's poll.
 const WAKE: u64 = u64::MAX;
@@ -97,6 +109,13 @@ pub(crate) struct Uring {
     starved: Vec<u32>,
     /// The port is going: nothing new goes to the kernel (see `drain`).
     draining: bool,
+    /// Listeners (index, generation) with a multishot accept in the kernel.
+    accepting: Vec<(u32, u32)>,
+    /// Connections a multishot accept delivered while no accept op waited:
+    /// (listener index, generation, connection).
+    unclaimed: std::collections::VecDeque<(u32, u32, TcpStream)>,
+    /// Multishot accept works here (5.19+); cleared at its first `EINVAL`.
+    multishot_accept: bool,
     /// The setup flags the kernel took.
     pub(crate) flags: &'static str,
 }
@@ -216,6 +235,9 @@ impl Uring {
             segment: segment.min(u32::MAX as usize) as u32,
             starved: Vec::with_capacity(64),
             draining: false,
+            accepting: Vec::with_capacity(8),
+            unclaimed: std::collections::VecDeque::with_capacity(UNCLAIMED_MAX),
+            multishot_accept: true,
             flags,
         };
         uring.arm_wake();
@@ -307,6 +329,25 @@ impl Uring {
         let meta = core.meta[op as usize];
         let Ok(args) = core.pool.get_mut(id) else { return Start::Done(Err(OpError::InvalidInput), sid) };
         let (sqe, phase) = match args.kind() {
+            OpKind::Accept if self.multishot_accept => {
+                if core.backing_off(socket) {
+                    return Start::Waiting;
+                }
+                if let Some(accepted) = self.claim(core, socket, sid.generation) {
+                    return Start::Done(Ok(0), accepted);
+                }
+                let key = (socket, sid.generation & 0x7fff_ffff);
+                if !self.accepting.contains(&key) {
+                    let flags = (SocketFlags::NONBLOCK | SocketFlags::CLOEXEC).bits() as i32;
+                    let multi = opcode::AcceptMulti::new(fd).flags(flags).build();
+                    self.push(&multi.user_data(socket_data(key.0, key.1)));
+                    self.accepting.push(key);
+                    self.in_kernel += 1;
+                }
+                // The op waits in its queue, not in the kernel: cancelling it or its
+                // deadline needs nothing from the kernel.
+                return Start::Waiting;
+            }
             OpKind::Accept => {
                 if core.backing_off(socket) {
                     return Start::Waiting;
@@ -352,6 +393,95 @@ impl Uring {
         core.meta[op as usize].kernel = true;
         self.in_kernel += 1;
         Start::Started
+    }
+
+    /// Takes a connection a multishot accept delivered earlier to `listener`, if
+    /// one is kept and admitted (one refused is closed; the next is tried).
+    fn claim<T>(&mut self, core: &mut Core<T>, listener: u32, generation: u32) -> Option<crate::SocketId> {
+        let generation = generation & 0x7fff_ffff;
+        while let Some(i) = self.unclaimed.iter().position(|&(l, g, _)| l == listener && g == generation) {
+            let (_, _, stream) = self.unclaimed.remove(i)?;
+            let nodelay = matches!(core.sockets.get(listener as usize), Some(e) if matches!(e.io, Io::Listener { nodelay: true, .. }));
+            if let Some(accepted) = core.admit(stream, nodelay, |_, _, _| Ok(())) {
+                return Some(accepted);
+            }
+        }
+        None
+    }
+
+    /// A completion of a listener's multishot accept.
+    fn accepted<T>(&mut self, core: &mut Core<T>, data: u64, res: i32, flags: u32) {
+        let (listener, generation) = (data as u32, ((data >> 32) as u32) & 0x7fff_ffff);
+        let more = cqueue::more(flags);
+        if !more {
+            self.accepting.retain(|&k| k != (listener, generation));
+            self.in_kernel -= 1;
+        }
+        let live = core.sockets.get(listener as usize).is_some()
+            && core.generations.get(listener as usize).is_some_and(|&g| g & 0x7fff_ffff == generation)
+            && !self.draining;
+        if res >= 0 {
+            // SAFETY: a successful accept's result is a new descriptor we now own.
+            let stream = unsafe { TcpStream::from_raw_fd(res) };
+            if !live {
+                return;
+            }
+            let head = core.head(listener, Dir::Read);
+            let nodelay = match core.sockets.get_mut(listener as usize) {
+                Some(entry) => {
+                    entry.backoff_delay = Duration::ZERO;
+                    matches!(entry.io, Io::Listener { nodelay: true, .. })
+                }
+                None => false,
+            };
+            if head != NIL {
+                // Refused (limit, table) means closed and counted; the op waits on.
+                if let Some(accepted) = core.admit(stream, nodelay, |_, _, _| Ok(())) {
+                    core.pop_front(listener, Dir::Read);
+                    core.stats.completed_queued += 1;
+                    core.complete(head, Ok(0), accepted);
+                }
+            } else {
+                let first = !self.unclaimed.iter().any(|&(l, g, _)| (l, g) == (listener, generation));
+                self.unclaimed.push_back((listener, generation, stream));
+                // Nobody accepts now: stop the multishot (once) until an accept op comes.
+                if more && first {
+                    self.push(&opcode::AsyncCancel::new(data).build().user_data(CANCEL));
+                }
+            }
+        } else {
+            let errno = Errno::from_raw_os_error(-res);
+            match errno {
+                Errno::CANCELED => {}
+                Errno::INVAL if self.multishot_accept => {
+                    tracing::debug!("no multishot accept on this kernel: one accept per submission");
+                    self.multishot_accept = false;
+                }
+                _ => {
+                    if live && sys_io::classify_accept(errno) == AcceptFailure::BackOff {
+                        core.back_off(listener, &errno.into());
+                        if more {
+                            self.push(&opcode::AsyncCancel::new(data).build().user_data(CANCEL));
+                        }
+                    }
+                }
+            }
+        }
+        if live {
+            // The next accept op, or a new multishot for the one still waiting.
+            self.advance(core, listener, Dir::Read);
+        }
+    }
+
+    /// Socket `socket` is being closed: cancel its multishot accept and close the
+    /// connections it delivered that nobody took.
+    pub(crate) fn deregister(&mut self, socket: crate::SocketId) {
+        let key = (socket.index, socket.generation & 0x7fff_ffff);
+        if self.accepting.contains(&key) {
+            let target = socket_data(key.0, key.1);
+            self.push(&opcode::AsyncCancel::new(target).build().user_data(CANCEL));
+        }
+        self.unclaimed.retain(|&(l, g, _)| (l, g) != key);
     }
 
     /// Enters the kernel once: submits everything queued and waits up to `timeout`
@@ -440,9 +570,12 @@ impl Uring {
         if data == CANCEL {
             return;
         }
+        if data & SOCKET_TAG != 0 {
+            return self.accepted(core, data, res, flags);
+        }
         let (op, seq) = (data as u32, (data >> 32) as u32);
         let Some(meta) = core.meta.get(op as usize).copied() else { return };
-        if !meta.kernel || meta.seq != seq {
+        if !meta.kernel || meta.seq & 0x7fff_ffff != seq {
             tracing::error!(op, "io_uring completion for an op the port does not hold");
             return;
         }
@@ -631,6 +764,11 @@ impl Uring {
         // The completions that come back must not start the ops queued behind them.
         self.draining = true;
         self.starved.clear();
+        self.unclaimed.clear();
+        for (index, generation) in self.accepting.clone() {
+            let target = socket_data(index, generation);
+            self.push(&opcode::AsyncCancel::new(target).build().user_data(CANCEL));
+        }
         for op in 0..core.meta.len() {
             if core.meta[op].kernel {
                 self.abort(core, op as u32);
@@ -650,8 +788,15 @@ impl Uring {
     }
 }
 
+/// An op's `user_data`: its index and (31 bits of) its sequence number, so a cancel
+/// aimed at one submission never hits the op's next one.
 fn user_data(op: u32, seq: u32) -> u64 {
-    (u64::from(seq) << 32) | u64::from(op)
+    (u64::from(seq & 0x7fff_ffff) << 32) | u64::from(op)
+}
+
+/// A socket's own request (a multishot accept): its index and generation.
+fn socket_data(index: u32, generation: u32) -> u64 {
+    SOCKET_TAG | (u64::from(generation & 0x7fff_ffff) << 32) | u64::from(index)
 }
 
 fn is_accept<T>(core: &Core<T>, op: u32) -> bool {
