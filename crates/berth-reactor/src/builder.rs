@@ -126,7 +126,8 @@ impl PortBuilder {
             0 => 0,
             n => 1u16 << n.ilog2(),
         };
-        let uring = || Uring::new(ops, buffers.segment_size(), ring_entries, || buffers.lease().ok());
+        let max_sockets = self.max_sockets.min(u32::MAX as usize - 1);
+        let uring = || Uring::new(ops, max_sockets, buffers.segment_size(), ring_entries, || buffers.lease().ok());
         let (driver, notifier) = match wanted {
             Driver::Epoll => epoll(self.events)?,
             Driver::Uring => match uring() {
@@ -149,7 +150,6 @@ impl PortBuilder {
         // One cache per thread: a second port on the same thread shares the arena's
         // shared list instead.
         let cache = buffers.local_cache_with_batch(self.cache_batch.max(1)).ok();
-        let max_sockets = self.max_sockets.min(u32::MAX as usize - 1);
         let stats = PortStats { driver: driver.kind(), ring_buffers: driver.ring_buffers(), ..PortStats::default() };
         Ok(CompletionPort {
             driver,

@@ -9,7 +9,11 @@
 //!   multishot is cancelled until one comes.
 //! - Pooled receives pick a segment from the port's provided-buffer ring
 //!   (`driver::pbuf`) only when data arrives: no segment while idle, no syscall of
-//!   their own. (On a kernel without buffer rings they wait for readiness with
+//!   their own. A socket with a pooled receive waiting has one *multishot* receive
+//!   in the kernel (its `Reader`), armed once and delivering every arrival; what it
+//!   delivers while no receive waits is kept, in order, for the next one (and after
+//!   two such the multishot is stopped, so an idle reader of a busy socket does not
+//!   drain the ring). (On a kernel without buffer rings they wait for readiness with
 //!   `POLL_ADD` and then receive into a fresh segment.)
 //! - File sends and connects wait for readiness on the ring (`POLL_ADD`) and then
 //!   make their syscall, so a file still goes out by sendfile(2).
@@ -43,8 +47,13 @@ const POLLOUT: u32 = PollFlags::OUT.bits() as u32;
 const STARVED_RETRY: Duration = Duration::from_millis(1);
 
 /// The `user_data` bit of requests that belong to a socket rather than to an op (a
-/// listener's multishot accept); op requests keep it clear.
+/// listener's multishot accept, a stream's multishot receive); op requests keep it
+/// clear.
 const SOCKET_TAG: u64 = 1 << 63;
+/// With [`SOCKET_TAG`]: the request is a multishot receive, not an accept.
+const RECV_TAG: u64 = 1 << 62;
+/// The bits of a generation or sequence number that `user_data` carries.
+const GEN_MASK: u32 = 0x3fff_ffff;
 /// Room kept for connections a multishot accept delivers with no accept op waiting.
 /// A burst can exceed it (the multishot drains the backlog until its cancel lands);
 /// the queue then grows, once, rather than close connections the peer already sees
@@ -89,6 +98,20 @@ enum Outcome {
     Starved,
 }
 
+/// A socket's multishot receive and what it delivered that no receive took yet.
+#[derive(Default)]
+struct Reader {
+    /// The generation (31 bits) of the socket the multishot in the kernel reads.
+    armed: Option<u32>,
+    /// A cancel is on its way to the armed multishot.
+    stopping: bool,
+    /// The generation the kept arrivals belong to.
+    generation: u32,
+    /// Arrivals in order: the segment (none for an end of stream or an error), the
+    /// completion's result, and how much of the segment a copy already took.
+    kept: std::collections::VecDeque<(Option<Lease>, i32, usize)>,
+}
+
 pub(crate) struct Uring {
     ring: IoUring,
     /// The read side of the posts' eventfd (the notifier holds a duplicate).
@@ -116,6 +139,10 @@ pub(crate) struct Uring {
     unclaimed: std::collections::VecDeque<(u32, u32, TcpStream)>,
     /// Multishot accept works here (5.19+); cleared at its first `EINVAL`.
     multishot_accept: bool,
+    /// Per socket slot: its multishot receive.
+    readers: Vec<Reader>,
+    /// Multishot receive works here (6.0+); cleared at its first `EINVAL`.
+    multishot_recv: bool,
     /// The setup flags the kernel took.
     pub(crate) flags: &'static str,
 }
@@ -157,6 +184,7 @@ impl Uring {
     /// without one.
     pub(crate) fn new(
         ops: usize,
+        sockets: usize,
         segment: usize,
         ring_entries: u16,
         lease: impl FnMut() -> Option<Lease>,
@@ -238,6 +266,8 @@ impl Uring {
             accepting: Vec::with_capacity(8),
             unclaimed: std::collections::VecDeque::with_capacity(UNCLAIMED_MAX),
             multishot_accept: true,
+            readers: (0..sockets).map(|_| Reader::default()).collect(),
+            multishot_recv: true,
             flags,
         };
         uring.arm_wake();
@@ -336,7 +366,7 @@ impl Uring {
                 if let Some(accepted) = self.claim(core, socket, sid.generation) {
                     return Start::Done(Ok(0), accepted);
                 }
-                let key = (socket, sid.generation & 0x7fff_ffff);
+                let key = (socket, sid.generation & GEN_MASK);
                 if !self.accepting.contains(&key) {
                     let flags = (SocketFlags::NONBLOCK | SocketFlags::CLOEXEC).bits() as i32;
                     let multi = opcode::AcceptMulti::new(fd).flags(flags).build();
@@ -354,6 +384,46 @@ impl Uring {
                 }
                 let flags = (SocketFlags::NONBLOCK | SocketFlags::CLOEXEC).bits() as i32;
                 (opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut()).flags(flags).build(), Phase::Data)
+            }
+            OpKind::Recv if meta.pooled && self.pbuf.is_some() && self.multishot_recv => {
+                let generation = sid.generation & GEN_MASK;
+                let reader = &mut self.readers[socket as usize];
+                if reader.generation != generation {
+                    reader.kept.clear();
+                    reader.generation = generation;
+                }
+                if let Some((lease, res, taken)) = reader.kept.pop_front() {
+                    return Start::Done(hand_over(args, lease, res, taken), sid);
+                }
+                if reader.armed.is_none() {
+                    let multi = opcode::RecvMulti::new(fd, pbuf::GROUP).build();
+                    self.push(&multi.user_data(reader_data(socket, generation)));
+                    let reader = &mut self.readers[socket as usize];
+                    reader.armed = Some(generation);
+                    reader.stopping = false;
+                    self.in_kernel += 1;
+                }
+                // The op waits in its queue; the multishot belongs to the socket.
+                return Start::Waiting;
+            }
+            OpKind::Recv if !meta.pooled && self.reading(socket, sid.generation) => {
+                // Arrivals kept for this socket come first, copied into the op's own
+                // range; with none kept, the multishot is stopped and the receive
+                // starts once it has ended.
+                let reader = &mut self.readers[socket as usize];
+                if let Some(front) = reader.kept.front_mut() {
+                    let result = copy_front(args, front);
+                    if front.0.as_ref().is_none_or(|l| front.2 >= l.len()) {
+                        reader.kept.pop_front();
+                    }
+                    return Start::Done(result, sid);
+                }
+                if !reader.stopping {
+                    reader.stopping = true;
+                    let target = reader_data(socket, sid.generation & GEN_MASK);
+                    self.push(&opcode::AsyncCancel::new(target).build().user_data(CANCEL));
+                }
+                return Start::Waiting;
             }
             OpKind::Recv if meta.pooled && self.pbuf.is_some() => (
                 opcode::Recv::new(fd, std::ptr::null_mut(), self.segment)
@@ -398,7 +468,7 @@ impl Uring {
     /// Takes a connection a multishot accept delivered earlier to `listener`, if
     /// one is kept and admitted (one refused is closed; the next is tried).
     fn claim<T>(&mut self, core: &mut Core<T>, listener: u32, generation: u32) -> Option<crate::SocketId> {
-        let generation = generation & 0x7fff_ffff;
+        let generation = generation & GEN_MASK;
         while let Some(i) = self.unclaimed.iter().position(|&(l, g, _)| l == listener && g == generation) {
             let (_, _, stream) = self.unclaimed.remove(i)?;
             let nodelay = matches!(core.sockets.get(listener as usize), Some(e) if matches!(e.io, Io::Listener { nodelay: true, .. }));
@@ -411,14 +481,14 @@ impl Uring {
 
     /// A completion of a listener's multishot accept.
     fn accepted<T>(&mut self, core: &mut Core<T>, data: u64, res: i32, flags: u32) {
-        let (listener, generation) = (data as u32, ((data >> 32) as u32) & 0x7fff_ffff);
+        let (listener, generation) = (data as u32, ((data >> 32) as u32) & GEN_MASK);
         let more = cqueue::more(flags);
         if !more {
             self.accepting.retain(|&k| k != (listener, generation));
             self.in_kernel -= 1;
         }
         let live = core.sockets.get(listener as usize).is_some()
-            && core.generations.get(listener as usize).is_some_and(|&g| g & 0x7fff_ffff == generation)
+            && core.generations.get(listener as usize).is_some_and(|&g| g & GEN_MASK == generation)
             && !self.draining;
         if res >= 0 {
             // SAFETY: a successful accept's result is a new descriptor we now own.
@@ -473,15 +543,104 @@ impl Uring {
         }
     }
 
-    /// Socket `socket` is being closed: cancel its multishot accept and close the
-    /// connections it delivered that nobody took.
+    /// Whether socket `socket` has a multishot receive armed or arrivals kept.
+    fn reading(&self, socket: u32, generation: u32) -> bool {
+        self.readers.get(socket as usize).is_some_and(|r| {
+            let generation = generation & GEN_MASK;
+            r.armed == Some(generation) || (r.generation == generation && !r.kept.is_empty())
+        })
+    }
+
+    /// A completion of a stream's multishot receive: an arrival (a segment and its
+    /// length), the end of stream, an error, or the multishot's end.
+    fn received<T>(&mut self, core: &mut Core<T>, data: u64, res: i32, flags: u32, lease: Option<Lease>) {
+        let (socket, generation) = (data as u32, ((data >> 32) as u32) & GEN_MASK);
+        let more = cqueue::more(flags);
+        let Some(reader) = self.readers.get_mut(socket as usize) else { return };
+        if !more {
+            self.in_kernel -= 1;
+            if reader.armed == Some(generation) {
+                reader.armed = None;
+                reader.stopping = false;
+            }
+        }
+        let live = core.sockets.get(socket as usize).is_some()
+            && core.generations.get(socket as usize).is_some_and(|&g| g & GEN_MASK == generation)
+            && !self.draining;
+        if !live {
+            // The socket is gone: the segment goes back to the arena.
+            return;
+        }
+        match res {
+            r if r == -Errno::CANCELED.raw_os_error() => {}
+            r if r == -Errno::INVAL.raw_os_error() && self.multishot_recv && reader.kept.is_empty() => {
+                tracing::debug!("no multishot receive on this kernel: one receive per submission");
+                self.multishot_recv = false;
+            }
+            r if r == -Errno::NOBUFS.raw_os_error() => {
+                // The ring ran dry and ended the multishot: a waiting receive starves
+                // until segments return (`feed` re-arms it).
+                let head = core.head(socket, Dir::Read);
+                if head != NIL && core.meta[head as usize].pooled {
+                    core.stats.enobufs += 1;
+                    if !self.starved.contains(&socket) {
+                        self.starved.push(socket);
+                    }
+                    return;
+                }
+            }
+            _ => {
+                if reader.generation != generation {
+                    reader.kept.clear();
+                    reader.generation = generation;
+                }
+                let head = core.head(socket, Dir::Read);
+                let waiting = head != NIL && !core.meta[head as usize].kernel && core.meta[head as usize].pooled;
+                if waiting && reader.kept.is_empty() {
+                    let sid = core.sid(socket);
+                    let result = match core.meta[head as usize].id.map(|id| core.pool.get_mut(id)) {
+                        Some(Ok(args)) => hand_over(args, lease, res, 0),
+                        _ => Err(OpError::InvalidInput),
+                    };
+                    core.pop_front(socket, Dir::Read);
+                    core.stats.completed_queued += 1;
+                    core.complete(head, result, sid);
+                } else {
+                    let mut lease = lease;
+                    if let Some(l) = lease.as_mut() {
+                        let _ = l.set_len(res.max(0) as usize);
+                    }
+                    reader.kept.push_back((lease, res, 0));
+                    // Nobody reads this socket now: stop taking segments from the ring
+                    // for it after a couple of arrivals.
+                    if more && reader.kept.len() >= 2 && !reader.stopping {
+                        reader.stopping = true;
+                        self.push(&opcode::AsyncCancel::new(data).build().user_data(CANCEL));
+                    }
+                }
+            }
+        }
+        // The next receive, a re-armed multishot for one still waiting, or an own-buffer
+        // receive that waited for the multishot to end.
+        self.advance(core, socket, Dir::Read);
+    }
+
+    /// Socket `socket` is being closed: cancel its multishot accept or receive,
+    /// close the connections it accepted that nobody took, and return the segments
+    /// it received that nobody took.
     pub(crate) fn deregister(&mut self, socket: crate::SocketId) {
-        let key = (socket.index, socket.generation & 0x7fff_ffff);
+        let key = (socket.index, socket.generation & GEN_MASK);
         if self.accepting.contains(&key) {
             let target = socket_data(key.0, key.1);
             self.push(&opcode::AsyncCancel::new(target).build().user_data(CANCEL));
         }
         self.unclaimed.retain(|&(l, g, _)| (l, g) != key);
+        if let Some(reader) = self.readers.get_mut(socket.index as usize) {
+            reader.kept.clear();
+            if reader.armed == Some(key.1) {
+                self.push(&opcode::AsyncCancel::new(reader_data(key.0, key.1)).build().user_data(CANCEL));
+            }
+        }
     }
 
     /// Enters the kernel once: submits everything queued and waits up to `timeout`
@@ -571,11 +730,18 @@ impl Uring {
             return;
         }
         if data & SOCKET_TAG != 0 {
-            return self.accepted(core, data, res, flags);
+            if data & RECV_TAG == 0 {
+                return self.accepted(core, data, res, flags);
+            }
+            let lease = match (cqueue::buffer_select(flags), self.pbuf.as_mut()) {
+                (Some(bid), Some(pbuf)) => pbuf.take(bid),
+                _ => None,
+            };
+            return self.received(core, data, res, flags, lease);
         }
         let (op, seq) = (data as u32, (data >> 32) as u32);
         let Some(meta) = core.meta.get(op as usize).copied() else { return };
-        if !meta.kernel || meta.seq & 0x7fff_ffff != seq {
+        if !meta.kernel || meta.seq & GEN_MASK != seq {
             tracing::error!(op, "io_uring completion for an op the port does not hold");
             return;
         }
@@ -769,6 +935,13 @@ impl Uring {
             let target = socket_data(index, generation);
             self.push(&opcode::AsyncCancel::new(target).build().user_data(CANCEL));
         }
+        for index in 0..self.readers.len() {
+            self.readers[index].kept.clear();
+            if let Some(generation) = self.readers[index].armed {
+                let target = reader_data(index as u32, generation);
+                self.push(&opcode::AsyncCancel::new(target).build().user_data(CANCEL));
+            }
+        }
         for op in 0..core.meta.len() {
             if core.meta[op].kernel {
                 self.abort(core, op as u32);
@@ -791,12 +964,62 @@ impl Uring {
 /// An op's `user_data`: its index and (31 bits of) its sequence number, so a cancel
 /// aimed at one submission never hits the op's next one.
 fn user_data(op: u32, seq: u32) -> u64 {
-    (u64::from(seq & 0x7fff_ffff) << 32) | u64::from(op)
+    (u64::from(seq & GEN_MASK) << 32) | u64::from(op)
 }
 
 /// A socket's own request (a multishot accept): its index and generation.
 fn socket_data(index: u32, generation: u32) -> u64 {
-    SOCKET_TAG | (u64::from(generation & 0x7fff_ffff) << 32) | u64::from(index)
+    SOCKET_TAG | (u64::from(generation & GEN_MASK) << 32) | u64::from(index)
+}
+
+/// A stream's multishot receive.
+fn reader_data(index: u32, generation: u32) -> u64 {
+    socket_data(index, generation) | RECV_TAG
+}
+
+/// Hands an arrival to a pooled receive: its segment (as `0..capacity`, filled with
+/// the `res - taken` bytes no copy took yet) and result.
+fn hand_over<T>(
+    args: &mut berth_ops::OpArgs<T>,
+    lease: Option<Lease>,
+    res: i32,
+    taken: usize,
+) -> Result<usize, OpError> {
+    if res < 0 {
+        return Err(OpError::from_io(&io::Error::from_raw_os_error(-res)));
+    }
+    let res = (res as usize).saturating_sub(taken);
+    if let Some(mut lease) = lease {
+        let capacity = lease.capacity();
+        if taken > 0 {
+            // A receive into its own range took the front: the rest moves up, so the
+            // op's bytes start at 0 as after any pooled receive.
+            lease.copy_within(taken..taken + res, 0);
+        }
+        let _ = lease.set_len(res);
+        if let Err(e) = args.set_buffer(lease, 0..capacity) {
+            drop(e.lease);
+            return Err(OpError::InvalidInput);
+        }
+    }
+    Ok(res)
+}
+
+/// Copies what is left of a kept arrival into a receive's own range; returns the
+/// receive's result (an end of stream or error is passed on as it is).
+fn copy_front<T>(args: &mut berth_ops::OpArgs<T>, front: &mut (Option<Lease>, i32, usize)) -> Result<usize, OpError> {
+    let (lease, res, taken) = front;
+    let Some(lease) = lease.as_ref() else {
+        return if *res < 0 { Err(OpError::from_io(&io::Error::from_raw_os_error(-*res))) } else { Ok(0) };
+    };
+    let range = args.range();
+    let Some(own) = args.buffer_mut() else { return Err(OpError::InvalidInput) };
+    let src = &lease.filled()[*taken..];
+    let n = src.len().min(range.len());
+    own[range.start..range.start + n].copy_from_slice(&src[..n]);
+    let _ = own.set_len(range.start + n);
+    *taken += n;
+    Ok(n)
 }
 
 fn is_accept<T>(core: &Core<T>, op: u32) -> bool {
