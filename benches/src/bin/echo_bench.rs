@@ -599,16 +599,7 @@ fn syscalls_per_msg(cfg: &Config, spec: &ServerSpec, size: usize, conns: usize) 
     let (server, addr) = start_server(cfg, spec)?;
     let pid = server.id().to_string();
     let secs = cfg.secs.max(1.0);
-    let mut cmd = Command::new(cfg.exe_dir.join("berth_load"));
-    cmd.args(["--addr", &addr.to_string()])
-        .args(["--connections", &conns.to_string(), "--size", &size.to_string()])
-        .args(["--duration", &secs.to_string(), "--warmup", &cfg.warmup.to_string()])
-        .args(["--json", "--marks", "--quiet"]);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-    let child = spawn_pinned(&mut cmd, cfg.load_core).map_err(|e| format!("berth_load: {e}"))?;
-    let mut load = ChildGuard::new(child);
-    let lines = stdout_lines(&mut load)?;
-    let deadline = Instant::now() + Duration::from_secs_f64(cfg.warmup + secs + 20.0);
+    let (load, lines, deadline) = start_load(cfg, addr, size, conns, secs)?;
     expect_line(&lines, deadline, "mark start")?;
     let perf = Command::new("perf")
         .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p", &pid, "--", "sleep", &secs.to_string()])
@@ -710,23 +701,36 @@ fn start_server(cfg: &Config, spec: &ServerSpec) -> Result<(ChildGuard, SocketAd
     Ok((server, addr))
 }
 
-/// One throughput case: a fresh server, `berth_load` with `size`-byte messages, and
-/// the server's CPU time over exactly the load's measured window.
-fn measure_echo(cfg: &Config, spec: &ServerSpec, size: usize, conns: usize) -> Result<EchoResult, String> {
-    let (server, addr) = start_server(cfg, spec)?;
-    let pid = server.id();
+/// Starts `berth_load` on the load core against `addr`: `conns` ping-pong
+/// connections of `size`-byte messages, measuring for `secs` after the warm-up and
+/// marking the window's edges. Returns it, its stdout lines, and a deadline for
+/// them (connecting, warm-up, measurement, and slack for a loaded machine).
+fn start_load(
+    cfg: &Config,
+    addr: SocketAddr,
+    size: usize,
+    conns: usize,
+    secs: f64,
+) -> Result<(ChildGuard, Receiver<String>, Instant), String> {
     let mut cmd = Command::new(cfg.exe_dir.join("berth_load"));
     cmd.args(["--addr", &addr.to_string()])
         .args(["--connections", &conns.to_string(), "--size", &size.to_string()])
-        .args(["--duration", &cfg.secs.to_string(), "--warmup", &cfg.warmup.to_string()])
+        .args(["--duration", &secs.to_string(), "--warmup", &cfg.warmup.to_string()])
         .args(["--json", "--marks", "--quiet"]);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     let child = spawn_pinned(&mut cmd, cfg.load_core).map_err(|e| format!("berth_load: {e}"))?;
     let mut load = ChildGuard::new(child);
     let lines = stdout_lines(&mut load)?;
-    // Connecting, warm-up, measurement, and slack for a loaded machine.
-    let deadline = Instant::now() + Duration::from_secs_f64(cfg.warmup + cfg.secs + 20.0);
+    let deadline = Instant::now() + Duration::from_secs_f64(cfg.warmup + secs + 20.0);
+    Ok((load, lines, deadline))
+}
 
+/// One throughput case: a fresh server, `berth_load` with `size`-byte messages, and
+/// the server's CPU time over exactly the load's measured window.
+fn measure_echo(cfg: &Config, spec: &ServerSpec, size: usize, conns: usize) -> Result<EchoResult, String> {
+    let (server, addr) = start_server(cfg, spec)?;
+    let pid = server.id();
+    let (load, lines, deadline) = start_load(cfg, addr, size, conns, cfg.secs)?;
     expect_line(&lines, deadline, "mark start")?;
     let start = Sample::take(pid, load.id())?;
     expect_line(&lines, deadline, "mark end")?;
