@@ -395,7 +395,9 @@ impl Uring {
                 if let Some((lease, res, taken)) = reader.kept.pop_front() {
                     return Start::Done(hand_over(args, lease, res, taken), sid);
                 }
-                if reader.armed.is_none() {
+                // (A multishot of an earlier socket in this slot may still be ending:
+                // its last completion is told apart by its generation.)
+                if reader.armed != Some(generation) {
                     let multi = opcode::RecvMulti::new(fd, pbuf::GROUP).build();
                     self.push(&multi.user_data(reader_data(socket, generation)));
                     let reader = &mut self.readers[socket as usize];
