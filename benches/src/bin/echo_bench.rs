@@ -1,7 +1,8 @@
 //! `echo_bench`: berth's echo server against tokio's, side by side in one run.
 //!
 //! For each case (64 B messages over 16, 64 and 256 connections, 4 KiB over 64) and
-//! each server — berth on io_uring, tokio, and berth on its epoll driver — a fresh
+//! each server — berth on io_uring, tokio, berth on its epoll driver, and compio (a
+//! completion runtime on io_uring, `compio_echo`) — a fresh
 //! server process is started pinned to one core and `berth_load` drives it from the
 //! other core with ping-pong connections; the server's CPU time (utime + stime from `/proc/<pid>/stat`)
 //! is sampled at the edges of the load's measured window, giving the CPU time per
@@ -19,7 +20,8 @@
 //!
 //! Rows (appended to `berth_benches::results_path()`): per case
 //! `echo/{64B,4KiB}/{N}conns/msgs_per_s` and `.../server_cpu_us_per_msg` (peer
-//! `tokio`) and `.../server_cpu_us_per_msg_vs_epoll` (peer `berth_epoll`);
+//! `tokio`), `.../server_cpu_us_per_msg_vs_epoll` (peer `berth_epoll`) and
+//! `.../server_cpu_us_per_msg_vs_compio` (peer `compio`);
 //! `echo/64B/64conns/syscalls_per_msg` (peer `tokio`); `echo/idle15k/rss_mib`.
 //! Where io_uring cannot run, berth is its epoll driver and the `_vs_epoll` rows are
 //! left out.
@@ -202,13 +204,15 @@ impl Pair {
     }
 }
 
-/// One throughput case's outcome: berth against tokio, and against itself on epoll.
+/// One throughput case's outcome: berth against tokio, against itself on epoll,
+/// and against compio (another io_uring completion runtime).
 #[derive(Debug, Clone, Copy)]
 struct Case {
     label: &'static str,
     conns: usize,
     vs_tokio: Compared,
     vs_epoll: Option<Compared>,
+    vs_compio: Option<Compared>,
 }
 
 /// Syscalls per message of berth and tokio, counted in an untimed pass.
@@ -287,7 +291,7 @@ fn run() -> Result<(), String> {
     let berth_in_package = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bin/berth_echo.rs").is_file();
     let berth_echo = exe_dir.join("berth_echo");
     if self_test || berth_in_package || berth_echo.is_file() {
-        let mut bins = vec!["berth_load", "tokio_echo"];
+        let mut bins = vec!["berth_load", "tokio_echo", "compio_echo"];
         if berth_in_package {
             bins.push("berth_echo");
         }
@@ -376,6 +380,12 @@ fn run() -> Result<(), String> {
     }
     let mut servers = vec![berth, tokio];
     servers.extend(berth_epoll);
+    let compio_echo = cfg.exe_dir.join("compio_echo");
+    if !self_test && compio_echo.is_file() {
+        servers.push(ServerSpec { name: "compio".into(), program: compio_echo, args: vec![] });
+    }
+    let position = |name: &str| servers.iter().position(|s| s.name == name);
+    let (epoll_at, compio_at) = (position("berth_epoll"), position("compio"));
     let mut cases = Vec::new();
     for &(label, size, conns) in CASES {
         let mut rounds: Vec<Vec<EchoResult>> = Vec::new();
@@ -438,9 +448,11 @@ fn run() -> Result<(), String> {
             rounds.iter().filter(|r| r.len() > peer).map(|r| Pair { berth: r[0], peer: r[peer] }).collect()
         };
         let vs_tokio = Compared::of(&pairs(1)).ok_or_else(|| format!("{label}: no round measured"))?;
-        let vs_epoll = if servers.len() > 2 { Compared::of(&pairs(2)) } else { None };
-        for (peer, c) in [("tokio", Some(vs_tokio)), ("berth_epoll", vs_epoll)] {
-            let Some(c) = c else { continue };
+        let vs_epoll = epoll_at.and_then(|i| Compared::of(&pairs(i)));
+        let vs_compio = compio_at.and_then(|i| Compared::of(&pairs(i)));
+        for (peer, at, c) in [("tokio", Some(1), Some(vs_tokio)), ("berth_epoll", epoll_at, vs_epoll), ("compio", compio_at, vs_compio)] {
+            let (Some(c), Some(at)) = (c, at) else { continue };
+            let (low, high) = spread(&pairs(at));
             println!(
                 "echo/{label}/{conns}conns against {peer}, median round: msgs/s {:.0} vs {:.0} ({:.3}x); \
                  server cpu {:.2} vs {:.2} us/msg ({:.3}x less); cpu ratio spread over rounds {:.3}..{:.3}",
@@ -450,11 +462,11 @@ fn run() -> Result<(), String> {
                 c.cpu.berth.server_cpu_us_per_msg(),
                 c.cpu.peer.server_cpu_us_per_msg(),
                 c.cpu.cpu_ratio(),
-                spread(&pairs(if peer == "tokio" { 1 } else { 2 })).0,
-                spread(&pairs(if peer == "tokio" { 1 } else { 2 })).1,
+                low,
+                high,
             );
         }
-        cases.push(Case { label, conns, vs_tokio, vs_epoll });
+        cases.push(Case { label, conns, vs_tokio, vs_epoll, vs_compio });
     }
     let syscalls = if cfg.self_test { None } else { count_syscalls(&cfg, &servers[..2]) };
     let mut idle = Vec::new();
@@ -526,15 +538,17 @@ fn rows(
             t.cpu.peer.server_cpu_us_per_msg(),
             Better::Lower,
         ));
-        if let Some(e) = &c.vs_epoll {
-            rows.push(Row::new(
-                format!("{id}/server_cpu_us_per_msg_vs_epoll"),
-                "server_cpu_us_per_msg",
-                e.cpu.berth.server_cpu_us_per_msg(),
-                "berth_epoll",
-                e.cpu.peer.server_cpu_us_per_msg(),
-                Better::Lower,
-            ));
+        for (suffix, peer, c) in [("epoll", "berth_epoll", &c.vs_epoll), ("compio", "compio", &c.vs_compio)] {
+            if let Some(c) = c {
+                rows.push(Row::new(
+                    format!("{id}/server_cpu_us_per_msg_vs_{suffix}"),
+                    "server_cpu_us_per_msg",
+                    c.cpu.berth.server_cpu_us_per_msg(),
+                    peer,
+                    c.cpu.peer.server_cpu_us_per_msg(),
+                    Better::Lower,
+                ));
+            }
         }
     }
     if let Some(s) = syscalls {
@@ -957,6 +971,7 @@ mod tests {
             conns: CASES[i].2,
             vs_tokio: one(pair(round(200.0, 1000, 1, 0), round(100.0, 1000, 2, 0))),
             vs_epoll,
+            vs_compio: if i == 1 { vs_epoll } else { None },
         };
         let epoll = Some(one(pair(round(50.0, 500, 2, 0), round(50.0, 500, 3, 0))));
         let cases = [case(0, epoll), case(1, epoll), case(2, None), case(3, epoll)];
@@ -972,6 +987,7 @@ mod tests {
                 "echo/64B/64conns/msgs_per_s",
                 "echo/64B/64conns/server_cpu_us_per_msg",
                 "echo/64B/64conns/server_cpu_us_per_msg_vs_epoll",
+                "echo/64B/64conns/server_cpu_us_per_msg_vs_compio",
                 "echo/64B/256conns/msgs_per_s",
                 "echo/64B/256conns/server_cpu_us_per_msg",
                 "echo/4KiB/64conns/msgs_per_s",
@@ -985,9 +1001,10 @@ mod tests {
         assert_eq!(rows[1].berth, 1.0); // 1 ms over 1000 messages
         assert_eq!(rows[1].ratio, 2.0); // half the CPU per message
         assert_eq!((rows[2].peer.as_str(), rows[2].ratio), ("berth_epoll", 1.5)); // 2 ms against 3 ms
-        assert_eq!((rows[11].berth, rows[11].ratio), (0.05, 40.0));
-        assert_eq!(rows[12].berth, 1.0); // +1 MiB
-        assert_eq!(rows[12].ratio, 4.0); // a quarter of tokio's growth
+        assert_eq!(rows[6].peer, "compio");
+        assert_eq!((rows[12].berth, rows[12].ratio), (0.05, 40.0));
+        assert_eq!(rows[13].berth, 1.0); // +1 MiB
+        assert_eq!(rows[13].ratio, 4.0); // a quarter of tokio's growth
         assert!(super::rows(&cases[..1], None, idle(2048), idle(5120)).is_err());
     }
 }
