@@ -1,14 +1,13 @@
-//! The port at its limits and on its rarer paths: a pooled receive when the arena
-//! is empty, a full socket table, a file sent through the copy fallback (and cut
-//! short mid-send), and a connect that never answers. Each runs on the driver
-//! `BERTH_DRIVER` names (CI runs epoll and uring both).
+//! The port at its limits and on its rarer paths: a full socket table, a file sent
+//! through the copy fallback (and cut short mid-send), and a connect that never
+//! answers. Each runs on the driver `BERTH_DRIVER` names (CI runs epoll and uring
+//! both). A pooled receive on an empty arena is `backpressure.rs`.
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::time::{Duration, Instant};
 
-use berth_buf::{BufferConfig, BufferManager};
 use berth_ops::{OpError, OpKind};
 use berth_reactor::{Completion, CompletionPort, ListenOptions, SubmitError};
 use common::{IO_TIMEOUT, client, connected_pair, wait_for};
@@ -43,43 +42,6 @@ impl Drop for TempFile {
 
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8 ^ (i >> 16) as u8).collect()
-}
-
-/// With every segment of a small arena leased, a pooled receive whose data has
-/// arrived completes with `BufferExhausted`, holding nothing; once segments are
-/// back, the same op receives the same bytes: nothing was read and dropped.
-///
-/// Proven by mutation: the lease failure in `driver::io::recv` reading on into
-/// the op's own (absent) buffer instead (`InvalidInput`) fails it.
-#[test]
-fn a_pooled_receive_is_refused_when_the_arena_is_empty() {
-    let buffers = BufferManager::new(BufferConfig::new().segment_size(4096).segment_count(4)).unwrap();
-    let mut port =
-        CompletionPort::builder().ops(4).max_sockets(4).buffers(buffers).cache_batch(1).build(|_| ()).unwrap();
-    let listener = port.listen("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).unwrap();
-    let accept = port.take_op().unwrap();
-    port.accept(listener, accept).unwrap();
-    let mut c = client(port.local_addr(listener).unwrap());
-    let Completion::Op { socket, .. } = wait_for(&mut port, |c| is_op(c, OpKind::Accept)) else { unreachable!() };
-
-    // Take every segment, through the port's cache and the shared list alike.
-    let held: Vec<_> = std::iter::from_fn(|| port.lease().ok()).take(64).collect();
-    assert_eq!(held.len(), 4, "the arena has four segments");
-    c.write_all(b"waiting").unwrap();
-    let recv = port.take_op().unwrap();
-    port.recv_pooled(socket, recv).unwrap();
-    let done = wait_for(&mut port, |c| is_op(c, OpKind::Recv));
-    assert_eq!(result_of(done), Err(OpError::BufferExhausted));
-    assert!(port.op(recv).unwrap().buffer().is_none(), "a refused pooled receive holds no segment");
-
-    drop(held);
-    port.recv_pooled(socket, recv).unwrap();
-    let done = wait_for(&mut port, |c| is_op(c, OpKind::Recv));
-    assert_eq!(result_of(done), Ok(7));
-    let args = port.op_mut(recv).unwrap();
-    assert_eq!(args.take_buffer().unwrap().filled(), b"waiting");
-    port.give_op(recv).unwrap();
-    port.close(socket).unwrap();
 }
 
 /// A full socket table refuses `listen` and `connect` with `TooManySockets`,
