@@ -7,7 +7,7 @@ use std::path::Path;
 use berth_benches::{Better, Row, append_rows, read_results};
 
 use crate::progress::Stages;
-use crate::{USAGE, cargo, report, root};
+use crate::{USAGE, cargo, report, root, target_dir};
 
 /// A criterion bench compared with its peer: both ids are measured in the same run.
 struct Pair {
@@ -74,7 +74,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     }
     let wanted = |group: &str| only.is_empty() || only.iter().any(|o| o == group);
 
-    let report = root().join("target/bench-report");
+    let target = target_dir()?;
+    let report = target.join("bench-report");
     fs::create_dir_all(&report).map_err(|e| e.to_string())?;
 
     let criterion: Vec<&str> = CRITERION_BENCHES.iter().copied().filter(|b| wanted(b)).collect();
@@ -88,7 +89,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         stages.skip(group, why);
     }
 
-    let result = run_stages(&mut stages, &criterion, &system, quick, &report);
+    let result = run_stages(&mut stages, &criterion, &system, quick, &target);
     // The bars go before anything else is printed.
     let recap = stages.finish();
     if let Ok(rendered) = &result {
@@ -103,8 +104,9 @@ fn run_stages(
     criterion: &[&str],
     system: &[(&str, &str)],
     quick: bool,
-    report: &Path,
+    target: &Path,
 ) -> Result<report::Report, String> {
+    let report = &target.join("bench-report");
     let results = report.join("results.json");
     for &bench in criterion {
         let mut cmd = cargo();
@@ -113,7 +115,8 @@ fn run_stages(
             cmd.args(["--warm-up-time", "0.5", "--measurement-time", "1", "--sample-size", "20"]);
         }
         stages.run(&format!("criterion bench {bench}"), &mut cmd, &root())?;
-        let rows = criterion_rows(&root().join("target/criterion"), bench)?;
+        // criterion writes under the same target directory (it asks cargo too).
+        let rows = criterion_rows(&target.join("criterion"), bench)?;
         append_rows(&results, &rows).map_err(|e| e.to_string())?;
     }
 

@@ -13,7 +13,7 @@ use std::fs;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
-use crate::{USAGE, cargo, root, run_cmd};
+use crate::{USAGE, cargo, metadata, root, run_cmd, target_dir};
 
 /// The mdBook release `cargo xtask docs` installs when `mdbook` is missing: the 0.5
 /// line builds with the workspace's toolchain. Only the `search` feature: no
@@ -35,7 +35,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let site = target.join("site");
 
     eprintln!("xtask: [1/5] the benchmark report into the book");
-    copy_bench_report(&root.join("target/bench-report"), &book.join("src/generated"))?;
+    copy_bench_report(&target.join("bench-report"), &book.join("src/generated"))?;
 
     eprintln!("xtask: [2/5] the book's includes and code blocks");
     let mut problems = check_includes(&book.join("src"))?;
@@ -87,24 +87,6 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         )?;
     }
     Ok(())
-}
-
-/// Cargo's target directory (it honours `CARGO_TARGET_DIR` and config).
-fn target_dir() -> Result<PathBuf, String> {
-    let v = metadata()?;
-    v["target_directory"].as_str().map(PathBuf::from).ok_or_else(|| "cargo metadata: no target_directory".into())
-}
-
-fn metadata() -> Result<serde_json::Value, String> {
-    let out = cargo()
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .current_dir(root())
-        .output()
-        .map_err(|e| format!("cargo metadata: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("cargo metadata: {e}"))
 }
 
 /// The rustdoc folder names of the workspace's libraries and binaries (`berth_buf`, ...).

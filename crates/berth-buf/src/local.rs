@@ -434,7 +434,7 @@ mod tls {
 /// before the joined thread's locals are dropped (std's waits), so loom models call
 /// this at the end of a thread to make its exit flush visible to the joiner.
 #[cfg(all(test, loom))]
-fn exit_now() {
+pub(crate) fn exit_now() {
     tls::with(|m| m.retire());
 }
 

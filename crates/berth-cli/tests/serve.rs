@@ -75,6 +75,28 @@ fn serve_in_the_checkout_answers_slash_with_its_index_html() {
     assert!(status.success(), "exit status {status:?}");
 }
 
+/// The server's own log lines reach the binary's stderr through the subscriber
+/// `--log` sets up: berth-server's `tracing::info!` on start names the address the
+/// banner shows and the worker count.
+///
+/// Proven by mutation: the `info!` in `ServerBuilder::serve` removed fails it (no
+/// such line within the bound).
+#[test]
+fn serve_logs_the_listening_address() {
+    let dir = std::env::temp_dir().join(format!("berth-cli-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (child, banner, stderr) =
+        start_capturing(&["serve", dir.to_str().unwrap(), "--addr", "127.0.0.1:0", "--workers", "1", "--log", "info"]);
+    let addr = banner_addr(&banner);
+    let line = wait_for_line(&stderr, "berth-server listening");
+    assert!(line.contains(" INFO "), "level missing: {line}");
+    assert!(line.contains(&format!("addr={addr}")), "address missing or not the banner's ({addr}): {line}");
+    assert!(line.contains("workers=1"), "worker count missing: {line}");
+    signal(&child, Signal::INT);
+    assert!(wait_exit(child).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `--driver` picks the completion ports' driver: `epoll` always runs; `uring` runs or
 /// fails with the reason (never a silent fallback); anything else is refused.
 #[test]

@@ -275,18 +275,96 @@ mod tests {
         assert!(matches!(Layout::parse(&with(off::STATE, &0u32.to_le_bytes()), len), Err(OpenError::NotReady)));
     }
 
-    proptest! {
-        /// Random header bytes never panic, and whatever parses describes a layout
-        /// that fits inside the file.
-        #[test]
-        fn random_headers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), file_len in any::<u64>()) {
-            if let Ok(l) = Layout::parse(&bytes, file_len) {
-                prop_assert!(l.capacity.is_power_of_two());
-                prop_assert!(l.data_offset + l.capacity <= file_len);
-                prop_assert!(l.max_message <= l.capacity / 2);
-            }
-        }
+    /// A header field: the good value, a power of two, one near a power of two, or
+    /// anything — so generated headers get past the magic and reach every check.
+    fn field(good: u64) -> impl Strategy<Value = u64> {
+        prop_oneof![
+            6 => Just(good),
+            2 => (0u32..64).prop_map(|s| 1u64 << s),
+            2 => (0u32..64, -9i64..=9).prop_map(|(s, d)| (1u64 << s).wrapping_add_signed(d)),
+            1 => any::<u64>(),
+        ]
+    }
 
+    /// Header bytes as an attacker would write them: mostly well-formed fixed fields
+    /// and hostile geometry, sometimes a byte flipped anywhere, sometimes pure noise,
+    /// sometimes cut short.
+    fn hostile_header() -> impl Strategy<Value = (Vec<u8>, u64)> {
+        // total_len and the file's length are mostly derived from the fields before
+        // them (as an honest creator would), so a lie in one field is not masked by
+        // an unrelated mismatch elsewhere.
+        let geometry = (
+            field(4096),
+            field(1024),
+            field(HEADER_LEN),
+            proptest::option::weighted(0.3, field(HEADER_LEN + 4096)),
+            proptest::option::weighted(0.3, field(HEADER_LEN + 4096)),
+            -2i64..=2,
+        );
+        let shaped = (geometry, proptest::option::weighted(0.2, (0..off::SNAPSHOT, any::<u8>()))).prop_map(
+            |((capacity, max_message, data_offset, total_len, file_len, slack), flip)| {
+                let total_len = total_len.unwrap_or(data_offset.wrapping_add(capacity));
+                let file_len = file_len.unwrap_or(total_len.wrapping_add_signed(slack));
+                let (mut h, _) = good();
+                put(&mut h, off::CAPACITY, &capacity.to_le_bytes());
+                put(&mut h, off::MAX_MESSAGE, &max_message.to_le_bytes());
+                put(&mut h, off::DATA_OFFSET, &data_offset.to_le_bytes());
+                put(&mut h, off::TOTAL_LEN, &total_len.to_le_bytes());
+                if let Some((at, byte)) = flip {
+                    h[at] = byte;
+                }
+                (h, file_len)
+            },
+        );
+        let noise = (proptest::collection::vec(any::<u8>(), 0..200), any::<u64>());
+        prop_oneof![8 => shaped, 1 => noise, 1 => (shaped_short(), any::<u64>())]
+    }
+
+    fn shaped_short() -> impl Strategy<Value = Vec<u8>> {
+        (0..off::SNAPSHOT).prop_map(|n| good().0[..n].to_vec())
+    }
+
+    /// Random and hostile header bytes never panic, and whatever parses describes a
+    /// layout that fits inside the file. The run must also see headers accepted and
+    /// headers refused past the magic, so the in-bounds assertions are exercised
+    /// (random bytes alone never get past the magic).
+    ///
+    /// Proven by mutation: `parse` without its `file_len < total_len` check fails it
+    /// (an accepted layout ends past the file), and so does `check_geometry`
+    /// without the power-of-two check.
+    #[test]
+    fn random_headers_never_panic() {
+        use proptest::test_runner::{Config, TestRunner};
+        use std::cell::Cell;
+        let (accepted, deep_refusals) = (Cell::new(0u32), Cell::new(0u32));
+        let mut runner = TestRunner::new(Config { cases: 4096, failure_persistence: None, ..Config::default() });
+        runner
+            .run(&hostile_header(), |(bytes, file_len)| {
+                match Layout::parse(&bytes, file_len) {
+                    Ok(l) => {
+                        accepted.set(accepted.get() + 1);
+                        prop_assert!(l.capacity.is_power_of_two());
+                        prop_assert!((MIN_CAPACITY..=MAX_CAPACITY).contains(&l.capacity));
+                        prop_assert!(l.data_offset >= HEADER_LEN);
+                        prop_assert!(l.data_offset.checked_add(l.capacity) == Some(l.total_len));
+                        prop_assert!(
+                            l.total_len <= file_len,
+                            "layout ends at {} past a {file_len}-byte file",
+                            l.total_len
+                        );
+                        prop_assert!(l.max_message > 0 && l.max_message <= l.capacity / 2);
+                    }
+                    Err(OpenError::TooShort { .. } | OpenError::BadMagic) => {}
+                    Err(_) => deep_refusals.set(deep_refusals.get() + 1),
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert!(accepted.get() > 20, "only {} of 4096 headers parsed: the asserts hardly ran", accepted.get());
+        assert!(deep_refusals.get() > 100, "only {} headers were refused past the magic", deep_refusals.get());
+    }
+
+    proptest! {
         /// Mutating any single field of a good header either still parses to a layout
         /// that fits, or fails with a typed error.
         #[test]

@@ -491,9 +491,21 @@ fn duplex_request_reply_over_memfds_and_names() {
     assert_eq!(&*a.rx.recv(T).unwrap(), b"pong");
 }
 
+/// CPU time the calling thread has used (user and system), from its own clock.
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 /// A thread that may run on one CPU only does not spin by default: spinning would
 /// keep a peer that needs the same CPU from running (a relay and its backend pinned
-/// together). With more CPUs, the default spins.
+/// together). With more CPUs, the default spins. Beyond the default's value, a
+/// receiver created and blocked on such a thread is seen to sleep: it uses a small
+/// part of its wait in CPU time.
+///
+/// Proven by mutation: `WaitMode::default` answering `BusyPoll` on one CPU fails
+/// both the value and the CPU assertion (the wait burns its 500 ms); answering
+/// `spins: 2000` fails the value assertion.
 #[test]
 fn default_wait_mode_does_not_spin_on_one_cpu() {
     let mask = rustix::thread::sched_getaffinity(None).expect("affinity");
@@ -503,12 +515,69 @@ fn default_wait_mode_does_not_spin_on_one_cpu() {
         one.set(cpu);
         rustix::thread::sched_setaffinity(None, &one).expect("pin");
         assert_eq!(WaitMode::default(), WaitMode::Block { spins: 0 });
+        let chan = Channel::create_memfd(&Config::new(1 << 16)).unwrap();
+        let (_tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+        let before = thread_cpu();
+        let err = rx.recv(Some(Duration::from_millis(500))).map(|m| m.len()).unwrap_err();
+        let used = thread_cpu() - before;
+        assert_eq!(err, RecvError::TimedOut);
+        // Sleeping costs well under a millisecond; spinning costs the whole 500 ms.
+        assert!(used < Duration::from_millis(100), "a blocked receiver on one CPU used {used:?} of CPU in 500 ms");
     })
     .join()
     .unwrap();
     if mask.count() > 1 {
         assert_eq!(WaitMode::default(), WaitMode::Block { spins: 2000 });
     }
+}
+
+/// A sender that is alive but stops moving (it neither sends nor beats) is
+/// reported as `PeerDead` to a receiver with a peer timeout, rather than waited
+/// for until the receive's own timeout: its process is alive (this one), so only
+/// the heartbeat can tell. The process check alone would wait the full 10 s.
+///
+/// Proven by mutation: `PeerWatch::check` ignoring `timeout` fails it (`TimedOut`
+/// after 10 s instead of `PeerDead`).
+#[test]
+fn a_receiver_gives_up_on_a_sender_that_stops_beating() {
+    let chan = Channel::create_memfd(&Config::new(1 << 16)).unwrap();
+    let (tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+    rx.set_peer_timeout(Some(Duration::from_millis(200)));
+    tx.heartbeat();
+    let err = rx.recv(Some(Duration::from_secs(10))).map(|m| m.len()).unwrap_err();
+    assert_eq!(err, RecvError::PeerDead);
+    drop(tx);
+}
+
+/// The other side of the same rule: a sender that beats while it has nothing to
+/// send keeps a receiver with a peer timeout waiting (its receive times out), and a
+/// sender blocked on a full ring gives up on a receiver that stops beating.
+///
+/// Proven by mutation: `Sender::heartbeat` doing nothing fails the first half
+/// (`PeerDead` instead of `TimedOut`).
+#[test]
+fn a_beating_peer_is_waited_for_and_a_silent_one_is_not() {
+    let chan = Channel::create_memfd(&Config::new(1 << 16)).unwrap();
+    let (mut tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+    rx.set_peer_timeout(Some(Duration::from_millis(200)));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let (tx, stop) = (&tx, &stop);
+        s.spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tx.heartbeat();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let err = rx.recv(Some(Duration::from_millis(1500))).map(|m| m.len()).unwrap_err();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(err, RecvError::TimedOut, "a beating sender was declared dead");
+    });
+    // Now the receiver stops moving: fill the ring and wait for room.
+    tx.set_peer_timeout(Some(Duration::from_millis(200)));
+    rx.heartbeat();
+    while tx.try_send(&[7; 1000]).is_ok() {}
+    assert_eq!(tx.send(&[7; 1000], Some(Duration::from_secs(10))), Err(SendError::PeerDead));
 }
 
 /// The copying calls deliver every byte in place, whatever the length: whole words

@@ -277,8 +277,20 @@ fn voluntary_switches(tid: i32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// A receiver blocked for a long time hardly wakes (the watcher thread, not a
-/// timer, tells it of its peer's death), and still learns of a kill -9 at once.
+/// CPU time the calling thread has used (user and system), from its own clock.
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// A receiver blocked for a long time sleeps (the watcher thread, not a timer or
+/// a spin, tells it of its peer's death), and still learns of a kill -9 at once.
+///
+/// Sleeping is measured as the receiving thread's own CPU time over the ~3.5 s it
+/// is blocked: a busy-spinning receiver would use all of it (and make no
+/// voluntary context switch, so counting those alone could not catch it).
+/// Proven by mutation: `Wait::pause` never sleeping (`let sleep = false`) fails
+/// the CPU assertion.
 #[test]
 fn an_idle_blocked_receiver_sleeps_yet_sees_a_kill_at_once() {
     let (_chan, mut rx, mut child) = producer_mid();
@@ -288,8 +300,9 @@ fn an_idle_blocked_receiver_sleeps_yet_sees_a_kill_at_once() {
     let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let waiter = std::thread::spawn(move || {
         tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get()).unwrap();
+        let cpu_before = thread_cpu();
         let err = rx.recv(T).map(|m| m.len()).unwrap_err();
-        (err, Instant::now())
+        (err, Instant::now(), thread_cpu() - cpu_before)
     });
     let tid = tid_rx.recv().unwrap();
     // Let the receiver settle into its longest sleeps, then count its wake-ups.
@@ -302,8 +315,11 @@ fn an_idle_blocked_receiver_sleeps_yet_sees_a_kill_at_once() {
     child.kill().unwrap();
     let killed_at = Instant::now();
     child.wait().unwrap();
-    let (err, done) = waiter.join().unwrap();
+    let (err, done, cpu) = waiter.join().unwrap();
     assert_eq!(err, RecvError::PeerDead);
+    // A sleeping receiver uses well under a millisecond of the 3.5 s; a spinning
+    // one uses nearly all of it. 200 ms leaves room for a loaded machine.
+    assert!(cpu < Duration::from_millis(200), "a blocked receiver used {cpu:?} of CPU in 3.5 s: it spins");
     let took = done.saturating_duration_since(killed_at);
     assert!(took < Duration::from_millis(100), "PeerDead after {took:?}");
 }

@@ -572,12 +572,22 @@ fn resolve_bounds(range: impl RangeBounds<u64>, file_size: u64) -> Result<ByteRa
 /// Turning it off flushes what is held.
 ///
 /// ```
+/// use std::io::{Read, Write};
 /// use std::net::{TcpListener, TcpStream};
+/// use std::time::Duration;
 ///
 /// let listener = TcpListener::bind("127.0.0.1:0")?;
-/// let stream = TcpStream::connect(listener.local_addr()?)?;
-/// berth_sendfile::set_cork(&stream, true)?;
-/// berth_sendfile::set_cork(&stream, false)?;
+/// let mut client = TcpStream::connect(listener.local_addr()?)?;
+/// let (mut server, _) = listener.accept()?;
+/// // Shorter than the ~200 ms after which the kernel sends corked bytes anyway.
+/// client.set_read_timeout(Some(Duration::from_millis(100)))?;
+/// let mut buf = [0u8; 64];
+///
+/// berth_sendfile::set_cork(&server, true)?;
+/// server.write_all(b"HTTP/1.1 200 OK\r\n\r\n")?;
+/// assert!(client.read(&mut buf).is_err(), "held: less than a full segment");
+/// berth_sendfile::set_cork(&server, false)?; // flushes what is held
+/// assert_eq!(client.read(&mut buf)?, 19);
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn set_cork(socket: impl AsFd, on: bool) -> io::Result<()> {

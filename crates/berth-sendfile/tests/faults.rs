@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::process::Command;
 use std::sync::mpsc;
@@ -69,8 +69,17 @@ fn empty_file_and_zero_length_ranges() {
     assert_eq!(join(reader).len(), 300);
 }
 
+/// How long a test waits to see that held bytes stay held, and how long held bytes
+/// may take to arrive once released. Both are below the ~200 ms after which Linux
+/// sends corked or `MSG_MORE` data anyway, so that timer cannot pass for a flush.
+const HOLD: Duration = Duration::from_millis(150);
+
 /// With an empty body, the header must not be held back by MSG_MORE: it has to arrive
-/// on its own, without the sender closing or sending anything else.
+/// on its own, without the sender closing or sending anything else — and before the
+/// kernel's ~200 ms cork timer would release it anyway, or the test proves nothing.
+///
+/// Proven by mutation: `send_header` always passing `MSG_MORE` fails it (the read
+/// times out).
 #[test]
 fn header_with_empty_body_is_not_held_back() {
     let tmp = TempFile::with_contents("header-empty", b"");
@@ -79,9 +88,38 @@ fn header_with_empty_body_is_not_held_back() {
     let mut send = FileSend::whole(&file).unwrap();
     let header = b"HTTP/1.1 204 No Content\r\n\r\n";
     assert_eq!(send.send_header(&sender, header).unwrap(), header.len());
+    receiver.set_read_timeout(Some(HOLD)).unwrap();
     let mut got = vec![0u8; header.len()];
-    receiver.read_exact(&mut got).unwrap(); // fails after STEP if held back
+    receiver.read_exact(&mut got).expect("the header was held back"); // times out if held
     assert_eq!(got, header);
+}
+
+/// With a body, the header is held (`MSG_MORE`) and leaves with the first body
+/// bytes: nothing arrives after the header alone, and the first read after the body
+/// starts returns the header and body bytes together.
+///
+/// Proven by mutation: `send_header` never passing `MSG_MORE` fails it (the
+/// header arrives alone).
+#[test]
+fn header_and_first_body_bytes_leave_together() {
+    let body = pattern(1000, 9);
+    let tmp = TempFile::with_contents("header-body", &body);
+    let file = tmp.open();
+    let (sender, mut receiver) = pair();
+    let mut send = FileSend::whole(&file).unwrap();
+    let header = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n";
+    assert_eq!(send.send_header(&sender, header).unwrap(), header.len());
+    receiver.set_read_timeout(Some(HOLD)).unwrap();
+    let mut buf = vec![0u8; 4096];
+    match receiver.read(&mut buf) {
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+        other => panic!("the header left alone, before any body byte: {other:?}"),
+    }
+    assert!(send.send_some(&sender, &mut []).unwrap().done);
+    let n = receiver.read(&mut buf).expect("header and body after the body was sent");
+    assert!(n > header.len(), "the first read held {n} bytes: the header without body bytes");
+    assert_eq!(&buf[..header.len()], header);
+    assert_eq!(&buf[header.len()..n], &body[..n - header.len()]);
 }
 
 /// Checks what the peer received from a file that was cut to `cut` bytes mid-send.

@@ -9,6 +9,13 @@ use std::time::{Duration, Instant};
 use berth_server::{Echo, StaticFiles};
 use common::*;
 
+/// How long a trickling client may stay open under a 300 ms header timeout: far
+/// beyond the timeout (a loaded machine), far below forever.
+const TRICKLE_BOUND: Duration = Duration::from_secs(5);
+
+/// Proven by mutation: the header deadline restarting at each read
+/// (`request_started.get_or_insert(now)` replaced by `now`) fails it (still open
+/// after `TRICKLE_BOUND`).
 #[test]
 fn slowloris_is_closed_by_the_header_timeout() {
     let dir = TempDir::new("slow");
@@ -22,19 +29,20 @@ fn slowloris_is_closed_by_the_header_timeout() {
     s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
     let start = Instant::now();
     let mut buf = [0u8; 64];
-    let closed = loop {
-        assert!(start.elapsed() < IO_TIMEOUT, "slow client never closed");
+    // The only way out of this loop is the server closing the connection; a
+    // deadline that moved with each byte would keep it open until the bound fails.
+    loop {
+        assert!(start.elapsed() < TRICKLE_BOUND, "a slow client was still open after {TRICKLE_BOUND:?}");
         if s.write_all(b"X").is_err() {
-            break true;
+            break;
         }
         match s.read(&mut buf) {
-            Ok(0) => break true,
+            Ok(0) => break,
             Ok(n) => panic!("no reply expected, got {:?}", &buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break true,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
             Err(_) => {} // read timeout: trickle on
         }
-    };
-    assert!(closed);
+    }
     eventually("the timeout to be counted", || server.metrics().timeouts >= 1);
 
     // A connection that sends nothing at all is closed too.
@@ -128,6 +136,12 @@ fn graceful_shutdown_finishes_the_reply_in_flight() {
     assert_eq!(m.buffers.in_use, 0);
 }
 
+/// A reply the client stops reading does not hold the shutdown past its grace:
+/// the server closes it and `shutdown` returns. Run on another thread so that an
+/// ignored grace fails the test instead of hanging it.
+///
+/// Proven by mutation: the worker's "grace period over" branch never taken fails
+/// it (`shutdown` has not returned after `IO_TIMEOUT`).
 #[test]
 fn shutdown_grace_ends_a_stalled_reply() {
     let dir = TempDir::new("grace");
@@ -137,10 +151,33 @@ fn shutdown_grace_ends_a_stalled_reply() {
     s.write_all(req("GET", "/big.bin", "").as_bytes()).unwrap();
     read_head(&mut s).unwrap();
     // The client never reads on: the grace period runs out and the server closes.
-    let start = Instant::now();
-    server.shutdown(Duration::from_millis(200)).unwrap();
-    assert!(start.elapsed() < IO_TIMEOUT);
-    assert!(closed_by_peer(&mut s));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(server.shutdown(Duration::from_millis(200))));
+    rx.recv_timeout(IO_TIMEOUT).expect("shutdown ignored its 200 ms grace").unwrap();
+    assert!(closed_by_peer(&mut s), "the stalled reply's connection is closed");
+}
+
+/// A reply the client stops reading is ended by the write timeout, without any
+/// shutdown: the connection is closed while the client is still not reading (so
+/// the reply cannot have completed), and the server goes on serving others.
+///
+/// Proven by mutation: `Conns::write` not setting the deadline
+/// (`write_timeout.map(..)` replaced by `None`) fails it.
+#[test]
+fn write_timeout_ends_a_stalled_reply() {
+    let dir = TempDir::new("write-timeout");
+    dir.file("big.bin", &pattern(24 << 20));
+    dir.file("a.txt", b"alpha");
+    let server =
+        builder().write_timeout(Some(Duration::from_millis(300))).serve(StaticFiles::new(dir.path()).unwrap()).unwrap();
+    let mut s = client(server.local_addr());
+    s.write_all(req("GET", "/big.bin", "").as_bytes()).unwrap();
+    assert!(read_head(&mut s).unwrap().starts_with("HTTP/1.1 200"));
+    // Not reading: the socket buffers fill and the send stalls until the deadline.
+    eventually("the stalled connection to be closed", || server.metrics().connections_open == 0);
+    assert!(closed_by_peer(&mut s), "the stalled reply's connection is closed");
+    assert_eq!(get(server.local_addr(), &req("GET", "/a.txt", "")).body, b"alpha");
+    server.shutdown(Duration::from_secs(5)).unwrap();
 }
 
 #[test]
