@@ -450,7 +450,9 @@ fn run() -> Result<(), String> {
         let vs_tokio = Compared::of(&pairs(1)).ok_or_else(|| format!("{label}: no round measured"))?;
         let vs_epoll = epoll_at.and_then(|i| Compared::of(&pairs(i)));
         let vs_compio = compio_at.and_then(|i| Compared::of(&pairs(i)));
-        for (peer, at, c) in [("tokio", Some(1), Some(vs_tokio)), ("berth_epoll", epoll_at, vs_epoll), ("compio", compio_at, vs_compio)] {
+        for (peer, at, c) in
+            [("tokio", Some(1), Some(vs_tokio)), ("berth_epoll", epoll_at, vs_epoll), ("compio", compio_at, vs_compio)]
+        {
             let (Some(c), Some(at)) = (c, at) else { continue };
             let (low, high) = spread(&pairs(at));
             println!(

@@ -19,6 +19,7 @@
 
 pub(crate) mod epoll;
 pub(crate) mod io;
+pub(crate) mod kept;
 pub(crate) mod pbuf;
 pub(crate) mod uring;
 

@@ -37,6 +37,7 @@ use rustix::net::{SendFlags, SocketFlags};
 use crate::core::{Core, State, Step};
 use crate::driver::UringUnavailable;
 use crate::driver::io::{self as sys_io, AcceptFailure};
+use crate::driver::kept::{Arrival, Kept};
 use crate::driver::pbuf::{self, BufRing};
 use crate::socket::{Dir, Io, NIL};
 
@@ -105,11 +106,8 @@ struct Reader {
     armed: Option<u32>,
     /// A cancel is on its way to the armed multishot.
     stopping: bool,
-    /// The generation the kept arrivals belong to.
+    /// The generation the kept arrivals (`Uring::kept`) belong to.
     generation: u32,
-    /// Arrivals in order: the segment (none for an end of stream or an error), the
-    /// completion's result, and how much of the segment a copy already took.
-    kept: std::collections::VecDeque<(Option<Lease>, i32, usize)>,
 }
 
 pub(crate) struct Uring {
@@ -141,6 +139,8 @@ pub(crate) struct Uring {
     multishot_accept: bool,
     /// Per socket slot: its multishot receive.
     readers: Vec<Reader>,
+    /// Per socket slot: the arrivals its multishot delivered that no receive took.
+    kept: Kept,
     /// Multishot receive works here (6.0+); cleared at its first `EINVAL`.
     multishot_recv: bool,
     /// The setup flags the kernel took.
@@ -267,6 +267,8 @@ impl Uring {
             unclaimed: std::collections::VecDeque::with_capacity(UNCLAIMED_MAX),
             multishot_accept: true,
             readers: (0..sockets).map(|_| Reader::default()).collect(),
+            // Each arrival holds a ring segment (or marks an end): twice the ring.
+            kept: Kept::new(sockets, 2 * usize::from(ring_entries) + 64),
             multishot_recv: true,
             flags,
         };
@@ -389,11 +391,11 @@ impl Uring {
                 let generation = sid.generation & GEN_MASK;
                 let reader = &mut self.readers[socket as usize];
                 if reader.generation != generation {
-                    reader.kept.clear();
+                    self.kept.clear(socket);
                     reader.generation = generation;
                 }
-                if let Some((lease, res, taken)) = reader.kept.pop_front() {
-                    return Start::Done(hand_over(args, lease, res, taken), sid);
+                if let Some(a) = self.kept.pop_front(socket) {
+                    return Start::Done(hand_over(args, a.lease, a.res, a.taken), sid);
                 }
                 // (A multishot of an earlier socket in this slot may still be ending:
                 // its last completion is told apart by its generation.)
@@ -412,14 +414,14 @@ impl Uring {
                 // Arrivals kept for this socket come first, copied into the op's own
                 // range; with none kept, the multishot is stopped and the receive
                 // starts once it has ended.
-                let reader = &mut self.readers[socket as usize];
-                if let Some(front) = reader.kept.front_mut() {
+                if let Some(front) = self.kept.front_mut(socket) {
                     let result = copy_front(args, front);
-                    if front.0.as_ref().is_none_or(|l| front.2 >= l.len()) {
-                        reader.kept.pop_front();
+                    if front.used_up() {
+                        self.kept.pop_front(socket);
                     }
                     return Start::Done(result, sid);
                 }
+                let reader = &mut self.readers[socket as usize];
                 if !reader.stopping {
                     reader.stopping = true;
                     let target = reader_data(socket, sid.generation & GEN_MASK);
@@ -549,7 +551,7 @@ impl Uring {
     fn reading(&self, socket: u32, generation: u32) -> bool {
         self.readers.get(socket as usize).is_some_and(|r| {
             let generation = generation & GEN_MASK;
-            r.armed == Some(generation) || (r.generation == generation && !r.kept.is_empty())
+            r.armed == Some(generation) || (r.generation == generation && !self.kept.is_empty(socket))
         })
     }
 
@@ -575,7 +577,7 @@ impl Uring {
         }
         match res {
             r if r == -Errno::CANCELED.raw_os_error() => {}
-            r if r == -Errno::INVAL.raw_os_error() && self.multishot_recv && reader.kept.is_empty() => {
+            r if r == -Errno::INVAL.raw_os_error() && self.multishot_recv && self.kept.is_empty(socket) => {
                 tracing::debug!("no multishot receive on this kernel: one receive per submission");
                 self.multishot_recv = false;
             }
@@ -593,12 +595,12 @@ impl Uring {
             }
             _ => {
                 if reader.generation != generation {
-                    reader.kept.clear();
+                    self.kept.clear(socket);
                     reader.generation = generation;
                 }
                 let head = core.head(socket, Dir::Read);
                 let waiting = head != NIL && !core.meta[head as usize].kernel && core.meta[head as usize].pooled;
-                if waiting && reader.kept.is_empty() {
+                if waiting && self.kept.is_empty(socket) {
                     let sid = core.sid(socket);
                     let result = match core.meta[head as usize].id.map(|id| core.pool.get_mut(id)) {
                         Some(Ok(args)) => hand_over(args, lease, res, 0),
@@ -612,10 +614,10 @@ impl Uring {
                     if let Some(l) = lease.as_mut() {
                         let _ = l.set_len(res.max(0) as usize);
                     }
-                    reader.kept.push_back((lease, res, 0));
+                    self.kept.push_back(socket, Arrival { lease, res, taken: 0 });
                     // Nobody reads this socket now: stop taking segments from the ring
                     // for it after a couple of arrivals.
-                    if more && reader.kept.len() >= 2 && !reader.stopping {
+                    if more && self.kept.len(socket) >= 2 && !reader.stopping {
                         reader.stopping = true;
                         self.push(&opcode::AsyncCancel::new(data).build().user_data(CANCEL));
                     }
@@ -637,11 +639,9 @@ impl Uring {
             self.push(&opcode::AsyncCancel::new(target).build().user_data(CANCEL));
         }
         self.unclaimed.retain(|&(l, g, _)| (l, g) != key);
-        if let Some(reader) = self.readers.get_mut(socket.index as usize) {
-            reader.kept.clear();
-            if reader.armed == Some(key.1) {
-                self.push(&opcode::AsyncCancel::new(reader_data(key.0, key.1)).build().user_data(CANCEL));
-            }
+        self.kept.clear(socket.index);
+        if self.readers.get(socket.index as usize).is_some_and(|r| r.armed == Some(key.1)) {
+            self.push(&opcode::AsyncCancel::new(reader_data(key.0, key.1)).build().user_data(CANCEL));
         }
     }
 
@@ -938,7 +938,7 @@ impl Uring {
             self.push(&opcode::AsyncCancel::new(target).build().user_data(CANCEL));
         }
         for index in 0..self.readers.len() {
-            self.readers[index].kept.clear();
+            self.kept.clear(index as u32);
             if let Some(generation) = self.readers[index].armed {
                 let target = reader_data(index as u32, generation);
                 self.push(&opcode::AsyncCancel::new(target).build().user_data(CANCEL));
@@ -1009,8 +1009,8 @@ fn hand_over<T>(
 
 /// Copies what is left of a kept arrival into a receive's own range; returns the
 /// receive's result (an end of stream or error is passed on as it is).
-fn copy_front<T>(args: &mut berth_ops::OpArgs<T>, front: &mut (Option<Lease>, i32, usize)) -> Result<usize, OpError> {
-    let (lease, res, taken) = front;
+fn copy_front<T>(args: &mut berth_ops::OpArgs<T>, front: &mut Arrival) -> Result<usize, OpError> {
+    let Arrival { lease, res, taken } = front;
     let Some(lease) = lease.as_ref() else {
         return if *res < 0 { Err(OpError::from_io(&io::Error::from_raw_os_error(-*res))) } else { Ok(0) };
     };
