@@ -52,6 +52,8 @@ enum Command {
         #[arg(long, value_name = "'NAME: VALUE'", value_parser = parse_header)]
         header: Vec<(String, String)>,
         #[command(flatten)]
+        routes: Routes,
+        #[command(flatten)]
         common: Common,
     },
     /// Echo every byte received back to its sender.
@@ -134,6 +136,22 @@ struct Common {
     backlog: i32,
 }
 
+/// `berth serve`'s routing options.
+#[derive(Debug, Args)]
+struct Routes {
+    /// A file name tried, in order, for a directory (repeatable; default index.html).
+    #[arg(long, value_name = "NAME")]
+    index: Vec<String>,
+    /// Single-page apps: a GET or HEAD of a path that does not exist gets FILE
+    /// (relative to DIR, never outside it) with 200. Hidden, forbidden and escaping
+    /// paths still get their 404 or 403.
+    #[arg(long, value_name = "FILE")]
+    fallback: Option<PathBuf>,
+    /// The body of every 404: FILE, relative to DIR, sent with status 404.
+    #[arg(long, value_name = "FILE")]
+    not_found: Option<PathBuf>,
+}
+
 /// `Name: value` from `--header`; the name and value are checked by StaticFiles.
 fn parse_header(s: &str) -> Result<(String, String), String> {
     let (name, value) = s.split_once(':').ok_or_else(|| format!("{s:?} is not 'Name: value'"))?;
@@ -154,8 +172,8 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let result = match &cli.command {
-        Command::Serve { dir, hidden, cache_control, header, common } => {
-            match static_files(dir, *hidden, cache_control.as_deref(), header) {
+        Command::Serve { dir, hidden, cache_control, header, routes, common } => {
+            match static_files(dir, *hidden, cache_control.as_deref(), header, routes) {
                 Ok(files) => run(common, files, &format!("serving {}", dir.display()), "http://", "/"),
                 Err(e) => Err(e),
             }
@@ -191,6 +209,7 @@ fn static_files(
     hidden: bool,
     cache_control: Option<&str>,
     headers: &[(String, String)],
+    routes: &Routes,
 ) -> Result<StaticFiles, String> {
     let mut files = StaticFiles::new(dir).map_err(|e| format!("cannot serve {}: {e}", dir.display()))?.hidden(hidden);
     if let Some(value) = cache_control {
@@ -198,6 +217,15 @@ fn static_files(
     }
     for (name, value) in headers {
         files = files.header(name, value).map_err(|e| format!("--header: {e}"))?;
+    }
+    if !routes.index.is_empty() {
+        files = files.index(&routes.index).map_err(|e| format!("--index: {e}"))?;
+    }
+    if let Some(file) = &routes.fallback {
+        files = files.fallback(file).map_err(|e| format!("--fallback: {e}"))?;
+    }
+    if let Some(file) = &routes.not_found {
+        files = files.not_found(file).map_err(|e| format!("--not-found: {e}"))?;
     }
     Ok(files)
 }

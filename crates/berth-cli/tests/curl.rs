@@ -232,3 +232,78 @@ fn curl_against_berth_serve() {
     let status = wait_exit(child);
     assert!(status.success(), "exit status {status:?}");
 }
+
+/// `--index`, `--fallback` and `--not-found`: a missing path gets the app, a
+/// refused one (hidden, escaping) keeps its status, and a 404 has the custom page.
+#[test]
+fn curl_routing_options() {
+    if !curl_installed() {
+        eprintln!("SKIPPED curl_routing_options: curl is not installed (apt-get install curl)");
+        return;
+    }
+    let base = std::env::temp_dir().join(format!("berth-curl-routing-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let dir = Dir(base.clone());
+    let root = base.join("root");
+    std::fs::create_dir_all(root.join("docs")).unwrap();
+    std::fs::create_dir_all(root.join(".git")).unwrap();
+    std::fs::write(root.join(".git/config"), "TOP-SECRET").unwrap();
+    std::fs::write(base.join("x"), "TOP-SECRET").unwrap();
+    std::fs::write(root.join("app.html"), "<div id=app>").unwrap();
+    std::fs::write(root.join("docs/start.htm"), "start").unwrap();
+    // Served to a missing path under --not-found only; --fallback wins there.
+    std::fs::write(root.join("404.html"), "<h1>custom 404</h1>").unwrap();
+
+    // A fallback that leaves the root is refused at start.
+    let mut refused = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", root.to_str().unwrap(), "--addr", "127.0.0.1:0", "--fallback", "../x"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = refused.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = refused.kill();
+            let _ = refused.wait();
+            panic!("berth serve --fallback ../x kept running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut refused.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success() && stderr.contains("--fallback"), "{status:?}: {stderr}");
+
+    let root_s = root.to_str().unwrap();
+    let common = ["--addr", "127.0.0.1:0", "--workers", "1"];
+    let mut args = vec!["serve", root_s, "--index", "index.html", "--index", "start.htm", "--fallback", "app.html"];
+    args.extend(common);
+    let (child, banner) = start(&args);
+    let url = |addr: std::net::SocketAddr, path: &str| format!("http://{addr}{path}");
+    let addr = banner_addr(&banner);
+    assert_eq!(curl(&[&url(addr, "/docs/")]).stdout, b"start");
+    for path in ["/some/route", "/missing.js", "/docs/nothing"] {
+        let o = curl(&["-w", " %{http_code}", &url(addr, path)]);
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "<div id=app> 200", "{path}");
+    }
+    for (path, code) in [("/.git/config", "404"), ("/%2egit/config", "404"), ("/../x", "403"), ("/%2e%2e/x", "403")] {
+        let o = curl(&["--path-as-is", "-w", "\n%{http_code}", &url(addr, path)]);
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.ends_with(code) && !text.contains("id=app") && !text.contains("TOP-SECRET"), "{path}: {text}");
+    }
+    signal(&child, Signal::TERM);
+    assert!(wait_exit(child).success());
+
+    let mut args = vec!["serve", root_s, "--not-found", "404.html"];
+    args.extend(common);
+    let (child, banner) = start(&args);
+    let addr = banner_addr(&banner);
+    let o = curl(&["-w", " %{http_code} %{content_type}", &url(addr, "/nope")]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "<h1>custom 404</h1> 404 text/html; charset=utf-8");
+    signal(&child, Signal::TERM);
+    assert!(wait_exit(child).success());
+    drop(dir);
+}

@@ -14,16 +14,20 @@ use httpdate::HttpDate;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
-use crate::path::{self, PathError};
+use crate::path::{self, PathError, RelPath};
 use crate::service::{Reply, Service};
 use crate::validators::{Conditions, ETag, Precondition, if_range_matches};
 
 /// The largest header count [`StaticFiles::max_headers`] accepts (the parser's array
 /// lives on the stack).
 pub const MAX_HEADERS: usize = 100;
-/// Decoded paths (plus `/index.html` and a NUL) must fit in this many bytes.
+/// Decoded paths (plus `/`, an index name, a sidecar suffix and a NUL) must fit in
+/// this many bytes.
 const PATH_BUF: usize = 4096;
-const INDEX: &[u8] = b"/index.html";
+/// The longest [`StaticFiles::index`] name (Linux's `NAME_MAX`).
+pub const MAX_INDEX_NAME: usize = 255;
+/// Room kept after a decoded path: `/`, an index name, `.zst` and the NUL.
+const PATH_RESERVE: usize = 1 + MAX_INDEX_NAME + 4 + 1;
 const ALLOW: &str = "Allow: GET, HEAD, OPTIONS\r\n";
 
 /// A status code and its reason phrase.
@@ -126,6 +130,35 @@ pub struct StaticFiles {
     cache_control: Vec<u8>,
     /// The [`header`](Self::header) lines, rendered once.
     extra: Vec<u8>,
+    /// The [`index`](Self::index) names, tried in order for a directory.
+    index: Vec<Vec<u8>>,
+    /// [`fallback`](Self::fallback) and [`not_found`](Self::not_found): paths relative
+    /// to the root, checked and normalised at build time (no NUL).
+    fallback: Option<Vec<u8>>,
+    not_found: Option<Vec<u8>>,
+}
+
+/// A routing option refused by [`StaticFiles::index`], [`StaticFiles::fallback`] or
+/// [`StaticFiles::not_found`]. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// An index name must be one file name: not empty, `.` or `..`, without `/` or
+    /// NUL, at most [`MAX_INDEX_NAME`] bytes.
+    #[error("index name {0:?} is not a single file name")]
+    InvalidIndex(String),
+    /// The path is empty, holds a NUL or a `..` segment, or is too long.
+    #[error("{0:?} is not a path beneath the root")]
+    InvalidPath(String),
+    /// The file could not be opened beneath the root (it does not exist, or a
+    /// symlink on the way leaves the root) or is not a regular file.
+    #[error("{path:?} cannot be served from beneath the root: {source}")]
+    Unusable {
+        /// The path as given.
+        path: String,
+        /// Why.
+        source: io::Error,
+    },
 }
 
 /// The most bytes [`StaticFiles::cache_control`] and [`StaticFiles::header`] may add
@@ -216,7 +249,111 @@ impl StaticFiles {
             hidden: false,
             cache_control: Vec::new(),
             extra: Vec::new(),
+            index: vec![b"index.html".to_vec()],
+            fallback: None,
+            not_found: None,
         })
+    }
+
+    /// The file names tried, in order, for a directory asked for with its trailing
+    /// slash (default: `index.html`); the first that is a regular file is served. An
+    /// empty list serves no index: a directory is then a 404 (or the
+    /// [`fallback`](Self::fallback)). Replaces the earlier list.
+    ///
+    /// ```
+    /// # let root = std::env::temp_dir();
+    /// let files = berth_server::StaticFiles::new(&root)?.index(["index.html", "index.htm"])?;
+    /// assert!(berth_server::StaticFiles::new(&root)?.index(["../x"]).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn index<I, S>(mut self, names: I) -> Result<Self, RouteError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut list = Vec::new();
+        for name in names {
+            let name = name.as_ref();
+            if name.is_empty()
+                || name == "."
+                || name == ".."
+                || name.len() > MAX_INDEX_NAME
+                || name.bytes().any(|b| b == b'/' || b == 0)
+            {
+                return Err(RouteError::InvalidIndex(name.to_string()));
+            }
+            list.push(name.as_bytes().to_vec());
+        }
+        self.index = list;
+        Ok(self)
+    }
+
+    /// Single-page applications: a GET or HEAD of a path that does not exist gets
+    /// `file` (relative to the root) with 200, its own `ETag`, ranges and conditional
+    /// requests. A path that exists but is refused — hidden, forbidden, leaving the
+    /// root, not a regular file — is not redirected to it. `file` must be a regular
+    /// file beneath the root now; it is opened again, with the same openat2 rules as
+    /// any request, each time it is served.
+    ///
+    /// ```
+    /// # let root = std::env::temp_dir().join(format!("berth-fallback-doc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&root)?;
+    /// std::fs::write(root.join("app.html"), "<div id=app></div>")?;
+    /// let files = berth_server::StaticFiles::new(&root)?.fallback("app.html")?;
+    /// assert!(berth_server::StaticFiles::new(&root)?.fallback("../etc/passwd").is_err());
+    /// # std::fs::remove_dir_all(&root)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn fallback(mut self, file: impl AsRef<Path>) -> Result<Self, RouteError> {
+        self.fallback = Some(self.checked_file(file.as_ref())?);
+        Ok(self)
+    }
+
+    /// The body of every 404 (a missing file, a hidden one, a directory without an
+    /// index): `file`, relative to the root, with its own `Content-Type`, served with
+    /// status 404 (no validators, no ranges). Checked as
+    /// [`fallback`](Self::fallback); if it cannot be opened when needed, the plain
+    /// `404 Not Found` text is sent.
+    ///
+    /// ```
+    /// # let root = std::env::temp_dir().join(format!("berth-not-found-doc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&root)?;
+    /// std::fs::write(root.join("404.html"), "<h1>Nothing here</h1>")?;
+    /// let files = berth_server::StaticFiles::new(&root)?.not_found("404.html")?;
+    /// # std::fs::remove_dir_all(&root)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn not_found(mut self, file: impl AsRef<Path>) -> Result<Self, RouteError> {
+        self.not_found = Some(self.checked_file(file.as_ref())?);
+        Ok(self)
+    }
+
+    /// `file` normalised (no empty or `.` segments) and opened once beneath the root.
+    fn checked_file(&self, file: &Path) -> Result<Vec<u8>, RouteError> {
+        let shown = file.display().to_string();
+        let mut rel = Vec::new();
+        for seg in file.as_os_str().as_bytes().split(|&b| b == b'/') {
+            if seg == b".." || seg.contains(&0) {
+                return Err(RouteError::InvalidPath(shown));
+            }
+            if !seg.is_empty() && seg != b"." {
+                if !rel.is_empty() {
+                    rel.push(b'/');
+                }
+                rel.extend_from_slice(seg);
+            }
+        }
+        if rel.is_empty() || rel.len() > PATH_BUF - PATH_RESERVE {
+            return Err(RouteError::InvalidPath(shown));
+        }
+        let mut buf = rel.clone();
+        buf.push(0);
+        let c = CStr::from_bytes_with_nul(&buf).map_err(|_| RouteError::InvalidPath(shown.clone()))?;
+        match self.open(c) {
+            Ok((_, meta)) if meta.is_file() => Ok(rel),
+            Ok(_) => Err(RouteError::Unusable { path: shown, source: io::Error::other("not a regular file") }),
+            Err(e) => Err(RouteError::Unusable { path: shown, source: e.into() }),
+        }
     }
 
     /// Sends `Cache-Control: value` with every file (200, 206 and 304; not with
@@ -370,7 +507,7 @@ impl StaticFiles {
             None => (target, ""),
         };
         let mut buf = [0u8; PATH_BUF];
-        let rel = match path::decode(raw_path.as_bytes(), &mut buf[..PATH_BUF - INDEX.len()]) {
+        let rel = match path::decode(raw_path.as_bytes(), &mut buf[..PATH_BUF - PATH_RESERVE]) {
             Ok(rel) => rel,
             Err(PathError::NotAbsolute) => return r.error(BAD_REQUEST, ""),
             Err(PathError::TooLong) => return r.error(URI_TOO_LONG, ""),
@@ -383,29 +520,80 @@ impl StaticFiles {
             tracing::debug!(target, "hidden path");
             return r.error(NOT_FOUND, "");
         }
-        let mut len = rel.len;
-        let (mut file, mut meta) = match self.open(cstr(&buf, len)) {
-            Ok(opened) => opened,
-            Err(e) => return r.error(open_status(e, target), ""),
-        };
-        if meta.is_dir() {
-            if !rel.trailing_slash {
+        let (file, meta, len) = match self.locate(&mut buf, rel, target) {
+            Ok(found) => found,
+            Err(Located::Redirect) => {
                 let query = if query.starts_with('?') { query } else { "" };
                 return r.redirect(raw_path, query);
             }
-            buf[len..len + INDEX.len()].copy_from_slice(INDEX);
-            len += INDEX.len();
-            buf[len] = 0;
-            (file, meta) = match self.open(cstr(&buf, len)) {
-                Ok(opened) => opened,
-                Err(e) => return r.error(open_status(e, target), ""),
-            };
-        }
-        if !meta.is_file() {
-            return r.error(if meta.is_dir() { NOT_FOUND } else { FORBIDDEN }, "");
-        }
+            Err(Located::Status(status)) => return r.error(status, ""),
+            Err(Located::Missing) => match self.fallback.as_deref().map(|f| self.open_rel(&mut buf, f)) {
+                Some(Ok((file, meta, len))) if meta.is_file() => (file, meta, len),
+                _ => return r.error(NOT_FOUND, ""),
+            },
+        };
         let name = Path::new(OsStr::from_bytes(&buf[..len]));
         r.file(file, &meta, name, &cond);
+    }
+
+    /// Opens what a decoded path names: the file, or for a directory asked for with
+    /// its trailing slash the first of its index files.
+    fn locate(&self, buf: &mut [u8; PATH_BUF], rel: RelPath, target: &str) -> Result<(File, Metadata, usize), Located> {
+        let len = rel.len;
+        let (file, meta) = match self.open(cstr(buf, len)) {
+            Ok(opened) => opened,
+            Err(e) => return Err(missing_or(e, target)),
+        };
+        if meta.is_file() {
+            return Ok((file, meta, len));
+        }
+        if !meta.is_dir() {
+            return Err(Located::Status(FORBIDDEN));
+        }
+        if !rel.trailing_slash {
+            return Err(Located::Redirect);
+        }
+        buf[len] = b'/';
+        for name in &self.index {
+            let end = len + 1 + name.len();
+            buf[len + 1..end].copy_from_slice(name);
+            buf[end] = 0;
+            match self.open(cstr(buf, end)) {
+                Ok((file, meta)) if meta.is_file() => return Ok((file, meta, end)),
+                // A directory or a FIFO by that name is not an index: try the next.
+                Ok(_) => {}
+                Err(e) => match missing_or(e, target) {
+                    Located::Missing => {}
+                    other => return Err(other),
+                },
+            }
+        }
+        Err(Located::Missing)
+    }
+
+    /// Opens `rel` (checked at build time) from `buf`, as a request path would be.
+    fn open_rel(&self, buf: &mut [u8; PATH_BUF], rel: &[u8]) -> Result<(File, Metadata, usize), Errno> {
+        buf[..rel.len()].copy_from_slice(rel);
+        buf[rel.len()] = 0;
+        let (file, meta) = self.open(cstr(buf, rel.len()))?;
+        Ok((file, meta, rel.len()))
+    }
+}
+
+/// Why [`StaticFiles::locate`] found nothing to serve.
+enum Located {
+    /// Nothing by that name (or no index in the directory): a 404, or the fallback.
+    Missing,
+    /// A directory asked for without its trailing slash.
+    Redirect,
+    /// Refused, or an error: no fallback.
+    Status(Status),
+}
+
+fn missing_or(e: Errno, target: &str) -> Located {
+    match e {
+        Errno::NOENT | Errno::NOTDIR => Located::Missing,
+        e => Located::Status(open_status(e, target)),
     }
 }
 
@@ -535,6 +723,18 @@ impl Response<'_, '_> {
     }
 
     fn error(mut self, status: Status, extra: &str) {
+        if status == NOT_FOUND
+            && let Some(files) = self.files
+            && let Some(page) = files.not_found.as_deref()
+        {
+            let mut buf = [0u8; PATH_BUF];
+            match files.open_rel(&mut buf, page) {
+                Ok((file, meta, len)) if meta.is_file() => {
+                    return self.page(status, file, meta.len(), Path::new(OsStr::from_bytes(&buf[..len])));
+                }
+                _ => tracing::warn!("the not-found page cannot be opened; sending the plain 404"),
+            }
+        }
         let Status(code, reason) = status;
         let _ = (|| {
             self.start(status)?;
@@ -546,6 +746,21 @@ impl Response<'_, '_> {
             }
             Ok::<(), io::Error>(())
         })();
+        self.finish();
+    }
+
+    /// A whole file as the body of an error status (the custom 404 page): no
+    /// validators, no ranges.
+    fn page(mut self, status: Status, file: File, size: u64, name: &Path) {
+        let content_type = mime_guess::from_path(name).first_raw().unwrap_or("application/octet-stream");
+        let _ = (|| {
+            self.start(status)?;
+            let charset = charset(content_type);
+            write!(self.reply, "Content-Type: {content_type}{charset}\r\nContent-Length: {size}\r\n\r\n")
+        })();
+        if !self.head_only && size > 0 {
+            self.reply.send_file(FileSend::new(file, ByteRange::whole(size)));
+        }
         self.finish();
     }
 

@@ -87,7 +87,7 @@ pub use berth_ipc::{OpenError, RecvError, SendError};
 pub use berth_reactor::Driver;
 pub use conn::{Conns, NotWaiting};
 pub use echo::Echo;
-pub use files::{HeaderError, MAX_EXTRA_HEADERS, MAX_HEADERS, StaticFiles};
+pub use files::{HeaderError, MAX_EXTRA_HEADERS, MAX_HEADERS, MAX_INDEX_NAME, RouteError, StaticFiles};
 pub use metrics::Metrics;
 pub use relay::{
     EchoError, IpcRelay, RelayBackend, RelayConfig, RelayConn, RelayError, RelayHandle, RelayRequest, RelayStats,

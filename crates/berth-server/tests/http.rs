@@ -751,3 +751,109 @@ fn header_injection_is_refused_at_build_time() {
     assert!(files().header("X-Tab", "a\tb").is_ok());
     assert!(files().header("X-Utf8", "caf\u{e9}").is_ok());
 }
+
+#[test]
+fn index_names_in_order() {
+    let dir = TempDir::new("index");
+    dir.file("both/index.htm", b"htm");
+    dir.file("both/default.txt", b"txt");
+    dir.file("second/default.txt", b"second");
+    // A directory by an index name is not an index: the next name is tried.
+    std::fs::create_dir_all(dir.path().join("dirnamed/index.htm")).unwrap();
+    dir.file("dirnamed/default.txt", b"after the dir");
+    dir.file("plain/index.html", b"not an index any more");
+    let files = StaticFiles::new(dir.path()).unwrap().index(["index.htm", "default.txt"]).unwrap();
+    let server = builder().serve(files).unwrap();
+    let addr = server.local_addr();
+    assert_eq!(get(addr, &req("GET", "/both/", "")).body, b"htm");
+    let r = get(addr, &req("GET", "/second/", ""));
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"second"[..]));
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    assert_eq!(get(addr, &req("GET", "/dirnamed/", "")).body, b"after the dir");
+    assert_eq!(get(addr, &req("GET", "/plain/", "")).status, 404, "the list replaced index.html");
+    server.shutdown(Duration::from_secs(5)).unwrap();
+
+    for bad in ["", ".", "..", "a/b", "x\0y", &"n".repeat(256)] {
+        assert!(StaticFiles::new(dir.path()).unwrap().index([bad]).is_err(), "{bad:?}");
+    }
+    // No index at all: a directory is a 404.
+    let server = builder().serve(StaticFiles::new(dir.path()).unwrap().index::<_, &str>([]).unwrap()).unwrap();
+    assert_eq!(get(server.local_addr(), &req("GET", "/both/", "")).status, 404);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn fallback_serves_missing_paths_only() {
+    let outer = TempDir::new("fallback");
+    outer.file("secret.txt", b"TOPSECRET");
+    let root = outer.path().join("root");
+    std::fs::create_dir_all(root.join("empty")).unwrap();
+    std::fs::write(root.join("app.html"), b"<div id=app></div>").unwrap();
+    std::fs::write(root.join("real.txt"), b"real").unwrap();
+    std::fs::create_dir_all(root.join(".git")).unwrap();
+    std::fs::write(root.join(".git/config"), b"TOPSECRET git").unwrap();
+    std::os::unix::fs::symlink(outer.path().join("secret.txt"), root.join("escape")).unwrap();
+    let files = StaticFiles::new(&root).unwrap().fallback("/./app.html").unwrap();
+    let server = builder().serve(files).unwrap();
+    let addr = server.local_addr();
+    let mut s = client(addr);
+    for target in ["/missing", "/deep/route/42", "/real.txt/below", "/empty/", "/missing?x=1"] {
+        let r = exchange(&mut s, &req("GET", target, ""));
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"<div id=app></div>"[..]), "{target}: {}", r.head);
+        assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+        assert!(r.header("etag").is_some());
+    }
+    let h = exchange(&mut s, &req("HEAD", "/missing", ""));
+    assert_eq!((h.status, h.content_length()), (200, Some(18)));
+    assert_eq!(exchange(&mut s, &req("GET", "/real.txt", "")).body, b"real");
+    // Refused paths keep their status: never the fallback.
+    for (target, status) in [
+        ("/.git/config", 404),
+        ("/%2egit/config", 404),
+        ("/.missing", 404),
+        ("/../x", 403),
+        ("/a/../../x", 403),
+        ("/%2e%2e/secret.txt", 403),
+        ("/escape", 403),
+    ] {
+        let r = exchange(&mut s, &req("GET", target, ""));
+        assert_eq!(r.status, status, "{target}: {}", r.head);
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(!body.contains("id=app") && !body.contains("TOPSECRET"), "{target}: {body}");
+    }
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+
+    // The file must exist beneath the root, as a regular file.
+    for bad in ["../secret.txt", "missing.html", "empty", "escape", ""] {
+        assert!(StaticFiles::new(&root).unwrap().fallback(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn not_found_page_with_404() {
+    let dir = TempDir::new("notfound");
+    dir.file("404.html", b"<h1>gone</h1>");
+    dir.file("a.txt", b"a");
+    dir.file(".env", b"TOPSECRET");
+    let files = StaticFiles::new(dir.path()).unwrap().not_found("404.html").unwrap();
+    let server = builder().serve(files).unwrap();
+    let mut s = client(server.local_addr());
+    for target in ["/missing", "/.env", "/dir/"] {
+        let r = exchange(&mut s, &req("GET", target, ""));
+        assert_eq!((r.status, r.body.as_slice()), (404, &b"<h1>gone</h1>"[..]), "{target}");
+        assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    }
+    let h = exchange(&mut s, &req("HEAD", "/missing", ""));
+    assert_eq!((h.status, h.content_length()), (404, Some(13)));
+    // Still in step after the HEAD; other statuses keep their text.
+    assert_eq!(exchange(&mut s, &req("GET", "/a.txt", "")).body, b"a");
+    assert_eq!(exchange(&mut s, &req("GET", "/%2e%2e/a", "")).body, b"403 Forbidden\n");
+    // The page gone at request time: the plain 404.
+    std::fs::remove_file(dir.path().join("404.html")).unwrap();
+    let r = exchange(&mut s, &req("GET", "/missing", ""));
+    assert_eq!((r.status, r.body.as_slice()), (404, &b"404 Not Found\n"[..]));
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    assert!(StaticFiles::new(dir.path()).unwrap().not_found("nope.html").is_err());
+}
