@@ -150,6 +150,10 @@ struct Routes {
     /// The body of every 404: FILE, relative to DIR, sent with status 404.
     #[arg(long, value_name = "FILE")]
     not_found: Option<PathBuf>,
+    /// Serve FILE.br, FILE.zst or FILE.gz in FILE's place to clients whose
+    /// Accept-Encoding takes it, when it sits beside FILE and is not older.
+    #[arg(long)]
+    precompressed: bool,
 }
 
 /// `Name: value` from `--header`; the name and value are checked by StaticFiles.
@@ -218,6 +222,7 @@ fn static_files(
     for (name, value) in headers {
         files = files.header(name, value).map_err(|e| format!("--header: {e}"))?;
     }
+    files = files.precompressed(routes.precompressed);
     if !routes.index.is_empty() {
         files = files.index(&routes.index).map_err(|e| format!("--index: {e}"))?;
     }

@@ -297,6 +297,32 @@ fn curl_routing_options() {
     signal(&child, Signal::TERM);
     assert!(wait_exit(child).success());
 
+    // --precompressed: the sidecar for a client that takes it, with its encoding;
+    // one that is older than its file, or a symlink out of the root, is not served.
+    std::fs::write(root.join("app.html.gz"), "GZ").unwrap();
+    std::fs::write(base.join("outside.gz"), "TOP-SECRET").unwrap();
+    std::fs::write(root.join("page.txt"), "plain page").unwrap();
+    std::os::unix::fs::symlink(base.join("outside.gz"), root.join("page.txt.gz")).unwrap();
+    std::fs::write(root.join("stale.txt.br"), "STALE").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(root.join("stale.txt"), "fresh").unwrap();
+    let mut args = vec!["serve", root_s, "--precompressed"];
+    args.extend(common);
+    let (child, banner) = start(&args);
+    let addr = banner_addr(&banner);
+    let o = curl(&["-D", "-", "-H", "Accept-Encoding: br;q=0.9, gzip", &url(addr, "/app.html")]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("Content-Encoding: gzip\r\n") && text.contains("Vary: Accept-Encoding\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nGZ"), "{text}");
+    let long = format!("Accept-Encoding: {}gzip", "unknown;q=0.5, ".repeat(8 * 1024 / 15 + 1));
+    assert_eq!(curl_w("%{http_code}", &["-H", &long, &url(addr, "/app.html")]), "431", "8 KiB does not fit the head");
+    for (path, body) in [("/page.txt", "plain page"), ("/stale.txt", "fresh")] {
+        let o = curl(&["-H", "Accept-Encoding: br, gzip", &url(addr, path)]);
+        assert_eq!(String::from_utf8_lossy(&o.stdout), body, "{path}");
+    }
+    signal(&child, Signal::TERM);
+    assert!(wait_exit(child).success());
+
     let mut args = vec!["serve", root_s, "--not-found", "404.html"];
     args.extend(common);
     let (child, banner) = start(&args);

@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,6 +15,7 @@ use httpdate::HttpDate;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
+use crate::encoding::{Accepted, Coding};
 use crate::path::{self, PathError, RelPath};
 use crate::service::{Reply, Service};
 use crate::validators::{Conditions, ETag, Precondition, if_range_matches};
@@ -136,6 +138,8 @@ pub struct StaticFiles {
     /// to the root, checked and normalised at build time (no NUL).
     fallback: Option<Vec<u8>>,
     not_found: Option<Vec<u8>>,
+    /// Serve `FILE.br`, `.zst`, `.gz` sidecars.
+    precompressed: bool,
 }
 
 /// A routing option refused by [`StaticFiles::index`], [`StaticFiles::fallback`] or
@@ -252,6 +256,7 @@ impl StaticFiles {
             index: vec![b"index.html".to_vec()],
             fallback: None,
             not_found: None,
+            precompressed: false,
         })
     }
 
@@ -406,6 +411,31 @@ impl StaticFiles {
         Ok(self)
     }
 
+    /// Serves precompressed sidecars (default false): for a request whose
+    /// `Accept-Encoding` accepts `br`, `zstd` or `gzip` (q-values honoured, `q=0`
+    /// excludes, `*` counts; the best q wins, br before zstd before gzip on a tie),
+    /// `FILE.br`, `FILE.zst` or `FILE.gz` is sent in FILE's place when it is a
+    /// regular file beside FILE, opened beneath the root like any request (a sidecar
+    /// that is a symlink leaving the root is skipped), and not older than FILE. It
+    /// goes with `Content-Encoding`, FILE's `Content-Type`, its own `ETag` and
+    /// `Last-Modified`, and ranges count its encoded bytes. Every file response then
+    /// carries `Vary: Accept-Encoding`. Nothing is compressed on the fly.
+    ///
+    /// Off by default, as nginx's `gzip_static` is: each request that accepts an
+    /// encoding costs an open attempt per coding, and a sidecar is trusted to hold
+    /// FILE's bytes encoded — the operator vouches for that by turning it on.
+    ///
+    /// ```
+    /// # let root = std::env::temp_dir();
+    /// // site/app.js is served as site/app.js.br to `Accept-Encoding: br, gzip`.
+    /// let files = berth_server::StaticFiles::new(&root)?.precompressed(true);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn precompressed(mut self, on: bool) -> Self {
+        self.precompressed = on;
+        self
+    }
+
     /// The longest request target accepted (default 4096 bytes); longer gets 414.
     pub fn max_uri_len(mut self, bytes: usize) -> Self {
         self.max_uri = bytes;
@@ -450,6 +480,7 @@ impl StaticFiles {
         let mut keep_alive = !http10;
         let (mut host, mut body) = (false, false);
         let mut cond = Conditions::default();
+        let mut accepted = Accepted::default();
         for h in req.headers.iter() {
             let value = std::str::from_utf8(h.value).ok().map(str::trim);
             let name = h.name;
@@ -479,6 +510,8 @@ impl StaticFiles {
                 cond.range = cond.range.or(value);
             } else if name.eq_ignore_ascii_case("if-range") {
                 cond.if_range = cond.if_range.or(value);
+            } else if self.precompressed && name.eq_ignore_ascii_case("accept-encoding") {
+                accepted.add(h.value);
             }
         }
         cond.headers = &*req.headers;
@@ -532,8 +565,33 @@ impl StaticFiles {
                 _ => return r.error(NOT_FOUND, ""),
             },
         };
+        let (order, n) = if self.precompressed { accepted.ranked() } else { (Coding::ALL, 0) };
+        let sidecar = order[..n].iter().find_map(|&c| self.sidecar(&mut buf, len, c, &meta).map(|s| (s, c)));
         let name = Path::new(OsStr::from_bytes(&buf[..len]));
-        r.file(file, &meta, name, &cond);
+        match sidecar {
+            Some(((file, meta), coding)) => r.file(file, &meta, name, &cond, Some(coding)),
+            None => r.file(file, &meta, name, &cond, None),
+        }
+    }
+
+    /// FILE's sidecar for `coding` (`buf[..len]` is FILE), if it is a regular file
+    /// beneath the root and not older than FILE.
+    fn sidecar(
+        &self,
+        buf: &mut [u8; PATH_BUF],
+        len: usize,
+        coding: Coding,
+        plain: &Metadata,
+    ) -> Option<(File, Metadata)> {
+        let suffix = coding.suffix();
+        let end = len + suffix.len();
+        buf[len..end].copy_from_slice(suffix);
+        buf[end] = 0;
+        let opened = self.open(cstr(buf, end));
+        buf[len] = 0;
+        let (file, meta) = opened.ok()?;
+        let fresh = (meta.mtime(), meta.mtime_nsec()) >= (plain.mtime(), plain.mtime_nsec());
+        (meta.is_file() && fresh).then_some((file, meta))
     }
 
     /// Opens what a decoded path names: the file, or for a directory asked for with
@@ -697,6 +755,9 @@ impl Response<'_, '_> {
             write!(self.reply, "Last-Modified: {lm}\r\n")?;
         }
         if let Some(files) = self.files {
+            if files.precompressed {
+                self.reply.write_bytes(b"Vary: Accept-Encoding\r\n").map_err(io::Error::other)?;
+            }
             self.reply.write_bytes(&files.cache_control).map_err(io::Error::other)?;
             self.reply.write_bytes(&files.extra).map_err(io::Error::other)?;
         }
@@ -773,7 +834,8 @@ impl Response<'_, '_> {
         self.finish();
     }
 
-    fn file(mut self, file: File, meta: &Metadata, name: &Path, cond: &Conditions<'_, '_>) {
+    /// FILE (or its sidecar for `coding`; `name` is FILE's, for its type).
+    fn file(mut self, file: File, meta: &Metadata, name: &Path, cond: &Conditions<'_, '_>, coding: Option<Coding>) {
         let size = meta.len();
         let modified = meta.modified().ok();
         let mtime = modified.and_then(unix_secs);
@@ -820,6 +882,9 @@ impl Response<'_, '_> {
             write!(self.reply, "Content-Type: {content_type}{charset}\r\nContent-Length: {}\r\n", body.len())?;
             if status == PARTIAL {
                 write!(self.reply, "Content-Range: {}\r\n", body.content_range(size))?;
+            }
+            if let Some(coding) = coding {
+                write!(self.reply, "Content-Encoding: {}\r\n", coding.token())?;
             }
             self.validators(&etag, last_modified)?;
             write!(self.reply, "Accept-Ranges: bytes\r\n\r\n")

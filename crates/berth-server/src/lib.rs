@@ -74,6 +74,7 @@
 
 mod conn;
 mod echo;
+mod encoding;
 mod files;
 mod metrics;
 mod path;

@@ -1,7 +1,8 @@
 //! The request path allocates nothing: after a warm-up, thousands of keep-alive
 //! requests to `StaticFiles` (a small file, a larger one by sendfile, 304s by date and
-//! by ETag, a 412, 206s with and without If-Range, a 404 and an OPTIONS; every 200
-//! and 206 with its ETag, Cache-Control and an added header), echo round trips and
+//! by ETag, a 412, 206s with and without If-Range, the fallback for a missing path,
+//! the not-found page for a hidden one, a precompressed sidecar whole and by range,
+//! and an OPTIONS; every 200 and 206 with its ETag, Cache-Control and an added header), echo round trips and
 //! relay round trips (TCP -> IPC -> backend -> back) make zero heap allocations in
 //! the whole process — the server's worker and the relay thread included.
 //!
@@ -54,7 +55,14 @@ fn static_files() {
     let dir = TempDir::new("alloc");
     dir.file("small.txt", &pattern(1024));
     dir.file("big.bin", &pattern(256 * 1024));
+    dir.file("app.js", &pattern(4096));
+    dir.file("app.js.br", &pattern(1000));
     let files = StaticFiles::new(dir.path())
+        .unwrap()
+        .precompressed(true)
+        .not_found("small.txt")
+        .unwrap()
+        .fallback("app.js")
         .unwrap()
         .cache_control("public, max-age=60")
         .unwrap()
@@ -76,6 +84,9 @@ fn static_files() {
         req("GET", "/small.txt", "If-Match: \"stale\"\r\n"),
         req("GET", "/big.bin", &format!("Range: bytes=1000-70999\r\nIf-Range: {big_etag}\r\n")),
         req("GET", "/missing", ""),
+        req("GET", "/.hidden", ""),
+        req("GET", "/app.js", "Accept-Encoding: gzip;q=0.5, br, zstd;q=0\r\n"),
+        req("GET", "/app.js", "Accept-Encoding: br\r\nRange: bytes=10-99\r\n"),
         req("OPTIONS", "*", ""),
         req("GET", "/%2e%2e/etc/passwd", ""),
     ];

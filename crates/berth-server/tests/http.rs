@@ -857,3 +857,133 @@ fn not_found_page_with_404() {
     server.shutdown(Duration::from_secs(5)).unwrap();
     assert!(StaticFiles::new(dir.path()).unwrap().not_found("nope.html").is_err());
 }
+
+/// Sets a file's modification time `secs` from now (negative: in the past).
+fn touch(path: &std::path::Path, secs: i64) {
+    let now = std::time::SystemTime::now();
+    let t =
+        if secs >= 0 { now + Duration::from_secs(secs as u64) } else { now - Duration::from_secs(secs.unsigned_abs()) };
+    std::fs::File::options().write(true).open(path).unwrap().set_modified(t).unwrap();
+}
+
+fn precompressed_site() -> (TempDir, std::path::PathBuf) {
+    let outer = TempDir::new("sidecars");
+    outer.file("secret.txt.gz", b"TOPSECRET");
+    let root = outer.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    for (name, body) in [
+        ("app.js", &b"plain javascript"[..]),
+        ("app.js.br", b"BR-BYTES"),
+        ("app.js.zst", b"ZSTD-BYTES"),
+        ("app.js.gz", b"GZIP-BYTES"),
+        ("old.txt", b"new plain"),
+        ("old.txt.gz", b"STALE GZIP"),
+        ("same.txt", b"plain"),
+        ("same.txt.gz", b"GZ same mtime"),
+        ("secret.txt", b"public plain"),
+        ("index.html", b"<p>index</p>"),
+        ("index.html.gz", b"GZ-INDEX"),
+    ] {
+        std::fs::write(root.join(name), body).unwrap();
+    }
+    for name in ["app.js", "old.txt"] {
+        touch(&root.join(name), -100);
+    }
+    for name in ["app.js.br", "app.js.zst", "app.js.gz"] {
+        touch(&root.join(name), -50);
+    }
+    touch(&root.join("old.txt.gz"), -200);
+    let same = std::fs::metadata(root.join("same.txt")).unwrap().modified().unwrap();
+    std::fs::File::options().write(true).open(root.join("same.txt.gz")).unwrap().set_modified(same).unwrap();
+    // A sidecar that is a symlink out of the root, and one that is a directory.
+    std::os::unix::fs::symlink(outer.path().join("secret.txt.gz"), root.join("secret.txt.gz")).unwrap();
+    std::fs::write(root.join("dir.txt"), b"dir plain").unwrap();
+    std::fs::create_dir_all(root.join("dir.txt.br")).unwrap();
+    (outer, root)
+}
+
+#[test]
+fn precompressed_sidecars_by_q_value() {
+    let (_outer, root) = precompressed_site();
+    let server = builder().serve(StaticFiles::new(&root).unwrap().precompressed(true)).unwrap();
+    let mut s = client(server.local_addr());
+    let plain = exchange(&mut s, &req("GET", "/app.js", ""));
+    assert_eq!(plain.body, b"plain javascript");
+    assert_eq!(plain.header("content-encoding"), None);
+    assert_eq!(plain.header("vary"), Some("Accept-Encoding"), "a sidecar could apply");
+    for (accept, body, coding) in [
+        ("gzip, deflate, br, zstd", &b"BR-BYTES"[..], Some("br")),
+        ("gzip", b"GZIP-BYTES", Some("gzip")),
+        ("br;q=0, gzip;q=0.5, zstd;q=0.5", b"ZSTD-BYTES", Some("zstd")),
+        ("gzip;q=1, br;q=0.8", b"GZIP-BYTES", Some("gzip")),
+        ("*", b"BR-BYTES", Some("br")),
+        ("*;q=0", b"plain javascript", None),
+        ("identity", b"plain javascript", None),
+        ("br;q=2, gzip;q=0.1.1, zstd;q=abc", b"plain javascript", None),
+    ] {
+        let r = exchange(&mut s, &req("GET", "/app.js", &format!("Accept-Encoding: {accept}\r\n")));
+        assert_eq!((r.status, r.body.as_slice()), (200, body), "{accept}: {}", r.head);
+        assert_eq!(r.header("content-encoding"), coding, "{accept}");
+        assert_eq!(r.header("content-type"), Some("text/javascript; charset=utf-8"), "{accept}");
+        assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+        if coding.is_some() {
+            assert_ne!(r.header("etag"), plain.header("etag"), "the sidecar's own ETag");
+        }
+    }
+    let br = exchange(&mut s, &req("GET", "/app.js", "Accept-Encoding: br\r\n"));
+    let etag = br.header("etag").unwrap();
+    // Revalidation against the sidecar's tag, and ranges over the encoded bytes.
+    let r = exchange(&mut s, &req("GET", "/app.js", &format!("Accept-Encoding: br\r\nIf-None-Match: {etag}\r\n")));
+    assert_eq!((r.status, r.header("vary")), (304, Some("Accept-Encoding")));
+    let r = exchange(&mut s, &req("GET", "/app.js", "Accept-Encoding: br\r\nRange: bytes=3-\r\n"));
+    assert_eq!((r.status, r.body.as_slice()), (206, &b"BYTES"[..]));
+    assert_eq!(r.header("content-range"), Some("bytes 3-7/8"));
+    assert_eq!(r.header("content-encoding"), Some("br"));
+    // Older than its file: not served. As old: served. Out of the root or not a
+    // regular file: the plain file.
+    for (target, body) in [
+        ("/old.txt", &b"new plain"[..]),
+        ("/same.txt", b"GZ same mtime"),
+        ("/secret.txt", b"public plain"),
+        ("/dir.txt", b"dir plain"),
+        ("/", b"GZ-INDEX"),
+    ] {
+        let r = exchange(&mut s, &req("GET", target, "Accept-Encoding: br, gzip\r\n"));
+        assert_eq!((r.status, r.body.as_slice()), (200, body), "{target}: {}", r.head);
+    }
+    let r = exchange(&mut s, &req("GET", "/index.html", "Accept-Encoding: gzip\r\n"));
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+
+    // Off by default: no sidecar, no Vary.
+    let server = builder().serve(StaticFiles::new(&root).unwrap()).unwrap();
+    let r = get(server.local_addr(), &req("GET", "/app.js", "Accept-Encoding: br\r\n"));
+    assert_eq!((r.body.as_slice(), r.header("vary")), (&b"plain javascript"[..], None));
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn accept_encoding_of_8_kib() {
+    let (_outer, root) = precompressed_site();
+    let files = StaticFiles::new(&root).unwrap().precompressed(true);
+    let server = builder().segment_size(32 * 1024).max_request_head(32 * 1024).serve(files).unwrap();
+    let mut s = client(server.local_addr());
+    let long = "x-unknown;q=0.5, ".repeat(8 * 1024 / 17 + 1) + "gzip";
+    assert!(long.len() >= 8 * 1024);
+    let r = exchange(&mut s, &req("GET", "/app.js", &format!("Accept-Encoding: {long}\r\n")));
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"GZIP-BYTES"[..]));
+    let garbage: String = (0..8 * 1024).map(|i| [';', '=', ',', 'q', '.', '9', ' ', 'b', 'r'][i % 9]).collect();
+    let r = exchange(&mut s, &req("GET", "/app.js", &format!("Accept-Encoding: {garbage}\r\n")));
+    assert_eq!(r.status, 200);
+    let r = exchange(&mut s, &req("GET", "/app.js", &format!("Accept-Encoding: {}\r\n", ";q=0.".repeat(1700))));
+    assert_eq!(r.body, b"plain javascript");
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    // With the default 8 KiB request head it does not fit: 431, and the server goes on.
+    let server = builder().serve(StaticFiles::new(&root).unwrap().precompressed(true)).unwrap();
+    let r = get(server.local_addr(), &req("GET", "/app.js", &format!("Accept-Encoding: {long}\r\n")));
+    assert_eq!(r.status, 431);
+    assert_eq!(get(server.local_addr(), &req("GET", "/app.js", "")).status, 200);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
