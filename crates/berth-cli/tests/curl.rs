@@ -1,5 +1,6 @@
 //! `berth serve` as a real HTTP client sees it: curl downloads files byte for byte,
-//! reuses one kept-alive connection for several URLs, gets HEAD, Range, 304 (by date
+//! reuses one kept-alive connection for several URLs, gets HEAD, Range (one, several
+//! as multipart/byteranges, 1,000 as the whole file), 304 (by date
 //! and by ETag), 412, If-Range, OPTIONS, the `--header`s and `--cache-control` and
 //! HTTP/1.0 right, and never gets a byte from outside the root whatever path it
 //! sends (`--path-as-is` keeps curl from normalising `..` itself).
@@ -148,6 +149,33 @@ fn curl_against_berth_serve() {
     let o = curl(&["-r", "-100", &url("/small.txt")]);
     assert_eq!(o.stdout, &pattern(1000)[900..]);
     assert_eq!(curl_w("%{http_code}", &["-r", "5000-6000", &url("/small.txt")]), "416");
+
+    // Several ranges: multipart/byteranges, each part's bytes right; past the cap of
+    // 16, or overlapping, the whole file with 200 (no amplification).
+    let o = curl(&["-D", "-", "-r", "0-9,500-509,-10", &url("/small.txt")]);
+    let text = o.stdout.clone();
+    let head_end = text.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&text[..head_end]).to_string();
+    assert!(
+        head.starts_with("HTTP/1.1 206 ") && head.contains("Content-Type: multipart/byteranges; boundary="),
+        "{head}"
+    );
+    let body = &text[head_end..];
+    let small = pattern(1000);
+    for (range, bytes) in
+        [("0-9/1000", &small[..10]), ("500-509/1000", &small[500..510]), ("990-999/1000", &small[990..])]
+    {
+        let at = body.windows(range.len()).position(|w| w == range.as_bytes()).unwrap_or_else(|| panic!("{range}"));
+        let start = at + body[at..].windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(&body[start..start + 10], bytes, "{range}");
+    }
+    let many: Vec<String> = (0..1000).map(|i| format!("{i}-{i}")).collect();
+    let many = many.join(",");
+    for range in [many.as_str(), "0-99,50-149", "0-,0-"] {
+        let o = curl(&["-w", "%{http_code}", "-r", range, &url("/small.txt")]);
+        let (body, code) = o.stdout.split_at(o.stdout.len() - 3);
+        assert_eq!((code, body), (&b"200"[..], small.as_slice()), "{}", &range[..range.len().min(30)]);
+    }
 
     // If-Modified-Since from a file as new as the served one: 304, no body.
     let o = curl(&["-z", root.join("small.txt").to_str().unwrap(), "-w", "%{http_code}", &url("/small.txt")]);

@@ -10,13 +10,14 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use berth_sendfile::{ByteRange, FileSend, HttpRangeError, resolve_http_range};
+use berth_sendfile::{ByteRange, FileSend};
 use httpdate::HttpDate;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
 use crate::encoding::{Accepted, Coding};
 use crate::path::{self, PathError, RelPath};
+use crate::ranges::{self, MAX_RANGES, Ranges};
 use crate::service::{Reply, Service};
 use crate::validators::{Conditions, ETag, Precondition, if_range_matches};
 
@@ -54,10 +55,21 @@ const UNAVAILABLE: Status = Status(503, "Service Unavailable");
 
 /// Serves the files beneath a root directory over HTTP/1.1: GET and HEAD,
 /// keep-alive and pipelining, `Content-Length`, `Content-Type` from the extension,
-/// validators and conditional requests (below), a single `Range` (206, or 416;
-/// several ranges get the whole file), a directory's `index.html` (no listings; a
-/// directory asked for without its trailing slash is redirected to it), bodies by
-/// sendfile(2). HTTP/1.0 closes after the reply unless it asked for keep-alive.
+/// validators and conditional requests (below), ranges (below), a directory's
+/// index files (no listings; a directory asked for without its trailing slash is
+/// redirected to it), a [fallback](Self::fallback) and a
+/// [not-found page](Self::not_found), [precompressed](Self::precompressed)
+/// sidecars, bodies by sendfile(2). HTTP/1.0 closes after the reply unless it asked
+/// for keep-alive.
+///
+/// # Ranges
+///
+/// One range gets a 206 with `Content-Range`; several get a `multipart/byteranges`
+/// 206, each part's bytes by sendfile(2) between the part headers. A list of more
+/// than 16 ranges ([`MAX_FILE_PARTS`](crate::MAX_FILE_PARTS)), ranges that overlap,
+/// or a malformed header get the whole file with 200, as nginx does: a request never
+/// gets more bytes than the file holds. Ranges with no byte in the file are dropped;
+/// if none is left, 416.
 ///
 /// # Validators
 ///
@@ -720,6 +732,55 @@ fn unix_secs(t: SystemTime) -> Option<u64> {
     t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
 }
 
+/// A `multipart/byteranges` boundary: `berth-` and 16 hex digits mixed from the
+/// file's tag and the clock, so a file's bytes are unlikely to hold it.
+struct Boundary([u8; 22]);
+
+impl Boundary {
+    fn new(etag: &ETag) -> Boundary {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        // FNV-1a over the tag, then the clock.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in etag.as_bytes().iter().chain(&nanos.to_le_bytes()) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let mut out = *b"berth-0000000000000000";
+        for (i, d) in out[6..].iter_mut().enumerate() {
+            *d = b"0123456789abcdef"[((h >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        Boundary(out)
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("berth")
+    }
+}
+
+/// Counts the bytes written to it: the length of the part headers, before they are
+/// written, for `Content-Length`.
+struct Count(usize);
+
+impl io::Write for Count {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One part's delimiter and headers (RFC 9110 §14.6).
+fn part_header(w: &mut impl io::Write, boundary: &str, e: &Entity<'_>, range: ByteRange) -> io::Result<()> {
+    let (content_type, charset) = (e.content_type, e.charset);
+    write!(
+        w,
+        "\r\n--{boundary}\r\nContent-Type: {content_type}{charset}\r\nContent-Range: {}\r\n\r\n",
+        range.content_range(e.size)
+    )
+}
+
 /// Writes one response into a [`Reply`]. Write errors mark the reply failed; the
 /// server then closes the connection, so they are not checked one by one.
 struct Response<'r, 'a> {
@@ -854,9 +915,21 @@ impl Response<'_, '_> {
             Precondition::Proceed => {}
         }
         let range_applies = cond.if_range.is_none_or(|v| if_range_matches(v, &etag, mtime));
-        let (status, body) = match cond.range.filter(|_| range_applies).map(|r| resolve_http_range(r, size)) {
-            Some(Ok(r)) => (PARTIAL, r),
-            Some(Err(HttpRangeError::Unsatisfiable { .. })) => {
+        let mut list = [ByteRange::whole(0); MAX_RANGES];
+        let asked = cond.range.filter(|_| range_applies).map_or(Ranges::Ignore, |v| ranges::parse(v, size, &mut list));
+        let content_type = mime_guess::from_path(name).first_raw().unwrap_or("application/octet-stream");
+        let entity = Entity { size, content_type, charset: charset(content_type), coding, etag: &etag, last_modified };
+        let (status, body) = match asked {
+            Ranges::Single(r) => (PARTIAL, r),
+            Ranges::Multi(n) => {
+                return match self.multipart(&list[..n], &entity) {
+                    Ok(_) if self.head_only => self.finish(),
+                    Ok(b) => self.multipart_body(file, &list[..n], &entity, &b),
+                    // Too many bytes of part headers for one segment: the whole file.
+                    Err(()) => self.body(OK, file, ByteRange::whole(size), &entity),
+                };
+            }
+            Ranges::Unsatisfiable => {
                 let _ = (|| {
                     self.start(UNSATISFIABLE)?;
                     let len = "416 Range Not Satisfiable\n".len();
@@ -872,28 +945,85 @@ impl Response<'_, '_> {
                 })();
                 return self.finish();
             }
-            // Malformed or several ranges: ignore the header.
-            Some(Err(_)) | None => (OK, ByteRange::whole(size)),
+            Ranges::Ignore => (OK, ByteRange::whole(size)),
         };
-        let content_type = mime_guess::from_path(name).first_raw().unwrap_or("application/octet-stream");
+        self.body(status, file, body, &entity);
+    }
+
+    /// `Content-Encoding`, the validators and `Accept-Ranges`, ending the head.
+    fn entity_headers(&mut self, e: &Entity<'_>) -> io::Result<()> {
+        if let Some(coding) = e.coding {
+            write!(self.reply, "Content-Encoding: {}\r\n", coding.token())?;
+        }
+        self.validators(e.etag, e.last_modified)?;
+        write!(self.reply, "Accept-Ranges: bytes\r\n\r\n")
+    }
+
+    /// The head of a `multipart/byteranges` 206 for `parts`, with its boundary; `Err`
+    /// with nothing written if the part headers would not fit in the reply's segment
+    /// after it (the caller then sends the whole file).
+    fn multipart(&mut self, parts: &[ByteRange], e: &Entity<'_>) -> Result<Boundary, ()> {
+        let boundary = Boundary::new(e.etag);
+        let b = boundary.as_str();
+        let mut framing = Count(0);
+        for r in parts {
+            let _ = part_header(&mut framing, b, e, *r);
+        }
+        let _ = write!(framing, "\r\n--{b}--\r\n");
+        let len = framing.0 as u64 + parts.iter().map(|r| r.len()).sum::<u64>();
+        let _ = (|| {
+            self.start(PARTIAL)?;
+            write!(self.reply, "Content-Type: multipart/byteranges; boundary={b}\r\nContent-Length: {len}\r\n")?;
+            self.entity_headers(e)
+        })();
+        if !self.head_only && self.reply.remaining() < framing.0 {
+            self.reply.truncate(0);
+            return Err(());
+        }
+        Ok(boundary)
+    }
+
+    /// The parts after [`multipart`](Self::multipart)'s head: each part's header as
+    /// bytes, its range by sendfile, then the closing boundary.
+    fn multipart_body(mut self, file: File, parts: &[ByteRange], e: &Entity<'_>, boundary: &Boundary) {
+        let b = boundary.as_str();
+        self.reply.file_parts(file);
+        let _ = (|| {
+            for r in parts {
+                part_header(&mut *self.reply, b, e, *r)?;
+                self.reply.file_part(*r).map_err(io::Error::other)?;
+            }
+            write!(self.reply, "\r\n--{b}--\r\n")
+        })();
+        self.finish();
+    }
+
+    /// A 200 or a single-range 206.
+    fn body(mut self, status: Status, file: File, body: ByteRange, e: &Entity<'_>) {
         let _ = (|| {
             self.start(status)?;
-            let charset = charset(content_type);
+            let (content_type, charset) = (e.content_type, e.charset);
             write!(self.reply, "Content-Type: {content_type}{charset}\r\nContent-Length: {}\r\n", body.len())?;
             if status == PARTIAL {
-                write!(self.reply, "Content-Range: {}\r\n", body.content_range(size))?;
+                write!(self.reply, "Content-Range: {}\r\n", body.content_range(e.size))?;
             }
-            if let Some(coding) = coding {
-                write!(self.reply, "Content-Encoding: {}\r\n", coding.token())?;
-            }
-            self.validators(&etag, last_modified)?;
-            write!(self.reply, "Accept-Ranges: bytes\r\n\r\n")
+            self.entity_headers(e)
         })();
         if !self.head_only && !body.is_empty() {
             self.reply.send_file(FileSend::new(file, body));
         }
         self.finish();
     }
+}
+
+/// What is served (FILE or its sidecar) and how it is described.
+struct Entity<'e> {
+    size: u64,
+    content_type: &'e str,
+    charset: &'static str,
+    coding: Option<Coding>,
+    etag: &'e ETag,
+    last_modified: Option<HttpDate>,
 }
 
 impl Service for StaticFiles {

@@ -78,6 +78,7 @@ mod encoding;
 mod files;
 mod metrics;
 mod path;
+mod ranges;
 mod relay;
 mod server;
 mod service;
@@ -94,4 +95,4 @@ pub use relay::{
     EchoError, IpcRelay, RelayBackend, RelayConfig, RelayConn, RelayError, RelayHandle, RelayRequest, RelayStats,
 };
 pub use server::{ServeError, Server, ServerBuilder, ShutdownHandle};
-pub use service::{ConnId, Reply, ReplyFull, Service, WorkerHandle};
+pub use service::{ConnId, MAX_FILE_PARTS, Reply, ReplyFull, Service, WorkerHandle};

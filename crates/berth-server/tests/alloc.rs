@@ -2,6 +2,7 @@
 //! requests to `StaticFiles` (a small file, a larger one by sendfile, 304s by date and
 //! by ETag, a 412, 206s with and without If-Range, the fallback for a missing path,
 //! the not-found page for a hidden one, a precompressed sidecar whole and by range,
+//! a multipart/byteranges 206 and a list of 300 ranges (the whole file),
 //! and an OPTIONS; every 200 and 206 with its ETag, Cache-Control and an added header), echo round trips and
 //! relay round trips (TCP -> IPC -> backend -> back) make zero heap allocations in
 //! the whole process — the server's worker and the relay thread included.
@@ -87,6 +88,8 @@ fn static_files() {
         req("GET", "/.hidden", ""),
         req("GET", "/app.js", "Accept-Encoding: gzip;q=0.5, br, zstd;q=0\r\n"),
         req("GET", "/app.js", "Accept-Encoding: br\r\nRange: bytes=10-99\r\n"),
+        req("GET", "/big.bin", "Range: bytes=0-99,5000-70999,-1000\r\n"),
+        req("GET", "/small.txt", &format!("Range: bytes={}\r\n", "0-0,".repeat(300))),
         req("OPTIONS", "*", ""),
         req("GET", "/%2e%2e/etc/passwd", ""),
     ];
