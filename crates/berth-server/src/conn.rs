@@ -596,6 +596,7 @@ impl<S: Service> Worker<S> {
         self.counts.add(Counter::Replies, 1);
         let draining = self.draining;
         let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
+        self.service.reply_sent(&mut conn.user);
         if let Ok(args) = port.op_mut(conn.write) {
             drop(args.take_buffer());
         }

@@ -1,5 +1,6 @@
 //! [`StaticFiles`]: HTTP/1.1 GET and HEAD of the files beneath a root directory.
 
+use std::cell::Cell;
 use std::ffi::{CStr, OsStr};
 use std::fs::{File, Metadata};
 use std::io::{self, Write};
@@ -15,6 +16,7 @@ use httpdate::HttpDate;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
+use crate::access_log::{AccessLog, Record};
 use crate::encoding::{Accepted, Coding};
 use crate::path::{self, PathError, RelPath};
 use crate::ranges::{self, MAX_RANGES, Ranges};
@@ -152,6 +154,16 @@ pub struct StaticFiles {
     not_found: Option<Vec<u8>>,
     /// Serve `FILE.br`, `.zst`, `.gz` sidecars.
     precompressed: bool,
+    log: Option<AccessLog>,
+}
+
+/// [`StaticFiles`]' state per connection: the peer's address and, with an
+/// [access log](StaticFiles::access_log), the record of the request whose reply is
+/// being sent (it is queued once the reply is out, with the time it took).
+#[derive(Debug)]
+pub struct FilesConn {
+    peer: Option<std::net::IpAddr>,
+    pending: Option<Record>,
 }
 
 /// A routing option refused by [`StaticFiles::index`], [`StaticFiles::fallback`] or
@@ -269,6 +281,7 @@ impl StaticFiles {
             fallback: None,
             not_found: None,
             precompressed: false,
+            log: None,
         })
     }
 
@@ -448,6 +461,18 @@ impl StaticFiles {
         self
     }
 
+    /// Logs every request to `log` (see [`AccessLog`]): the combined log format plus
+    /// the request time, from the complete request head to the last byte of the
+    /// reply handed to the kernel. Records go to the logger thread through a bounded
+    /// queue once the reply is sent; a full queue drops them (counted), so a worker
+    /// never waits for the disk.
+    ///
+    /// See [`AccessLog::start`] for an example.
+    pub fn access_log(mut self, log: AccessLog) -> Self {
+        self.log = Some(log);
+        self
+    }
+
     /// The longest request target accepted (default 4096 bytes); longer gets 414.
     pub fn max_uri_len(mut self, bytes: usize) -> Self {
         self.max_uri = bytes;
@@ -486,7 +511,7 @@ impl StaticFiles {
         Ok((file, meta))
     }
 
-    fn respond(&self, req: &httparse::Request<'_, '_>, reply: &mut Reply<'_>) {
+    fn respond(&self, req: &httparse::Request<'_, '_>, reply: &mut Reply<'_>, outcome: &Cell<(u16, u64)>) {
         let head_only = req.method == Some("HEAD");
         let http10 = req.version == Some(0);
         let mut keep_alive = !http10;
@@ -529,7 +554,7 @@ impl StaticFiles {
         cond.headers = &*req.headers;
         // A body is never read: closing keeps the next request from starting inside it.
         keep_alive &= !body && !reply.server_closing();
-        let mut r = Response { reply, keep_alive, http10, head_only, files: Some(self) };
+        let mut r = Response { reply, keep_alive, http10, head_only, files: Some(self), outcome };
 
         if !matches!(req.method, Some("GET" | "HEAD" | "OPTIONS")) {
             return r.error(BAD_METHOD, ALLOW);
@@ -790,12 +815,15 @@ struct Response<'r, 'a> {
     head_only: bool,
     /// For the added headers; `None` when the request did not even parse.
     files: Option<&'r StaticFiles>,
+    /// The status and the body bytes, for the access log.
+    outcome: &'r Cell<(u16, u64)>,
 }
 
 impl Response<'_, '_> {
     /// Status line and the headers every response has.
     fn start(&mut self, status: Status) -> io::Result<()> {
         let Status(code, reason) = status;
+        self.outcome.set((code, 0));
         write!(self.reply, "HTTP/1.1 {code} {reason}\r\nServer: berth\r\n")?;
         if let Some(now) = http_date(SystemTime::now()) {
             write!(self.reply, "Date: {now}\r\n")?;
@@ -838,6 +866,13 @@ impl Response<'_, '_> {
         self.finish();
     }
 
+    /// The body has `n` bytes (none are sent for HEAD).
+    fn body_len(&self, n: u64) {
+        if !self.head_only {
+            self.outcome.set((self.outcome.get().0, n));
+        }
+    }
+
     fn finish(&mut self) {
         if !self.keep_alive {
             self.reply.close();
@@ -863,6 +898,7 @@ impl Response<'_, '_> {
             // "404 Not Found\n"
             let len = 3 + 1 + reason.len() + 1;
             write!(self.reply, "{extra}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len}\r\n\r\n")?;
+            self.body_len(len as u64);
             if !self.head_only {
                 writeln!(self.reply, "{code} {reason}")?;
             }
@@ -880,6 +916,7 @@ impl Response<'_, '_> {
             let charset = charset(content_type);
             write!(self.reply, "Content-Type: {content_type}{charset}\r\nContent-Length: {size}\r\n\r\n")
         })();
+        self.body_len(size);
         if !self.head_only && size > 0 {
             self.reply.send_file(FileSend::new(file, ByteRange::whole(size)));
         }
@@ -938,6 +975,7 @@ impl Response<'_, '_> {
                         "Content-Range: bytes */{size}\r\nContent-Type: text/plain; charset=utf-8\r\n\
                          Content-Length: {len}\r\n\r\n"
                     )?;
+                    self.body_len(len as u64);
                     if !self.head_only {
                         writeln!(self.reply, "416 Range Not Satisfiable")?;
                     }
@@ -974,6 +1012,7 @@ impl Response<'_, '_> {
         let _ = (|| {
             self.start(PARTIAL)?;
             write!(self.reply, "Content-Type: multipart/byteranges; boundary={b}\r\nContent-Length: {len}\r\n")?;
+            self.body_len(len);
             self.entity_headers(e)
         })();
         if !self.head_only && self.reply.remaining() < framing.0 {
@@ -1009,6 +1048,7 @@ impl Response<'_, '_> {
             }
             self.entity_headers(e)
         })();
+        self.body_len(body.len());
         if !self.head_only && !body.is_empty() {
             self.reply.send_file(FileSend::new(file, body));
         }
@@ -1027,16 +1067,20 @@ struct Entity<'e> {
 }
 
 impl Service for StaticFiles {
-    type Conn = ();
+    type Conn = FilesConn;
 
-    fn connect(&self, _peer: Option<SocketAddr>) {}
+    fn connect(&self, peer: Option<SocketAddr>) -> FilesConn {
+        FilesConn { peer: peer.map(|p| p.ip()), pending: None }
+    }
 
-    fn data(&self, _conn: &mut (), input: &[u8], reply: &mut Reply<'_>) -> usize {
+    fn data(&self, conn: &mut FilesConn, input: &[u8], reply: &mut Reply<'_>) -> usize {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers[..self.max_headers]);
+        let outcome = Cell::new((0, 0));
         let status = match req.parse(input) {
             Ok(httparse::Status::Complete(n)) => {
-                self.respond(&req, reply);
+                self.respond(&req, reply, &outcome);
+                self.hold(conn, Some(&req), outcome.get());
                 return n;
             }
             Ok(httparse::Status::Partial) => {
@@ -1054,7 +1098,36 @@ impl Service for StaticFiles {
             Err(_) => BAD_REQUEST,
         };
         // The rest of this connection's input cannot be trusted to frame requests.
-        Response { reply, keep_alive: false, http10: false, head_only: false, files: None }.error(status, "");
+        let r = Response { reply, keep_alive: false, http10: false, head_only: false, files: None, outcome: &outcome };
+        r.error(status, "");
+        self.hold(conn, None, outcome.get());
         input.len()
+    }
+
+    fn reply_sent(&self, conn: &mut FilesConn) {
+        if let (Some(log), Some(record)) = (&self.log, conn.pending.take()) {
+            log.push(record);
+        }
+    }
+
+    fn disconnect(&self, mut conn: FilesConn) {
+        // A reply cut short (the peer left, a timeout): logged as far as it got.
+        self.reply_sent(&mut conn);
+    }
+}
+
+impl StaticFiles {
+    /// With an access log: keeps the record of this request until its reply is sent.
+    fn hold(&self, conn: &mut FilesConn, req: Option<&httparse::Request<'_, '_>>, (status, bytes): (u16, u64)) {
+        let Some(log) = &self.log else { return };
+        if let Some(earlier) = conn.pending.take() {
+            log.push(earlier);
+        }
+        let mut record = Record::new(conn.peer);
+        if let Some(req) = req {
+            record.request(req);
+        }
+        record.outcome(status, bytes);
+        conn.pending = Some(record);
     }
 }

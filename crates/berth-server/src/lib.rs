@@ -72,6 +72,7 @@
 //! - Timeouts are per operation: the header timeout bounds a request head from its
 //!   first byte; a send has no deadline unless [`ServerBuilder::write_timeout`] is set.
 
+mod access_log;
 mod conn;
 mod echo;
 mod encoding;
@@ -84,12 +85,13 @@ mod server;
 mod service;
 mod validators;
 
+pub use access_log::{AccessLog, AccessLogHandle, LogTarget};
 pub use berth_ipc::{OpenError, RecvError, SendError};
 /// The completion ports' driver, for [`ServerBuilder::driver`].
 pub use berth_reactor::Driver;
 pub use conn::{Conns, NotWaiting};
 pub use echo::Echo;
-pub use files::{HeaderError, MAX_EXTRA_HEADERS, MAX_HEADERS, MAX_INDEX_NAME, RouteError, StaticFiles};
+pub use files::{FilesConn, HeaderError, MAX_EXTRA_HEADERS, MAX_HEADERS, MAX_INDEX_NAME, RouteError, StaticFiles};
 pub use metrics::Metrics;
 pub use relay::{
     EchoError, IpcRelay, RelayBackend, RelayConfig, RelayConn, RelayError, RelayHandle, RelayRequest, RelayStats,

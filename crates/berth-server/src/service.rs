@@ -65,6 +65,12 @@ pub trait Service: Send + Sync + 'static {
     /// it). Anything written to `reply` is sent before `data` is called again.
     fn data(&self, conn: &mut Self::Conn, input: &[u8], reply: &mut Reply<'_>) -> usize;
 
+    /// The reply to the last request (everything written to its [`Reply`]) has been
+    /// handed to the kernel: an access log ends the request's time here.
+    fn reply_sent(&self, conn: &mut Self::Conn) {
+        let _ = conn;
+    }
+
     /// The connection is closed (by either side, a timeout or shutdown).
     fn disconnect(&self, conn: Self::Conn) {
         let _ = conn;

@@ -2,7 +2,8 @@
 //! requests to `StaticFiles` (a small file, a larger one by sendfile, 304s by date and
 //! by ETag, a 412, 206s with and without If-Range, the fallback for a missing path,
 //! the not-found page for a hidden one, a precompressed sidecar whole and by range,
-//! a multipart/byteranges 206 and a list of 300 ranges (the whole file),
+//! a multipart/byteranges 206 and a list of 300 ranges (the whole file), all with
+//! the access log on (its logger thread counted too),
 //! and an OPTIONS; every 200 and 206 with its ETag, Cache-Control and an added header), echo round trips and
 //! relay round trips (TCP -> IPC -> backend -> back) make zero heap allocations in
 //! the whole process — the server's worker and the relay thread included.
@@ -17,7 +18,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use berth_server::{Echo, IpcRelay, RelayBackend, RelayConfig, StaticFiles};
+use berth_server::{AccessLog, Echo, IpcRelay, LogTarget, RelayBackend, RelayConfig, StaticFiles};
 use berth_testkit::{CountingAllocator, total_allocations};
 
 use common::*;
@@ -58,8 +59,10 @@ fn static_files() {
     dir.file("big.bin", &pattern(256 * 1024));
     dir.file("app.js", &pattern(4096));
     dir.file("app.js.br", &pattern(1000));
+    let (log, log_handle) = AccessLog::start(LogTarget::File(dir.path().join("access.log"))).unwrap();
     let files = StaticFiles::new(dir.path())
         .unwrap()
+        .access_log(log)
         .precompressed(true)
         .not_found("small.txt")
         .unwrap()
@@ -102,6 +105,11 @@ fn static_files() {
     }
     drop(s);
     server.shutdown(Duration::from_secs(5)).unwrap();
+    let dropped = log_handle.dropped() as usize;
+    log_handle.finish();
+    let lines = std::fs::read_to_string(dir.path().join("access.log")).unwrap().lines().count();
+    // A full queue drops records rather than wait: written and dropped add up.
+    assert!(lines + dropped >= requests.len() * (WARM_UP + ROUNDS), "{lines} lines logged, {dropped} dropped");
 }
 
 fn echo() {

@@ -1099,3 +1099,113 @@ fn range_abuse_gets_the_whole_file() {
     assert_eq!((r.status, multipart_parts(&r).len()), (206, 2));
     server.shutdown(Duration::from_secs(5)).unwrap();
 }
+
+fn log_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn access_log_combined_format_and_reopen() {
+    use berth_server::{AccessLog, LogTarget};
+    let dir = TempDir::new("access");
+    dir.file("site/a.txt", b"0123456789");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let path = logs.join("access.log");
+    let (log, handle) = AccessLog::start(LogTarget::File(path.clone())).unwrap();
+    let server = builder().serve(StaticFiles::new(dir.path().join("site")).unwrap().access_log(log)).unwrap();
+    let addr = server.local_addr();
+    let mut s = client(addr);
+    exchange(&mut s, &req("GET", "/a.txt", "Referer: http://r/\r\nUser-Agent: t \"x\"\r\n"));
+    exchange(&mut s, &req("HEAD", "/a.txt", ""));
+    exchange(&mut s, &req("GET", "/a.txt", "Range: bytes=2-4\r\n"));
+    exchange(&mut s, &req("GET", "/nope?q=%0a", ""));
+    drop(s);
+    eventually("four lines", || log_lines(&path).len() == 4);
+    // logrotate: rename, then SIGHUP (here: reopen) — new lines go to a new file.
+    let rotated = logs.join("access.log.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    handle.reopen();
+    eventually("the log reopened", || path.exists());
+    let r = get(addr, "GARBAGE\r\n\r\n");
+    assert_eq!(r.status, 400);
+    eventually("one line in the new file", || log_lines(&path).len() == 1);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    handle.finish();
+
+    let old = log_lines(&rotated);
+    assert_eq!(old.len(), 4, "{old:?}");
+    for (line, want) in old.iter().zip([
+        "\"GET /a.txt HTTP/1.1\" 200 10 \"http://r/\" \"t \\x22x\\x22\" ",
+        "\"HEAD /a.txt HTTP/1.1\" 200 - \"-\" \"-\" ",
+        "\"GET /a.txt HTTP/1.1\" 206 3 \"-\" \"-\" ",
+        "\"GET /nope?q=%0a HTTP/1.1\" 404 14 \"-\" \"-\" ",
+    ]) {
+        assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+        assert!(line.contains(" +0000] "), "{line}");
+        assert!(line.contains(want), "{want:?} in {line}");
+        let time = line.rsplit(' ').next().unwrap();
+        let (secs, ms) = time.split_once('.').unwrap_or_else(|| panic!("request time in {line}"));
+        assert!(secs.parse::<u64>().is_ok() && ms.len() == 3 && ms.parse::<u32>().is_ok(), "{line}");
+    }
+    let new = log_lines(&path);
+    assert!(new[0].contains("\"-\" 400 16 \"-\" \"-\" "), "{new:?}");
+}
+
+/// Reads a pipe to its end (bounded) on a thread of its own, once dropped.
+struct Drain(Option<std::fs::File>);
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        let Some(mut reader) = self.0.take() else { return };
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            let deadline = std::time::Instant::now() + IO_TIMEOUT;
+            while std::time::Instant::now() < deadline {
+                match std::io::Read::read(&mut reader, &mut buf) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+    }
+}
+
+#[test]
+fn access_log_full_queue_drops_never_blocks() {
+    use berth_server::{AccessLog, LogTarget};
+    let dir = TempDir::new("access-full");
+    dir.file("a.txt", b"a");
+    // A FIFO nobody reads: the logger's write blocks once the pipe is full.
+    let fifo = dir.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    use std::os::unix::fs::OpenOptionsExt;
+    let reader = std::fs::File::options()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(&fifo)
+        .unwrap();
+    let (log, handle) = AccessLog::capacity(LogTarget::File(fifo.clone()), 8).unwrap();
+    let server = builder().serve(StaticFiles::new(dir.path()).unwrap().access_log(log)).unwrap();
+    // Declared after the server, so dropped first when a failed assertion unwinds:
+    // it drains the pipe, freeing a worker the log would wrongly have blocked, and
+    // the test fails instead of hanging on the server's drop.
+    let drain = Drain(Some(reader));
+    let mut s = client(server.local_addr());
+    let started = std::time::Instant::now();
+    // Lines of ~500 bytes fill the 64 KiB pipe within a few hundred requests.
+    let agent = format!("User-Agent: {}\r\n", "u".repeat(150));
+    let target = format!("/a.txt?{}", "q".repeat(250));
+    for _ in 0..2000 {
+        assert_eq!(exchange(&mut s, &req("GET", &target, &agent)).body, b"a");
+    }
+    assert!(started.elapsed() < Duration::from_secs(15), "requests waited for the log");
+    eventually("dropped records", || handle.dropped() > 0);
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    let dropped = handle.dropped();
+    drop(drain);
+    handle.finish();
+    assert!(dropped > 0 && dropped < 2000, "{dropped}");
+}
