@@ -361,3 +361,73 @@ fn curl_routing_options() {
     assert!(wait_exit(child).success());
     drop(dir);
 }
+
+/// `--access-log FILE`: one combined-format line per request with the request time;
+/// SIGHUP after a logrotate-style rename reopens the file and the server keeps
+/// serving; SIGTERM still drains and exits 0 with every line written. Without an
+/// access log, SIGHUP no longer ends the process.
+#[test]
+fn curl_access_log_and_sighup() {
+    if !curl_installed() {
+        eprintln!("SKIPPED curl_access_log_and_sighup: curl is not installed (apt-get install curl)");
+        return;
+    }
+    let base = std::env::temp_dir().join(format!("berth-curl-access-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let dir = Dir(base.clone());
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("a.txt"), "0123456789").unwrap();
+    let log = base.join("access.log");
+    let (child, banner, stderr) = common::start_capturing(&[
+        "serve",
+        root.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--access-log",
+        log.to_str().unwrap(),
+    ]);
+    let addr = banner_addr(&banner);
+    let lines =
+        |path: &Path| std::fs::read_to_string(path).unwrap_or_default().lines().map(String::from).collect::<Vec<_>>();
+    let wait_lines = |path: &Path, n: usize| {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while lines(path).len() < n {
+            assert!(std::time::Instant::now() < deadline, "{} lines in {}", n, path.display());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let o = curl(&["-A", "curl-test \"quoted\"", "-e", "http://ref/", &format!("http://{addr}/a.txt")]);
+    assert_eq!(o.stdout, b"0123456789");
+    wait_lines(&log, 1);
+    let first = &lines(&log)[0];
+    assert!(first.starts_with("127.0.0.1 - - ["), "{first}");
+    assert!(
+        first.contains("] \"GET /a.txt HTTP/1.1\" 200 10 \"http://ref/\" \"curl-test \\x22quoted\\x22\" "),
+        "{first}"
+    );
+
+    let rotated = base.join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    signal(&child, Signal::HUP);
+    common::wait_for_line(&stderr, "access log reopened");
+    assert_eq!(curl_w("%{http_code}", &[&format!("http://{addr}/nope")]), "404");
+    signal(&child, Signal::TERM);
+    assert!(wait_exit(child).success());
+    assert_eq!(lines(&rotated).len(), 1);
+    let after = lines(&log);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(after[0].contains("\"GET /nope HTTP/1.1\" 404 "), "{after:?}");
+
+    // No access log: SIGHUP is logged and ignored.
+    let (child, banner) = start(&["serve", root.to_str().unwrap(), "--addr", "127.0.0.1:0", "--workers", "1"]);
+    let addr = banner_addr(&banner);
+    signal(&child, Signal::HUP);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(curl(&[&format!("http://{addr}/a.txt")]).stdout, b"0123456789", "still serving after SIGHUP");
+    signal(&child, Signal::TERM);
+    assert!(wait_exit(child).success());
+    drop(dir);
+}
