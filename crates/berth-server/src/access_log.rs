@@ -13,7 +13,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Records the queue holds by default ([`AccessLog::capacity`]).
+/// Records the queue holds by default ([`AccessLog::with_capacity`]).
 const QUEUE: usize = 4096;
 /// The logger writes when its batch holds this many bytes, or the queue is empty.
 const BATCH: usize = 64 * 1024;
@@ -252,13 +252,13 @@ impl AccessLog {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn start(target: LogTarget) -> io::Result<(AccessLog, AccessLogHandle)> {
-        AccessLog::capacity(target, QUEUE)
+        AccessLog::with_capacity(target, QUEUE)
     }
 
     /// As [`start`](Self::start), with a queue of `records` (at least 1): when it is
     /// full, a request's record is dropped and counted
     /// ([`AccessLogHandle::dropped`]), never waited for.
-    pub fn capacity(target: LogTarget, records: usize) -> io::Result<(AccessLog, AccessLogHandle)> {
+    pub fn with_capacity(target: LogTarget, records: usize) -> io::Result<(AccessLog, AccessLogHandle)> {
         let out = Output::open(&target)?;
         let (tx, rx) = sync_channel(records.max(1));
         let shared = Arc::new(Shared::default());

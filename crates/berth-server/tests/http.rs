@@ -1186,7 +1186,7 @@ fn access_log_full_queue_drops_never_blocks() {
         .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
         .open(&fifo)
         .unwrap();
-    let (log, handle) = AccessLog::capacity(LogTarget::File(fifo.clone()), 8).unwrap();
+    let (log, handle) = AccessLog::with_capacity(LogTarget::File(fifo.clone()), 8).unwrap();
     let server = builder().serve(StaticFiles::new(dir.path()).unwrap().access_log(log)).unwrap();
     // Declared after the server, so dropped first when a failed assertion unwinds:
     // it drains the pipe, freeing a worker the log would wrongly have blocked, and
