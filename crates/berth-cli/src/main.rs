@@ -5,8 +5,9 @@
 //! NAME` relays length-prefixed frames to a backend process attached to the named
 //! shared-memory channel, and `berth backend-echo --channel NAME` is a demo backend.
 //! Each prints a one-line banner on stdout, logs to stderr (`--log`, or `RUST_LOG`),
-//! shuts down gracefully on Ctrl-C or SIGTERM (a second signal exits at once), and
-//! prints its metrics on SIGUSR1.
+//! shuts down gracefully on Ctrl-C or SIGTERM (a second signal exits at once),
+//! prints its metrics on SIGUSR1, and on SIGHUP reopens `serve`'s access log and
+//! keeps serving.
 
 mod signals;
 
@@ -18,7 +19,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use berth_server::{
-    Echo, EchoError, IpcRelay, RelayBackend, RelayConfig, RelayHandle, Server, ServerBuilder, Service, StaticFiles,
+    AccessLog, Echo, EchoError, IpcRelay, LogTarget, RelayBackend, RelayConfig, RelayHandle, Server, ServerBuilder,
+    Service, StaticFiles,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -51,6 +53,8 @@ enum Command {
         /// server sets itself (Content-Length, Content-Type, ETag, ...) is refused.
         #[arg(long, value_name = "'NAME: VALUE'", value_parser = parse_header)]
         header: Vec<(String, String)>,
+        #[command(flatten)]
+        routes: Routes,
         #[command(flatten)]
         common: Common,
     },
@@ -134,6 +138,31 @@ struct Common {
     backlog: i32,
 }
 
+/// `berth serve`'s routing options.
+#[derive(Debug, Args)]
+struct Routes {
+    /// A file name tried, in order, for a directory (repeatable; default index.html).
+    #[arg(long, value_name = "NAME")]
+    index: Vec<String>,
+    /// Single-page apps: a GET or HEAD of a path that does not exist gets FILE
+    /// (relative to DIR, never outside it) with 200. Hidden, forbidden and escaping
+    /// paths still get their 404 or 403.
+    #[arg(long, value_name = "FILE")]
+    fallback: Option<PathBuf>,
+    /// The body of every 404: FILE, relative to DIR, sent with status 404.
+    #[arg(long, value_name = "FILE")]
+    not_found: Option<PathBuf>,
+    /// Serve FILE.br, FILE.zst or FILE.gz in FILE's place to clients whose
+    /// Accept-Encoding takes it, when it sits beside FILE and is not older.
+    #[arg(long)]
+    precompressed: bool,
+    /// Log every request in the combined log format plus the request time, to FILE
+    /// (appended; SIGHUP reopens it, for logrotate) or `-` (stdout). Written by a
+    /// thread of its own; if it falls behind, lines are dropped and counted.
+    #[arg(long, value_name = "-|FILE")]
+    access_log: Option<PathBuf>,
+}
+
 /// `Name: value` from `--header`; the name and value are checked by StaticFiles.
 fn parse_header(s: &str) -> Result<(String, String), String> {
     let (name, value) = s.split_once(':').ok_or_else(|| format!("{s:?} is not 'Name: value'"))?;
@@ -154,11 +183,8 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let result = match &cli.command {
-        Command::Serve { dir, hidden, cache_control, header, common } => {
-            match static_files(dir, *hidden, cache_control.as_deref(), header) {
-                Ok(files) => run(common, files, &format!("serving {}", dir.display()), "http://", "/"),
-                Err(e) => Err(e),
-            }
+        Command::Serve { dir, hidden, cache_control, header, routes, common } => {
+            serve(dir, *hidden, cache_control.as_deref(), header, routes, common)
         }
         Command::Echo { common } => run(common, Echo, "echo", "", ""),
         Command::Relay { channel, max_frame, answer_timeout, common } => {
@@ -191,6 +217,7 @@ fn static_files(
     hidden: bool,
     cache_control: Option<&str>,
     headers: &[(String, String)],
+    routes: &Routes,
 ) -> Result<StaticFiles, String> {
     let mut files = StaticFiles::new(dir).map_err(|e| format!("cannot serve {}: {e}", dir.display()))?.hidden(hidden);
     if let Some(value) = cache_control {
@@ -199,7 +226,65 @@ fn static_files(
     for (name, value) in headers {
         files = files.header(name, value).map_err(|e| format!("--header: {e}"))?;
     }
+    files = files.precompressed(routes.precompressed);
+    if !routes.index.is_empty() {
+        files = files.index(&routes.index).map_err(|e| format!("--index: {e}"))?;
+    }
+    if let Some(file) = &routes.fallback {
+        files = files.fallback(file).map_err(|e| format!("--fallback: {e}"))?;
+    }
+    if let Some(file) = &routes.not_found {
+        files = files.not_found(file).map_err(|e| format!("--not-found: {e}"))?;
+    }
     Ok(files)
+}
+
+fn serve(
+    dir: &std::path::Path,
+    hidden: bool,
+    cache_control: Option<&str>,
+    headers: &[(String, String)],
+    routes: &Routes,
+    common: &Common,
+) -> Result<(), String> {
+    let mut files = static_files(dir, hidden, cache_control, headers, routes)?;
+    let log = match &routes.access_log {
+        None => None,
+        Some(path) => {
+            let target = if path.as_os_str() == "-" { LogTarget::Stdout } else { LogTarget::File(path.clone()) };
+            let (log, handle) =
+                AccessLog::start(target).map_err(|e| format!("--access-log {}: {e}", path.display()))?;
+            files = files.access_log(log);
+            Some(handle)
+        }
+    };
+    let what = format!("serving {}", dir.display());
+    let stats = || log.as_ref().map(|h| format!("access log: {} written, {} dropped", h.written(), h.dropped()));
+    let reopen = || match &log {
+        Some(h) => {
+            tracing::info!("SIGHUP: reopening the access log");
+            h.reopen();
+        }
+        None => tracing::info!("SIGHUP: no access log to reopen; still serving"),
+    };
+    let result = run_with(
+        builder(common),
+        common,
+        files,
+        &what,
+        "http://",
+        "/",
+        Hooks { more_stats: Some(&|| stats().unwrap_or_default()), reopen: &reopen },
+    );
+    if let Some(handle) = log {
+        // The server has stopped: write what is queued.
+        let dropped = handle.dropped();
+        handle.finish();
+        if dropped > 0 {
+            tracing::warn!("access log: {dropped} lines dropped (the log fell behind)");
+        }
+    }
+    result
 }
 
 fn builder(common: &Common) -> ServerBuilder {
@@ -234,7 +319,8 @@ fn relay(common: &Common, channel: &str, max_frame: usize, answer_timeout: u64) 
         .answer_timeout(answer_timeout);
     let what = format!("relaying to backend channel {channel}");
     let stats = || handle.stats().to_string();
-    let result = run_with(builder, common, relay, &what, "", "", Some(&stats));
+    let result =
+        run_with(builder, common, relay, &what, "", "", Hooks { more_stats: Some(&stats), reopen: &no_reopen });
     tracing::info!("{}", handle.stats());
     result
 }
@@ -283,7 +369,21 @@ fn backend_echo(channel: &str) -> Result<(), String> {
 }
 
 fn run<S: Service>(common: &Common, service: S, what: &str, scheme: &str, suffix: &str) -> Result<(), String> {
-    run_with(builder(common), common, service, what, scheme, suffix, None)
+    run_with(builder(common), common, service, what, scheme, suffix, Hooks { more_stats: None, reopen: &no_reopen })
+}
+
+/// What a command adds to the signal loop.
+#[derive(Clone, Copy)]
+struct Hooks<'a> {
+    /// A line to print with the metrics (SIGUSR1, `--stats-interval`).
+    more_stats: Option<&'a dyn Fn() -> String>,
+    /// SIGHUP.
+    reopen: &'a dyn Fn(),
+}
+
+/// SIGHUP without an access log: nothing to reopen, and the server goes on.
+fn no_reopen() {
+    tracing::info!("SIGHUP: nothing to reopen; still serving");
 }
 
 fn run_with<S: Service>(
@@ -293,8 +393,9 @@ fn run_with<S: Service>(
     what: &str,
     scheme: &str,
     suffix: &str,
-    more_stats: Option<&dyn Fn() -> String>,
+    hooks: Hooks<'_>,
 ) -> Result<(), String> {
+    let Hooks { more_stats, reopen } = hooks;
     let server = builder.serve(service).map_err(|e| format!("cannot listen on {}: {e}", common.addr))?;
     let n = server.workers();
     let plural = if n == 1 { "" } else { "s" };
@@ -313,8 +414,8 @@ fn run_with<S: Service>(
     };
     let print_stats = || {
         eprintln!("berth: {}", shutdown.metrics());
-        if let Some(more) = more_stats {
-            eprintln!("berth: {}", more());
+        if let Some(line) = more_stats.map(|more| more()).filter(|l| !l.is_empty()) {
+            eprintln!("berth: {line}");
         }
     };
     let mut stopping = false;
@@ -324,6 +425,7 @@ fn run_with<S: Service>(
     while !finished.load(std::sync::atomic::Ordering::Acquire) {
         match signals::wait(tick) {
             Ok(Some(Signal::Stats)) => print_stats(),
+            Ok(Some(Signal::Reopen)) => reopen(),
             Ok(Some(Signal::Stop(sig))) if !stopping => {
                 tracing::info!("{sig}: shutting down (up to {}s for replies in flight)", grace.as_secs());
                 shutdown.shutdown(grace);

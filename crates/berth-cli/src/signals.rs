@@ -1,4 +1,4 @@
-//! Ctrl-C, SIGTERM and SIGUSR1 without a signal handler: all three are blocked in
+//! Ctrl-C, SIGTERM, SIGHUP and SIGUSR1 without a signal handler: all four are blocked in
 //! every thread (the mask is set before any thread starts and inherited) and the main
 //! thread takes them synchronously with `sigtimedwait`. No async-signal-safety concerns, no extra
 //! crate; libc because rustix has no stable sigprocmask/sigtimedwait.
@@ -13,23 +13,26 @@ pub(crate) enum Signal {
     Stop(&'static str),
     /// SIGUSR1: print the metrics now.
     Stats,
+    /// SIGHUP: reopen the access log (logrotate); keep serving.
+    Reopen,
 }
 
 /// The signals the main thread takes.
 fn set() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before use, and the
-    // three signal numbers are valid, so sigaddset cannot fail.
+    // four signal numbers are valid, so sigaddset cannot fail.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         set
     }
 }
 
-/// Blocks SIGINT, SIGTERM and SIGUSR1 in the calling thread (and so in threads it
+/// Blocks SIGINT, SIGTERM, SIGHUP and SIGUSR1 in the calling thread (and so in threads it
 /// starts).
 pub(crate) fn block() -> io::Result<()> {
     let set = set();
@@ -51,6 +54,7 @@ pub(crate) fn wait(timeout: Duration) -> io::Result<Option<Signal>> {
     if sig >= 0 {
         return Ok(Some(match sig {
             libc::SIGUSR1 => Signal::Stats,
+            libc::SIGHUP => Signal::Reopen,
             libc::SIGINT => Signal::Stop("SIGINT"),
             _ => Signal::Stop("SIGTERM"),
         }));

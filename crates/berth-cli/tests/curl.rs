@@ -1,5 +1,6 @@
 //! `berth serve` as a real HTTP client sees it: curl downloads files byte for byte,
-//! reuses one kept-alive connection for several URLs, gets HEAD, Range, 304 (by date
+//! reuses one kept-alive connection for several URLs, gets HEAD, Range (one, several
+//! as multipart/byteranges, 1,000 as the whole file), 304 (by date
 //! and by ETag), 412, If-Range, OPTIONS, the `--header`s and `--cache-control` and
 //! HTTP/1.0 right, and never gets a byte from outside the root whatever path it
 //! sends (`--path-as-is` keeps curl from normalising `..` itself).
@@ -157,6 +158,33 @@ fn curl_against_berth_serve() {
     assert_eq!(o.stdout, &pattern(1000)[900..]);
     assert_eq!(curl_w("%{http_code}", &["-r", "5000-6000", &url("/small.txt")]), "416");
 
+    // Several ranges: multipart/byteranges, each part's bytes right; past the cap of
+    // 16, or overlapping, the whole file with 200 (no amplification).
+    let o = curl(&["-D", "-", "-r", "0-9,500-509,-10", &url("/small.txt")]);
+    let text = o.stdout.clone();
+    let head_end = text.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&text[..head_end]).to_string();
+    assert!(
+        head.starts_with("HTTP/1.1 206 ") && head.contains("Content-Type: multipart/byteranges; boundary="),
+        "{head}"
+    );
+    let body = &text[head_end..];
+    let small = pattern(1000);
+    for (range, bytes) in
+        [("0-9/1000", &small[..10]), ("500-509/1000", &small[500..510]), ("990-999/1000", &small[990..])]
+    {
+        let at = body.windows(range.len()).position(|w| w == range.as_bytes()).unwrap_or_else(|| panic!("{range}"));
+        let start = at + body[at..].windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(&body[start..start + 10], bytes, "{range}");
+    }
+    let many: Vec<String> = (0..1000).map(|i| format!("{i}-{i}")).collect();
+    let many = many.join(",");
+    for range in [many.as_str(), "0-99,50-149", "0-,0-"] {
+        let o = curl(&["-w", "%{http_code}", "-r", range, &url("/small.txt")]);
+        let (body, code) = o.stdout.split_at(o.stdout.len() - 3);
+        assert_eq!((code, body), (&b"200"[..], small.as_slice()), "{}", &range[..range.len().min(30)]);
+    }
+
     // If-Modified-Since from a file as new as the served one: 304, no body.
     let o = curl(&["-z", root.join("small.txt").to_str().unwrap(), "-w", "%{http_code}", &url("/small.txt")]);
     assert_eq!(o.stdout, b"304");
@@ -239,4 +267,175 @@ fn curl_against_berth_serve() {
     signal(&child, Signal::INT);
     let status = wait_exit(child);
     assert!(status.success(), "exit status {status:?}");
+}
+
+/// `--index`, `--fallback` and `--not-found`: a missing path gets the app, a
+/// refused one (hidden, escaping) keeps its status, and a 404 has the custom page.
+#[test]
+fn curl_routing_options() {
+    if !curl_installed() {
+        eprintln!("SKIPPED curl_routing_options: curl is not installed (apt-get install curl)");
+        return;
+    }
+    let base = std::env::temp_dir().join(format!("berth-curl-routing-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let dir = Dir(base.clone());
+    let root = base.join("root");
+    std::fs::create_dir_all(root.join("docs")).unwrap();
+    std::fs::create_dir_all(root.join(".git")).unwrap();
+    std::fs::write(root.join(".git/config"), "TOP-SECRET").unwrap();
+    std::fs::write(base.join("x"), "TOP-SECRET").unwrap();
+    std::fs::write(root.join("app.html"), "<div id=app>").unwrap();
+    std::fs::write(root.join("docs/start.htm"), "start").unwrap();
+    // Served to a missing path under --not-found only; --fallback wins there.
+    std::fs::write(root.join("404.html"), "<h1>custom 404</h1>").unwrap();
+
+    // A fallback that leaves the root is refused at start.
+    let mut refused = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", root.to_str().unwrap(), "--addr", "127.0.0.1:0", "--fallback", "../x"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = refused.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = refused.kill();
+            let _ = refused.wait();
+            panic!("berth serve --fallback ../x kept running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut refused.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success() && stderr.contains("--fallback"), "{status:?}: {stderr}");
+
+    let root_s = root.to_str().unwrap();
+    let common = ["--addr", "127.0.0.1:0", "--workers", "1"];
+    let mut args = vec!["serve", root_s, "--index", "index.html", "--index", "start.htm", "--fallback", "app.html"];
+    args.extend(common);
+    let (child, banner) = start(&args);
+    let url = |addr: std::net::SocketAddr, path: &str| format!("http://{addr}{path}");
+    let addr = banner_addr(&banner);
+    assert_eq!(curl(&[&url(addr, "/docs/")]).stdout, b"start");
+    for path in ["/some/route", "/missing.js", "/docs/nothing"] {
+        let o = curl(&["-w", " %{http_code}", &url(addr, path)]);
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "<div id=app> 200", "{path}");
+    }
+    for (path, code) in [("/.git/config", "404"), ("/%2egit/config", "404"), ("/../x", "403"), ("/%2e%2e/x", "403")] {
+        let o = curl(&["--path-as-is", "-w", "\n%{http_code}", &url(addr, path)]);
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.ends_with(code) && !text.contains("id=app") && !text.contains("TOP-SECRET"), "{path}: {text}");
+    }
+    signal(&child, Signal::TERM);
+    assert!(wait_exit(child).success());
+
+    // --precompressed: the sidecar for a client that takes it, with its encoding;
+    // one that is older than its file, or a symlink out of the root, is not served.
+    std::fs::write(root.join("app.html.gz"), "GZ").unwrap();
+    std::fs::write(base.join("outside.gz"), "TOP-SECRET").unwrap();
+    std::fs::write(root.join("page.txt"), "plain page").unwrap();
+    std::os::unix::fs::symlink(base.join("outside.gz"), root.join("page.txt.gz")).unwrap();
+    std::fs::write(root.join("stale.txt.br"), "STALE").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(root.join("stale.txt"), "fresh").unwrap();
+    let mut args = vec!["serve", root_s, "--precompressed"];
+    args.extend(common);
+    let (child, banner) = start(&args);
+    let addr = banner_addr(&banner);
+    let o = curl(&["-D", "-", "-H", "Accept-Encoding: br;q=0.9, gzip", &url(addr, "/app.html")]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("Content-Encoding: gzip\r\n") && text.contains("Vary: Accept-Encoding\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nGZ"), "{text}");
+    let long = format!("Accept-Encoding: {}gzip", "unknown;q=0.5, ".repeat(8 * 1024 / 15 + 1));
+    assert_eq!(curl_w("%{http_code}", &["-H", &long, &url(addr, "/app.html")]), "431", "8 KiB does not fit the head");
+    for (path, body) in [("/page.txt", "plain page"), ("/stale.txt", "fresh")] {
+        let o = curl(&["-H", "Accept-Encoding: br, gzip", &url(addr, path)]);
+        assert_eq!(String::from_utf8_lossy(&o.stdout), body, "{path}");
+    }
+    signal(&child, Signal::TERM);
+    assert!(wait_exit(child).success());
+
+    let mut args = vec!["serve", root_s, "--not-found", "404.html"];
+    args.extend(common);
+    let (child, banner) = start(&args);
+    let addr = banner_addr(&banner);
+    let o = curl(&["-w", " %{http_code} %{content_type}", &url(addr, "/nope")]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "<h1>custom 404</h1> 404 text/html; charset=utf-8");
+    signal(&child, Signal::TERM);
+    assert!(wait_exit(child).success());
+    drop(dir);
+}
+
+/// `--access-log FILE`: one combined-format line per request with the request time;
+/// SIGHUP after a logrotate-style rename reopens the file and the server keeps
+/// serving; SIGTERM still drains and exits 0 with every line written. Without an
+/// access log, SIGHUP no longer ends the process.
+#[test]
+fn curl_access_log_and_sighup() {
+    if !curl_installed() {
+        eprintln!("SKIPPED curl_access_log_and_sighup: curl is not installed (apt-get install curl)");
+        return;
+    }
+    let base = std::env::temp_dir().join(format!("berth-curl-access-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let dir = Dir(base.clone());
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("a.txt"), "0123456789").unwrap();
+    let log = base.join("access.log");
+    let (child, banner, stderr) = common::start_capturing(&[
+        "serve",
+        root.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--access-log",
+        log.to_str().unwrap(),
+    ]);
+    let addr = banner_addr(&banner);
+    let lines =
+        |path: &Path| std::fs::read_to_string(path).unwrap_or_default().lines().map(String::from).collect::<Vec<_>>();
+    let wait_lines = |path: &Path, n: usize| {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while lines(path).len() < n {
+            assert!(std::time::Instant::now() < deadline, "{} lines in {}", n, path.display());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let o = curl(&["-A", "curl-test \"quoted\"", "-e", "http://ref/", &format!("http://{addr}/a.txt")]);
+    assert_eq!(o.stdout, b"0123456789");
+    wait_lines(&log, 1);
+    let first = &lines(&log)[0];
+    assert!(first.starts_with("127.0.0.1 - - ["), "{first}");
+    assert!(
+        first.contains("] \"GET /a.txt HTTP/1.1\" 200 10 \"http://ref/\" \"curl-test \\x22quoted\\x22\" "),
+        "{first}"
+    );
+
+    let rotated = base.join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    signal(&child, Signal::HUP);
+    common::wait_for_line(&stderr, "access log reopened");
+    assert_eq!(curl_w("%{http_code}", &[&format!("http://{addr}/nope")]), "404");
+    signal(&child, Signal::TERM);
+    assert!(wait_exit(child).success());
+    assert_eq!(lines(&rotated).len(), 1);
+    let after = lines(&log);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(after[0].contains("\"GET /nope HTTP/1.1\" 404 "), "{after:?}");
+
+    // No access log: SIGHUP is logged and ignored.
+    let (child, banner) = start(&["serve", root.to_str().unwrap(), "--addr", "127.0.0.1:0", "--workers", "1"]);
+    let addr = banner_addr(&banner);
+    signal(&child, Signal::HUP);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(curl(&[&format!("http://{addr}/a.txt")]).stdout, b"0123456789", "still serving after SIGHUP");
+    signal(&child, Signal::TERM);
+    assert!(wait_exit(child).success());
+    drop(dir);
 }

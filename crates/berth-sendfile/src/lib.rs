@@ -138,5 +138,7 @@ mod send;
 mod sys;
 
 pub use error::SendFileError;
-pub use range::{ByteRange, ContentRange, HttpRangeError, RangeError, resolve_http_range, validate_range};
+pub use range::{
+    ByteRange, ContentRange, HttpRangeError, RangeError, resolve_http_range, resolve_http_range_spec, validate_range,
+};
 pub use send::{DEFAULT_CHUNK_CAP, FileSend, MAX_CHUNK_CAP, Method, Progress, send_file, set_cork};

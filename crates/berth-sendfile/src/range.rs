@@ -246,6 +246,24 @@ pub fn resolve_http_range(header: &str, file_size: u64) -> Result<ByteRange, Htt
     resolve_one(spec.trim_matches(is_ows), file_size)
 }
 
+/// Resolves one element of a `Range` header's list (`a-b`, `a-`, `-n`, without the
+/// `bytes=` unit) against a file of `file_size` bytes, as
+/// [`resolve_http_range`] does for a single range: for a server that splits a list of
+/// several ranges itself (`multipart/byteranges`). Surrounding whitespace is
+/// tolerated.
+///
+/// ```
+/// use berth_sendfile::{resolve_http_range_spec, ByteRange, HttpRangeError};
+///
+/// assert_eq!(resolve_http_range_spec(" 0-9", 100), Ok(ByteRange::new(0, 10).unwrap()));
+/// assert_eq!(resolve_http_range_spec("-5", 100), Ok(ByteRange::new(95, 5).unwrap()));
+/// assert_eq!(resolve_http_range_spec("200-", 100), Err(HttpRangeError::Unsatisfiable { file_size: 100 }));
+/// assert_eq!(resolve_http_range_spec("9-1", 100), Err(HttpRangeError::Malformed));
+/// ```
+pub fn resolve_http_range_spec(spec: &str, file_size: u64) -> Result<ByteRange, HttpRangeError> {
+    resolve_one(spec.trim_matches(is_ows), file_size)
+}
+
 /// Optional whitespace (RFC 9110 OWS): space or horizontal tab.
 fn is_ows(c: char) -> bool {
     c == ' ' || c == '\t'

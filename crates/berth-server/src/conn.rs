@@ -34,7 +34,7 @@ use berth_reactor::{Completion, CompletionPort, Handler, SocketId};
 
 use crate::metrics::{Counter, Local, Row};
 use crate::server::SHUTDOWN;
-use crate::service::{ConnId, Reply, ReplyParts, SERVICE_POST, Service, WorkerHandle};
+use crate::service::{ConnId, FileParts, Reply, ReplyParts, SERVICE_POST, Service, WorkerHandle};
 
 /// How long a lingering close waits for the peer to close.
 const LINGER: Duration = Duration::from_secs(2);
@@ -79,12 +79,26 @@ struct Conn<C> {
     fresh: bool,
     /// The body still to send after the reply's bytes.
     file: Option<berth_sendfile::FileSend<std::fs::File>>,
+    /// A reply of several parts ([`Reply::file_part`]): its bytes, kept here because
+    /// the write op's segment is sendfile's scratch; the file ranges between them;
+    /// how far the bytes are sent and which part is next.
+    pieces: Option<Pieces>,
     close_after: bool,
     /// Wait for the service's later answer once the reply is sent.
     await_after: bool,
     /// While awaiting: when the answer is overdue.
     answer_by: Option<Instant>,
     user: C,
+}
+
+/// A reply of bytes with file ranges between them, being sent in turn.
+struct Pieces {
+    head: berth_buf::Lease,
+    parts: FileParts,
+    /// Bytes of `head` sent.
+    pos: usize,
+    /// The next part to send.
+    next: usize,
 }
 
 /// One worker's completion handler.
@@ -213,6 +227,7 @@ impl<S: Service> Worker<S> {
             request_started: None,
             fresh: true,
             file: None,
+            pieces: None,
             close_after: false,
             await_after: false,
             answer_by: None,
@@ -438,6 +453,11 @@ impl<S: Service> Worker<S> {
         if port.set_deadline(conn.write, deadline).is_err() {
             return self.close(port, index);
         }
+        if parts.parts.n > 0 {
+            let Some(head) = parts.head else { return self.close(port, index) };
+            conn.pieces = Some(Pieces { head, parts: parts.parts, pos: 0, next: 0 });
+            return self.next_piece(port, index);
+        }
         let Some(head) = parts.head.filter(|h| !h.is_empty()) else {
             return if conn.file.is_some() { self.send_file(port, index) } else { self.replied(port, index) };
         };
@@ -474,6 +494,61 @@ impl<S: Service> Worker<S> {
         }
     }
 
+    /// Sends the next piece of a reply of several parts: the bytes up to the next
+    /// part (copied into the write op's own segment), or the part's file range.
+    fn next_piece(&mut self, port: &mut CompletionPort<()>, index: usize) {
+        let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
+        let Some(p) = conn.pieces.as_mut() else { return self.replied(port, index) };
+        let len = p.head.len();
+        let (mark, part) = match p.parts.marks[..p.parts.n].get(p.next) {
+            Some(&(mark, range)) => (mark.min(len), Some(range)),
+            None => (len, None),
+        };
+        let Ok(args) = port.op_mut(conn.write) else { return self.close(port, index) };
+        let mut buffer = match args.take_buffer() {
+            Some(lease) => lease,
+            None => match port.lease() {
+                Ok(lease) => lease,
+                Err(_) => return self.close(port, index),
+            },
+        };
+        let Ok(args) = port.op_mut(conn.write) else { return self.close(port, index) };
+        if p.pos < mark {
+            let chunk = &p.head[p.pos..mark];
+            // The head came from a segment of the same size: it fits.
+            let n = chunk.len().min(buffer.capacity());
+            buffer[..n].copy_from_slice(&chunk[..n]);
+            p.pos += n;
+            if args.set_buffer(buffer, 0..n).is_err() {
+                return self.close(port, index);
+            }
+            return match port.send(conn.socket, conn.write) {
+                Ok(()) => conn.write_pending = true,
+                Err(_) => self.close(port, index),
+            };
+        }
+        let Some(range) = part else {
+            // Every byte and part is out.
+            drop(buffer);
+            conn.pieces = None;
+            return self.replied(port, index);
+        };
+        p.next += 1;
+        // A descriptor of its own per part (a dup: no allocation), since the port
+        // keeps the FileSend until the part is sent.
+        let Some(Ok(file)) = p.parts.file.as_ref().map(std::fs::File::try_clone) else {
+            return self.close(port, index);
+        };
+        let capacity = buffer.capacity();
+        if args.set_buffer(buffer, 0..capacity).is_err() {
+            return self.close(port, index);
+        }
+        match port.send_file(conn.socket, conn.write, berth_sendfile::FileSend::new(file, range)) {
+            Ok(()) => conn.write_pending = true,
+            Err(_) => self.close(port, index),
+        }
+    }
+
     fn send_file(&mut self, port: &mut CompletionPort<()>, index: usize) {
         let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
         let Some(file) = conn.file.take() else { return self.replied(port, index) };
@@ -497,7 +572,9 @@ impl<S: Service> Worker<S> {
         match result {
             Ok(n) => {
                 self.counts.add(Counter::BytesOut, n as u64);
-                if kind == OpKind::Send && self.conn(index).is_some_and(|c| c.file.is_some()) {
+                if self.conn(index).is_some_and(|c| c.pieces.is_some()) {
+                    self.next_piece(port, index);
+                } else if kind == OpKind::Send && self.conn(index).is_some_and(|c| c.file.is_some()) {
                     self.send_file(port, index);
                 } else {
                     self.replied(port, index);
@@ -519,6 +596,7 @@ impl<S: Service> Worker<S> {
         self.counts.add(Counter::Replies, 1);
         let draining = self.draining;
         let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
+        self.service.reply_sent(&mut conn.user);
         if let Ok(args) = port.op_mut(conn.write) {
             drop(args.take_buffer());
         }

@@ -1,29 +1,38 @@
 //! [`StaticFiles`]: HTTP/1.1 GET and HEAD of the files beneath a root directory.
 
+use std::cell::Cell;
 use std::ffi::{CStr, OsStr};
 use std::fs::{File, Metadata};
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use berth_sendfile::{ByteRange, FileSend, HttpRangeError, resolve_http_range};
+use berth_sendfile::{ByteRange, FileSend};
 use httpdate::HttpDate;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
-use crate::path::{self, PathError};
+use crate::access_log::{AccessLog, Record};
+use crate::encoding::{Accepted, Coding};
+use crate::path::{self, PathError, RelPath};
+use crate::ranges::{self, MAX_RANGES, Ranges};
 use crate::service::{Reply, Service};
 use crate::validators::{Conditions, ETag, Precondition, if_range_matches};
 
 /// The largest header count [`StaticFiles::max_headers`] accepts (the parser's array
 /// lives on the stack).
 pub const MAX_HEADERS: usize = 100;
-/// Decoded paths (plus `/index.html` and a NUL) must fit in this many bytes.
+/// Decoded paths (plus `/`, an index name, a sidecar suffix and a NUL) must fit in
+/// this many bytes.
 const PATH_BUF: usize = 4096;
-const INDEX: &[u8] = b"/index.html";
+/// The longest [`StaticFiles::index`] name (Linux's `NAME_MAX`).
+pub const MAX_INDEX_NAME: usize = 255;
+/// Room kept after a decoded path: `/`, an index name, `.zst` and the NUL.
+const PATH_RESERVE: usize = 1 + MAX_INDEX_NAME + 4 + 1;
 const ALLOW: &str = "Allow: GET, HEAD, OPTIONS\r\n";
 
 /// A status code and its reason phrase.
@@ -48,10 +57,21 @@ const UNAVAILABLE: Status = Status(503, "Service Unavailable");
 
 /// Serves the files beneath a root directory over HTTP/1.1: GET and HEAD,
 /// keep-alive and pipelining, `Content-Length`, `Content-Type` from the extension,
-/// validators and conditional requests (below), a single `Range` (206, or 416;
-/// several ranges get the whole file), a directory's `index.html` (no listings; a
-/// directory asked for without its trailing slash is redirected to it), bodies by
-/// sendfile(2). HTTP/1.0 closes after the reply unless it asked for keep-alive.
+/// validators and conditional requests (below), ranges (below), a directory's
+/// index files (no listings; a directory asked for without its trailing slash is
+/// redirected to it), a [fallback](Self::fallback) and a
+/// [not-found page](Self::not_found), [precompressed](Self::precompressed)
+/// sidecars, bodies by sendfile(2). HTTP/1.0 closes after the reply unless it asked
+/// for keep-alive.
+///
+/// # Ranges
+///
+/// One range gets a 206 with `Content-Range`; several get a `multipart/byteranges`
+/// 206, each part's bytes by sendfile(2) between the part headers. A list of more
+/// than 16 ranges ([`MAX_FILE_PARTS`](crate::MAX_FILE_PARTS)), ranges that overlap,
+/// or a malformed header get the whole file with 200, as nginx does: a request never
+/// gets more bytes than the file holds. Ranges with no byte in the file are dropped;
+/// if none is left, 416.
 ///
 /// # Validators
 ///
@@ -126,6 +146,47 @@ pub struct StaticFiles {
     cache_control: Vec<u8>,
     /// The [`header`](Self::header) lines, rendered once.
     extra: Vec<u8>,
+    /// The [`index`](Self::index) names, tried in order for a directory.
+    index: Vec<Vec<u8>>,
+    /// [`fallback`](Self::fallback) and [`not_found`](Self::not_found): paths relative
+    /// to the root, checked and normalised at build time (no NUL).
+    fallback: Option<Vec<u8>>,
+    not_found: Option<Vec<u8>>,
+    /// Serve `FILE.br`, `.zst`, `.gz` sidecars.
+    precompressed: bool,
+    log: Option<AccessLog>,
+}
+
+/// [`StaticFiles`]' state per connection: the peer's address and, with an
+/// [access log](StaticFiles::access_log), the record of the request whose reply is
+/// being sent (it is queued once the reply is out, with the time it took).
+#[derive(Debug)]
+pub struct FilesConn {
+    peer: Option<std::net::IpAddr>,
+    pending: Option<Record>,
+}
+
+/// A routing option refused by [`StaticFiles::index`], [`StaticFiles::fallback`] or
+/// [`StaticFiles::not_found`]. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// An index name must be one file name: not empty, `.` or `..`, without `/` or
+    /// NUL, at most [`MAX_INDEX_NAME`] bytes.
+    #[error("index name {0:?} is not a single file name")]
+    InvalidIndex(String),
+    /// The path is empty, holds a NUL or a `..` segment, or is too long.
+    #[error("{0:?} is not a path beneath the root")]
+    InvalidPath(String),
+    /// The file could not be opened beneath the root (it does not exist, or a
+    /// symlink on the way leaves the root) or is not a regular file.
+    #[error("{path:?} cannot be served from beneath the root: {source}")]
+    Unusable {
+        /// The path as given.
+        path: String,
+        /// Why.
+        source: io::Error,
+    },
 }
 
 /// The most bytes [`StaticFiles::cache_control`] and [`StaticFiles::header`] may add
@@ -216,7 +277,113 @@ impl StaticFiles {
             hidden: false,
             cache_control: Vec::new(),
             extra: Vec::new(),
+            index: vec![b"index.html".to_vec()],
+            fallback: None,
+            not_found: None,
+            precompressed: false,
+            log: None,
         })
+    }
+
+    /// The file names tried, in order, for a directory asked for with its trailing
+    /// slash (default: `index.html`); the first that is a regular file is served. An
+    /// empty list serves no index: a directory is then a 404 (or the
+    /// [`fallback`](Self::fallback)). Replaces the earlier list.
+    ///
+    /// ```
+    /// # let root = std::env::temp_dir();
+    /// let files = berth_server::StaticFiles::new(&root)?.index(["index.html", "index.htm"])?;
+    /// assert!(berth_server::StaticFiles::new(&root)?.index(["../x"]).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn index<I, S>(mut self, names: I) -> Result<Self, RouteError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut list = Vec::new();
+        for name in names {
+            let name = name.as_ref();
+            if name.is_empty()
+                || name == "."
+                || name == ".."
+                || name.len() > MAX_INDEX_NAME
+                || name.bytes().any(|b| b == b'/' || b == 0)
+            {
+                return Err(RouteError::InvalidIndex(name.to_string()));
+            }
+            list.push(name.as_bytes().to_vec());
+        }
+        self.index = list;
+        Ok(self)
+    }
+
+    /// Single-page applications: a GET or HEAD of a path that does not exist gets
+    /// `file` (relative to the root) with 200, its own `ETag`, ranges and conditional
+    /// requests. A path that exists but is refused — hidden, forbidden, leaving the
+    /// root, not a regular file — is not redirected to it. `file` must be a regular
+    /// file beneath the root now; it is opened again, with the same openat2 rules as
+    /// any request, each time it is served.
+    ///
+    /// ```
+    /// # let root = std::env::temp_dir().join(format!("berth-fallback-doc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&root)?;
+    /// std::fs::write(root.join("app.html"), "<div id=app></div>")?;
+    /// let files = berth_server::StaticFiles::new(&root)?.fallback("app.html")?;
+    /// assert!(berth_server::StaticFiles::new(&root)?.fallback("../etc/passwd").is_err());
+    /// # std::fs::remove_dir_all(&root)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn fallback(mut self, file: impl AsRef<Path>) -> Result<Self, RouteError> {
+        self.fallback = Some(self.checked_file(file.as_ref())?);
+        Ok(self)
+    }
+
+    /// The body of every 404 (a missing file, a hidden one, a directory without an
+    /// index): `file`, relative to the root, with its own `Content-Type`, served with
+    /// status 404 (no validators, no ranges). Checked as
+    /// [`fallback`](Self::fallback); if it cannot be opened when needed, the plain
+    /// `404 Not Found` text is sent.
+    ///
+    /// ```
+    /// # let root = std::env::temp_dir().join(format!("berth-not-found-doc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&root)?;
+    /// std::fs::write(root.join("404.html"), "<h1>Nothing here</h1>")?;
+    /// let files = berth_server::StaticFiles::new(&root)?.not_found("404.html")?;
+    /// # std::fs::remove_dir_all(&root)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn not_found(mut self, file: impl AsRef<Path>) -> Result<Self, RouteError> {
+        self.not_found = Some(self.checked_file(file.as_ref())?);
+        Ok(self)
+    }
+
+    /// `file` normalised (no empty or `.` segments) and opened once beneath the root.
+    fn checked_file(&self, file: &Path) -> Result<Vec<u8>, RouteError> {
+        let shown = file.display().to_string();
+        let mut rel = Vec::new();
+        for seg in file.as_os_str().as_bytes().split(|&b| b == b'/') {
+            if seg == b".." || seg.contains(&0) {
+                return Err(RouteError::InvalidPath(shown));
+            }
+            if !seg.is_empty() && seg != b"." {
+                if !rel.is_empty() {
+                    rel.push(b'/');
+                }
+                rel.extend_from_slice(seg);
+            }
+        }
+        if rel.is_empty() || rel.len() > PATH_BUF - PATH_RESERVE {
+            return Err(RouteError::InvalidPath(shown));
+        }
+        let mut buf = rel.clone();
+        buf.push(0);
+        let c = CStr::from_bytes_with_nul(&buf).map_err(|_| RouteError::InvalidPath(shown.clone()))?;
+        match self.open(c) {
+            Ok((_, meta)) if meta.is_file() => Ok(rel),
+            Ok(_) => Err(RouteError::Unusable { path: shown, source: io::Error::other("not a regular file") }),
+            Err(e) => Err(RouteError::Unusable { path: shown, source: e.into() }),
+        }
     }
 
     /// Sends `Cache-Control: value` with every file (200, 206 and 304; not with
@@ -269,6 +436,43 @@ impl StaticFiles {
         Ok(self)
     }
 
+    /// Serves precompressed sidecars (default false): for a request whose
+    /// `Accept-Encoding` accepts `br`, `zstd` or `gzip` (q-values honoured, `q=0`
+    /// excludes, `*` counts; the best q wins, br before zstd before gzip on a tie),
+    /// `FILE.br`, `FILE.zst` or `FILE.gz` is sent in FILE's place when it is a
+    /// regular file beside FILE, opened beneath the root like any request (a sidecar
+    /// that is a symlink leaving the root is skipped), and not older than FILE. It
+    /// goes with `Content-Encoding`, FILE's `Content-Type`, its own `ETag` and
+    /// `Last-Modified`, and ranges count its encoded bytes. Every file response then
+    /// carries `Vary: Accept-Encoding`. Nothing is compressed on the fly.
+    ///
+    /// Off by default, as nginx's `gzip_static` is: each request that accepts an
+    /// encoding costs an open attempt per coding, and a sidecar is trusted to hold
+    /// FILE's bytes encoded — the operator vouches for that by turning it on.
+    ///
+    /// ```
+    /// # let root = std::env::temp_dir();
+    /// // site/app.js is served as site/app.js.br to `Accept-Encoding: br, gzip`.
+    /// let files = berth_server::StaticFiles::new(&root)?.precompressed(true);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn precompressed(mut self, on: bool) -> Self {
+        self.precompressed = on;
+        self
+    }
+
+    /// Logs every request to `log` (see [`AccessLog`]): the combined log format plus
+    /// the request time, from the complete request head to the last byte of the
+    /// reply handed to the kernel. Records go to the logger thread through a bounded
+    /// queue once the reply is sent; a full queue drops them (counted), so a worker
+    /// never waits for the disk.
+    ///
+    /// See [`AccessLog::start`] for an example.
+    pub fn access_log(mut self, log: AccessLog) -> Self {
+        self.log = Some(log);
+        self
+    }
+
     /// The longest request target accepted (default 4096 bytes); longer gets 414.
     pub fn max_uri_len(mut self, bytes: usize) -> Self {
         self.max_uri = bytes;
@@ -307,12 +511,13 @@ impl StaticFiles {
         Ok((file, meta))
     }
 
-    fn respond(&self, req: &httparse::Request<'_, '_>, reply: &mut Reply<'_>) {
+    fn respond(&self, req: &httparse::Request<'_, '_>, reply: &mut Reply<'_>, outcome: &Cell<(u16, u64)>) {
         let head_only = req.method == Some("HEAD");
         let http10 = req.version == Some(0);
         let mut keep_alive = !http10;
         let (mut host, mut body) = (false, false);
         let mut cond = Conditions::default();
+        let mut accepted = Accepted::default();
         for h in req.headers.iter() {
             let value = std::str::from_utf8(h.value).ok().map(str::trim);
             let name = h.name;
@@ -342,12 +547,14 @@ impl StaticFiles {
                 cond.range = cond.range.or(value);
             } else if name.eq_ignore_ascii_case("if-range") {
                 cond.if_range = cond.if_range.or(value);
+            } else if self.precompressed && name.eq_ignore_ascii_case("accept-encoding") {
+                accepted.add(h.value);
             }
         }
         cond.headers = &*req.headers;
         // A body is never read: closing keeps the next request from starting inside it.
         keep_alive &= !body && !reply.server_closing();
-        let mut r = Response { reply, keep_alive, http10, head_only, files: Some(self) };
+        let mut r = Response { reply, keep_alive, http10, head_only, files: Some(self), outcome };
 
         if !matches!(req.method, Some("GET" | "HEAD" | "OPTIONS")) {
             return r.error(BAD_METHOD, ALLOW);
@@ -370,7 +577,7 @@ impl StaticFiles {
             None => (target, ""),
         };
         let mut buf = [0u8; PATH_BUF];
-        let rel = match path::decode(raw_path.as_bytes(), &mut buf[..PATH_BUF - INDEX.len()]) {
+        let rel = match path::decode(raw_path.as_bytes(), &mut buf[..PATH_BUF - PATH_RESERVE]) {
             Ok(rel) => rel,
             Err(PathError::NotAbsolute) => return r.error(BAD_REQUEST, ""),
             Err(PathError::TooLong) => return r.error(URI_TOO_LONG, ""),
@@ -383,29 +590,105 @@ impl StaticFiles {
             tracing::debug!(target, "hidden path");
             return r.error(NOT_FOUND, "");
         }
-        let mut len = rel.len;
-        let (mut file, mut meta) = match self.open(cstr(&buf, len)) {
-            Ok(opened) => opened,
-            Err(e) => return r.error(open_status(e, target), ""),
-        };
-        if meta.is_dir() {
-            if !rel.trailing_slash {
+        let (file, meta, len) = match self.locate(&mut buf, rel, target) {
+            Ok(found) => found,
+            Err(Located::Redirect) => {
                 let query = if query.starts_with('?') { query } else { "" };
                 return r.redirect(raw_path, query);
             }
-            buf[len..len + INDEX.len()].copy_from_slice(INDEX);
-            len += INDEX.len();
-            buf[len] = 0;
-            (file, meta) = match self.open(cstr(&buf, len)) {
-                Ok(opened) => opened,
-                Err(e) => return r.error(open_status(e, target), ""),
-            };
-        }
-        if !meta.is_file() {
-            return r.error(if meta.is_dir() { NOT_FOUND } else { FORBIDDEN }, "");
-        }
+            Err(Located::Status(status)) => return r.error(status, ""),
+            Err(Located::Missing) => match self.fallback.as_deref().map(|f| self.open_rel(&mut buf, f)) {
+                Some(Ok((file, meta, len))) if meta.is_file() => (file, meta, len),
+                _ => return r.error(NOT_FOUND, ""),
+            },
+        };
+        let (order, n) = if self.precompressed { accepted.ranked() } else { (Coding::ALL, 0) };
+        let sidecar = order[..n].iter().find_map(|&c| self.sidecar(&mut buf, len, c, &meta).map(|s| (s, c)));
         let name = Path::new(OsStr::from_bytes(&buf[..len]));
-        r.file(file, &meta, name, &cond);
+        match sidecar {
+            Some(((file, meta), coding)) => r.file(file, &meta, name, &cond, Some(coding)),
+            None => r.file(file, &meta, name, &cond, None),
+        }
+    }
+
+    /// FILE's sidecar for `coding` (`buf[..len]` is FILE), if it is a regular file
+    /// beneath the root and not older than FILE.
+    fn sidecar(
+        &self,
+        buf: &mut [u8; PATH_BUF],
+        len: usize,
+        coding: Coding,
+        plain: &Metadata,
+    ) -> Option<(File, Metadata)> {
+        let suffix = coding.suffix();
+        let end = len + suffix.len();
+        buf[len..end].copy_from_slice(suffix);
+        buf[end] = 0;
+        let opened = self.open(cstr(buf, end));
+        buf[len] = 0;
+        let (file, meta) = opened.ok()?;
+        let fresh = (meta.mtime(), meta.mtime_nsec()) >= (plain.mtime(), plain.mtime_nsec());
+        (meta.is_file() && fresh).then_some((file, meta))
+    }
+
+    /// Opens what a decoded path names: the file, or for a directory asked for with
+    /// its trailing slash the first of its index files.
+    fn locate(&self, buf: &mut [u8; PATH_BUF], rel: RelPath, target: &str) -> Result<(File, Metadata, usize), Located> {
+        let len = rel.len;
+        let (file, meta) = match self.open(cstr(buf, len)) {
+            Ok(opened) => opened,
+            Err(e) => return Err(missing_or(e, target)),
+        };
+        if meta.is_file() {
+            return Ok((file, meta, len));
+        }
+        if !meta.is_dir() {
+            return Err(Located::Status(FORBIDDEN));
+        }
+        if !rel.trailing_slash {
+            return Err(Located::Redirect);
+        }
+        buf[len] = b'/';
+        for name in &self.index {
+            let end = len + 1 + name.len();
+            buf[len + 1..end].copy_from_slice(name);
+            buf[end] = 0;
+            match self.open(cstr(buf, end)) {
+                Ok((file, meta)) if meta.is_file() => return Ok((file, meta, end)),
+                // A directory or a FIFO by that name is not an index: try the next.
+                Ok(_) => {}
+                Err(e) => match missing_or(e, target) {
+                    Located::Missing => {}
+                    other => return Err(other),
+                },
+            }
+        }
+        Err(Located::Missing)
+    }
+
+    /// Opens `rel` (checked at build time) from `buf`, as a request path would be.
+    fn open_rel(&self, buf: &mut [u8; PATH_BUF], rel: &[u8]) -> Result<(File, Metadata, usize), Errno> {
+        buf[..rel.len()].copy_from_slice(rel);
+        buf[rel.len()] = 0;
+        let (file, meta) = self.open(cstr(buf, rel.len()))?;
+        Ok((file, meta, rel.len()))
+    }
+}
+
+/// Why [`StaticFiles::locate`] found nothing to serve.
+enum Located {
+    /// Nothing by that name (or no index in the directory): a 404, or the fallback.
+    Missing,
+    /// A directory asked for without its trailing slash.
+    Redirect,
+    /// Refused, or an error: no fallback.
+    Status(Status),
+}
+
+fn missing_or(e: Errno, target: &str) -> Located {
+    match e {
+        Errno::NOENT | Errno::NOTDIR => Located::Missing,
+        e => Located::Status(open_status(e, target)),
     }
 }
 
@@ -474,6 +757,55 @@ fn unix_secs(t: SystemTime) -> Option<u64> {
     t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
 }
 
+/// A `multipart/byteranges` boundary: `berth-` and 16 hex digits mixed from the
+/// file's tag and the clock, so a file's bytes are unlikely to hold it.
+struct Boundary([u8; 22]);
+
+impl Boundary {
+    fn new(etag: &ETag) -> Boundary {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        // FNV-1a over the tag, then the clock.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in etag.as_bytes().iter().chain(&nanos.to_le_bytes()) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let mut out = *b"berth-0000000000000000";
+        for (i, d) in out[6..].iter_mut().enumerate() {
+            *d = b"0123456789abcdef"[((h >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        Boundary(out)
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("berth")
+    }
+}
+
+/// Counts the bytes written to it: the length of the part headers, before they are
+/// written, for `Content-Length`.
+struct Count(usize);
+
+impl io::Write for Count {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One part's delimiter and headers (RFC 9110 §14.6).
+fn part_header(w: &mut impl io::Write, boundary: &str, e: &Entity<'_>, range: ByteRange) -> io::Result<()> {
+    let (content_type, charset) = (e.content_type, e.charset);
+    write!(
+        w,
+        "\r\n--{boundary}\r\nContent-Type: {content_type}{charset}\r\nContent-Range: {}\r\n\r\n",
+        range.content_range(e.size)
+    )
+}
+
 /// Writes one response into a [`Reply`]. Write errors mark the reply failed; the
 /// server then closes the connection, so they are not checked one by one.
 struct Response<'r, 'a> {
@@ -483,12 +815,15 @@ struct Response<'r, 'a> {
     head_only: bool,
     /// For the added headers; `None` when the request did not even parse.
     files: Option<&'r StaticFiles>,
+    /// The status and the body bytes, for the access log.
+    outcome: &'r Cell<(u16, u64)>,
 }
 
 impl Response<'_, '_> {
     /// Status line and the headers every response has.
     fn start(&mut self, status: Status) -> io::Result<()> {
         let Status(code, reason) = status;
+        self.outcome.set((code, 0));
         write!(self.reply, "HTTP/1.1 {code} {reason}\r\nServer: berth\r\n")?;
         if let Some(now) = http_date(SystemTime::now()) {
             write!(self.reply, "Date: {now}\r\n")?;
@@ -509,6 +844,9 @@ impl Response<'_, '_> {
             write!(self.reply, "Last-Modified: {lm}\r\n")?;
         }
         if let Some(files) = self.files {
+            if files.precompressed {
+                self.reply.write_bytes(b"Vary: Accept-Encoding\r\n").map_err(io::Error::other)?;
+            }
             self.reply.write_bytes(&files.cache_control).map_err(io::Error::other)?;
             self.reply.write_bytes(&files.extra).map_err(io::Error::other)?;
         }
@@ -528,6 +866,13 @@ impl Response<'_, '_> {
         self.finish();
     }
 
+    /// The body has `n` bytes (none are sent for HEAD).
+    fn body_len(&self, n: u64) {
+        if !self.head_only {
+            self.outcome.set((self.outcome.get().0, n));
+        }
+    }
+
     fn finish(&mut self) {
         if !self.keep_alive {
             self.reply.close();
@@ -535,17 +880,46 @@ impl Response<'_, '_> {
     }
 
     fn error(mut self, status: Status, extra: &str) {
+        if status == NOT_FOUND
+            && let Some(files) = self.files
+            && let Some(page) = files.not_found.as_deref()
+        {
+            let mut buf = [0u8; PATH_BUF];
+            match files.open_rel(&mut buf, page) {
+                Ok((file, meta, len)) if meta.is_file() => {
+                    return self.page(status, file, meta.len(), Path::new(OsStr::from_bytes(&buf[..len])));
+                }
+                _ => tracing::warn!("the not-found page cannot be opened; sending the plain 404"),
+            }
+        }
         let Status(code, reason) = status;
         let _ = (|| {
             self.start(status)?;
             // "404 Not Found\n"
             let len = 3 + 1 + reason.len() + 1;
             write!(self.reply, "{extra}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len}\r\n\r\n")?;
+            self.body_len(len as u64);
             if !self.head_only {
                 writeln!(self.reply, "{code} {reason}")?;
             }
             Ok::<(), io::Error>(())
         })();
+        self.finish();
+    }
+
+    /// A whole file as the body of an error status (the custom 404 page): no
+    /// validators, no ranges.
+    fn page(mut self, status: Status, file: File, size: u64, name: &Path) {
+        let content_type = mime_guess::from_path(name).first_raw().unwrap_or("application/octet-stream");
+        let _ = (|| {
+            self.start(status)?;
+            let charset = charset(content_type);
+            write!(self.reply, "Content-Type: {content_type}{charset}\r\nContent-Length: {size}\r\n\r\n")
+        })();
+        self.body_len(size);
+        if !self.head_only && size > 0 {
+            self.reply.send_file(FileSend::new(file, ByteRange::whole(size)));
+        }
         self.finish();
     }
 
@@ -558,7 +932,8 @@ impl Response<'_, '_> {
         self.finish();
     }
 
-    fn file(mut self, file: File, meta: &Metadata, name: &Path, cond: &Conditions<'_, '_>) {
+    /// FILE (or its sidecar for `coding`; `name` is FILE's, for its type).
+    fn file(mut self, file: File, meta: &Metadata, name: &Path, cond: &Conditions<'_, '_>, coding: Option<Coding>) {
         let size = meta.len();
         let modified = meta.modified().ok();
         let mtime = modified.and_then(unix_secs);
@@ -577,9 +952,21 @@ impl Response<'_, '_> {
             Precondition::Proceed => {}
         }
         let range_applies = cond.if_range.is_none_or(|v| if_range_matches(v, &etag, mtime));
-        let (status, body) = match cond.range.filter(|_| range_applies).map(|r| resolve_http_range(r, size)) {
-            Some(Ok(r)) => (PARTIAL, r),
-            Some(Err(HttpRangeError::Unsatisfiable { .. })) => {
+        let mut list = [ByteRange::whole(0); MAX_RANGES];
+        let asked = cond.range.filter(|_| range_applies).map_or(Ranges::Ignore, |v| ranges::parse(v, size, &mut list));
+        let content_type = mime_guess::from_path(name).first_raw().unwrap_or("application/octet-stream");
+        let entity = Entity { size, content_type, charset: charset(content_type), coding, etag: &etag, last_modified };
+        let (status, body) = match asked {
+            Ranges::Single(r) => (PARTIAL, r),
+            Ranges::Multi(n) => {
+                return match self.multipart(&list[..n], &entity) {
+                    Ok(_) if self.head_only => self.finish(),
+                    Ok(b) => self.multipart_body(file, &list[..n], &entity, &b),
+                    // Too many bytes of part headers for one segment: the whole file.
+                    Err(()) => self.body(OK, file, ByteRange::whole(size), &entity),
+                };
+            }
+            Ranges::Unsatisfiable => {
                 let _ = (|| {
                     self.start(UNSATISFIABLE)?;
                     let len = "416 Range Not Satisfiable\n".len();
@@ -588,6 +975,7 @@ impl Response<'_, '_> {
                         "Content-Range: bytes */{size}\r\nContent-Type: text/plain; charset=utf-8\r\n\
                          Content-Length: {len}\r\n\r\n"
                     )?;
+                    self.body_len(len as u64);
                     if !self.head_only {
                         writeln!(self.reply, "416 Range Not Satisfiable")?;
                     }
@@ -595,20 +983,72 @@ impl Response<'_, '_> {
                 })();
                 return self.finish();
             }
-            // Malformed or several ranges: ignore the header.
-            Some(Err(_)) | None => (OK, ByteRange::whole(size)),
+            Ranges::Ignore => (OK, ByteRange::whole(size)),
         };
-        let content_type = mime_guess::from_path(name).first_raw().unwrap_or("application/octet-stream");
+        self.body(status, file, body, &entity);
+    }
+
+    /// `Content-Encoding`, the validators and `Accept-Ranges`, ending the head.
+    fn entity_headers(&mut self, e: &Entity<'_>) -> io::Result<()> {
+        if let Some(coding) = e.coding {
+            write!(self.reply, "Content-Encoding: {}\r\n", coding.token())?;
+        }
+        self.validators(e.etag, e.last_modified)?;
+        write!(self.reply, "Accept-Ranges: bytes\r\n\r\n")
+    }
+
+    /// The head of a `multipart/byteranges` 206 for `parts`, with its boundary; `Err`
+    /// with nothing written if the part headers would not fit in the reply's segment
+    /// after it (the caller then sends the whole file).
+    fn multipart(&mut self, parts: &[ByteRange], e: &Entity<'_>) -> Result<Boundary, ()> {
+        let boundary = Boundary::new(e.etag);
+        let b = boundary.as_str();
+        let mut framing = Count(0);
+        for r in parts {
+            let _ = part_header(&mut framing, b, e, *r);
+        }
+        let _ = write!(framing, "\r\n--{b}--\r\n");
+        let len = framing.0 as u64 + parts.iter().map(|r| r.len()).sum::<u64>();
+        let _ = (|| {
+            self.start(PARTIAL)?;
+            write!(self.reply, "Content-Type: multipart/byteranges; boundary={b}\r\nContent-Length: {len}\r\n")?;
+            self.body_len(len);
+            self.entity_headers(e)
+        })();
+        if !self.head_only && self.reply.remaining() < framing.0 {
+            self.reply.truncate(0);
+            return Err(());
+        }
+        Ok(boundary)
+    }
+
+    /// The parts after [`multipart`](Self::multipart)'s head: each part's header as
+    /// bytes, its range by sendfile, then the closing boundary.
+    fn multipart_body(mut self, file: File, parts: &[ByteRange], e: &Entity<'_>, boundary: &Boundary) {
+        let b = boundary.as_str();
+        self.reply.file_parts(file);
+        let _ = (|| {
+            for r in parts {
+                part_header(&mut *self.reply, b, e, *r)?;
+                self.reply.file_part(*r).map_err(io::Error::other)?;
+            }
+            write!(self.reply, "\r\n--{b}--\r\n")
+        })();
+        self.finish();
+    }
+
+    /// A 200 or a single-range 206.
+    fn body(mut self, status: Status, file: File, body: ByteRange, e: &Entity<'_>) {
         let _ = (|| {
             self.start(status)?;
-            let charset = charset(content_type);
+            let (content_type, charset) = (e.content_type, e.charset);
             write!(self.reply, "Content-Type: {content_type}{charset}\r\nContent-Length: {}\r\n", body.len())?;
             if status == PARTIAL {
-                write!(self.reply, "Content-Range: {}\r\n", body.content_range(size))?;
+                write!(self.reply, "Content-Range: {}\r\n", body.content_range(e.size))?;
             }
-            self.validators(&etag, last_modified)?;
-            write!(self.reply, "Accept-Ranges: bytes\r\n\r\n")
+            self.entity_headers(e)
         })();
+        self.body_len(body.len());
         if !self.head_only && !body.is_empty() {
             self.reply.send_file(FileSend::new(file, body));
         }
@@ -616,17 +1056,31 @@ impl Response<'_, '_> {
     }
 }
 
+/// What is served (FILE or its sidecar) and how it is described.
+struct Entity<'e> {
+    size: u64,
+    content_type: &'e str,
+    charset: &'static str,
+    coding: Option<Coding>,
+    etag: &'e ETag,
+    last_modified: Option<HttpDate>,
+}
+
 impl Service for StaticFiles {
-    type Conn = ();
+    type Conn = FilesConn;
 
-    fn connect(&self, _peer: Option<SocketAddr>) {}
+    fn connect(&self, peer: Option<SocketAddr>) -> FilesConn {
+        FilesConn { peer: peer.map(|p| p.ip()), pending: None }
+    }
 
-    fn data(&self, _conn: &mut (), input: &[u8], reply: &mut Reply<'_>) -> usize {
+    fn data(&self, conn: &mut FilesConn, input: &[u8], reply: &mut Reply<'_>) -> usize {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers[..self.max_headers]);
+        let outcome = Cell::new((0, 0));
         let status = match req.parse(input) {
             Ok(httparse::Status::Complete(n)) => {
-                self.respond(&req, reply);
+                self.respond(&req, reply, &outcome);
+                self.hold(conn, Some(&req), outcome.get());
                 return n;
             }
             Ok(httparse::Status::Partial) => {
@@ -644,7 +1098,36 @@ impl Service for StaticFiles {
             Err(_) => BAD_REQUEST,
         };
         // The rest of this connection's input cannot be trusted to frame requests.
-        Response { reply, keep_alive: false, http10: false, head_only: false, files: None }.error(status, "");
+        let r = Response { reply, keep_alive: false, http10: false, head_only: false, files: None, outcome: &outcome };
+        r.error(status, "");
+        self.hold(conn, None, outcome.get());
         input.len()
+    }
+
+    fn reply_sent(&self, conn: &mut FilesConn) {
+        if let (Some(log), Some(record)) = (&self.log, conn.pending.take()) {
+            log.push(record);
+        }
+    }
+
+    fn disconnect(&self, mut conn: FilesConn) {
+        // A reply cut short (the peer left, a timeout): logged as far as it got.
+        self.reply_sent(&mut conn);
+    }
+}
+
+impl StaticFiles {
+    /// With an access log: keeps the record of this request until its reply is sent.
+    fn hold(&self, conn: &mut FilesConn, req: Option<&httparse::Request<'_, '_>>, (status, bytes): (u16, u64)) {
+        let Some(log) = &self.log else { return };
+        if let Some(earlier) = conn.pending.take() {
+            log.push(earlier);
+        }
+        let mut record = Record::new(conn.peer);
+        if let Some(req) = req {
+            record.request(req);
+        }
+        record.outcome(status, bytes);
+        conn.pending = Some(record);
     }
 }

@@ -72,25 +72,29 @@
 //! - Timeouts are per operation: the header timeout bounds a request head from its
 //!   first byte; a send has no deadline unless [`ServerBuilder::write_timeout`] is set.
 
+mod access_log;
 mod conn;
 mod echo;
+mod encoding;
 mod files;
 mod metrics;
 mod path;
+mod ranges;
 mod relay;
 mod server;
 mod service;
 mod validators;
 
+pub use access_log::{AccessLog, AccessLogHandle, LogTarget};
 pub use berth_ipc::{OpenError, RecvError, SendError};
 /// The completion ports' driver, for [`ServerBuilder::driver`].
 pub use berth_reactor::Driver;
 pub use conn::{Conns, NotWaiting};
 pub use echo::Echo;
-pub use files::{HeaderError, MAX_EXTRA_HEADERS, MAX_HEADERS, StaticFiles};
+pub use files::{FilesConn, HeaderError, MAX_EXTRA_HEADERS, MAX_HEADERS, MAX_INDEX_NAME, RouteError, StaticFiles};
 pub use metrics::Metrics;
 pub use relay::{
     EchoError, IpcRelay, RelayBackend, RelayConfig, RelayConn, RelayError, RelayHandle, RelayRequest, RelayStats,
 };
 pub use server::{ServeError, Server, ServerBuilder, ShutdownHandle};
-pub use service::{ConnId, Reply, ReplyFull, Service, WorkerHandle};
+pub use service::{ConnId, MAX_FILE_PARTS, Reply, ReplyFull, Service, WorkerHandle};

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use berth_buf::{Exhausted, Lease};
 use berth_reactor::{PortHandle, SocketId};
-use berth_sendfile::FileSend;
+use berth_sendfile::{ByteRange, FileSend};
 
 use crate::conn::Conns;
 
@@ -64,6 +64,12 @@ pub trait Service: Send + Sync + 'static {
     /// many bytes of `input` were consumed (values past `input.len()` count as all of
     /// it). Anything written to `reply` is sent before `data` is called again.
     fn data(&self, conn: &mut Self::Conn, input: &[u8], reply: &mut Reply<'_>) -> usize;
+
+    /// The reply to the last request (everything written to its [`Reply`]) has been
+    /// handed to the kernel: an access log ends the request's time here.
+    fn reply_sent(&self, conn: &mut Self::Conn) {
+        let _ = conn;
+    }
 
     /// The connection is closed (by either side, a timeout or shutdown).
     fn disconnect(&self, conn: Self::Conn) {
@@ -171,6 +177,7 @@ pub struct Reply<'a> {
     lease: &'a dyn Fn() -> Result<Lease, Exhausted>,
     head: Option<Lease>,
     file: Option<FileSend<File>>,
+    parts: FileParts,
     close: bool,
     failed: bool,
     input_full: bool,
@@ -179,10 +186,30 @@ pub struct Reply<'a> {
     conn: ConnId,
 }
 
+/// The most file ranges one [`Reply`] interleaves with its bytes
+/// ([`Reply::file_part`]).
+pub const MAX_FILE_PARTS: usize = 16;
+
+/// The ranges of one file interleaved with a reply's bytes: part `i` goes after
+/// the bytes up to `marks[i].0`. A fixed array: a reply of several parts allocates
+/// nothing.
+#[derive(Debug)]
+pub(crate) struct FileParts {
+    pub(crate) file: Option<File>,
+    pub(crate) marks: [(usize, ByteRange); MAX_FILE_PARTS],
+    pub(crate) n: usize,
+}
+
+impl FileParts {
+    pub(crate) const EMPTY: FileParts =
+        FileParts { file: None, marks: [(0, ByteRange::whole(0)); MAX_FILE_PARTS], n: 0 };
+}
+
 /// What a reply came to, for the server.
 pub(crate) struct ReplyParts {
     pub(crate) head: Option<Lease>,
     pub(crate) file: Option<FileSend<File>>,
+    pub(crate) parts: FileParts,
     pub(crate) close: bool,
     pub(crate) failed: bool,
     pub(crate) later: bool,
@@ -191,7 +218,11 @@ pub(crate) struct ReplyParts {
 impl ReplyParts {
     /// Nothing to send and no close: the connection goes on (or waits, if `later`).
     pub(crate) fn is_empty(&self) -> bool {
-        self.head.as_ref().is_none_or(|h| h.is_empty()) && self.file.is_none() && !self.close && !self.failed
+        self.head.as_ref().is_none_or(|h| h.is_empty())
+            && self.file.is_none()
+            && self.parts.n == 0
+            && !self.close
+            && !self.failed
     }
 }
 
@@ -206,6 +237,7 @@ impl<'a> Reply<'a> {
             lease,
             head: None,
             file: None,
+            parts: FileParts::EMPTY,
             close: false,
             failed: false,
             input_full,
@@ -216,7 +248,9 @@ impl<'a> Reply<'a> {
     }
 
     pub(crate) fn into_parts(self) -> ReplyParts {
-        ReplyParts { head: self.head, file: self.file, close: self.close, failed: self.failed, later: self.later }
+        // Either one file after the bytes or parts between them, not both.
+        let failed = self.failed || (self.file.is_some() && self.parts.n > 0);
+        ReplyParts { head: self.head, file: self.file, parts: self.parts, close: self.close, failed, later: self.later }
     }
 
     /// The connection this reply goes to: keep it to answer later from another
@@ -266,6 +300,16 @@ impl<'a> Reply<'a> {
         Ok(())
     }
 
+    /// Drops the bytes written after the first `len` (a head that turned out not to
+    /// fit its body's framing, rewritten another way).
+    pub(crate) fn truncate(&mut self, len: usize) {
+        if let Some(head) = self.head.as_mut()
+            && len <= head.len()
+        {
+            let _ = head.set_len(len);
+        }
+    }
+
     /// Bytes written so far.
     pub fn written(&self) -> &[u8] {
         self.head.as_ref().map_or(&[], |h| h.filled())
@@ -284,6 +328,39 @@ impl<'a> Reply<'a> {
     /// out shorter than the range while it is sent, the connection is closed.
     pub fn send_file(&mut self, file: FileSend<File>) {
         self.file = Some(file);
+    }
+
+    /// Interleaves ranges of `file` with the bytes (a `multipart/byteranges` body):
+    /// each [`file_part`](Self::file_part) sends its range, by sendfile(2), after the
+    /// bytes written before it and before those written after it. Replaces an
+    /// earlier file; a reply carries either this or [`send_file`](Self::send_file).
+    ///
+    /// ```
+    /// # fn answer(reply: &mut berth_server::Reply<'_>, file: std::fs::File) -> Result<(), berth_server::ReplyFull> {
+    /// use berth_sendfile::ByteRange;
+    /// reply.file_parts(file);
+    /// reply.write_bytes(b"first: ")?;
+    /// reply.file_part(ByteRange::new(0, 10).unwrap())?;
+    /// reply.write_bytes(b"\nlast: ")?;
+    /// reply.file_part(ByteRange::new(90, 10).unwrap())?;
+    /// reply.write_bytes(b"\n")
+    /// # }
+    /// ```
+    pub fn file_parts(&mut self, file: File) {
+        self.parts.file = Some(file);
+    }
+
+    /// Sends `range` of the [`file_parts`](Self::file_parts) file at this point of
+    /// the reply. Fails (and the connection is closed after the call) without a file
+    /// or past [`MAX_FILE_PARTS`] ranges.
+    pub fn file_part(&mut self, range: ByteRange) -> Result<(), ReplyFull> {
+        if self.parts.file.is_none() || self.parts.n == MAX_FILE_PARTS {
+            self.failed = true;
+            return Err(ReplyFull);
+        }
+        self.parts.marks[self.parts.n] = (self.written().len(), range);
+        self.parts.n += 1;
+        Ok(())
     }
 
     /// Closes the connection once the reply is sent (a lingering close: the server
@@ -327,6 +404,7 @@ impl fmt::Debug for Reply<'_> {
         f.debug_struct("Reply")
             .field("written", &self.written().len())
             .field("file", &self.file.as_ref().map(|f| f.range()))
+            .field("parts", &&self.parts.marks[..self.parts.n])
             .field("close", &self.close)
             .field("failed", &self.failed)
             .field("later", &self.later)

@@ -1,7 +1,10 @@
 //! The request path allocates nothing: after a warm-up, thousands of keep-alive
 //! requests to `StaticFiles` (a small file, a larger one by sendfile, 304s by date and
-//! by ETag, a 412, 206s with and without If-Range, a 404 and an OPTIONS; every 200
-//! and 206 with its ETag, Cache-Control and an added header), echo round trips and
+//! by ETag, a 412, 206s with and without If-Range, the fallback for a missing path,
+//! the not-found page for a hidden one, a precompressed sidecar whole and by range,
+//! a multipart/byteranges 206 and a list of 300 ranges (the whole file), all with
+//! the access log on (its logger thread counted too),
+//! and an OPTIONS; every 200 and 206 with its ETag, Cache-Control and an added header), echo round trips and
 //! relay round trips (TCP -> IPC -> backend -> back) make zero heap allocations in
 //! the whole process — the server's worker and the relay thread included.
 //!
@@ -15,7 +18,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use berth_server::{Echo, IpcRelay, RelayBackend, RelayConfig, StaticFiles};
+use berth_server::{AccessLog, Echo, IpcRelay, LogTarget, RelayBackend, RelayConfig, StaticFiles};
 use berth_testkit::{CountingAllocator, total_allocations};
 
 use common::*;
@@ -54,7 +57,16 @@ fn static_files() {
     let dir = TempDir::new("alloc");
     dir.file("small.txt", &pattern(1024));
     dir.file("big.bin", &pattern(256 * 1024));
+    dir.file("app.js", &pattern(4096));
+    dir.file("app.js.br", &pattern(1000));
+    let (log, log_handle) = AccessLog::start(LogTarget::File(dir.path().join("access.log"))).unwrap();
     let files = StaticFiles::new(dir.path())
+        .unwrap()
+        .access_log(log)
+        .precompressed(true)
+        .not_found("small.txt")
+        .unwrap()
+        .fallback("app.js")
         .unwrap()
         .cache_control("public, max-age=60")
         .unwrap()
@@ -76,6 +88,11 @@ fn static_files() {
         req("GET", "/small.txt", "If-Match: \"stale\"\r\n"),
         req("GET", "/big.bin", &format!("Range: bytes=1000-70999\r\nIf-Range: {big_etag}\r\n")),
         req("GET", "/missing", ""),
+        req("GET", "/.hidden", ""),
+        req("GET", "/app.js", "Accept-Encoding: gzip;q=0.5, br, zstd;q=0\r\n"),
+        req("GET", "/app.js", "Accept-Encoding: br\r\nRange: bytes=10-99\r\n"),
+        req("GET", "/big.bin", "Range: bytes=0-99,5000-70999,-1000\r\n"),
+        req("GET", "/small.txt", &format!("Range: bytes={}\r\n", "0-0,".repeat(300))),
         req("OPTIONS", "*", ""),
         req("GET", "/%2e%2e/etc/passwd", ""),
     ];
@@ -88,6 +105,11 @@ fn static_files() {
     }
     drop(s);
     server.shutdown(Duration::from_secs(5)).unwrap();
+    let dropped = log_handle.dropped() as usize;
+    log_handle.finish();
+    let lines = std::fs::read_to_string(dir.path().join("access.log")).unwrap().lines().count();
+    // A full queue drops records rather than wait: written and dropped add up.
+    assert!(lines + dropped >= requests.len() * (WARM_UP + ROUNDS), "{lines} lines logged, {dropped} dropped");
 }
 
 fn echo() {

@@ -163,7 +163,7 @@ fn ranges_and_their_edge_cases() {
     assert_eq!(r.body, data);
     let r = range("bytes=500-99999999999999999999999");
     assert_eq!((r.status, r.body.as_slice()), (206, &data[500..]));
-    for ignored in ["bytes=", "bytes=5-1", "bytes=0-1,5-6", "lines=1-2", "bytes=x-y"] {
+    for ignored in ["bytes=", "bytes=5-1", "bytes=0-1,1-2", "lines=1-2", "bytes=x-y"] {
         let r = range(ignored);
         assert_eq!((r.status, r.body.len()), (200, 1000), "{ignored}");
         assert!(r.body == data);
@@ -752,4 +752,462 @@ fn header_injection_is_refused_at_build_time() {
     // Tabs inside a value, and obs-text, are allowed.
     assert!(files().header("X-Tab", "a\tb").is_ok());
     assert!(files().header("X-Utf8", "caf\u{e9}").is_ok());
+}
+
+#[test]
+fn index_names_in_order() {
+    let dir = TempDir::new("index");
+    dir.file("both/index.htm", b"htm");
+    dir.file("both/default.txt", b"txt");
+    dir.file("second/default.txt", b"second");
+    // A directory by an index name is not an index: the next name is tried.
+    std::fs::create_dir_all(dir.path().join("dirnamed/index.htm")).unwrap();
+    dir.file("dirnamed/default.txt", b"after the dir");
+    dir.file("plain/index.html", b"not an index any more");
+    let files = StaticFiles::new(dir.path()).unwrap().index(["index.htm", "default.txt"]).unwrap();
+    let server = builder().serve(files).unwrap();
+    let addr = server.local_addr();
+    assert_eq!(get(addr, &req("GET", "/both/", "")).body, b"htm");
+    let r = get(addr, &req("GET", "/second/", ""));
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"second"[..]));
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    assert_eq!(get(addr, &req("GET", "/dirnamed/", "")).body, b"after the dir");
+    assert_eq!(get(addr, &req("GET", "/plain/", "")).status, 404, "the list replaced index.html");
+    server.shutdown(Duration::from_secs(5)).unwrap();
+
+    for bad in ["", ".", "..", "a/b", "x\0y", &"n".repeat(256)] {
+        assert!(StaticFiles::new(dir.path()).unwrap().index([bad]).is_err(), "{bad:?}");
+    }
+    // No index at all: a directory is a 404.
+    let server = builder().serve(StaticFiles::new(dir.path()).unwrap().index::<_, &str>([]).unwrap()).unwrap();
+    assert_eq!(get(server.local_addr(), &req("GET", "/both/", "")).status, 404);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn fallback_serves_missing_paths_only() {
+    let outer = TempDir::new("fallback");
+    outer.file("secret.txt", b"TOPSECRET");
+    let root = outer.path().join("root");
+    std::fs::create_dir_all(root.join("empty")).unwrap();
+    std::fs::write(root.join("app.html"), b"<div id=app></div>").unwrap();
+    std::fs::write(root.join("real.txt"), b"real").unwrap();
+    std::fs::create_dir_all(root.join(".git")).unwrap();
+    std::fs::write(root.join(".git/config"), b"TOPSECRET git").unwrap();
+    std::os::unix::fs::symlink(outer.path().join("secret.txt"), root.join("escape")).unwrap();
+    let files = StaticFiles::new(&root).unwrap().fallback("/./app.html").unwrap();
+    let server = builder().serve(files).unwrap();
+    let addr = server.local_addr();
+    let mut s = client(addr);
+    for target in ["/missing", "/deep/route/42", "/real.txt/below", "/empty/", "/missing?x=1"] {
+        let r = exchange(&mut s, &req("GET", target, ""));
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"<div id=app></div>"[..]), "{target}: {}", r.head);
+        assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+        assert!(r.header("etag").is_some());
+    }
+    let h = exchange(&mut s, &req("HEAD", "/missing", ""));
+    assert_eq!((h.status, h.content_length()), (200, Some(18)));
+    assert_eq!(exchange(&mut s, &req("GET", "/real.txt", "")).body, b"real");
+    // Refused paths keep their status: never the fallback.
+    for (target, status) in [
+        ("/.git/config", 404),
+        ("/%2egit/config", 404),
+        ("/.missing", 404),
+        ("/../x", 403),
+        ("/a/../../x", 403),
+        ("/%2e%2e/secret.txt", 403),
+        ("/escape", 403),
+    ] {
+        let r = exchange(&mut s, &req("GET", target, ""));
+        assert_eq!(r.status, status, "{target}: {}", r.head);
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(!body.contains("id=app") && !body.contains("TOPSECRET"), "{target}: {body}");
+    }
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+
+    // The file must exist beneath the root, as a regular file.
+    for bad in ["../secret.txt", "missing.html", "empty", "escape", ""] {
+        assert!(StaticFiles::new(&root).unwrap().fallback(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn not_found_page_with_404() {
+    let dir = TempDir::new("notfound");
+    dir.file("404.html", b"<h1>gone</h1>");
+    dir.file("a.txt", b"a");
+    dir.file(".env", b"TOPSECRET");
+    let files = StaticFiles::new(dir.path()).unwrap().not_found("404.html").unwrap();
+    let server = builder().serve(files).unwrap();
+    let mut s = client(server.local_addr());
+    for target in ["/missing", "/.env", "/dir/"] {
+        let r = exchange(&mut s, &req("GET", target, ""));
+        assert_eq!((r.status, r.body.as_slice()), (404, &b"<h1>gone</h1>"[..]), "{target}");
+        assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    }
+    let h = exchange(&mut s, &req("HEAD", "/missing", ""));
+    assert_eq!((h.status, h.content_length()), (404, Some(13)));
+    // Still in step after the HEAD; other statuses keep their text.
+    assert_eq!(exchange(&mut s, &req("GET", "/a.txt", "")).body, b"a");
+    assert_eq!(exchange(&mut s, &req("GET", "/%2e%2e/a", "")).body, b"403 Forbidden\n");
+    // The page gone at request time: the plain 404.
+    std::fs::remove_file(dir.path().join("404.html")).unwrap();
+    let r = exchange(&mut s, &req("GET", "/missing", ""));
+    assert_eq!((r.status, r.body.as_slice()), (404, &b"404 Not Found\n"[..]));
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    assert!(StaticFiles::new(dir.path()).unwrap().not_found("nope.html").is_err());
+}
+
+/// Sets a file's modification time `secs` from now (negative: in the past).
+fn touch(path: &std::path::Path, secs: i64) {
+    let now = std::time::SystemTime::now();
+    let t =
+        if secs >= 0 { now + Duration::from_secs(secs as u64) } else { now - Duration::from_secs(secs.unsigned_abs()) };
+    std::fs::File::options().write(true).open(path).unwrap().set_modified(t).unwrap();
+}
+
+fn precompressed_site() -> (TempDir, std::path::PathBuf) {
+    let outer = TempDir::new("sidecars");
+    outer.file("secret.txt.gz", b"TOPSECRET");
+    let root = outer.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    for (name, body) in [
+        ("app.js", &b"plain javascript"[..]),
+        ("app.js.br", b"BR-BYTES"),
+        ("app.js.zst", b"ZSTD-BYTES"),
+        ("app.js.gz", b"GZIP-BYTES"),
+        ("old.txt", b"new plain"),
+        ("old.txt.gz", b"STALE GZIP"),
+        ("same.txt", b"plain"),
+        ("same.txt.gz", b"GZ same mtime"),
+        ("secret.txt", b"public plain"),
+        ("index.html", b"<p>index</p>"),
+        ("index.html.gz", b"GZ-INDEX"),
+    ] {
+        std::fs::write(root.join(name), body).unwrap();
+    }
+    for name in ["app.js", "old.txt"] {
+        touch(&root.join(name), -100);
+    }
+    for name in ["app.js.br", "app.js.zst", "app.js.gz"] {
+        touch(&root.join(name), -50);
+    }
+    touch(&root.join("old.txt.gz"), -200);
+    let same = std::fs::metadata(root.join("same.txt")).unwrap().modified().unwrap();
+    std::fs::File::options().write(true).open(root.join("same.txt.gz")).unwrap().set_modified(same).unwrap();
+    // A sidecar that is a symlink out of the root, and one that is a directory.
+    std::os::unix::fs::symlink(outer.path().join("secret.txt.gz"), root.join("secret.txt.gz")).unwrap();
+    std::fs::write(root.join("dir.txt"), b"dir plain").unwrap();
+    std::fs::create_dir_all(root.join("dir.txt.br")).unwrap();
+    (outer, root)
+}
+
+#[test]
+fn precompressed_sidecars_by_q_value() {
+    let (_outer, root) = precompressed_site();
+    let server = builder().serve(StaticFiles::new(&root).unwrap().precompressed(true)).unwrap();
+    let mut s = client(server.local_addr());
+    let plain = exchange(&mut s, &req("GET", "/app.js", ""));
+    assert_eq!(plain.body, b"plain javascript");
+    assert_eq!(plain.header("content-encoding"), None);
+    assert_eq!(plain.header("vary"), Some("Accept-Encoding"), "a sidecar could apply");
+    for (accept, body, coding) in [
+        ("gzip, deflate, br, zstd", &b"BR-BYTES"[..], Some("br")),
+        ("gzip", b"GZIP-BYTES", Some("gzip")),
+        ("br;q=0, gzip;q=0.5, zstd;q=0.5", b"ZSTD-BYTES", Some("zstd")),
+        ("gzip;q=1, br;q=0.8", b"GZIP-BYTES", Some("gzip")),
+        ("*", b"BR-BYTES", Some("br")),
+        ("*;q=0", b"plain javascript", None),
+        ("identity", b"plain javascript", None),
+        ("br;q=2, gzip;q=0.1.1, zstd;q=abc", b"plain javascript", None),
+    ] {
+        let r = exchange(&mut s, &req("GET", "/app.js", &format!("Accept-Encoding: {accept}\r\n")));
+        assert_eq!((r.status, r.body.as_slice()), (200, body), "{accept}: {}", r.head);
+        assert_eq!(r.header("content-encoding"), coding, "{accept}");
+        assert_eq!(r.header("content-type"), Some("text/javascript; charset=utf-8"), "{accept}");
+        assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+        if coding.is_some() {
+            assert_ne!(r.header("etag"), plain.header("etag"), "the sidecar's own ETag");
+        }
+    }
+    let br = exchange(&mut s, &req("GET", "/app.js", "Accept-Encoding: br\r\n"));
+    let etag = br.header("etag").unwrap();
+    // Revalidation against the sidecar's tag, and ranges over the encoded bytes.
+    let r = exchange(&mut s, &req("GET", "/app.js", &format!("Accept-Encoding: br\r\nIf-None-Match: {etag}\r\n")));
+    assert_eq!((r.status, r.header("vary")), (304, Some("Accept-Encoding")));
+    let r = exchange(&mut s, &req("GET", "/app.js", "Accept-Encoding: br\r\nRange: bytes=3-\r\n"));
+    assert_eq!((r.status, r.body.as_slice()), (206, &b"BYTES"[..]));
+    assert_eq!(r.header("content-range"), Some("bytes 3-7/8"));
+    assert_eq!(r.header("content-encoding"), Some("br"));
+    // Older than its file: not served. As old: served. Out of the root or not a
+    // regular file: the plain file.
+    for (target, body) in [
+        ("/old.txt", &b"new plain"[..]),
+        ("/same.txt", b"GZ same mtime"),
+        ("/secret.txt", b"public plain"),
+        ("/dir.txt", b"dir plain"),
+        ("/", b"GZ-INDEX"),
+    ] {
+        let r = exchange(&mut s, &req("GET", target, "Accept-Encoding: br, gzip\r\n"));
+        assert_eq!((r.status, r.body.as_slice()), (200, body), "{target}: {}", r.head);
+    }
+    let r = exchange(&mut s, &req("GET", "/index.html", "Accept-Encoding: gzip\r\n"));
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+
+    // Off by default: no sidecar, no Vary.
+    let server = builder().serve(StaticFiles::new(&root).unwrap()).unwrap();
+    let r = get(server.local_addr(), &req("GET", "/app.js", "Accept-Encoding: br\r\n"));
+    assert_eq!((r.body.as_slice(), r.header("vary")), (&b"plain javascript"[..], None));
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn accept_encoding_of_8_kib() {
+    let (_outer, root) = precompressed_site();
+    let files = StaticFiles::new(&root).unwrap().precompressed(true);
+    let server = builder().segment_size(32 * 1024).max_request_head(32 * 1024).serve(files).unwrap();
+    let mut s = client(server.local_addr());
+    let long = "x-unknown;q=0.5, ".repeat(8 * 1024 / 17 + 1) + "gzip";
+    assert!(long.len() >= 8 * 1024);
+    let r = exchange(&mut s, &req("GET", "/app.js", &format!("Accept-Encoding: {long}\r\n")));
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"GZIP-BYTES"[..]));
+    let garbage: String = (0..8 * 1024).map(|i| [';', '=', ',', 'q', '.', '9', ' ', 'b', 'r'][i % 9]).collect();
+    let r = exchange(&mut s, &req("GET", "/app.js", &format!("Accept-Encoding: {garbage}\r\n")));
+    assert_eq!(r.status, 200);
+    let r = exchange(&mut s, &req("GET", "/app.js", &format!("Accept-Encoding: {}\r\n", ";q=0.".repeat(1700))));
+    assert_eq!(r.body, b"plain javascript");
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    // With the default 8 KiB request head it does not fit: 431, and the server goes on.
+    let server = builder().serve(StaticFiles::new(&root).unwrap().precompressed(true)).unwrap();
+    let r = get(server.local_addr(), &req("GET", "/app.js", &format!("Accept-Encoding: {long}\r\n")));
+    assert_eq!(r.status, 431);
+    assert_eq!(get(server.local_addr(), &req("GET", "/app.js", "")).status, 200);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+/// The parts of a `multipart/byteranges` body: each part's `Content-Range` and bytes.
+fn multipart_parts(r: &Response) -> Vec<(String, Vec<u8>)> {
+    let ct = r.header("content-type").expect("a Content-Type");
+    let boundary = ct.strip_prefix("multipart/byteranges; boundary=").unwrap_or_else(|| panic!("{ct}"));
+    let delim = format!("\r\n--{boundary}");
+    let body = &r.body[..];
+    let mut parts = Vec::new();
+    let mut at = 0;
+    loop {
+        assert!(body[at..].starts_with(delim.as_bytes()), "delimiter at {at}");
+        at += delim.len();
+        if body[at..].starts_with(b"--\r\n") {
+            assert_eq!(at + 4, body.len(), "nothing after the closing delimiter");
+            return parts;
+        }
+        let head_end = at + body[at..].windows(4).position(|w| w == b"\r\n\r\n").expect("part head") + 4;
+        let head = std::str::from_utf8(&body[at..head_end]).unwrap();
+        let range = head.lines().find_map(|l| l.strip_prefix("Content-Range: ")).expect("Content-Range").to_string();
+        assert!(head.contains("Content-Type: "), "{head}");
+        let (first, last) = range["bytes ".len()..range.find('/').unwrap()].split_once('-').unwrap();
+        let len = last.parse::<usize>().unwrap() - first.parse::<usize>().unwrap() + 1;
+        parts.push((range, body[head_end..head_end + len].to_vec()));
+        at = head_end + len;
+    }
+}
+
+#[test]
+fn multiple_ranges_as_multipart() {
+    let dir = TempDir::new("multi");
+    let data = pattern(3 << 20);
+    dir.file("big.bin", &data);
+    dir.file("t.txt", &pattern(10_000));
+    let server = serve_dir(dir.path());
+    let mut s = client(server.local_addr());
+    let r = exchange(&mut s, &req("GET", "/t.txt", "Range: bytes=100-199, 0-9,-5\r\n"));
+    assert_eq!(r.status, 206, "{}", r.head);
+    assert_eq!(r.header("content-range"), None);
+    let parts = multipart_parts(&r);
+    let t = pattern(10_000);
+    assert_eq!(parts.len(), 3);
+    assert_eq!(parts[0], ("bytes 100-199/10000".to_string(), t[100..200].to_vec()));
+    assert_eq!(parts[1], ("bytes 0-9/10000".to_string(), t[..10].to_vec()));
+    assert_eq!(parts[2], ("bytes 9995-9999/10000".to_string(), t[9995..].to_vec()));
+    // Large parts (sent in several sendfile calls), then the connection is in step.
+    let r = exchange(&mut s, &req("GET", "/big.bin", "Range: bytes=0-99999,1000000-1999999,2500000-\r\n"));
+    let parts = multipart_parts(&r);
+    assert_eq!(parts.len(), 3);
+    assert!(parts[1].1 == data[1_000_000..2_000_000] && parts[2].1 == data[2_500_000..], "part bytes differ");
+    assert_eq!(exchange(&mut s, &req("GET", "/t.txt", "Range: bytes=0-0\r\n")).body, t[..1]);
+    // HEAD: the multipart head alone, its length that of the GET's body.
+    let h = exchange(&mut s, &req("HEAD", "/t.txt", "Range: bytes=0-9,20-29\r\n"));
+    assert_eq!(h.status, 206);
+    assert!(h.header("content-type").unwrap().starts_with("multipart/byteranges; boundary="));
+    let g = exchange(&mut s, &req("GET", "/t.txt", "Range: bytes=0-9,20-29\r\n"));
+    assert_eq!(h.content_length(), Some(g.body.len()));
+    // Pipelined behind a multipart reply.
+    s.write_all((req("GET", "/t.txt", "Range: bytes=0-1,3-4\r\n") + &req("GET", "/t.txt", "")).as_bytes()).unwrap();
+    assert_eq!(multipart_parts(&read_response(&mut s, false).unwrap()).len(), 2);
+    assert!(read_response(&mut s, false).unwrap().body == t);
+    // An unsatisfiable range among satisfiable ones is dropped; none satisfiable: 416.
+    let r = exchange(&mut s, &req("GET", "/t.txt", "Range: bytes=0-9,20000-\r\n"));
+    assert_eq!((r.status, r.header("content-range")), (206, Some("bytes 0-9/10000")));
+    assert_eq!(exchange(&mut s, &req("GET", "/t.txt", "Range: bytes=20000-,30000-\r\n")).status, 416);
+    // If-Range that does not match: the whole file.
+    let r = exchange(&mut s, &req("GET", "/t.txt", "Range: bytes=0-9,20-29\r\nIf-Range: \"stale\"\r\n"));
+    assert_eq!(r.status, 200);
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn range_abuse_gets_the_whole_file() {
+    let dir = TempDir::new("abuse");
+    dir.file("t.txt", &pattern(10_000));
+    let t = pattern(10_000);
+    let server = builder()
+        .segment_size(32 * 1024)
+        .max_request_head(32 * 1024)
+        .serve(StaticFiles::new(dir.path()).unwrap())
+        .unwrap();
+    let mut s = client(server.local_addr());
+    let distinct = |n: usize| (0..n).map(|i| format!("{}-{}", i * 3, i * 3)).collect::<Vec<_>>().join(",");
+    let sixteen = exchange(&mut s, &req("GET", "/t.txt", &format!("Range: bytes={}\r\n", distinct(16))));
+    assert_eq!((sixteen.status, multipart_parts(&sixteen).len()), (206, 16), "the cap itself is served");
+    for range in [
+        format!("bytes={}", distinct(17)),
+        format!("bytes={}", distinct(1000)),
+        format!("bytes={}", "0-0,".repeat(1000)),
+        "bytes=0-99,50-149".to_string(),
+        "bytes=0-,-1".to_string(),
+        "bytes=0-4999,4999-9999".to_string(),
+        "bytes=0-9,x".to_string(),
+    ] {
+        let r = exchange(&mut s, &req("GET", "/t.txt", &format!("Range: {range}\r\n")));
+        assert_eq!(r.status, 200, "{}: {}", &range[..range.len().min(40)], r.head);
+        assert!(r.body == t);
+    }
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+
+    // Part headers that would not fit the reply's segment beside a long added head:
+    // the whole file, not a broken reply.
+    let files = StaticFiles::new(dir.path()).unwrap().header("X-Pad", &"p".repeat(2800)).unwrap();
+    let server = builder().segment_size(4096).serve(files).unwrap();
+    let r = get(server.local_addr(), &req("GET", "/t.txt", &format!("Range: bytes={}\r\n", distinct(16))));
+    assert_eq!(r.status, 200);
+    assert!(r.body == t);
+    let r = get(server.local_addr(), &req("GET", "/t.txt", "Range: bytes=0-0,2-2\r\n"));
+    assert_eq!((r.status, multipart_parts(&r).len()), (206, 2));
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+fn log_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn access_log_combined_format_and_reopen() {
+    use berth_server::{AccessLog, LogTarget};
+    let dir = TempDir::new("access");
+    dir.file("site/a.txt", b"0123456789");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let path = logs.join("access.log");
+    let (log, handle) = AccessLog::start(LogTarget::File(path.clone())).unwrap();
+    let server = builder().serve(StaticFiles::new(dir.path().join("site")).unwrap().access_log(log)).unwrap();
+    let addr = server.local_addr();
+    let mut s = client(addr);
+    exchange(&mut s, &req("GET", "/a.txt", "Referer: http://r/\r\nUser-Agent: t \"x\"\r\n"));
+    exchange(&mut s, &req("HEAD", "/a.txt", ""));
+    exchange(&mut s, &req("GET", "/a.txt", "Range: bytes=2-4\r\n"));
+    exchange(&mut s, &req("GET", "/nope?q=%0a", ""));
+    drop(s);
+    eventually("four lines", || log_lines(&path).len() == 4);
+    // logrotate: rename, then SIGHUP (here: reopen) — new lines go to a new file.
+    let rotated = logs.join("access.log.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    handle.reopen();
+    eventually("the log reopened", || path.exists());
+    let r = get(addr, "GARBAGE\r\n\r\n");
+    assert_eq!(r.status, 400);
+    eventually("one line in the new file", || log_lines(&path).len() == 1);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    handle.finish();
+
+    let old = log_lines(&rotated);
+    assert_eq!(old.len(), 4, "{old:?}");
+    for (line, want) in old.iter().zip([
+        "\"GET /a.txt HTTP/1.1\" 200 10 \"http://r/\" \"t \\x22x\\x22\" ",
+        "\"HEAD /a.txt HTTP/1.1\" 200 - \"-\" \"-\" ",
+        "\"GET /a.txt HTTP/1.1\" 206 3 \"-\" \"-\" ",
+        "\"GET /nope?q=%0a HTTP/1.1\" 404 14 \"-\" \"-\" ",
+    ]) {
+        assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+        assert!(line.contains(" +0000] "), "{line}");
+        assert!(line.contains(want), "{want:?} in {line}");
+        let time = line.rsplit(' ').next().unwrap();
+        let (secs, ms) = time.split_once('.').unwrap_or_else(|| panic!("request time in {line}"));
+        assert!(secs.parse::<u64>().is_ok() && ms.len() == 3 && ms.parse::<u32>().is_ok(), "{line}");
+    }
+    let new = log_lines(&path);
+    assert!(new[0].contains("\"-\" 400 16 \"-\" \"-\" "), "{new:?}");
+}
+
+/// Reads a pipe to its end (bounded) on a thread of its own, once dropped.
+struct Drain(Option<std::fs::File>);
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        let Some(mut reader) = self.0.take() else { return };
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            let deadline = std::time::Instant::now() + IO_TIMEOUT;
+            while std::time::Instant::now() < deadline {
+                match std::io::Read::read(&mut reader, &mut buf) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+    }
+}
+
+#[test]
+fn access_log_full_queue_drops_never_blocks() {
+    use berth_server::{AccessLog, LogTarget};
+    let dir = TempDir::new("access-full");
+    dir.file("a.txt", b"a");
+    // A FIFO nobody reads: the logger's write blocks once the pipe is full.
+    let fifo = dir.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    use std::os::unix::fs::OpenOptionsExt;
+    let reader = std::fs::File::options()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(&fifo)
+        .unwrap();
+    let (log, handle) = AccessLog::with_capacity(LogTarget::File(fifo.clone()), 8).unwrap();
+    let server = builder().serve(StaticFiles::new(dir.path()).unwrap().access_log(log)).unwrap();
+    // Declared after the server, so dropped first when a failed assertion unwinds:
+    // it drains the pipe, freeing a worker the log would wrongly have blocked, and
+    // the test fails instead of hanging on the server's drop.
+    let drain = Drain(Some(reader));
+    let mut s = client(server.local_addr());
+    let started = std::time::Instant::now();
+    // Lines of ~500 bytes fill the 64 KiB pipe within a few hundred requests.
+    let agent = format!("User-Agent: {}\r\n", "u".repeat(150));
+    let target = format!("/a.txt?{}", "q".repeat(250));
+    for _ in 0..2000 {
+        assert_eq!(exchange(&mut s, &req("GET", &target, &agent)).body, b"a");
+    }
+    assert!(started.elapsed() < Duration::from_secs(15), "requests waited for the log");
+    eventually("dropped records", || handle.dropped() > 0);
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    let dropped = handle.dropped();
+    drop(drain);
+    handle.finish();
+    assert!(dropped > 0 && dropped < 2000, "{dropped}");
 }
