@@ -368,8 +368,11 @@ impl<T> CompletionPort<T> {
     /// Receives without holding a buffer while waiting: a segment is leased from the
     /// port's arena only once data has arrived (Kestrel's zero-byte read), so an idle
     /// connection holds no buffer. On completion the op carries the lease, range
-    /// `0..segment_size`, and the bytes received. If the arena is exhausted at that
-    /// moment the op completes with [`OpError::BufferExhausted`].
+    /// `0..segment_size`, and the bytes received. On epoll, if the arena is
+    /// exhausted at that moment the op completes with [`OpError::BufferExhausted`];
+    /// on io_uring the segment comes from the port's buffer ring, and a receive that
+    /// finds the ring empty waits, queued, until segments return (counted in
+    /// [`PortStats::enobufs`]).
     /// Any buffer the op still carries goes back to the arena once the submit is
     /// accepted; a refused submit leaves the op untouched.
     pub fn recv_pooled(&mut self, socket: SocketId, op: OpId) -> Result<(), SubmitError> {
