@@ -27,6 +27,17 @@ fn under_ci() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty())
 }
 
+/// Whether test `name` can run: curl is installed. Without it the test is skipped
+/// (and says so), except under CI, where it fails.
+fn curl_for(name: &str) -> bool {
+    if curl_installed() {
+        return true;
+    }
+    assert!(!under_ci(), "curl is not installed, and under CI (CI is set) {name} may not be skipped");
+    eprintln!("SKIPPED {name}: curl is not installed (apt-get install curl)");
+    false
+}
+
 /// Runs curl with a time limit on every transfer; `-s` quiet, `-S` errors shown.
 fn curl(args: &[&str]) -> Output {
     let max = TIMEOUT.as_secs().to_string();
@@ -77,9 +88,7 @@ fn read(path: &Path) -> Vec<u8> {
 
 #[test]
 fn curl_against_berth_serve() {
-    if !curl_installed() {
-        assert!(!under_ci(), "curl is not installed, and under CI (CI is set) this test may not be skipped");
-        eprintln!("SKIPPED curl_against_berth_serve: curl is not installed (apt-get install curl)");
+    if !curl_for("curl_against_berth_serve") {
         return;
     }
     let (dir, root) = site();
@@ -273,8 +282,7 @@ fn curl_against_berth_serve() {
 /// refused one (hidden, escaping) keeps its status, and a 404 has the custom page.
 #[test]
 fn curl_routing_options() {
-    if !curl_installed() {
-        eprintln!("SKIPPED curl_routing_options: curl is not installed (apt-get install curl)");
+    if !curl_for("curl_routing_options") {
         return;
     }
     let base = std::env::temp_dir().join(format!("berth-curl-routing-{}", std::process::id()));
@@ -376,8 +384,7 @@ fn curl_routing_options() {
 /// access log, SIGHUP no longer ends the process.
 #[test]
 fn curl_access_log_and_sighup() {
-    if !curl_installed() {
-        eprintln!("SKIPPED curl_access_log_and_sighup: curl is not installed (apt-get install curl)");
+    if !curl_for("curl_access_log_and_sighup") {
         return;
     }
     let base = std::env::temp_dir().join(format!("berth-curl-access-{}", std::process::id()));
