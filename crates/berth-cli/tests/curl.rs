@@ -65,11 +65,18 @@ impl Drop for Dir {
     }
 }
 
-/// `root/` with files to serve, and a secret beside it that must never be served.
-fn site() -> (Dir, PathBuf) {
-    let base = std::env::temp_dir().join(format!("berth-curl-test-{}", std::process::id()));
+/// A fresh scratch directory for test `name` (removed when the `Dir` drops): its
+/// path, and the path of `root/` inside it, the directory to serve.
+fn scratch(name: &str) -> (Dir, PathBuf, PathBuf) {
+    let base = std::env::temp_dir().join(format!("berth-curl-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     let root = base.join("root");
+    (Dir(base.clone()), base, root)
+}
+
+/// `root/` with files to serve, and a secret beside it that must never be served.
+fn site() -> (Dir, PathBuf) {
+    let (dir, base, root) = scratch("test");
     std::fs::create_dir_all(root.join("sub")).unwrap();
     std::fs::write(root.join("index.html"), "<h1>curl</h1>").unwrap();
     std::fs::write(root.join("big.bin"), pattern(3 << 20)).unwrap();
@@ -79,7 +86,7 @@ fn site() -> (Dir, PathBuf) {
     std::fs::create_dir_all(root.join(".git")).unwrap();
     std::fs::write(root.join(".git/config"), "[core] TOP-SECRET").unwrap();
     std::os::unix::fs::symlink(base.join("secret.txt"), root.join("escape.txt")).unwrap();
-    (Dir(base), root)
+    (dir, root)
 }
 
 fn read(path: &Path) -> Vec<u8> {
@@ -285,10 +292,7 @@ fn curl_routing_options() {
     if !curl_for("curl_routing_options") {
         return;
     }
-    let base = std::env::temp_dir().join(format!("berth-curl-routing-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    let dir = Dir(base.clone());
-    let root = base.join("root");
+    let (dir, base, root) = scratch("routing");
     std::fs::create_dir_all(root.join("docs")).unwrap();
     std::fs::create_dir_all(root.join(".git")).unwrap();
     std::fs::write(root.join(".git/config"), "TOP-SECRET").unwrap();
@@ -387,10 +391,7 @@ fn curl_access_log_and_sighup() {
     if !curl_for("curl_access_log_and_sighup") {
         return;
     }
-    let base = std::env::temp_dir().join(format!("berth-curl-access-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    let dir = Dir(base.clone());
-    let root = base.join("root");
+    let (dir, base, root) = scratch("access");
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("a.txt"), "0123456789").unwrap();
     let log = base.join("access.log");
