@@ -35,6 +35,11 @@ pub enum OpKind {
     Connect,
     /// Close the socket (`DisconnectAsync`).
     Close,
+    /// Wait until a descriptor is ready (readable or writable): for descriptors that
+    /// are not sockets — an eventfd, a pipe, a timerfd — as IOCP takes any handle.
+    Ready,
+    /// Complete at a given instant, on no socket.
+    Timer,
     /// A user completion posted to the port (`PostQueuedCompletionStatus`), with the
     /// user's code.
     User(u64),

@@ -18,7 +18,7 @@ use slab::Slab;
 
 use crate::handle::Shared;
 use crate::port::{Completion, PortStats, SubmitError};
-use crate::socket::{Dir, Entry, Io, NIL, Queue, SocketId};
+use crate::socket::{Dir, Entry, Io, NIL, Queue, SocketId, Stream};
 use crate::timer::{self, Target, Timers};
 
 /// Accept back-off after EMFILE/ENFILE: first delay, then doubling up to the cap.
@@ -41,6 +41,8 @@ pub(crate) enum State {
     Detached {
         socket: SocketId,
     },
+    /// A timer op: due at the timer entry with its sequence number, on no socket.
+    Timer,
 }
 
 /// Per-op bookkeeping beside the pool, indexed by op index.
@@ -63,6 +65,8 @@ pub(crate) struct Meta {
     /// cancelled, it completes with this error; if the op finished first, with its
     /// real result (no received byte is dropped).
     pub(crate) cancel_as: Option<OpError>,
+    /// What a readiness op waits for (`poll(2)` event bits).
+    pub(crate) events: u32,
 }
 
 impl Meta {
@@ -76,6 +80,7 @@ impl Meta {
         seq: 0,
         kernel: false,
         cancel_as: None,
+        events: 0,
     };
 }
 
@@ -149,7 +154,7 @@ impl<T> Core<T> {
     /// counted): the connection limit, then the table's size.
     pub(crate) fn admit(
         &mut self,
-        stream: std::net::TcpStream,
+        stream: Stream,
         nodelay: bool,
         register: impl FnOnce(usize, RawFd, bool) -> io::Result<()>,
     ) -> Option<SocketId> {
@@ -164,8 +169,8 @@ impl<T> Core<T> {
             },
             None => None,
         };
-        if nodelay {
-            let _ = stream.set_nodelay(true);
+        if nodelay && let Stream::Tcp(tcp) = &stream {
+            let _ = tcp.set_nodelay(true);
         }
         match self.add_socket(Io::Stream(stream), permit, register) {
             Ok(sid) => {
@@ -216,6 +221,12 @@ impl<T> Core<T> {
             Target::Op(o) => meta[o as usize].seq == e.seq && meta[o as usize].state != State::Idle,
             Target::Backoff(_) => true,
         });
+    }
+
+    /// Arms a timer op to fire at `when`, for its current submission.
+    pub(crate) fn arm_timer(&mut self, op: u32, when: Instant) {
+        let seq = self.meta[op as usize].seq;
+        self.push_timer(timer::Entry { when, target: Target::Op(op), seq });
     }
 
     /// Arms the op's deadline, if it has one, for its current submission.

@@ -44,13 +44,17 @@ mod driver;
 pub mod echo;
 mod handle;
 mod port;
+mod ready;
 mod socket;
 mod sys;
 mod timer;
+mod unix;
 pub mod workers;
 
 pub use builder::{ListenOptions, PortBuilder};
 pub use driver::{Driver, UringUnavailable};
 pub use handle::PortHandle;
 pub use port::{Completion, CompletionPort, Handler, PortStats, SubmitError};
+pub use ready::{Interest, Ready};
 pub use socket::SocketId;
+pub use unix::{PeerCred, UNIX_NAME_MAX, UnixAddr, UnixListenOptions};

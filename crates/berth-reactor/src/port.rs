@@ -5,7 +5,8 @@ use std::fmt;
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use berth_buf::{BufferManager, Lease};
@@ -16,8 +17,10 @@ use crate::ListenOptions;
 use crate::core::{Core, Meta, State};
 use crate::driver::{Backend, Driver};
 use crate::handle::PortHandle;
-use crate::socket::{Dir, Io, SocketId};
+use crate::ready::Interest;
+use crate::socket::{Dir, Io, Listener, SocketId, Stream};
 use crate::timer::Target;
+use crate::unix::{PeerCred, UnixAddr, UnixListenOptions};
 
 /// One finished operation or a posted user completion: an entry of
 /// `GetQueuedCompletionStatusEx`.
@@ -73,6 +76,22 @@ pub enum SubmitError {
     TooManySockets {
         /// The table's size.
         max: usize,
+    },
+    /// A Unix socket name longer than `sun_path` holds.
+    #[error("Unix socket name too long: {len} bytes, at most {max}")]
+    PathTooLong {
+        /// The name's length in bytes.
+        len: usize,
+        /// The most a name may have ([`UNIX_NAME_MAX`](crate::UNIX_NAME_MAX)).
+        max: usize,
+    },
+    /// A socket file is at the path but nobody accepts on it: a server died without
+    /// removing it. Remove it, or bind with
+    /// [`UnixListenOptions::replace_stale`](crate::UnixListenOptions::replace_stale).
+    #[error("stale socket file at {}: nobody accepts on it (remove it, or bind with replace_stale)", path.display())]
+    StaleSocketFile {
+        /// The socket file's path.
+        path: std::path::PathBuf,
     },
     /// The operating system refused (creating or registering a socket).
     #[error(transparent)]
@@ -242,30 +261,96 @@ impl<T> CompletionPort<T> {
     /// `SO_REUSEPORT`).
     pub fn listen(&mut self, addr: SocketAddr, options: ListenOptions) -> Result<SocketId, SubmitError> {
         let listener = crate::sys::listener(addr, &options)?;
-        self.add_socket(Io::Listener { listener, nodelay: options.nodelay })
+        self.add_socket(Io::Listener { listener: Listener::Tcp(listener), nodelay: options.nodelay })
+    }
+
+    /// Binds and registers a Unix domain stream listener on a filesystem path or an
+    /// abstract name. Accepted sockets are Unix streams: the same receives and
+    /// sends, [`unix_stream`](Self::unix_stream) and
+    /// [`peer_cred`](Self::peer_cred) for the peer.
+    ///
+    /// A path's socket file is removed again when the listener is closed (if it is
+    /// still the file this bind made).
+    ///
+    /// # Errors
+    /// [`SubmitError::PathTooLong`] for a name over [`UNIX_NAME_MAX`](crate::UNIX_NAME_MAX)
+    /// bytes; [`SubmitError::StaleSocketFile`] for a socket file nobody accepts on
+    /// (unless [`UnixListenOptions::replace_stale`]); `AddrInUse` for a live
+    /// listener's path or a path that is not a socket.
+    pub fn listen_unix(&mut self, addr: &UnixAddr, options: UnixListenOptions) -> Result<SocketId, SubmitError> {
+        let (listener, bound) = crate::unix::listener(addr, &options)?;
+        self.add_socket(Io::Listener { listener: Listener::Unix { listener, _file: bound }, nodelay: false })
     }
 
     /// Registers a connected stream (set to non-blocking here).
     pub fn register_stream(&mut self, stream: std::net::TcpStream) -> Result<SocketId, SubmitError> {
         stream.set_nonblocking(true)?;
-        self.add_socket(Io::Stream(stream))
+        self.add_socket(Io::Stream(Stream::Tcp(stream)))
     }
 
-    /// The local address of a socket (a listener's bound port, say).
+    /// Registers a connected Unix stream (set to non-blocking here): one end of a
+    /// `UnixStream::pair`, say.
+    pub fn register_unix_stream(&mut self, stream: UnixStream) -> Result<SocketId, SubmitError> {
+        stream.set_nonblocking(true)?;
+        self.add_socket(Io::Stream(Stream::Unix(stream)))
+    }
+
+    /// The local address of a TCP socket (a listener's bound port, say);
+    /// [`SubmitError::WrongSocket`] for a Unix socket or a registered descriptor.
     pub fn local_addr(&self, socket: SocketId) -> Result<SocketAddr, SubmitError> {
         Ok(match &self.core.entry(socket)?.io {
-            Io::Stream(s) => s.local_addr()?,
-            Io::Listener { listener, .. } => listener.local_addr()?,
+            Io::Stream(Stream::Tcp(s)) => s.local_addr()?,
+            Io::Listener { listener: Listener::Tcp(l), .. } => l.local_addr()?,
+            _ => return Err(SubmitError::WrongSocket),
         })
     }
 
-    /// The stream behind a socket (non-blocking), for peer addresses, socket options
-    /// or `shutdown`. Reading or writing it directly bypasses the port's ordering.
+    /// The TCP stream behind a socket (non-blocking), for peer addresses, socket
+    /// options or `shutdown`. Reading or writing it directly bypasses the port's
+    /// ordering. [`SubmitError::WrongSocket`] for anything but a TCP stream.
     pub fn stream(&self, socket: SocketId) -> Result<&std::net::TcpStream, SubmitError> {
         match &self.core.entry(socket)?.io {
-            Io::Stream(s) => Ok(s),
-            Io::Listener { .. } => Err(SubmitError::WrongSocket),
+            Io::Stream(Stream::Tcp(s)) => Ok(s),
+            _ => Err(SubmitError::WrongSocket),
         }
+    }
+
+    /// The Unix stream behind a socket (non-blocking), as [`stream`](Self::stream)
+    /// is for TCP.
+    pub fn unix_stream(&self, socket: SocketId) -> Result<&UnixStream, SubmitError> {
+        match &self.core.entry(socket)?.io {
+            Io::Stream(Stream::Unix(s)) => Ok(s),
+            _ => Err(SubmitError::WrongSocket),
+        }
+    }
+
+    /// The credentials of the process at the other end of a Unix stream
+    /// (`SO_PEERCRED`): who connected, for an access check before serving it.
+    pub fn peer_cred(&self, socket: SocketId) -> Result<PeerCred, SubmitError> {
+        Ok(crate::unix::peer_cred(self.unix_stream(socket)?)?)
+    }
+
+    /// Registers any descriptor for readiness ops ([`wait_ready`](Self::wait_ready)):
+    /// an eventfd, a pipe, a timerfd, a signalfd, an IPC channel's wake descriptor.
+    /// The port keeps its own duplicate (closed by [`close`](Self::close)), so the
+    /// caller may close theirs; the descriptor must be non-blocking if the caller
+    /// reads it after a completion, as readiness can be spurious.
+    ///
+    /// # Errors
+    /// `EBADF` (in [`SubmitError::Io`]) for a closed descriptor; `EPERM` for a
+    /// regular file, which is always ready and cannot be waited for.
+    pub fn register_fd(&mut self, fd: impl AsFd) -> Result<SocketId, SubmitError> {
+        let owned = rustix::io::fcntl_dupfd_cloexec(fd.as_fd(), 0).map_err(io::Error::from)?;
+        let kind = rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&owned).map_err(io::Error::from)?.st_mode);
+        if matches!(kind, rustix::fs::FileType::RegularFile | rustix::fs::FileType::Directory) {
+            // epoll refuses these; io_uring would call them ready forever. Refused on both.
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "a regular file or directory is always ready: nothing to wait for",
+            )
+            .into());
+        }
+        self.add_socket(Io::Fd(owned))
     }
 
     /// Closes a socket: every op pending on it completes with
@@ -318,6 +403,11 @@ impl<T> CompletionPort<T> {
             }
             // Already being cancelled with its socket.
             State::Detached { .. } => Ok(()),
+            State::Timer => {
+                self.core.stats.pending -= 1;
+                self.core.abandon(op, SocketId::NONE, OpError::Cancelled);
+                Ok(())
+            }
             State::Idle => Err(SubmitError::NotPending),
         }
     }
@@ -403,14 +493,73 @@ impl<T> CompletionPort<T> {
         result
     }
 
-    /// Connects to `addr` (`ConnectAsync`): the socket is created and registered now
-    /// and returned; the op completes when the connection is up or has failed.
-    pub fn connect(&mut self, addr: SocketAddr, op: OpId) -> Result<SocketId, SubmitError> {
+    /// Completes `op` when `socket` is ready for `interest`, with `Ok(bits)`
+    /// ([`Ready::from_result`](crate::Ready::from_result) reads them): the way to wait
+    /// on a descriptor registered with [`register_fd`](Self::register_fd) — or on a
+    /// socket, without a buffer. Readiness ops wait in the socket's queue for their
+    /// direction, behind the receives (or sends) submitted before them. The op holds
+    /// no buffer; a deadline applies as to any op.
+    pub fn wait_ready(&mut self, socket: SocketId, op: OpId, interest: Interest) -> Result<(), SubmitError> {
+        let dir = match interest {
+            Interest::Readable => Dir::Read,
+            Interest::Writable => Dir::Write,
+        };
         self.core.check_op(op)?;
         if self.core.meta[op.index()].state != State::Idle {
             return Err(SubmitError::Busy);
         }
-        let stream = crate::sys::connect(addr)?;
+        self.core.meta[op.index()].events = interest.events();
+        self.submit(socket, op, OpKind::Ready, dir, false)
+    }
+
+    /// Completes `op` with `Ok(0)` at `at` (at once if it has passed): a timer on no
+    /// socket, as a posted completion is, cancelled with [`cancel`](Self::cancel). The
+    /// completion's `socket` is [`SocketId::NONE`]. The op's own deadline does not
+    /// apply.
+    pub fn timer(&mut self, op: OpId, at: Instant) -> Result<(), SubmitError> {
+        self.core.check_op(op)?;
+        let index = op.index();
+        if self.core.meta[index].state != State::Idle {
+            return Err(SubmitError::Busy);
+        }
+        let args = self.core.pool.get_mut(op).map_err(|_| SubmitError::StaleOp)?;
+        args.set_kind(OpKind::Timer);
+        args.set_socket(None);
+        let meta = &mut self.core.meta[index];
+        meta.state = State::Timer;
+        meta.kernel = false;
+        meta.cancel_as = None;
+        self.core.stats.submitted += 1;
+        self.core.stats.pending += 1;
+        self.core.arm_timer(index as u32, at);
+        Ok(())
+    }
+
+    /// Connects to `addr` (`ConnectAsync`): the socket is created and registered now
+    /// and returned; the op completes when the connection is up or has failed.
+    pub fn connect(&mut self, addr: SocketAddr, op: OpId) -> Result<SocketId, SubmitError> {
+        self.connect_with(op, || Ok(Stream::Tcp(crate::sys::connect(addr)?)))
+    }
+
+    /// Connects to a Unix domain listener, as [`connect`](Self::connect) does to a
+    /// TCP one. A Unix connect is never under way: the op completes at the next
+    /// wait, and a listener whose backlog is full refuses the submit with
+    /// `WouldBlock`; nobody listening is `ConnectionRefused` (a stale socket file)
+    /// or `NotFound` (no file), also at submit.
+    pub fn connect_unix(&mut self, addr: &UnixAddr, op: OpId) -> Result<SocketId, SubmitError> {
+        self.connect_with(op, || Ok(Stream::Unix(crate::unix::connect(addr)?)))
+    }
+
+    fn connect_with(
+        &mut self,
+        op: OpId,
+        make: impl FnOnce() -> Result<Stream, SubmitError>,
+    ) -> Result<SocketId, SubmitError> {
+        self.core.check_op(op)?;
+        if self.core.meta[op.index()].state != State::Idle {
+            return Err(SubmitError::Busy);
+        }
+        let stream = make()?;
         let socket = self.add_socket(Io::Stream(stream))?;
         if let Err(e) = self.submit(socket, op, OpKind::Connect, Dir::Write, false) {
             let _ = self.close(socket);
@@ -421,11 +570,17 @@ impl<T> CompletionPort<T> {
 
     fn submit(&mut self, socket: SocketId, id: OpId, kind: OpKind, dir: Dir, pooled: bool) -> Result<(), SubmitError> {
         self.core.check_op(id)?;
-        let fd = match &self.core.entry(socket)?.io {
-            Io::Stream(s) if kind != OpKind::Accept => s.as_raw_fd(),
-            Io::Listener { listener, .. } if kind == OpKind::Accept => listener.as_raw_fd(),
-            _ => return Err(SubmitError::WrongSocket),
+        let io = &self.core.entry(socket)?.io;
+        let fits = match io {
+            _ if kind == OpKind::Ready => true,
+            Io::Stream(_) => kind != OpKind::Accept,
+            Io::Listener { .. } => kind == OpKind::Accept,
+            Io::Fd(_) => false,
         };
+        if !fits {
+            return Err(SubmitError::WrongSocket);
+        }
+        let fd = io.as_raw_fd();
         let index = id.index();
         if self.core.meta[index].state != State::Idle {
             return Err(SubmitError::Busy);
@@ -459,8 +614,14 @@ impl<T> CompletionPort<T> {
                     if meta.seq != entry.seq {
                         continue;
                     }
-                    if let State::Queued { socket, dir } = meta.state {
-                        self.cancel_queued(op, socket, dir, OpError::TimedOut);
+                    match meta.state {
+                        State::Queued { socket, dir } => self.cancel_queued(op, socket, dir, OpError::TimedOut),
+                        State::Timer => {
+                            self.core.stats.pending -= 1;
+                            self.core.stats.completed_queued += 1;
+                            self.core.complete(op, Ok(0), SocketId::NONE);
+                        }
+                        _ => {}
                     }
                 }
                 Target::Backoff(socket) => {

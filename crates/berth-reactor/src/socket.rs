@@ -1,8 +1,11 @@
 //! The port's socket table: each socket registered once, with one FIFO queue of
 //! pending ops per direction, linked through the ops' own metadata (no allocation).
 
+use std::io;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use berth_ops::ConnectionPermit;
@@ -20,6 +23,10 @@ pub struct SocketId {
 }
 
 impl SocketId {
+    /// The socket of a completion that has none: a [`timer`](crate::CompletionPort::timer)
+    /// op's. No registered socket ever has this id.
+    pub const NONE: SocketId = SocketId { index: u32::MAX, generation: u32::MAX };
+
     /// `generation << 32 | index`, for a user's own tables.
     pub fn to_u64(self) -> u64 {
         (u64::from(self.generation) << 32) | u64::from(self.index)
@@ -58,19 +65,126 @@ impl Queue {
     }
 }
 
-/// A registered socket, always non-blocking. Plain `std` types: each driver
+/// A connected stream: TCP or a Unix domain socket. Both read and write the same
+/// way, so every stream op is written once.
+pub(crate) enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// Wraps a descriptor that `accept` returned on a listener of the given family.
+    pub(crate) fn accepted(fd: OwnedFd, unix: bool) -> Stream {
+        if unix { Stream::Unix(UnixStream::from(fd)) } else { Stream::Tcp(TcpStream::from(fd)) }
+    }
+
+    pub(crate) fn take_error(&self) -> io::Result<Option<io::Error>> {
+        match self {
+            Stream::Tcp(s) => s.take_error(),
+            Stream::Unix(s) => s.take_error(),
+        }
+    }
+
+    /// Whether the connection is up (a non-blocking connect has finished).
+    pub(crate) fn connected(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.peer_addr().map(drop),
+            Stream::Unix(s) => s.peer_addr().map(drop),
+        }
+    }
+}
+
+impl io::Read for &Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => (&*s).read(buf),
+            Stream::Unix(s) => (&*s).read(buf),
+        }
+    }
+}
+
+impl io::Write for &Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => (&*s).write(buf),
+            Stream::Unix(s) => (&*s).write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+/// A listening socket: TCP, or a Unix domain socket (with the socket file it bound,
+/// removed again when the listener is closed if it is still the same file).
+pub(crate) enum Listener {
+    Tcp(TcpListener),
+    Unix { listener: UnixListener, _file: Option<BoundFile> },
+}
+
+/// The socket file a Unix listener created: its path and identity (device, inode),
+/// so closing removes that file and never one put in its place since.
+pub(crate) struct BoundFile {
+    pub(crate) path: PathBuf,
+    pub(crate) id: (u64, u64),
+}
+
+impl Drop for BoundFile {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
+            && (meta.dev(), meta.ino()) == self.id
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix { listener, .. } => listener.as_fd(),
+        }
+    }
+}
+
+/// A registered descriptor, always non-blocking. Plain `std` types: each driver
 /// registers the descriptor its own way.
 pub(crate) enum Io {
-    Stream(TcpStream),
-    Listener { listener: TcpListener, nodelay: bool },
+    Stream(Stream),
+    Listener {
+        listener: Listener,
+        nodelay: bool,
+    },
+    /// A descriptor registered for readiness only (`register_fd`): the port's own
+    /// duplicate, so the caller's closing theirs changes nothing here.
+    Fd(OwnedFd),
+}
+
+impl AsFd for Io {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Io::Stream(s) => s.as_fd(),
+            Io::Listener { listener, .. } => listener.as_fd(),
+            Io::Fd(fd) => fd.as_fd(),
+        }
+    }
 }
 
 impl AsRawFd for Io {
     fn as_raw_fd(&self) -> RawFd {
-        match self {
-            Io::Stream(s) => s.as_raw_fd(),
-            Io::Listener { listener, .. } => listener.as_raw_fd(),
-        }
+        self.as_fd().as_raw_fd()
     }
 }
 

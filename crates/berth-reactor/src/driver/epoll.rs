@@ -100,6 +100,7 @@ impl Epoll {
             OpKind::Send => sys_io::send(core, op, socket),
             OpKind::SendFile => sys_io::send_file(core, op, socket),
             OpKind::Connect => sys_io::connect(core, socket),
+            OpKind::Ready => sys_io::ready(core, op, socket),
             _ => Step::Done(Err(OpError::InvalidInput), core.sid(socket)),
         }
     }

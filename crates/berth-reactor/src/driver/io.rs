@@ -4,7 +4,7 @@
 //! the op completes with), or pending (it would block). Errnos are named.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsFd;
 
 use berth_buf::Lease;
 use berth_ops::OpError;
@@ -13,7 +13,7 @@ use rustix::io::Errno;
 use rustix::net::SocketFlags;
 
 use crate::core::{Core, Step};
-use crate::socket::{Entry, Io};
+use crate::socket::{Entry, Io, Listener, Stream};
 
 /// One receive into the op's range, or into a fresh segment for a pooled receive.
 /// Also says whether the read was short, so the socket's queue is drained.
@@ -131,12 +131,24 @@ pub(crate) fn connect<T>(core: &mut Core<T>, socket: u32) -> Step {
         Ok(Some(e)) | Err(e) => return Step::Done(Err(OpError::from_io(&e)), sid),
         Ok(None) => {}
     }
-    match stream.peer_addr() {
-        Ok(_) => Step::Done(Ok(0), sid),
+    match stream.connected() {
+        Ok(()) => Step::Done(Ok(0), sid),
         Err(e) if e.kind() == io::ErrorKind::NotConnected || Errno::from_io_error(&e) == Some(Errno::INPROGRESS) => {
             Step::Pending
         }
         Err(e) => Step::Done(Err(OpError::from_io(&e)), sid),
+    }
+}
+
+/// Whether the socket is ready for what the readiness op waits for, by one `poll(2)`
+/// that does not wait (edges say only that something changed).
+pub(crate) fn ready<T>(core: &mut Core<T>, op: u32, socket: u32) -> Step {
+    let sid = core.sid(socket);
+    let Some(entry) = core.sockets.get(socket as usize) else { return Step::Done(Err(OpError::NotConnected), sid) };
+    match crate::ready::ready_now(entry.io.as_fd(), core.meta[op as usize].events) {
+        Ok(0) => Step::Pending,
+        Ok(bits) => Step::Done(Ok(bits as usize), sid),
+        Err(e) => Step::Done(Err(OpError::from_io(&e.into())), sid),
     }
 }
 
@@ -174,6 +186,7 @@ pub(crate) fn classify_accept(e: Errno) -> AcceptFailure {
 }
 
 /// accept4(2) with the new socket non-blocking and close-on-exec.
-pub(crate) fn accept(listener: &TcpListener) -> Result<TcpStream, Errno> {
-    rustix::net::accept_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC).map(TcpStream::from)
+pub(crate) fn accept(listener: &Listener) -> Result<Stream, Errno> {
+    let fd = rustix::net::accept_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
+    Ok(Stream::accepted(fd, matches!(listener, Listener::Unix { .. })))
 }

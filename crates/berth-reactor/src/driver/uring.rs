@@ -23,7 +23,6 @@
 //! - Posts wake the ring through an eventfd with a multishot poll armed on it.
 
 use std::io;
-use std::net::TcpStream;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -39,7 +38,7 @@ use crate::driver::UringUnavailable;
 use crate::driver::io::{self as sys_io, AcceptFailure};
 use crate::driver::kept::{Arrival, Kept};
 use crate::driver::pbuf::{self, BufRing};
-use crate::socket::{Dir, Io, NIL};
+use crate::socket::{Dir, Io, Listener, NIL, Stream};
 
 const POLLIN: u32 = PollFlags::IN.bits() as u32;
 const POLLOUT: u32 = PollFlags::OUT.bits() as u32;
@@ -134,7 +133,7 @@ pub(crate) struct Uring {
     accepting: Vec<(u32, u32)>,
     /// Connections a multishot accept delivered while no accept op waited:
     /// (listener index, generation, connection).
-    unclaimed: std::collections::VecDeque<(u32, u32, TcpStream)>,
+    unclaimed: std::collections::VecDeque<(u32, u32, Stream)>,
     /// Multishot accept works here (5.19+); cleared at its first `EINVAL`.
     multishot_accept: bool,
     /// Per socket slot: its multishot receive.
@@ -460,6 +459,7 @@ impl Uring {
                 (opcode::PollAdd::new(fd, POLLOUT).build(), Phase::Poll)
             }
             OpKind::Connect => (opcode::PollAdd::new(fd, POLLOUT).build(), Phase::Poll),
+            OpKind::Ready => (opcode::PollAdd::new(fd, meta.events).build(), Phase::Poll),
             _ => return Start::Done(Err(OpError::InvalidInput), sid),
         };
         self.push(&sqe.user_data(user_data(op, meta.seq)));
@@ -496,10 +496,11 @@ impl Uring {
             && !self.draining;
         if res >= 0 {
             // SAFETY: a successful accept's result is a new descriptor we now own.
-            let stream = unsafe { TcpStream::from_raw_fd(res) };
+            let fd = unsafe { OwnedFd::from_raw_fd(res) };
             if !live {
                 return;
             }
+            let stream = Stream::accepted(fd, unix_listener(core, listener));
             let head = core.head(listener, Dir::Read);
             let nodelay = match core.sockets.get_mut(listener as usize) {
                 Some(entry) => {
@@ -757,7 +758,8 @@ impl Uring {
             _ => None,
         };
         match meta.state {
-            State::Idle => {}
+            // (A timer op is never with the kernel.)
+            State::Idle | State::Timer => {}
             State::Detached { socket } => {
                 core.stats.pending -= 1;
                 if phase == Phase::Data && res >= 0 && is_accept(core, op) {
@@ -852,6 +854,9 @@ impl Uring {
                 OpKind::Recv => sys_io::recv(core, op, socket).0,
                 OpKind::SendFile => sys_io::send_file(core, op, socket),
                 OpKind::Connect => sys_io::connect(core, socket),
+                // The poll's result is the answer (a stray cancel: poll again).
+                OpKind::Ready if res >= 0 => Step::Done(Ok(res as usize), sid),
+                OpKind::Ready => Step::Pending,
                 _ => Step::Done(Err(OpError::InvalidInput), sid),
             };
             return match step {
@@ -884,7 +889,8 @@ impl Uring {
         match kind {
             OpKind::Accept => {
                 // SAFETY: a successful accept's result is a new descriptor we now own.
-                let stream = unsafe { TcpStream::from_raw_fd(res) };
+                let fd = unsafe { OwnedFd::from_raw_fd(res) };
+                let stream = Stream::accepted(fd, unix_listener(core, socket));
                 let nodelay = match core.sockets.get_mut(socket as usize) {
                     Some(entry) => {
                         entry.backoff_delay = Duration::ZERO;
@@ -1022,6 +1028,12 @@ fn copy_front<T>(args: &mut berth_ops::OpArgs<T>, front: &mut Arrival) -> Result
     let _ = own.set_len(range.start + n);
     *taken += n;
     Ok(n)
+}
+
+/// Whether socket `index` is a Unix domain listener (its accepted sockets are Unix
+/// streams).
+fn unix_listener<T>(core: &Core<T>, index: u32) -> bool {
+    matches!(core.sockets.get(index as usize), Some(e) if matches!(e.io, Io::Listener { listener: Listener::Unix { .. }, .. }))
 }
 
 fn is_accept<T>(core: &Core<T>, op: u32) -> bool {
