@@ -1,5 +1,6 @@
 //! [`OpArgs`]: one operation's arguments and result — the `SocketAsyncEventArgs` analog.
 
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::os::fd::RawFd;
 
@@ -40,6 +41,11 @@ pub enum OpKind {
     Ready,
     /// Complete at a given instant, on no socket.
     Timer,
+    /// Receive one datagram and its sender (`ReceiveFromAsync`,
+    /// `ReceiveMessageFromAsync`).
+    RecvFrom,
+    /// Send one datagram to the op's remote endpoint (`SendToAsync`).
+    SendTo,
     /// A user completion posted to the port (`PostQueuedCompletionStatus`), with the
     /// user's code.
     User(u64),
@@ -120,7 +126,21 @@ pub struct OpArgs<T> {
     transferred: usize,
     result: Result<(), OpError>,
     user_data: u64,
+    remote: Option<SocketAddr>,
+    packet_info: Option<PacketInfo>,
+    message_len: usize,
     token: T,
+}
+
+/// Where a datagram was addressed to (`IP_PKTINFO` / `IPV6_PKTINFO`): SAEA's
+/// `IPPacketInformation`, for a server bound to a wildcard address that must answer
+/// from the address the client used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PacketInfo {
+    /// The datagram's destination address (one of this host's).
+    pub addr: IpAddr,
+    /// The index of the interface it arrived on.
+    pub interface: u32,
 }
 
 impl<T> OpArgs<T> {
@@ -141,6 +161,9 @@ impl<T> OpArgs<T> {
             transferred: 0,
             result: Ok(()),
             user_data: 0,
+            remote: None,
+            packet_info: None,
+            message_len: 0,
             token,
         }
     }
@@ -406,6 +429,51 @@ impl<T> OpArgs<T> {
         }
     }
 
+    /// The peer's address (SAEA's `RemoteEndPoint`): set by an accept (the new
+    /// connection's peer) and a datagram receive (the sender); read by a datagram
+    /// send as its destination.
+    ///
+    /// ```
+    /// # use berth_ops::OpArgs;
+    /// let mut op = OpArgs::new(());
+    /// op.set_remote_endpoint(Some("127.0.0.1:53".parse()?));
+    /// assert_eq!(op.remote_endpoint(), Some("127.0.0.1:53".parse()?));
+    /// op.reset();
+    /// assert_eq!(op.remote_endpoint(), None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn remote_endpoint(&self) -> Option<SocketAddr> {
+        self.remote
+    }
+
+    /// Sets the [`remote_endpoint`](Self::remote_endpoint): the destination of a
+    /// datagram send.
+    pub fn set_remote_endpoint(&mut self, addr: Option<SocketAddr>) {
+        self.remote = addr;
+    }
+
+    /// Where the last datagram received was addressed to, if the socket asked for it
+    /// (SAEA's `ReceiveMessageFromPacketInfo`).
+    pub fn packet_info(&self) -> Option<PacketInfo> {
+        self.packet_info
+    }
+
+    /// Sets the [`packet_info`](Self::packet_info) (the completion engine's).
+    pub fn set_packet_info(&mut self, info: Option<PacketInfo>) {
+        self.packet_info = info;
+    }
+
+    /// The real length of the last datagram received: more than the buffer held if
+    /// it completed with [`OpError::MessageTruncated`].
+    pub fn message_len(&self) -> usize {
+        self.message_len
+    }
+
+    /// Sets the [`message_len`](Self::message_len) (the completion engine's).
+    pub fn set_message_len(&mut self, len: usize) {
+        self.message_len = len;
+    }
+
     /// A free word for the completion engine (a file offset, a timer key).
     ///
     /// ```
@@ -482,6 +550,9 @@ impl<T> OpArgs<T> {
         self.transferred = 0;
         self.result = Ok(());
         self.user_data = 0;
+        self.remote = None;
+        self.packet_info = None;
+        self.message_len = 0;
     }
 }
 

@@ -60,6 +60,12 @@ pub enum OpError {
     /// The peer closed its side before the operation could complete.
     #[error("unexpected end of stream")]
     UnexpectedEof,
+    /// A datagram was longer than the receive's buffer (`MSG_TRUNC`; SAEA's
+    /// `MessageSize`): the buffer holds its first bytes, and
+    /// [`OpArgs::message_len`](crate::OpArgs::message_len) its real length. Nothing is
+    /// cut silently.
+    #[error("datagram truncated: longer than the receive buffer")]
+    MessageTruncated,
     /// Any other OS error, by errno.
     #[error("os error {0}")]
     Os(i32),
@@ -151,6 +157,7 @@ impl From<OpError> for io::Error {
             OpError::BufferExhausted => K::OutOfMemory,
             OpError::InvalidInput => K::InvalidInput,
             OpError::UnexpectedEof | OpError::Truncated => K::UnexpectedEof,
+            OpError::MessageTruncated => K::InvalidData,
             OpError::Os(errno) => return io::Error::from_raw_os_error(errno),
             OpError::TooManyOpenFiles => return io::Error::from_raw_os_error(24),
             OpError::Other => K::Other,

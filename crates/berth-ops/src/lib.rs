@@ -37,7 +37,7 @@ mod limit;
 mod loom;
 mod pool;
 
-pub use args::{OpArgs, OpKind, RangeError, SetBufferError};
+pub use args::{OpArgs, OpKind, PacketInfo, RangeError, SetBufferError};
 pub use error::OpError;
 pub use limit::{ConnectionLimit, ConnectionPermit, LimitReached};
 pub use pool::{OpId, OpPool, PoolExhausted, PoolStats, StaleOp};

@@ -172,6 +172,7 @@ impl PortBuilder {
                 cache,
                 limit: self.limit,
                 stats,
+                slots: None,
             },
             batch: Vec::with_capacity(self.events.max(64)),
         })

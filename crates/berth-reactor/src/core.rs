@@ -105,6 +105,9 @@ pub(crate) struct Core<T> {
     pub(crate) cache: Option<LocalCache>,
     pub(crate) limit: Option<ConnectionLimit>,
     pub(crate) stats: PortStats,
+    /// The datagram ops' message headers, one per op: made when the first UDP socket
+    /// is bound, never moved after.
+    pub(crate) slots: Option<crate::udp::Slots>,
 }
 
 impl<T> Core<T> {

@@ -48,6 +48,7 @@ mod ready;
 mod socket;
 mod sys;
 mod timer;
+mod udp;
 mod unix;
 pub mod workers;
 
@@ -57,4 +58,5 @@ pub use handle::PortHandle;
 pub use port::{Completion, CompletionPort, Handler, PortStats, SubmitError};
 pub use ready::{Interest, Ready};
 pub use socket::SocketId;
+pub use udp::UdpOptions;
 pub use unix::{PeerCred, UNIX_NAME_MAX, UnixAddr, UnixListenOptions};

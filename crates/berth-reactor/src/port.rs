@@ -20,6 +20,7 @@ use crate::handle::PortHandle;
 use crate::ready::Interest;
 use crate::socket::{Dir, Io, Listener, SocketId, Stream};
 use crate::timer::Target;
+use crate::udp::UdpOptions;
 use crate::unix::{PeerCred, UnixAddr, UnixListenOptions};
 
 /// One finished operation or a posted user completion: an entry of
@@ -295,12 +296,13 @@ impl<T> CompletionPort<T> {
         self.add_socket(Io::Stream(Stream::Unix(stream)))
     }
 
-    /// The local address of a TCP socket (a listener's bound port, say);
+    /// The local address of a TCP or UDP socket (a listener's bound port, say);
     /// [`SubmitError::WrongSocket`] for a Unix socket or a registered descriptor.
     pub fn local_addr(&self, socket: SocketId) -> Result<SocketAddr, SubmitError> {
         Ok(match &self.core.entry(socket)?.io {
             Io::Stream(Stream::Tcp(s)) => s.local_addr()?,
             Io::Listener { listener: Listener::Tcp(l), .. } => l.local_addr()?,
+            Io::Udp { socket, .. } => socket.local_addr()?,
             _ => return Err(SubmitError::WrongSocket),
         })
     }
@@ -328,6 +330,27 @@ impl<T> CompletionPort<T> {
     /// (`SO_PEERCRED`): who connected, for an access check before serving it.
     pub fn peer_cred(&self, socket: SocketId) -> Result<PeerCred, SubmitError> {
         Ok(crate::unix::peer_cred(self.unix_stream(socket)?)?)
+    }
+
+    /// Binds and registers a UDP socket. Datagrams are received with
+    /// [`recv_from`](Self::recv_from) and sent with [`send_to`](Self::send_to).
+    pub fn bind_udp(&mut self, addr: SocketAddr, options: UdpOptions) -> Result<SocketId, SubmitError> {
+        let socket = crate::udp::bind(addr, &options)?;
+        if self.core.slots.is_none() {
+            // Once per port, with the first UDP socket: a message header per op.
+            self.core.slots = Some(crate::udp::Slots::new(self.core.meta.len()));
+        }
+        self.add_socket(Io::Udp { socket, packet_info: options.packet_info })
+    }
+
+    /// The UDP socket behind a socket id (non-blocking), for socket options,
+    /// `connect` (after which [`send_to`](Self::send_to) may leave the op's remote
+    /// endpoint unset) or multicast membership.
+    pub fn udp_socket(&self, socket: SocketId) -> Result<&std::net::UdpSocket, SubmitError> {
+        match &self.core.entry(socket)?.io {
+            Io::Udp { socket, .. } => Ok(socket),
+            _ => Err(SubmitError::WrongSocket),
+        }
     }
 
     /// Registers any descriptor for readiness ops ([`wait_ready`](Self::wait_ready)):
@@ -476,6 +499,36 @@ impl<T> CompletionPort<T> {
         self.submit(socket, op, OpKind::Send, Dir::Write, false)
     }
 
+    /// Receives one datagram into the op's buffer range (`ReceiveFromAsync`; with
+    /// [`UdpOptions::packet_info`], also `ReceiveMessageFromAsync`). Completes with
+    /// the datagram's length; the op's
+    /// [`remote_endpoint`](berth_ops::OpArgs::remote_endpoint) is the sender and its
+    /// [`packet_info`](berth_ops::OpArgs::packet_info) where it was addressed to. A
+    /// datagram longer than the range completes with
+    /// [`OpError::MessageTruncated`]: the range holds its first bytes,
+    /// [`message_len`](berth_ops::OpArgs::message_len) its real length. An ICMP
+    /// error for an earlier send (a port nobody listens on) completes the next
+    /// receive with that error (`ConnectionRefused`, `Unreachable`), the address it
+    /// was about as its remote endpoint; the socket stays usable.
+    ///
+    /// On epoll, datagram ops wait for the next [`wait`](Self::wait), which moves
+    /// every one queued on a socket with one `recvmmsg` (or `sendmmsg`); on io_uring
+    /// each is a `RECVMSG` (`SENDMSG`) submission, all sent with one enter.
+    pub fn recv_from(&mut self, socket: SocketId, op: OpId) -> Result<(), SubmitError> {
+        self.require_buffer(op)?;
+        self.submit(socket, op, OpKind::RecvFrom, Dir::Read, false)
+    }
+
+    /// Sends the op's buffer range as one datagram to its
+    /// [`remote_endpoint`](berth_ops::OpArgs::remote_endpoint) (`SendToAsync`), or to
+    /// a connected socket's peer if that is unset. Completes with the bytes sent (the
+    /// whole range: a datagram is never split); one larger than the path allows
+    /// fails with `EMSGSIZE` (`OpError::Os`).
+    pub fn send_to(&mut self, socket: SocketId, op: OpId) -> Result<(), SubmitError> {
+        self.require_buffer(op)?;
+        self.submit(socket, op, OpKind::SendTo, Dir::Write, false)
+    }
+
     /// Sends a file range by sendfile(2) (berth-sendfile). A buffer attached to the op
     /// serves as scratch space if the file needs the copy fallback; without one such
     /// a file fails with [`OpError::InvalidInput`]. Completes with the bytes sent; a
@@ -571,10 +624,12 @@ impl<T> CompletionPort<T> {
     fn submit(&mut self, socket: SocketId, id: OpId, kind: OpKind, dir: Dir, pooled: bool) -> Result<(), SubmitError> {
         self.core.check_op(id)?;
         let io = &self.core.entry(socket)?.io;
+        let datagram = matches!(kind, OpKind::RecvFrom | OpKind::SendTo);
         let fits = match io {
             _ if kind == OpKind::Ready => true,
-            Io::Stream(_) => kind != OpKind::Accept,
+            Io::Stream(_) => kind != OpKind::Accept && !datagram,
             Io::Listener { .. } => kind == OpKind::Accept,
+            Io::Udp { .. } => datagram,
             Io::Fd(_) => false,
         };
         if !fits {

@@ -2,7 +2,7 @@
 //! pending ops per direction, linked through the ops' own metadata (no allocation).
 
 use std::io;
-use std::net::{TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -167,6 +167,11 @@ pub(crate) enum Io {
         listener: Listener,
         nodelay: bool,
     },
+    /// A UDP socket; `packet_info`: its receives report each datagram's destination.
+    Udp {
+        socket: UdpSocket,
+        packet_info: bool,
+    },
     /// A descriptor registered for readiness only (`register_fd`): the port's own
     /// duplicate, so the caller's closing theirs changes nothing here.
     Fd(OwnedFd),
@@ -177,6 +182,7 @@ impl AsFd for Io {
         match self {
             Io::Stream(s) => s.as_fd(),
             Io::Listener { listener, .. } => listener.as_fd(),
+            Io::Udp { socket, .. } => socket.as_fd(),
             Io::Fd(fd) => fd.as_fd(),
         }
     }

@@ -108,3 +108,74 @@ fn posts_allocate_nothing_and_stay_bounded() {
     let n = thread_allocations() - before;
     assert_eq!(n, 0, "{n} allocations in 6400 posts");
 }
+
+/// UDP echo in steady state — receive (with the sender and packet info), send back —
+/// allocates nothing on either driver, and neither do timers and readiness ops.
+#[test]
+fn datagram_timer_and_readiness_ops_allocate_nothing() {
+    use berth_reactor::{Interest, UdpOptions};
+    let buffers = BufferManager::new(BufferConfig::new().segment_size(2048).segment_count(64)).unwrap();
+    let mut port = CompletionPort::builder().ops(16).max_sockets(8).buffers(buffers).build(|_| ()).unwrap();
+    let udp = port.bind_udp("127.0.0.1:0".parse().unwrap(), UdpOptions::default().packet_info(true)).unwrap();
+    let addr = port.local_addr(udp).unwrap();
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let ops: Vec<_> = (0..4)
+        .map(|_| {
+            let op = port.take_op().unwrap();
+            let lease = port.lease().unwrap();
+            port.op_mut(op).unwrap().set_buffer(lease, 0..1500).unwrap();
+            port.recv_from(udp, op).unwrap();
+            op
+        })
+        .collect();
+    let (timer, ready) = (port.take_op().unwrap(), port.take_op().unwrap());
+    let efd = rustix::event::eventfd(0, rustix::event::EventfdFlags::NONBLOCK).unwrap();
+    let efd_socket = port.register_fd(&efd).unwrap();
+    let mut batch = Vec::with_capacity(64);
+    let round = |port: &mut CompletionPort<()>, batch: &mut Vec<Completion>| {
+        for i in 0..4u8 {
+            client.send_to(&[i; 100], addr).unwrap();
+        }
+        port.timer(timer, std::time::Instant::now()).unwrap();
+        port.wait_ready(efd_socket, ready, Interest::Writable).unwrap();
+        let (mut echoed, mut timers, mut readies) = (0, 0, 0);
+        for _ in 0..1000 {
+            port.wait(batch, Some(Duration::from_millis(100))).unwrap();
+            for c in batch.iter() {
+                match *c {
+                    Completion::Op { op, kind: OpKind::RecvFrom, result: Ok(n), .. } => {
+                        port.op_mut(op).unwrap().set_range(0..n).unwrap();
+                        port.send_to(udp, op).unwrap();
+                    }
+                    Completion::Op { op, kind: OpKind::SendTo, result: Ok(100), .. } => {
+                        port.op_mut(op).unwrap().set_range(0..1500).unwrap();
+                        port.recv_from(udp, op).unwrap();
+                        echoed += 1;
+                    }
+                    Completion::Op { kind: OpKind::Timer, result: Ok(0), .. } => timers += 1,
+                    Completion::Op { kind: OpKind::Ready, result: Ok(_), .. } => readies += 1,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            if (echoed, timers, readies) == (4, 1, 1) {
+                break;
+            }
+        }
+        assert_eq!((echoed, timers, readies), (4, 1, 1));
+        let mut got = [0u8; 128];
+        for _ in 0..4 {
+            assert_eq!(client.recv(&mut got).unwrap(), 100);
+        }
+    };
+    for _ in 0..50 {
+        round(&mut port, &mut batch);
+    }
+    let before = thread_allocations();
+    for _ in 0..500 {
+        round(&mut port, &mut batch);
+    }
+    let n = thread_allocations() - before;
+    assert_eq!(n, 0, "{n} allocations in 500 rounds of 4 datagram echoes, a timer and a readiness op");
+    assert!(ops.iter().all(|&op| port.op(op).unwrap().packet_info().is_some()));
+}

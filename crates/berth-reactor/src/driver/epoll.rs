@@ -19,6 +19,8 @@ const WAKER: Token = Token(usize::MAX);
 /// Connections one accept attempt may refuse or find dead in the backlog before it
 /// lets the other sockets have a turn; the listener is driven again at the next wait.
 const ACCEPT_TURN: u32 = 64;
+/// Datagram ops moved by one `recvmmsg`/`sendmmsg`.
+const BATCH: usize = 32;
 
 pub(crate) struct Epoll {
     poll: Poll,
@@ -26,13 +28,25 @@ pub(crate) struct Epoll {
     /// Listeners whose accept gave up its turn with connections still in the backlog:
     /// no new edge will announce those, so the next wait drives them again.
     redrive: Vec<u32>,
+    /// Sockets with datagram ops submitted since the last wait: the next wait moves
+    /// them all, a batch per syscall.
+    flush: Vec<u32>,
+    /// The `mmsghdr` array of a batch (copies of the ops' headers).
+    batch: Vec<libc::mmsghdr>,
 }
 
 impl Epoll {
     pub(crate) fn new(events: usize) -> io::Result<(Epoll, Waker)> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
-        Ok((Epoll { poll, events: Events::with_capacity(events), redrive: Vec::with_capacity(8) }, waker))
+        let epoll = Epoll {
+            poll,
+            events: Events::with_capacity(events),
+            redrive: Vec::with_capacity(8),
+            flush: Vec::with_capacity(64),
+            batch: Vec::with_capacity(BATCH),
+        };
+        Ok((epoll, waker))
     }
 
     pub(crate) fn register(&self, index: usize, fd: RawFd, listener: bool) -> io::Result<()> {
@@ -44,14 +58,24 @@ impl Epoll {
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
     }
 
-    /// Whether a wait must not block: listeners wait for their next accept turn.
+    /// Whether a wait must not block: listeners wait for their next accept turn, or
+    /// datagram ops to be moved.
     pub(crate) fn busy(&self) -> bool {
-        !self.redrive.is_empty()
+        !self.redrive.is_empty() || !self.flush.is_empty()
     }
 
     /// Tries a freshly submitted op at once if nothing is ahead of it and the socket
     /// may be ready (the seed's `willRaiseEvent == false`); queues it otherwise.
     pub(crate) fn submit<T>(&mut self, core: &mut Core<T>, op: u32, socket: u32, dir: Dir) {
+        if matches!(core.sockets[socket as usize].io, Io::Udp { .. }) {
+            // Datagram ops (and readiness ops on a UDP socket, to keep their order)
+            // wait for the wait's flush, which batches them.
+            core.push_back(socket, dir, op);
+            if !self.flush.contains(&socket) {
+                self.flush.push(socket);
+            }
+            return;
+        }
         let entry = &core.sockets[socket as usize];
         if entry.queue_ref(dir).is_empty() && entry.ready(dir) {
             match self.try_op(core, op, socket) {
@@ -101,6 +125,7 @@ impl Epoll {
             OpKind::SendFile => sys_io::send_file(core, op, socket),
             OpKind::Connect => sys_io::connect(core, socket),
             OpKind::Ready => sys_io::ready(core, op, socket),
+            OpKind::RecvFrom | OpKind::SendTo => sys_io::datagram(core, op, socket),
             _ => Step::Done(Err(OpError::InvalidInput), core.sid(socket)),
         }
     }
@@ -168,6 +193,16 @@ impl Epoll {
             if head == NIL {
                 return;
             }
+            let kind = core.meta[head as usize].id.and_then(|id| core.pool.get(id).ok()).map(|a| a.kind());
+            if matches!(kind, Some(OpKind::RecvFrom | OpKind::SendTo)) && core.meta[head as usize].next != NIL {
+                if !self.datagrams(core, socket, dir) {
+                    if let Some(entry) = core.sockets.get_mut(socket as usize) {
+                        entry.set_ready(dir, false);
+                    }
+                    return;
+                }
+                continue;
+            }
             match self.try_op(core, head, socket) {
                 Step::Pending => {
                     if let Some(entry) = core.sockets.get_mut(socket as usize) {
@@ -184,8 +219,110 @@ impl Epoll {
         }
     }
 
+    /// Moves the datagram ops at the front of a socket's queue with one
+    /// `recvmmsg`/`sendmmsg` (at most [`BATCH`], all of the head's kind) and completes
+    /// those the kernel took, in order. Returns false if the socket would block.
+    fn datagrams<T>(&mut self, core: &mut Core<T>, socket: u32, dir: Dir) -> bool {
+        let sid = core.sid(socket);
+        let mut ops = [NIL; BATCH];
+        let mut count = 0;
+        let mut cur = core.head(socket, dir);
+        let mut receive = None;
+        self.batch.clear();
+        while cur != NIL && count < BATCH {
+            let kind = core.meta[cur as usize].id.and_then(|id| core.pool.get(id).ok()).map(|a| a.kind());
+            let this = match kind {
+                Some(OpKind::RecvFrom) => true,
+                Some(OpKind::SendTo) => false,
+                _ => break,
+            };
+            if *receive.get_or_insert(this) != this {
+                break;
+            }
+            match sys_io::prepare_datagram(core, cur, socket) {
+                Ok(_) => {}
+                Err(e) if count == 0 => {
+                    // The head cannot run at all: it fails alone.
+                    core.pop_front(socket, dir);
+                    core.stats.completed_queued += 1;
+                    core.complete(cur, Err(e), sid);
+                    return true;
+                }
+                Err(_) => break,
+            }
+            let Some(slots) = core.slots.as_ref() else { break };
+            self.batch.push(libc::mmsghdr { msg_hdr: slots.header(cur), msg_len: 0 });
+            ops[count] = cur;
+            count += 1;
+            cur = core.meta[cur as usize].next;
+        }
+        if count == 0 {
+            return true;
+        }
+        let Some(entry) = core.sockets.get(socket as usize) else { return true };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&entry.io);
+        let receive = receive == Some(true);
+        let n = loop {
+            // SAFETY: each mmsghdr is a copy of an op's header, pointing at that op's
+            // own buffer range and slot, which outlive the call; the socket is
+            // non-blocking, so no timeout is needed.
+            let n = unsafe {
+                if receive {
+                    libc::recvmmsg(fd, self.batch.as_mut_ptr(), count as u32, libc::MSG_TRUNC, std::ptr::null_mut())
+                } else {
+                    libc::sendmmsg(fd, self.batch.as_mut_ptr(), count as u32, libc::MSG_NOSIGNAL)
+                }
+            };
+            if n >= 0 {
+                break n as usize;
+            }
+            match rustix::io::Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(rustix::io::Errno::IO) {
+                rustix::io::Errno::AGAIN => return false,
+                rustix::io::Errno::INTR => continue,
+                e => {
+                    // The error belongs to the first datagram: it fails, the rest stay.
+                    let head = ops[0];
+                    let result = sys_io::finish_datagram(core, head, socket, Err(e));
+                    core.pop_front(socket, dir);
+                    core.stats.completed_queued += 1;
+                    core.complete(head, result, sid);
+                    return true;
+                }
+            }
+        };
+        for (i, &op) in ops.iter().enumerate().take(n) {
+            let (hdr, len) = (self.batch[i].msg_hdr, self.batch[i].msg_len as usize);
+            if let Some(slots) = core.slots.as_mut() {
+                slots.set_header(op, &hdr);
+            }
+            let result = sys_io::finish_datagram(core, op, socket, Ok(len));
+            core.pop_front(socket, dir);
+            core.stats.completed_queued += 1;
+            core.complete(op, result, sid);
+        }
+        // A short receive batch emptied the socket: the next datagram brings an edge
+        // (no EAGAIN to pay). A short send batch: the next call finds out why.
+        n > 0 && !(receive && n < count)
+    }
+
     /// One `epoll_wait` and the work its events make possible.
     pub(crate) fn poll<T>(&mut self, core: &mut Core<T>, timeout: Option<Duration>) -> io::Result<()> {
+        // Datagram ops submitted since the last wait: moved now, before sleeping.
+        for _ in 0..self.flush.len() {
+            let socket = self.flush.swap_remove(0);
+            // A direction known drained waits for its edge, which epoll gives for
+            // every datagram that arrives (or room that frees) after the drain.
+            if let Some(entry) = core.sockets.get(socket as usize) {
+                let (read, write) = (entry.readable, entry.writable);
+                if read {
+                    self.drive(core, socket, Dir::Read);
+                }
+                if write {
+                    self.drive(core, socket, Dir::Write);
+                }
+            }
+        }
+        let timeout = if core.ready.is_empty() { timeout } else { Some(Duration::ZERO) };
         let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
         match self.poll.poll(&mut events, timeout) {
             Ok(()) => {}

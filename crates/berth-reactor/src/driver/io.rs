@@ -4,10 +4,10 @@
 //! the op completes with), or pending (it would block). Errnos are named.
 
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use berth_buf::Lease;
-use berth_ops::OpError;
+use berth_ops::{OpError, OpKind};
 use berth_sendfile::SendFileError;
 use rustix::io::Errno;
 use rustix::net::SocketFlags;
@@ -189,4 +189,98 @@ pub(crate) fn classify_accept(e: Errno) -> AcceptFailure {
 pub(crate) fn accept(listener: &Listener) -> Result<Stream, Errno> {
     let fd = rustix::net::accept_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
     Ok(Stream::accepted(fd, matches!(listener, Listener::Unix { .. })))
+}
+
+/// Points datagram op `op`'s message header at its buffer range (and, for a send,
+/// its remote endpoint); returns the header and the range's length, or the result
+/// the op fails with at once.
+pub(crate) fn prepare_datagram<T>(
+    core: &mut Core<T>,
+    op: u32,
+    socket: u32,
+) -> Result<(*mut libc::msghdr, usize), OpError> {
+    let Some(Entry { io: Io::Udp { packet_info, .. }, .. }) = core.sockets.get(socket as usize) else {
+        return Err(OpError::NotConnected);
+    };
+    let control = *packet_info;
+    let (Some(slots), Some(id)) = (core.slots.as_mut(), core.meta[op as usize].id) else {
+        return Err(OpError::InvalidInput);
+    };
+    let Ok(args) = core.pool.get_mut(id) else { return Err(OpError::InvalidInput) };
+    let range = args.range();
+    let kind = args.kind();
+    let remote = args.remote_endpoint();
+    let Some(lease) = args.buffer_mut() else { return Err(OpError::InvalidInput) };
+    let Some(buf) = lease.get_mut(range) else { return Err(OpError::InvalidInput) };
+    let len = buf.len();
+    let hdr = match kind {
+        OpKind::RecvFrom => slots.recv(op, buf, control),
+        _ => slots.send(op, buf, remote),
+    };
+    Ok((hdr, len))
+}
+
+/// What a datagram op's syscall returned (`Ok`: the datagram's real length for a
+/// receive, bytes sent for a send), as the op's result, with the sender, packet
+/// info and length recorded for a receive.
+pub(crate) fn finish_datagram<T>(
+    core: &mut Core<T>,
+    op: u32,
+    socket: u32,
+    res: Result<usize, Errno>,
+) -> Result<usize, OpError> {
+    let (Some(slots), Some(id)) = (core.slots.as_mut(), core.meta[op as usize].id) else {
+        return Err(OpError::InvalidInput);
+    };
+    let Ok(args) = core.pool.get_mut(id) else { return Err(OpError::InvalidInput) };
+    let receive = args.kind() == OpKind::RecvFrom;
+    match res {
+        Ok(n) if receive => {
+            let range = args.range();
+            if let Some(lease) = args.buffer_mut() {
+                let _ = lease.set_len(range.start + n.min(range.len()));
+            }
+            slots.finish_recv(op, n, range.len(), args)
+        }
+        Ok(n) => Ok(n),
+        Err(e) => {
+            let error = OpError::from_io(&e.into());
+            if receive
+                && crate::udp::is_network_error(error)
+                && let Some(entry) = core.sockets.get(socket as usize)
+            {
+                slots.take_errors(op, entry.io.as_fd(), args);
+            }
+            Err(error)
+        }
+    }
+}
+
+/// One `recvmsg`/`sendmsg` for a datagram op.
+pub(crate) fn datagram<T>(core: &mut Core<T>, op: u32, socket: u32) -> Step {
+    let sid = core.sid(socket);
+    let (hdr, _) = match prepare_datagram(core, op, socket) {
+        Ok(prepared) => prepared,
+        Err(e) => return Step::Done(Err(e), sid),
+    };
+    let Some(entry) = core.sockets.get(socket as usize) else { return Step::Done(Err(OpError::NotConnected), sid) };
+    let fd = entry.io.as_fd().as_raw_fd();
+    let receive =
+        matches!(core.meta[op as usize].id.map(|id| core.pool.get(id)), Some(Ok(a)) if a.kind() == OpKind::RecvFrom);
+    let res = loop {
+        // SAFETY: the header was just pointed at the op's own buffer range and the
+        // op's slot, which outlive the call; the socket is non-blocking.
+        let n = unsafe {
+            if receive { libc::recvmsg(fd, hdr, libc::MSG_TRUNC) } else { libc::sendmsg(fd, hdr, libc::MSG_NOSIGNAL) }
+        };
+        if n >= 0 {
+            break Ok(n as usize);
+        }
+        match Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::IO) {
+            Errno::AGAIN => return Step::Pending,
+            Errno::INTR => continue,
+            e => break Err(e),
+        }
+    };
+    Step::Done(finish_datagram(core, op, socket, res), sid)
 }

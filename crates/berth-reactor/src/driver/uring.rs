@@ -220,6 +220,8 @@ impl Uring {
             ("RECV", opcode::Recv::CODE),
             ("SEND", opcode::Send::CODE),
             ("POLL_ADD", opcode::PollAdd::CODE),
+            ("RECVMSG", opcode::RecvMsg::CODE),
+            ("SENDMSG", opcode::SendMsg::CODE),
             ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
         ] {
             if !probe.is_supported(code) {
@@ -460,6 +462,19 @@ impl Uring {
             }
             OpKind::Connect => (opcode::PollAdd::new(fd, POLLOUT).build(), Phase::Poll),
             OpKind::Ready => (opcode::PollAdd::new(fd, meta.events).build(), Phase::Poll),
+            kind @ (OpKind::RecvFrom | OpKind::SendTo) => {
+                let hdr = match sys_io::prepare_datagram(core, op, socket) {
+                    Ok((hdr, _)) => hdr,
+                    Err(e) => return Start::Done(Err(e), sid),
+                };
+                // MSG_TRUNC: a receive returns the datagram's real length.
+                let sqe = if kind == OpKind::RecvFrom {
+                    opcode::RecvMsg::new(fd, hdr).flags(libc::MSG_TRUNC as u32).build()
+                } else {
+                    opcode::SendMsg::new(fd, hdr).flags(libc::MSG_NOSIGNAL as u32).build()
+                };
+                (sqe, Phase::Data)
+            }
             _ => return Start::Done(Err(OpError::InvalidInput), sid),
         };
         self.push(&sqe.user_data(user_data(op, meta.seq)));
@@ -863,6 +878,15 @@ impl Uring {
                 Step::Done(result, sid) => Outcome::Done(result, sid),
                 Step::Pending => Outcome::Again,
             };
+        }
+        if matches!(kind, OpKind::RecvFrom | OpKind::SendTo) {
+            if let Some(as_) = meta.cancel_as
+                && cancelled
+            {
+                return Outcome::Abandon(as_);
+            }
+            let res = if res >= 0 { Ok(res as usize) } else { Err(Errno::from_raw_os_error(-res)) };
+            return Outcome::Done(sys_io::finish_datagram(core, op, socket, res), sid);
         }
         if res < 0 {
             if let Some(as_) = meta.cancel_as

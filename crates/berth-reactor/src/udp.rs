@@ -1,0 +1,318 @@
+//! UDP on the port: [`UdpOptions`], the per-op message headers datagram ops use
+//! (`MsgSlot`), and the syscalls both drivers share: one `recvmsg`/`sendmsg`, and
+//! on epoll `recvmmsg`/`sendmmsg` over several queued ops at once.
+//!
+//! A datagram op's `msghdr`, its `iovec`, the address and the control buffer live in
+//! a slot per op, allocated once when the port's first UDP socket is bound and never
+//! moved: the io_uring driver hands the kernel a pointer to it.
+
+use std::io;
+use std::mem::{self, MaybeUninit};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use berth_ops::{OpArgs, OpError, PacketInfo};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// How [`bind_udp`](crate::CompletionPort::bind_udp) sets up a socket.
+#[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
+pub struct UdpOptions {
+    /// `SO_REUSEPORT`: several ports (one per thread) share the address, the kernel
+    /// spreading datagrams by flow (default false).
+    pub reuse_port: bool,
+    /// Report each datagram's destination address and interface
+    /// ([`OpArgs::packet_info`]: `IP_PKTINFO` / `IPV6_RECVPKTINFO`), for a server
+    /// bound to a wildcard address (default false).
+    pub packet_info: bool,
+    /// `IPV6_V6ONLY` for an IPv6 socket: `Some(false)` also takes IPv4 datagrams as
+    /// mapped addresses (default: the system's setting).
+    pub only_v6: Option<bool>,
+    /// `SO_RCVBUF` in bytes (default: the system's).
+    pub recv_buffer: Option<usize>,
+    /// `SO_SNDBUF` in bytes (default: the system's).
+    pub send_buffer: Option<usize>,
+}
+
+impl UdpOptions {
+    /// Sets [`packet_info`](Self::packet_info).
+    pub fn packet_info(mut self, yes: bool) -> Self {
+        self.packet_info = yes;
+        self
+    }
+
+    /// Sets [`reuse_port`](Self::reuse_port).
+    pub fn reuse_port(mut self, yes: bool) -> Self {
+        self.reuse_port = yes;
+        self
+    }
+
+    /// Sets [`recv_buffer`](Self::recv_buffer).
+    pub fn recv_buffer(mut self, bytes: usize) -> Self {
+        self.recv_buffer = Some(bytes);
+        self
+    }
+
+    /// Sets [`send_buffer`](Self::send_buffer).
+    pub fn send_buffer(mut self, bytes: usize) -> Self {
+        self.send_buffer = Some(bytes);
+        self
+    }
+
+    /// Sets [`only_v6`](Self::only_v6).
+    pub fn only_v6(mut self, yes: bool) -> Self {
+        self.only_v6 = Some(yes);
+        self
+    }
+}
+
+/// A bound, non-blocking UDP socket with the options asked for. ICMP errors (a port
+/// nobody listens on) are queued (`IP_RECVERR`), so the next receive reports them
+/// instead of the kernel dropping them.
+pub(crate) fn bind(addr: SocketAddr, options: &UdpOptions) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+    if options.reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    if let (SocketAddr::V6(_), Some(only)) = (addr, options.only_v6) {
+        socket.set_only_v6(only)?;
+    }
+    if let Some(n) = options.recv_buffer {
+        socket.set_recv_buffer_size(n)?;
+    }
+    if let Some(n) = options.send_buffer {
+        socket.set_send_buffer_size(n)?;
+    }
+    let v6 = addr.is_ipv6();
+    set_flag(&socket, v6, (libc::IPPROTO_IP, libc::IP_RECVERR), (libc::IPPROTO_IPV6, libc::IPV6_RECVERR))?;
+    if options.packet_info {
+        set_flag(&socket, v6, (libc::IPPROTO_IP, libc::IP_PKTINFO), (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO))?;
+        if v6 && options.only_v6 != Some(true) {
+            // Mapped IPv4 datagrams on a dual-stack socket carry IPv4 packet info.
+            let _ = set_flag(&socket, false, (libc::IPPROTO_IP, libc::IP_PKTINFO), (0, 0));
+        }
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Sets an integer socket option to 1: the IPv4 one or, for an IPv6 socket, the
+/// IPv6 one.
+fn set_flag(socket: &Socket, v6: bool, v4opt: (i32, i32), v6opt: (i32, i32)) -> io::Result<()> {
+    let (level, name) = if v6 { v6opt } else { v4opt };
+    let one: libc::c_int = 1;
+    // SAFETY: `one` is a valid c_int for the duration of the call, and its size is
+    // passed; the descriptor is open (borrowed from `socket`).
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&raw const one).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// One datagram op's message header and what it points to.
+#[repr(C)]
+pub(crate) struct MsgSlot {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    name: libc::sockaddr_storage,
+    /// Room for one `IPV6_PKTINFO` (or `IP_PKTINFO`) control message; u64s for the
+    /// alignment `cmsghdr` needs.
+    control: [u64; 8],
+}
+
+/// The message slots of a port, one per op.
+pub(crate) struct Slots(Box<[MsgSlot]>);
+
+impl Slots {
+    pub(crate) fn new(ops: usize) -> Slots {
+        // SAFETY: every field of MsgSlot is plain data (integers, pointers, byte
+        // arrays) for which all zeroes is a valid value.
+        let zeroed = || unsafe { MaybeUninit::<MsgSlot>::zeroed().assume_init() };
+        Slots((0..ops).map(|_| zeroed()).collect())
+    }
+
+    /// Points op `op`'s header at `buf` (to receive into) and at its own address and
+    /// control space; returns the header, which stays valid (never moved) as long as
+    /// the port.
+    pub(crate) fn recv(&mut self, op: u32, buf: &mut [u8], control: bool) -> *mut libc::msghdr {
+        let slot = &mut self.0[op as usize];
+        slot.iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        slot.hdr.msg_name = (&raw mut slot.name).cast();
+        slot.hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        slot.hdr.msg_iov = &raw mut slot.iov;
+        slot.hdr.msg_iovlen = 1;
+        if control {
+            slot.hdr.msg_control = (&raw mut slot.control).cast();
+            slot.hdr.msg_controllen = mem::size_of_val(&slot.control);
+        } else {
+            slot.hdr.msg_control = std::ptr::null_mut();
+            slot.hdr.msg_controllen = 0;
+        }
+        slot.hdr.msg_flags = 0;
+        &raw mut slot.hdr
+    }
+
+    /// Points op `op`'s header at `buf` (to send) and at `to` (or no address: a
+    /// connected socket's peer).
+    pub(crate) fn send(&mut self, op: u32, buf: &[u8], to: Option<SocketAddr>) -> *mut libc::msghdr {
+        let slot = &mut self.0[op as usize];
+        slot.iov = libc::iovec { iov_base: buf.as_ptr().cast_mut().cast(), iov_len: buf.len() };
+        match to {
+            Some(addr) => {
+                let addr = SockAddr::from(addr);
+                let len = addr.len() as usize;
+                // SAFETY: `addr` holds `len` initialised bytes of a sockaddr, and the
+                // slot's storage is a sockaddr_storage, which any sockaddr fits.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        addr.as_ptr().cast::<u8>(),
+                        (&raw mut slot.name).cast::<u8>(),
+                        len.min(mem::size_of::<libc::sockaddr_storage>()),
+                    );
+                }
+                slot.hdr.msg_name = (&raw mut slot.name).cast();
+                slot.hdr.msg_namelen = addr.len();
+            }
+            None => {
+                slot.hdr.msg_name = std::ptr::null_mut();
+                slot.hdr.msg_namelen = 0;
+            }
+        }
+        slot.hdr.msg_iov = &raw mut slot.iov;
+        slot.hdr.msg_iovlen = 1;
+        slot.hdr.msg_control = std::ptr::null_mut();
+        slot.hdr.msg_controllen = 0;
+        slot.hdr.msg_flags = 0;
+        &raw mut slot.hdr
+    }
+
+    /// The header of op `op`, as last prepared.
+    pub(crate) fn header(&self, op: u32) -> libc::msghdr {
+        self.0[op as usize].hdr
+    }
+
+    /// Stores what the kernel wrote back into a header copy (a batch's).
+    pub(crate) fn set_header(&mut self, op: u32, hdr: &libc::msghdr) {
+        let slot = &mut self.0[op as usize].hdr;
+        slot.msg_namelen = hdr.msg_namelen;
+        slot.msg_controllen = hdr.msg_controllen;
+        slot.msg_flags = hdr.msg_flags;
+    }
+
+    /// A receive of `len` bytes (the datagram's real length: `MSG_TRUNC` was asked)
+    /// into a buffer of `capacity` finished: records the sender, the packet info and
+    /// the length in `args`, and says whether it fit.
+    pub(crate) fn finish_recv<T>(
+        &self,
+        op: u32,
+        len: usize,
+        capacity: usize,
+        args: &mut OpArgs<T>,
+    ) -> Result<usize, OpError> {
+        let slot = &self.0[op as usize];
+        args.set_remote_endpoint(sockaddr(&slot.name, slot.hdr.msg_namelen));
+        args.set_packet_info(packet_info(&slot.hdr));
+        args.set_message_len(len);
+        if len > capacity || slot.hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            Err(OpError::MessageTruncated)
+        } else {
+            Ok(len)
+        }
+    }
+
+    /// After a receive failed with an error the network reported (an ICMP port
+    /// unreachable, say): takes the queued errors off the socket (`MSG_ERRQUEUE`,
+    /// so they do not keep it flagged) and records the address the last one was
+    /// about as the op's remote endpoint.
+    pub(crate) fn take_errors<T>(&mut self, op: u32, fd: BorrowedFd<'_>, args: &mut OpArgs<T>) {
+        let mut scratch = [0u8; 64];
+        for _ in 0..64 {
+            let hdr = self.recv(op, &mut scratch, true);
+            // SAFETY: the header points at `scratch`, the slot's address and control
+            // space, all valid for the call; MSG_DONTWAIT keeps it from blocking.
+            let n = unsafe { libc::recvmsg(fd.as_raw_fd(), hdr, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+            if n < 0 {
+                break;
+            }
+            let slot = &self.0[op as usize];
+            if let Some(addr) = sockaddr(&slot.name, slot.hdr.msg_namelen) {
+                args.set_remote_endpoint(Some(addr));
+            }
+        }
+    }
+}
+
+/// Whether an errno from a datagram receive is one the network reported for an
+/// earlier send (queued by `IP_RECVERR`), not a fault of the socket.
+pub(crate) fn is_network_error(e: OpError) -> bool {
+    matches!(e, OpError::ConnectionRefused | OpError::Unreachable)
+        || matches!(e, OpError::Os(n) if n == libc::EHOSTUNREACH || n == libc::ENETUNREACH || n == libc::EMSGSIZE || n == libc::EPROTO)
+}
+
+/// A sockaddr the kernel wrote, as a std address (None for other families).
+fn sockaddr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match i32::from(storage.ss_family) {
+        libc::AF_INET if len >= mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in, and the
+            // storage is aligned for (and larger than) one.
+            let a = unsafe { &*(&raw const *storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(a.sin_port))))
+        }
+        libc::AF_INET6 if len >= mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for a sockaddr_in6.
+            let a = unsafe { &*(&raw const *storage).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(ip, u16::from_be(a.sin6_port), a.sin6_flowinfo, a.sin6_scope_id)))
+        }
+        _ => None,
+    }
+}
+
+/// The `IP_PKTINFO` / `IPV6_PKTINFO` control message of a received header, if any.
+fn packet_info(hdr: &libc::msghdr) -> Option<PacketInfo> {
+    if hdr.msg_control.is_null() || hdr.msg_controllen == 0 {
+        return None;
+    }
+    // SAFETY: the header's control pointer and length are the slot's control buffer
+    // as the kernel filled it; CMSG_FIRSTHDR/NXTHDR stay within msg_controllen, and
+    // each payload read is checked against its cmsg_len and read unaligned.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+        while !cmsg.is_null() {
+            let c = &*cmsg;
+            let data = libc::CMSG_DATA(cmsg);
+            let room = c.cmsg_len as usize - (data as usize - cmsg as usize);
+            if c.cmsg_level == libc::IPPROTO_IP
+                && c.cmsg_type == libc::IP_PKTINFO
+                && room >= mem::size_of::<libc::in_pktinfo>()
+            {
+                let info = std::ptr::read_unaligned(data.cast::<libc::in_pktinfo>());
+                return Some(PacketInfo {
+                    addr: IpAddr::V4(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr))),
+                    interface: info.ipi_ifindex as u32,
+                });
+            }
+            if c.cmsg_level == libc::IPPROTO_IPV6
+                && c.cmsg_type == libc::IPV6_PKTINFO
+                && room >= mem::size_of::<libc::in6_pktinfo>()
+            {
+                let info = std::ptr::read_unaligned(data.cast::<libc::in6_pktinfo>());
+                return Some(PacketInfo {
+                    addr: IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)),
+                    interface: info.ipi6_ifindex,
+                });
+            }
+            cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+        }
+    }
+    None
+}
