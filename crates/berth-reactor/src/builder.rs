@@ -16,7 +16,9 @@ use crate::handle::{Notifier, Shared};
 use crate::port::{CompletionPort, PortStats};
 use crate::timer::Timers;
 
-/// Listener options: the socket2 settings that `std` does not expose.
+/// Listener options: the socket2 settings that `std` does not expose. Socket
+/// options set on the listener (keepalive, buffer sizes) are inherited by every
+/// connection it accepts.
 #[derive(Debug, Clone, Copy)]
 pub struct ListenOptions {
     /// `listen(2)` backlog (default 1024).
@@ -26,11 +28,42 @@ pub struct ListenOptions {
     pub reuse_port: bool,
     /// `TCP_NODELAY` on accepted connections (default true).
     pub nodelay: bool,
+    /// `IPV6_V6ONLY` for an IPv6 address: `Some(false)` also accepts IPv4 clients
+    /// (as mapped addresses) on `[::]` (default: the system's setting).
+    pub only_v6: Option<bool>,
+    /// TCP keepalive on accepted connections (`SO_KEEPALIVE` with its idle time,
+    /// interval and probe count), so a peer that vanished without a FIN is found
+    /// (default off).
+    pub keepalive: Option<Keepalive>,
+    /// `SO_RCVBUF` in bytes, set before `listen` so the window scale fits
+    /// (default: the system's autotuning).
+    pub recv_buffer: Option<usize>,
+    /// `SO_SNDBUF` in bytes (default: the system's autotuning).
+    pub send_buffer: Option<usize>,
+}
+
+/// TCP keepalive timing ([`ListenOptions::keepalive`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Idle time before the first probe (`TCP_KEEPIDLE`).
+    pub idle: std::time::Duration,
+    /// Time between probes (`TCP_KEEPINTVL`).
+    pub interval: std::time::Duration,
+    /// Unanswered probes before the connection is dropped (`TCP_KEEPCNT`).
+    pub retries: u32,
 }
 
 impl Default for ListenOptions {
     fn default() -> Self {
-        ListenOptions { backlog: 1024, reuse_port: false, nodelay: true }
+        ListenOptions {
+            backlog: 1024,
+            reuse_port: false,
+            nodelay: true,
+            only_v6: None,
+            keepalive: None,
+            recv_buffer: None,
+            send_buffer: None,
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_buf::{BufferManager, Lease, LocalCache};
-use berth_ops::{ConnectionLimit, ConnectionPermit, OpError, OpId, OpPool};
+use berth_ops::{ConnectionLimit, ConnectionPermit, OpError, OpId, OpKind, OpPool};
 use berth_sendfile::FileSend;
 use slab::Slab;
 
@@ -313,6 +313,14 @@ impl<T> Core<T> {
         let Ok(args) = self.pool.get_mut(id) else { return };
         args.complete(result);
         let kind = args.kind();
+        if kind == OpKind::Accept && result.is_ok() {
+            // SAEA's AcceptSocket.RemoteEndPoint: the new connection's peer.
+            let peer = match self.sockets.get(socket.index as usize).map(|e| &e.io) {
+                Some(Io::Stream(Stream::Tcp(tcp))) => tcp.peer_addr().ok(),
+                _ => None,
+            };
+            args.set_remote_endpoint(peer);
+        }
         self.ready.push_back(Completion::Op { op: id, kind, socket, result });
     }
 

@@ -52,7 +52,7 @@ mod udp;
 mod unix;
 pub mod workers;
 
-pub use builder::{ListenOptions, PortBuilder};
+pub use builder::{Keepalive, ListenOptions, PortBuilder};
 pub use driver::{Driver, UringUnavailable};
 pub use handle::PortHandle;
 pub use port::{Completion, CompletionPort, Handler, PortStats, SubmitError};

@@ -3,7 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
 
 use crate::ListenOptions;
 
@@ -14,6 +14,20 @@ pub(crate) fn listener(addr: SocketAddr, options: &ListenOptions) -> io::Result<
     socket.set_reuse_address(true)?;
     if options.reuse_port {
         socket.set_reuse_port(true)?;
+    }
+    if let (SocketAddr::V6(_), Some(only)) = (addr, options.only_v6) {
+        socket.set_only_v6(only)?;
+    }
+    if let Some(k) = options.keepalive {
+        let params = TcpKeepalive::new().with_time(k.idle).with_interval(k.interval).with_retries(k.retries);
+        socket.set_tcp_keepalive(&params)?;
+        socket.set_keepalive(true)?;
+    }
+    if let Some(n) = options.recv_buffer {
+        socket.set_recv_buffer_size(n)?;
+    }
+    if let Some(n) = options.send_buffer {
+        socket.set_send_buffer_size(n)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
