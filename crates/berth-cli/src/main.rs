@@ -13,7 +13,6 @@ mod signals;
 
 use signals::Signal;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -98,9 +97,15 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct Common {
-    /// Address to listen on (port 0 picks a free port; the banner shows it).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    addr: SocketAddr,
+    /// Where to listen: ip:port (port 0 picks a free port; the banner shows it), or a
+    /// Unix socket, unix:/path or unix:@abstract-name.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    addr: berth_server::Endpoint,
+    /// With --addr unix:/path: remove a socket file left there by a server that died
+    /// (one nobody accepts on) instead of refusing to start. A live server's socket
+    /// or a file that is not a socket is never removed.
+    #[arg(long)]
+    replace_stale_socket: bool,
     /// Worker threads, one completion port each (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -290,7 +295,7 @@ fn serve(
 fn builder(common: &Common) -> ServerBuilder {
     let write_timeout = Some(common.write_timeout).filter(|&s| s > 0).map(Duration::from_secs);
     let mut b = Server::builder()
-        .addr(common.addr)
+        .endpoint(common.addr.clone(), common.replace_stale_socket)
         .max_connections(common.max_connections)
         .header_timeout(Duration::from_secs(common.header_timeout))
         .idle_timeout(Duration::from_secs(common.idle_timeout))
@@ -399,7 +404,11 @@ fn run_with<S: Service>(
     let server = builder.serve(service).map_err(|e| format!("cannot listen on {}: {e}", common.addr))?;
     let n = server.workers();
     let plural = if n == 1 { "" } else { "s" };
-    println!("berth: {what} on {scheme}{}{suffix} ({n} worker{plural}, {})", server.local_addr(), server.driver());
+    let on = match server.endpoint() {
+        berth_server::Endpoint::Tcp(addr) => format!("{scheme}{addr}{suffix}"),
+        unix => unix.to_string(),
+    };
+    println!("berth: {what} on {on} ({n} worker{plural}, {})", server.driver());
     let shutdown = server.shutdown_handle();
     let interval = common.stats_interval.filter(|&s| s > 0).map(Duration::from_secs);
     let grace = Duration::from_secs(common.grace);

@@ -59,4 +59,4 @@ pub use port::{Completion, CompletionPort, Handler, PortStats, SubmitError};
 pub use ready::{Interest, Ready};
 pub use socket::SocketId;
 pub use udp::UdpOptions;
-pub use unix::{PeerCred, UNIX_NAME_MAX, UnixAddr, UnixListenOptions};
+pub use unix::{Endpoint, PeerCred, UNIX_NAME_MAX, UnixAddr, UnixListenOptions};

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use berth_buf::{BufferManager, Lease};
@@ -283,6 +283,14 @@ impl<T> CompletionPort<T> {
         self.add_socket(Io::Listener { listener: Listener::Unix { listener, _file: bound }, nodelay: false })
     }
 
+    /// Registers a Unix listener bound elsewhere (set to non-blocking here): a
+    /// clone of another port's listener, so several ports accept on one socket, or
+    /// one handed over by a service manager.
+    pub fn register_unix_listener(&mut self, listener: UnixListener) -> Result<SocketId, SubmitError> {
+        listener.set_nonblocking(true)?;
+        self.add_socket(Io::Listener { listener: Listener::Unix { listener, _file: None }, nodelay: false })
+    }
+
     /// Registers a connected stream (set to non-blocking here).
     pub fn register_stream(&mut self, stream: std::net::TcpStream) -> Result<SocketId, SubmitError> {
         stream.set_nonblocking(true)?;
@@ -315,6 +323,14 @@ impl<T> CompletionPort<T> {
             Io::Stream(Stream::Tcp(s)) => Ok(s),
             _ => Err(SubmitError::WrongSocket),
         }
+    }
+
+    /// The descriptor behind any socket id (TCP or Unix, stream or listener, UDP, a
+    /// registered descriptor): for syscalls the port does not make, such as
+    /// `shutdown` or a header sent ahead of a file. Reading or writing it directly
+    /// bypasses the port's ordering.
+    pub fn fd(&self, socket: SocketId) -> Result<std::os::fd::BorrowedFd<'_>, SubmitError> {
+        Ok(self.core.entry(socket)?.io.as_fd())
     }
 
     /// The Unix stream behind a socket (non-blocking), as [`stream`](Self::stream)

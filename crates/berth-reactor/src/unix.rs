@@ -84,6 +84,74 @@ impl fmt::Display for UnixAddr {
     }
 }
 
+/// Where a server listens: a TCP address or a Unix socket. Parsed from
+/// `127.0.0.1:8080`, `[::1]:0`, `unix:/run/berth.sock` or `unix:@name`.
+///
+/// ```
+/// use berth_reactor::{Endpoint, UnixAddr};
+///
+/// let tcp: Endpoint = "127.0.0.1:8080".parse()?;
+/// assert_eq!(tcp, Endpoint::Tcp("127.0.0.1:8080".parse()?));
+/// let unix: Endpoint = "unix:/run/berth.sock".parse()?;
+/// assert_eq!(unix, Endpoint::Unix(UnixAddr::Path("/run/berth.sock".into())));
+/// assert_eq!(unix.to_string(), "unix:/run/berth.sock");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// A TCP address.
+    Tcp(std::net::SocketAddr),
+    /// A Unix domain socket.
+    Unix(UnixAddr),
+}
+
+impl Endpoint {
+    /// The TCP address, if it is one.
+    pub fn tcp(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Endpoint::Tcp(a) => Some(*a),
+            Endpoint::Unix(_) => None,
+        }
+    }
+}
+
+impl From<std::net::SocketAddr> for Endpoint {
+    fn from(addr: std::net::SocketAddr) -> Endpoint {
+        Endpoint::Tcp(addr)
+    }
+}
+
+impl From<UnixAddr> for Endpoint {
+    fn from(addr: UnixAddr) -> Endpoint {
+        Endpoint::Unix(addr)
+    }
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = io::Error;
+
+    fn from_str(s: &str) -> Result<Endpoint, io::Error> {
+        if s.starts_with("unix:") {
+            return s.parse().map(Endpoint::Unix);
+        }
+        s.parse().map(Endpoint::Tcp).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{s:?}: {e} (expected ip:port, [ipv6]:port, unix:/path or unix:@name)"),
+            )
+        })
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => a.fmt(f),
+            Endpoint::Unix(u) => u.fmt(f),
+        }
+    }
+}
+
 /// How [`listen_unix`](crate::CompletionPort::listen_unix) binds.
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]

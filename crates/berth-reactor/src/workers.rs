@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use berth_buf::BufferManager;
 use berth_ops::ConnectionLimit;
 
-use crate::{CompletionPort, Driver, ListenOptions, PortHandle, SocketId};
+use crate::{CompletionPort, Driver, Endpoint, ListenOptions, PortHandle, SocketId, UnixListenOptions};
 
 /// How to start a group of workers.
 #[derive(Debug, Clone)]
@@ -33,6 +33,10 @@ pub struct WorkersConfig {
     /// The driver every worker's port runs on (default: [`Driver::from_env`], which is
     /// `Auto` unless `BERTH_DRIVER` says otherwise).
     pub driver: Option<Driver>,
+    /// Listen on this Unix socket instead of `addr`: bound once, each worker
+    /// accepting on its own clone of it (`SO_REUSEPORT` does not apply to Unix
+    /// sockets). Its file is removed when the workers are joined.
+    pub unix: Option<(crate::UnixAddr, UnixListenOptions)>,
 }
 
 impl WorkersConfig {
@@ -48,6 +52,7 @@ impl WorkersConfig {
             limit: None,
             listen: ListenOptions::default(),
             driver: None,
+            unix: None,
         }
     }
 }
@@ -65,11 +70,17 @@ pub struct Worker<T> {
 
 /// A running group of workers.
 pub struct Workers {
-    /// The address they all listen on.
+    /// The TCP address they all listen on (the configured `addr`, unused, when they
+    /// listen on a Unix socket: see `endpoint`).
     pub local_addr: SocketAddr,
+    /// Where they listen: the TCP address (with the port picked for port 0) or the
+    /// Unix socket.
+    pub endpoint: Endpoint,
     handles: Vec<PortHandle>,
     driver: Driver,
     threads: Vec<JoinHandle<io::Result<()>>>,
+    /// The Unix socket file the workers accept on, removed when they are joined.
+    _unix_file: Option<crate::socket::BoundFile>,
 }
 
 impl Workers {
@@ -91,7 +102,12 @@ impl Workers {
         let mut running_on = Driver::Epoll;
         let mut threads = Vec::new();
         let mut gos = Vec::new();
+        let unix = match &config.unix {
+            Some((path, options)) => Some(crate::unix::listener(path, options).map_err(io::Error::other)?),
+            None => None,
+        };
         for index in 0..config.workers.max(1) {
+            let unix_listener = unix.as_ref().map(|(l, _)| l.try_clone()).transpose()?;
             let (ready_tx, ready_rx) = mpsc::channel();
             let (go_tx, go_rx) = mpsc::channel::<bool>();
             let (token, body, buffers, limit) =
@@ -107,8 +123,13 @@ impl Workers {
                         builder = builder.driver(driver);
                     }
                     let mut port = builder.build(token)?;
-                    let listener = port.listen(addr, listen).map_err(io::Error::other)?;
-                    let local = port.local_addr(listener).map_err(io::Error::other)?;
+                    let (listener, local) = match unix_listener {
+                        Some(l) => (port.register_unix_listener(l).map_err(io::Error::other)?, addr),
+                        None => {
+                            let listener = port.listen(addr, listen).map_err(io::Error::other)?;
+                            (listener, port.local_addr(listener).map_err(io::Error::other)?)
+                        }
+                    };
                     Ok::<_, io::Error>((port, listener, local))
                 })();
                 match setup {
@@ -155,7 +176,11 @@ impl Workers {
         for go in gos {
             let _ = go.send(true);
         }
-        Ok(Workers { local_addr: addr, handles, driver: running_on, threads })
+        let (endpoint, unix_file) = match (&config.unix, unix) {
+            (Some((path, _)), Some((_, file))) => (Endpoint::Unix(path.clone()), file),
+            _ => (Endpoint::Tcp(addr), None),
+        };
+        Ok(Workers { local_addr: addr, endpoint, handles, driver: running_on, threads, _unix_file: unix_file })
     }
 
     /// The driver the workers' ports run on (the same for all: each builds with the

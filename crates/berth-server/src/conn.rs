@@ -466,7 +466,7 @@ impl<S: Service> Worker<S> {
         if let Some(file) = conn.file.as_mut() {
             // Nothing else is queued to write on this socket, so the head may go out
             // directly, with MSG_MORE: it then shares a segment with the body.
-            let Ok(stream) = port.stream(conn.socket) else { return self.close(port, index) };
+            let Ok(stream) = port.fd(conn.socket) else { return self.close(port, index) };
             match file.send_header(stream, &head[..len]) {
                 Ok(n) => sent = n,
                 Err(e) if e.is_would_block() => {}
@@ -617,6 +617,8 @@ impl<S: Service> Worker<S> {
         let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
         conn.phase = Phase::Lingering;
         if let Ok(stream) = port.stream(conn.socket) {
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+        } else if let Ok(stream) = port.unix_stream(conn.socket) {
             let _ = stream.shutdown(std::net::Shutdown::Write);
         }
         let mut deadline = Instant::now() + LINGER;

@@ -88,7 +88,7 @@ mod validators;
 pub use access_log::{AccessLog, AccessLogHandle, LogTarget};
 pub use berth_ipc::{OpenError, RecvError, SendError};
 /// The completion ports' driver, for [`ServerBuilder::driver`].
-pub use berth_reactor::Driver;
+pub use berth_reactor::{Driver, Endpoint, UnixAddr};
 pub use conn::{Conns, NotWaiting};
 pub use echo::Echo;
 pub use files::{FilesConn, HeaderError, MAX_EXTRA_HEADERS, MAX_HEADERS, MAX_INDEX_NAME, RouteError, StaticFiles};

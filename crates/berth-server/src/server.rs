@@ -9,7 +9,7 @@ use std::time::Duration;
 use berth_buf::{BufferConfig, BufferManager, ConfigError};
 use berth_ops::ConnectionLimit;
 use berth_reactor::workers::{Workers, WorkersConfig};
-use berth_reactor::{Driver, ListenOptions, PortHandle};
+use berth_reactor::{Driver, Endpoint, ListenOptions, PortHandle, UnixAddr, UnixListenOptions};
 
 use crate::conn::{Limits, Worker};
 use crate::metrics::{self, Metrics, Row};
@@ -47,6 +47,7 @@ pub struct ServerBuilder {
     max_request_head: usize,
     backlog: i32,
     driver: Option<Driver>,
+    unix: Option<(UnixAddr, UnixListenOptions)>,
 }
 
 impl ServerBuilder {
@@ -54,6 +55,22 @@ impl ServerBuilder {
     /// see [`Server::local_addr`]).
     pub fn addr(mut self, addr: SocketAddr) -> Self {
         self.addr = addr;
+        self.unix = None;
+        self
+    }
+
+    /// Where to listen: a TCP address (as [`addr`](Self::addr)) or a Unix socket
+    /// (`unix:/run/berth.sock`, `unix:@name`). A socket file left by a server that
+    /// died is an error unless `replace_stale` (see
+    /// [`UnixListenOptions::replace_stale`]); the file is removed at shutdown.
+    pub fn endpoint(mut self, endpoint: Endpoint, replace_stale: bool) -> Self {
+        match endpoint {
+            Endpoint::Tcp(addr) => return self.addr(addr),
+            Endpoint::Unix(path) => {
+                let options = UnixListenOptions::default().backlog(self.backlog).replace_stale(replace_stale);
+                self.unix = Some((path, options));
+            }
+        }
         self
     }
 
@@ -160,6 +177,7 @@ impl ServerBuilder {
         config.limit = Some(limit.clone());
         config.listen = ListenOptions { backlog: self.backlog, ..ListenOptions::default() };
         config.driver = self.driver;
+        config.unix = self.unix.map(|(path, options)| (path, options.backlog(self.backlog)));
         let rows: Arc<[Row]> = (0..workers).map(|_| Row::default()).collect();
         let limits = Limits {
             header_timeout: self.header_timeout,
@@ -176,7 +194,7 @@ impl ServerBuilder {
             move |worker| Worker::new(service.clone(), limits, worker.listener, max_sockets).run(worker, &body_rows),
         )?;
         let shutdown = ShutdownHandle { handles: running.handles().to_vec().into(), rows, buffers, limit };
-        tracing::info!(addr = %running.local_addr, workers, "berth-server listening");
+        tracing::info!(addr = %running.endpoint, workers, "berth-server listening");
         Ok(Server { local_addr: running.local_addr, workers: running, shutdown })
     }
 }
@@ -223,6 +241,7 @@ impl Server {
             max_request_head: 8192,
             backlog: 1024,
             driver: None,
+            unix: None,
         }
     }
 
@@ -231,9 +250,17 @@ impl Server {
         self.workers.driver()
     }
 
-    /// The address the workers listen on (the real port when 0 was asked for).
+    /// The TCP address the workers listen on (the real port when 0 was asked for).
+    /// For a server on a Unix socket this is the unused TCP default: see
+    /// [`endpoint`](Self::endpoint).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the workers listen: the TCP address (with its real port) or the Unix
+    /// socket.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.workers.endpoint
     }
 
     /// How many worker threads run.
