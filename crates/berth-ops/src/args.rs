@@ -46,6 +46,12 @@ pub enum OpKind {
     RecvFrom,
     /// Send one datagram to the op's remote endpoint (`SendToAsync`).
     SendTo,
+    /// Send a list of byte ranges and file ranges, in order, as one operation
+    /// (`SendPacketsAsync`, and `SendAsync` with a `BufferList`).
+    SendPackets,
+    /// Receive into a list of byte ranges, in order (`ReceiveAsync` with a
+    /// `BufferList`).
+    RecvVectored,
     /// A user completion posted to the port (`PostQueuedCompletionStatus`), with the
     /// user's code.
     User(u64),

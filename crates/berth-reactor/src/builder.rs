@@ -206,6 +206,7 @@ impl PortBuilder {
                 limit: self.limit,
                 stats,
                 slots: None,
+                packets: (0..ops).map(|_| crate::packets::Packets::default()).collect(),
             },
             batch: Vec::with_capacity(self.events.max(64)),
         })

@@ -108,6 +108,9 @@ pub(crate) struct Core<T> {
     /// The datagram ops' message headers, one per op: made when the first UDP socket
     /// is bound, never moved after.
     pub(crate) slots: Option<crate::udp::Slots>,
+    /// Each op's list of buffers and files (`send_packets`, `recv_vectored`): empty,
+    /// holding nothing, until used; then reused with its capacity.
+    pub(crate) packets: Vec<crate::packets::Packets>,
 }
 
 impl<T> Core<T> {
@@ -333,6 +336,7 @@ impl<T> Core<T> {
             drop(args.take_buffer());
         }
         self.files[op as usize] = None;
+        self.packets[op as usize].clear();
         match error {
             OpError::TimedOut => self.stats.timed_out += 1,
             _ => self.stats.cancelled += 1,

@@ -17,6 +17,7 @@ use crate::ListenOptions;
 use crate::core::{Core, Meta, State};
 use crate::driver::{Backend, Driver};
 use crate::handle::PortHandle;
+use crate::packets::Packets;
 use crate::ready::Interest;
 use crate::socket::{Dir, Io, Listener, SocketId, Stream};
 use crate::timer::Target;
@@ -222,6 +223,7 @@ impl<T> CompletionPort<T> {
             return Err(SubmitError::Busy);
         }
         self.core.files[id.index()] = None;
+        self.core.packets[id.index()].clear();
         self.core.meta[id.index()].id = None;
         self.core.pool.give(id).map_err(|_| SubmitError::StaleOp)
     }
@@ -240,6 +242,23 @@ impl<T> CompletionPort<T> {
             return Err(SubmitError::Busy);
         }
         Ok(args)
+    }
+
+    /// The op's list of buffers and files, for [`send_packets`](Self::send_packets)
+    /// and [`recv_vectored`](Self::recv_vectored).
+    pub fn packets(&self, id: OpId) -> Result<&Packets, SubmitError> {
+        self.core.check_op(id)?;
+        Ok(&self.core.packets[id.index()])
+    }
+
+    /// The op's list, to fill before submitting (SAEA's `BufferList` or
+    /// `SendPacketsElements`). [`SubmitError::Busy`] while the op is submitted.
+    pub fn packets_mut(&mut self, id: OpId) -> Result<&mut Packets, SubmitError> {
+        self.core.check_op(id)?;
+        if self.core.meta[id.index()].state != State::Idle {
+            return Err(SubmitError::Busy);
+        }
+        Ok(&mut self.core.packets[id.index()])
     }
 
     /// Sets (or clears) the deadline of the op's next submission: if it is still
@@ -545,6 +564,44 @@ impl<T> CompletionPort<T> {
         self.submit(socket, op, OpKind::SendTo, Dir::Write, false)
     }
 
+    /// Sends the op's [`Packets`] in order and completes once, with the bytes sent
+    /// in all (`SendPacketsAsync`; `SendAsync` with a `BufferList`): runs of byte
+    /// ranges gathered into one `sendmsg`, files by sendfile(2), `MSG_MORE` between
+    /// them so a header, a file and a trailer share segments. The op's own buffer,
+    /// if any, is scratch space for a file that needs the copy fallback. A file that
+    /// shrinks mid-send completes with [`OpError::Truncated`] (what went before it
+    /// is sent; close the connection, as the peer cannot know where the file ended).
+    ///
+    /// # Errors
+    /// [`SubmitError::NoBuffer`] for an empty list (or one with nothing to send).
+    pub fn send_packets(&mut self, socket: SocketId, op: OpId) -> Result<(), SubmitError> {
+        self.core.check_op(op)?;
+        if self.core.packets[op.index()].total_bytes() == 0 {
+            return Err(SubmitError::NoBuffer);
+        }
+        self.submit(socket, op, OpKind::SendPackets, Dir::Write, false)
+    }
+
+    /// Receives once into the op's [`Packets`] byte ranges, in order (`ReceiveAsync`
+    /// with a `BufferList`): one `recvmsg`, each lease's length set to the end of
+    /// what landed in it. Completes with the bytes received; `Ok(0)` means the peer
+    /// shut its side.
+    ///
+    /// # Errors
+    /// [`SubmitError::NoBuffer`] for a list without room; `InvalidInput` (in
+    /// [`SubmitError::Io`]) for a list holding a file.
+    pub fn recv_vectored(&mut self, socket: SocketId, op: OpId) -> Result<(), SubmitError> {
+        self.core.check_op(op)?;
+        let list = &self.core.packets[op.index()];
+        if list.has_files() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a receive's list cannot hold a file").into());
+        }
+        if list.total_bytes() == 0 {
+            return Err(SubmitError::NoBuffer);
+        }
+        self.submit(socket, op, OpKind::RecvVectored, Dir::Read, false)
+    }
+
     /// Sends a file range by sendfile(2) (berth-sendfile). A buffer attached to the op
     /// serves as scratch space if the file needs the copy fallback; without one such
     /// a file fails with [`OpError::InvalidInput`]. Completes with the bytes sent; a
@@ -668,6 +725,7 @@ impl<T> CompletionPort<T> {
         meta.pooled = pooled;
         meta.kernel = false;
         meta.cancel_as = None;
+        self.core.packets[index].rewind();
         self.core.stats.submitted += 1;
         let op = index as u32;
         self.driver.submit(&mut self.core, op, socket.index, dir);

@@ -179,3 +179,60 @@ fn datagram_timer_and_readiness_ops_allocate_nothing() {
     assert_eq!(n, 0, "{n} allocations in 500 rounds of 4 datagram echoes, a timer and a readiness op");
     assert!(ops.iter().all(|&op| port.op(op).unwrap().packet_info().is_some()));
 }
+
+/// A `send_packets` op resent with its list (three byte ranges) allocates nothing,
+/// nor does a `recv_vectored` into a list, once the lists have their capacity.
+#[test]
+fn packet_lists_allocate_nothing_once_filled() {
+    let buffers = BufferManager::new(BufferConfig::new().segment_count(64)).unwrap();
+    let mut port = CompletionPort::builder().ops(8).max_sockets(8).buffers(buffers).build(|_| ()).unwrap();
+    let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    theirs.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let socket = port.register_unix_stream(ours).unwrap();
+    let (send, recv) = (port.take_op().unwrap(), port.take_op().unwrap());
+    for part in [&b"head "[..], b"body ", b"tail"] {
+        let mut lease = port.lease().unwrap();
+        lease[..part.len()].copy_from_slice(part);
+        port.packets_mut(send).unwrap().push_bytes(lease, 0..part.len()).unwrap();
+        let lease = port.lease().unwrap();
+        port.packets_mut(recv).unwrap().push_bytes(lease, 0..8).unwrap();
+    }
+    let mut batch = Vec::with_capacity(16);
+    let mut got = [0u8; 14];
+    let mut round = |port: &mut CompletionPort<()>, batch: &mut Vec<Completion>| {
+        port.send_packets(socket, send).unwrap();
+        theirs.write_all(b"0123456789").unwrap();
+        port.recv_vectored(socket, recv).unwrap();
+        let (mut sent, mut received) = (false, 0);
+        for _ in 0..1000 {
+            port.wait(batch, Some(Duration::from_millis(100))).unwrap();
+            for c in batch.iter() {
+                match *c {
+                    Completion::Op { kind: OpKind::SendPackets, result: Ok(14), .. } => sent = true,
+                    Completion::Op { kind: OpKind::RecvVectored, result: Ok(n), .. } => {
+                        received += n;
+                        if received < 10 {
+                            port.recv_vectored(socket, recv).unwrap();
+                        }
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            if sent && received >= 10 {
+                break;
+            }
+        }
+        assert!(sent && received == 10, "sent {sent}, received {received}");
+        theirs.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"head body tail");
+    };
+    for _ in 0..20 {
+        round(&mut port, &mut batch);
+    }
+    let before = thread_allocations();
+    for _ in 0..500 {
+        round(&mut port, &mut batch);
+    }
+    let n = thread_allocations() - before;
+    assert_eq!(n, 0, "{n} allocations in 500 rounds of send_packets and recv_vectored");
+}

@@ -126,6 +126,8 @@ impl Epoll {
             OpKind::Connect => sys_io::connect(core, socket),
             OpKind::Ready => sys_io::ready(core, op, socket),
             OpKind::RecvFrom | OpKind::SendTo => sys_io::datagram(core, op, socket),
+            OpKind::SendPackets => sys_io::send_packets(core, op, socket),
+            OpKind::RecvVectored => sys_io::recv_vectored(core, op, socket),
             _ => Step::Done(Err(OpError::InvalidInput), core.sid(socket)),
         }
     }

@@ -13,6 +13,7 @@ use rustix::io::Errno;
 use rustix::net::SocketFlags;
 
 use crate::core::{Core, Step};
+use crate::packets::Flow;
 use crate::socket::{Entry, Io, Listener, Stream};
 
 /// One receive into the op's range, or into a fresh segment for a pooled receive.
@@ -283,4 +284,32 @@ pub(crate) fn datagram<T>(core: &mut Core<T>, op: u32, socket: u32) -> Step {
         }
     };
     Step::Done(finish_datagram(core, op, socket, res), sid)
+}
+
+/// One step of a `send_packets` op: as much of its list as the socket takes.
+pub(crate) fn send_packets<T>(core: &mut Core<T>, op: u32, socket: u32) -> Step {
+    let sid = core.sid(socket);
+    let Some(entry) = core.sockets.get(socket as usize) else { return Step::Done(Err(OpError::NotConnected), sid) };
+    let Some(Ok(args)) = core.meta[op as usize].id.map(|id| core.pool.get_mut(id)) else {
+        return Step::Done(Err(OpError::InvalidInput), sid);
+    };
+    let mut no_scratch = [0u8; 0];
+    let scratch: &mut [u8] = match args.buffer_mut() {
+        Some(lease) => &mut lease[..],
+        None => &mut no_scratch,
+    };
+    match crate::packets::send(&mut core.packets[op as usize], entry.io.as_fd(), scratch) {
+        Flow::Done(result) => Step::Done(result, sid),
+        Flow::WouldBlock => Step::Pending,
+    }
+}
+
+/// A `recv_vectored` op's one receive.
+pub(crate) fn recv_vectored<T>(core: &mut Core<T>, op: u32, socket: u32) -> Step {
+    let sid = core.sid(socket);
+    let Some(entry) = core.sockets.get(socket as usize) else { return Step::Done(Err(OpError::NotConnected), sid) };
+    match crate::packets::recv(&mut core.packets[op as usize], entry.io.as_fd()) {
+        Flow::Done(result) => Step::Done(result, sid),
+        Flow::WouldBlock => Step::Pending,
+    }
 }

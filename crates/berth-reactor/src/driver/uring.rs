@@ -461,6 +461,18 @@ impl Uring {
                 (opcode::PollAdd::new(fd, POLLOUT).build(), Phase::Poll)
             }
             OpKind::Connect => (opcode::PollAdd::new(fd, POLLOUT).build(), Phase::Poll),
+            OpKind::SendPackets => {
+                if try_now && let Step::Done(result, sid) = sys_io::send_packets(core, op, socket) {
+                    return Start::Done(result, sid);
+                }
+                (opcode::PollAdd::new(fd, POLLOUT).build(), Phase::Poll)
+            }
+            OpKind::RecvVectored => {
+                if try_now && let Step::Done(result, sid) = sys_io::recv_vectored(core, op, socket) {
+                    return Start::Done(result, sid);
+                }
+                (opcode::PollAdd::new(fd, POLLIN).build(), Phase::Poll)
+            }
             OpKind::Ready => (opcode::PollAdd::new(fd, meta.events).build(), Phase::Poll),
             kind @ (OpKind::RecvFrom | OpKind::SendTo) => {
                 let hdr = match sys_io::prepare_datagram(core, op, socket) {
@@ -869,6 +881,8 @@ impl Uring {
                 OpKind::Recv => sys_io::recv(core, op, socket).0,
                 OpKind::SendFile => sys_io::send_file(core, op, socket),
                 OpKind::Connect => sys_io::connect(core, socket),
+                OpKind::SendPackets => sys_io::send_packets(core, op, socket),
+                OpKind::RecvVectored => sys_io::recv_vectored(core, op, socket),
                 // The poll's result is the answer (a stray cancel: poll again).
                 OpKind::Ready if res >= 0 => Step::Done(Ok(res as usize), sid),
                 OpKind::Ready => Step::Pending,
