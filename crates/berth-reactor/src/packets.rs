@@ -40,9 +40,12 @@ pub enum Packet {
     File(FileSend<File>),
 }
 
-/// An op's list of elements: see the [module docs](self). Kept with the op across
-/// completions (its leases and capacity reused), cleared when the op is given back
-/// or cancelled.
+/// An op's list of elements (SAEA's `BufferList` / `SendPacketsElement`s), for
+/// [`send_packets`](crate::CompletionPort::send_packets) (byte ranges and files, sent
+/// in order, gathered, `MSG_MORE` between them) and
+/// [`recv_vectored`](crate::CompletionPort::recv_vectored) (byte ranges, filled in
+/// order). Kept with the op across completions (its leases and capacity reused),
+/// cleared when the op is given back or cancelled.
 #[derive(Debug, Default)]
 pub struct Packets {
     items: Vec<Packet>,
