@@ -10,6 +10,7 @@
 //! keeps serving.
 
 mod signals;
+mod systemd;
 
 use signals::Signal;
 
@@ -401,7 +402,12 @@ fn run_with<S: Service>(
     hooks: Hooks<'_>,
 ) -> Result<(), String> {
     let Hooks { more_stats, reopen } = hooks;
-    let server = builder.serve(service).map_err(|e| format!("cannot listen on {}: {e}", common.addr))?;
+    // systemd socket activation: the socket unit's listener instead of --addr.
+    let (builder, at) = match systemd::listen_fds()? {
+        Some(listener) => (builder.inherited(listener), "the socket systemd passed (LISTEN_FDS)".to_string()),
+        None => (builder, common.addr.to_string()),
+    };
+    let server = builder.serve(service).map_err(|e| format!("cannot listen on {at}: {e}"))?;
     let n = server.workers();
     let plural = if n == 1 { "" } else { "s" };
     let on = match server.endpoint() {
@@ -409,6 +415,7 @@ fn run_with<S: Service>(
         unix => unix.to_string(),
     };
     println!("berth: {what} on {on} ({n} worker{plural}, {})", server.driver());
+    systemd::notify(&format!("READY=1\nMAINPID={}\nSTATUS={what} on {on}", std::process::id()));
     let shutdown = server.shutdown_handle();
     let interval = common.stats_interval.filter(|&s| s > 0).map(Duration::from_secs);
     let grace = Duration::from_secs(common.grace);
@@ -437,6 +444,7 @@ fn run_with<S: Service>(
             Ok(Some(Signal::Reopen)) => reopen(),
             Ok(Some(Signal::Stop(sig))) if !stopping => {
                 tracing::info!("{sig}: shutting down (up to {}s for replies in flight)", grace.as_secs());
+                systemd::notify("STOPPING=1");
                 shutdown.shutdown(grace);
                 stopping = true;
                 // Notice the workers' end promptly.

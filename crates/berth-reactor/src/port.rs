@@ -302,6 +302,18 @@ impl<T> CompletionPort<T> {
         self.add_socket(Io::Listener { listener: Listener::Unix { listener, _file: bound }, nodelay: false })
     }
 
+    /// Registers a TCP listener bound elsewhere (set to non-blocking here): one
+    /// handed over by a service manager (systemd's `LISTEN_FDS`), or a clone of
+    /// another port's. `nodelay` sets `TCP_NODELAY` on the connections it accepts.
+    pub fn register_listener(
+        &mut self,
+        listener: std::net::TcpListener,
+        nodelay: bool,
+    ) -> Result<SocketId, SubmitError> {
+        listener.set_nonblocking(true)?;
+        self.add_socket(Io::Listener { listener: Listener::Tcp(listener), nodelay })
+    }
+
     /// Registers a Unix listener bound elsewhere (set to non-blocking here): a
     /// clone of another port's listener, so several ports accept on one socket, or
     /// one handed over by a service manager.

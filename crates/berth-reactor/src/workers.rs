@@ -37,6 +37,45 @@ pub struct WorkersConfig {
     /// accepting on its own clone of it (`SO_REUSEPORT` does not apply to Unix
     /// sockets). Its file is removed when the workers are joined.
     pub unix: Option<(crate::UnixAddr, UnixListenOptions)>,
+    /// Accept on this listener, bound and listening already (systemd socket
+    /// activation), instead of binding `addr` or `unix`: each worker accepts on its
+    /// own clone of it.
+    pub inherited: Option<std::sync::Arc<Inherited>>,
+}
+
+/// A listening socket the process was handed (systemd's `LISTEN_FDS`), for
+/// [`WorkersConfig::inherited`].
+#[derive(Debug)]
+pub enum Inherited {
+    /// A TCP listener.
+    Tcp(std::net::TcpListener),
+    /// A Unix stream listener.
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl Inherited {
+    fn try_clone(&self) -> io::Result<Inherited> {
+        Ok(match self {
+            Inherited::Tcp(l) => Inherited::Tcp(l.try_clone()?),
+            Inherited::Unix(l) => Inherited::Unix(l.try_clone()?),
+        })
+    }
+
+    /// Where it listens.
+    pub fn endpoint(&self) -> io::Result<Endpoint> {
+        use std::os::linux::net::SocketAddrExt;
+        Ok(match self {
+            Inherited::Tcp(l) => Endpoint::Tcp(l.local_addr()?),
+            Inherited::Unix(l) => {
+                let addr = l.local_addr()?;
+                match (addr.as_pathname(), addr.as_abstract_name()) {
+                    (Some(path), _) => Endpoint::Unix(crate::UnixAddr::Path(path.to_path_buf())),
+                    (None, Some(name)) => Endpoint::Unix(crate::UnixAddr::Abstract(name.to_vec())),
+                    (None, None) => return Err(io::Error::new(io::ErrorKind::InvalidInput, "an unnamed Unix socket")),
+                }
+            }
+        })
+    }
 }
 
 impl WorkersConfig {
@@ -53,6 +92,7 @@ impl WorkersConfig {
             listen: ListenOptions::default(),
             driver: None,
             unix: None,
+            inherited: None,
         }
     }
 }
@@ -102,12 +142,15 @@ impl Workers {
         let mut running_on = Driver::Epoll;
         let mut threads = Vec::new();
         let mut gos = Vec::new();
-        let unix = match &config.unix {
-            Some((path, options)) => Some(crate::unix::listener(path, options).map_err(io::Error::other)?),
-            None => None,
+        // Known before any worker starts, so an unnamed socket stops nothing running.
+        let inherited_at = config.inherited.as_ref().map(|l| l.endpoint()).transpose()?;
+        let unix = match (&config.unix, &config.inherited) {
+            (Some((path, options)), None) => Some(crate::unix::listener(path, options).map_err(io::Error::other)?),
+            _ => None,
         };
         for index in 0..config.workers.max(1) {
             let unix_listener = unix.as_ref().map(|(l, _)| l.try_clone()).transpose()?;
+            let inherited = config.inherited.as_ref().map(|l| l.try_clone()).transpose()?;
             let (ready_tx, ready_rx) = mpsc::channel();
             let (go_tx, go_rx) = mpsc::channel::<bool>();
             let (token, body, buffers, limit) =
@@ -123,9 +166,15 @@ impl Workers {
                         builder = builder.driver(driver);
                     }
                     let mut port = builder.build(token)?;
-                    let (listener, local) = match unix_listener {
-                        Some(l) => (port.register_unix_listener(l).map_err(io::Error::other)?, addr),
-                        None => {
+                    let (listener, local) = match (inherited, unix_listener) {
+                        (Some(Inherited::Tcp(l)), _) => {
+                            let local = l.local_addr()?;
+                            (port.register_listener(l, listen.nodelay).map_err(io::Error::other)?, local)
+                        }
+                        (Some(Inherited::Unix(l)), _) | (None, Some(l)) => {
+                            (port.register_unix_listener(l).map_err(io::Error::other)?, addr)
+                        }
+                        (None, None) => {
                             let listener = port.listen(addr, listen).map_err(io::Error::other)?;
                             (listener, port.local_addr(listener).map_err(io::Error::other)?)
                         }
@@ -176,8 +225,10 @@ impl Workers {
         for go in gos {
             let _ = go.send(true);
         }
-        let (endpoint, unix_file) = match (&config.unix, unix) {
-            (Some((path, _)), Some((_, file))) => (Endpoint::Unix(path.clone()), file),
+        let (endpoint, unix_file) = match (inherited_at, &config.unix, unix) {
+            (Some(Endpoint::Tcp(_)), _, _) => (Endpoint::Tcp(addr), None),
+            (Some(at), _, _) => (at, None),
+            (None, Some((path, _)), Some((_, file))) => (Endpoint::Unix(path.clone()), file),
             _ => (Endpoint::Tcp(addr), None),
         };
         Ok(Workers { local_addr: addr, endpoint, handles, driver: running_on, threads, _unix_file: unix_file })

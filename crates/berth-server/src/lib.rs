@@ -88,6 +88,7 @@ mod validators;
 pub use access_log::{AccessLog, AccessLogHandle, LogTarget};
 pub use berth_ipc::{OpenError, RecvError, SendError};
 /// The completion ports' driver, for [`ServerBuilder::driver`].
+pub use berth_reactor::workers::Inherited;
 pub use berth_reactor::{Driver, Endpoint, UnixAddr};
 pub use conn::{Conns, NotWaiting};
 pub use echo::Echo;

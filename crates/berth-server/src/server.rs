@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use berth_buf::{BufferConfig, BufferManager, ConfigError};
 use berth_ops::ConnectionLimit;
-use berth_reactor::workers::{Workers, WorkersConfig};
+use berth_reactor::workers::{Inherited, Workers, WorkersConfig};
 use berth_reactor::{Driver, Endpoint, ListenOptions, PortHandle, UnixAddr, UnixListenOptions};
 
 use crate::conn::{Limits, Worker};
@@ -48,6 +48,7 @@ pub struct ServerBuilder {
     backlog: i32,
     driver: Option<Driver>,
     unix: Option<(UnixAddr, UnixListenOptions)>,
+    inherited: Option<Arc<Inherited>>,
 }
 
 impl ServerBuilder {
@@ -71,6 +72,15 @@ impl ServerBuilder {
                 self.unix = Some((path, options));
             }
         }
+        self
+    }
+
+    /// Accept on a listener that is already bound and listening — the one a service
+    /// manager handed over (systemd socket activation, `LISTEN_FDS`) — instead of
+    /// binding [`addr`](Self::addr) or [`endpoint`](Self::endpoint). Each worker
+    /// accepts on its own clone of it.
+    pub fn inherited(mut self, listener: Inherited) -> Self {
+        self.inherited = Some(Arc::new(listener));
         self
     }
 
@@ -178,6 +188,7 @@ impl ServerBuilder {
         config.listen = ListenOptions { backlog: self.backlog, ..ListenOptions::default() };
         config.driver = self.driver;
         config.unix = self.unix.map(|(path, options)| (path, options.backlog(self.backlog)));
+        config.inherited = self.inherited;
         let rows: Arc<[Row]> = (0..workers).map(|_| Row::default()).collect();
         let limits = Limits {
             header_timeout: self.header_timeout,
@@ -242,6 +253,7 @@ impl Server {
             backlog: 1024,
             driver: None,
             unix: None,
+            inherited: None,
         }
     }
 
