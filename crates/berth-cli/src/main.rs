@@ -280,7 +280,17 @@ fn serve(
         &what,
         "http://",
         "/",
-        Hooks { more_stats: Some(&|| stats().unwrap_or_default()), reopen: &reopen },
+        Hooks {
+            more_stats: Some(&|| stats().unwrap_or_default()),
+            reopen: &reopen,
+            flush_log: &|| {
+                if let Some(h) = &log
+                    && !h.flush_now(Duration::from_secs(2))
+                {
+                    eprintln!("berth: the access log did not finish writing within 2 s");
+                }
+            },
+        },
     );
     if let Some(handle) = log {
         // The server has stopped: write what is queued.
@@ -325,8 +335,15 @@ fn relay(common: &Common, channel: &str, max_frame: usize, answer_timeout: u64) 
         .answer_timeout(answer_timeout);
     let what = format!("relaying to backend channel {channel}");
     let stats = || handle.stats().to_string();
-    let result =
-        run_with(builder, common, relay, &what, "", "", Hooks { more_stats: Some(&stats), reopen: &no_reopen });
+    let result = run_with(
+        builder,
+        common,
+        relay,
+        &what,
+        "",
+        "",
+        Hooks { more_stats: Some(&stats), reopen: &no_reopen, flush_log: &|| {} },
+    );
     tracing::info!("{}", handle.stats());
     result
 }
@@ -375,7 +392,15 @@ fn backend_echo(channel: &str) -> Result<(), String> {
 }
 
 fn run<S: Service>(common: &Common, service: S, what: &str, scheme: &str, suffix: &str) -> Result<(), String> {
-    run_with(builder(common), common, service, what, scheme, suffix, Hooks { more_stats: None, reopen: &no_reopen })
+    run_with(
+        builder(common),
+        common,
+        service,
+        what,
+        scheme,
+        suffix,
+        Hooks { more_stats: None, reopen: &no_reopen, flush_log: &|| {} },
+    )
 }
 
 /// What a command adds to the signal loop.
@@ -385,6 +410,9 @@ struct Hooks<'a> {
     more_stats: Option<&'a dyn Fn() -> String>,
     /// SIGHUP.
     reopen: &'a dyn Fn(),
+    /// Before an exit that does not wait for the server (a second Ctrl-C): write
+    /// what the access log has queued.
+    flush_log: &'a dyn Fn(),
 }
 
 /// SIGHUP without an access log: nothing to reopen, and the server goes on.
@@ -401,7 +429,7 @@ fn run_with<S: Service>(
     suffix: &str,
     hooks: Hooks<'_>,
 ) -> Result<(), String> {
-    let Hooks { more_stats, reopen } = hooks;
+    let Hooks { more_stats, reopen, flush_log } = hooks;
     // systemd socket activation: the socket unit's listener instead of --addr.
     let (builder, at) = match systemd::listen_fds()? {
         Some(listener) => (builder.inherited(listener), "the socket systemd passed (LISTEN_FDS)".to_string()),
@@ -452,6 +480,7 @@ fn run_with<S: Service>(
             }
             Ok(Some(Signal::Stop(sig))) => {
                 eprintln!("berth: {sig} again: exiting now");
+                flush_log();
                 std::process::exit(130);
             }
             Ok(None) => {}

@@ -207,6 +207,8 @@ fn clf_time(secs: u64, out: &mut Vec<u8>) -> io::Result<()> {
 struct Shared {
     reopen: AtomicBool,
     stop: AtomicBool,
+    /// The logger wrote what was queued at `stop` and returned.
+    done: AtomicBool,
     dropped: AtomicU64,
     written: AtomicU64,
     errors: AtomicU64,
@@ -302,6 +304,21 @@ impl AccessLogHandle {
         self.shared.errors.load(Ordering::Relaxed)
     }
 
+    /// Writes what is queued now and stops the logger, waiting for it up to `limit`;
+    /// returns whether it finished. For an exit that cannot wait for the server to
+    /// stop (a second Ctrl-C): records pushed after this are dropped and counted.
+    pub fn flush_now(&self, limit: std::time::Duration) -> bool {
+        self.shared.stop.store(true, Ordering::Release);
+        let until = std::time::Instant::now() + limit;
+        while !self.shared.done.load(Ordering::Acquire) {
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        true
+    }
+
     /// Writes what is queued and stops the logger thread; call it after the server
     /// has stopped, so no record comes after.
     pub fn finish(mut self) {
@@ -376,27 +393,26 @@ impl Logger {
                     }
                     self.flush();
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    if self.shared.stop.load(Ordering::Acquire) {
-                        while let Ok(record) = self.rx.try_recv() {
-                            self.add(&record);
-                            if self.batch.len() >= BATCH {
-                                self.flush();
-                            }
-                        }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            // Checked after every batch, not only when idle: a stop under load (the
+            // second Ctrl-C) still writes what was queued when it came, and ends.
+            if self.shared.stop.load(Ordering::Acquire) {
+                while let Ok(record) = self.rx.try_recv() {
+                    self.add(&record);
+                    if self.batch.len() >= BATCH {
                         self.flush();
-                        return;
                     }
                 }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.flush();
-                    return;
-                }
+                break;
             }
             if self.shared.reopen.swap(false, Ordering::AcqRel) {
                 self.reopen();
             }
         }
+        self.flush();
+        self.shared.done.store(true, Ordering::Release);
     }
 
     fn add(&mut self, record: &Record) {
@@ -492,5 +508,26 @@ mod tests {
         assert!(l.contains(&format!("{}... HTTP/1.1", "a".repeat(TARGET))), "{l}");
         assert!(l.contains("evil\\x0A127.0.0.1 - - fake\\xFF"), "{l}");
         assert!(l.len() < MAX_LINE);
+    }
+
+    /// The second Ctrl-C's path: `flush_now` returns only once every record queued
+    /// before it is in the file, with the logger still holding its senders (the
+    /// server has not stopped), and records pushed after it are dropped and counted.
+    #[test]
+    fn flush_now_writes_what_is_queued_before_returning() {
+        let path = std::env::temp_dir().join(format!("berth-access-flush-{}.log", std::process::id()));
+        let (log, handle) = AccessLog::with_capacity(LogTarget::File(path.clone()), 20_000).unwrap();
+        for i in 0..10_000 {
+            let mut r = Record::new(None);
+            r.outcome(200, i);
+            log.push(r);
+        }
+        assert!(handle.flush_now(std::time::Duration::from_secs(10)), "the logger did not finish");
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert_eq!(lines, 10_000, "lines queued before flush_now were not all written when it returned");
+        log.push(Record::new(None));
+        assert_eq!(handle.dropped(), 1);
+        drop(handle);
+        let _ = std::fs::remove_file(path);
     }
 }
