@@ -176,6 +176,9 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> ExitCode {
+    // First of all, before anything opens a descriptor that could take number 3 or
+    // a thread starts: the socket systemd may have passed (LISTEN_FDS).
+    let activated = systemd::listen_fds();
     let cli = Cli::parse();
     let log = match &cli.command {
         Command::Serve { common, .. } | Command::Echo { common } | Command::Relay { common, .. } => &common.log,
@@ -187,6 +190,13 @@ fn main() -> ExitCode {
     if let Err(e) = signals::block() {
         eprintln!("berth: cannot block signals: {e}");
         return ExitCode::FAILURE;
+    }
+    match activated {
+        Ok(listener) => systemd::keep(listener),
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     let result = match &cli.command {
         Command::Serve { dir, hidden, cache_control, header, routes, common } => {
@@ -431,7 +441,7 @@ fn run_with<S: Service>(
 ) -> Result<(), String> {
     let Hooks { more_stats, reopen, flush_log } = hooks;
     // systemd socket activation: the socket unit's listener instead of --addr.
-    let (builder, at) = match systemd::listen_fds()? {
+    let (builder, at) = match systemd::take() {
         Some(listener) => (builder.inherited(listener), "the socket systemd passed (LISTEN_FDS)".to_string()),
         None => (builder, common.addr.to_string()),
     };

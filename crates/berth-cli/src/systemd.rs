@@ -3,8 +3,9 @@
 //! `LISTEN_PID`/`LISTEN_FDS`) and readiness notification (`READY=1` and
 //! `STOPPING=1` sent to `NOTIFY_SOCKET`, as `sd_notify(3)` does).
 
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
+use std::sync::Mutex;
 
 use berth_server::Inherited;
 use rustix::io::FdFlags;
@@ -27,6 +28,12 @@ pub(crate) fn listen_fds() -> Result<Option<Inherited>, String> {
         return Ok(None);
     }
     let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.trim().parse::<u32>().ok()).unwrap_or(0);
+    // Ours to consume, as sd_listen_fds(3) does: nothing berth starts sees them.
+    for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        // SAFETY: called first thing in `main`, before any other thread exists, so
+        // nothing reads the environment concurrently.
+        unsafe { std::env::remove_var(name) };
+    }
     match count {
         0 => return Ok(None),
         1 => {}
@@ -37,29 +44,44 @@ pub(crate) fn listen_fds() -> Result<Option<Inherited>, String> {
         }
     }
     // SAFETY: LISTEN_PID names this process, so the service manager passed it
-    // descriptor 3, open from exec on: nothing else in the process can have been
-    // given that number, and berth closes no descriptor it did not open. Borrowed
-    // only for `fcntl_getfd`, which checks it is open.
+    // descriptor 3, open from exec on; this runs before berth opens anything.
+    // Only borrowed until the checks below pass.
     let borrowed = unsafe { BorrowedFd::borrow_raw(FIRST_FD) };
     let flags = rustix::io::fcntl_getfd(borrowed).map_err(|e| format!("LISTEN_FDS=1 but descriptor 3: {e}"))?;
-    // SAFETY: as above; the descriptor is open (just checked) and ours alone from here.
-    let fd = unsafe { OwnedFd::from_raw_fd(FIRST_FD) };
-    // Not inherited by anything berth starts.
-    let _ = rustix::io::fcntl_setfd(&fd, flags | FdFlags::CLOEXEC);
-    let listening = sockopt::socket_acceptconn(&fd).unwrap_or(false);
-    let stream = sockopt::socket_type(&fd).is_ok_and(|t| t == SocketType::STREAM);
+    let listening = sockopt::socket_acceptconn(borrowed).unwrap_or(false);
+    let stream = sockopt::socket_type(borrowed).is_ok_and(|t| t == SocketType::STREAM);
     if !listening || !stream {
         return Err(
             "LISTEN_FDS: descriptor 3 is not a listening stream socket (ListenStream= in the socket unit)".into()
         );
     }
     let family =
-        rustix::net::getsockname(fd.as_fd()).map(|a| a.address_family()).map_err(|e| format!("LISTEN_FDS: {e}"))?;
-    match family {
-        AddressFamily::INET | AddressFamily::INET6 => Ok(Some(Inherited::Tcp(std::net::TcpListener::from(fd)))),
-        AddressFamily::UNIX => Ok(Some(Inherited::Unix(std::os::unix::net::UnixListener::from(fd)))),
-        other => Err(format!("LISTEN_FDS: descriptor 3 is a socket of family {}, not TCP or Unix", other.as_raw())),
+        rustix::net::getsockname(borrowed).map(|a| a.address_family()).map_err(|e| format!("LISTEN_FDS: {e}"))?;
+    if !matches!(family, AddressFamily::INET | AddressFamily::INET6 | AddressFamily::UNIX) {
+        return Err(format!("LISTEN_FDS: descriptor 3 is a socket of family {}, not TCP or Unix", family.as_raw()));
     }
+    // SAFETY: as above; it is open and a listening socket (checked), and from here
+    // owned by this value alone.
+    let fd = unsafe { OwnedFd::from_raw_fd(FIRST_FD) };
+    // Not inherited by anything berth starts.
+    let _ = rustix::io::fcntl_setfd(&fd, flags | FdFlags::CLOEXEC);
+    Ok(Some(match family {
+        AddressFamily::UNIX => Inherited::Unix(std::os::unix::net::UnixListener::from(fd)),
+        _ => Inherited::Tcp(std::net::TcpListener::from(fd)),
+    }))
+}
+
+/// The activated listener, between `main` taking it and the server using it.
+static ACTIVATED: Mutex<Option<Inherited>> = Mutex::new(None);
+
+/// Keeps what [`listen_fds`] found for [`take`].
+pub(crate) fn keep(listener: Option<Inherited>) {
+    *ACTIVATED.lock().unwrap_or_else(|e| e.into_inner()) = listener;
+}
+
+/// The activated listener, once.
+pub(crate) fn take() -> Option<Inherited> {
+    ACTIVATED.lock().unwrap_or_else(|e| e.into_inner()).take()
 }
 
 /// Tells the service manager `state` (`READY=1`, `STOPPING=1`) if it asked to be

@@ -64,7 +64,7 @@ impl Handler<()> for LocalService {
 // ANCHOR_END: handler
 
 impl LocalService {
-    fn greet(&mut self, port: &mut CompletionPort<()>, socket: SocketId, pid: i32, uid: u32) {
+    fn greet(&mut self, port: &mut CompletionPort<()>, socket: SocketId, pid: Option<i32>, uid: u32) {
         let (Ok(op), Ok(mut lease)) = (port.take_op(), port.lease()) else {
             let _ = port.close(socket);
             return;
@@ -73,7 +73,11 @@ impl LocalService {
         let len = {
             use std::io::Write;
             let mut w = &mut line[..];
-            let _ = writeln!(w, "hello pid {pid} uid {uid}");
+            // No pid when the client is in another pid namespace.
+            let _ = match pid {
+                Some(pid) => writeln!(w, "hello pid {pid} uid {uid}"),
+                None => writeln!(w, "hello uid {uid}"),
+            };
             64 - w.len()
         };
         lease[..len].copy_from_slice(&line[..len]);

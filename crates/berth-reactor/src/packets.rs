@@ -3,8 +3,8 @@
 //!
 //! [`send_packets`](crate::CompletionPort::send_packets) sends the elements in order
 //! and completes once: runs of byte ranges go out with one `sendmsg` each (gather),
-//! files by sendfile(2) (zero-copy), every syscall but the last flagged `MSG_MORE`
-//! so the kernel packs a header, a file and a trailer into full segments.
+//! files by sendfile(2) (zero-copy); a run of ranges with more to follow is flagged
+//! `MSG_MORE`, so a header shares its segment with the file's first bytes.
 //! [`recv_vectored`](crate::CompletionPort::recv_vectored) fills the byte ranges in
 //! order with one `recvmsg` (scatter).
 //!
@@ -42,7 +42,7 @@ pub enum Packet {
 
 /// An op's list of elements (SAEA's `BufferList` / `SendPacketsElement`s), for
 /// [`send_packets`](crate::CompletionPort::send_packets) (byte ranges and files, sent
-/// in order, gathered, `MSG_MORE` between them) and
+/// in order, runs of ranges gathered) and
 /// [`recv_vectored`](crate::CompletionPort::recv_vectored) (byte ranges, filled in
 /// order). Kept with the op across completions (its leases and capacity reused),
 /// cleared when the op is given back or cancelled.
@@ -112,6 +112,19 @@ impl Packets {
         self.done = 0;
     }
 
+    /// Every byte range inside its lease (`items_mut` lets them be changed after
+    /// `push_bytes` checked them).
+    pub(crate) fn check(&self) -> Result<(), std::io::Error> {
+        let bad = self.items.iter().any(|p| match p {
+            Packet::Bytes { lease, range } => range.start > range.end || range.end > lease.capacity(),
+            Packet::File(_) => false,
+        });
+        if bad {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "a byte range past its lease"));
+        }
+        Ok(())
+    }
+
     pub(crate) fn has_files(&self) -> bool {
         self.items.iter().any(|p| matches!(p, Packet::File(_)))
     }
@@ -159,7 +172,7 @@ pub(crate) fn send(list: &mut Packets, fd: BorrowedFd<'_>, scratch: &mut [u8]) -
         };
         match item {
             Packet::File(file) => {
-                // A file after this one, or bytes: keep the segment open for them.
+                // (sendfile takes no MSG_MORE: what follows a file starts a segment.)
                 match file.send_some(fd, scratch) {
                     Ok(progress) => list.done += progress.sent as usize,
                     Err(SendFileError::WouldBlock) => return Flow::WouldBlock,

@@ -407,8 +407,9 @@ impl<T> CompletionPort<T> {
     /// reads it after a completion, as readiness can be spurious.
     ///
     /// # Errors
-    /// `EBADF` (in [`SubmitError::Io`]) for a closed descriptor; `EPERM` for a
-    /// regular file, which is always ready and cannot be waited for.
+    /// `EBADF` (in [`SubmitError::Io`]) for a closed descriptor; `PermissionDenied`
+    /// for a regular file or a directory, which are always ready, and `EPERM` for a
+    /// descriptor epoll cannot wait on (`/dev/null`), on either driver.
     pub fn register_fd(&mut self, fd: impl AsFd) -> Result<SocketId, SubmitError> {
         let owned = rustix::io::fcntl_dupfd_cloexec(fd.as_fd(), 0).map_err(io::Error::from)?;
         let kind = rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&owned).map_err(io::Error::from)?.st_mode);
@@ -419,6 +420,11 @@ impl<T> CompletionPort<T> {
                 "a regular file or directory is always ready: nothing to wait for",
             )
             .into());
+        }
+        if self.driver() == Driver::Uring {
+            // What epoll cannot wait on (a device without poll support, /dev/null),
+            // io_uring would report ready at once: refused on both drivers alike.
+            crate::ready::pollable(owned.as_fd()).map_err(io::Error::from)?;
         }
         self.add_socket(Io::Fd(owned))
     }
@@ -553,10 +559,11 @@ impl<T> CompletionPort<T> {
     /// [`packet_info`](berth_ops::OpArgs::packet_info) where it was addressed to. A
     /// datagram longer than the range completes with
     /// [`OpError::MessageTruncated`]: the range holds its first bytes,
-    /// [`message_len`](berth_ops::OpArgs::message_len) its real length. An ICMP
-    /// error for an earlier send (a port nobody listens on) completes the next
-    /// receive with that error (`ConnectionRefused`, `Unreachable`), the address it
-    /// was about as its remote endpoint; the socket stays usable.
+    /// [`message_len`](berth_ops::OpArgs::message_len) its real length. With
+    /// [`UdpOptions::icmp_errors`], an ICMP error for an earlier send (a port nobody
+    /// listens on) completes the next receive with that error (`ConnectionRefused`,
+    /// `Unreachable`), the address it was about as its remote endpoint; the socket
+    /// stays usable.
     ///
     /// On epoll, datagram ops wait for the next [`wait`](Self::wait), which moves
     /// every one queued on a socket with one `recvmmsg` (or `sendmmsg`); on io_uring
@@ -578,8 +585,9 @@ impl<T> CompletionPort<T> {
 
     /// Sends the op's [`Packets`] in order and completes once, with the bytes sent
     /// in all (`SendPacketsAsync`; `SendAsync` with a `BufferList`): runs of byte
-    /// ranges gathered into one `sendmsg`, files by sendfile(2), `MSG_MORE` between
-    /// them so a header, a file and a trailer share segments. The op's own buffer,
+    /// ranges gathered into one `sendmsg` (flagged `MSG_MORE` when more follows, so a
+    /// header shares its segment with the file's first bytes), files by
+    /// sendfile(2). The op's own buffer,
     /// if any, is scratch space for a file that needs the copy fallback. A file that
     /// shrinks mid-send completes with [`OpError::Truncated`] (what went before it
     /// is sent; close the connection, as the peer cannot know where the file ended).
@@ -588,7 +596,9 @@ impl<T> CompletionPort<T> {
     /// [`SubmitError::NoBuffer`] for an empty list (or one with nothing to send).
     pub fn send_packets(&mut self, socket: SocketId, op: OpId) -> Result<(), SubmitError> {
         self.core.check_op(op)?;
-        if self.core.packets[op.index()].total_bytes() == 0 {
+        let list = &self.core.packets[op.index()];
+        list.check()?;
+        if list.total_bytes() == 0 {
             return Err(SubmitError::NoBuffer);
         }
         self.submit(socket, op, OpKind::SendPackets, Dir::Write, false)
@@ -605,6 +615,7 @@ impl<T> CompletionPort<T> {
     pub fn recv_vectored(&mut self, socket: SocketId, op: OpId) -> Result<(), SubmitError> {
         self.core.check_op(op)?;
         let list = &self.core.packets[op.index()];
+        list.check()?;
         if list.has_files() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "a receive's list cannot hold a file").into());
         }
@@ -634,7 +645,8 @@ impl<T> CompletionPort<T> {
     /// Completes `op` when `socket` is ready for `interest`, with `Ok(bits)`
     /// ([`Ready::from_result`](crate::Ready::from_result) reads them): the way to wait
     /// on a descriptor registered with [`register_fd`](Self::register_fd) — or on a
-    /// socket, without a buffer. Readiness ops wait in the socket's queue for their
+    /// socket, without a buffer (not a listener: accept on it). Readiness ops wait in
+    /// the socket's queue for their
     /// direction, behind the receives (or sends) submitted before them. The op holds
     /// no buffer; a deadline applies as to any op.
     pub fn wait_ready(&mut self, socket: SocketId, op: OpId, interest: Interest) -> Result<(), SubmitError> {
@@ -711,7 +723,8 @@ impl<T> CompletionPort<T> {
         let io = &self.core.entry(socket)?.io;
         let datagram = matches!(kind, OpKind::RecvFrom | OpKind::SendTo);
         let fits = match io {
-            _ if kind == OpKind::Ready => true,
+            // (A listener's readiness is its accept op's business.)
+            _ if kind == OpKind::Ready => !matches!(io, Io::Listener { .. }),
             Io::Stream(_) => kind != OpKind::Accept && !datagram,
             Io::Listener { .. } => kind == OpKind::Accept,
             Io::Udp { .. } => datagram,
@@ -871,6 +884,8 @@ impl<T> Drop for CompletionPort<T> {
                         std::mem::forget(args.take_buffer());
                     }
                 }
+                // A datagram op's message header is written back by the kernel too.
+                std::mem::forget(self.core.slots.take());
             }
         }
     }

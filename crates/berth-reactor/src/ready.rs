@@ -86,3 +86,11 @@ pub(crate) fn ready_now(fd: BorrowedFd<'_>, events: u32) -> Result<u32, Errno> {
     let answers = events | (PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL).bits() as u32;
     Ok(got & answers)
 }
+
+/// Whether epoll can wait on `fd` (`EPERM` if not): one throwaway epoll instance,
+/// so both drivers refuse the same descriptors.
+pub(crate) fn pollable(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    use rustix::event::epoll;
+    let probe = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    epoll::add(&probe, fd, epoll::EventData::new_u64(0), epoll::EventFlags::IN)
+}

@@ -32,6 +32,12 @@ pub struct UdpOptions {
     pub recv_buffer: Option<usize>,
     /// `SO_SNDBUF` in bytes (default: the system's).
     pub send_buffer: Option<usize>,
+    /// Report ICMP errors (a port nobody listens on, a host unreachable) for
+    /// datagrams sent to explicit destinations (`IP_RECVERR`): the next receive
+    /// completes with the error and the address it was about (default false: the
+    /// kernel drops them for an unconnected socket, as servers usually want; a
+    /// connected socket's errors are always reported).
+    pub icmp_errors: bool,
 }
 
 impl UdpOptions {
@@ -59,6 +65,12 @@ impl UdpOptions {
         self
     }
 
+    /// Sets [`icmp_errors`](Self::icmp_errors).
+    pub fn icmp_errors(mut self, yes: bool) -> Self {
+        self.icmp_errors = yes;
+        self
+    }
+
     /// Sets [`only_v6`](Self::only_v6).
     pub fn only_v6(mut self, yes: bool) -> Self {
         self.only_v6 = Some(yes);
@@ -66,9 +78,9 @@ impl UdpOptions {
     }
 }
 
-/// A bound, non-blocking UDP socket with the options asked for. ICMP errors (a port
-/// nobody listens on) are queued (`IP_RECVERR`), so the next receive reports them
-/// instead of the kernel dropping them.
+/// A bound, non-blocking UDP socket with the options asked for (with
+/// `icmp_errors`, ICMP errors are queued by `IP_RECVERR` so the next receive reports
+/// them instead of the kernel dropping them).
 pub(crate) fn bind(addr: SocketAddr, options: &UdpOptions) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
     if options.reuse_port {
@@ -84,7 +96,13 @@ pub(crate) fn bind(addr: SocketAddr, options: &UdpOptions) -> io::Result<UdpSock
         socket.set_send_buffer_size(n)?;
     }
     let v6 = addr.is_ipv6();
-    set_flag(&socket, v6, (libc::IPPROTO_IP, libc::IP_RECVERR), (libc::IPPROTO_IPV6, libc::IPV6_RECVERR))?;
+    if options.icmp_errors {
+        set_flag(&socket, v6, (libc::IPPROTO_IP, libc::IP_RECVERR), (libc::IPPROTO_IPV6, libc::IPV6_RECVERR))?;
+        if v6 && options.only_v6 != Some(true) {
+            // Mapped IPv4 peers of a dual-stack socket report through the IPv4 option.
+            let _ = set_flag(&socket, false, (libc::IPPROTO_IP, libc::IP_RECVERR), (0, 0));
+        }
+    }
     if options.packet_info {
         set_flag(&socket, v6, (libc::IPPROTO_IP, libc::IP_PKTINFO), (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO))?;
         if v6 && options.only_v6 != Some(true) {
@@ -127,22 +145,38 @@ pub(crate) struct MsgSlot {
     control: [u64; 8],
 }
 
-/// The message slots of a port, one per op.
-pub(crate) struct Slots(Box<[MsgSlot]>);
+/// The message slots of a port, one per op. Each in an `UnsafeCell` and reached only
+/// through `&self`: the kernel may be writing one op's slot (io_uring writes back
+/// a header's lengths and flags) while another is prepared, so no `&mut` ever spans
+/// them all.
+pub(crate) struct Slots(Box<[std::cell::UnsafeCell<MsgSlot>]>);
 
 impl Slots {
     pub(crate) fn new(ops: usize) -> Slots {
         // SAFETY: every field of MsgSlot is plain data (integers, pointers, byte
         // arrays) for which all zeroes is a valid value.
-        let zeroed = || unsafe { MaybeUninit::<MsgSlot>::zeroed().assume_init() };
+        let zeroed = || std::cell::UnsafeCell::new(unsafe { MaybeUninit::<MsgSlot>::zeroed().assume_init() });
         Slots((0..ops).map(|_| zeroed()).collect())
+    }
+
+    /// Op `op`'s slot, to prepare or read.
+    ///
+    /// # Safety
+    /// The kernel must not hold op `op` (its submission completed or never made),
+    /// and no other reference to this slot may be live.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slot(&self, op: u32) -> &mut MsgSlot {
+        // SAFETY: the caller guarantees nobody else reads or writes this one slot now.
+        unsafe { &mut *self.0[op as usize].get() }
     }
 
     /// Points op `op`'s header at `buf` (to receive into) and at its own address and
     /// control space; returns the header, which stays valid (never moved) as long as
     /// the port.
-    pub(crate) fn recv(&mut self, op: u32, buf: &mut [u8], control: bool) -> *mut libc::msghdr {
-        let slot = &mut self.0[op as usize];
+    pub(crate) fn recv(&self, op: u32, buf: &mut [u8], control: bool) -> *mut libc::msghdr {
+        // SAFETY: ops are prepared only while the kernel does not hold them (a queue
+        // head not `kernel`, or the epoll driver's synchronous syscalls).
+        let slot = unsafe { self.slot(op) };
         slot.iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
         slot.hdr.msg_name = (&raw mut slot.name).cast();
         slot.hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -161,8 +195,9 @@ impl Slots {
 
     /// Points op `op`'s header at `buf` (to send) and at `to` (or no address: a
     /// connected socket's peer).
-    pub(crate) fn send(&mut self, op: u32, buf: &[u8], to: Option<SocketAddr>) -> *mut libc::msghdr {
-        let slot = &mut self.0[op as usize];
+    pub(crate) fn send(&self, op: u32, buf: &[u8], to: Option<SocketAddr>) -> *mut libc::msghdr {
+        // SAFETY: as in `recv`.
+        let slot = unsafe { self.slot(op) };
         slot.iov = libc::iovec { iov_base: buf.as_ptr().cast_mut().cast(), iov_len: buf.len() };
         match to {
             Some(addr) => {
@@ -195,12 +230,15 @@ impl Slots {
 
     /// The header of op `op`, as last prepared.
     pub(crate) fn header(&self, op: u32) -> libc::msghdr {
-        self.0[op as usize].hdr
+        // SAFETY: read after preparing, before (epoll) or after (io_uring) the
+        // kernel's use of it.
+        unsafe { self.slot(op) }.hdr
     }
 
     /// Stores what the kernel wrote back into a header copy (a batch's).
-    pub(crate) fn set_header(&mut self, op: u32, hdr: &libc::msghdr) {
-        let slot = &mut self.0[op as usize].hdr;
+    pub(crate) fn set_header(&self, op: u32, hdr: &libc::msghdr) {
+        // SAFETY: the epoll driver's batch is synchronous: the kernel is done with it.
+        let slot = &mut unsafe { self.slot(op) }.hdr;
         slot.msg_namelen = hdr.msg_namelen;
         slot.msg_controllen = hdr.msg_controllen;
         slot.msg_flags = hdr.msg_flags;
@@ -216,7 +254,8 @@ impl Slots {
         capacity: usize,
         args: &mut OpArgs<T>,
     ) -> Result<usize, OpError> {
-        let slot = &self.0[op as usize];
+        // SAFETY: the receive completed: the kernel no longer holds the op.
+        let slot = unsafe { self.slot(op) };
         args.set_remote_endpoint(sockaddr(&slot.name, slot.hdr.msg_namelen));
         args.set_packet_info(packet_info(&slot.hdr));
         args.set_message_len(len);
@@ -231,7 +270,7 @@ impl Slots {
     /// unreachable, say): takes the queued errors off the socket (`MSG_ERRQUEUE`,
     /// so they do not keep it flagged) and records the address the last one was
     /// about as the op's remote endpoint.
-    pub(crate) fn take_errors<T>(&mut self, op: u32, fd: BorrowedFd<'_>, args: &mut OpArgs<T>) {
+    pub(crate) fn take_errors<T>(&self, op: u32, fd: BorrowedFd<'_>, args: &mut OpArgs<T>) {
         let mut scratch = [0u8; 64];
         for _ in 0..64 {
             let hdr = self.recv(op, &mut scratch, true);
@@ -241,12 +280,44 @@ impl Slots {
             if n < 0 {
                 break;
             }
-            let slot = &self.0[op as usize];
+            // SAFETY: the syscall above is done with it; the kernel does not hold the op.
+            let slot = unsafe { self.slot(op) };
             if let Some(addr) = sockaddr(&slot.name, slot.hdr.msg_namelen) {
                 args.set_remote_endpoint(Some(addr));
             }
         }
     }
+}
+
+/// Empties a socket's error queue (`MSG_ERRQUEUE`): after a send failed on an ICMP
+/// error meant for an earlier datagram, so the queue neither keeps the socket
+/// flagged nor fills its receive buffer.
+pub(crate) fn drain_errors(fd: BorrowedFd<'_>) {
+    let mut scratch = [0u8; 64];
+    let mut control = [0u64; 8];
+    for _ in 0..64 {
+        let mut iov = libc::iovec { iov_base: scratch.as_mut_ptr().cast(), iov_len: scratch.len() };
+        // SAFETY: all zeroes is a valid msghdr (null pointers, zero lengths).
+        let mut hdr: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+        hdr.msg_iov = &raw mut iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = control.as_mut_ptr().cast();
+        hdr.msg_controllen = mem::size_of_val(&control);
+        // SAFETY: the header points at `scratch` and `control`, live for the call;
+        // MSG_DONTWAIT keeps it from blocking.
+        let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &raw mut hdr, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            break;
+        }
+    }
+}
+
+/// Whether a datagram send to an explicit destination failed on an ICMP error the
+/// network reported for an *earlier* datagram (perhaps to another peer): the send
+/// itself was not made, and is retried once after the error queue is emptied.
+pub(crate) fn is_earlier_icmp(e: OpError) -> bool {
+    matches!(e, OpError::ConnectionRefused | OpError::Unreachable)
+        || matches!(e, OpError::Os(n) if n == libc::EHOSTUNREACH || n == libc::ENETUNREACH || n == libc::EPROTO)
 }
 
 /// Whether an errno from a datagram receive is one the network reported for an

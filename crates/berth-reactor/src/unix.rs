@@ -161,7 +161,9 @@ pub struct UnixListenOptions {
     /// A socket file left at the path by a server that died (nobody accepts on it)
     /// is removed and the path bound again (default false: such a file is
     /// [`SubmitError::StaleSocketFile`]). A live listener's file, or a file that is
-    /// not a socket, is never removed.
+    /// not a socket, is never removed. (Two servers started on one path at the same
+    /// instant, both replacing, can still race between the check and the bind: give
+    /// each its own path, or let a service manager own the socket.)
     pub replace_stale: bool,
 }
 
@@ -189,17 +191,30 @@ impl UnixListenOptions {
 /// (`SO_PEERCRED`: taken when it connected).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerCred {
-    /// Its process id.
-    pub pid: i32,
-    /// Its user id.
+    /// Its process id, or `None` when the kernel cannot name it here: the peer is in
+    /// another pid namespace (a process on the host talking to berth in a container).
+    pub pid: Option<i32>,
+    /// Its user id (in this process's user namespace).
     pub uid: u32,
     /// Its group id.
     pub gid: u32,
 }
 
 pub(crate) fn peer_cred(stream: &UnixStream) -> io::Result<PeerCred> {
-    let cred = rustix::net::sockopt::socket_peercred(stream)?;
-    Ok(PeerCred { pid: cred.pid.as_raw_nonzero().get(), uid: cred.uid.as_raw(), gid: cred.gid.as_raw() })
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes for the call, `len` holds the
+    // size of `cred`, and the descriptor is open (borrowed from `stream`). Read into
+    // plain integers: a pid of 0 (the peer outside our pid namespace) is a value
+    // here, not an invariant broken.
+    let rc = unsafe {
+        libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut cred).cast(), &raw mut len)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(PeerCred { pid: Some(cred.pid).filter(|&p| p > 0), uid: cred.uid, gid: cred.gid })
 }
 
 fn socket() -> io::Result<OwnedFd> {
@@ -249,8 +264,15 @@ fn stale(path: &Path, replace: bool) -> Result<(), SubmitError> {
     if !meta.file_type().is_socket() {
         return Err(in_use(&addr(), "the path exists and is not a socket").into());
     }
-    match UnixStream::connect(path) {
-        Ok(_) => Err(in_use(&addr(), "a listener accepts on it").into()),
+    // A non-blocking probe: a live listener with a full backlog answers EAGAIN
+    // instead of making the start wait for room.
+    let probe = socket()?;
+    let sockaddr = addr().to_sockaddr()?;
+    match rustix::net::connect(&probe, &sockaddr).map_err(io::Error::from) {
+        Ok(()) => Err(in_use(&addr(), "a listener accepts on it").into()),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(in_use(&addr(), "a listener accepts on it").into()),
+        // Gone between the bind and now: bind again.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
             if !replace {
                 return Err(SubmitError::StaleSocketFile { path: path.to_path_buf() });

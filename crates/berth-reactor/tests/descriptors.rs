@@ -143,6 +143,13 @@ fn bad_descriptors_are_refused() {
         Err(SubmitError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied),
         other => panic!("expected a refusal for a regular file, got {other:?}"),
     }
+    // A device epoll cannot wait on: refused on both drivers (io_uring would call
+    // it ready at once).
+    let null = std::fs::File::open("/dev/null").unwrap();
+    match port.register_fd(&null) {
+        Err(SubmitError::Io(e)) => assert_eq!(e.raw_os_error(), Some(rustix::io::Errno::PERM.raw_os_error())),
+        other => panic!("expected EPERM for /dev/null, got {other:?}"),
+    }
     // Socket ops on a registered descriptor are refused; nothing is queued.
     let efd = nonblocking_eventfd();
     let socket = port.register_fd(&efd).unwrap();

@@ -163,6 +163,21 @@ fn lists_that_cannot_run_are_refused_at_submit() {
     }
     assert_eq!(port.stats().pending, 0);
     assert!(matches!(port.send_packets(SocketId::NONE, op), Err(SubmitError::StaleSocket)));
+    // A range moved past its lease after push_bytes checked it: refused at submit,
+    // never a panic inside wait.
+    port.packets_mut(op).unwrap().clear();
+    let lease = port.lease().unwrap();
+    let capacity = lease.capacity();
+    port.packets_mut(op).unwrap().push_bytes(lease, 0..4).unwrap();
+    if let Packet::Bytes { range, .. } = &mut port.packets_mut(op).unwrap().items_mut()[0] {
+        *range = 0..capacity + 10;
+    }
+    for refused in [port.send_packets(socket, op), port.recv_vectored(socket, op)] {
+        match refused {
+            Err(SubmitError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput),
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+    }
     // Giving the op back returns every lease in its list.
     port.give_op(op).unwrap();
     assert_eq!(common::held(&port), 0);
@@ -211,4 +226,54 @@ fn a_gather_larger_than_the_socket_buffer_resumes_its_partial_writes() {
     port.send_packets(socket, op).unwrap();
     assert_eq!(completion(&mut port, OpKind::SendPackets), Ok(expected.len()));
     assert!(read.join().unwrap() == expected, "the bytes differ");
+}
+
+/// After a pooled receive, what arrives next may already have been taken off the
+/// socket (io_uring's multishot receive keeps it for the next receive): a
+/// `recv_vectored` must get those bytes first and in order, and a readiness wait
+/// must see them rather than wait for more that will never come.
+#[test]
+fn receives_of_any_kind_after_a_pooled_one_see_the_bytes_in_order() {
+    let (mut port, _listener, socket, mut client) = connected_pair(8);
+    let recv = port.take_op().unwrap();
+    client.write_all(b"first").unwrap();
+    port.recv_pooled(socket, recv).unwrap();
+    assert_eq!(completion(&mut port, OpKind::Recv), Ok(5));
+    // The peer's next message arrives while no receive waits; one wait lets the
+    // driver take it (or not) before anything is asked for.
+    client.write_all(b"second").unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let mut batch = Vec::with_capacity(4);
+    port.wait(&mut batch, Some(Duration::from_millis(20))).unwrap();
+    assert!(batch.is_empty());
+
+    let ready = port.take_op().unwrap();
+    port.wait_ready(socket, ready, berth_reactor::Interest::Readable).unwrap();
+    let bits = completion(&mut port, OpKind::Ready).expect("readable");
+    assert!(berth_reactor::Ready::from_result(bits).is_readable());
+
+    let list = port.take_op().unwrap();
+    for _ in 0..2 {
+        let lease = port.lease().unwrap();
+        port.packets_mut(list).unwrap().push_bytes(lease, 0..4).unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        port.recv_vectored(socket, list).unwrap();
+        let n = completion(&mut port, OpKind::RecvVectored).expect("the kept bytes");
+        assert!(n > 0);
+        let mut left = n;
+        for item in port.packets(list).unwrap().items() {
+            let Packet::Bytes { lease, range } = item else { unreachable!() };
+            let here = left.min(range.len());
+            got.extend_from_slice(&lease[range.start..range.start + here]);
+            left -= here;
+        }
+    }
+    assert_eq!(got, b"second");
+    // Then the socket itself: a third message, read in order after them.
+    client.write_all(b"third").unwrap();
+    port.recv_pooled(socket, recv).unwrap();
+    assert_eq!(completion(&mut port, OpKind::Recv), Ok(5));
+    assert_eq!(port.op(recv).unwrap().transferred_bytes(), b"third");
 }

@@ -169,7 +169,7 @@ fn packet_info_reports_where_each_datagram_was_sent() {
 #[test]
 fn a_send_to_a_port_nobody_listens_on_fails_the_next_receive_and_the_socket_goes_on() {
     let mut port = port();
-    let socket = port.bind_udp("127.0.0.1:0".parse().unwrap(), UdpOptions::default()).unwrap();
+    let socket = port.bind_udp("127.0.0.1:0".parse().unwrap(), UdpOptions::default().icmp_errors(true)).unwrap();
     let addr = port.local_addr(socket).unwrap();
     let closed = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let send = op_with_buffer(&mut port, 8);
@@ -254,4 +254,44 @@ fn datagram_ops_are_refused_where_they_do_not_apply() {
     assert!(matches!(done, Completion::Op { result: Ok(64), .. }), "{done:?}");
     let mut got = [0u8; 128];
     assert_eq!(peer.recv(&mut got).unwrap(), 64);
+}
+
+/// With ICMP errors on, an error left by a datagram to one peer must not cost the
+/// next datagram to another: the send is retried after the error queue is emptied.
+/// Without them (the default), the kernel drops such errors for an unconnected
+/// socket, and receives go on as if nothing happened.
+#[test]
+fn an_icmp_error_for_one_peer_never_loses_a_datagram_to_another() {
+    for icmp_errors in [true, false] {
+        let mut port = port();
+        let socket =
+            port.bind_udp("127.0.0.1:0".parse().unwrap(), UdpOptions::default().icmp_errors(icmp_errors)).unwrap();
+        let closed = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let live = client("127.0.0.1:0");
+        let op = op_with_buffer(&mut port, 8);
+        for round in 0..20 {
+            // To the dead peer, then (once its ICMP error has come back) to the live one.
+            port.op_mut(op).unwrap().set_remote_endpoint(Some(closed));
+            port.send_to(socket, op).unwrap();
+            let done = wait_for(&mut port, |c| matches!(c, Completion::Op { .. }));
+            assert!(matches!(done, Completion::Op { result: Ok(8), .. }), "{done:?}");
+            std::thread::sleep(Duration::from_millis(2));
+            port.op_mut(op).unwrap().set_remote_endpoint(Some(live.local_addr().unwrap()));
+            port.send_to(socket, op).unwrap();
+            let done = wait_for(&mut port, |c| matches!(c, Completion::Op { .. }));
+            assert!(
+                matches!(done, Completion::Op { result: Ok(8), .. }),
+                "round {round}, icmp {icmp_errors}: {done:?}"
+            );
+            let mut got = [0u8; 16];
+            assert_eq!(live.recv(&mut got).expect("the live peer's datagram"), 8);
+        }
+        if !icmp_errors {
+            let recv = op_with_buffer(&mut port, 64);
+            port.recv_from(socket, recv).unwrap();
+            live.send_to(b"fine", port.local_addr(socket).unwrap()).unwrap();
+            let done = wait_for(&mut port, |c| matches!(c, Completion::Op { .. }));
+            assert!(matches!(done, Completion::Op { result: Ok(4), .. }), "{done:?}");
+        }
+    }
 }

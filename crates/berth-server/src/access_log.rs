@@ -264,7 +264,9 @@ impl AccessLog {
         let out = Output::open(&target)?;
         let (tx, rx) = sync_channel(records.max(1));
         let shared = Arc::new(Shared::default());
-        let logger = Logger { rx, shared: shared.clone(), target, out, batch: Vec::with_capacity(BATCH + MAX_LINE) };
+        let capacity = records.max(1);
+        let logger =
+            Logger { rx, shared: shared.clone(), target, out, batch: Vec::with_capacity(BATCH + MAX_LINE), capacity };
         let thread = std::thread::Builder::new().name("berth-access-log".into()).spawn(move || logger.run())?;
         Ok((AccessLog { tx, shared: shared.clone() }, AccessLogHandle { shared, thread: Some(thread) }))
     }
@@ -306,7 +308,8 @@ impl AccessLogHandle {
 
     /// Writes what is queued now and stops the logger, waiting for it up to `limit`;
     /// returns whether it finished. For an exit that cannot wait for the server to
-    /// stop (a second Ctrl-C): records pushed after this are dropped and counted.
+    /// stop (a second Ctrl-C): records pushed while it runs may or may not be
+    /// written; once the logger has finished they are dropped and counted.
     pub fn flush_now(&self, limit: std::time::Duration) -> bool {
         self.shared.stop.store(true, Ordering::Release);
         let until = std::time::Instant::now() + limit;
@@ -376,6 +379,8 @@ struct Logger {
     /// Formatted lines not yet written; its capacity is kept, so the logger
     /// allocates nothing after its start.
     batch: Vec<u8>,
+    /// The queue's size: the most a stop drains.
+    capacity: usize,
 }
 
 impl Logger {
@@ -399,7 +404,10 @@ impl Logger {
             // Checked after every batch, not only when idle: a stop under load (the
             // second Ctrl-C) still writes what was queued when it came, and ends.
             if self.shared.stop.load(Ordering::Acquire) {
-                while let Ok(record) = self.rx.try_recv() {
+                // At most what the queue held at the stop: records still coming
+                // (workers not yet stopped) cannot keep it from ending.
+                for _ in 0..self.capacity {
+                    let Ok(record) = self.rx.try_recv() else { break };
                     self.add(&record);
                     if self.batch.len() >= BATCH {
                         self.flush();

@@ -281,6 +281,7 @@ impl Epoll {
             match rustix::io::Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(rustix::io::Errno::IO) {
                 rustix::io::Errno::AGAIN => return false,
                 rustix::io::Errno::INTR => continue,
+                e if sys_io::retry_send(core, ops[0], socket, e) => return true,
                 e => {
                     // The error belongs to the first datagram: it fails, the rest stay.
                     let head = ops[0];
@@ -294,7 +295,7 @@ impl Epoll {
         };
         for (i, &op) in ops.iter().enumerate().take(n) {
             let (hdr, len) = (self.batch[i].msg_hdr, self.batch[i].msg_len as usize);
-            if let Some(slots) = core.slots.as_mut() {
+            if let Some(slots) = core.slots.as_ref() {
                 slots.set_header(op, &hdr);
             }
             let result = sys_io::finish_datagram(core, op, socket, Ok(len));

@@ -204,7 +204,7 @@ pub(crate) fn prepare_datagram<T>(
         return Err(OpError::NotConnected);
     };
     let control = *packet_info;
-    let (Some(slots), Some(id)) = (core.slots.as_mut(), core.meta[op as usize].id) else {
+    let (Some(slots), Some(id)) = (core.slots.as_ref(), core.meta[op as usize].id) else {
         return Err(OpError::InvalidInput);
     };
     let Ok(args) = core.pool.get_mut(id) else { return Err(OpError::InvalidInput) };
@@ -230,7 +230,7 @@ pub(crate) fn finish_datagram<T>(
     socket: u32,
     res: Result<usize, Errno>,
 ) -> Result<usize, OpError> {
-    let (Some(slots), Some(id)) = (core.slots.as_mut(), core.meta[op as usize].id) else {
+    let (Some(slots), Some(id)) = (core.slots.as_ref(), core.meta[op as usize].id) else {
         return Err(OpError::InvalidInput);
     };
     let Ok(args) = core.pool.get_mut(id) else { return Err(OpError::InvalidInput) };
@@ -260,30 +260,56 @@ pub(crate) fn finish_datagram<T>(
 /// One `recvmsg`/`sendmsg` for a datagram op.
 pub(crate) fn datagram<T>(core: &mut Core<T>, op: u32, socket: u32) -> Step {
     let sid = core.sid(socket);
-    let (hdr, _) = match prepare_datagram(core, op, socket) {
-        Ok(prepared) => prepared,
-        Err(e) => return Step::Done(Err(e), sid),
-    };
-    let Some(entry) = core.sockets.get(socket as usize) else { return Step::Done(Err(OpError::NotConnected), sid) };
-    let fd = entry.io.as_fd().as_raw_fd();
-    let receive =
-        matches!(core.meta[op as usize].id.map(|id| core.pool.get(id)), Some(Ok(a)) if a.kind() == OpKind::RecvFrom);
-    let res = loop {
+    loop {
+        let (hdr, _) = match prepare_datagram(core, op, socket) {
+            Ok(prepared) => prepared,
+            Err(e) => return Step::Done(Err(e), sid),
+        };
+        let Some(entry) = core.sockets.get(socket as usize) else {
+            return Step::Done(Err(OpError::NotConnected), sid);
+        };
+        let fd = entry.io.as_fd().as_raw_fd();
+        let receive = matches!(core.meta[op as usize].id.map(|id| core.pool.get(id)), Some(Ok(a)) if a.kind() == OpKind::RecvFrom);
         // SAFETY: the header was just pointed at the op's own buffer range and the
         // op's slot, which outlive the call; the socket is non-blocking.
         let n = unsafe {
             if receive { libc::recvmsg(fd, hdr, libc::MSG_TRUNC) } else { libc::sendmsg(fd, hdr, libc::MSG_NOSIGNAL) }
         };
-        if n >= 0 {
-            break Ok(n as usize);
+        let res = if n >= 0 {
+            Ok(n as usize)
+        } else {
+            match Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::IO) {
+                Errno::AGAIN => return Step::Pending,
+                Errno::INTR => continue,
+                e => Err(e),
+            }
+        };
+        if let Err(e) = res
+            && retry_send(core, op, socket, e)
+        {
+            continue;
         }
-        match Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::IO) {
-            Errno::AGAIN => return Step::Pending,
-            Errno::INTR => continue,
-            e => break Err(e),
+        return Step::Done(finish_datagram(core, op, socket, res), sid);
+    }
+}
+
+/// A datagram send to an explicit destination failed on an ICMP error left by an
+/// earlier datagram: empties the error queue and says to try once more (the op's
+/// `progress` marks the retry). A connected socket's error is its own: reported.
+pub(crate) fn retry_send<T>(core: &mut Core<T>, op: u32, socket: u32, e: Errno) -> bool {
+    let meta = &mut core.meta[op as usize];
+    let Some(Ok(args)) = meta.id.map(|id| core.pool.get(id)) else { return false };
+    let retry = args.kind() == OpKind::SendTo
+        && args.remote_endpoint().is_some()
+        && meta.progress == 0
+        && crate::udp::is_earlier_icmp(OpError::from_io(&e.into()));
+    if retry {
+        meta.progress = 1;
+        if let Some(entry) = core.sockets.get(socket as usize) {
+            crate::udp::drain_errors(entry.io.as_fd());
         }
-    };
-    Step::Done(finish_datagram(core, op, socket, res), sid)
+    }
+    retry
 }
 
 /// One step of a `send_packets` op: as much of its list as the socket takes.

@@ -422,12 +422,28 @@ impl Uring {
                     }
                     return Start::Done(result, sid);
                 }
-                let reader = &mut self.readers[socket as usize];
-                if !reader.stopping {
-                    reader.stopping = true;
-                    let target = reader_data(socket, sid.generation & GEN_MASK);
-                    self.push(&opcode::AsyncCancel::new(target).build().user_data(CANCEL));
+                self.stop_reader(socket, sid.generation);
+                return Start::Waiting;
+            }
+            // A receive into a list, or a wait for readability, on a socket whose
+            // multishot receive is armed or left arrivals: those come first (the
+            // socket itself may hold nothing more), and the multishot must end before
+            // the socket is read or polled directly, or it would take what they wait for.
+            kind @ (OpKind::RecvVectored | OpKind::Ready)
+                if (kind == OpKind::RecvVectored || meta.events & POLLIN != 0)
+                    && self.reading(socket, sid.generation) =>
+            {
+                if let Some(front) = self.kept.front_mut(socket) {
+                    if kind == OpKind::Ready {
+                        return Start::Done(Ok(POLLIN as usize), sid);
+                    }
+                    let result = copy_front_list(&mut core.packets[op as usize], front);
+                    if front.used_up() {
+                        self.kept.pop_front(socket);
+                    }
+                    return Start::Done(result, sid);
                 }
+                self.stop_reader(socket, sid.generation);
                 return Start::Waiting;
             }
             OpKind::Recv if meta.pooled && self.pbuf.is_some() => (
@@ -494,6 +510,17 @@ impl Uring {
         core.meta[op as usize].kernel = true;
         self.in_kernel += 1;
         Start::Started
+    }
+
+    /// Asks a socket's multishot receive to end (once): an op that must read the
+    /// socket itself waits for that.
+    fn stop_reader(&mut self, socket: u32, generation: u32) {
+        let reader = &mut self.readers[socket as usize];
+        if !reader.stopping {
+            reader.stopping = true;
+            let target = reader_data(socket, generation & GEN_MASK);
+            self.push(&opcode::AsyncCancel::new(target).build().user_data(CANCEL));
+        }
     }
 
     /// Takes a connection a multishot accept delivered earlier to `listener`, if
@@ -900,6 +927,12 @@ impl Uring {
                 return Outcome::Abandon(as_);
             }
             let res = if res >= 0 { Ok(res as usize) } else { Err(Errno::from_raw_os_error(-res)) };
+            match res {
+                // Interrupted, or failed on an earlier datagram's ICMP error: again.
+                Err(Errno::INTR) => return Outcome::Again,
+                Err(e) if sys_io::retry_send(core, op, socket, e) => return Outcome::Again,
+                _ => {}
+            }
             return Outcome::Done(sys_io::finish_datagram(core, op, socket, res), sid);
         }
         if res < 0 {
@@ -1072,6 +1105,29 @@ fn copy_front<T>(args: &mut berth_ops::OpArgs<T>, front: &mut Arrival) -> Result
 /// streams).
 fn unix_listener<T>(core: &Core<T>, index: u32) -> bool {
     matches!(core.sockets.get(index as usize), Some(e) if matches!(e.io, Io::Listener { listener: Listener::Unix { .. }, .. }))
+}
+
+/// Copies what is left of a kept arrival into a list's byte ranges, in order (a
+/// `recv_vectored`); an end of stream or error is passed on as it is.
+fn copy_front_list(list: &mut crate::packets::Packets, front: &mut Arrival) -> Result<usize, OpError> {
+    let Arrival { lease, res, taken } = front;
+    let Some(lease) = lease.as_ref() else {
+        return if *res < 0 { Err(OpError::from_io(&io::Error::from_raw_os_error(-*res))) } else { Ok(0) };
+    };
+    let mut src = &lease.filled()[*taken..];
+    let mut copied = 0;
+    for item in list.items_mut() {
+        if let crate::Packet::Bytes { lease: own, range } = item {
+            let n = src.len().min(range.end.saturating_sub(range.start));
+            let Some(dst) = own.get_mut(range.start..range.start + n) else { return Err(OpError::InvalidInput) };
+            dst.copy_from_slice(&src[..n]);
+            let _ = own.set_len(range.start + n);
+            src = &src[n..];
+            copied += n;
+        }
+    }
+    *taken += copied;
+    Ok(copied)
 }
 
 fn is_accept<T>(core: &Core<T>, op: u32) -> bool {
