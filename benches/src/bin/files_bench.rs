@@ -5,10 +5,15 @@
 //! files_bench [--quick]
 //! ```
 //!
-//! Rows (appended to `berth_benches::results_path()`, peer `nginx`, higher is
-//! better): `files/1KiB/req_per_s`, `files/64KiB/req_per_s`, `files/1MiB/req_per_s`
-//! — wrk's `Requests/sec` with one thread and 64 keep-alive connections, from the
-//! round whose own berth/nginx ratio is the median (see [`median_pair`]). Full mode
+//! Rows (appended to `berth_benches::results_path()`, peer `nginx`):
+//! `files/1KiB/req_per_s`, `files/64KiB/req_per_s`, `files/1MiB/req_per_s` — wrk's
+//! `Requests/sec` with one thread and 64 keep-alive connections, from the round
+//! whose own berth/nginx ratio is the median (see [`median_pair`]);
+//! `files/1KiB/server_cpu_us_per_req` (lower is better), from the round whose CPU
+//! ratio is the median; and `files/1KiB_logged/req_per_s`, both servers writing an
+//! access log to a file (berth `--access-log`, nginx `access_log` in its combined
+//! format with a 64 KiB buffer). nginx runs with `open_file_cache` (descriptors and
+//! metadata of served files kept open), its usual tuning for static files. Full mode
 //! runs 5 rounds of 3 s per server and size, the two servers back to back in each,
 //! in alternating order so drift on a shared machine hits both alike; `--quick` runs
 //! one round of 2 s. Each run is preceded by a 1 s warm-up. The server CPU time per
@@ -75,8 +80,8 @@ fn run() -> Result<(), String> {
     }
 
     let berth_bin = berth_benches::sys_bench::berth_binary("files_bench")?;
-    let (berth, berth_addr) = start_berth(&berth_bin, &www, server_core)?;
-    let (nginx_proc, nginx_addr) = start_nginx(&nginx, &work.path, &www, server_core)?;
+    let (berth, berth_addr) = start_berth(&berth_bin, &www, server_core, None)?;
+    let (nginx_proc, nginx_addr) = start_nginx(&nginx, &work.path.join("nginx"), &www, server_core, None)?;
     let servers = [("berth", &berth, berth_addr), ("nginx", &nginx_proc, nginx_addr)];
 
     for (_, name, body) in &files {
@@ -99,33 +104,8 @@ fn run() -> Result<(), String> {
     let mut rows = Vec::new();
     let mut summary = String::new();
     for (label, name, _) in &files {
-        // Per round: (req/s, cpu µs/request) of berth and of nginx, measured back to back.
-        let mut pairs: Vec<Round> = Vec::with_capacity(rounds);
-        for round in 0..rounds {
-            let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-            let mut pair = [(0.0, 0.0); 2];
-            for i in order {
-                let (server, proc, addr) = &servers[i];
-                let url = format!("http://{addr}/{name}");
-                load(&wrk, &url, 1, client_core)?; // warm-up: connections, page cache, caches
-                let cpu0 = process_cpu_time(proc.id()).map_err(|e| format!("{server} CPU time: {e}"))?;
-                let out = load(&wrk, &url, secs, client_core)?;
-                let cpu = process_cpu_time(proc.id()).map_err(|e| format!("{server} CPU time: {e}"))? - cpu0;
-                let stats = parse_wrk(&out).map_err(|e| format!("{server} {label}: {e}\nwrk said:\n{out}"))?;
-                if stats.non_2xx > 0 || stats.socket_errors > 0 {
-                    return Err(format!("{server} {label}: wrk saw errors\n{out}"));
-                }
-                let cpu_us = if stats.requests > 0 { cpu.as_secs_f64() * 1e6 / stats.requests as f64 } else { 0.0 };
-                eprintln!(
-                    "files_bench: {label} round {}/{rounds} {server}: {:.0} req/s, {cpu_us:.1} µs server CPU/request",
-                    round + 1,
-                    stats.req_per_s
-                );
-                pair[i] = (stats.req_per_s, cpu_us);
-            }
-            pairs.push(pair);
-        }
-        let ([b, n], (low, high)) = median_pair(&pairs).ok_or_else(|| format!("{label}: no round measured"))?;
+        let pairs = measure(&servers, &wrk, label, name, rounds, secs, client_core)?;
+        let ([b, n], (low, high)) = median_pair(&pairs, 0).ok_or_else(|| format!("{label}: no round measured"))?;
         let row = Row::new(format!("files/{label}/req_per_s"), "req_per_s", b.0, "nginx", n.0, Better::Higher);
         let _ = writeln!(
             summary,
@@ -139,6 +119,54 @@ fn run() -> Result<(), String> {
             pairs.len(),
         );
         rows.push(row);
+        if *label == "1KiB" {
+            // Server CPU per request: where the two servers' own costs show, however
+            // fast wrk can drive them.
+            let ([b, n], (low, high)) = median_pair(&pairs, 1).ok_or_else(|| format!("{label}: no round measured"))?;
+            let row = Row::new(
+                format!("files/{label}/server_cpu_us_per_req"),
+                "us_per_req",
+                b.1,
+                "nginx",
+                n.1,
+                Better::Lower,
+            );
+            let _ = writeln!(
+                summary,
+                "files_bench: {label:>5}: server CPU berth {:.2} µs/req, nginx {:.2} µs/req, ratio {:.2} \
+                 (the median round's; nginx/berth {low:.2}..{high:.2})",
+                b.1, n.1, row.ratio,
+            );
+            rows.push(row);
+        }
+    }
+    // The first pair stops before the logged pair starts on the same core.
+    drop(berth);
+    drop(nginx_proc);
+
+    // With access logs: the same 1 KiB file, both servers writing a line per request.
+    let (label, name, _) = &files[0];
+    let logs = work.path.join("logs");
+    fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
+    let (berth, berth_addr) = start_berth(&berth_bin, &www, server_core, Some(&logs.join("berth.log")))?;
+    let (nginx_proc, nginx_addr) =
+        start_nginx(&nginx, &work.path.join("nginx-logged"), &www, server_core, Some(&logs.join("nginx.log")))?;
+    let servers = [("berth", &berth, berth_addr), ("nginx", &nginx_proc, nginx_addr)];
+    let pairs = measure(&servers, &wrk, &format!("{label}_logged"), name, rounds, secs, client_core)?;
+    let ([b, n], (low, high)) = median_pair(&pairs, 0).ok_or("logged: no round measured")?;
+    let row = Row::new(format!("files/{label}_logged/req_per_s"), "req_per_s", b.0, "nginx", n.0, Better::Higher);
+    let _ = writeln!(
+        summary,
+        "files_bench: {label}_logged: berth {:.0} req/s ({:.1} µs CPU/req), nginx {:.0} req/s ({:.1} µs CPU/req), \
+         ratio {:.2} ({low:.2}..{high:.2})",
+        b.0, b.1, n.0, n.1, row.ratio,
+    );
+    rows.push(row);
+    for log in ["berth.log", "nginx.log"] {
+        let lines = fs::read_to_string(logs.join(log)).map(|t| t.lines().count()).unwrap_or(0);
+        if lines == 0 {
+            return Err(format!("the {log} access log is empty: the logged case logged nothing"));
+        }
     }
     eprint!("{summary}");
     append_rows(&results_path(), &rows).map_err(|e| format!("writing results: {e}"))?;
@@ -235,9 +263,17 @@ fn content(size: usize) -> Vec<u8> {
 
 /// Starts `berth serve WWW --addr 127.0.0.1:0 --workers 1` on `core`; returns it and
 /// the address from its banner `berth: serving <dir> on http://<addr>/ (1 worker)`.
-fn start_berth(berth: &Path, www: &Path, core: Option<usize>) -> Result<(ChildGuard, SocketAddr), String> {
+fn start_berth(
+    berth: &Path,
+    www: &Path,
+    core: Option<usize>,
+    access_log: Option<&Path>,
+) -> Result<(ChildGuard, SocketAddr), String> {
     let mut cmd = Command::new(berth);
     cmd.arg("serve").arg(www).args(["--addr", "127.0.0.1:0", "--workers", "1", "--log", "warn"]);
+    if let Some(log) = access_log {
+        cmd.arg("--access-log").arg(log);
+    }
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = ChildGuard::new(spawn_pinned(&mut cmd, core).map_err(|e| format!("starting berth serve: {e}"))?);
     let stdout = child.child_mut().stdout.take().ok_or("no stdout")?;
@@ -281,14 +317,25 @@ fn temp_path_modules(nginx: &Path) -> Vec<&'static str> {
 
 /// nginx's configuration: one process, one worker, `sendfile on`, `tcp_nopush on`,
 /// keep-alive without a request limit, no access log, every path under `prefix`.
-fn nginx_conf(prefix: &Path, www: &Path, port: u16, temp_modules: &[&str]) -> String {
+fn nginx_conf(prefix: &Path, www: &Path, port: u16, temp_modules: &[&str], access_log: Option<&Path>) -> String {
     let p = prefix.display();
     let mut c = String::new();
     let _ = writeln!(c, "daemon off;\nmaster_process off;\nworker_processes 1;");
     let _ = writeln!(c, "pid {p}/nginx.pid;\nerror_log {p}/error.log warn;");
     let _ = writeln!(c, "events {{\n    worker_connections 1024;\n}}");
     let _ = writeln!(c, "http {{");
-    let _ = writeln!(c, "    access_log off;\n    sendfile on;\n    tcp_nopush on;\n    tcp_nodelay on;");
+    match access_log {
+        // Buffered, as a tuned nginx logs: berth's logger also writes in batches.
+        Some(log) => {
+            let _ = writeln!(c, "    access_log {} combined buffer=64k flush=1s;", log.display());
+        }
+        None => {
+            let _ = writeln!(c, "    access_log off;");
+        }
+    }
+    let _ = writeln!(c, "    sendfile on;\n    tcp_nopush on;\n    tcp_nodelay on;");
+    // Served files' descriptors and metadata kept open, as tuned static servers do.
+    let _ = writeln!(c, "    open_file_cache max=1024 inactive=60s;\n    open_file_cache_valid 60s;");
     let _ = writeln!(c, "    keepalive_timeout 65;\n    keepalive_requests 1000000;");
     let _ = writeln!(c, "    default_type application/octet-stream;");
     let _ = writeln!(c, "    client_body_temp_path {p}/tmp/client_body;");
@@ -302,12 +349,18 @@ fn nginx_conf(prefix: &Path, www: &Path, port: u16, temp_modules: &[&str]) -> St
 
 /// Starts nginx on a free port with its files under `work/nginx`, pinned to `core`,
 /// and waits until it accepts connections.
-fn start_nginx(nginx: &Path, work: &Path, www: &Path, core: Option<usize>) -> Result<(ChildGuard, SocketAddr), String> {
-    let prefix = work.join("nginx");
+fn start_nginx(
+    nginx: &Path,
+    prefix: &Path,
+    www: &Path,
+    core: Option<usize>,
+    access_log: Option<&Path>,
+) -> Result<(ChildGuard, SocketAddr), String> {
+    let prefix = prefix.to_path_buf();
     fs::create_dir_all(prefix.join("tmp")).map_err(|e| format!("{}: {e}", prefix.display()))?;
     let port = free_port()?;
     let conf = prefix.join("nginx.conf");
-    fs::write(&conf, nginx_conf(&prefix, www, port, &temp_path_modules(nginx)))
+    fs::write(&conf, nginx_conf(&prefix, www, port, &temp_path_modules(nginx), access_log))
         .map_err(|e| format!("{}: {e}", conf.display()))?;
     let mut cmd = Command::new(nginx);
     cmd.arg("-p").arg(&prefix).arg("-c").arg(&conf).arg("-e").arg(prefix.join("error.log"));
@@ -428,8 +481,53 @@ type Round = [(f64, f64); 2];
 /// lowest and highest ratio. Loopback on this VM jumps between two levels from one
 /// round to the next; separate medians per server could set a fast round of one
 /// against a slow round of the other, a round's own pair cannot.
-fn median_pair(pairs: &[Round]) -> Option<(Round, (f64, f64))> {
-    let ratio = |p: &Round| if p[1].0 > 0.0 { p[0].0 / p[1].0 } else { 0.0 };
+/// Runs wrk against each server, `rounds` times, alternating who goes first: per
+/// round (req/s, server CPU µs per request) of berth and of nginx.
+fn measure(
+    servers: &[(&str, &ChildGuard, SocketAddr); 2],
+    wrk: &Path,
+    label: &str,
+    name: &str,
+    rounds: usize,
+    secs: u32,
+    client_core: Option<usize>,
+) -> Result<Vec<Round>, String> {
+    let mut pairs: Vec<Round> = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        let mut pair = [(0.0, 0.0); 2];
+        for i in order {
+            let (server, proc, addr) = &servers[i];
+            let url = format!("http://{addr}/{name}");
+            load(wrk, &url, 1, client_core)?; // warm-up: connections, page cache, caches
+            let cpu0 = process_cpu_time(proc.id()).map_err(|e| format!("{server} CPU time: {e}"))?;
+            let out = load(wrk, &url, secs, client_core)?;
+            let cpu = process_cpu_time(proc.id()).map_err(|e| format!("{server} CPU time: {e}"))? - cpu0;
+            let stats = parse_wrk(&out).map_err(|e| format!("{server} {label}: {e}\nwrk said:\n{out}"))?;
+            if stats.non_2xx > 0 || stats.socket_errors > 0 {
+                return Err(format!("{server} {label}: wrk saw errors\n{out}"));
+            }
+            let cpu_us = if stats.requests > 0 { cpu.as_secs_f64() * 1e6 / stats.requests as f64 } else { 0.0 };
+            eprintln!(
+                "files_bench: {label} round {}/{rounds} {server}: {:.0} req/s, {cpu_us:.1} µs server CPU/request",
+                round + 1,
+                stats.req_per_s
+            );
+            pair[i] = (stats.req_per_s, cpu_us);
+        }
+        pairs.push(pair);
+    }
+    Ok(pairs)
+}
+
+/// The round whose berth/nginx ratio of field `key` (0: req/s, 1: CPU per request,
+/// as nginx/berth so that higher is better for both) is the median, and the lowest
+/// and highest ratios.
+fn median_pair(pairs: &[Round], key: usize) -> Option<(Round, (f64, f64))> {
+    let ratio = |p: &Round| {
+        let (b, n) = if key == 0 { (p[0].0, p[1].0) } else { (p[1].1, p[0].1) };
+        if n > 0.0 { b / n } else { 0.0 }
+    };
     let mut sorted = pairs.to_vec();
     sorted.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
     let median = *sorted.get(sorted.len().checked_sub(1)? / 2)?;
@@ -465,13 +563,18 @@ Transfer/sec:     73.00MB
         // medians would say 220 against 100 (2.2x).
         let r = |b: f64, n: f64| [(b, 1.0), (n, 2.0)];
         let pairs = [r(220.0, 200.0), r(110.0, 100.0), r(110.0, 100.0), r(220.0, 100.0), r(220.0, 100.0)];
-        let (median, (low, high)) = median_pair(&pairs).unwrap();
+        let (median, (low, high)) = median_pair(&pairs, 0).unwrap();
         assert!((median[0].0 / median[1].0 - 1.1).abs() < 1e-9);
         assert!((low - 1.1).abs() < 1e-9 && (high - 2.2).abs() < 1e-9);
         // An even count takes the lower middle; none is no comparison.
-        let (two, _) = median_pair(&[r(100.0, 100.0), r(300.0, 100.0)]).unwrap();
+        let (two, _) = median_pair(&[r(100.0, 100.0), r(300.0, 100.0)], 0).unwrap();
         assert_eq!(two[0].0, 100.0);
-        assert!(median_pair(&[]).is_none());
+        assert!(median_pair(&[], 0).is_none());
+        // The CPU key: nginx/berth, so a berth that spends less is above 1.
+        let c = |b: f64, n: f64| [(1.0, b), (1.0, n)];
+        let (median, (low, high)) = median_pair(&[c(2.0, 3.0), c(4.0, 3.0), c(3.0, 3.0)], 1).unwrap();
+        assert_eq!(median[0].1, 3.0);
+        assert!((low - 0.75).abs() < 1e-9 && (high - 1.5).abs() < 1e-9);
     }
 
     #[test]
@@ -497,8 +600,11 @@ Transfer/sec:     73.00MB
 
     #[test]
     fn nginx_conf_has_one_worker_sendfile_and_private_paths() {
-        let c = nginx_conf(Path::new("/t/ng"), Path::new("/t/www"), 8081, &["proxy", "fastcgi"]);
+        let c = nginx_conf(Path::new("/t/ng"), Path::new("/t/www"), 8081, &["proxy", "fastcgi"], None);
+        let logged = nginx_conf(Path::new("/t/ng"), Path::new("/t/www"), 8081, &[], Some(Path::new("/t/a.log")));
+        assert!(logged.lines().any(|l| l.trim() == "access_log /t/a.log combined buffer=64k flush=1s;"), "{logged}");
         for line in [
+            "open_file_cache max=1024 inactive=60s;",
             "daemon off;",
             "master_process off;",
             "worker_processes 1;",
