@@ -62,7 +62,7 @@ impl Config {
     }
 
     /// Gives each end a wake descriptor that an event loop can wait on
-    /// ([`Receiver::as_fd`], [`Sender::as_fd`], [`Receiver::arm_wake`]): an eventfd
+    /// (`Receiver::as_fd` ([`AsFd`](std::os::fd::AsFd)), `Sender::as_fd`, [`Receiver::arm_wake`]): an eventfd
     /// for a memfd channel, a FIFO beside the file for a named one. Off by default:
     /// such a channel needs its descriptors passed along with the memfd
     /// ([`Channel::send_over`], [`Channel::from_fds`]).
@@ -982,7 +982,7 @@ impl Sender {
     /// Prepares to wait in an event loop until a `len`-byte message fits: empties
     /// this end's wake descriptor, flags the receiver to write it when it releases
     /// room, and checks the ring and the peer once more. `Ok(true)`: sleep until
-    /// [`Sender::as_fd`] is readable, then try again. `Ok(false)`: there is room
+    /// `Sender::as_fd` is readable, then try again. `Ok(false)`: there is room
     /// now; try again at once. The receiver's close or death is an error here, and
     /// wakes a sleeper too.
     pub fn arm_wake(&mut self, len: usize) -> Result<bool, SendError> {
@@ -1396,7 +1396,7 @@ impl Receiver {
     /// Prepares to wait in an event loop: empties this end's wake descriptor,
     /// publishes the consumer position, flags the sender to write the descriptor
     /// at its next commit, and checks the ring and the peer once more.
-    /// `Ok(true)`: sleep until [`Receiver::as_fd`] is readable, then call
+    /// `Ok(true)`: sleep until `Receiver::as_fd` ([`AsFd`](std::os::fd::AsFd)) is readable, then call
     /// [`Receiver::try_recv`] again. `Ok(false)`: a message is there; receive it
     /// at once. A sender that closed or died with nothing left to read is
     /// `Closed` / `PeerDead` here, and its death wakes a sleeper too.

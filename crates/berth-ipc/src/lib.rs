@@ -53,8 +53,8 @@
 //! # Waiting in an event loop
 //!
 //! A channel created with [`Config::wake_fds`] gives each end a descriptor that
-//! `epoll`, mio or tokio's `AsyncFd` can wait on: [`Receiver::as_fd`] turns
-//! readable for "data ready", [`Sender::as_fd`] for "room ready". The loop is:
+//! `epoll`, mio or tokio's `AsyncFd` can wait on: `Receiver::as_fd` ([`AsFd`](std::os::fd::AsFd)) turns
+//! readable for "data ready", `Sender::as_fd` for "room ready". The loop is:
 //! try ([`Receiver::try_recv`] / [`Receiver::try_recv_batch`]); on `Empty`, call
 //! [`Receiver::arm_wake`]; if it says to sleep, wait for readability, then try
 //! again. Arming empties the descriptor, raises this end's waiter flag with the
