@@ -157,7 +157,9 @@ fn python_example_runs_against_a_rust_echo_peer() {
     let Some(python) = tool("python3") else { return };
     let so = lib_dir().join("libberth_ipc_ffi.so");
     let mut echo = Echo::start("python");
+    // -B: no __pycache__ left in the source tree.
     let out = Command::new(python)
+        .arg("-B")
         .arg(crate_dir().join("examples/python/echo_client.py"))
         .arg(&so)
         .arg(&echo.name)

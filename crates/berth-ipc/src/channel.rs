@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io;
 use std::ops::{Deref, DerefMut};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
@@ -1020,6 +1020,14 @@ impl AsFd for Sender {
     }
 }
 
+/// The same descriptor as [`AsFd`], for APIs that still take raw ones (tokio's
+/// `AsyncFd`).
+impl AsRawFd for Sender {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}
+
 impl Drop for Sender {
     fn drop(&mut self) {
         close_end(&self.sh, off::TX_FLAGS, off::RX_WAIT);
@@ -1437,6 +1445,14 @@ impl Receiver {
 impl AsFd for Receiver {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.wake_fd().unwrap_or(self.sh.fd.as_fd())
+    }
+}
+
+/// The same descriptor as [`AsFd`], for APIs that still take raw ones (tokio's
+/// `AsyncFd`).
+impl AsRawFd for Receiver {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
     }
 }
 
