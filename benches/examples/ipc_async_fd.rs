@@ -89,3 +89,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     echo.join().map_err(|_| "echo thread panicked")?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// `cargo test` runs the example (the book includes it, so it must keep working).
+    #[test]
+    fn example_runs() {
+        super::main().unwrap();
+    }
+}
