@@ -942,11 +942,16 @@ impl Sender {
         Ok(())
     }
 
-    /// Writes and stages every message, then publishes once; on `Full` forgets what
-    /// it staged (none of it was visible).
+    /// Writes and stages every message, then publishes once. Whether the whole
+    /// batch fits is known before anything is copied (a sender waiting for room
+    /// retries this without rewriting the batch each time); should a reservation
+    /// fail anyway, what was staged is forgotten (none of it was visible).
     fn stage_batch<M: AsRef<[u8]>>(&mut self, msgs: &[M]) -> Result<(), ReserveError> {
         if msgs.is_empty() {
             return Ok(());
+        }
+        if !self.prod.batch_fits(&*self.sh, msgs.iter().map(|m| m.as_ref().len()))? {
+            return Err(ReserveError::Full);
         }
         let start = self.prod.position();
         for m in msgs {

@@ -329,6 +329,10 @@ impl Producer {
             let to_end = cap - self.geo.offset(end) as u64;
             end = end.wrapping_add(if to_end < total { to_end + total } else { total });
         }
+        // The consumer's line is read only when the cached position says no.
+        if end.wrapping_sub(self.cached_head) <= cap {
+            return Ok(true);
+        }
         self.refresh_head(r)?;
         Ok(end.wrapping_sub(self.cached_head) <= cap)
     }
