@@ -57,6 +57,10 @@ pub(crate) const TARGETS: &[Target] = &[
     Target { pattern: "ipc/throughput_64B/msgs_per_s", goals: &[Goal::AtLeast(50e6)] },
     Target { pattern: "ipc/throughput_64KiB/gbps", goals: &[Goal::Ratio(0.4)] },
     Target { pattern: "ipc/idle_blocked/cpu_percent", goals: &[Goal::AtMost(1.0)] },
+    // Issue 18: batches ≥ 1.5× one message at a time; a round trip with both ends
+    // asleep in epoll on the wake descriptors no slower than a socket pair's.
+    Target { pattern: "ipc/throughput_64B_batch/msgs_per_s", goals: &[Goal::Ratio(1.5)] },
+    Target { pattern: "ipc/rtt_64B_wakefd/p50_us", goals: &[Goal::Ratio(1.0)] },
     // Issue 6: ≥ 1.0× nginx requests/s at each file size.
     Target { pattern: "files/*/req_per_s", goals: &[Goal::Ratio(1.0)] },
     // Issue 17: ≤ 0.7× the CPU per request of nginx with open_file_cache (the
@@ -535,6 +539,8 @@ mod tests {
             "ipc/throughput_64B/msgs_per_s",
             "ipc/throughput_64KiB/gbps",
             "ipc/idle_blocked/cpu_percent",
+            "ipc/throughput_64B_batch/msgs_per_s",
+            "ipc/rtt_64B_wakefd/p50_us",
             "files/1KiB/req_per_s",
         ] {
             assert!(goals_for(id).is_some(), "{id}");

@@ -10,9 +10,16 @@
 //! `ipc/throughput_64KiB_vs_floor/gbps` (peer `shm_stream` with 64 KiB slots),
 //! `ipc/idle_blocked/cpu_percent`
 //! (peer: a receiver blocked on a Unix socket read; both measured as the process's CPU
-//! over a window that starts once the receive has been blocked for 1.5 s). `--quick`
-//! keeps it under a minute;
-//! `--only rtt|tp64|tp64k|idle` runs one measurement (and writes only its rows).
+//! over a window that starts once the receive has been blocked for 1.5 s),
+//! `ipc/throughput_64B_batch/msgs_per_s` (batches of [`BATCH`] sent with
+//! `send_batch` and received with `recv_batch`; peer `ipc_one_at_a_time`: the same
+//! channel with `send` / `recv`, in turns with it), and
+//! `ipc/rtt_64B_wakefd/p50_us` (both ends asleep in `epoll` on the channels' wake
+//! descriptors between messages; peer `unix_socketpair_epoll`: both ends asleep in
+//! `epoll` on a non-blocking socket pair, in turns with it). `--quick` keeps it
+//! under a minute;
+//! `--only rtt|tp64|tp64k|idle|batch|wakefd` runs one measurement (and writes only
+//! its rows).
 //! Throughputs (ours and the peers') are the median over 50 timed chunks; where they
 //! take turns (five each), the median of the turns.
 //!
@@ -41,6 +48,10 @@ const RTT_BATCH: usize = 100;
 /// against the floor, the 64 B throughput against the streaming floor, 64 KiB
 /// against memcpy).
 const RTT_ROUNDS: usize = 5;
+/// Messages per `send_batch` in the batch throughput run; the receiver takes up to
+/// [`RECV_BATCH`] per `recv_batch`.
+const BATCH: usize = 32;
+const RECV_BATCH: usize = 256;
 
 fn pin(core: usize) {
     let mut set = rustix::thread::CpuSet::new();
@@ -81,6 +92,7 @@ fn child(role: &str, fds: &[BorrowedOrOwned<'_>], extra: &[String]) -> std::proc
 enum BorrowedOrOwned<'a> {
     Chan(&'a Channel),
     Fd(&'a OwnedFd),
+    Raw(std::os::fd::BorrowedFd<'a>),
 }
 
 impl BorrowedOrOwned<'_> {
@@ -88,6 +100,62 @@ impl BorrowedOrOwned<'_> {
         match self {
             BorrowedOrOwned::Chan(c) => c.as_fd(),
             BorrowedOrOwned::Fd(f) => f.as_fd(),
+            BorrowedOrOwned::Raw(f) => *f,
+        }
+    }
+}
+
+/// A channel with wake descriptors as three inherited descriptors: the memfd, the
+/// receiver's and the sender's wake descriptors.
+fn wake_chan_fds(ch: &Channel) -> [BorrowedOrOwned<'_>; 3] {
+    let (rx, tx) = ch.wake_fds().expect("created with wake descriptors");
+    [BorrowedOrOwned::Chan(ch), BorrowedOrOwned::Raw(rx), BorrowedOrOwned::Raw(tx)]
+}
+
+/// Opens a channel with wake descriptors from three descriptor arguments.
+fn take_wake_chan(args: &[String]) -> Channel {
+    Channel::from_fds(take_fd(&args[0]), take_fd(&args[1]), take_fd(&args[2])).unwrap()
+}
+
+/// An epoll instance watching `fd` for readability.
+fn epoll_on(fd: std::os::fd::BorrowedFd<'_>) -> OwnedFd {
+    use rustix::event::epoll;
+    let ep = epoll::create(epoll::CreateFlags::CLOEXEC).expect("epoll_create");
+    epoll::add(&ep, fd, epoll::EventData::new_u64(0), epoll::EventFlags::IN).expect("epoll_ctl");
+    ep
+}
+
+/// Sleeps in `epoll_wait` until the watched descriptor is readable.
+fn epoll_sleep(ep: &OwnedFd) {
+    let mut events = [std::mem::MaybeUninit::uninit(); 1];
+    loop {
+        match rustix::event::epoll::wait(ep, &mut events[..], None) {
+            Ok((ready, _)) if !ready.is_empty() => return,
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => panic!("epoll_wait: {e}"),
+        }
+    }
+}
+
+/// The next message of `rx` copied into `out`, sleeping in epoll (on `ep`, which
+/// watches `rx`'s wake descriptor) whenever the ring is empty. `false` once the
+/// sender closed.
+fn recv_epoll(rx: &mut berth_ipc::Receiver, ep: &OwnedFd, out: &mut [u8; MSG]) -> bool {
+    loop {
+        match rx.try_recv() {
+            Ok(m) => {
+                out.copy_from_slice(&m);
+                return true;
+            }
+            Err(RecvError::Empty) => {}
+            Err(RecvError::Closed) => return false,
+            Err(e) => panic!("{e}"),
+        }
+        match rx.arm_wake() {
+            Ok(true) => epoll_sleep(ep),
+            Ok(false) => {}
+            Err(RecvError::Closed) => return false,
+            Err(e) => panic!("{e}"),
         }
     }
 }
@@ -127,6 +195,34 @@ fn role(args: &[String]) {
                 tx.send(&out, t).unwrap();
             }
         }
+        "ipc_wake_echo" => {
+            let rx_ch = take_wake_chan(&args[1..4]);
+            let tx_ch = take_wake_chan(&args[4..7]);
+            let (mut rx, mut tx) = (rx_ch.receiver().unwrap(), tx_ch.sender().unwrap());
+            let ep = epoll_on(rx.as_fd());
+            let mut out = [0u8; MSG];
+            while recv_epoll(&mut rx, &ep, &mut out) {
+                // One message in flight: the reply always fits.
+                tx.try_send(&out).unwrap();
+            }
+        }
+        "sock_epoll_echo" => {
+            let s = UnixStream::from(take_fd(&args[1]));
+            s.set_nonblocking(true).unwrap();
+            let ep = epoll_on(s.as_fd());
+            let mut buf = [0u8; MSG];
+            loop {
+                match (&s).read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        assert_eq!(n, MSG, "a 64-byte message in one read");
+                        (&s).write_all(&buf).unwrap();
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => epoll_sleep(&ep),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
         "floor_echo" => {
             let page = Floor::open(take_fd(&args[1]));
             let mut out = [0u8; MSG];
@@ -160,6 +256,22 @@ fn role(args: &[String]) {
             for i in 0..count {
                 src[..8].copy_from_slice(&i.to_le_bytes());
                 tx.send(src, t).unwrap();
+            }
+        }
+        "ipc_produce_batch" => {
+            let ch = Channel::from_fd(take_fd(&args[1])).unwrap();
+            let count: u64 = args[2].parse().unwrap();
+            let mut tx = ch.sender().unwrap();
+            tx.set_wait_mode(WaitMode::BusyPoll);
+            let mut msgs = [[0xa5u8; MSG]; BATCH];
+            let mut i = 0u64;
+            while i < count {
+                let n = (BATCH as u64).min(count - i) as usize;
+                for (k, m) in msgs[..n].iter_mut().enumerate() {
+                    m[..8].copy_from_slice(&(i + k as u64).to_le_bytes());
+                }
+                tx.send_batch(&msgs[..n], t).unwrap();
+                i += n as u64;
             }
         }
         "floor_produce" => {
@@ -546,6 +658,106 @@ fn throughput_ipc(size: usize, count: u64) -> f64 {
     rate
 }
 
+/// Messages per second of `count` 64-byte messages sent in batches of [`BATCH`]
+/// and received with `recv_batch`, timed as [`throughput_ipc`] times one at a time
+/// (median over chunks of the same number of messages).
+fn throughput_ipc_batch(count: u64) -> f64 {
+    let ch = Channel::create_memfd(&Config::new(ring_bytes(MSG))).unwrap();
+    let mut rx = ch.receiver().unwrap();
+    rx.set_wait_mode(WaitMode::BusyPoll);
+    let mut c = child("ipc_produce_batch", &[BorrowedOrOwned::Chan(&ch)], &[count.to_string()]);
+    let t = Some(Duration::from_secs(60));
+    let mut sink = 0u64;
+    let mut left = count;
+    let mut take = |n: u64, sink: &mut u64| {
+        let mut got = 0;
+        while got < n {
+            let limit = RECV_BATCH.min((n - got) as usize);
+            got += rx.recv_batch(limit, t, |m| *sink = sink.wrapping_add(touch(m))).unwrap() as u64;
+        }
+    };
+    // The first batch untimed, as the first message is for one at a time.
+    take(BATCH as u64, &mut sink);
+    left -= BATCH as u64;
+    let chunk = chunk_len(left);
+    let mut rates = Vec::new();
+    for _ in 0..left / chunk {
+        let t0 = Instant::now();
+        take(chunk, &mut sink);
+        rates.push(chunk as f64 / t0.elapsed().as_secs_f64());
+    }
+    take(left % chunk, &mut sink);
+    std::hint::black_box(sink);
+    c.wait().unwrap();
+    median(rates)
+}
+
+/// Round trips (µs each) of 64-byte messages with both ends asleep in epoll on
+/// their channels' wake descriptors whenever they wait.
+fn rtt_wakefd(n: usize) -> Vec<f64> {
+    let cfg = Config::new(1 << 16).wake_fds(true);
+    let a2b = Channel::create_memfd(&cfg).unwrap();
+    let b2a = Channel::create_memfd(&cfg).unwrap();
+    let fds: Vec<BorrowedOrOwned<'_>> = wake_chan_fds(&a2b).into_iter().chain(wake_chan_fds(&b2a)).collect();
+    let mut c = child("ipc_wake_echo", &fds, &[]);
+    drop(fds);
+    let (mut tx, mut rx) = (a2b.sender().unwrap(), b2a.receiver().unwrap());
+    let ep = epoll_on(rx.as_fd());
+    let mut payload = [0u8; MSG];
+    let mut back = [0u8; MSG];
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + n / 10 {
+        payload[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        let t0 = Instant::now();
+        tx.try_send(&payload).unwrap();
+        assert!(recv_epoll(&mut rx, &ep, &mut back));
+        let dt = t0.elapsed().as_secs_f64() * 1e6;
+        assert_eq!(back[..8], payload[..8]);
+        if i >= n / 10 {
+            samples.push(dt);
+        }
+    }
+    drop((tx, rx));
+    c.wait().unwrap();
+    samples
+}
+
+/// The same round trips over a non-blocking Unix socket pair, both ends asleep in
+/// epoll whenever a read would block.
+fn rtt_sock_epoll(n: usize) -> Vec<f64> {
+    let (mine, theirs) = UnixStream::pair().unwrap();
+    let theirs = OwnedFd::from(theirs);
+    let mut c = child("sock_epoll_echo", &[BorrowedOrOwned::Fd(&theirs)], &[]);
+    drop(theirs);
+    mine.set_nonblocking(true).unwrap();
+    let ep = epoll_on(mine.as_fd());
+    let mut payload = [0u8; MSG];
+    let mut back = [0u8; MSG];
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + n / 10 {
+        payload[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        let t0 = Instant::now();
+        (&mine).write_all(&payload).unwrap();
+        loop {
+            match (&mine).read(&mut back) {
+                Ok(k) => {
+                    assert_eq!(k, MSG);
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => epoll_sleep(&ep),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let dt = t0.elapsed().as_secs_f64() * 1e6;
+        if i >= n / 10 {
+            samples.push(dt);
+        }
+    }
+    drop(mine);
+    c.wait().unwrap();
+    samples
+}
+
 /// Messages per timed chunk: throughputs are the median over chunks, so that a
 /// chunk in which another process took our core does not drag the figure down.
 fn chunk_len(count: u64) -> u64 {
@@ -660,6 +872,7 @@ fn main() {
     } else {
         (1_000_000, 200_000, 50_000_000, 4_000_000, 100_000, 3000)
     };
+    let wake_n = if quick { 20_000 } else { 100_000 };
 
     let mut rows = Vec::new();
     if run("rtt") {
@@ -760,6 +973,49 @@ fn main() {
             idle_sock,
             Better::Lower,
         ));
+    }
+    if run("batch") {
+        // In turns, as for tp64: one at a time and in batches see the same
+        // placements of our two vCPUs.
+        let (mut one, mut batch) = (Vec::new(), Vec::new());
+        for _ in 0..RTT_ROUNDS {
+            one.push(throughput_ipc(MSG, tp_n / RTT_ROUNDS as u64));
+            batch.push(throughput_ipc_batch(tp_n / RTT_ROUNDS as u64));
+        }
+        println!(
+            "throughput 64B turns (M msg/s): batches of {BATCH} {}; one at a time {}",
+            turns(&batch, 1e6, 1),
+            turns(&one, 1e6, 1)
+        );
+        let (b, o) = (median(batch), median(one));
+        println!(
+            "throughput 64B: batches {:.1} M msg/s, one at a time {:.1} M msg/s ({:.2}x)",
+            b / 1e6,
+            o / 1e6,
+            b / o
+        );
+        rows.push(Row::new(
+            "ipc/throughput_64B_batch/msgs_per_s",
+            "msgs_per_s",
+            b,
+            "ipc_one_at_a_time",
+            o,
+            Better::Higher,
+        ));
+    }
+    if run("wakefd") {
+        let (mut ipc, mut sock) = (Vec::new(), Vec::new());
+        for _ in 0..RTT_ROUNDS {
+            ipc.extend(rtt_wakefd(wake_n / RTT_ROUNDS));
+            sock.extend(rtt_sock_epoll(wake_n / RTT_ROUNDS));
+        }
+        let p50 = |mut v: Vec<f64>| {
+            v.sort_unstable_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (i, s) = (p50(ipc), p50(sock));
+        println!("rtt 64B, both ends asleep in epoll, p50: ipc wake fds {i:.1} us, socketpair {s:.1} us");
+        rows.push(Row::new("ipc/rtt_64B_wakefd/p50_us", "p50_us", i, "unix_socketpair_epoll", s, Better::Lower));
     }
     let path = results_path();
     append_rows(&path, &rows).expect("write results");

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io;
 use std::ops::{Deref, DerefMut};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
@@ -15,14 +15,17 @@ use std::time::{Duration, Instant};
 use crate::cache;
 use crate::copy::{copy_bytes, volatile_copy};
 use crate::error::{OpenError, RecvError, SendError};
-use crate::layout::{self, FLAG_CLOSED, Layout, STATE_READY, off};
-use crate::ring::{Consumer, Geometry, Producer, Region, ReserveError, Slot};
+use crate::layout::{self, FLAG_CLOSED, Layout, STATE_READY, WAIT_FD, WAIT_FUTEX, off};
+use crate::ring::{Consumer, Geometry, Producer, Region, ReserveError, Slot, Wake, record_size};
 use crate::sys;
 
 /// Where named channels live.
 pub const SHM_DIR: &str = "/dev/shm";
 /// File-name prefix of named channels (`/dev/shm/berth-ipc.<name>`).
 pub const NAME_PREFIX: &str = "berth-ipc.";
+/// File-name prefix of a named channel's wake FIFOs
+/// (`/dev/shm/berth-ipc-wake.<name>.rx` and `.tx`).
+pub const WAKE_PREFIX: &str = "berth-ipc-wake.";
 
 /// The first futex sleep of a wait; each further sleep doubles, up to [`SLICE_MAX`]
 /// (or [`SLICE_WATCHED`]), and the peer's liveness is checked between sleeps.
@@ -49,12 +52,23 @@ const TRY_CHECK_EVERY_NS: u64 = SLICE_MIN.as_nanos() as u64;
 pub struct Config {
     capacity: u64,
     max_message: Option<u64>,
+    wake_fds: bool,
 }
 
 impl Config {
     /// A ring of `capacity` data bytes (a power of two, 64 B ..= 1 TiB).
     pub fn new(capacity: u64) -> Config {
-        Config { capacity, max_message: None }
+        Config { capacity, max_message: None, wake_fds: false }
+    }
+
+    /// Gives each end a wake descriptor that an event loop can wait on
+    /// (`Receiver::as_fd` ([`AsFd`](std::os::fd::AsFd)), `Sender::as_fd`, [`Receiver::arm_wake`]): an eventfd
+    /// for a memfd channel, a FIFO beside the file for a named one. Off by default:
+    /// such a channel needs its descriptors passed along with the memfd
+    /// ([`Channel::send_over`], [`Channel::from_fds`]).
+    pub fn wake_fds(mut self, on: bool) -> Config {
+        self.wake_fds = on;
+        self
     }
 
     /// The largest message; at most `capacity / 2 - 8` (the default).
@@ -70,7 +84,7 @@ impl Config {
         let max = self.max_message.unwrap_or_else(|| layout::max_message_for(self.capacity.max(layout::MIN_CAPACITY)));
         let pid = sys::getpid();
         let start = sys::start_time(pid).map_or(0, |(s, _)| s);
-        Layout::new(self.capacity, max, pid, start)
+        Ok(Layout { wake_fds: self.wake_fds, ..Layout::new(self.capacity, max, pid, start)? })
     }
 }
 
@@ -106,12 +120,47 @@ impl Default for WaitMode {
     }
 }
 
+/// A channel's two wake descriptors: the receiver waits for `rx` to turn readable
+/// and the sender writes it; `tx` the other way round.
+#[derive(Debug)]
+pub(crate) struct WakeFds {
+    rx: OwnedFd,
+    tx: OwnedFd,
+}
+
+impl WakeFds {
+    /// Two fresh eventfds, for a memfd channel.
+    fn events() -> io::Result<WakeFds> {
+        Ok(WakeFds { rx: sys::eventfd()?, tx: sys::eventfd()? })
+    }
+
+    /// Descriptors from a peer, checked to be eventfds or FIFOs.
+    fn checked(rx: OwnedFd, tx: OwnedFd) -> Result<WakeFds, OpenError> {
+        sys::check_wake_fd(rx.as_fd())?;
+        sys::check_wake_fd(tx.as_fd())?;
+        Ok(WakeFds { rx, tx })
+    }
+
+    /// The FIFOs of named channel `name`, opened with the same checks as its file.
+    fn open_named(name: &str) -> Result<WakeFds, OpenError> {
+        let (rx, tx) = wake_paths(name)?;
+        Ok(WakeFds { rx: sys::open_fifo_checked(&rx)?, tx: sys::open_fifo_checked(&tx)? })
+    }
+
+    /// The descriptor of the end that sleeps on `word_at` (`RX_WAIT` or `TX_WAIT`).
+    fn of(&self, word_at: usize) -> BorrowedFd<'_> {
+        if word_at == off::RX_WAIT { self.rx.as_fd() } else { self.tx.as_fd() }
+    }
+}
+
 /// The shared mapping, owned jointly by a channel's handles in this process.
 pub(crate) struct Shared {
     _map: memmap2::MmapRaw,
     base: NonNull<u8>,
     fd: OwnedFd,
     layout: Layout,
+    /// The wake descriptors, exactly when `layout.wake_fds`.
+    wake: Option<WakeFds>,
     /// This process takes part in the membarrier wake protocol (see `Region::light_barrier`).
     asym: bool,
     /// A membarrier call failed after the start-up probe succeeded: sleep in short slices.
@@ -133,10 +182,32 @@ impl fmt::Debug for Shared {
 }
 
 impl Shared {
-    fn new(map: memmap2::MmapRaw, base: NonNull<u8>, fd: OwnedFd, layout: Layout) -> Shared {
+    fn new(map: memmap2::MmapRaw, base: NonNull<u8>, fd: OwnedFd, layout: Layout, wake: Option<WakeFds>) -> Shared {
         let asym = sys::membarrier_ready();
         let degraded = std::sync::atomic::AtomicBool::new(false);
-        Shared { _map: map, base, fd, layout, asym, degraded, prefetchw: cache::has_prefetchw() }
+        Shared { _map: map, base, fd, layout, wake, asym, degraded, prefetchw: cache::has_prefetchw() }
+    }
+
+    /// Wakes the end that sleeps on the flag at `word_at`, as a publication that
+    /// cleared that flag asked (`w`). Off the hot path: only when someone sleeps.
+    #[cold]
+    pub(crate) fn wake(&self, word_at: usize, w: Wake) {
+        match (w, &self.wake) {
+            (Wake::No, _) => {}
+            (Wake::Fd, Some(fds)) => sys::signal(fds.of(word_at)),
+            // A futex sleeper, or a flag that claims a descriptor the channel does not
+            // have (a hostile peer): the futex wake is harmless either way.
+            _ => sys::futex_wake(self.u32_at(word_at)),
+        }
+    }
+
+    /// Wakes the end that sleeps on `word_at` however it sleeps (the watcher
+    /// thread, which does not know): futex and descriptor both.
+    pub(crate) fn wake_sleeper(&self, word_at: usize) {
+        sys::futex_wake(self.u32_at(word_at));
+        if let Some(fds) = &self.wake {
+            sys::signal(fds.of(word_at));
+        }
     }
 
     /// The longest a futex sleep may last: `grown` while the peer's wakes are sure to
@@ -178,7 +249,13 @@ impl Shared {
     /// Maps `fd` and validates its header. `require_seal`: refuse any descriptor not
     /// sealed against shrinking (whoever else holds it could truncate it under our
     /// mapping: a `SIGBUS` hazard); only our own, owner-checked named files skip this.
-    fn open(fd: OwnedFd, require_seal: bool) -> Result<Shared, OpenError> {
+    /// `wake` supplies the wake descriptors once the header says whether the channel
+    /// has them.
+    fn open(
+        fd: OwnedFd,
+        require_seal: bool,
+        wake: impl FnOnce(&Layout) -> Result<Option<WakeFds>, OpenError>,
+    ) -> Result<Shared, OpenError> {
         if require_seal && !sys::sealed_against_shrink(fd.as_fd()) {
             return Err(OpenError::NotSealed);
         }
@@ -202,16 +279,20 @@ impl Shared {
         }
         let layout = Layout::parse(&snap, len)?;
         drop(head);
+        let wake = wake(&layout)?;
+        if wake.is_some() != layout.wake_fds {
+            return Err(if layout.wake_fds { OpenError::WakeFdsMissing } else { OpenError::BadWakeFd });
+        }
         let map = sys::map(fd.as_fd(), layout.total_len as usize)?;
         let base = NonNull::new(map.as_mut_ptr()).ok_or(OpenError::LayoutOutOfBounds { what: "mapping" })?;
-        Ok(Shared::new(map, base, fd, layout))
+        Ok(Shared::new(map, base, fd, layout, wake))
     }
 
     /// Sizes and maps a fresh file and writes its header, publishing `state` last.
-    fn init(fd: OwnedFd, layout: Layout) -> Result<Shared, OpenError> {
+    fn init(fd: OwnedFd, layout: Layout, wake: Option<WakeFds>) -> Result<Shared, OpenError> {
         let map = sys::map(fd.as_fd(), layout.total_len as usize)?;
         let base = NonNull::new(map.as_mut_ptr()).ok_or(OpenError::LayoutOutOfBounds { what: "mapping" })?;
-        let sh = Shared::new(map, base, fd, layout);
+        let sh = Shared::new(map, base, fd, layout, wake);
         for (i, b) in layout.encode().iter().enumerate() {
             // SAFETY: i < SNAPSHOT, inside the header page; no peer can have opened
             // the file yet in a way that trusts it, since `state` is still INIT.
@@ -296,6 +377,21 @@ pub fn named_path(name: &str) -> Result<PathBuf, OpenError> {
     Ok(Path::new(SHM_DIR).join(format!("{NAME_PREFIX}{name}")))
 }
 
+/// The paths of a named channel's wake FIFOs: the receiver's and the sender's.
+fn wake_paths(name: &str) -> Result<(PathBuf, PathBuf), OpenError> {
+    named_path(name)?;
+    let dir = Path::new(SHM_DIR);
+    Ok((dir.join(format!("{WAKE_PREFIX}{name}.rx")), dir.join(format!("{WAKE_PREFIX}{name}.tx"))))
+}
+
+/// Removes a named channel's wake FIFOs, if it has them.
+fn unlink_wake(name: &str) {
+    if let Ok((rx, tx)) = wake_paths(name) {
+        let _ = std::fs::remove_file(rx);
+        let _ = std::fs::remove_file(tx);
+    }
+}
+
 impl Channel {
     /// The shared mapping (for the watcher's tests).
     #[cfg(test)]
@@ -310,30 +406,51 @@ impl Channel {
     pub fn create_memfd(cfg: &Config) -> Result<Channel, OpenError> {
         let layout = cfg.layout()?;
         let fd = sys::memfd(layout.total_len)?;
-        Ok(Channel { sh: Arc::new(Shared::init(fd, layout)?) })
+        let wake = if layout.wake_fds { Some(WakeFds::events()?) } else { None };
+        Ok(Channel { sh: Arc::new(Shared::init(fd, layout, wake)?) })
     }
 
     /// Creates `/dev/shm/berth-ipc.<name>`, exclusively (an existing file is an
-    /// `AlreadyExists` I/O error), mode 0600, without following symlinks.
+    /// `AlreadyExists` I/O error), mode 0600, without following symlinks. With
+    /// [`Config::wake_fds`], also the FIFOs `/dev/shm/berth-ipc-wake.<name>.rx` and
+    /// `.tx` (mode 0600), which [`Channel::open_named`] opens with the same checks.
     pub fn create_named(name: &str, cfg: &Config) -> Result<Channel, OpenError> {
         let path = named_path(name)?;
         let layout = cfg.layout()?;
         let fd = sys::create_excl(&path, layout.total_len)?;
-        Shared::init(fd, layout).map(|sh| Channel { sh: Arc::new(sh) }).inspect_err(|_| {
+        let made = (|| {
+            // The file is ours exclusively from here, so FIFOs of this name are
+            // leftovers of a crash: `make_fifo` replaces them.
+            let wake = if layout.wake_fds {
+                let (rx, tx) = wake_paths(name)?;
+                sys::make_fifo(&rx)?;
+                sys::make_fifo(&tx)?;
+                Some(WakeFds::open_named(name)?)
+            } else {
+                None
+            };
+            Shared::init(fd, layout, wake)
+        })();
+        made.map(|sh| Channel { sh: Arc::new(sh) }).inspect_err(|_| {
             let _ = std::fs::remove_file(&path);
+            unlink_wake(name);
         })
     }
 
-    /// Opens a named channel created by [`Channel::create_named`]. The file must be a
-    /// regular file owned by our effective uid with no group/other permissions.
+    /// Opens a named channel created by [`Channel::create_named`] (and its wake
+    /// FIFOs, if it has them). The file must be a regular file owned by our
+    /// effective uid with no group/other permissions; so must the FIFOs.
     pub fn open_named(name: &str) -> Result<Channel, OpenError> {
         let fd = sys::open_checked(&named_path(name)?)?;
-        Ok(Channel { sh: Arc::new(Shared::open(fd, false)?) })
+        let sh = Shared::open(fd, false, |l| if l.wake_fds { WakeFds::open_named(name).map(Some) } else { Ok(None) })?;
+        Ok(Channel { sh: Arc::new(sh) })
     }
 
-    /// Removes a named channel's file (processes that mapped it keep using it).
+    /// Removes a named channel's file and its wake FIFOs (processes that opened
+    /// them keep using them).
     pub fn unlink_named(name: &str) -> Result<(), OpenError> {
         std::fs::remove_file(named_path(name)?)?;
+        unlink_wake(name);
         Ok(())
     }
 
@@ -363,6 +480,7 @@ impl Channel {
                     .iter()
                     .any(|&(p, s)| pid_alive(u32_at(p), u64_at(s)));
             if !someone_alive && std::fs::remove_file(entry.path()).is_ok() {
+                unlink_wake(name);
                 tracing::debug!(name, "removed stale berth-ipc channel");
                 removed.push(name.to_owned());
             }
@@ -376,25 +494,71 @@ impl Channel {
     /// other plain file — is [`OpenError::NotSealed`], since whoever else holds it
     /// could truncate it under our mapping (`SIGBUS`). Open named channels with
     /// [`Channel::open_named`].
+    ///
+    /// A channel created with [`Config::wake_fds`] is [`OpenError::WakeFdsMissing`]
+    /// here: open it with [`Channel::from_fds`].
     pub fn from_fd(fd: OwnedFd) -> Result<Channel, OpenError> {
-        Ok(Channel { sh: Arc::new(Shared::open(fd, true)?) })
+        Ok(Channel { sh: Arc::new(Shared::open(fd, true, |_| Ok(None))?) })
     }
 
-    /// Sends this channel's descriptor over a Unix socket (`SCM_RIGHTS`).
+    /// Like [`Channel::from_fd`], for a channel created with [`Config::wake_fds`]:
+    /// `rx_wake` and `tx_wake` are its wake descriptors as [`Channel::wake_fds`]
+    /// gives them (each must be an eventfd or a FIFO).
+    pub fn from_fds(fd: OwnedFd, rx_wake: OwnedFd, tx_wake: OwnedFd) -> Result<Channel, OpenError> {
+        let wake = WakeFds::checked(rx_wake, tx_wake)?;
+        Ok(Channel { sh: Arc::new(Shared::open(fd, true, |_| Ok(Some(wake)))?) })
+    }
+
+    /// Maps the next channel of a list of received descriptors: its memfd, then its
+    /// two wake descriptors if its header says it has them.
+    pub(crate) fn from_received(fds: &mut impl Iterator<Item = OwnedFd>) -> Result<Channel, OpenError> {
+        let fd = fds.next().ok_or(OpenError::NoFdReceived)?;
+        let sh = Shared::open(fd, true, |l| {
+            if !l.wake_fds {
+                return Ok(None);
+            }
+            let (Some(rx), Some(tx)) = (fds.next(), fds.next()) else { return Err(OpenError::WakeFdsMissing) };
+            WakeFds::checked(rx, tx).map(Some)
+        })?;
+        Ok(Channel { sh: Arc::new(sh) })
+    }
+
+    /// The descriptors that make up this channel: the file, then the wake
+    /// descriptors if it has them (what [`Channel::send_over`] sends).
+    pub(crate) fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        let wake = self.sh.wake.as_ref().map(|w| [w.rx.as_fd(), w.tx.as_fd()]);
+        std::iter::once(self.sh.fd.as_fd()).chain(wake.into_iter().flatten())
+    }
+
+    /// Sends this channel's descriptor over a Unix socket (`SCM_RIGHTS`), with its
+    /// wake descriptors if it has them.
     pub fn send_over(&self, sock: &UnixStream) -> io::Result<()> {
-        sys::send_fds(sock.as_fd(), &[self.sh.fd.as_fd()])
+        let mut fds = [self.sh.fd.as_fd(); 3];
+        let mut n = 0;
+        for fd in self.fds() {
+            fds[n] = fd;
+            n += 1;
+        }
+        sys::send_fds(sock.as_fd(), &fds[..n])
     }
 
     /// Receives a channel sent with [`Channel::send_over`] and validates it.
     pub fn recv_from(sock: &UnixStream) -> Result<Channel, OpenError> {
-        let fd = sys::recv_fds(sock.as_fd())?.into_iter().next().ok_or(OpenError::NoFdReceived)?;
-        Channel::from_fd(fd)
+        Channel::from_received(&mut sys::recv_fds(sock.as_fd())?.into_iter())
     }
 
     /// Lets (or stops) a child process started later inherit the descriptor (clears
-    /// close-on-exec); tell the child the number from [`AsRawFd`](std::os::fd::AsRawFd).
+    /// close-on-exec), and the wake descriptors if the channel has them; tell the
+    /// child the numbers from [`AsRawFd`](std::os::fd::AsRawFd) and
+    /// [`Channel::wake_fds`].
     pub fn set_inheritable(&self, inherit: bool) -> io::Result<()> {
-        sys::set_inheritable(&self.sh.fd, inherit)
+        self.fds().try_for_each(|fd| sys::set_inheritable(fd, inherit))
+    }
+
+    /// The wake descriptors (the receiver's, the sender's), if the channel was
+    /// created with [`Config::wake_fds`]: to hand to a peer with the memfd.
+    pub fn wake_fds(&self) -> Option<(BorrowedFd<'_>, BorrowedFd<'_>)> {
+        self.sh.wake.as_ref().map(|w| (w.rx.as_fd(), w.tx.as_fd()))
     }
 
     /// The ring's data capacity in bytes.
@@ -672,7 +836,8 @@ impl Sender {
         let mut wait = Wait::new(timeout);
         let got = loop {
             let (sh, prod) = (&self.sh, &mut self.prod);
-            match wait.pause(sh, self.mode, &mut self.peer, self.me, sh.tx_wait(), || prod.prepare_wait(&**sh, len)) {
+            let prepare = || prod.prepare_wait(&**sh, len, WAIT_FUTEX);
+            match wait.pause(sh, self.mode, &mut self.peer, self.me, sh.tx_wait(), prepare) {
                 Ok(()) => {}
                 Err(Stop::Peer(PeerState::Closed)) => break Err(SendError::Closed),
                 Err(Stop::Peer(_)) => break Err(SendError::PeerDead),
@@ -699,11 +864,178 @@ impl Sender {
             },
         }
     }
+
+    /// Commits every message of `msgs` as one batch, or none of them: the records
+    /// are written, then published with a single store of the producer position,
+    /// and the receiver is woken at most once. `Full` when the whole batch does not
+    /// fit right now; [`SendError::BatchTooLarge`] when it could never fit (its
+    /// records take more than half the ring); `TooLarge` when one message is over
+    /// the maximum. An empty batch sends nothing. A receiver sees all of a batch or
+    /// none of it, even if this process dies while writing it.
+    ///
+    /// ```
+    /// # use berth_ipc::{Channel, Config};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let chan = Channel::create_memfd(&Config::new(4096))?;
+    /// let (mut tx, mut rx) = (chan.sender()?, chan.receiver()?);
+    /// tx.try_send_batch(&[&b"one"[..], b"two", b"three"])?;
+    /// let mut got = Vec::new();
+    /// assert_eq!(rx.try_recv_batch(16, |m| got.push(m.to_vec()))?, 3);
+    /// assert_eq!(got, [&b"one"[..], b"two", b"three"]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn try_send_batch<M: AsRef<[u8]>>(&mut self, msgs: &[M]) -> Result<(), SendError> {
+        self.check_batch(msgs)?;
+        match self.stage_batch(msgs) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.reserve_error(e, 0)),
+        }
+    }
+
+    /// Like [`Sender::try_send_batch`], waiting up to `timeout` (`None`: forever)
+    /// for room for the whole batch.
+    pub fn send_batch<M: AsRef<[u8]>>(&mut self, msgs: &[M], timeout: Option<Duration>) -> Result<(), SendError> {
+        self.check_batch(msgs)?;
+        match self.stage_batch(msgs) {
+            Ok(()) => return Ok(()),
+            Err(ReserveError::Full) => {}
+            Err(e) => return Err(self.reserve_error(e, 0)),
+        }
+        let mut wait = Wait::new(timeout);
+        let got = loop {
+            let (sh, prod) = (&self.sh, &mut self.prod);
+            let prepare = || prod.prepare_wait_batch(&**sh, msgs.iter().map(|m| m.as_ref().len()), WAIT_FUTEX);
+            match wait.pause(sh, self.mode, &mut self.peer, self.me, sh.tx_wait(), prepare) {
+                Ok(()) => {}
+                Err(Stop::Peer(PeerState::Closed)) => break Err(SendError::Closed),
+                Err(Stop::Peer(_)) => break Err(SendError::PeerDead),
+                Err(Stop::TimedOut) => break Err(SendError::TimedOut),
+            }
+            match self.stage_batch(msgs) {
+                Ok(()) => break Ok(()),
+                Err(ReserveError::Full) => {}
+                Err(e) => break Err(self.reserve_error(e, 0)),
+            }
+        };
+        wait.finish(self.sh.tx_wait());
+        got
+    }
+
+    /// The checks that make a batch committable whole in an empty ring: every
+    /// message within the maximum, and the records within half the ring (then even
+    /// the padding of a wrap fits).
+    fn check_batch<M: AsRef<[u8]>>(&self, msgs: &[M]) -> Result<(), SendError> {
+        let max = self.max_message();
+        let mut bytes = 0u64;
+        for m in msgs {
+            let len = m.as_ref().len();
+            if len > max {
+                return Err(SendError::TooLarge { len, max });
+            }
+            bytes = bytes.saturating_add(record_size(len as u64));
+        }
+        let half = self.sh.layout.capacity / 2;
+        if bytes > half {
+            return Err(SendError::BatchTooLarge { bytes, max: half });
+        }
+        Ok(())
+    }
+
+    /// Writes and stages every message, then publishes once. Whether the whole
+    /// batch fits is known before anything is copied (a sender waiting for room
+    /// retries this without rewriting the batch each time); should a reservation
+    /// fail anyway, what was staged is forgotten (none of it was visible).
+    fn stage_batch<M: AsRef<[u8]>>(&mut self, msgs: &[M]) -> Result<(), ReserveError> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        if !self.prod.batch_fits(&*self.sh, msgs.iter().map(|m| m.as_ref().len()))? {
+            return Err(ReserveError::Full);
+        }
+        let start = self.prod.position();
+        for m in msgs {
+            let m = m.as_ref();
+            match self.prod.reserve(&*self.sh, m.len()) {
+                Ok(slot) => {
+                    // SAFETY: as in `Grant::deref_mut`: the slot is reserved room in
+                    // the data area beyond the published tail, written only by us.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(self.sh.data(slot.off()), slot.len) };
+                    copy_bytes(dst, m);
+                    self.prod.stage(&*self.sh, slot, m.len());
+                }
+                Err(e) => {
+                    self.prod.rewind(start);
+                    return Err(e);
+                }
+            }
+        }
+        let w = self.prod.publish(&*self.sh);
+        if w != Wake::No {
+            self.sh.wake(off::RX_WAIT, w);
+        }
+        Ok(())
+    }
+
+    /// This end's wake descriptor, if the channel was created with
+    /// [`Config::wake_fds`]: it turns readable when the receiver makes room after
+    /// [`Sender::arm_wake`] said to sleep.
+    pub fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.sh.wake.as_ref().map(|w| w.tx.as_fd())
+    }
+
+    /// Prepares to wait in an event loop until a `len`-byte message fits: empties
+    /// this end's wake descriptor, flags the receiver to write it when it releases
+    /// room, and checks the ring and the peer once more. `Ok(true)`: sleep until
+    /// `Sender::as_fd` is readable, then try again. `Ok(false)`: there is room
+    /// now; try again at once. The receiver's close or death is an error here, and
+    /// wakes a sleeper too.
+    pub fn arm_wake(&mut self, len: usize) -> Result<bool, SendError> {
+        let Some(fds) = &self.sh.wake else { return Err(SendError::NoWakeFd) };
+        if len > self.max_message() {
+            return Err(SendError::TooLarge { len, max: self.max_message() });
+        }
+        sys::drain(fds.tx.as_fd());
+        if !self.prod.prepare_wait(&*self.sh, len, WAIT_FD) {
+            return Ok(false);
+        }
+        // With the flag raised: a death the watcher reports after this check
+        // writes our descriptor.
+        let gone = match self.peer.check(&self.sh) {
+            PeerState::Closed => SendError::Closed,
+            PeerState::Dead => SendError::PeerDead,
+            PeerState::Absent | PeerState::Alive => {
+                self.peer.watch(&self.sh);
+                beat(&self.sh, self.me);
+                return Ok(true);
+            }
+        };
+        self.sh.tx_wait().store(0, Ordering::Relaxed);
+        Err(gone)
+    }
+}
+
+/// The wake descriptor of a channel created with [`Config::wake_fds`] (see
+/// [`Sender::arm_wake`]). A channel without them has none: this is then the
+/// channel's file, which `epoll` refuses (`EPERM`), so registering it fails at once
+/// instead of waiting forever; [`Sender::wake_fd`] says which it is.
+impl AsFd for Sender {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.wake_fd().unwrap_or(self.sh.fd.as_fd())
+    }
+}
+
+/// The same descriptor as [`AsFd`], for APIs that still take raw ones (tokio's
+/// `AsyncFd`).
+impl AsRawFd for Sender {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
+    }
 }
 
 impl Drop for Sender {
     fn drop(&mut self) {
-        close_end(&self.sh, off::TX_FLAGS, self.sh.rx_wait());
+        close_end(&self.sh, off::TX_FLAGS, off::RX_WAIT);
     }
 }
 
@@ -762,7 +1094,7 @@ impl Wait {
         // last barrier and re-check (that commit would have cleared it), so we may
         // sleep again without another membarrier: an idle blocked end pays only the
         // futex timeout and the liveness check.
-        let sleep = matches!(mode, WaitMode::Block { .. }) && (word.load(Ordering::Relaxed) == 1 || prepare());
+        let sleep = matches!(mode, WaitMode::Block { .. }) && (word.load(Ordering::Relaxed) == WAIT_FUTEX || prepare());
         // With our flag raised: a death the watcher thread reports after this check
         // clears the flag, so the sleep below returns at once (see `watch`).
         match peer.check(sh) {
@@ -776,7 +1108,7 @@ impl Wait {
             WaitMode::Block { .. } => {
                 if sleep {
                     let longest = peer.watch(sh);
-                    sys::futex_wait(word, 1, left.min(sh.slice_cap(self.grown.min(longest))));
+                    sys::futex_wait(word, WAIT_FUTEX, left.min(sh.slice_cap(self.grown.min(longest))));
                     self.grown = (self.grown * 2).min(longest);
                     // The peer reads our heartbeat only while it waits, which it can
                     // start to do (the ring full or empty) only once we are awake: a
@@ -803,13 +1135,11 @@ fn beat(sh: &Shared, me: End) {
 }
 
 /// Marks this end closed (flags word at `flags_at`) and wakes the peer if it sleeps
-/// on `peer_word`.
-fn close_end(sh: &Shared, flags_at: usize, peer_word: &AtomicU32) {
+/// on the flag at `peer_at`.
+fn close_end(sh: &Shared, flags_at: usize, peer_at: usize) {
     sh.u32_at(flags_at).fetch_or(FLAG_CLOSED, Ordering::Release);
     std::sync::atomic::fence(Ordering::SeqCst);
-    if peer_word.swap(0, Ordering::Relaxed) != 0 {
-        sys::futex_wake(peer_word);
-    }
+    sh.wake(peer_at, Wake::from_flag(sh.u32_at(peer_at).swap(0, Ordering::Relaxed)));
 }
 
 /// Room reserved in the ring: write the message through `DerefMut<[u8]>`, then
@@ -835,8 +1165,9 @@ impl Grant<'_> {
     #[inline]
     pub fn commit_len(self, len: usize) {
         assert!(len <= self.slot.len, "commit_len({len}) beyond a {}-byte grant", self.slot.len);
-        if self.tx.prod.commit(&*self.tx.sh, self.slot, len) {
-            sys::futex_wake(self.tx.sh.rx_wait());
+        let w = self.tx.prod.commit(&*self.tx.sh, self.slot, len);
+        if w != Wake::No {
+            self.tx.sh.wake(off::RX_WAIT, w);
         }
     }
 }
@@ -933,8 +1264,9 @@ impl Receiver {
 
     /// Publishes the consumer position if a batch is pending; see `Consumer::flush`.
     fn flush(&mut self) {
-        if self.cons.flush(&*self.sh) {
-            sys::futex_wake(self.sh.tx_wait());
+        let w = self.cons.flush(&*self.sh);
+        if w != Wake::No {
+            self.sh.wake(off::TX_WAIT, w);
         }
     }
 
@@ -956,7 +1288,8 @@ impl Receiver {
             // Never keep a sender waiting for room behind an unpublished batch.
             self.flush();
             let (sh, cons) = (&self.sh, &mut self.cons);
-            match wait.pause(sh, self.mode, &mut self.peer, self.me, sh.rx_wait(), || cons.prepare_wait(&**sh)) {
+            let prepare = || cons.prepare_wait(&**sh, WAIT_FUTEX);
+            match wait.pause(sh, self.mode, &mut self.peer, self.me, sh.rx_wait(), prepare) {
                 Ok(()) => {}
                 Err(Stop::TimedOut) => break Err(RecvError::TimedOut),
                 // Whatever the peer committed before closing or dying is still delivered.
@@ -1003,12 +1336,135 @@ impl Receiver {
         g.copy_to(&mut v)?;
         Ok(v)
     }
+
+    /// Hands up to `limit` messages, in order, to `f`, each lent in place for the
+    /// call, or `Empty` (or the sender's close or death, as [`Receiver::try_recv`])
+    /// if there is none. The space of the whole batch is given back with at most one
+    /// store of the consumer position, and the sender woken at most once. Returns
+    /// how many `f` saw (at least one). A panic in `f` leaves that message queued.
+    ///
+    /// Lending rules as for [`RecvGuard`]: with an untrusted sender, copy in `f`
+    /// and validate the copy.
+    pub fn try_recv_batch(&mut self, limit: usize, f: impl FnMut(&[u8])) -> Result<usize, RecvError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        std::mem::forget(self.try_recv()?);
+        Ok(self.drain_batch(limit, f))
+    }
+
+    /// Like [`Receiver::try_recv_batch`], waiting up to `timeout` (`None`: forever)
+    /// for the first message.
+    pub fn recv_batch(
+        &mut self,
+        limit: usize,
+        timeout: Option<Duration>,
+        f: impl FnMut(&[u8]),
+    ) -> Result<usize, RecvError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        // The guard is forgotten, not dropped: its record stays current, unreleased.
+        std::mem::forget(self.recv(timeout)?);
+        Ok(self.drain_batch(limit, f))
+    }
+
+    /// Lends the current record and those after it (up to `limit`) to `f`, moving
+    /// past each, then publishes the position once. A corrupted record ends the
+    /// batch; the next call reports it.
+    fn drain_batch(&mut self, limit: usize, mut f: impl FnMut(&[u8])) -> usize {
+        let mut n = 0;
+        let empty = loop {
+            let slot = self.cons.current();
+            // SAFETY: as in `RecvGuard::deref`: a committed record inside the data
+            // area, lent for the call only, while `&mut self` keeps every other
+            // guard away.
+            f(unsafe { std::slice::from_raw_parts(self.sh.data(slot.off()), slot.len) });
+            self.cons.advance(slot);
+            n += 1;
+            if n == limit {
+                break false;
+            }
+            match self.cons.poll(&*self.sh) {
+                Ok(true) => {}
+                Ok(false) | Err(_) => break true,
+            }
+        };
+        // One publication: everything when the ring was found empty (as
+        // `try_recv` does), else by the batch-size rule.
+        let w = if empty { self.cons.flush(&*self.sh) } else { self.cons.settle(&*self.sh) };
+        if w != Wake::No {
+            self.sh.wake(off::TX_WAIT, w);
+        }
+        n
+    }
+
+    /// This end's wake descriptor, if the channel was created with
+    /// [`Config::wake_fds`]: it turns readable when the sender commits after
+    /// [`Receiver::arm_wake`] said to sleep.
+    pub fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.sh.wake.as_ref().map(|w| w.rx.as_fd())
+    }
+
+    /// Prepares to wait in an event loop: empties this end's wake descriptor,
+    /// publishes the consumer position, flags the sender to write the descriptor
+    /// at its next commit, and checks the ring and the peer once more.
+    /// `Ok(true)`: sleep until `Receiver::as_fd` ([`AsFd`](std::os::fd::AsFd)) is readable, then call
+    /// [`Receiver::try_recv`] again. `Ok(false)`: a message is there; receive it
+    /// at once. A sender that closed or died with nothing left to read is
+    /// `Closed` / `PeerDead` here, and its death wakes a sleeper too.
+    ///
+    /// The flag is what makes the sender pay a syscall, and only for a receiver
+    /// that said it sleeps: while both ends are busy, nobody writes the descriptor.
+    pub fn arm_wake(&mut self) -> Result<bool, RecvError> {
+        let Some(fds) = &self.sh.wake else { return Err(RecvError::NoWakeFd) };
+        // Before the flag: a wake written after the flag must stay readable.
+        sys::drain(fds.rx.as_fd());
+        self.flush();
+        if !self.cons.prepare_wait(&*self.sh, WAIT_FD) {
+            return Ok(false);
+        }
+        let gone = match self.peer.check(&self.sh) {
+            PeerState::Closed => RecvError::Closed,
+            PeerState::Dead => RecvError::PeerDead,
+            PeerState::Absent | PeerState::Alive => {
+                // A death after the check: the watcher writes our descriptor.
+                self.peer.watch(&self.sh);
+                beat(&self.sh, self.me);
+                return Ok(true);
+            }
+        };
+        self.sh.rx_wait().store(0, Ordering::Relaxed);
+        // What it committed before closing or dying is still delivered first.
+        match self.cons.poll(&*self.sh) {
+            Ok(false) => Err(gone),
+            Ok(true) | Err(_) => Ok(false),
+        }
+    }
+}
+
+/// The wake descriptor of a channel created with [`Config::wake_fds`] (see
+/// [`Receiver::arm_wake`]). A channel without them has none: this is then the
+/// channel's file, which `epoll` refuses (`EPERM`), so registering it fails at once
+/// instead of waiting forever; [`Receiver::wake_fd`] says which it is.
+impl AsFd for Receiver {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.wake_fd().unwrap_or(self.sh.fd.as_fd())
+    }
+}
+
+/// The same descriptor as [`AsFd`], for APIs that still take raw ones (tokio's
+/// `AsyncFd`).
+impl AsRawFd for Receiver {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
+    }
 }
 
 impl Drop for Receiver {
     fn drop(&mut self) {
         self.flush();
-        close_end(&self.sh, off::RX_FLAGS, self.sh.tx_wait());
+        close_end(&self.sh, off::RX_FLAGS, off::TX_WAIT);
     }
 }
 
@@ -1055,8 +1511,9 @@ impl Drop for RecvGuard<'_> {
     #[inline]
     fn drop(&mut self) {
         let slot = self.rx.cons.current();
-        if self.rx.cons.release(&*self.rx.sh, slot) {
-            sys::futex_wake(self.rx.sh.tx_wait());
+        let w = self.rx.cons.release(&*self.rx.sh, slot);
+        if w != Wake::No {
+            self.rx.sh.wake(off::TX_WAIT, w);
         }
     }
 }

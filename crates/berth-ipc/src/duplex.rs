@@ -55,18 +55,21 @@ impl Duplex {
     pub fn connect_over(sock: &UnixStream, cfg: &Config) -> Result<Duplex, OpenError> {
         let out = Channel::create_memfd(cfg)?;
         let back = Channel::create_memfd(cfg)?;
-        sys::send_fds(sock.as_fd(), &[out.as_fd(), back.as_fd()])?;
+        let mut fds = [out.as_fd(); sys::MAX_FDS];
+        let mut n = 0;
+        for fd in out.fds().chain(back.fds()) {
+            fds[n] = fd;
+            n += 1;
+        }
+        sys::send_fds(sock.as_fd(), &fds[..n])?;
         Ok(Duplex { tx: out.sender()?, rx: back.receiver()? })
     }
 
     /// Receives the two rings sent by [`Duplex::connect_over`] and takes side B.
     pub fn accept_over(sock: &UnixStream) -> Result<Duplex, OpenError> {
         let mut fds = sys::recv_fds(sock.as_fd())?.into_iter();
-        let (Some(a2b), Some(b2a)) = (fds.next(), fds.next()) else {
-            return Err(OpenError::NoFdReceived);
-        };
-        let inbound = Channel::from_fd(a2b)?;
-        let outbound = Channel::from_fd(b2a)?;
+        let inbound = Channel::from_received(&mut fds)?;
+        let outbound = Channel::from_received(&mut fds)?;
         Ok(Duplex { tx: outbound.sender()?, rx: inbound.receiver()? })
     }
 

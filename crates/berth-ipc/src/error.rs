@@ -98,6 +98,16 @@ pub enum OpenError {
         /// The holder's pid.
         pid: u32,
     },
+    /// The channel has wake descriptors (it was created with
+    /// [`Config::wake_fds`](crate::Config::wake_fds)) but they were not handed over:
+    /// open it with [`Channel::from_fds`](crate::Channel::from_fds) or
+    /// [`Channel::recv_from`](crate::Channel::recv_from), which take them too.
+    #[error("the channel has wake descriptors, and they were not given")]
+    WakeFdsMissing,
+    /// A wake descriptor is not an eventfd or a FIFO of ours, or wake descriptors
+    /// were given for a channel created without them.
+    #[error("bad wake descriptor")]
+    BadWakeFd,
     /// No channel descriptor arrived over the socket.
     #[error("no file descriptor received")]
     NoFdReceived,
@@ -131,6 +141,19 @@ pub enum SendError {
     /// The timeout passed before room appeared.
     #[error("timed out waiting for room")]
     TimedOut,
+    /// A batch's records take more than half the ring: it could never be
+    /// committed whole. Nothing was sent.
+    #[error("a batch of {bytes} ring bytes exceeds the maximum of {max}")]
+    BatchTooLarge {
+        /// Ring bytes the batch's records need (headers and padding included).
+        bytes: u64,
+        /// Half the ring's capacity.
+        max: u64,
+    },
+    /// The channel was created without wake descriptors: there is nothing to
+    /// wait on in an event loop.
+    #[error("the channel has no wake descriptors")]
+    NoWakeFd,
     /// The consumer position in shared memory is impossible: a buggy or hostile peer.
     #[error("shared ring state corrupted: {0}")]
     Corrupted(&'static str),
@@ -153,6 +176,10 @@ pub enum RecvError {
     /// The timeout passed before a message arrived.
     #[error("timed out waiting for a message")]
     TimedOut,
+    /// The channel was created without wake descriptors: there is nothing to
+    /// wait on in an event loop.
+    #[error("the channel has no wake descriptors")]
+    NoWakeFd,
     /// A record header or position in shared memory is impossible: a buggy or hostile
     /// peer. The channel stays unusable (every later call returns this again).
     #[error("shared ring state corrupted: {0}")]

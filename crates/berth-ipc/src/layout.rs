@@ -8,11 +8,23 @@ pub const MAGIC: [u8; 8] = *b"BERTHIPC";
 /// Layout major version: a reader rejects any other major.
 pub const VERSION_MAJOR: u16 = 2;
 /// Layout minor version: additions a reader of the same major may ignore.
-pub const VERSION_MINOR: u16 = 0;
+pub const VERSION_MINOR: u16 = 1;
 /// ABI flag: the file's integers are little-endian.
 pub(crate) const ABI_LITTLE_ENDIAN: u32 = 1;
+/// ABI flag (minor 1): the channel has wake descriptors, and a waiter flag may hold
+/// [`WAIT_FD`]. A reader that does not know the bit refuses the file, which is what
+/// must happen: it would not signal a peer asleep in `epoll`.
+pub(crate) const ABI_WAKE_FDS: u32 = 2;
 /// The ABI flags this build writes and requires.
 pub(crate) const ABI_FLAGS: u32 = if cfg!(target_endian = "little") { ABI_LITTLE_ENDIAN } else { 0 };
+/// Optional ABI flags this build understands.
+pub(crate) const ABI_OPTIONAL: u32 = ABI_WAKE_FDS;
+
+/// Waiter flag value: this end sleeps (or is about to) on the futex word itself.
+pub(crate) const WAIT_FUTEX: u32 = 1;
+/// Waiter flag value: this end sleeps (or is about to) in `epoll`/`poll` on its wake
+/// descriptor; the waker writes that descriptor instead of calling `futex_wake`.
+pub(crate) const WAIT_FD: u32 = 2;
 /// Size of the header page; the ring's data starts at this offset.
 pub const HEADER_LEN: u64 = 4096;
 /// Records start at multiples of this and their headers are this long.
@@ -77,6 +89,8 @@ pub(crate) struct Layout {
     pub(crate) total_len: u64,
     pub(crate) creator_pid: u32,
     pub(crate) creator_start: u64,
+    /// ABI flag [`ABI_WAKE_FDS`]: the ends wake each other through descriptors too.
+    pub(crate) wake_fds: bool,
 }
 
 /// The largest message a ring of `capacity` bytes can always fit: any record of at
@@ -115,6 +129,7 @@ impl Layout {
             total_len: HEADER_LEN + capacity,
             creator_pid,
             creator_start,
+            wake_fds: false,
         })
     }
 
@@ -125,7 +140,8 @@ impl Layout {
         h[off::MAGIC..off::MAGIC + 8].copy_from_slice(&MAGIC);
         put(&mut h, off::MAJOR, &VERSION_MAJOR.to_le_bytes());
         put(&mut h, off::MINOR, &VERSION_MINOR.to_le_bytes());
-        put(&mut h, off::ABI, &ABI_FLAGS.to_le_bytes());
+        let abi = ABI_FLAGS | if self.wake_fds { ABI_WAKE_FDS } else { 0 };
+        put(&mut h, off::ABI, &abi.to_le_bytes());
         put(&mut h, off::HEADER_LEN, &(HEADER_LEN as u32).to_le_bytes());
         put(&mut h, off::RECORD_ALIGN, &(RECORD_ALIGN as u32).to_le_bytes());
         put(&mut h, off::CAPACITY, &self.capacity.to_le_bytes());
@@ -160,7 +176,7 @@ impl Layout {
             });
         }
         let abi = u32::from_le_bytes(get(h, off::ABI));
-        if abi != ABI_FLAGS {
+        if abi & !ABI_OPTIONAL != ABI_FLAGS {
             return Err(OpenError::AbiMismatch { found: abi, expected: ABI_FLAGS });
         }
         if u64::from(u32::from_le_bytes(get(h, off::HEADER_LEN))) != HEADER_LEN {
@@ -197,6 +213,7 @@ impl Layout {
             total_len,
             creator_pid: u32::from_le_bytes(get(h, off::CREATOR_PID)),
             creator_start: u64::from_le_bytes(get(h, off::CREATOR_START)),
+            wake_fds: abi & ABI_WAKE_FDS != 0,
         })
     }
 }
@@ -248,6 +265,14 @@ mod tests {
         ));
         // A newer minor of the same major is accepted.
         assert!(Layout::parse(&with(off::MINOR, &9u16.to_le_bytes()), len).is_ok());
+        // The wake-descriptor bit is understood; an unknown optional bit is not.
+        let wake = Layout::parse(&with(off::ABI, &(ABI_FLAGS | ABI_WAKE_FDS).to_le_bytes()), len).unwrap();
+        assert!(wake.wake_fds);
+        assert!(!Layout::parse(&good().0, len).unwrap().wake_fds);
+        assert!(matches!(
+            Layout::parse(&with(off::ABI, &(ABI_FLAGS | 4).to_le_bytes()), len),
+            Err(OpenError::AbiMismatch { .. })
+        ));
         assert!(matches!(
             Layout::parse(&with(off::ABI, &0x80u32.to_le_bytes()), len),
             Err(OpenError::AbiMismatch { .. })

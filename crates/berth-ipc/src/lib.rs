@@ -50,7 +50,67 @@
 //! Either end may create the channel; each process then attaches with
 //! [`Channel::sender`] or [`Channel::receiver`] (one of each per channel).
 //!
-//! # On-disk layout (version 2.0)
+//! # Waiting in an event loop
+//!
+//! A channel created with [`Config::wake_fds`] gives each end a descriptor that
+//! `epoll`, mio or tokio's `AsyncFd` can wait on: `Receiver::as_fd` ([`AsFd`](std::os::fd::AsFd)) turns
+//! readable for "data ready", `Sender::as_fd` for "room ready". The loop is:
+//! try ([`Receiver::try_recv`] / [`Receiver::try_recv_batch`]); on `Empty`, call
+//! [`Receiver::arm_wake`]; if it says to sleep, wait for readability, then try
+//! again. Arming empties the descriptor, raises this end's waiter flag with the
+//! value 2 (see [Wake protocol](#wake-protocol)) and re-checks the ring, as a futex
+//! sleep does, so the peer writes the descriptor only for an end that said it
+//! sleeps: a busy stream makes no syscall.
+//!
+//! ```
+//! use berth_ipc::{Channel, Config, RecvError};
+//! use std::os::fd::AsFd;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let chan = Channel::create_memfd(&Config::new(4096).wake_fds(true))?;
+//! let (mut tx, mut rx) = (chan.sender()?, chan.receiver()?);
+//! std::thread::spawn(move || tx.send(b"ready", None));
+//! let msg = loop {
+//!     match rx.try_recv() {
+//!         Ok(m) => break m.to_vec(),
+//!         Err(RecvError::Empty) => {}
+//!         Err(e) => return Err(e.into()),
+//!     }
+//!     if rx.arm_wake()? {
+//!         // Any poller will do; here poll(2) through rustix.
+//!         let fd = rx.as_fd();
+//!         let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+//!         rustix::event::poll(&mut fds, None)?;
+//!     }
+//! };
+//! assert_eq!(msg, b"ready");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! How the descriptors reach the peer: a memfd channel's are two eventfds, sent
+//! with the memfd by [`Channel::send_over`] (one `SCM_RIGHTS` message) or
+//! inherited and opened with [`Channel::from_fds`]. A named channel's are two
+//! FIFOs beside its file (`/dev/shm/berth-ipc-wake.<name>.rx` / `.tx`, mode 0600),
+//! which [`Channel::open_named`] opens by name with the file's own checks (ours,
+//! not a symlink, no group or other access). FIFOs, rather than the alternatives:
+//! `pidfd_getfd` needs ptrace rights over the peer (refused between sibling
+//! processes under Yama's default, and by many container profiles); a Unix-socket
+//! handoff needs a listener and a rendezvous protocol on both sides; and no
+//! pollable kernel object can live in the shared mapping itself (a futex cannot
+//! be polled). A FIFO is found by name like the file, is pollable, and a write
+//! to it wakes `epoll` like an eventfd's.
+//!
+//! # Batches
+//!
+//! [`Sender::try_send_batch`] / [`Sender::send_batch`] commit several messages
+//! with one store of the producer position and at most one wake; the receiver
+//! sees the whole batch or none of it, even if the sender dies while writing it.
+//! [`Receiver::try_recv_batch`] / [`Receiver::recv_batch`] lend up to `limit`
+//! messages to a closure and give their space back with at most one store of the
+//! consumer position and one wake (as Aeron's `poll(limit)` does).
+//!
+//! # On-disk layout (version 2.1)
 //!
 //! All integers are little-endian (ABI flag bit 0; a big-endian build writes 0 there
 //! and the two refuse each other's files). Offsets in bytes from the start of the file.
@@ -59,8 +119,8 @@
 //! | ---: | --- | --- |
 //! | 0 | `[u8; 8]` | magic `BERTHIPC` |
 //! | 8 | u16 | major version (2); readers refuse another major |
-//! | 10 | u16 | minor version (0); additions readers of the same major may ignore |
-//! | 12 | u32 | ABI flags: bit 0 = little-endian; no other bit defined |
+//! | 10 | u16 | minor version (1); additions readers of the same major may ignore |
+//! | 12 | u32 | ABI flags: bit 0 = little-endian; bit 1 = wake descriptors (since 2.1: a waiter flag may be 2, see below); readers refuse any other bit |
 //! | 16 | u32 | header length = 4096 |
 //! | 20 | u32 | record alignment = 8 |
 //! | 24 | u64 | capacity C of the data area: a power of two, 64 ..= 2^40 |
@@ -80,8 +140,8 @@
 //! | 268 | u32 | receiver flags: bit 0 = closed cleanly |
 //! | 272 | u64 | receiver start time |
 //! | 280 | u64 | receiver heartbeat |
-//! | 384 | u32 | receiver futex word: 1 = the receiver sleeps (or is about to) |
-//! | 512 | u32 | sender futex word: 1 = the sender sleeps waiting for room |
+//! | 384 | u32 | receiver waiter flag (a futex word): 0 = awake, 1 = sleeps (or is about to) on this word, 2 = sleeps on its wake descriptor |
+//! | 512 | u32 | sender waiter flag: the same, waiting for room |
 //! | D | `[u8; C]` | the ring |
 //!
 //! Tail and head each sit on their own 128-byte line, the futex words on lines of
@@ -123,8 +183,13 @@
 //! `head`, stores 1 in its futex word, issues a sequentially consistent fence and
 //! `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, re-reads `tail`, and only if still
 //! empty calls `futex_wait(word, 1)`. The sender, after the release store of
-//! `tail`, reads the word with a plain load; only if it is 1 does it swap it to 0
-//! and call `futex_wake`. A sender waiting for room does the
+//! `tail`, reads the word with a plain load; only if it is nonzero does it swap it
+//! to 0, and then it calls `futex_wake` if the value was 1 and writes the
+//! receiver's wake descriptor (eight bytes: an eventfd's 1) if it was 2. An end
+//! that sleeps on its descriptor ([`Receiver::arm_wake`]) first empties it, then
+//! stores 2 instead of 1 and goes through the same barrier and re-check, then
+//! waits for the descriptor to turn readable; the protocol is otherwise the
+//! futex one, and loom checks it too. A sender waiting for room does the
 //! same on its own word with `head`, and the receiver checks that word whenever it
 //! releases a record (publishing `head` at once if it is set).
 //!
@@ -233,7 +298,9 @@ mod sys;
 mod watch;
 
 #[cfg(not(loom))]
-pub use channel::{Channel, Config, Grant, NAME_PREFIX, Receiver, RecvGuard, SHM_DIR, Sender, WaitMode, named_path};
+pub use channel::{
+    Channel, Config, Grant, NAME_PREFIX, Receiver, RecvGuard, SHM_DIR, Sender, WAKE_PREFIX, WaitMode, named_path,
+};
 #[cfg(not(loom))]
 pub use duplex::Duplex;
 pub use error::{OpenError, RecvError, SendError};

@@ -10,7 +10,10 @@
 //!   `MEMBARRIER_CMD_GLOBAL_EXPEDITED`, once) and `membarrier_global`;
 //! - peer liveness: `getpid`, `start_time` (from `/proc/<pid>/stat`, to tell a pid
 //!   from its reuse), `Pidfd`;
-//! - descriptor passing: `send_fd` / `recv_fd` with `SCM_RIGHTS`;
+//! - descriptor passing: `send_fds` / `recv_fds` with `SCM_RIGHTS`;
+//! - wake descriptors: `eventfd` (memfd channels), `make_fifo` / `open_fifo_checked`
+//!   (named channels), `check_wake_fd` for a descriptor from a peer, `signal` and
+//!   `drain`;
 //! - `monotonic_ns`, a clock both processes share (for heartbeats), and `coarse_ns`
 //!   (for rate-limiting the non-blocking calls' liveness checks).
 
@@ -191,11 +194,88 @@ impl Pidfd {
     }
 }
 
+/// A non-blocking eventfd: a counter another process can add to (waking whoever
+/// waits for it to turn readable) and its owner drains.
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    use rustix::event::EventfdFlags;
+    Ok(rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?)
+}
+
+/// Creates the FIFO `path`, mode 0600, replacing one left by a crash (the caller
+/// holds the channel's name exclusively, so nobody else can be using it).
+pub(crate) fn make_fifo(path: &Path) -> io::Result<()> {
+    match fs::unlink(path) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(fs::mknodat(fs::CWD, path, fs::FileType::Fifo, Mode::RUSR | Mode::WUSR, 0)?)
+}
+
+/// Opens a wake FIFO for reading and writing, non-blocking (so it never waits for
+/// the other side to open it): a FIFO (no symlink), ours, 0600 or tighter.
+pub(crate) fn open_fifo_checked(path: &Path) -> Result<OwnedFd, OpenError> {
+    let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let fd = fs::openat(fs::CWD, path, flags, Mode::empty())
+        .map_err(|e| if e == rustix::io::Errno::LOOP { OpenError::BadWakeFd } else { OpenError::Io(e.into()) })?;
+    let st = fs::fstat(&fd).map_err(io::Error::from)?;
+    if fs::FileType::from_raw_mode(st.st_mode) != fs::FileType::Fifo {
+        return Err(OpenError::BadWakeFd);
+    }
+    let us = rustix::process::geteuid().as_raw();
+    if st.st_uid != us {
+        return Err(OpenError::NotOwner { owner: st.st_uid, us });
+    }
+    if st.st_mode & 0o077 != 0 {
+        return Err(OpenError::BadPermissions { mode: st.st_mode & 0o7777 });
+    }
+    Ok(fd)
+}
+
+/// Refuses a wake descriptor from a peer that is neither an eventfd nor a FIFO: we
+/// write eight bytes to it on every wake and read it before every sleep.
+pub(crate) fn check_wake_fd(fd: BorrowedFd<'_>) -> Result<(), OpenError> {
+    use std::os::fd::AsRawFd;
+    let st = fs::fstat(fd).map_err(io::Error::from)?;
+    if fs::FileType::from_raw_mode(st.st_mode) == fs::FileType::Fifo {
+        return Ok(());
+    }
+    // An eventfd is an anonymous inode; its /proc link names it.
+    let link = fs::readlinkat(fs::CWD, format!("/proc/self/fd/{}", fd.as_raw_fd()), Vec::new());
+    match link {
+        Ok(name) if name.as_bytes() == b"anon_inode:[eventfd]" => Ok(()),
+        _ => Err(OpenError::BadWakeFd),
+    }
+}
+
+/// Wakes whoever waits for `fd` (an eventfd or a FIFO) to turn readable. Errors
+/// are ignored: a full FIFO or a saturated counter is readable already.
+pub(crate) fn signal(fd: BorrowedFd<'_>) {
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+}
+
+/// Empties a wake descriptor before its owner flags that it will sleep on it, so
+/// that only a wake written after the flag makes it readable. Polls first: the
+/// descriptor's non-blocking flag is shared with the peer that received it, so a
+/// read is only made when it cannot block.
+pub(crate) fn drain(fd: BorrowedFd<'_>) {
+    let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+    let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+    if matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0) {
+        // An eventfd gives its whole counter in one read; a FIFO up to 64 signals
+        // (a rest only makes one spurious wake-up).
+        let _ = rustix::io::read(fd, &mut [0u8; 64]);
+    }
+}
+
+/// Descriptors one `SCM_RIGHTS` message may carry here: a duplex's two channels
+/// with their wake descriptors.
+pub(crate) const MAX_FDS: usize = 6;
+
 /// Sends `fds` with one byte of payload over a Unix stream socket (`SCM_RIGHTS`).
 pub(crate) fn send_fds(sock: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
-    if fds.len() > 2 || !control.push(SendAncillaryMessage::ScmRights(fds)) {
+    if fds.len() > MAX_FDS || !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"));
     }
     let payload = [fds.len() as u8];
@@ -203,9 +283,9 @@ pub(crate) fn send_fds(sock: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) -> io::Resu
     Ok(())
 }
 
-/// Receives up to two descriptors sent by [`send_fds`].
+/// Receives up to [`MAX_FDS`] descriptors sent by [`send_fds`].
 pub(crate) fn recv_fds(sock: BorrowedFd<'_>) -> io::Result<Vec<OwnedFd>> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut payload = [0u8; 1];
     let mut iov = [io::IoSliceMut::new(&mut payload)];

@@ -90,11 +90,11 @@ impl Watcher {
     /// The peer behind registration `id` exited: wake its sleeper, drop the entry.
     fn fire(&self, id: u64) {
         let Some(entry) = self.take(id) else { return };
-        let word = entry.sh.u32_at(entry.word_at);
-        // As a commit does: clear the flag, then wake. A sleep that has not begun yet
-        // then finds the flag cleared and does not block.
-        word.store(0, Ordering::Relaxed);
-        sys::futex_wake(word);
+        // As a commit does: clear the flag, then wake (the futex, and the wake
+        // descriptor of an end that may sleep in `epoll`). A sleep that has not
+        // begun yet then finds the flag cleared and does not block.
+        entry.sh.u32_at(entry.word_at).store(0, Ordering::Relaxed);
+        entry.sh.wake_sleeper(entry.word_at);
     }
 
     /// Removes registration `id` (if it is still there) from the list and from epoll.

@@ -597,3 +597,32 @@ fn copies_are_byte_exact_at_every_length() {
         assert_eq!(&out[..len], &msg[..], "length {len}");
     }
 }
+
+/// A batch goes in whole or not at all: `Full` when it does not fit (nothing of it
+/// is seen), `BatchTooLarge` when it never could, `TooLarge` for one oversized
+/// message; the receiving side hands over at most `limit` per call, in order.
+#[test]
+fn batches_are_whole_and_bounded() {
+    let chan = Channel::create_memfd(&Config::new(256)).unwrap();
+    let (mut tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+    let none: [&[u8]; 0] = [];
+    tx.try_send_batch(&none).unwrap();
+    assert_eq!(rx.try_recv_batch(8, |_| {}).unwrap_err(), RecvError::Empty);
+    assert_eq!(rx.try_recv_batch(0, |_| unreachable!()), Ok(0));
+    tx.try_send(&[0; 120]).unwrap(); // 128 of 256 bytes
+    tx.try_send(&[0; 8]).unwrap(); // 144
+    let four = [[1u8; 24], [2; 24], [3; 24], [4; 24]]; // 128 bytes of records
+    assert_eq!(tx.try_send_batch(&four), Err(SendError::Full));
+    assert_eq!(rx.recv(T).unwrap().len(), 120);
+    assert_eq!(rx.recv(T).unwrap().len(), 8, "nothing of the refused batch");
+    assert_eq!(rx.try_recv().unwrap_err(), RecvError::Empty);
+    tx.send_batch(&four, T).unwrap();
+    assert_eq!(tx.try_send_batch(&[[0u8; 24]; 5]), Err(SendError::BatchTooLarge { bytes: 160, max: 128 }));
+    assert_eq!(tx.try_send_batch(&[&[0u8; 8][..], &[0; 121]]), Err(SendError::TooLarge { len: 121, max: 120 }));
+    let mut seen = Vec::new();
+    assert_eq!(rx.recv_batch(3, T, |m| seen.push(m[0])), Ok(3));
+    assert_eq!(rx.try_recv_batch(3, |m| seen.push(m[0])), Ok(1));
+    assert_eq!(seen, [1, 2, 3, 4]);
+    drop(tx);
+    assert_eq!(rx.recv_batch(3, T, |_| {}), Err(RecvError::Closed));
+}

@@ -17,10 +17,12 @@ static SPAWN: Mutex<()> = Mutex::new(());
 fn spawn_helper(role: &str, chan: &Channel, count: u64) -> Child {
     let _guard = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
     chan.set_inheritable(true).unwrap();
+    let wake = chan.wake_fds().map(|(rx, tx)| format!("{},{}", rx.as_raw_fd(), tx.as_raw_fd()));
     let child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "helper", "--nocapture", "--ignored", "--test-threads=1"])
         .env("BERTH_IPC_ROLE", role)
         .env("BERTH_IPC_FD", chan.as_fd().as_raw_fd().to_string())
+        .env("BERTH_IPC_WAKE", wake.unwrap_or_default())
         .env("BERTH_IPC_COUNT", count.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -76,7 +78,12 @@ fn helper() {
     let fd: i32 = std::env::var("BERTH_IPC_FD").unwrap().parse().unwrap();
     let count: u64 = std::env::var("BERTH_IPC_COUNT").unwrap().parse().unwrap();
     // SAFETY: the parent passed this descriptor number for us to own.
-    let chan = Channel::from_fd(unsafe { OwnedFd::from_raw_fd(fd) }).unwrap();
+    let own = |fd: i32| unsafe { OwnedFd::from_raw_fd(fd) };
+    let wake = std::env::var("BERTH_IPC_WAKE").unwrap();
+    let chan = match wake.split_once(',') {
+        Some((rx, tx)) => Channel::from_fds(own(fd), own(rx.parse().unwrap()), own(tx.parse().unwrap())).unwrap(),
+        None => Channel::from_fd(own(fd)).unwrap(),
+    };
     match role.as_str() {
         "producer" => {
             let mut tx = chan.sender().unwrap();
@@ -105,6 +112,25 @@ fn helper() {
             // Killed here, the half-written record never committed.
             loop {
                 std::thread::park();
+            }
+        }
+        "batches" => {
+            // Batch k: 1 + k % 40 records of (k, i, n) and some filler, sent whole,
+            // forever (until killed), waiting for room when the ring is full.
+            let mut tx = chan.sender().unwrap();
+            let mut msgs: Vec<Vec<u8>> = Vec::new();
+            for k in 0u64.. {
+                let n = 1 + k % 40;
+                msgs.clear();
+                for i in 0..n {
+                    let mut m = [k.to_le_bytes(), i.to_le_bytes(), n.to_le_bytes()].concat();
+                    m.resize(24 + ((k + i) % 50) as usize, 0x5a);
+                    msgs.push(m);
+                }
+                tx.send_batch(&msgs, T).unwrap();
+                if k == 0 {
+                    eprintln!("READY");
+                }
             }
         }
         "consumer_stall" => {
@@ -270,6 +296,46 @@ fn try_recv_alone_reports_a_killed_producer() {
     assert_eq!(try_until_not_empty(|| rx.try_recv().map(drop)), Err(RecvError::PeerDead));
 }
 
+/// A producer killed while it sends batches (here: while it waits for room for
+/// one) leaves whole batches only: every batch the receiver sees has all its
+/// records, in order, and then the receiver gets `PeerDead`.
+///
+/// Proven by mutation: `Sender::stage_batch` publishing after every record (the
+/// prefix of a batch that did not fit becomes visible before it rewinds) fails
+/// it (a partial batch, or corruption).
+#[test]
+fn a_producer_killed_mid_batch_leaves_whole_batches() {
+    let chan = Channel::create_memfd(&Config::new(16 * 1024)).unwrap();
+    let mut rx = chan.receiver().unwrap();
+    let mut child = spawn_helper("batches", &chan, 0);
+    wait_ready(&mut child);
+    // Let it fill the ring and block on a batch that does not fit.
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (mut batch, mut index, mut size, mut batches) = (0u64, 0u64, 0u64, 0u64);
+    let word = |m: &[u8], i: usize| u64::from_le_bytes(m[i * 8..i * 8 + 8].try_into().unwrap());
+    let end = loop {
+        let got = rx.recv_batch(7, T, |m| {
+            let (k, i, n) = (word(m, 0), word(m, 1), word(m, 2));
+            assert_eq!((k, i, n), (batch, index, 1 + batch % 40), "out of order or partial batch");
+            assert_eq!(m.len() as u64, 24 + (k + i) % 50);
+            index += 1;
+            size = n;
+            if index == n {
+                (batch, index) = (batch + 1, 0);
+                batches += 1;
+            }
+        });
+        if let Err(e) = got {
+            break e;
+        }
+    };
+    assert_eq!(end, RecvError::PeerDead);
+    assert_eq!(index, 0, "a batch of {size} ended after {index} records");
+    assert!(batches > 5, "only {batches} batches arrived: the ring was never full");
+}
+
 /// Voluntary context switches of thread `tid` of this process so far.
 fn voluntary_switches(tid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
@@ -322,4 +388,56 @@ fn an_idle_blocked_receiver_sleeps_yet_sees_a_kill_at_once() {
     assert!(cpu < Duration::from_millis(200), "a blocked receiver used {cpu:?} of CPU in 3.5 s: it spins");
     let took = done.saturating_duration_since(killed_at);
     assert!(took < Duration::from_millis(100), "PeerDead after {took:?}");
+}
+
+/// The same with the receiver asleep in `poll` on its wake descriptor: it uses
+/// next to no CPU while the producer is alive and silent, and the producer's kill
+/// wakes it at once (the watcher thread writes the descriptor), after which
+/// `arm_wake` says `PeerDead`.
+///
+/// Proven by mutation: `Shared::wake_sleeper` not writing the descriptor fails
+/// the 100 ms bound (the poll sleeps out its 5 s); `Receiver::arm_wake` not
+/// registering with the watcher (`self.peer.watch` removed) fails it too.
+#[test]
+fn an_idle_receiver_asleep_on_its_descriptor_sees_a_kill_at_once() {
+    let chan = Channel::create_memfd(&Config::new(64 * 1024).wake_fds(true)).unwrap();
+    let mut rx = chan.receiver().unwrap();
+    let mut child = spawn_helper("producer_mid", &chan, 0);
+    wait_ready(&mut child);
+    for i in 0..3u8 {
+        assert_eq!(&*rx.recv(T).unwrap(), &[i; 100]);
+    }
+    let waiter = std::thread::spawn(move || {
+        let cpu_before = thread_cpu();
+        let mut rounds = 0u32;
+        let err = loop {
+            rounds += 1;
+            match rx.try_recv().map(|m| m.len()) {
+                Err(RecvError::Empty) => {}
+                Err(e) => break e,
+                Ok(len) => panic!("a {len}-byte message"),
+            }
+            match rx.arm_wake() {
+                Ok(true) => {
+                    let fd = rx.as_fd();
+                    let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+                    let t = rustix::event::Timespec { tv_sec: 5, tv_nsec: 0 };
+                    let _ = rustix::event::poll(&mut fds, Some(&t));
+                }
+                Ok(false) => {}
+                Err(e) => break e,
+            }
+        };
+        (err, Instant::now(), thread_cpu() - cpu_before, rounds)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    let killed_at = Instant::now();
+    child.wait().unwrap();
+    let (err, done, cpu, rounds) = waiter.join().unwrap();
+    assert_eq!(err, RecvError::PeerDead);
+    let took = done.saturating_duration_since(killed_at);
+    assert!(took < Duration::from_millis(100), "PeerDead after {took:?}");
+    assert!(rounds <= 4, "{rounds} wake-ups of an idle receiver");
+    assert!(cpu < Duration::from_millis(200), "an idle receiver used {cpu:?} of CPU in 1.5 s");
 }
