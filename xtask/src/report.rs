@@ -59,6 +59,11 @@ pub(crate) const TARGETS: &[Target] = &[
     Target { pattern: "ipc/idle_blocked/cpu_percent", goals: &[Goal::AtMost(1.0)] },
     // Issue 6: ≥ 1.0× nginx requests/s at each file size.
     Target { pattern: "files/*/req_per_s", goals: &[Goal::Ratio(1.0)] },
+    // Issue 15: UDP echo ≥ 1.15× tokio's datagrams/s at ≤ 0.8× its CPU per datagram;
+    // echo over a Unix stream socket ≥ 1.0× tokio's messages/s.
+    Target { pattern: "udp/64B/msgs_per_s", goals: &[Goal::Ratio(1.15)] },
+    Target { pattern: "udp/64B/server_cpu_us_per_msg", goals: &[Goal::PeerFraction(0.8)] },
+    Target { pattern: "unix/64B/64conns/msgs_per_s", goals: &[Goal::Ratio(1.0)] },
 ];
 
 /// The machine a run measured: it heads the report.
@@ -533,6 +538,9 @@ mod tests {
             "ipc/throughput_64KiB/gbps",
             "ipc/idle_blocked/cpu_percent",
             "files/1KiB/req_per_s",
+            "udp/64B/msgs_per_s",
+            "udp/64B/server_cpu_us_per_msg",
+            "unix/64B/64conns/msgs_per_s",
         ] {
             assert!(goals_for(id).is_some(), "{id}");
         }
@@ -541,6 +549,8 @@ mod tests {
             "ipc/rtt_64B_vs_pipe/p50_ns",
             "ipc/throughput_64KiB_vs_floor/gbps",
             "echo/64B/64conns",
+            "udp/64B/server_cpu_us_per_msg_vs_epoll",
+            "udp/64B/syscalls_per_msg",
         ] {
             assert!(goals_for(id).is_none(), "{id}");
         }
