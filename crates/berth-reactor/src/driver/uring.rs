@@ -60,6 +60,11 @@ const GEN_MASK: u32 = 0x3fff_ffff;
 /// as established.
 const UNCLAIMED_MAX: usize = 64;
 
+/// Datagram ops of one UDP socket and direction the kernel may hold at once: enough
+/// for a batch per enter, few enough that an arrival does not wake a crowd of
+/// receives that then find nothing.
+const DATAGRAMS_IN_KERNEL: usize = 32;
+
 /// `user_data` of the eventfd's poll.
 const WAKE: u64 = u64::MAX;
 /// `user_data` of cancel requests, whose own completions say nothing we need.
@@ -319,8 +324,12 @@ impl Uring {
     }
 
     /// Starts the head of a queue, and the ones after it as long as they finish at
-    /// once; stops at one the kernel holds.
+    /// once; stops at one the kernel holds. (A UDP socket's datagram ops: see
+    /// [`advance_datagrams`](Self::advance_datagrams).)
     fn advance<T>(&mut self, core: &mut Core<T>, socket: u32, dir: Dir) {
+        if matches!(core.sockets.get(socket as usize), Some(e) if matches!(e.io, Io::Udp { .. })) {
+            return self.advance_datagrams(core, socket, dir);
+        }
         loop {
             let head = core.head(socket, dir);
             if head == NIL || core.meta[head as usize].kernel {
@@ -334,6 +343,40 @@ impl Uring {
                     core.complete(head, result, sid);
                 }
             }
+        }
+    }
+
+    /// A UDP socket's queue: datagrams need no order among themselves, so up to
+    /// [`DATAGRAMS_IN_KERNEL`] of its datagram ops are with the kernel at once, not
+    /// only the head — one enter then moves a batch of them instead of one per
+    /// direction. (The walk stops at any other kind of op that is not the head.)
+    fn advance_datagrams<T>(&mut self, core: &mut Core<T>, socket: u32, dir: Dir) {
+        let mut cur = core.head(socket, dir);
+        let mut held = 0;
+        while cur != NIL && held < DATAGRAMS_IN_KERNEL {
+            let next = core.meta[cur as usize].next;
+            if core.meta[cur as usize].kernel {
+                held += 1;
+                cur = next;
+                continue;
+            }
+            let datagram = core.meta[cur as usize]
+                .id
+                .and_then(|id| core.pool.get(id).ok())
+                .is_some_and(|a| matches!(a.kind(), OpKind::RecvFrom | OpKind::SendTo));
+            if !datagram && cur != core.head(socket, dir) {
+                return;
+            }
+            match self.start(core, cur, socket, true) {
+                Start::Started => held += 1,
+                Start::Waiting => return,
+                Start::Done(result, sid) => {
+                    core.unlink(socket, dir, cur);
+                    core.stats.completed_queued += 1;
+                    core.complete(cur, result, sid);
+                }
+            }
+            cur = next;
         }
     }
 
