@@ -15,6 +15,9 @@
 //!   two such the multishot is stopped, so an idle reader of a busy socket does not
 //!   drain the ring). (On a kernel without buffer rings they wait for readiness with
 //!   `POLL_ADD` and then receive into a fresh segment.)
+//! - Datagram ops (`recv_from`, `send_to`) are `RECVMSG`/`SENDMSG` submissions; up
+//!   to `DATAGRAMS_IN_KERNEL` of one UDP socket's are in the kernel at once, not only
+//!   the head, so one enter moves a batch.
 //! - File sends and connects wait for readiness on the ring (`POLL_ADD`) and then
 //!   make their syscall, so a file still goes out by sendfile(2).
 //! - The kernel may write into an op's buffer until the op's completion comes back,
