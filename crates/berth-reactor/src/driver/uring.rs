@@ -135,6 +135,9 @@ pub(crate) struct Uring {
     segment: u32,
     /// Sockets whose pooled receive found the buffer ring empty.
     starved: Vec<u32>,
+    /// UDP sockets whose queues changed since the last enter: their datagram ops
+    /// are started once, just before it (see `advance_datagrams`).
+    datagrams: Vec<u32>,
     /// The port is going: nothing new goes to the kernel (see `drain`).
     draining: bool,
     /// Listeners (index, generation) with a multishot accept in the kernel.
@@ -271,6 +274,7 @@ impl Uring {
             pbuf,
             segment: segment.min(u32::MAX as usize) as u32,
             starved: Vec::with_capacity(64),
+            datagrams: Vec::with_capacity(8),
             draining: false,
             accepting: Vec::with_capacity(8),
             unclaimed: std::collections::VecDeque::with_capacity(UNCLAIMED_MAX),
@@ -331,7 +335,12 @@ impl Uring {
     /// [`advance_datagrams`](Self::advance_datagrams).)
     fn advance<T>(&mut self, core: &mut Core<T>, socket: u32, dir: Dir) {
         if matches!(core.sockets.get(socket as usize), Some(e) if matches!(e.io, Io::Udp { .. })) {
-            return self.advance_datagrams(core, socket, dir);
+            // Started at the next enter, once for every op queued or completed
+            // since: walking the queue per op would cost more than the syscalls saved.
+            if !self.datagrams.contains(&socket) {
+                self.datagrams.push(socket);
+            }
+            return;
         }
         loop {
             let head = core.head(socket, dir);
@@ -353,7 +362,12 @@ impl Uring {
     /// [`DATAGRAMS_IN_KERNEL`] of its datagram ops are with the kernel at once, not
     /// only the head — one enter then moves a batch of them instead of one per
     /// direction. (The walk stops at any other kind of op that is not the head.)
+    /// Ops start in queue order and leave it when they complete, so those the kernel
+    /// holds are always a prefix of the queue.
     fn advance_datagrams<T>(&mut self, core: &mut Core<T>, socket: u32, dir: Dir) {
+        if !matches!(core.sockets.get(socket as usize), Some(e) if matches!(e.io, Io::Udp { .. })) {
+            return; // closed since it was listed
+        }
         let mut cur = core.head(socket, dir);
         let mut held = 0;
         while cur != NIL && held < DATAGRAMS_IN_KERNEL {
@@ -711,6 +725,12 @@ impl Uring {
     /// for a completion; then handles every completion there is.
     pub(crate) fn poll<T>(&mut self, core: &mut Core<T>, mut timeout: Option<Duration>) -> io::Result<()> {
         self.feed(core);
+        let mut datagrams = std::mem::take(&mut self.datagrams);
+        for socket in datagrams.drain(..) {
+            self.advance_datagrams(core, socket, Dir::Read);
+            self.advance_datagrams(core, socket, Dir::Write);
+        }
+        self.datagrams = datagrams;
         if !self.starved.is_empty() {
             // Receives wait for segments the user still holds; no completion announces
             // their return, so look again soon.
