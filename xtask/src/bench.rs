@@ -40,13 +40,15 @@ const PAIRS: &[Pair] = &[
 /// System benchmarks: binaries of `berth-benches` that measure berth and a peer side
 /// by side and append their own rows (see `berth_benches::append_rows`). Each gets
 /// `--quick` when xtask does, and `BERTH_BENCH_RESULTS` pointing at the results file.
-/// (group, binary name)
-const SYSTEM_BENCHES: &[(&str, &str)] = &[
-    ("sendfile", "sendfile_bench"),
-    ("echo", "echo_bench"),
-    ("ipc", "ipc_bench"),
-    ("files", "files_bench"),
-    ("relay", "relay_bench"),
+/// (group, binary name, its arguments: one binary may serve several groups)
+const SYSTEM_BENCHES: &[(&str, &str, &[&str])] = &[
+    ("sendfile", "sendfile_bench", &[]),
+    ("echo", "echo_bench", &[]),
+    ("ipc", "ipc_bench", &[]),
+    ("files", "files_bench", &[]),
+    ("relay", "relay_bench", &[]),
+    ("udp", "udp_bench", &["--case", "udp"]),
+    ("unix", "udp_bench", &["--case", "unix"]),
 ];
 
 /// Groups that belong in the report but have no benchmark in xtask yet, and why.
@@ -66,7 +68,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let known: Vec<&str> = CRITERION_BENCHES
         .iter()
         .copied()
-        .chain(SYSTEM_BENCHES.iter().map(|&(g, _)| g))
+        .chain(SYSTEM_BENCHES.iter().map(|&(g, _, _)| g))
         .chain(NOT_YET.iter().map(|&(g, _)| g))
         .collect();
     if let Some(bad) = only.iter().find(|o| !known.contains(&o.as_str())) {
@@ -79,7 +81,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     fs::create_dir_all(&report).map_err(|e| e.to_string())?;
 
     let criterion: Vec<&str> = CRITERION_BENCHES.iter().copied().filter(|b| wanted(b)).collect();
-    let system: Vec<(&str, &str)> = SYSTEM_BENCHES.iter().copied().filter(|(g, _)| wanted(g)).collect();
+    let system: Vec<(&str, &str, &[&str])> = SYSTEM_BENCHES.iter().copied().filter(|(g, _, _)| wanted(g)).collect();
     let mut stages = Stages::new(criterion.len() + system.len() + 1, &report.join("logs"));
     let unwanted: Vec<&str> = known.iter().copied().filter(|g| !wanted(g)).collect();
     if !unwanted.is_empty() {
@@ -102,7 +104,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 fn run_stages(
     stages: &mut Stages,
     criterion: &[&str],
-    system: &[(&str, &str)],
+    system: &[(&str, &str, &[&str])],
     quick: bool,
     target: &Path,
 ) -> Result<report::Report, String> {
@@ -120,9 +122,9 @@ fn run_stages(
         append_rows(&results, &rows).map_err(|e| e.to_string())?;
     }
 
-    for &(group, bin) in system {
+    for &(group, bin, args) in system {
         let mut cmd = cargo();
-        cmd.args(["run", "--release", "-p", "berth-benches", "--bin", bin, "--"]);
+        cmd.args(["run", "--release", "-p", "berth-benches", "--bin", bin, "--"]).args(args);
         if quick {
             cmd.arg("--quick");
         }

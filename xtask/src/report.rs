@@ -65,7 +65,12 @@ pub(crate) const TARGETS: &[Target] = &[
     Target { pattern: "files/*/req_per_s", goals: &[Goal::Ratio(1.0)] },
     // Issue 17: ≤ 0.7× the CPU per request of nginx with open_file_cache (the
     // logged row is under files/*/req_per_s above: ≥ 1.0×).
-    Target { pattern: "files/1KiB/server_cpu_us_per_req", goals: &[Goal::Ratio(1.4)] },
+    Target { pattern: "files/1KiB/server_cpu_us_per_req", goals: &[Goal::PeerFraction(0.7)] },
+    // Issue 15: UDP echo ≥ 1.15× tokio's datagrams/s at ≤ 0.8× its CPU per datagram;
+    // echo over a Unix stream socket ≥ 1.0× tokio's messages/s.
+    Target { pattern: "udp/64B/msgs_per_s", goals: &[Goal::Ratio(1.15)] },
+    Target { pattern: "udp/64B/server_cpu_us_per_msg", goals: &[Goal::PeerFraction(0.8)] },
+    Target { pattern: "unix/64B/64conns/msgs_per_s", goals: &[Goal::Ratio(1.0)] },
 ];
 
 /// The machine a run measured: it heads the report.
@@ -542,6 +547,10 @@ mod tests {
             "ipc/throughput_64B_batch/msgs_per_s",
             "ipc/rtt_64B_wakefd/p50_us",
             "files/1KiB/req_per_s",
+            "files/1KiB/server_cpu_us_per_req",
+            "udp/64B/msgs_per_s",
+            "udp/64B/server_cpu_us_per_msg",
+            "unix/64B/64conns/msgs_per_s",
         ] {
             assert!(goals_for(id).is_some(), "{id}");
         }
@@ -550,6 +559,8 @@ mod tests {
             "ipc/rtt_64B_vs_pipe/p50_ns",
             "ipc/throughput_64KiB_vs_floor/gbps",
             "echo/64B/64conns",
+            "udp/64B/server_cpu_us_per_msg_vs_epoll",
+            "udp/64B/syscalls_per_msg",
         ] {
             assert!(goals_for(id).is_none(), "{id}");
         }

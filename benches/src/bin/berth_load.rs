@@ -1,6 +1,7 @@
 //! `berth_load`: the load generator of the echo benchmarks.
 //!
-//! Opens C TCP connections to an echo server and runs ping-pong on each: write one
+//! Opens C TCP connections (or, with `--addr unix:/path`, Unix stream connections)
+//! to an echo server and runs ping-pong on each: write one
 //! M-byte message, read exactly M bytes back, check every byte, repeat. Each message
 //! is a deterministic pattern seeded by (connection id, sequence number), so a server
 //! that mixes up connections, reorders, drops or invents bytes is caught: a mismatch is
@@ -19,7 +20,7 @@
 //! stuck server) is counted as an error and closed.
 //!
 //! ```text
-//! berth_load --addr 127.0.0.1:7000 --connections 64 --size 64 --duration 10 [--warmup 1]
+//! berth_load --addr 127.0.0.1:7000|unix:/path --connections 64 --size 64 --duration 10 [--warmup 1]
 //!            [--timeout 5] [--json] [--marks] [--quiet]
 //! ```
 //!
@@ -33,15 +34,17 @@
 //! edges of the measured window, so a caller can sample the server's CPU time there.
 //! The exit status is 0 only if no error happened and at least one message completed.
 
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use mio::net::{TcpStream, UnixStream};
+use mio::{Events, Interest, Poll, Registry, Token};
 
-const USAGE: &str = "usage: berth_load --addr HOST:PORT --connections C --size M --duration SECS \
+const USAGE: &str = "usage: berth_load --addr HOST:PORT|unix:/path --connections C --size M --duration SECS \
                      [--warmup SECS] [--timeout SECS] [--json] [--marks] [--quiet]";
 
 /// How many mismatches are described on stderr before only counting them.
@@ -74,10 +77,95 @@ fn main() -> ExitCode {
     if report.errors.total() == 0 && report.messages > 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
+/// Where the server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Tcp(a) => a.fmt(f),
+            Target::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// A connection of either kind, driven the same way.
+#[derive(Debug)]
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// Starts a non-blocking connect and registers the stream with `registry`.
+    fn connect(target: &Target, registry: &Registry, token: Token) -> io::Result<Stream> {
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        Ok(match target {
+            Target::Tcp(addr) => {
+                let mut s = TcpStream::connect(*addr)?;
+                registry.register(&mut s, token, interest)?;
+                Stream::Tcp(s)
+            }
+            Target::Unix(path) => {
+                let mut s = UnixStream::connect(path)?;
+                registry.register(&mut s, token, interest)?;
+                Stream::Unix(s)
+            }
+        })
+    }
+
+    fn take_error(&self) -> io::Result<Option<io::Error>> {
+        match self {
+            Stream::Tcp(s) => s.take_error(),
+            Stream::Unix(s) => s.take_error(),
+        }
+    }
+
+    /// `Ok` once connected; `NotConnected` while the connect is in progress.
+    fn connected(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.peer_addr().map(drop),
+            Stream::Unix(s) => s.peer_addr().map(drop),
+        }
+    }
+
+    fn set_nodelay(&self) {
+        if let Stream::Tcp(s) = self {
+            let _ = s.set_nodelay(true);
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The command line.
 #[derive(Debug, Clone)]
 struct Config {
-    addr: SocketAddr,
+    addr: Target,
     connections: usize,
     size: usize,
     duration: Duration,
@@ -104,8 +192,12 @@ impl Config {
             match arg.as_str() {
                 "--addr" => {
                     let text = value()?;
+                    if let Some(path) = text.strip_prefix("unix:") {
+                        addr = Some(Target::Unix(PathBuf::from(path)));
+                        continue;
+                    }
                     let resolved = text.to_socket_addrs().map_err(|e| format!("--addr {text}: {e}"))?.next();
-                    addr = Some(resolved.ok_or_else(|| format!("--addr {text}: no address"))?);
+                    addr = Some(Target::Tcp(resolved.ok_or_else(|| format!("--addr {text}: no address"))?));
                 }
                 "--connections" => connections = Some(parse_num(&arg, &value()?)?),
                 "--size" => size = Some(parse_num(&arg, &value()?)?),
@@ -278,7 +370,7 @@ enum Failure {
 /// What one connection is doing.
 #[derive(Debug)]
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     id: u32,
     connected: bool,
     /// Readiness seen from epoll and not yet used up by a short read or `EAGAIN`.
@@ -296,7 +388,7 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, id: u32, size: usize, now: Instant) -> Conn {
+    fn new(stream: Stream, id: u32, size: usize, now: Instant) -> Conn {
         Conn {
             stream,
             id,
@@ -327,13 +419,13 @@ impl Conn {
             if let Some(e) = self.stream.take_error().map_err(Failure::Connect)? {
                 return Err(Failure::Connect(e));
             }
-            match self.stream.peer_addr() {
-                Ok(_) => {}
+            match self.stream.connected() {
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(0), // still connecting
                 Err(e) => return Err(Failure::Connect(e)),
             }
             self.connected = true;
-            let _ = self.stream.set_nodelay(true);
+            self.stream.set_nodelay();
             self.start_message();
         }
         let size = self.send.len();
@@ -491,11 +583,7 @@ fn run(cfg: &Config) -> io::Result<Report> {
     let mut conns: Vec<Option<Conn>> = Vec::with_capacity(cfg.connections);
     for i in 0..cfg.connections {
         let id = u32::try_from(i).map_err(|_| io::Error::other("too many connections"))?;
-        let conn = TcpStream::connect(cfg.addr).and_then(|mut stream| {
-            poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
-            Ok(stream)
-        });
-        match conn {
+        match Stream::connect(&cfg.addr, poll.registry(), Token(i)) {
             Ok(stream) => conns.push(Some(Conn::new(stream, id, cfg.size, start))),
             Err(e) => {
                 record_failure(&mut errors, id, Failure::Connect(e));
@@ -704,7 +792,7 @@ mod tests {
             }
         });
         let cfg = Config {
-            addr,
+            addr: Target::Tcp(addr),
             connections: 1,
             size: 32,
             duration: Duration::from_millis(300),
@@ -739,7 +827,7 @@ mod tests {
             }
         });
         let cfg = Config {
-            addr,
+            addr: Target::Tcp(addr),
             connections: 3,
             size: 3000,
             duration: Duration::from_millis(300),
@@ -758,12 +846,44 @@ mod tests {
         assert_eq!(json["messages"], report.messages);
     }
 
+    /// The same over a Unix stream socket: `--addr unix:/path` parses, connects and runs.
+    #[test]
+    fn a_unix_socket_server_runs_clean() {
+        let dir = std::env::temp_dir().join(format!("berth-load-unix-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("echo.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            for s in listener.incoming().take(2) {
+                let Ok(mut s) = s else { return };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 1000];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let arg = format!("unix:{}", path.display());
+        let args = ["--addr", &arg, "--connections", "2", "--size", "64", "--duration", "0.3", "--warmup", "0.05"];
+        let cfg = Config::parse(args.iter().map(|s| s.to_string())).unwrap();
+        assert_eq!(cfg.addr, Target::Unix(path.clone()));
+        assert_eq!(cfg.addr.to_string(), arg);
+        let report = run(&cfg).unwrap();
+        assert_eq!(report.errors.total(), 0);
+        assert!(report.messages > 10);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A server that accepts and never answers: the run ends by the timeout, bounded.
     #[test]
     fn a_silent_server_times_out() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let cfg = Config {
-            addr: listener.local_addr().unwrap(),
+            addr: Target::Tcp(listener.local_addr().unwrap()),
             connections: 2,
             size: 8,
             duration: Duration::from_secs(10),

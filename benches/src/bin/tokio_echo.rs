@@ -8,8 +8,11 @@
 //! generator does on its side.
 //!
 //! ```text
-//! tokio_echo [--addr 127.0.0.1:0] [--threads N]
+//! tokio_echo [--addr 127.0.0.1:0 | --addr unix:/path] [--threads N]
 //! ```
+//!
+//! With `--addr unix:/path` it serves a `UnixListener` the same way (a socket file
+//! left at the path is removed first) and prints `listening on unix:/path`.
 //!
 //! The runtime is `current_thread` by default (one core, like one berth port);
 //! `--threads N` uses the multi-thread runtime with N workers. The first line on
@@ -21,8 +24,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
 
 const USAGE: &str = "usage: tokio_echo [--addr HOST:PORT] [--threads N]";
 
@@ -55,7 +58,10 @@ fn main() -> ExitCode {
     } else {
         tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_io().enable_time().build()
     };
-    let result = runtime.and_then(|rt| rt.block_on(serve(&addr)));
+    let result = runtime.and_then(|rt| match addr.strip_prefix("unix:") {
+        Some(path) => rt.block_on(serve_unix(path)),
+        None => rt.block_on(serve(&addr)),
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -74,7 +80,7 @@ async fn serve(addr: &str) -> std::io::Result<()> {
         out.flush()?;
     }
     loop {
-        let (mut socket, _) = match listener.accept().await {
+        let (socket, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning, then keep serving.
@@ -83,18 +89,40 @@ async fn serve(addr: &str) -> std::io::Result<()> {
                 continue;
             }
         };
-        tokio::spawn(async move {
-            let _ = socket.set_nodelay(true);
-            let mut buf = vec![0u8; 4096];
-            loop {
-                let n = match socket.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                if socket.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
+        let _ = socket.set_nodelay(true);
+        tokio::spawn(echo(socket));
+    }
+}
+
+async fn serve_unix(path: &str) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on unix:{path}")?;
+        out.flush()?;
+    }
+    loop {
+        match listener.accept().await {
+            Ok((socket, _)) => drop(tokio::spawn(echo(socket))),
+            Err(e) => {
+                eprintln!("tokio_echo: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-        });
+        }
+    }
+}
+
+/// One connection: read into a buffer, write it all back, until EOF or an error.
+async fn echo(mut socket: impl AsyncRead + AsyncWrite + Unpin) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if socket.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }

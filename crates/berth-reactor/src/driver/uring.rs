@@ -15,6 +15,9 @@
 //!   two such the multishot is stopped, so an idle reader of a busy socket does not
 //!   drain the ring). (On a kernel without buffer rings they wait for readiness with
 //!   `POLL_ADD` and then receive into a fresh segment.)
+//! - Datagram ops (`recv_from`, `send_to`) are `RECVMSG`/`SENDMSG` submissions; up
+//!   to `DATAGRAMS_IN_KERNEL` of one UDP socket's are in the kernel at once, not only
+//!   the head, so one enter moves a batch.
 //! - File sends and connects wait for readiness on the ring (`POLL_ADD`) and then
 //!   make their syscall, so a file still goes out by sendfile(2).
 //! - The kernel may write into an op's buffer until the op's completion comes back,
@@ -59,6 +62,11 @@ const GEN_MASK: u32 = 0x3fff_ffff;
 /// the queue then grows, once, rather than close connections the peer already sees
 /// as established.
 const UNCLAIMED_MAX: usize = 64;
+
+/// Datagram ops of one UDP socket and direction the kernel may hold at once: enough
+/// for a batch per enter, few enough that an arrival does not wake a crowd of
+/// receives that then find nothing.
+const DATAGRAMS_IN_KERNEL: usize = 32;
 
 /// `user_data` of the eventfd's poll.
 const WAKE: u64 = u64::MAX;
@@ -127,6 +135,9 @@ pub(crate) struct Uring {
     segment: u32,
     /// Sockets whose pooled receive found the buffer ring empty.
     starved: Vec<u32>,
+    /// UDP sockets whose queues changed since the last enter: their datagram ops
+    /// are started once, just before it (see `advance_datagrams`).
+    datagrams: Vec<u32>,
     /// The port is going: nothing new goes to the kernel (see `drain`).
     draining: bool,
     /// Listeners (index, generation) with a multishot accept in the kernel.
@@ -263,6 +274,7 @@ impl Uring {
             pbuf,
             segment: segment.min(u32::MAX as usize) as u32,
             starved: Vec::with_capacity(64),
+            datagrams: Vec::with_capacity(8),
             draining: false,
             accepting: Vec::with_capacity(8),
             unclaimed: std::collections::VecDeque::with_capacity(UNCLAIMED_MAX),
@@ -319,8 +331,17 @@ impl Uring {
     }
 
     /// Starts the head of a queue, and the ones after it as long as they finish at
-    /// once; stops at one the kernel holds.
+    /// once; stops at one the kernel holds. (A UDP socket's datagram ops: see
+    /// [`advance_datagrams`](Self::advance_datagrams).)
     fn advance<T>(&mut self, core: &mut Core<T>, socket: u32, dir: Dir) {
+        if matches!(core.sockets.get(socket as usize), Some(e) if matches!(e.io, Io::Udp { .. })) {
+            // Started at the next enter, once for every op queued or completed
+            // since: walking the queue per op would cost more than the syscalls saved.
+            if !self.datagrams.contains(&socket) {
+                self.datagrams.push(socket);
+            }
+            return;
+        }
         loop {
             let head = core.head(socket, dir);
             if head == NIL || core.meta[head as usize].kernel {
@@ -334,6 +355,45 @@ impl Uring {
                     core.complete(head, result, sid);
                 }
             }
+        }
+    }
+
+    /// A UDP socket's queue: datagrams need no order among themselves, so up to
+    /// [`DATAGRAMS_IN_KERNEL`] of its datagram ops are with the kernel at once, not
+    /// only the head — one enter then moves a batch of them instead of one per
+    /// direction. (The walk stops at any other kind of op that is not the head.)
+    /// Ops start in queue order and leave it when they complete, so those the kernel
+    /// holds are always a prefix of the queue.
+    fn advance_datagrams<T>(&mut self, core: &mut Core<T>, socket: u32, dir: Dir) {
+        if !matches!(core.sockets.get(socket as usize), Some(e) if matches!(e.io, Io::Udp { .. })) {
+            return; // closed since it was listed
+        }
+        let mut cur = core.head(socket, dir);
+        let mut held = 0;
+        while cur != NIL && held < DATAGRAMS_IN_KERNEL {
+            let next = core.meta[cur as usize].next;
+            if core.meta[cur as usize].kernel {
+                held += 1;
+                cur = next;
+                continue;
+            }
+            let datagram = core.meta[cur as usize]
+                .id
+                .and_then(|id| core.pool.get(id).ok())
+                .is_some_and(|a| matches!(a.kind(), OpKind::RecvFrom | OpKind::SendTo));
+            if !datagram && cur != core.head(socket, dir) {
+                return;
+            }
+            match self.start(core, cur, socket, true) {
+                Start::Started => held += 1,
+                Start::Waiting => return,
+                Start::Done(result, sid) => {
+                    core.unlink(socket, dir, cur);
+                    core.stats.completed_queued += 1;
+                    core.complete(cur, result, sid);
+                }
+            }
+            cur = next;
         }
     }
 
@@ -704,6 +764,12 @@ impl Uring {
     /// for a completion; then handles every completion there is.
     pub(crate) fn poll<T>(&mut self, core: &mut Core<T>, mut timeout: Option<Duration>) -> io::Result<()> {
         self.feed(core);
+        let mut datagrams = std::mem::take(&mut self.datagrams);
+        for socket in datagrams.drain(..) {
+            self.advance_datagrams(core, socket, Dir::Read);
+            self.advance_datagrams(core, socket, Dir::Write);
+        }
+        self.datagrams = datagrams;
         if !self.starved.is_empty() {
             // Receives wait for segments the user still holds; no completion announces
             // their return, so look again soon.
