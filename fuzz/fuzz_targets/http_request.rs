@@ -11,7 +11,8 @@
 //! one `Content-Length` that matches the body (none on a 204, no body on a 304 or
 //! for HEAD), no `Transfer-Encoding`, `Connection: close` exactly when the server
 //! closes; a 200 with an `ETag` carries a whole fixture file; a single-range 206's
-//! `Content-Range` agrees with its length; no reply ever holds 8 bytes in a row of
+//! `Content-Range` agrees with its length and its body is those bytes of a fixture
+//! file, and a multipart 206 is parts of such bytes between its boundaries; no reply ever holds 8 bytes in a row of
 //! the secret file (that the request did not hold itself); and a full buffer is
 //! always answered.
 
@@ -36,6 +37,14 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
+        // Fixtures of runs that are gone, then ours.
+        for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let pid = name.to_str().and_then(|n| n.strip_prefix("berth-fuzz-http-"));
+            if pid.is_some_and(|p| !std::path::Path::new("/proc").join(p).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
         let base = std::env::temp_dir().join(format!("berth-fuzz-http-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         let root = base.join("root");
@@ -172,12 +181,50 @@ fn check_reply(f: &Fixture, max_headers: usize, input: &[u8], request: &[u8], re
         }
     }
     // The secret is high bytes only: look up just the runs of 8 such bytes.
+    if code == 206
+        && !head_only
+        && let [ct] = header(resp.headers, "content-type")[..]
+        && let Some(boundary) = ct.strip_prefix(b"multipart/byteranges; boundary=")
+    {
+        check_multipart(f, body, boundary);
+    }
     for w in response.windows(8).filter(|w| w.iter().all(|&b| b >= 0x80)) {
         let key = u64::from_le_bytes(w.try_into().unwrap());
         if f.secret_windows.contains(&key) {
             assert!(input.windows(8).any(|i| i == w), "the secret leaked: {:?}", String::from_utf8_lossy(response));
         }
     }
+}
+
+/// A `multipart/byteranges` body: parts of one file, each with its `Content-Range`
+/// and exactly those bytes, then the closing delimiter.
+fn check_multipart(f: &Fixture, mut body: &[u8], boundary: &[u8]) {
+    let delimiter = [b"\r\n--", boundary].concat();
+    let mut parts = 0;
+    loop {
+        body = body.strip_prefix(&delimiter[..]).expect("a part delimiter");
+        if body == b"--\r\n" {
+            break;
+        }
+        body = body.strip_prefix(b"\r\n").expect("CRLF after the delimiter");
+        let mut headers = [httparse::EMPTY_HEADER; 4];
+        let Ok(httparse::Status::Complete((n, headers))) = httparse::parse_headers(body, &mut headers) else {
+            panic!("part headers do not parse: {:?}", String::from_utf8_lossy(body));
+        };
+        let range = header(headers, "content-range");
+        let range = std::str::from_utf8(range[0]).unwrap().strip_prefix("bytes ").expect("part Content-Range");
+        let (span, size) = range.split_once('/').unwrap();
+        let (a, b) = span.split_once('-').unwrap();
+        let (a, b, size) = (number(a.as_bytes()) as usize, number(b.as_bytes()) as usize, number(size.as_bytes()));
+        let bytes = &body[n..n + (b - a + 1)];
+        assert!(
+            f.contents.iter().any(|c| c.len() as u64 == size && c[a..=b] == *bytes),
+            "part {a}-{b}/{size} holds other bytes"
+        );
+        body = &body[n + bytes.len()..];
+        parts += 1;
+    }
+    assert!(parts >= 2, "a multipart reply of {parts} part");
 }
 
 fuzz_target!(|data: &[u8]| {
