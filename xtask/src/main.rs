@@ -8,6 +8,9 @@
 //! - `report`: only the last step, from the `results.json` already there.
 //! - `docs [--open|--serve]`: the mdBook and the API docs as one site in `<target>/site`,
 //!   with the book's includes and every internal link checked.
+//! - `fuzz (--all | <target>...) [--time SECS] | --list`: builds the cargo-fuzz targets
+//!   in `fuzz/` on a pinned nightly and runs each for SECS seconds (default 30),
+//!   installing the nightly and cargo-fuzz when missing (`fuzz.rs`).
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -15,6 +18,7 @@ use std::process::{Command, ExitCode};
 
 mod bench;
 mod docs;
+mod fuzz;
 mod progress;
 mod report;
 
@@ -24,6 +28,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("report") if args.len() == 1 => target_dir().and_then(|t| bench::write_report(&t.join("bench-report"))),
         Some("docs") => docs::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
         _ => Err(USAGE.to_string()),
     };
     match result {
@@ -37,7 +42,9 @@ fn main() -> ExitCode {
 
 const USAGE: &str = "usage: cargo xtask bench [--quick] [--only <group>...]
        cargo xtask report
-       cargo xtask docs [--open|--serve]";
+       cargo xtask docs [--open|--serve]
+       cargo xtask fuzz (--all | <target>...) [--time SECS]
+       cargo xtask fuzz --list";
 
 /// The workspace root (xtask lives one level below it).
 fn root() -> PathBuf {

@@ -289,6 +289,9 @@ mod copy;
 #[cfg(not(loom))]
 mod duplex;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod layout;
 mod loom;
 mod ring;

@@ -61,10 +61,18 @@ pub(crate) fn start_time(pid: u32) -> Option<(u64, bool)> {
     Some((start, state == "Z" || state == "X"))
 }
 
+/// A pid word from the shared header as a process id, if it can be one: 1 ..=
+/// `i32::MAX`. The peer writes that word; cast to a `pid_t`, a value of 2^31 or more
+/// would be negative — a process group to `kill(2)` (`-1`: every process we may
+/// signal, so a dead peer would look alive) and a failed assertion in rustix.
+fn pid_of(pid: u32) -> Option<rustix::process::Pid> {
+    i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw)
+}
+
 /// Whether a process `pid` exists (`kill(pid, 0)`; a zombie counts), for when
 /// `/proc` cannot be read. Another user's process (`EPERM`) exists too.
 pub(crate) fn process_exists(pid: u32) -> bool {
-    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else { return false };
+    let Some(pid) = pid_of(pid) else { return false };
     !matches!(rustix::process::test_kill_process(pid), Err(rustix::io::Errno::SRCH))
 }
 
@@ -182,7 +190,7 @@ impl AsFd for Pidfd {
 impl Pidfd {
     /// Opens a pidfd; `Err` if there is no such process or pidfds are unavailable.
     pub(crate) fn open(pid: u32) -> io::Result<Pidfd> {
-        let pid = rustix::process::Pid::from_raw(pid as i32).ok_or(io::ErrorKind::InvalidInput)?;
+        let pid = pid_of(pid).ok_or(io::ErrorKind::InvalidInput)?;
         Ok(Pidfd(rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?))
     }
 
@@ -306,4 +314,23 @@ pub(crate) fn recv_fds(sock: BorrowedFd<'_>) -> io::Result<Vec<OwnedFd>> {
 pub(crate) fn set_inheritable(fd: impl AsFd, inherit: bool) -> io::Result<()> {
     let flags = if inherit { rustix::io::FdFlags::empty() } else { rustix::io::FdFlags::CLOEXEC };
     Ok(rustix::io::fcntl_setfd(fd, flags)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `ipc_hostile_peer` fuzz target: a peer that writes a pid of 2^31
+    /// or more tripped rustix's assertion in debug builds, and in release made
+    /// `process_exists` (used when `/proc` cannot be read) call `kill(-1, 0)`: true,
+    /// "alive". Fails both ways without `pid_of`'s range check.
+    #[test]
+    fn a_pid_beyond_i32_names_no_process() {
+        for pid in [u32::MAX, 1 << 31, (1 << 31) + 1] {
+            assert!(!process_exists(pid), "pid {pid:#x} taken for a live process");
+            assert!(Pidfd::open(pid).is_err(), "pidfd for pid {pid:#x}");
+        }
+        assert!(process_exists(getpid()));
+        assert!(Pidfd::open(getpid()).is_ok());
+    }
 }

@@ -447,6 +447,21 @@ fn peer_that_died_while_claiming_is_dead() {
     assert_eq!(rx.recv(Some(Duration::from_secs(5))).unwrap_err(), RecvError::PeerDead);
 }
 
+/// A peer that writes a sender pid of 2^31 or more (negative as a `pid_t`) is a
+/// dead peer: `try_recv` says `PeerDead`. Found by the `ipc_hostile_peer` fuzz
+/// target: the pid went to rustix as a negative number, which panicked in debug
+/// builds (this test fails that way without the fix; in release, with `/proc`
+/// readable, the answer was already right).
+#[test]
+fn a_negative_peer_pid_is_a_dead_peer_not_a_panic() {
+    for pid in [u32::MAX, 0x8000_0000] {
+        let chan = Channel::create_memfd(&Config::new(4096)).unwrap();
+        let mut rx = chan.receiver().unwrap();
+        raw(&chan).write_all_at(&pid.to_le_bytes(), 136).unwrap();
+        assert_eq!(rx.try_recv().unwrap_err(), RecvError::PeerDead, "sender pid {pid:#x}");
+    }
+}
+
 #[test]
 fn fd_passed_over_a_unix_socket() {
     let (a, b) = UnixStream::pair().unwrap();

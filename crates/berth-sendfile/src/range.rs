@@ -279,6 +279,13 @@ fn digits(s: &str) -> Result<Option<u64>, HttpRangeError> {
     Ok(s.parse::<u64>().ok())
 }
 
+/// Whether the ASCII digits `a` are a smaller number than the digits `b`, whatever
+/// their length (leading zeros allowed).
+fn value_less(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
+    (a.len(), a) < (b.len(), b)
+}
+
 fn resolve_one(spec: &str, file_size: u64) -> Result<ByteRange, HttpRangeError> {
     let (first, last) = spec.split_once('-').ok_or(HttpRangeError::Malformed)?;
     let unsatisfiable = HttpRangeError::Unsatisfiable { file_size };
@@ -291,14 +298,16 @@ fn resolve_one(spec: &str, file_size: u64) -> Result<ByteRange, HttpRangeError> 
         let len = n.min(file_size);
         return Ok(ByteRange { offset: file_size - len, len });
     }
+    let (first_digits, last_digits) = (first, last);
     let first = digits(first)?;
     let last = if last.is_empty() { None } else { Some(digits(last)?.unwrap_or(u64::MAX)) };
     let first = match first {
-        // Larger than u64::MAX: syntactically fine, beyond any file.
+        // Larger than u64::MAX: beyond any file, and well-formed unless `last` is
+        // smaller (compared by value: both may be too large for a u64).
         None => {
             return match last {
-                Some(_) => Err(HttpRangeError::Malformed), // last < first
-                None => Err(unsatisfiable),
+                Some(_) if value_less(last_digits, first_digits) => Err(HttpRangeError::Malformed),
+                _ => Err(unsatisfiable),
             };
         }
         Some(f) => f,
@@ -388,6 +397,23 @@ mod tests {
         assert_eq!(resolve_http_range(&format!("bytes=0-{max}"), max), ok(0, max));
         assert_eq!(resolve_http_range(&format!("bytes={}-", max - 1), max), ok(max - 1, 1));
         assert_eq!(resolve_http_range(&format!("bytes=-{max}"), max), ok(0, max));
+    }
+
+    /// A first position too large for a `u64` is beyond the file (416) when the last
+    /// is at least as large, and malformed only when the last is smaller — by value,
+    /// not by what fits in a `u64`. Found by the `http_range` fuzz target's model:
+    /// `bytes=N-N` with a 20-digit N was called malformed (a 200 of the whole file).
+    #[test]
+    fn http_huge_first_position_compares_by_value() {
+        let unsat = Err(HttpRangeError::Unsatisfiable { file_size: 100 });
+        let huge = "99999999999999999999";
+        assert_eq!(resolve_http_range(&format!("bytes={huge}-{huge}"), 100), unsat);
+        assert_eq!(resolve_http_range(&format!("bytes={huge}-{huge}9"), 100), unsat);
+        assert_eq!(resolve_http_range(&format!("bytes=000{huge}-{huge}"), 100), unsat);
+        assert_eq!(resolve_http_range(&format!("bytes={huge}-"), 100), unsat);
+        assert_eq!(resolve_http_range(&format!("bytes={huge}9-{huge}"), 100), Err(HttpRangeError::Malformed));
+        assert_eq!(resolve_http_range(&format!("bytes={huge}-5"), 100), Err(HttpRangeError::Malformed));
+        assert_eq!(resolve_http_range(&format!("bytes={huge}-{}", u64::MAX), 100), Err(HttpRangeError::Malformed));
     }
 
     #[test]

@@ -77,6 +77,9 @@ mod conn;
 mod echo;
 mod encoding;
 mod files;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod metrics;
 mod path;
 mod ranges;
