@@ -265,7 +265,8 @@ pub(crate) fn recv(list: &mut Packets, fd: BorrowedFd<'_>) -> Flow {
     Flow::Done(Ok(n))
 }
 
-fn file_error(e: &SendFileError) -> OpError {
+/// What a failed file send completes with (`send_file` and `send_packets` alike).
+pub(crate) fn file_error(e: &SendFileError) -> OpError {
     match e {
         SendFileError::Truncated { .. } => OpError::Truncated,
         SendFileError::PeerClosed { reset: true, .. } => OpError::ConnectionReset,

@@ -108,15 +108,8 @@ pub(crate) fn send_file<T>(core: &mut Core<T>, op: u32, socket: u32) -> Step {
             Ok(_) => continue,
             Err(SendFileError::WouldBlock) => return Step::Pending,
             Err(e) => {
-                let error = match &e {
-                    SendFileError::Truncated { .. } => OpError::Truncated,
-                    SendFileError::PeerClosed { reset: true, .. } => OpError::ConnectionReset,
-                    SendFileError::PeerClosed { .. } => OpError::BrokenPipe,
-                    SendFileError::ScratchRequired => OpError::InvalidInput,
-                    _ => OpError::from_io(&io::Error::from(e.kind())),
-                };
                 core.files[op as usize] = None;
-                return Step::Done(Err(error), sid);
+                return Step::Done(Err(crate::packets::file_error(&e)), sid);
             }
         }
     }
