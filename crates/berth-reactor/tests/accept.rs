@@ -6,24 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use berth_ops::OpKind;
-use berth_reactor::{Completion, CompletionPort, Keepalive, ListenOptions, SocketId};
-use common::{client, wait_for};
+use berth_reactor::{CompletionPort, Keepalive, ListenOptions};
+use common::{accept_one, client};
 use socket2::SockRef;
-
-fn accept_one(port: &mut CompletionPort<()>, listener: SocketId) -> (SocketId, Option<std::net::SocketAddr>) {
-    let op = port.take_op().unwrap();
-    port.accept(listener, op).unwrap();
-    let Completion::Op { socket, result, .. } =
-        wait_for(port, |c| matches!(c, Completion::Op { kind: OpKind::Accept, .. }))
-    else {
-        unreachable!()
-    };
-    assert_eq!(result, Ok(0));
-    let peer = port.op(op).unwrap().remote_endpoint();
-    port.give_op(op).unwrap();
-    (socket, peer)
-}
 
 #[test]
 fn accept_reports_the_peer_address_over_ipv4_and_ipv6() {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use berth_buf::{BufferConfig, BufferManager};
 use berth_ops::{OpError, OpKind};
 use berth_reactor::{Completion, CompletionPort, SocketId, SubmitError, UNIX_NAME_MAX, UnixAddr, UnixListenOptions};
-use common::{Echo, IO_TIMEOUT, STOP, wait_for};
+use common::{Echo, IO_TIMEOUT, STOP, accept_one, wait_for};
 
 fn port() -> CompletionPort<()> {
     let buffers = BufferManager::new(BufferConfig::new().segment_size(4096).segment_count(64)).unwrap();
@@ -89,20 +89,6 @@ fn echo_over_an_abstract_name() {
     assert_eq!(thread.join().unwrap(), 1);
 }
 
-/// Accepts one connection on `listener` (an accept op is taken and given back).
-fn accept_one(port: &mut CompletionPort<()>, listener: SocketId) -> SocketId {
-    let op = port.take_op().unwrap();
-    port.accept(listener, op).unwrap();
-    let Completion::Op { socket, result, .. } =
-        wait_for(port, |c| matches!(c, Completion::Op { kind: OpKind::Accept, .. }))
-    else {
-        unreachable!()
-    };
-    assert_eq!(result, Ok(0));
-    port.give_op(op).unwrap();
-    socket
-}
-
 #[test]
 fn accept_reports_the_peers_credentials_and_connect_unix_reaches_a_listener() {
     let dir = scratch("cred");
@@ -116,7 +102,7 @@ fn accept_reports_the_peers_credentials_and_connect_unix_reaches_a_listener() {
     let out = port.connect_unix(&addr, connect).unwrap();
     let done = wait_for(&mut port, |c| matches!(c, Completion::Op { kind: OpKind::Connect, .. }));
     assert!(matches!(done, Completion::Op { socket, result: Ok(0), .. } if socket == out));
-    let accepted = accept_one(&mut port, listener);
+    let accepted = accept_one(&mut port, listener).0;
 
     let cred = port.peer_cred(accepted).unwrap();
     assert_eq!(cred.pid, Some(std::process::id() as i32));

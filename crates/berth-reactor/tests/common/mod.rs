@@ -82,6 +82,22 @@ pub fn wait_for<T>(port: &mut CompletionPort<T>, mut pred: impl FnMut(&Completio
     panic!("no matching completion within {IO_TIMEOUT:?}; saw {seen:?}");
 }
 
+/// Accepts one connection on `listener` with an op taken and given back; returns
+/// the accepted socket and the peer address the accept reported (TCP).
+pub fn accept_one<T>(port: &mut CompletionPort<T>, listener: SocketId) -> (SocketId, Option<SocketAddr>) {
+    let op = port.take_op().unwrap();
+    port.accept(listener, op).unwrap();
+    let Completion::Op { socket, result, .. } =
+        wait_for(port, |c| matches!(c, Completion::Op { kind: OpKind::Accept, .. }))
+    else {
+        unreachable!()
+    };
+    assert_eq!(result, Ok(0));
+    let peer = port.op(op).unwrap().remote_endpoint();
+    port.give_op(op).unwrap();
+    (socket, peer)
+}
+
 /// An accepted connection on a fresh port: (port, listener, server socket, client).
 pub fn connected_pair(ops: usize) -> (CompletionPort<()>, SocketId, SocketId, std::net::TcpStream) {
     let buffers = BufferManager::new(BufferConfig::new().segment_size(65536).segment_count(64)).unwrap();
