@@ -15,8 +15,14 @@
 //! said so, where perf is missing).
 //!
 //! ```text
-//! echo_bench [--quick] [--self-test]
+//! echo_bench [--quick] [--self-test] [--case LABEL/NconnS] [--rounds N]
 //! ```
+//!
+//! Every round prints the server's busy share (its CPU time over the round's wall
+//! time): an event-driven server below ~90% busy while its clients have messages
+//! outstanding was waiting for something (issue 20). `--case 4KiB/64conns` runs only
+//! that case and `--rounds N` sets its rounds (fresh servers each); such a
+//! diagnostic run skips the syscall and idle passes and writes no rows.
 //!
 //! Rows (appended to `berth_benches::results_path()`): per case
 //! `echo/{64B,4KiB}/{N}conns/msgs_per_s` and `.../server_cpu_us_per_msg` (peer
@@ -122,6 +128,12 @@ impl EchoResult {
 
     fn disturbed(&self) -> bool {
         self.others_share() > BUSY_LIMIT
+    }
+
+    /// The server's CPU time over the round's wall time: 1.0 is a core kept busy.
+    fn busy_share(&self) -> f64 {
+        let w = self.window.as_secs_f64();
+        if w > 0.0 { self.server_cpu.as_secs_f64() / w } else { 0.0 }
     }
 
     fn server_cpu_us_per_msg(&self) -> f64 {
@@ -275,15 +287,36 @@ impl IdleResult {
 }
 
 fn run() -> Result<(), String> {
+    const USAGE: &str = "usage: echo_bench [--quick] [--self-test] [--case LABEL/NconnS] [--rounds N]";
     let mut quick = false;
     let mut self_test = false;
-    for arg in std::env::args().skip(1) {
+    let mut only_case: Option<String> = None;
+    let mut rounds: Option<usize> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--self-test" => self_test = true,
-            other => return Err(format!("unknown argument {other}\nusage: echo_bench [--quick] [--self-test]")),
+            "--case" => only_case = Some(args.next().ok_or(USAGE)?),
+            "--rounds" => {
+                let n = args.next().ok_or(USAGE)?;
+                rounds = Some(n.parse().ok().filter(|&n| n > 0).ok_or_else(|| format!("--rounds {n}: not a count"))?);
+            }
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
     }
+    let cases: Vec<(&str, usize, usize)> = match &only_case {
+        None => CASES.to_vec(),
+        Some(name) => {
+            let found: Vec<_> =
+                CASES.iter().copied().filter(|(label, _, conns)| format!("{label}/{conns}conns") == *name).collect();
+            if found.is_empty() {
+                let known: Vec<String> = CASES.iter().map(|(l, _, c)| format!("{l}/{c}conns")).collect();
+                return Err(format!("--case {name}: no such case (known: {})", known.join(", ")));
+            }
+            found
+        }
+    };
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let exe_dir = exe.parent().ok_or("current_exe has no parent")?.to_path_buf();
 
@@ -339,7 +372,7 @@ fn run() -> Result<(), String> {
     let cfg = Config {
         quick,
         self_test,
-        rounds: if quick { 3 } else { 9 },
+        rounds: rounds.unwrap_or(if quick { 3 } else { 9 }),
         // Many short rounds rather than a few long ones: the machine's state changes
         // every few seconds, and more pairs make their median steadier.
         secs: 1.0,
@@ -386,8 +419,8 @@ fn run() -> Result<(), String> {
     }
     let position = |name: &str| servers.iter().position(|s| s.name == name);
     let (epoll_at, compio_at) = (position("berth_epoll"), position("compio"));
-    let mut cases = Vec::new();
-    for &(label, size, conns) in CASES {
+    let mut results = Vec::new();
+    for &(label, size, conns) in &cases {
         let mut rounds: Vec<Vec<EchoResult>> = Vec::new();
         let clean = |rounds: &[Vec<EchoResult>]| rounds.iter().filter(|r| !r.iter().any(EchoResult::disturbed)).count();
         for round in 0..cfg.rounds * MAX_ATTEMPTS {
@@ -402,11 +435,12 @@ fn run() -> Result<(), String> {
                 let spec = &servers[i];
                 let r = measure_echo(&cfg, spec, size, conns).map_err(|e| format!("{} {label}: {e}", spec.name))?;
                 println!(
-                    "  round {round} echo/{label}/{conns}conns {:<12} {:>9.0} msgs/s  p99 {:>7.1} us  server cpu {:.2} us/msg \
-                     ({:.0}% user; {} msgs, {:.2} s cpu); others {:.0}% of a core{}",
+                    "  round {round} echo/{label}/{conns}conns {:<12} {:>9.0} msgs/s  p99 {:>7.1} us  server busy {:>3.0}%  \
+                     server cpu {:.2} us/msg ({:.0}% user; {} msgs, {:.2} s cpu); others {:.0}% of a core{}",
                     spec.name,
                     r.msgs_per_s,
                     r.p99_us,
+                    r.busy_share() * 100.0,
                     r.server_cpu_us_per_msg(),
                     r.server_user_share() * 100.0,
                     r.messages,
@@ -468,8 +502,13 @@ fn run() -> Result<(), String> {
                 high,
             );
         }
-        cases.push(Case { label, conns, vs_tokio, vs_epoll, vs_compio });
+        results.push(Case { label, conns, vs_tokio, vs_epoll, vs_compio });
     }
+    if only_case.is_some() {
+        println!("echo_bench: diagnostic run of one case: no syscall or idle pass, no rows written");
+        return Ok(());
+    }
+    let cases = results;
     let syscalls = if cfg.self_test { None } else { count_syscalls(&cfg, &servers[..2]) };
     let mut idle = Vec::new();
     for spec in &servers[..2] {
