@@ -113,6 +113,10 @@ struct EchoResult {
     server_cpu: Duration,
     /// The part of `server_cpu` spent in user space (the rest is the kernel's).
     server_user: Duration,
+    /// Times the server went to sleep, and the load's CPU time: a server that
+    /// sleeps while the load is busy all the time waits for its clients.
+    server_sleeps: u64,
+    load_cpu: Duration,
     /// Wall time between the samples, and CPU time the rest of the machine (neither
     /// the server nor the load) used in it.
     window: Duration,
@@ -134,6 +138,16 @@ impl EchoResult {
     fn busy_share(&self) -> f64 {
         let w = self.window.as_secs_f64();
         if w > 0.0 { self.server_cpu.as_secs_f64() / w } else { 0.0 }
+    }
+
+    /// The load's CPU time over the round's wall time.
+    fn load_share(&self) -> f64 {
+        let w = self.window.as_secs_f64();
+        if w > 0.0 { self.load_cpu.as_secs_f64() / w } else { 0.0 }
+    }
+
+    fn sleeps_per_msg(&self) -> f64 {
+        if self.messages == 0 { 0.0 } else { self.server_sleeps as f64 / self.messages as f64 }
     }
 
     fn server_cpu_us_per_msg(&self) -> f64 {
@@ -417,6 +431,14 @@ fn run() -> Result<(), String> {
     if !self_test && compio_echo.is_file() {
         servers.push(ServerSpec { name: "compio".into(), program: compio_echo, args: vec![] });
     }
+    if only_case.is_some() && !self_test {
+        // A diagnostic run also measures the plainest event loop there is: what any
+        // server gets from this machine (issue 20).
+        match build_c_echo(&cfg.exe_dir) {
+            Ok(program) => servers.push(ServerSpec { name: "c_epoll".into(), program, args: vec![] }),
+            Err(e) => println!("echo_bench: no plain C epoll echo in this run: {e}"),
+        }
+    }
     let position = |name: &str| servers.iter().position(|s| s.name == name);
     let (epoll_at, compio_at) = (position("berth_epoll"), position("compio"));
     let mut results = Vec::new();
@@ -435,12 +457,15 @@ fn run() -> Result<(), String> {
                 let spec = &servers[i];
                 let r = measure_echo(&cfg, spec, size, conns).map_err(|e| format!("{} {label}: {e}", spec.name))?;
                 println!(
-                    "  round {round} echo/{label}/{conns}conns {:<12} {:>9.0} msgs/s  p99 {:>7.1} us  server busy {:>3.0}%  \
-                     server cpu {:.2} us/msg ({:.0}% user; {} msgs, {:.2} s cpu); others {:.0}% of a core{}",
+                    "  round {round} echo/{label}/{conns}conns {:<12} {:>9.0} msgs/s  p99 {:>7.1} us  server busy {:>3.0}% \
+                     ({:.3} sleeps/msg), load busy {:>3.0}%  server cpu {:.2} us/msg ({:.0}% user; {} msgs, {:.2} s cpu); \
+                     others {:.0}% of a core{}",
                     spec.name,
                     r.msgs_per_s,
                     r.p99_us,
                     r.busy_share() * 100.0,
+                    r.sleeps_per_msg(),
+                    r.load_share() * 100.0,
                     r.server_cpu_us_per_msg(),
                     r.server_user_share() * 100.0,
                     r.messages,
@@ -684,6 +709,20 @@ fn syscalls_per_msg(cfg: &Config, spec: &ServerSpec, size: usize, conns: usize) 
 /// and up to date: `cargo run --bin echo_bench` (as xtask does) builds only this one.
 /// Under cargo (`CARGO` is set) this asks cargo to build them in the same profile;
 /// otherwise they must already exist.
+/// Compiles `benches/c/epoll_echo.c` (a plain, level-triggered C epoll echo) with
+/// the system's `cc` next to this executable; returns its path.
+fn build_c_echo(exe_dir: &Path) -> Result<PathBuf, String> {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/epoll_echo.c");
+    let out = exe_dir.join("c_epoll_echo");
+    let status = Command::new("cc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&source)
+        .status()
+        .map_err(|e| format!("cc: {e} (install a C compiler to include it)"))?;
+    if status.success() { Ok(out) } else { Err(format!("cc {} failed: {status}", source.display())) }
+}
+
 fn build_siblings(exe_dir: &Path, bins: &[&str]) -> Result<(), String> {
     if let Some(cargo) = std::env::var_os("CARGO") {
         let mut cmd = Command::new(cargo);
@@ -811,6 +850,8 @@ fn measure_echo(cfg: &Config, spec: &ServerSpec, size: usize, conns: usize) -> R
         messages,
         server_cpu: end.server.saturating_sub(start.server),
         server_user: end.server_user.saturating_sub(start.server_user),
+        server_sleeps: end.server_sleeps.saturating_sub(start.server_sleeps),
+        load_cpu: end.load.saturating_sub(start.load),
         window: end.at.duration_since(start.at),
         others_cpu: end.others_since(&start),
     })
@@ -822,6 +863,8 @@ struct Sample {
     at: Instant,
     server: Duration,
     server_user: Duration,
+    /// The server's voluntary context switches: how often it went to sleep.
+    server_sleeps: u64,
     load: Duration,
     machine: Duration,
 }
@@ -832,7 +875,15 @@ impl Sample {
         let (server_user, server_system) =
             process_cpu_split(server_pid).map_err(|e| format!("server cpu time: {e}"))?;
         let load = process_cpu_time(load_pid).map_err(|e| format!("berth_load cpu time: {e}"))?;
-        Ok(Sample { at: Instant::now(), server: server_user + server_system, server_user, load, machine })
+        let server_sleeps = voluntary_switches(server_pid).map_err(|e| format!("server context switches: {e}"))?;
+        Ok(Sample {
+            at: Instant::now(),
+            server: server_user + server_system,
+            server_user,
+            server_sleeps,
+            load,
+            machine,
+        })
     }
 
     /// CPU time used since `start` by everything but the server and the load.
@@ -840,6 +891,17 @@ impl Sample {
         let ours = self.server.saturating_sub(start.server) + self.load.saturating_sub(start.load);
         self.machine.saturating_sub(start.machine).saturating_sub(ours)
     }
+}
+
+/// A process's voluntary context switches (its main thread's: the servers measured
+/// here serve on it), from `/proc/<pid>/status`.
+fn voluntary_switches(pid: u32) -> Result<u64, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| "no voluntary_ctxt_switches line".to_string())
 }
 
 /// Waits for one exact line, skipping nothing: anything else is a protocol error.
@@ -935,6 +997,8 @@ mod tests {
             messages,
             server_cpu: Duration::from_millis(cpu_ms),
             server_user: Duration::from_millis(cpu_ms / 10),
+            server_sleeps: 0,
+            load_cpu: Duration::from_secs(1),
             window: Duration::from_secs(1),
             others_cpu: Duration::from_millis(others_ms),
         }
@@ -987,6 +1051,8 @@ mod tests {
             messages: 1000,
             server_cpu: Duration::from_millis(cpu_ms),
             server_user: Duration::from_millis(cpu_ms) / 4,
+            server_sleeps: 0,
+            load_cpu: Duration::from_secs(1),
             window: Duration::from_secs(1),
             others_cpu: Duration::from_millis(others_ms),
         };

@@ -78,9 +78,19 @@ pub struct PortBuilder {
     cache_batch: usize,
     limit: Option<ConnectionLimit>,
     driver: Option<Driver>,
+    audit: bool,
 }
 
 impl PortBuilder {
+    /// Checks, each time the port is about to sleep, that no op it holds could run
+    /// now, and counts those that could in [`PortStats::stranded_ops`](crate::PortStats::stranded_ops)
+    /// (default off). A diagnostic for tests and for chasing a stall: on epoll it
+    /// costs one `poll(2)` per socket with a queued op per sleep.
+    pub fn audit(mut self, on: bool) -> Self {
+        self.audit = on;
+        self
+    }
+
     /// Ops in the port's pool (default 1024): the most operations in flight at once.
     pub fn ops(mut self, n: usize) -> Self {
         self.ops = n;
@@ -205,6 +215,7 @@ impl PortBuilder {
                 cache,
                 limit: self.limit,
                 stats,
+                audit: self.audit,
                 slots: None,
                 packets: (0..ops).map(|_| crate::packets::Packets::default()).collect(),
             },
@@ -231,6 +242,7 @@ impl CompletionPort<()> {
             cache_batch: 32,
             limit: None,
             driver: None,
+            audit: false,
         }
     }
 }

@@ -105,6 +105,8 @@ pub(crate) struct Core<T> {
     pub(crate) cache: Option<LocalCache>,
     pub(crate) limit: Option<ConnectionLimit>,
     pub(crate) stats: PortStats,
+    /// [`PortBuilder::audit`](crate::PortBuilder::audit): look for stranded ops before each sleep.
+    pub(crate) audit: bool,
     /// The datagram ops' message headers, one per op: made when the first UDP socket
     /// is bound, never moved after.
     pub(crate) slots: Option<crate::udp::Slots>,

@@ -139,6 +139,26 @@ pub struct PortStats {
     /// Segments lent to the kernel's buffer ring now (io_uring): they count as in use
     /// in the arena's stats, and return to it when the port is dropped.
     pub ring_buffers: usize,
+    /// Waits that were allowed to block (nothing was ready to hand over when they
+    /// began), and the time spent in them: a worker's idle share is
+    /// `blocked / wall time`. A server idle while its clients wait is waiting for
+    /// something it should not; the counters below tell what.
+    pub blocking_waits: u64,
+    /// Time spent in [`blocking_waits`](Self::blocking_waits).
+    pub blocked: Duration,
+    /// Stream sends (a buffer, a file range or a packet list) that found the socket's
+    /// send buffer full and waited for room (epoll), or that the kernel cut short and
+    /// that went back for the rest (io_uring). A request/response server whose
+    /// replies fit the socket buffer keeps this at 0.
+    pub send_waits: u64,
+    /// Only with [`PortBuilder::audit`](crate::PortBuilder::audit): times the port
+    /// went to sleep while an op it held could have run — on epoll, a queued op whose
+    /// socket `poll(2)` found ready across a whole `epoll_wait` that brought no edge
+    /// for it (a lost edge), or a queue left with its direction still marked ready;
+    /// on io_uring, a queue head left neither with the kernel nor waiting for a reason
+    /// (segments, a listener's back-off, a multishot that is armed or ending). Each
+    /// such op is counted once. It must stay 0: anything else is a bug in berth.
+    pub stranded_ops: u64,
 }
 
 /// An IOCP-style completion port: the user submits operations carrying pooled
@@ -815,8 +835,18 @@ impl<T> CompletionPort<T> {
                 let until_timer = next.saturating_duration_since(now);
                 poll_timeout = Some(poll_timeout.map_or(until_timer, |t| t.min(until_timer)));
             }
+            let may_block = poll_timeout != Some(Duration::ZERO);
+            if may_block && self.core.audit {
+                let stranded = self.driver.audit(&mut self.core);
+                self.core.stats.stranded_ops += stranded;
+            }
             self.driver.poll(&mut self.core, poll_timeout)?;
-            self.fire_timers(Instant::now());
+            let after = Instant::now();
+            if may_block {
+                self.core.stats.blocking_waits += 1;
+                self.core.stats.blocked += after.saturating_duration_since(now);
+            }
+            self.fire_timers(after);
             if !self.core.ready.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }

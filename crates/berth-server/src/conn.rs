@@ -182,6 +182,8 @@ impl<S: Service> Worker<S> {
         c.set(Counter::OpsQueued, stats.completed_queued);
         c.set(Counter::Uring, u64::from(stats.driver == berth_reactor::Driver::Uring));
         c.set(Counter::CqOverflows, stats.cq_overflows);
+        c.set(Counter::SendWaits, stats.send_waits);
+        c.set(Counter::AsleepUs, u64::try_from(stats.blocked.as_micros()).unwrap_or(u64::MAX));
         c.set(Counter::OpsCapacity, pool.capacity as u64);
         c.set(Counter::OpsInUse, pool.in_use as u64);
         c.set(Counter::OpsHighWater, pool.high_water as u64);

@@ -43,6 +43,12 @@ pub struct Metrics {
     /// Times a worker's io_uring completion queue overflowed into the kernel's
     /// backlog (nothing lost; the queue is sized so this stays 0).
     pub cq_overflows: u64,
+    /// Replies and file bodies that found a socket's send buffer full and waited for
+    /// room (slow clients, or replies larger than the buffer).
+    pub send_waits: u64,
+    /// Time the workers spent asleep in their ports, all together: a worker's idle
+    /// share is its part of this over the wall time.
+    pub asleep: std::time::Duration,
     /// Operations that completed at submit, without waiting for epoll.
     pub ops_inline: u64,
     /// Operations that completed after waiting for readiness.
@@ -65,7 +71,8 @@ impl fmt::Display for Metrics {
         write!(
             f,
             "conns open={} accepted={} refused={} timeouts={} answer_timeouts={} replies={} bytes in={} out={} \
-             driver={} ops inline={} queued={} in_use={}/{} buffers in_use={}/{} high_water={} exhausted={}",
+             driver={} ops inline={} queued={} in_use={}/{} send_waits={} asleep={:.3}s buffers in_use={}/{} high_water={} \
+             exhausted={}",
             self.connections_open,
             self.connections_accepted,
             self.connections_refused,
@@ -79,6 +86,8 @@ impl fmt::Display for Metrics {
             self.ops_queued,
             self.ops_in_use,
             self.ops_capacity,
+            self.send_waits,
+            self.asleep.as_secs_f64(),
             self.buffers.in_use,
             self.buffers.total,
             self.buffers.high_water,
@@ -107,9 +116,12 @@ pub(crate) enum Counter {
     /// 1 if the worker's port runs on io_uring.
     Uring,
     CqOverflows,
+    SendWaits,
+    /// Microseconds asleep in the port.
+    AsleepUs,
 }
 
-const COUNTERS: usize = 16;
+const COUNTERS: usize = 18;
 
 /// A worker's plain counters.
 #[derive(Debug, Default, Clone, Copy)]
@@ -160,6 +172,8 @@ pub(crate) fn snapshot(rows: &[Row], buffers: BufferStats) -> Metrics {
             _ => Driver::Auto,
         },
         cq_overflows: sum(Counter::CqOverflows),
+        send_waits: sum(Counter::SendWaits),
+        asleep: std::time::Duration::from_micros(sum(Counter::AsleepUs)),
         ops_inline: sum(Counter::OpsInline),
         ops_queued: sum(Counter::OpsQueued),
         ops_capacity: sum(Counter::OpsCapacity),

@@ -33,6 +33,26 @@ pub(crate) struct Epoll {
     flush: Vec<u32>,
     /// The `mmsghdr` array of a batch (copies of the ops' headers).
     batch: Vec<libc::mmsghdr>,
+    /// The port's audit: queued ops whose socket `poll(2)` found ready as the port
+    /// was about to sleep. Dropped when an edge for the socket comes; still there
+    /// after a whole `epoll_wait` means the edge was lost.
+    suspects: Vec<Suspect>,
+    /// `epoll_wait`s that returned fewer events than there was room for: every edge
+    /// pending when one began was delivered by it.
+    whole_waits: u64,
+}
+
+/// An op the audit saw able to run as the port went to sleep.
+#[derive(Debug, Clone, Copy)]
+struct Suspect {
+    socket: u32,
+    dir: Dir,
+    op: u32,
+    seq: u32,
+    /// `whole_waits` when it was seen.
+    seen: u64,
+    /// Already counted as stranded.
+    counted: bool,
 }
 
 impl Epoll {
@@ -45,6 +65,8 @@ impl Epoll {
             redrive: Vec::with_capacity(8),
             flush: Vec::with_capacity(64),
             batch: Vec::with_capacity(BATCH),
+            suspects: Vec::new(),
+            whole_waits: 0,
         };
         Ok((epoll, waker))
     }
@@ -121,15 +143,63 @@ impl Epoll {
                 }
                 step
             }
-            OpKind::Send => sys_io::send(core, op, socket),
-            OpKind::SendFile => sys_io::send_file(core, op, socket),
+            OpKind::Send | OpKind::SendFile | OpKind::SendPackets => {
+                let step = match kind {
+                    OpKind::Send => sys_io::send(core, op, socket),
+                    OpKind::SendFile => sys_io::send_file(core, op, socket),
+                    _ => sys_io::send_packets(core, op, socket),
+                };
+                if matches!(step, Step::Pending) {
+                    core.stats.send_waits += 1;
+                }
+                step
+            }
             OpKind::Connect => sys_io::connect(core, socket),
             OpKind::Ready => sys_io::ready(core, op, socket),
             OpKind::RecvFrom | OpKind::SendTo => sys_io::datagram(core, op, socket),
-            OpKind::SendPackets => sys_io::send_packets(core, op, socket),
             OpKind::RecvVectored => sys_io::recv_vectored(core, op, socket),
             _ => Step::Done(Err(OpError::InvalidInput), core.sid(socket)),
         }
+    }
+
+    /// The audit before a sleep: counts the ops that could run now, each once (see
+    /// `PortStats::stranded_ops`). A queue whose direction is still marked ready was
+    /// left runnable; one whose socket `poll(2)` finds ready is a suspect, and
+    /// stranded if it still is after a whole `epoll_wait` that brought no edge for
+    /// its socket (an edge pending before the check would have come with it).
+    pub(crate) fn audit<T>(&mut self, core: &mut Core<T>) -> u64 {
+        let mut stranded = 0;
+        let before = std::mem::take(&mut self.suspects);
+        for (index, entry) in core.sockets.iter() {
+            let socket = index as u32;
+            // Datagram queues are moved at every wait (`flush`), not by edges; a
+            // listener backing off is driven when its timer fires.
+            if matches!(entry.io, Io::Udp { .. }) || entry.backoff_until.is_some() {
+                continue;
+            }
+            for dir in [Dir::Read, Dir::Write] {
+                let op = entry.queue_ref(dir).head;
+                if op == NIL {
+                    continue;
+                }
+                let seq = core.meta[op as usize].seq;
+                let known = before.iter().find(|s| s.socket == socket && s.dir == dir && s.op == op && s.seq == seq);
+                let ready_now = entry.ready(dir) || polls_ready(entry, dir);
+                if !ready_now {
+                    continue;
+                }
+                let mut suspect =
+                    known.copied().unwrap_or(Suspect { socket, dir, op, seq, seen: self.whole_waits, counted: false });
+                let lost = entry.ready(dir) || suspect.seen < self.whole_waits;
+                if lost && !suspect.counted {
+                    tracing::warn!(socket, ?dir, op, "stranded op: it could run, and the port is going to sleep");
+                    stranded += 1;
+                    suspect.counted = true;
+                }
+                self.suspects.push(suspect);
+            }
+        }
+        stranded
     }
 
     fn try_accept<T>(&mut self, core: &mut Core<T>, listener: u32) -> Step {
@@ -335,12 +405,18 @@ impl Epoll {
                 return Err(e);
             }
         }
+        if events.iter().count() < events.capacity() {
+            self.whole_waits += 1;
+        }
         for event in events.iter() {
             if event.token() == WAKER {
                 core.drain_posts();
                 continue;
             }
             let socket = event.token().0 as u32;
+            if !self.suspects.is_empty() {
+                self.suspects.retain(|s| s.socket != socket);
+            }
             let Some(entry) = core.sockets.get_mut(socket as usize) else { continue };
             let read = event.is_readable() || event.is_read_closed() || event.is_error();
             let write = event.is_writable() || event.is_write_closed() || event.is_error();
@@ -366,5 +442,20 @@ impl Epoll {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether `poll(2)` finds a socket ready in `dir` now (or hung up, or in error).
+fn polls_ready(entry: &crate::socket::Entry, dir: Dir) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let wanted = match dir {
+        Dir::Read => PollFlags::IN,
+        Dir::Write => PollFlags::OUT,
+    };
+    let mut fds = [PollFd::new(&entry.io, wanted)];
+    let now = Timespec { tv_sec: 0, tv_nsec: 0 };
+    match rustix::event::poll(&mut fds, Some(&now)) {
+        Ok(n) if n > 0 => !fds[0].revents().is_empty(),
+        _ => false,
     }
 }

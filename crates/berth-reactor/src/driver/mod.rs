@@ -176,6 +176,15 @@ impl Backend {
         }
     }
 
+    /// Ops the port holds that could run now although it is about to sleep (see
+    /// `PortStats::stranded_ops`); each counted once.
+    pub(crate) fn audit<T>(&mut self, core: &mut Core<T>) -> u64 {
+        match self {
+            Backend::Epoll(d) => d.audit(core),
+            Backend::Uring(d) => d.audit(core),
+        }
+    }
+
     pub(crate) fn poll<T>(&mut self, core: &mut Core<T>, timeout: Option<Duration>) -> std::io::Result<()> {
         match self {
             Backend::Epoll(d) => d.poll(core, timeout),

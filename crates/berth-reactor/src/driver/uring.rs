@@ -155,6 +155,9 @@ pub(crate) struct Uring {
     multishot_recv: bool,
     /// The setup flags the kernel took.
     pub(crate) flags: &'static str,
+    /// The port's audit: the stranded ops (index, sequence) found at the last check,
+    /// so that each is counted once.
+    stranded: Vec<(u32, u32)>,
 }
 
 impl Drop for Uring {
@@ -284,6 +287,7 @@ impl Uring {
             kept: Kept::new(sockets, 2 * usize::from(ring_entries) + 64),
             multishot_recv: true,
             flags,
+            stranded: Vec::new(),
         };
         uring.arm_wake();
         Ok((uring, notifier))
@@ -317,6 +321,46 @@ impl Uring {
 
     pub(crate) fn ring_buffers(&self) -> usize {
         self.pbuf.as_ref().map_or(0, BufRing::lent)
+    }
+
+    /// The audit before a sleep: counts the queue heads left neither with the kernel
+    /// nor waiting for a reason — the buffer ring (starved), a listener's back-off,
+    /// an armed or ending multishot (accept or receive), the datagram start before
+    /// the enter, the drain — and the receives left waiting although arrivals are
+    /// kept for them. Each op is counted once (see `PortStats::stranded_ops`).
+    pub(crate) fn audit<T>(&mut self, core: &mut Core<T>) -> u64 {
+        let before = std::mem::take(&mut self.stranded);
+        if self.draining {
+            return 0;
+        }
+        let mut count = 0;
+        for (index, entry) in core.sockets.iter() {
+            let socket = index as u32;
+            let generation = core.generations[index] & GEN_MASK;
+            let waits_for_reason = self.starved.contains(&socket)
+                || self.datagrams.contains(&socket)
+                || entry.backoff_until.is_some()
+                || self.accepting.contains(&(socket, generation))
+                || self.readers[index].armed.is_some();
+            for dir in [Dir::Read, Dir::Write] {
+                let op = entry.queue_ref(dir).head;
+                if op == NIL || core.meta[op as usize].kernel {
+                    continue;
+                }
+                let kept_for_it =
+                    dir == Dir::Read && self.readers[index].generation == generation && !self.kept.is_empty(socket);
+                if waits_for_reason && !kept_for_it {
+                    continue;
+                }
+                let key = (op, core.meta[op as usize].seq);
+                if !before.contains(&key) {
+                    tracing::warn!(socket, ?dir, op, "stranded op: it could run, and the port is going to sleep");
+                    count += 1;
+                }
+                self.stranded.push(key);
+            }
+        }
+        count
     }
 
     /// Whether a wait must not block: never for this driver (its work is all in the
