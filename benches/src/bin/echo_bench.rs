@@ -117,6 +117,8 @@ struct EchoResult {
     /// sleeps while the load is busy all the time waits for its clients.
     server_sleeps: u64,
     load_cpu: Duration,
+    /// CPU time of the `ksoftirqd` threads (part of `others_cpu`).
+    softirq_threads: Duration,
     /// Wall time between the samples, and CPU time the rest of the machine (neither
     /// the server nor the load) used in it.
     window: Duration,
@@ -144,6 +146,12 @@ impl EchoResult {
     fn load_share(&self) -> f64 {
         let w = self.window.as_secs_f64();
         if w > 0.0 { self.load_cpu.as_secs_f64() / w } else { 0.0 }
+    }
+
+    /// The `ksoftirqd` threads' CPU time over the round's wall time.
+    fn softirq_share(&self) -> f64 {
+        let w = self.window.as_secs_f64();
+        if w > 0.0 { self.softirq_threads.as_secs_f64() / w } else { 0.0 }
     }
 
     fn sleeps_per_msg(&self) -> f64 {
@@ -458,7 +466,7 @@ fn run() -> Result<(), String> {
                 let r = measure_echo(&cfg, spec, size, conns).map_err(|e| format!("{} {label}: {e}", spec.name))?;
                 println!(
                     "  round {round} echo/{label}/{conns}conns {:<12} {:>9.0} msgs/s  p99 {:>7.1} us  server busy {:>3.0}% \
-                     ({:.3} sleeps/msg), load busy {:>3.0}%  server cpu {:.2} us/msg ({:.0}% user; {} msgs, {:.2} s cpu); \
+                     ({:.3} sleeps/msg), load busy {:>3.0}%, ksoftirqd {:.0}%  server cpu {:.2} us/msg ({:.0}% user; {} msgs, {:.2} s cpu); \
                      others {:.0}% of a core{}",
                     spec.name,
                     r.msgs_per_s,
@@ -466,6 +474,7 @@ fn run() -> Result<(), String> {
                     r.busy_share() * 100.0,
                     r.sleeps_per_msg(),
                     r.load_share() * 100.0,
+                    r.softirq_share() * 100.0,
                     r.server_cpu_us_per_msg(),
                     r.server_user_share() * 100.0,
                     r.messages,
@@ -852,6 +861,7 @@ fn measure_echo(cfg: &Config, spec: &ServerSpec, size: usize, conns: usize) -> R
         server_user: end.server_user.saturating_sub(start.server_user),
         server_sleeps: end.server_sleeps.saturating_sub(start.server_sleeps),
         load_cpu: end.load.saturating_sub(start.load),
+        softirq_threads: end.ksoftirqd.saturating_sub(start.ksoftirqd),
         window: end.at.duration_since(start.at),
         others_cpu: end.others_since(&start),
     })
@@ -867,6 +877,10 @@ struct Sample {
     server_sleeps: u64,
     load: Duration,
     machine: Duration,
+    /// The CPU time of the kernel's softirq threads (`ksoftirqd/N`): loopback TCP's
+    /// receive work runs inline in the sender's syscall until the kernel defers it
+    /// to them, and then the receiver waits for a thread to be scheduled.
+    ksoftirqd: Duration,
 }
 
 impl Sample {
@@ -883,6 +897,7 @@ impl Sample {
             server_sleeps,
             load,
             machine,
+            ksoftirqd: ksoftirqd_time(),
         })
     }
 
@@ -891,6 +906,16 @@ impl Sample {
         let ours = self.server.saturating_sub(start.server) + self.load.saturating_sub(start.load);
         self.machine.saturating_sub(start.machine).saturating_sub(ours)
     }
+}
+
+/// The CPU time all `ksoftirqd/N` threads have used (0 where /proc says nothing).
+fn ksoftirqd_time() -> Duration {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Duration::ZERO };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("ksoftirqd/")))
+        .filter_map(|pid| process_cpu_time(pid).ok())
+        .sum()
 }
 
 /// A process's voluntary context switches (its main thread's: the servers measured
@@ -999,6 +1024,7 @@ mod tests {
             server_user: Duration::from_millis(cpu_ms / 10),
             server_sleeps: 0,
             load_cpu: Duration::from_secs(1),
+            softirq_threads: Duration::ZERO,
             window: Duration::from_secs(1),
             others_cpu: Duration::from_millis(others_ms),
         }
@@ -1053,6 +1079,7 @@ mod tests {
             server_user: Duration::from_millis(cpu_ms) / 4,
             server_sleeps: 0,
             load_cpu: Duration::from_secs(1),
+            softirq_threads: Duration::ZERO,
             window: Duration::from_secs(1),
             others_cpu: Duration::from_millis(others_ms),
         };
