@@ -191,6 +191,12 @@ fn main() -> ExitCode {
         eprintln!("berth: cannot block signals: {e}");
         return ExitCode::FAILURE;
     }
+    // This binary never wants SIGPIPE (a peer gone mid-send is an EPIPE error), and
+    // saying so once spares each sendfile(2) a syscall that checks.
+    if let Err(e) = berth_sendfile::keep_sigpipe_ignored() {
+        eprintln!("berth: cannot ignore SIGPIPE: {e}");
+        return ExitCode::FAILURE;
+    }
     match activated {
         Ok(listener) => systemd::keep(listener),
         Err(e) => {

@@ -138,6 +138,23 @@ mod send;
 mod sys;
 
 pub use error::SendFileError;
+
+/// Sets SIGPIPE to "ignored" for the whole process and promises it stays so, which
+/// lets every later send skip looking at the signal's disposition first (one
+/// `rt_sigaction` syscall per sendfile(2) call, out of the five or so a small file
+/// costs a server).
+///
+/// sendfile(2) has no `MSG_NOSIGNAL`, so without the promise each call checks that
+/// SIGPIPE is ignored and blocks it in the thread if not. Call this from a binary
+/// that owns its signal dispositions (the `berth` binary does, at start-up), never
+/// from a library: if SIGPIPE is later given a handler or its default action again,
+/// a peer that closes mid-send raises it.
+///
+/// # Errors
+/// The `sigaction` call failed (not expected with these arguments); nothing changed.
+pub fn keep_sigpipe_ignored() -> std::io::Result<()> {
+    sys::keep_sigpipe_ignored()
+}
 pub use range::{
     ByteRange, ContentRange, HttpRangeError, RangeError, resolve_http_range, resolve_http_range_spec, validate_range,
 };

@@ -113,11 +113,33 @@ fn sigpipe_ignored() -> bool {
     }
 }
 
+/// Set by [`keep_sigpipe_ignored`]: the process promised SIGPIPE stays ignored.
+static IGNORED_FOR_GOOD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets SIGPIPE's disposition to "ignore" and promises it stays so: every later send
+/// skips the per-call check (one `rt_sigaction` syscall per sendfile(2)).
+pub(crate) fn keep_sigpipe_ignored() -> std::io::Result<()> {
+    // SAFETY: a zeroed `sigaction` with `SIG_IGN` as its handler and an empty mask is
+    // a valid request; the old action is not asked for. Ignoring SIGPIPE breaks no
+    // Rust or libc invariant (Rust binaries start that way).
+    let rc = unsafe {
+        let mut ignore: libc::sigaction = std::mem::zeroed();
+        ignore.sa_sigaction = libc::SIG_IGN;
+        libc::sigemptyset(&mut ignore.sa_mask);
+        libc::sigaction(libc::SIGPIPE, &ignore, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    IGNORED_FOR_GOOD.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
 impl SigpipeGuard {
     /// `None` when SIGPIPE is ignored (nothing to guard); otherwise SIGPIPE is blocked
     /// in this thread until the guard drops.
     pub(crate) fn new() -> Option<SigpipeGuard> {
-        if sigpipe_ignored() {
+        if IGNORED_FOR_GOOD.load(std::sync::atomic::Ordering::Relaxed) || sigpipe_ignored() {
             return None;
         }
         let set = sigpipe_set();

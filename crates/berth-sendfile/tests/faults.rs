@@ -319,9 +319,39 @@ fn no_sigpipe_under_default_disposition() {
         std::io::stdout().write_all(b"child survived\n").unwrap();
         return;
     }
+    run_in_child("no_sigpipe_under_default_disposition");
+}
+
+/// A binary's promise ([`berth_sendfile::keep_sigpipe_ignored`]) that SIGPIPE stays
+/// ignored makes sends skip the disposition check; the call itself must set the
+/// disposition, so a process that had SIGPIPE's default action survives every EPIPE.
+#[test]
+fn keep_sigpipe_ignored_sets_it_for_good() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        // SAFETY: as above: the child runs only this test, on one thread.
+        let old = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        assert_ne!(old, libc::SIG_ERR);
+        berth_sendfile::keep_sigpipe_ignored().expect("sigaction");
+        // SAFETY: a query (null new action) into a zeroed, valid out-parameter.
+        let ignored = unsafe {
+            let mut now: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut now) == 0 && now.sa_sigaction == libc::SIG_IGN
+        };
+        assert!(ignored, "keep_sigpipe_ignored left SIGPIPE's disposition as it was");
+        epipe_everywhere();
+        peer_closes_mid_send(false);
+        std::io::stdout().write_all(b"child survived\n").unwrap();
+        return;
+    }
+    run_in_child("keep_sigpipe_ignored_sets_it_for_good");
+}
+
+/// Runs test `name` alone in a child process with [`CHILD_ENV`] set; fails unless
+/// the child exits cleanly (not by a signal) and says it survived.
+fn run_in_child(name: &str) {
     let exe = std::env::current_exe().unwrap();
     let child = Command::new(exe)
-        .args(["no_sigpipe_under_default_disposition", "--exact", "--nocapture", "--test-threads=1"])
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
