@@ -60,5 +60,5 @@ pub use packets::{Packet, Packets};
 pub use port::{Completion, CompletionPort, Handler, PortStats, SubmitError};
 pub use ready::{Interest, Ready};
 pub use socket::SocketId;
-pub use udp::UdpOptions;
+pub use udp::{POOLED_DATAGRAM_HEADROOM, UdpOptions};
 pub use unix::{Endpoint, PeerCred, UNIX_NAME_MAX, UnixAddr, UnixListenOptions};

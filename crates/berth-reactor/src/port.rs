@@ -593,6 +593,29 @@ impl<T> CompletionPort<T> {
         self.submit(socket, op, OpKind::RecvFrom, Dir::Read, false)
     }
 
+    /// Receives one datagram into a segment leased only when it arrives, as
+    /// [`recv_pooled`](Self::recv_pooled) does for streams: an idle receive holds no
+    /// buffer, so a server can keep many waiting. The op completes as
+    /// [`recv_from`](Self::recv_from) does (sender, packet info, truncation, ICMP
+    /// errors), holding the segment with the datagram as its range — so
+    /// [`send_to`](Self::send_to) on the same op echoes it back. The datagram starts
+    /// [`POOLED_DATAGRAM_HEADROOM`](crate::POOLED_DATAGRAM_HEADROOM) bytes into the
+    /// segment, so one up to the segment size less that fits; a longer one completes
+    /// with [`OpError::MessageTruncated`], its first bytes kept.
+    ///
+    /// On io_uring, a socket with pooled datagram receives waiting has one
+    /// *multishot* `RECVMSG` in the kernel drawing segments from the port's buffer
+    /// ring (as pooled stream receives do): one submission for any number of
+    /// datagrams. Datagrams it delivers while no receive waits are kept, in order,
+    /// for the next ones. On epoll the receives wait for the next
+    /// [`wait`](Self::wait), which leases a segment per queued receive and fills them
+    /// with one `recvmmsg`. With the arena exhausted the receive waits for segments
+    /// (io_uring, counted in [`PortStats::enobufs`]) or completes with
+    /// [`OpError::BufferExhausted`] (epoll).
+    pub fn recv_from_pooled(&mut self, socket: SocketId, op: OpId) -> Result<(), SubmitError> {
+        self.submit(socket, op, OpKind::RecvFrom, Dir::Read, true)
+    }
+
     /// Sends the op's buffer range as one datagram to its
     /// [`remote_endpoint`](berth_ops::OpArgs::remote_endpoint) (`SendToAsync`), or to
     /// a connected socket's peer if that is unset. Completes with the bytes sent (the

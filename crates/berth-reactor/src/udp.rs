@@ -289,6 +289,112 @@ impl Slots {
     }
 }
 
+/// Bytes at the start of a segment a pooled datagram receive
+/// ([`recv_from_pooled`](crate::CompletionPort::recv_from_pooled)) keeps for the
+/// kernel's header, the sender's address and a packet-info control message; the
+/// datagram goes after them, so it can hold up to the segment size less this.
+/// (io_uring's multishot receive writes all four into the segment; the epoll driver
+/// leaves the same room, so a datagram fits or is truncated alike on both.)
+pub const POOLED_DATAGRAM_HEADROOM: usize = RECVMSG_OUT + NAME_ROOM + CONTROL_ROOM;
+/// `struct io_uring_recvmsg_out`: name, control and payload lengths and the flags.
+const RECVMSG_OUT: usize = 16;
+/// A `sockaddr_in6`, the largest address a UDP socket receives from.
+const NAME_ROOM: usize = mem::size_of::<libc::sockaddr_in6>();
+/// `CMSG_SPACE(sizeof(struct in6_pktinfo))`, which also holds an `in_pktinfo`.
+const CONTROL_ROOM: usize = 40;
+
+/// The header template of a multishot datagram receive: only the room for the
+/// address and the control message matters (the kernel lays each datagram out as
+/// header, address, control, payload in the segment it picks).
+pub(crate) fn multishot_template() -> libc::msghdr {
+    // SAFETY: all zeroes is a valid msghdr (null pointers, zero lengths).
+    let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
+    hdr.msg_namelen = NAME_ROOM as libc::socklen_t;
+    hdr.msg_controllen = CONTROL_ROOM;
+    hdr
+}
+
+/// A datagram as a multishot receive laid it out in a segment.
+#[derive(Debug, Clone)]
+pub(crate) struct Landed {
+    /// Where its bytes are in the segment (what fit of them).
+    pub(crate) payload: std::ops::Range<usize>,
+    /// Its real length (`MSG_TRUNC`): more than the payload range if cut.
+    pub(crate) len: usize,
+    pub(crate) truncated: bool,
+    pub(crate) from: Option<SocketAddr>,
+    pub(crate) info: Option<PacketInfo>,
+}
+
+/// Reads the layout a multishot `RECVMSG` wrote into the first `filled` bytes of a
+/// segment; `None` if they are too few to hold it (never from a sane kernel).
+pub(crate) fn landed(segment: &[u8]) -> Option<Landed> {
+    let template = multishot_template();
+    let out = io_uring::types::RecvMsgOut::parse(segment, &template).ok()?;
+    let start = out.payload_data().as_ptr() as usize - segment.as_ptr() as usize;
+    let payload = start..start + out.payload_data().len();
+    let len = out.incoming_payload_len() as usize;
+    // The address and control bytes sit at unaligned offsets: copy them into
+    // aligned storage before reading them as structures.
+    // SAFETY: all zeroes is a valid sockaddr_storage.
+    let mut name: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let name_bytes = out.name_data();
+    let n = name_bytes.len().min(mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: `n` bytes fit in both the source slice and the storage.
+    unsafe { std::ptr::copy_nonoverlapping(name_bytes.as_ptr(), (&raw mut name).cast::<u8>(), n) };
+    let mut control = [0u64; 8];
+    let control_bytes = out.control_data();
+    let c = control_bytes.len().min(mem::size_of_val(&control));
+    // SAFETY: `c` bytes fit in both the source slice and the u64 array.
+    unsafe { std::ptr::copy_nonoverlapping(control_bytes.as_ptr(), control.as_mut_ptr().cast::<u8>(), c) };
+    // SAFETY: as in `multishot_template`.
+    let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
+    if c > 0 {
+        hdr.msg_control = control.as_mut_ptr().cast();
+        hdr.msg_controllen = c;
+    }
+    Some(Landed {
+        payload,
+        len,
+        truncated: out.is_payload_truncated() || len > out.payload_data().len(),
+        from: sockaddr(&name, n as libc::socklen_t),
+        info: packet_info(&hdr),
+    })
+}
+
+/// Completes a datagram receive from a [`Landed`] layout in `lease`: the op's buffer
+/// becomes the segment with the datagram as its range (a pooled receive), or, with
+/// `copy_into_own`, the datagram is copied into the op's own range.
+pub(crate) fn hand_over_landed<T>(
+    args: &mut OpArgs<T>,
+    mut lease: berth_buf::Lease,
+    landed: &Landed,
+) -> Result<usize, OpError> {
+    args.set_remote_endpoint(landed.from);
+    args.set_packet_info(landed.info);
+    args.set_message_len(landed.len);
+    let _ = lease.set_len(landed.payload.end);
+    if let Err(e) = args.set_buffer(lease, landed.payload.clone()) {
+        drop(e.lease);
+        return Err(OpError::InvalidInput);
+    }
+    if landed.truncated { Err(OpError::MessageTruncated) } else { Ok(landed.len) }
+}
+
+/// Copies a landed datagram out of `segment` into the op's own buffer range.
+pub(crate) fn copy_landed<T>(args: &mut OpArgs<T>, segment: &[u8], landed: &Landed) -> Result<usize, OpError> {
+    let range = args.range();
+    let Some(lease) = args.buffer_mut() else { return Err(OpError::InvalidInput) };
+    let Some(dst) = lease.get_mut(range.clone()) else { return Err(OpError::InvalidInput) };
+    let n = dst.len().min(landed.payload.len());
+    dst[..n].copy_from_slice(&segment[landed.payload.start..landed.payload.start + n]);
+    let _ = lease.set_len(range.start + n);
+    args.set_remote_endpoint(landed.from);
+    args.set_packet_info(landed.info);
+    args.set_message_len(landed.len);
+    if landed.truncated || landed.len > range.len() { Err(OpError::MessageTruncated) } else { Ok(landed.len) }
+}
+
 /// Empties a socket's error queue (`MSG_ERRQUEUE`): after a send failed on an ICMP
 /// error meant for an earlier datagram, so the queue neither keeps the socket
 /// flagged nor fills its receive buffer.

@@ -180,6 +180,65 @@ fn datagram_timer_and_readiness_ops_allocate_nothing() {
     assert!(ops.iter().all(|&op| port.op(op).unwrap().packet_info().is_some()));
 }
 
+/// A UDP echo on pooled receives (a segment per datagram from the arena; a multishot
+/// `RECVMSG` on io_uring, with datagrams kept while no receive waits) allocates
+/// nothing in steady state.
+#[test]
+fn pooled_datagram_echo_allocates_nothing() {
+    use berth_reactor::UdpOptions;
+    let buffers = BufferManager::new(BufferConfig::new().segment_size(2048).segment_count(64)).unwrap();
+    let mut port = CompletionPort::builder().ops(16).max_sockets(8).buffers(buffers).build(|_| ()).unwrap();
+    let udp = port.bind_udp("127.0.0.1:0".parse().unwrap(), UdpOptions::default().packet_info(true)).unwrap();
+    let addr = port.local_addr(udp).unwrap();
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Fewer receives than datagrams per round: some arrive while none waits.
+    for _ in 0..3 {
+        let op = port.take_op().unwrap();
+        port.recv_from_pooled(udp, op).unwrap();
+    }
+    let mut batch = Vec::with_capacity(64);
+    let round = |port: &mut CompletionPort<()>, batch: &mut Vec<Completion>| {
+        for i in 0..6u8 {
+            client.send_to(&[i; 100], addr).unwrap();
+        }
+        let mut echoed = 0;
+        for _ in 0..1000 {
+            port.wait(batch, Some(Duration::from_millis(100))).unwrap();
+            for c in batch.iter() {
+                match *c {
+                    Completion::Op { op, kind: OpKind::RecvFrom, result: Ok(100), .. } => {
+                        assert!(port.op(op).unwrap().packet_info().is_some());
+                        port.send_to(udp, op).unwrap();
+                    }
+                    Completion::Op { op, kind: OpKind::SendTo, result: Ok(100), .. } => {
+                        port.recv_from_pooled(udp, op).unwrap();
+                        echoed += 1;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            if echoed == 6 {
+                break;
+            }
+        }
+        assert_eq!(echoed, 6);
+        let mut got = [0u8; 128];
+        for _ in 0..6 {
+            assert_eq!(client.recv(&mut got).unwrap(), 100);
+        }
+    };
+    for _ in 0..50 {
+        round(&mut port, &mut batch);
+    }
+    let before = thread_allocations();
+    for _ in 0..500 {
+        round(&mut port, &mut batch);
+    }
+    let n = thread_allocations() - before;
+    assert_eq!(n, 0, "{n} allocations in 500 rounds of 6 pooled datagram echoes");
+}
+
 /// A `send_packets` op resent with its list (three byte ranges) allocates nothing,
 /// nor does a `recv_vectored` into a list, once the lists have their capacity.
 #[test]

@@ -349,11 +349,19 @@ impl Epoll {
                 break n as usize;
             }
             match rustix::io::Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(rustix::io::Errno::IO) {
-                rustix::io::Errno::AGAIN => return false,
+                rustix::io::Errno::AGAIN => {
+                    for &op in &ops[..count] {
+                        sys_io::unlease_datagram(core, op);
+                    }
+                    return false;
+                }
                 rustix::io::Errno::INTR => continue,
                 e if sys_io::retry_send(core, ops[0], socket, e) => return true,
                 e => {
                     // The error belongs to the first datagram: it fails, the rest stay.
+                    for &op in &ops[1..count] {
+                        sys_io::unlease_datagram(core, op);
+                    }
                     let head = ops[0];
                     let result = sys_io::finish_datagram(core, head, socket, Err(e));
                     core.pop_front(socket, dir);
@@ -363,6 +371,9 @@ impl Epoll {
                 }
             }
         };
+        for &op in &ops[n..count] {
+            sys_io::unlease_datagram(core, op);
+        }
         for (i, &op) in ops.iter().enumerate().take(n) {
             let (hdr, len) = (self.batch[i].msg_hdr, self.batch[i].msg_len as usize);
             if let Some(slots) = core.slots.as_ref() {

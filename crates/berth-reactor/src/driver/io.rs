@@ -197,10 +197,25 @@ pub(crate) fn prepare_datagram<T>(
         return Err(OpError::NotConnected);
     };
     let control = *packet_info;
+    let pooled = core.meta[op as usize].pooled;
     let (Some(slots), Some(id)) = (core.slots.as_ref(), core.meta[op as usize].id) else {
         return Err(OpError::InvalidInput);
     };
     let Ok(args) = core.pool.get_mut(id) else { return Err(OpError::InvalidInput) };
+    if pooled && args.buffer().is_none() {
+        // A pooled receive gets its segment now, just before the syscall, and gives
+        // it back if nothing came (`unlease_datagram`).
+        let lease = match &core.cache {
+            Some(cache) => cache.lease(),
+            None => core.buffers.lease(),
+        };
+        let Ok(lease) = lease else { return Err(OpError::BufferExhausted) };
+        let capacity = lease.capacity();
+        if let Err(e) = args.set_buffer(lease, crate::udp::POOLED_DATAGRAM_HEADROOM.min(capacity)..capacity) {
+            drop(e.lease);
+            return Err(OpError::InvalidInput);
+        }
+    }
     let range = args.range();
     let kind = args.kind();
     let remote = args.remote_endpoint();
@@ -226,18 +241,27 @@ pub(crate) fn finish_datagram<T>(
     let (Some(slots), Some(id)) = (core.slots.as_ref(), core.meta[op as usize].id) else {
         return Err(OpError::InvalidInput);
     };
+    let pooled = core.meta[op as usize].pooled;
     let Ok(args) = core.pool.get_mut(id) else { return Err(OpError::InvalidInput) };
     let receive = args.kind() == OpKind::RecvFrom;
     match res {
         Ok(n) if receive => {
             let range = args.range();
+            let kept = range.start..range.start + n.min(range.len());
             if let Some(lease) = args.buffer_mut() {
-                let _ = lease.set_len(range.start + n.min(range.len()));
+                let _ = lease.set_len(kept.end);
+            }
+            if pooled {
+                // A pooled receive's range is the datagram (what fit of it).
+                let _ = args.set_range(kept);
             }
             slots.finish_recv(op, n, range.len(), args)
         }
         Ok(n) => Ok(n),
         Err(e) => {
+            if pooled {
+                drop(args.take_buffer());
+            }
             let error = OpError::from_io(&e.into());
             if receive
                 && crate::udp::is_network_error(error)
@@ -247,6 +271,16 @@ pub(crate) fn finish_datagram<T>(
             }
             Err(error)
         }
+    }
+}
+
+/// A pooled datagram receive that got nothing gives its segment back: an idle
+/// receive holds none.
+pub(crate) fn unlease_datagram<T>(core: &mut Core<T>, op: u32) {
+    if core.meta[op as usize].pooled
+        && let Some(Ok(args)) = core.meta[op as usize].id.map(|id| core.pool.get_mut(id))
+    {
+        drop(args.take_buffer());
     }
 }
 
@@ -272,7 +306,10 @@ pub(crate) fn datagram<T>(core: &mut Core<T>, op: u32, socket: u32) -> Step {
             Ok(n as usize)
         } else {
             match Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::IO) {
-                Errno::AGAIN => return Step::Pending,
+                Errno::AGAIN => {
+                    unlease_datagram(core, op);
+                    return Step::Pending;
+                }
                 Errno::INTR => continue,
                 e => Err(e),
             }

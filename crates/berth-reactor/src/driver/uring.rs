@@ -153,6 +153,11 @@ pub(crate) struct Uring {
     kept: Kept,
     /// Multishot receive works here (6.0+); cleared at its first `EINVAL`.
     multishot_recv: bool,
+    /// Multishot `RECVMSG` works here (6.0+); cleared at its first `EINVAL`.
+    multishot_recvmsg: bool,
+    /// The header template of multishot datagram receives (its address and control
+    /// room): boxed, so it stays put until the enter that submits it.
+    msg_template: Box<libc::msghdr>,
     /// The setup flags the kernel took.
     pub(crate) flags: &'static str,
     /// The port's audit: the stranded ops (index, sequence) found at the last check,
@@ -286,6 +291,8 @@ impl Uring {
             // Each arrival holds a ring segment (or marks an end): twice the ring.
             kept: Kept::new(sockets, 2 * usize::from(ring_entries) + 64),
             multishot_recv: true,
+            multishot_recvmsg: true,
+            msg_template: Box::new(crate::udp::multishot_template()),
             flags,
             stranded: Vec::new(),
         };
@@ -336,9 +343,13 @@ impl Uring {
         let mut count = 0;
         for (index, entry) in core.sockets.iter() {
             let socket = index as u32;
+            if self.datagrams.contains(&socket) {
+                // Started (or completed from what a multishot kept) just before the
+                // enter, which then does not sleep if any completed.
+                continue;
+            }
             let generation = core.generations[index] & GEN_MASK;
             let waits_for_reason = self.starved.contains(&socket)
-                || self.datagrams.contains(&socket)
                 || entry.backoff_until.is_some()
                 || self.accepting.contains(&(socket, generation))
                 || self.readers[index].armed.is_some();
@@ -594,6 +605,41 @@ impl Uring {
                 (opcode::PollAdd::new(fd, POLLIN).build(), Phase::Poll)
             }
             OpKind::Ready => (opcode::PollAdd::new(fd, meta.events).build(), Phase::Poll),
+            OpKind::RecvFrom if meta.pooled && self.pbuf.is_some() && self.multishot_recvmsg => {
+                let generation = sid.generation & GEN_MASK;
+                let reader = &mut self.readers[socket as usize];
+                if reader.generation != generation {
+                    self.kept.clear(socket);
+                    reader.generation = generation;
+                }
+                if let Some(a) = self.kept.pop_front(socket) {
+                    let result = hand_over_datagram(core, op, socket, a.lease, a.res);
+                    return Start::Done(result, sid);
+                }
+                if reader.armed != Some(generation) {
+                    // MSG_TRUNC: each datagram's header says its real length.
+                    let multi = opcode::RecvMsgMulti::new(fd, &raw const *self.msg_template, pbuf::GROUP)
+                        .flags(libc::MSG_TRUNC as u32)
+                        .build();
+                    self.push(&multi.user_data(reader_data(socket, generation)));
+                    let reader = &mut self.readers[socket as usize];
+                    reader.armed = Some(generation);
+                    reader.stopping = false;
+                    self.in_kernel += 1;
+                }
+                return Start::Waiting;
+            }
+            OpKind::RecvFrom if !meta.pooled && self.reading(socket, sid.generation) => {
+                // Datagrams a multishot kept come first, copied into the op's range;
+                // with none kept, the multishot is stopped and this receive starts
+                // once it has ended.
+                if let Some(a) = self.kept.pop_front(socket) {
+                    let result = copy_datagram(core, op, socket, a.lease.as_ref(), a.res);
+                    return Start::Done(result, sid);
+                }
+                self.stop_reader(socket, sid.generation);
+                return Start::Waiting;
+            }
             kind @ (OpKind::RecvFrom | OpKind::SendTo) => {
                 let hdr = match sys_io::prepare_datagram(core, op, socket) {
                     Ok((hdr, _)) => hdr,
@@ -734,9 +780,14 @@ impl Uring {
             // The socket is gone: the segment goes back to the arena.
             return;
         }
+        let udp = matches!(core.sockets.get(socket as usize), Some(e) if matches!(e.io, Io::Udp { .. }));
         match res {
             r if r == -Errno::CANCELED.raw_os_error() => {}
-            r if r == -Errno::INVAL.raw_os_error() && self.multishot_recv && self.kept.is_empty(socket) => {
+            r if r == -Errno::INVAL.raw_os_error() && udp && self.multishot_recvmsg && self.kept.is_empty(socket) => {
+                tracing::debug!("no multishot RECVMSG on this kernel: one datagram receive per submission");
+                self.multishot_recvmsg = false;
+            }
+            r if r == -Errno::INVAL.raw_os_error() && !udp && self.multishot_recv && self.kept.is_empty(socket) => {
                 tracing::debug!("no multishot receive on this kernel: one receive per submission");
                 self.multishot_recv = false;
             }
@@ -761,9 +812,13 @@ impl Uring {
                 let waiting = head != NIL && !core.meta[head as usize].kernel && core.meta[head as usize].pooled;
                 if waiting && self.kept.is_empty(socket) {
                     let sid = core.sid(socket);
-                    let result = match core.meta[head as usize].id.map(|id| core.pool.get_mut(id)) {
-                        Some(Ok(args)) => hand_over(args, lease, res, 0),
-                        _ => Err(OpError::InvalidInput),
+                    let result = if udp {
+                        hand_over_datagram(core, head, socket, lease, res)
+                    } else {
+                        match core.meta[head as usize].id.map(|id| core.pool.get_mut(id)) {
+                            Some(Ok(args)) => hand_over(args, lease, res, 0),
+                            _ => Err(OpError::InvalidInput),
+                        }
                     };
                     core.pop_front(socket, Dir::Read);
                     core.stats.completed_queued += 1;
@@ -814,6 +869,15 @@ impl Uring {
             self.advance_datagrams(core, socket, Dir::Write);
         }
         self.datagrams = datagrams;
+        if !core.ready.is_empty() {
+            // Starting those completed some at once (a datagram a multishot kept, a
+            // receive fed from returned segments): collect, do not sleep.
+            timeout = Some(Duration::ZERO);
+        }
+        if core.audit && !core.ready.is_empty() && timeout != Some(Duration::ZERO) {
+            // The audit: about to sleep with completions to hand over.
+            core.stats.stranded_ops += 1;
+        }
         if !self.starved.is_empty() {
             // Receives wait for segments the user still holds; no completion announces
             // their return, so look again soon.
@@ -1192,6 +1256,51 @@ fn hand_over<T>(
         }
     }
     Ok(res)
+}
+
+/// Hands a datagram a multishot `RECVMSG` delivered (or its error) to pooled receive
+/// `op`: the segment, with the datagram as the op's range, and the sender, packet
+/// info and length. An error the network reported takes the socket's queued
+/// errors off it, as a one-shot receive does.
+fn hand_over_datagram<T>(
+    core: &mut Core<T>,
+    op: u32,
+    socket: u32,
+    lease: Option<Lease>,
+    res: i32,
+) -> Result<usize, OpError> {
+    let Some(Ok(args)) = core.meta[op as usize].id.map(|id| core.pool.get_mut(id)) else {
+        return Err(OpError::InvalidInput);
+    };
+    let Some(mut lease) = lease.filter(|_| res >= 0) else {
+        return sys_io::finish_datagram(core, op, socket, Err(Errno::from_raw_os_error(-res.min(-1))));
+    };
+    let _ = lease.set_len(res as usize);
+    match crate::udp::landed(lease.filled()) {
+        Some(landed) => crate::udp::hand_over_landed(args, lease, &landed),
+        None => Err(OpError::InvalidInput),
+    }
+}
+
+/// Copies a datagram a multishot kept into receive `op`'s own range (or passes on
+/// its error).
+fn copy_datagram<T>(
+    core: &mut Core<T>,
+    op: u32,
+    socket: u32,
+    lease: Option<&Lease>,
+    res: i32,
+) -> Result<usize, OpError> {
+    let Some(lease) = lease.filter(|_| res >= 0) else {
+        return sys_io::finish_datagram(core, op, socket, Err(Errno::from_raw_os_error(-res.min(-1))));
+    };
+    let Some(Ok(args)) = core.meta[op as usize].id.map(|id| core.pool.get_mut(id)) else {
+        return Err(OpError::InvalidInput);
+    };
+    match crate::udp::landed(lease.filled()) {
+        Some(landed) => crate::udp::copy_landed(args, lease.filled(), &landed),
+        None => Err(OpError::InvalidInput),
+    }
 }
 
 /// Copies what is left of a kept arrival into a receive's own range; returns the
