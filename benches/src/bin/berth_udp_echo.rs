@@ -7,8 +7,11 @@
 //!
 //! ```text
 //! berth_udp_echo [--addr 127.0.0.1:0] [--ops 256] [--driver auto|epoll|uring]
-//!                [--recv-buffer BYTES]
+//!                [--recv-buffer BYTES] [--pooled]
 //! ```
+//!
+//! `--pooled` receives with `recv_from_pooled` (a segment leased when a datagram
+//! arrives; one multishot `RECVMSG` on io_uring) instead of each op holding its own.
 //!
 //! Prints `listening on ADDR` and echoes until killed. `--recv-buffer` (default
 //! 4 MiB, capped by the kernel at `net.core.rmem_max`) is the socket's `SO_RCVBUF`;
@@ -30,8 +33,13 @@ fn main() -> io::Result<()> {
     let mut ops = 256usize;
     let mut recv_buffer = 4 << 20;
     let mut driver = Driver::from_env()?;
+    let mut pooled = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        if arg == "--pooled" {
+            pooled = true;
+            continue;
+        }
         let value = args.next().ok_or_else(|| io::Error::other(format!("{arg} needs a value")))?;
         match arg.as_str() {
             "--addr" => addr = value.parse().map_err(io::Error::other)?,
@@ -49,6 +57,10 @@ fn main() -> io::Result<()> {
     let socket = port.bind_udp(addr, UdpOptions::default().recv_buffer(recv_buffer)).map_err(io::Error::other)?;
     for _ in 0..ops {
         let op = port.take_op().map_err(io::Error::other)?;
+        if pooled {
+            port.recv_from_pooled(socket, op).map_err(io::Error::other)?;
+            continue;
+        }
         let lease = port.lease().map_err(io::Error::other)?;
         port.op_mut(op).map_err(io::Error::other)?.set_buffer(lease, 0..SEGMENT).map_err(io::Error::other)?;
         port.recv_from(socket, op).map_err(io::Error::other)?;
@@ -63,10 +75,13 @@ fn main() -> io::Result<()> {
             let Completion::Op { op, kind, result, .. } = c else { continue };
             let args = port.op_mut(op).map_err(io::Error::other)?;
             match (kind, result) {
+                // A pooled receive's range is the datagram already.
+                (OpKind::RecvFrom, Ok(_)) if pooled => port.send_to(socket, op).map_err(io::Error::other)?,
                 (OpKind::RecvFrom, Ok(n)) => {
                     args.set_range(0..n).map_err(io::Error::other)?;
                     port.send_to(socket, op).map_err(io::Error::other)?;
                 }
+                _ if pooled => port.recv_from_pooled(socket, op).map_err(io::Error::other)?,
                 // Sent, or failed (a truncated datagram, an ICMP error for an earlier
                 // echo, a send the kernel refused): the op receives again.
                 _ => {

@@ -212,7 +212,13 @@ fn servers(cfg: &Config, kind: Kind, self_test: bool) -> (Vec<ServerSpec>, &'sta
     let berth = ServerSpec { name: "berth".into(), program: exe(berth_bin), args: driver("uring") };
     let epoll = ServerSpec { name: "berth_epoll".into(), program: exe(berth_bin), args: driver("epoll") };
     if start_server(cfg, kind, &berth).is_ok() {
-        (vec![berth, peer_spec, epoll], peer)
+        let mut servers = vec![berth, peer_spec, epoll];
+        if kind == Kind::Udp {
+            // Pooled receives: a segment per datagram from a multishot RECVMSG.
+            let args = vec!["--driver".to_string(), "uring".to_string(), "--pooled".to_string()];
+            servers.push(ServerSpec { name: "berth_pooled".into(), program: exe(berth_bin), args });
+        }
+        (servers, peer)
     } else {
         println!("udp_bench: io_uring cannot run here: berth runs on epoll, no rows against epoll");
         (vec![ServerSpec { name: "berth".into(), ..epoll }, peer_spec], peer)
@@ -306,6 +312,20 @@ fn run_case(cfg: &Config, kind: Kind, self_test: bool) -> Result<Case, String> {
             c.cpu.peer.server_cpu_us_per_msg(),
             c.cpu.cpu_ratio(),
         );
+    }
+    if let Some(at) = servers.iter().position(|s| s.name == "berth_pooled") {
+        let pooled: Vec<Pair> =
+            rounds.iter().filter(|r| r.len() > at).map(|r| Pair { berth: r[at], peer: r[1] }).collect();
+        if let Some(c) = Compared::of(&pooled) {
+            let (rlow, rhigh) = spread(&pooled, Pair::rate_ratio);
+            let (clow, chigh) = spread(&pooled, Pair::cpu_ratio);
+            println!(
+                "{id} berth_pooled against {peer}, median round: msgs/s {:.3}x (spread {rlow:.3}..{rhigh:.3}); \
+                 server cpu {:.3}x less (spread {clow:.3}..{chigh:.3})",
+                c.rate.rate_ratio(),
+                c.cpu.cpu_ratio(),
+            );
+        }
     }
     let syscalls = if self_test { None } else { count_syscalls(cfg, kind, &servers) };
     Ok(Case { kind, peer, vs_peer, vs_epoll, syscalls })
