@@ -53,9 +53,11 @@ fn main() -> io::Result<()> {
     served.map_err(io::Error::from)
 }
 
+// ANCHOR: echo
 async fn echo(conn: TcpStream) -> Result<(), berth_async::Error> {
     while let Some(lease) = conn.read_pooled().await? {
         conn.write_all(lease).await.0?;
     }
     Ok(())
 }
+// ANCHOR_END: echo
