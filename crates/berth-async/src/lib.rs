@@ -16,7 +16,8 @@
 //!   (`let (res, lease) = stream.read(lease).await;`), because the kernel owns the
 //!   buffer while the read is in flight. [`TcpStream::read_pooled`] leases a segment
 //!   only when data arrives, so an idle connection holds no buffer.
-//!   [`TcpListener`], [`UdpSocket`], [`UnixListener`], [`UnixStream`].
+//!   [`TcpListener`], [`UdpSocket`], [`UnixListener`], [`UnixStream`];
+//!   [`TcpStream::send_file`] sends a file by sendfile(2).
 //! - [`sleep`] and [`timeout`] on the port's timer op.
 //! - [`Compat`]: `futures_io::AsyncRead`/`AsyncWrite`, by copying.
 //!

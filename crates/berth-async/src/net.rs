@@ -6,11 +6,13 @@
 //! caller cannot touch it then, and a read that is dropped early leaves it with the
 //! port until the kernel is done, after which it returns to the arena.
 
+use std::fs::File;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 
 use berth_buf::Lease;
 use berth_reactor::{ListenOptions, SocketId, UdpOptions, UnixAddr, UnixListenOptions};
+use berth_sendfile::FileSend;
 
 use crate::error::Error;
 use crate::op::Setup;
@@ -80,6 +82,13 @@ impl Socket {
         };
         let outcome = op.await;
         (outcome.result.map_err(Error::from), lease_back(&self.rt, outcome.lease))
+    }
+
+    /// Sends a file range by sendfile(2): no copy through user space.
+    pub(crate) async fn send_file(&self, file: FileSend<File>) -> Result<usize, Error> {
+        let id = self.id;
+        let op = self.rt.submit(Setup::NONE, |port, op| port.send_file(id, op, file)).map_err(|(e, _)| e)?;
+        Ok(op.await.result?)
     }
 
     pub(crate) fn shutdown(&self, how: Shutdown) -> Result<(), Error> {
@@ -243,6 +252,16 @@ impl TcpStream {
         (result.map(drop), lease)
     }
 
+    /// Sends a file range with sendfile(2) (`SendPacketsAsync` with a file, or
+    /// `TransmitFile`): the bytes go from the page cache to the socket without a
+    /// copy through user space. Completes with the bytes sent; a file that shrinks
+    /// mid-send is [`OpError::Truncated`](berth_ops::OpError::Truncated). A file that
+    /// sendfile(2) cannot send (no scratch buffer is attached for the copy fallback)
+    /// is [`OpError::InvalidInput`](berth_ops::OpError::InvalidInput).
+    pub async fn send_file(&self, file: FileSend<File>) -> Result<usize, Error> {
+        self.socket.send_file(file).await
+    }
+
     /// Shuts down one or both directions (`Socket.Shutdown`).
     pub fn shutdown(&self, how: Shutdown) -> Result<(), Error> {
         self.socket.shutdown(how)
@@ -400,6 +419,11 @@ impl UnixStream {
     pub async fn write_all(&self, lease: Lease) -> (Result<(), Error>, Lease) {
         let (result, lease) = self.socket.write(lease).await;
         (result.map(drop), lease)
+    }
+
+    /// As [`TcpStream::send_file`].
+    pub async fn send_file(&self, file: FileSend<File>) -> Result<usize, Error> {
+        self.socket.send_file(file).await
     }
 
     /// As [`TcpStream::shutdown`].

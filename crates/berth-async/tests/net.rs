@@ -200,3 +200,29 @@ fn compat_reads_and_writes_through_futures_io() {
     .unwrap();
     assert_eq!(held(&rt, &buffers), baseline);
 }
+
+#[test]
+fn send_file_sends_the_whole_file() {
+    let (rt, _) = runtime(16, 16);
+    let path = std::env::temp_dir().join(format!("berth-async-send-file-{}", std::process::id()));
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &content).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let peer = client(listener.local_addr().unwrap());
+        let reader = std::thread::spawn(move || {
+            let mut peer = peer;
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).unwrap();
+            got
+        });
+        let (conn, _) = listener.accept().await.unwrap();
+        let sent = timeout(LIMIT, conn.send_file(berth_sendfile::FileSend::whole(file).unwrap())).await.unwrap();
+        assert_eq!(sent.unwrap(), content.len());
+        drop(conn);
+        assert_eq!(reader.join().unwrap(), content);
+    })
+    .unwrap();
+}
