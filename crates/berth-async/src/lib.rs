@@ -26,7 +26,10 @@
 //! stays with the operation — on io_uring the kernel may still write into it —
 //! until the port hands the operation back; then it returns to the arena. It is
 //! never freed early and never leaked ([`Runtime::cancelling`] counts the ones on
-//! their way back). The caller's lease is gone with the dropped future.
+//! their way back). The caller's lease is gone with the dropped future, and so are
+//! bytes a dropped read received in the race between the drop and the kernel's
+//! answer to the cancel: drop a read in flight when giving up on the connection
+//! (a [`timeout`] on an idle peer), not to retry it.
 //!
 //! # Allocation
 //! Spawning a task allocates (its future, its waker, its join state). After that,
