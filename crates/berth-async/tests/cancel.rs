@@ -64,6 +64,56 @@ fn thousands_of_reads_dropped_mid_flight_return_every_buffer() {
     assert_eq!(buffers.stats().in_use, 0, "the port's drop returns the rest: {:?}", buffers.stats());
 }
 
+/// Pooled reads (no buffer until data arrives; on io_uring a multishot receive on
+/// the port's buffer ring) aborted in flight: all come back, nothing is left
+/// leased, and the connections read on afterwards.
+#[test]
+fn pooled_reads_dropped_mid_flight_leave_nothing_behind() {
+    use std::io::Write;
+    const CONNECTIONS: usize = 20;
+    const READS: usize = 50;
+    let (rt, buffers) = runtime(2048, 1024);
+    let baseline = held(&rt, &buffers);
+    rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut peers = Vec::new();
+        let mut conns = Vec::new();
+        let mut tasks = Vec::new();
+        for _ in 0..CONNECTIONS {
+            peers.push(client(addr));
+            let conn = std::rc::Rc::new(listener.accept().await.unwrap().0);
+            for _ in 0..READS {
+                let conn = conn.clone();
+                tasks.push(spawn(async move { conn.read_pooled().await.map(|l| l.map(|l| l.len())) }));
+            }
+            conns.push(conn);
+        }
+        berth_async::sleep(Duration::from_millis(20)).await.unwrap();
+        assert_eq!(rt.stats().pending, CONNECTIONS * READS, "every pooled read in flight");
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap_err(), JoinError::Aborted);
+        }
+        assert!(settle(|| rt.cancelling() == 0).await, "{} cancellations never came back", rt.cancelling());
+        assert_eq!(rt.stats().pending, 0);
+        assert_eq!(held(&rt, &buffers), baseline, "{:?}", buffers.stats());
+        for (peer, conn) in peers.iter_mut().zip(&conns) {
+            peer.write_all(b"after").unwrap();
+            let mut got = Vec::new();
+            while got.len() < 5 {
+                let lease = timeout(LIMIT, conn.read_pooled()).await.unwrap().unwrap().expect("open");
+                got.extend_from_slice(lease.filled());
+            }
+            assert_eq!(got, b"after");
+        }
+    })
+    .unwrap();
+    assert_eq!(held(&rt, &buffers), baseline);
+}
+
 /// A runtime dropped with reads in flight cancels them and waits for the port to
 /// hand them back before it goes: nothing is in use afterwards.
 #[test]
