@@ -220,3 +220,44 @@ fn dropped_accepts_and_connects_give_their_ops_back() {
     })
     .unwrap();
 }
+
+/// A datagram receive under a timeout: cancelled, its lease back, the socket
+/// receives on.
+#[test]
+fn a_timed_out_recv_from_returns_its_buffer() {
+    let (rt, buffers) = runtime(64, 64);
+    let baseline = held(&rt, &buffers);
+    rt.block_on(async {
+        let a = berth_async::UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let b = berth_async::UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        for _ in 0..20 {
+            let late = timeout(Duration::from_micros(300), b.recv_from(b.lease().unwrap())).await;
+            assert!(matches!(late, Err(Error::TimedOut)));
+        }
+        assert!(settle(|| rt.cancelling() == 0).await);
+        assert_eq!(held(&rt, &buffers), baseline);
+        let mut ping = a.lease().unwrap();
+        ping.spare_mut()[..2].copy_from_slice(b"hi");
+        ping.set_len(2).unwrap();
+        a.send_to(ping, b.local_addr().unwrap()).await.0.unwrap();
+        let (got, lease) = timeout(LIMIT, b.recv_from(b.lease().unwrap())).await.unwrap();
+        assert_eq!((got.unwrap().0, lease.filled()), (2, &b"hi"[..]));
+    })
+    .unwrap();
+    assert_eq!(held(&rt, &buffers), baseline);
+}
+
+/// Tasks still pending when the runtime is dropped complete as `RuntimeGone`.
+#[test]
+fn a_dropped_runtime_ends_its_tasks() {
+    let (rt, _) = runtime(16, 16);
+    let task = rt.spawn(async { berth_async::sleep(Duration::from_secs(600)).await });
+    rt.block_on(berth_async::yield_now()).unwrap();
+    drop(rt);
+    let mut task = std::pin::pin!(task);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::future::Future::poll(task.as_mut(), &mut cx) {
+        std::task::Poll::Ready(r) => assert_eq!(r.unwrap_err(), JoinError::RuntimeGone),
+        std::task::Poll::Pending => panic!("the task's output is settled when its runtime goes"),
+    }
+}
