@@ -51,6 +51,11 @@ pub(crate) const TARGETS: &[Target] = &[
     Target { pattern: "echo/64B/*/server_cpu_us_per_msg_vs_epoll", goals: &[Goal::PeerFraction(1.0)] },
     Target { pattern: "echo/64B/64conns/syscalls_per_msg", goals: &[Goal::AtMost(0.1)] },
     Target { pattern: "echo/64B/64conns/server_cpu_us_per_msg_vs_compio", goals: &[Goal::PeerFraction(1.0)] },
+    // Issue 19 (berth-async): the async echo uses no more CPU per message than tokio
+    // or compio, and at most ~5% more than the same echo on the raw port.
+    Target { pattern: "echo_async/64B/64conns/server_cpu_us_per_msg", goals: &[Goal::Ratio(1.0)] },
+    Target { pattern: "echo_async/64B/64conns/server_cpu_us_per_msg_vs_port", goals: &[Goal::Ratio(0.95)] },
+    Target { pattern: "echo_async/64B/64conns/server_cpu_us_per_msg_vs_compio", goals: &[Goal::Ratio(1.0)] },
     // Issue 5: RTT p50 ≤ 300 ns and ≥ 50× the socketpair; ≥ 50 M msgs/s at 64 B;
     // ≥ 40% of memcpy at 64 KiB; a blocked receiver ~0% CPU (read as ≤ 1%).
     Target { pattern: "ipc/rtt_64B/p50_ns", goals: &[Goal::AtMost(300.0), Goal::Ratio(50.0)] },

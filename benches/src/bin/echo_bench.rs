@@ -29,6 +29,11 @@
 //! `tokio`), `.../server_cpu_us_per_msg_vs_epoll` (peer `berth_epoll`) and
 //! `.../server_cpu_us_per_msg_vs_compio` (peer `compio`);
 //! `echo/64B/64conns/syscalls_per_msg` (peer `tokio`); `echo/idle15k/rss_mib`.
+//! In [`ASYNC_CASE`] only, berth-async's echo (`berth_async_echo`, server
+//! `berth_async`, on berth's driver) is measured too, giving
+//! `echo_async/64B/64conns/server_cpu_us_per_msg` (peer `tokio`), `..._vs_port`
+//! (peer `berth`: the same echo on the raw completion port, what async/await costs)
+//! and `..._vs_compio` (peer `compio`).
 //! Where io_uring cannot run, berth is its epoll driver and the `_vs_epoll` rows are
 //! left out.
 //!
@@ -59,6 +64,8 @@ use berth_benches::{Better, Row, append_rows, results_path};
 
 /// Throughput cases: (message label in the bench id, bytes, ping-pong connections).
 const CASES: &[(&str, usize, usize)] = &[("64B", 64, 16), ("64B", 64, 64), ("64B", 64, 256), ("4KiB", 4096, 64)];
+/// The one case berth-async's echo server is measured in (rows `echo_async/...`).
+const ASYNC_CASE: (&str, usize, usize) = ("64B", 64, 64);
 /// The case whose syscalls per message are counted (in a separate, untimed pass).
 const SYSCALL_CASE: (&str, usize, usize) = ("64B", 64, 64);
 /// Idle connections in the memory case (`--quick`: [`IDLE_QUICK`]).
@@ -247,6 +254,16 @@ struct Case {
     vs_tokio: Compared,
     vs_epoll: Option<Compared>,
     vs_compio: Option<Compared>,
+    /// berth-async's echo in [`ASYNC_CASE`], where it was measured.
+    async_vs: Option<AsyncCompared>,
+}
+
+/// berth-async's echo server against tokio, the raw port (`berth`) and compio.
+#[derive(Debug, Clone, Copy)]
+struct AsyncCompared {
+    tokio: Compared,
+    port: Option<Compared>,
+    compio: Option<Compared>,
 }
 
 /// Syscalls per message of berth and tokio, counted in an untimed pass.
@@ -350,6 +367,9 @@ fn run() -> Result<(), String> {
         if berth_in_package {
             bins.push("berth_echo");
         }
+        if Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bin/berth_async_echo.rs").is_file() {
+            bins.push("berth_async_echo");
+        }
         build_siblings(&exe_dir, &bins)?;
     }
     let tokio = ServerSpec { name: "tokio".into(), program: exe_dir.join("tokio_echo"), args: vec![] };
@@ -447,8 +467,15 @@ fn run() -> Result<(), String> {
             Err(e) => println!("echo_bench: no plain C epoll echo in this run: {e}"),
         }
     }
+    // Last, so that the cases it sits out leave the others' positions in each round as they are.
+    let async_echo = cfg.exe_dir.join("berth_async_echo");
+    if !self_test && async_echo.is_file() {
+        let driver = servers[0].args.clone();
+        servers.push(ServerSpec { name: "berth_async".into(), program: async_echo, args: driver });
+    }
     let position = |name: &str| servers.iter().position(|s| s.name == name);
     let (epoll_at, compio_at) = (position("berth_epoll"), position("compio"));
+    let async_at = position("berth_async");
     let mut results = Vec::new();
     for &(label, size, conns) in &cases {
         let mut rounds: Vec<Vec<EchoResult>> = Vec::new();
@@ -463,6 +490,9 @@ fn run() -> Result<(), String> {
             for k in 0..n {
                 let i = (round + k) % n;
                 let spec = &servers[i];
+                if Some(i) == async_at && (label, size, conns) != ASYNC_CASE {
+                    continue;
+                }
                 let r = measure_echo(&cfg, spec, size, conns).map_err(|e| format!("{} {label}: {e}", spec.name))?;
                 println!(
                     "  round {round} echo/{label}/{conns}conns {:<12} {:>9.0} msgs/s  p99 {:>7.1} us  server busy {:>3.0}% \
@@ -536,7 +566,25 @@ fn run() -> Result<(), String> {
                 high,
             );
         }
-        results.push(Case { label, conns, vs_tokio, vs_epoll, vs_compio });
+        let async_vs = async_at.filter(|_| (label, size, conns) == ASYNC_CASE).and_then(|a| {
+            let against = |peer: usize| -> Vec<Pair> {
+                rounds.iter().filter(|r| r.len() > a).map(|r| Pair { berth: r[a], peer: r[peer] }).collect()
+            };
+            let tokio = Compared::of(&against(1))?;
+            let port = Compared::of(&against(0));
+            let compio = compio_at.and_then(|i| Compared::of(&against(i)));
+            for (peer, c) in [("tokio", Some(tokio)), ("berth (raw port)", port), ("compio", compio)] {
+                let Some(c) = c else { continue };
+                println!(
+                    "echo_async/{label}/{conns}conns against {peer}, median round: server cpu {:.2} vs {:.2} us/msg ({:.3}x less)",
+                    c.cpu.berth.server_cpu_us_per_msg(),
+                    c.cpu.peer.server_cpu_us_per_msg(),
+                    c.cpu.cpu_ratio(),
+                );
+            }
+            Some(AsyncCompared { tokio, port, compio })
+        });
+        results.push(Case { label, conns, vs_tokio, vs_epoll, vs_compio, async_vs });
     }
     if only_case.is_some() {
         println!("echo_bench: diagnostic run of one case: no syscall or idle pass, no rows written");
@@ -623,6 +671,23 @@ fn rows(
                     c.cpu.peer.server_cpu_us_per_msg(),
                     Better::Lower,
                 ));
+            }
+        }
+        if let Some(a) = &c.async_vs {
+            let id = format!("echo_async/{}/{}conns/server_cpu_us_per_msg", c.label, c.conns);
+            for (suffix, peer, c) in
+                [("", "tokio", Some(a.tokio)), ("_vs_port", "berth", a.port), ("_vs_compio", "compio", a.compio)]
+            {
+                if let Some(c) = c {
+                    rows.push(Row::new(
+                        format!("{id}{suffix}"),
+                        "server_cpu_us_per_msg",
+                        c.cpu.berth.server_cpu_us_per_msg(),
+                        peer,
+                        c.cpu.peer.server_cpu_us_per_msg(),
+                        Better::Lower,
+                    ));
+                }
             }
         }
     }
@@ -1106,6 +1171,7 @@ mod tests {
             vs_tokio: one(pair(round(200.0, 1000, 1, 0), round(100.0, 1000, 2, 0))),
             vs_epoll,
             vs_compio: if i == 1 { vs_epoll } else { None },
+            async_vs: None,
         };
         let epoll = Some(one(pair(round(50.0, 500, 2, 0), round(50.0, 500, 3, 0))));
         let cases = [case(0, epoll), case(1, epoll), case(2, None), case(3, epoll)];
@@ -1140,5 +1206,41 @@ mod tests {
         assert_eq!(rows[13].berth, 1.0); // +1 MiB
         assert_eq!(rows[13].ratio, 4.0); // a quarter of tokio's growth
         assert!(super::rows(&cases[..1], None, idle(2048), idle(5120)).is_err());
+    }
+
+    /// berth-async's rows sit right after their case's, berth-async being "berth" in
+    /// them (its CPU per message against tokio's, the raw port's and compio's).
+    #[test]
+    fn async_rows_follow_their_case() {
+        let idle = |after| IdleResult { conns: 100, rss_before_kib: 1024, rss_after_kib: after };
+        let one = |p: Pair| Compared { rate: p, cpu: p };
+        let base = one(pair(round(200.0, 1000, 1, 0), round(100.0, 1000, 2, 0)));
+        let case = |i: usize| Case {
+            label: CASES[i].0,
+            conns: CASES[i].2,
+            vs_tokio: base,
+            vs_epoll: None,
+            vs_compio: None,
+            async_vs: (i == 1).then(|| AsyncCompared {
+                tokio: one(pair(round(1.0, 1000, 2, 0), round(1.0, 1000, 4, 0))),
+                port: Some(one(pair(round(1.0, 1000, 2, 0), round(1.0, 1000, 1, 0)))),
+                compio: None,
+            }),
+        };
+        let cases = [case(0), case(1), case(2), case(3)];
+        let rows = rows(&cases, None, idle(2048), idle(5120)).unwrap();
+        let ids: Vec<&str> = rows.iter().map(|r| r.bench.as_str()).collect();
+        assert_eq!(
+            &ids[2..7],
+            [
+                "echo/64B/64conns/msgs_per_s",
+                "echo/64B/64conns/server_cpu_us_per_msg",
+                "echo_async/64B/64conns/server_cpu_us_per_msg",
+                "echo_async/64B/64conns/server_cpu_us_per_msg_vs_port",
+                "echo/64B/256conns/msgs_per_s",
+            ]
+        );
+        assert_eq!((rows[4].peer.as_str(), rows[4].berth, rows[4].ratio), ("tokio", 2.0, 2.0));
+        assert_eq!((rows[5].peer.as_str(), rows[5].ratio), ("berth", 0.5));
     }
 }
