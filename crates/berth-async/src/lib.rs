@@ -67,20 +67,22 @@
 //! ```
 //!
 //! # Caveats
-//! One runtime per thread, and its sockets are `!Send`: run one per core (as
-//! [`berth_reactor::workers`] does for ports) with `SO_REUSEPORT` listeners
-//! ([`TcpListener::bind_with`]). A write sends the whole lease (the port resumes
+//! One runtime per thread, and its sockets are `!Send`: run one per core with
+//! [`serve_per_core`] (as [`berth_reactor::workers`] does for ports), each with its
+//! own `SO_REUSEPORT` listener. A write sends the whole lease (the port resumes
 //! partial sends), so `write` and `write_all` differ only in what they return.
 
 mod compat;
 mod error;
 mod net;
 mod op;
+mod per_core;
 mod runtime;
 mod time;
 
 pub use compat::Compat;
 pub use error::{Error, JoinError};
 pub use net::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
+pub use per_core::{PerCore, PerCoreConfig, serve_per_core};
 pub use runtime::{Handle, JoinHandle, Runtime, RuntimeBuilder, spawn, yield_now};
 pub use time::{sleep, sleep_until, timeout};
