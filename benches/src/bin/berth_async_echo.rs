@@ -3,10 +3,12 @@
 //! `berth_async::Runtime` (one port, one thread), to measure what async/await costs
 //! over the raw completion port.
 //!
-//! `berth_async_echo --addr 127.0.0.1:0 [--connections N] [--driver auto|epoll|uring]`
+//! `berth_async_echo --addr 127.0.0.1:0 [--connections N] [--driver auto|epoll|uring] [--compat]`
 //! prints `listening on ADDR` and echoes until killed. Each connection's task loops
 //! over a pooled read (no buffer held while idle) and a `write_all` of the lease that
-//! arrived.
+//! arrived. With `--compat` ("berth_async_compat" in `echo_bench`) it goes through
+//! `Compat` and tokio's `AsyncReadExt`/`AsyncWriteExt` with a 4 KiB stack buffer
+//! instead, as a protocol crate written for tokio would: the adapter's copy cost.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -19,8 +21,13 @@ fn main() -> io::Result<()> {
     let mut addr: SocketAddr = "127.0.0.1:0".parse().map_err(io::Error::other)?;
     let mut connections = 20_000usize;
     let mut driver = Driver::from_env()?;
+    let mut compat = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        if arg == "--compat" {
+            compat = true;
+            continue;
+        }
         let value = args.next().ok_or_else(|| io::Error::other(format!("{arg} needs a value")))?;
         match arg.as_str() {
             "--addr" => addr = value.parse().map_err(io::Error::other)?,
@@ -46,7 +53,11 @@ fn main() -> io::Result<()> {
         loop {
             // A refused or failed accept (out of ops, say) drops that one connection.
             if let Ok((conn, _)) = listener.accept().await {
-                drop(berth_async::spawn(echo(conn)));
+                if compat {
+                    drop(berth_async::spawn(echo_compat(conn)));
+                } else {
+                    drop(berth_async::spawn(echo(conn)));
+                }
             }
         }
     })?;
@@ -61,3 +72,18 @@ async fn echo(conn: TcpStream) -> Result<(), berth_async::Error> {
     Ok(())
 }
 // ANCHOR_END: echo
+
+/// The echo through tokio's traits: one copy in (segment to stack), one out.
+async fn echo_compat(conn: TcpStream) -> io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = berth_async::Compat::new(conn);
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        conn.write_all(&buf[..n]).await?;
+        conn.flush().await?;
+    }
+}

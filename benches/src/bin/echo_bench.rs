@@ -471,11 +471,16 @@ fn run() -> Result<(), String> {
     let async_echo = cfg.exe_dir.join("berth_async_echo");
     if !self_test && async_echo.is_file() {
         let driver = servers[0].args.clone();
-        servers.push(ServerSpec { name: "berth_async".into(), program: async_echo, args: driver });
+        let mut compat = driver.clone();
+        compat.push("--compat".into());
+        servers.push(ServerSpec { name: "berth_async".into(), program: async_echo.clone(), args: driver });
+        // The same through `Compat` and tokio's traits: what the adapter's copies cost.
+        servers.push(ServerSpec { name: "berth_async_compat".into(), program: async_echo, args: compat });
     }
     let position = |name: &str| servers.iter().position(|s| s.name == name);
     let (epoll_at, compio_at) = (position("berth_epoll"), position("compio"));
     let async_at = position("berth_async");
+    let compat_at = position("berth_async_compat");
     let mut results = Vec::new();
     for &(label, size, conns) in &cases {
         let mut rounds: Vec<Vec<EchoResult>> = Vec::new();
@@ -490,7 +495,7 @@ fn run() -> Result<(), String> {
             for k in 0..n {
                 let i = (round + k) % n;
                 let spec = &servers[i];
-                if Some(i) == async_at && (label, size, conns) != ASYNC_CASE {
+                if (Some(i) == async_at || Some(i) == compat_at) && (label, size, conns) != ASYNC_CASE {
                     continue;
                 }
                 let r = measure_echo(&cfg, spec, size, conns).map_err(|e| format!("{} {label}: {e}", spec.name))?;
@@ -577,6 +582,19 @@ fn run() -> Result<(), String> {
                 let Some(c) = c else { continue };
                 println!(
                     "echo_async/{label}/{conns}conns against {peer}, median round: server cpu {:.2} vs {:.2} us/msg ({:.3}x less)",
+                    c.cpu.berth.server_cpu_us_per_msg(),
+                    c.cpu.peer.server_cpu_us_per_msg(),
+                    c.cpu.cpu_ratio(),
+                );
+            }
+            if let Some(c) = compat_at.and_then(|i| {
+                let pairs: Vec<Pair> =
+                    rounds.iter().filter(|r| r.len() > i.max(a)).map(|r| Pair { berth: r[i], peer: r[a] }).collect();
+                Compared::of(&pairs)
+            }) {
+                println!(
+                    "echo_async/{label}/{conns}conns through Compat (tokio traits, copying) against owned leases, \
+                     median round: server cpu {:.2} vs {:.2} us/msg ({:.3}x less)",
                     c.cpu.berth.server_cpu_us_per_msg(),
                     c.cpu.peer.server_cpu_us_per_msg(),
                     c.cpu.cpu_ratio(),

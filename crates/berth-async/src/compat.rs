@@ -1,5 +1,5 @@
-//! [`Compat`]: `futures_io::AsyncRead`/`AsyncWrite` over the owned-buffer calls,
-//! for code written against those traits. It copies: reads land in a leased
+//! [`Compat`]: `futures_io::AsyncRead`/`AsyncWrite` (and, with the `tokio` feature,
+//! tokio's) over the owned-buffer calls, for code written against those traits. It copies: reads land in a leased
 //! segment and are copied into the caller's slice; writes are copied from it into
 //! one.
 
@@ -33,7 +33,8 @@ impl sealed::Stream for UnixStream {
 }
 
 /// A stream ([`TcpStream`] or [`UnixStream`]) as `futures_io::AsyncRead` +
-/// `AsyncWrite`.
+/// `AsyncWrite`, and with the `tokio` feature as `tokio::io::AsyncRead` +
+/// `AsyncWrite` (driven by berth's runtime; no tokio runtime is involved).
 ///
 /// **It copies**, once each way: a read is a pooled receive (no buffer held while
 /// waiting) copied into the caller's slice, the rest kept for the next read; a
@@ -164,5 +165,30 @@ impl<S: sealed::Stream> AsyncWrite for Compat<S> {
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_write_done(cx))?;
         Poll::Ready(self.stream.socket().shutdown(std::net::Shutdown::Write).map_err(io::Error::from))
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl<S: sealed::Stream> tokio::io::AsyncRead for Compat<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<io::Result<()>> {
+        // (Zeroes the caller's unfilled room the first time: tokio's safe way in.)
+        let n = ready!(AsyncRead::poll_read(self, cx, buf.initialize_unfilled()))?;
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl<S: sealed::Stream> tokio::io::AsyncWrite for Compat<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        AsyncWrite::poll_write(self, cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_flush(self, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_close(self, cx)
     }
 }

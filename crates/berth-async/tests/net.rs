@@ -201,6 +201,40 @@ fn compat_reads_and_writes_through_futures_io() {
     assert_eq!(held(&rt, &buffers), baseline);
 }
 
+/// With the `tokio` feature, the same adapter through tokio's traits and their
+/// extension methods (`read_exact`, `write_all`, `shutdown`), on berth's runtime.
+#[cfg(feature = "tokio")]
+#[test]
+fn compat_reads_and_writes_through_tokio_io() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (rt, buffers) = runtime(16, 16);
+    let baseline = held(&rt, &buffers);
+    rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut peer = client(listener.local_addr().unwrap());
+        let (conn, _) = listener.accept().await.unwrap();
+        let mut conn = Compat::new(conn);
+        let message: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        conn.write_all(&message).await.unwrap();
+        conn.flush().await.unwrap();
+        let mut echo = vec![0u8; message.len()];
+        peer.read_exact(&mut echo).unwrap();
+        assert_eq!(echo, message);
+        peer.write_all(&message).unwrap();
+        let mut got = vec![0u8; message.len()];
+        timeout(LIMIT, conn.read_exact(&mut got)).await.unwrap().unwrap();
+        assert_eq!(got, message);
+        conn.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        peer.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "shut down after the last byte");
+        drop(conn);
+        assert!(settle(|| rt.cancelling() == 0).await);
+    })
+    .unwrap();
+    assert_eq!(held(&rt, &buffers), baseline);
+}
+
 #[test]
 fn send_file_sends_the_whole_file() {
     let (rt, _) = runtime(16, 16);
