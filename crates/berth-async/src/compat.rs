@@ -85,9 +85,15 @@ impl<S: sealed::Stream> Compat<S> {
         Compat { read: None, unread: None, write: None, stream }
     }
 
-    /// The stream back (pending operations are cancelled; unread bytes dropped).
-    pub fn into_inner(self) -> S {
-        self.stream
+    /// The stream back, once the last write has gone out (a write returns before its
+    /// send runs): the stream, and how that send ended. Bytes received and not read
+    /// yet are dropped, and a pending read is cancelled.
+    ///
+    /// Dropping a `Compat` instead cancels a send still running, which may have sent
+    /// part of its bytes: flush (or close) first.
+    pub async fn into_inner(mut self) -> (S, io::Result<()>) {
+        let flushed = std::future::poll_fn(|cx| self.poll_write_done(cx)).await;
+        (self.stream, flushed)
     }
 
     /// Waits for the pending send, if any.

@@ -194,15 +194,18 @@ impl TcpListener {
     /// address.
     pub async fn accept(&self) -> Result<(TcpStream, SocketAddr), Error> {
         let listener = self.socket.id;
-        let op = self.socket.rt.submit(Setup::NONE, |port, op| port.accept(listener, op)).map_err(|(e, _)| e)?;
-        let outcome = op.await;
-        outcome.result?;
-        let stream = TcpStream { socket: Socket { rt: self.socket.rt.clone(), id: outcome.socket } };
-        let peer = match outcome.remote {
-            Some(peer) => peer,
-            None => stream.peer_addr()?,
-        };
-        Ok((stream, peer))
+        loop {
+            let op = self.socket.rt.submit(Setup::NONE, |port, op| port.accept(listener, op)).map_err(|(e, _)| e)?;
+            let outcome = op.await;
+            outcome.result?;
+            let stream = TcpStream { socket: Socket { rt: self.socket.rt.clone(), id: outcome.socket } };
+            match outcome.remote.map_or_else(|| stream.peer_addr(), Ok) {
+                Ok(peer) => return Ok((stream, peer)),
+                // Reset before we saw who it was (a peer that connected and gave up at
+                // once): that connection is gone, and no reason to stop accepting.
+                Err(_) => drop(stream),
+            }
+        }
     }
 }
 

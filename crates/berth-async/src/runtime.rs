@@ -57,7 +57,50 @@ struct Shared {
     closed: AtomicBool,
 }
 
-type RemoteSpawn = Box<dyn FnOnce(&Rc<Inner>) + Send>;
+type RemoteSpawn = Box<dyn RemoteTask>;
+
+/// A task spawned from another thread, waiting for the runtime to take it.
+trait RemoteTask: Send {
+    /// The runtime takes it: it becomes one of its tasks.
+    fn start(self: Box<Self>, inner: &Rc<Inner>);
+    /// The runtime went away first: its join handle learns so.
+    fn abandon(self: Box<Self>);
+}
+
+struct Remote<F: Future> {
+    future: F,
+    join: Arc<JoinShared<F::Output>>,
+}
+
+impl<F> RemoteTask for Remote<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send,
+{
+    fn start(self: Box<Self>, inner: &Rc<Inner>) {
+        let Remote { future, join } = *self;
+        inner.spawn_task(Box::pin(future), join);
+    }
+
+    fn abandon(self: Box<Self>) {
+        let Remote { future, join } = *self;
+        drop(future);
+        settle(&join, Err(JoinError::RuntimeGone));
+    }
+}
+
+/// Publishes a task's output and wakes whoever awaits its [`JoinHandle`].
+fn settle<T>(join: &JoinShared<T>, output: Result<T, JoinError>) {
+    let waker = {
+        let mut state = lock(&join.state);
+        state.output = Some(output);
+        state.finished = true;
+        state.joiner.take()
+    };
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
 
 impl Shared {
     fn on_runtime_thread(self: &Arc<Self>) -> bool {
@@ -114,15 +157,7 @@ impl<T> Task<T> {
         // Dropped before the output is published: a joiner that sees it may rely on
         // the task's resources (its ops, its buffers) being released.
         drop(self.future.take());
-        let waker = {
-            let mut state = lock(&self.join.state);
-            state.output = Some(output);
-            state.finished = true;
-            state.joiner.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        settle(&self.join, output);
     }
 }
 
@@ -231,7 +266,7 @@ impl Inner {
                 return;
             }
             // Cleared before the poll: a wake during it queues the task again.
-            entry.waker.queued.store(false, Ordering::Release);
+            entry.waker.queued.swap(false, Ordering::AcqRel);
             let Some(task) = entry.task.take() else { return };
             (task, entry.handle.clone())
         };
@@ -311,7 +346,7 @@ impl Inner {
         }
         let spawns = std::mem::take(&mut *lock(&self.shared.spawns));
         for spawn in spawns {
-            spawn(self);
+            spawn.start(self);
         }
     }
 
@@ -331,7 +366,7 @@ impl Inner {
             loop {
                 let Some(key) = self.local.borrow_mut().pop_front() else { break };
                 if key == MAIN {
-                    main.queued.store(false, Ordering::Release);
+                    main.queued.swap(false, Ordering::AcqRel);
                     if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
                         // Keys taken but not polled go back, for the next block_on.
                         let mut local = self.local.borrow_mut();
@@ -444,7 +479,13 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        self.inner.shared.closed.store(true, Ordering::Release);
+        // Closed under the lock remote spawns take, so none lands after this: each is
+        // either taken here (and told the runtime is gone) or refused.
+        let spawns = {
+            let mut spawns = lock(&self.inner.shared.spawns);
+            self.inner.shared.closed.store(true, Ordering::Release);
+            std::mem::take(&mut *spawns)
+        };
         // Tasks first (their futures cancel their ops), outside every borrow: a
         // future's drop reaches the port.
         let tasks = std::mem::take(&mut *self.inner.tasks.borrow_mut());
@@ -453,8 +494,9 @@ impl Drop for Runtime {
                 let _ = catch_unwind(AssertUnwindSafe(|| task.orphaned()));
             }
         }
-        let spawns = std::mem::take(&mut *lock(&self.inner.shared.spawns));
-        drop(spawns);
+        for spawn in spawns {
+            spawn.abandon();
+        }
         // Then the cancelled ops come back, and with them their buffers.
         let deadline = Instant::now() + DRAIN;
         while self.inner.orphans.get() > 0 && Instant::now() < deadline {
@@ -655,16 +697,18 @@ impl Handle {
         F: Future + Send + 'static,
         F::Output: Send,
     {
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Err(Error::RuntimeGone);
-        }
         let join = Arc::new(JoinShared {
             state: Mutex::new(JoinState { output: None, finished: false, joiner: None, task: None }),
             aborted: AtomicBool::new(false),
         });
-        let theirs = join.clone();
-        let spawn: RemoteSpawn = Box::new(move |inner: &Rc<Inner>| inner.spawn_task(Box::pin(future), theirs));
-        lock(&self.shared.spawns).push(spawn);
+        {
+            // `closed` is checked under the lock the runtime's drop sets it under.
+            let mut spawns = lock(&self.shared.spawns);
+            if self.shared.closed.load(Ordering::Acquire) {
+                return Err(Error::RuntimeGone);
+            }
+            spawns.push(Box::new(Remote { future, join: join.clone() }));
+        }
         self.shared.has_spawns.store(true, Ordering::Release);
         if !self.shared.on_runtime_thread() {
             match self.shared.port.post(WAKE, 0) {

@@ -133,7 +133,8 @@ fn dropping_the_runtime_cancels_pending_reads() {
             peer
         })
         .unwrap();
-    assert!(buffers.stats().in_use >= 50);
+    // The 50 reads hold their leases (beyond what the io_uring buffer ring lends).
+    assert!(held(&rt, &buffers) >= 50, "{:?}", buffers.stats());
     drop(rt);
     drop(peer);
     assert_eq!(buffers.stats().in_use, 0, "{:?}", buffers.stats());

@@ -235,6 +235,69 @@ fn compat_reads_and_writes_through_tokio_io() {
     assert_eq!(held(&rt, &buffers), baseline);
 }
 
+/// A client that connects and resets before the server accepts (SO_LINGER 0) is
+/// skipped or accepted, never an error: `accept().await?` loops must not stop.
+#[test]
+fn accept_goes_on_past_a_connection_reset_before_it_was_accepted() {
+    let (rt, _) = runtime(16, 16);
+    rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        for _ in 0..3 {
+            let gone = std::net::TcpStream::connect(addr).unwrap();
+            rustix::net::sockopt::set_socket_linger(&gone, Some(std::time::Duration::ZERO)).unwrap();
+            drop(gone);
+        }
+        let good = client(addr);
+        let want = good.local_addr().unwrap();
+        // The reset ones may come first (where the kernel still names their peer);
+        // none is an error, and the good one arrives.
+        for _ in 0..4 {
+            let (conn, peer) = timeout(LIMIT, listener.accept()).await.unwrap().expect("accept is not an error");
+            if peer == want {
+                assert_eq!(conn.peer_addr().unwrap(), want);
+                return;
+            }
+        }
+        panic!("the good connection was never accepted");
+    })
+    .unwrap();
+}
+
+/// `Compat::into_inner` hands the stream back only once the last write went out:
+/// every byte a write acknowledged reaches the peer.
+#[test]
+fn compat_into_inner_sends_what_writes_acknowledged() {
+    let (rt, _) = runtime(16, 64);
+    rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut peer = client(listener.local_addr().unwrap());
+        let (conn, _) = listener.accept().await.unwrap();
+        let mut conn = Compat::new(conn);
+        // Write until a write waits (the peer reads nothing, so the socket fills):
+        // the send before it is then still running.
+        let chunk = vec![5u8; 4096];
+        let mut acknowledged = 0;
+        loop {
+            let write = poll_fn(|cx| Pin::new(&mut conn).poll_write(cx, &chunk));
+            match timeout(std::time::Duration::from_millis(100), write).await {
+                Ok(n) => acknowledged += n.unwrap(),
+                Err(_) => break,
+            }
+        }
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            peer.read_to_end(&mut all).unwrap();
+            all.len()
+        });
+        let (stream, flushed) = timeout(LIMIT, conn.into_inner()).await.unwrap();
+        flushed.unwrap();
+        drop(stream);
+        assert_eq!(reader.join().unwrap(), acknowledged, "bytes a write acknowledged were lost");
+    })
+    .unwrap();
+}
+
 #[test]
 fn send_file_sends_the_whole_file() {
     let (rt, _) = runtime(16, 16);

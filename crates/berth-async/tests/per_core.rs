@@ -21,9 +21,10 @@ fn join_within_limit(server: PerCore) -> Result<(), Error> {
     rx.recv_timeout(LIMIT).expect("the runtimes did not end within the limit")
 }
 
+// ANCHOR: serve
 /// An echo server body: accept, and echo each connection in its own task.
 async fn echo(listener: TcpListener, served: Arc<AtomicUsize>) {
-    while let Ok((conn, _)) = listener.accept().await {
+    while let Ok((conn, _peer)) = listener.accept().await {
         served.fetch_add(1, Ordering::Relaxed);
         spawn(async move {
             while let Ok(Some(lease)) = conn.read_pooled().await {
@@ -40,13 +41,16 @@ fn config(threads: usize, buffers: &BufferManager) -> PerCoreConfig {
         .threads(threads)
         .runtime(Runtime::builder().ops(256).max_sockets(256).buffers(buffers.clone()))
 }
+// ANCHOR_END: serve
 
 #[test]
 fn runtimes_share_one_address_and_stop_with_connections_mid_read() {
     let buffers = BufferManager::new(BufferConfig::new().segment_size(4096).segment_count(256)).unwrap();
     let served = Arc::new(AtomicUsize::new(0));
     let counter = served.clone();
+    // ANCHOR: start
     let server = serve_per_core(config(2, &buffers), move |listener, _index| echo(listener, counter.clone())).unwrap();
+    // ANCHOR_END: start
     let addr = server.local_addr();
     assert_ne!(addr.port(), 0);
     // Many connections, so both runtimes get some whatever the kernel's hashing.

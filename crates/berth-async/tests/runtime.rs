@@ -96,28 +96,57 @@ fn a_waker_fired_on_another_thread_wakes_the_runtime() {
 
 #[test]
 fn a_handle_spawns_from_another_thread() {
-    let rt = Runtime::new().unwrap();
-    let handle = rt.handle();
-    let got = rt
-        .block_on(async move {
-            let spawner = std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(10));
-                handle.spawn(async { 40 + 2 }).unwrap()
-            });
-            // The runtime waits on the port meanwhile; the spawn's post wakes it.
-            let task = loop {
-                if spawner.is_finished() {
-                    break spawner.join().unwrap();
+    // The runtime has nothing to do but wait in its port, with no timer armed: only
+    // the spawn's post can wake it. (On its own thread, so a lost wake-up fails the
+    // test at the limit instead of hanging it.)
+    use std::future::Future;
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let rt = Runtime::new().unwrap();
+        let handle = rt.handle();
+        let value = Arc::new(Mutex::new((None::<i32>, None::<Waker>)));
+        let theirs = value.clone();
+        let spawner = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(10));
+            let task = handle.spawn(async move {
+                let mut v = theirs.lock().unwrap();
+                v.0 = Some(42);
+                if let Some(w) = v.1.take() {
+                    w.wake();
                 }
-                sleep(Duration::from_millis(1)).await.unwrap();
-            };
-            timeout(LIMIT, task).await.unwrap().unwrap()
-        })
-        .unwrap();
+            });
+            drop(task.unwrap());
+        });
+        let got = rt
+            .block_on(poll_fn(|cx| {
+                let mut v = value.lock().unwrap();
+                match v.0 {
+                    Some(n) => Poll::Ready(n),
+                    None => {
+                        v.1 = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                }
+            }))
+            .unwrap();
+        spawner.join().unwrap();
+        let _ = done_tx.send((got, rt.handle()));
+        // A spawn the runtime never took: its join handle learns the runtime is gone.
+        let orphan = rt.handle().spawn(async { 7 }).unwrap();
+        drop(rt);
+        let mut orphan = std::pin::pin!(orphan);
+        let mut cx = std::task::Context::from_waker(Waker::noop());
+        assert!(matches!(orphan.as_mut().poll(&mut cx), Poll::Ready(Err(JoinError::RuntimeGone))));
+    });
+    let (got, handle) = done_rx.recv_timeout(LIMIT).expect("the remote spawn woke the runtime");
     assert_eq!(got, 42);
-    let handle = rt.handle();
-    drop(rt);
-    assert!(matches!(handle.spawn(async {}), Err(Error::RuntimeGone)));
+    worker.join().expect("a spawn the runtime never took settles as RuntimeGone");
+    // Gone after the runtime's drop (which the thread does right after sending).
+    let deadline = Instant::now() + LIMIT;
+    while !matches!(handle.spawn(async {}), Err(Error::RuntimeGone)) {
+        assert!(Instant::now() < deadline, "spawns still accepted after the runtime was dropped");
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 #[test]

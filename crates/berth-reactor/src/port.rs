@@ -146,10 +146,11 @@ pub struct PortStats {
     pub blocking_waits: u64,
     /// Time spent in [`blocking_waits`](Self::blocking_waits).
     pub blocked: Duration,
-    /// Stream sends (a buffer, a file range or a packet list) that found the socket's
-    /// send buffer full and waited for room (epoll), or that the kernel cut short and
-    /// that went back for the rest (io_uring). A request/response server whose
-    /// replies fit the socket buffer keeps this at 0.
+    /// Times a stream send (a buffer, a file range or a packet list) found the
+    /// socket's send buffer full and had to wait for room (epoll: each attempt that
+    /// met `EAGAIN`), or was cut short by the kernel and went back for the rest
+    /// (io_uring). A request/response server whose replies fit the socket buffer
+    /// keeps this at 0.
     pub send_waits: u64,
     /// Only with [`PortBuilder::audit`](crate::PortBuilder::audit): times the port
     /// went to sleep while an op it held could have run — on epoll, a queued op whose
@@ -848,6 +849,8 @@ impl<T> CompletionPort<T> {
         // Events that complete nothing (readiness of a socket with no pending op) do
         // not end the wait: keep polling until a completion or the timeout.
         loop {
+            // Done first, so that what it completes keeps the wait from sleeping.
+            self.driver.prepare(&mut self.core);
             let now = Instant::now();
             let mut poll_timeout = if self.core.ready.is_empty() && !self.driver.busy() {
                 deadline.map(|d| d.saturating_duration_since(now))

@@ -266,3 +266,44 @@ fn an_icmp_error_reaches_a_pooled_receive_and_the_socket_goes_on() {
     assert_eq!(result, Ok(5));
     assert_eq!(datagram(&port, op), b"after");
 }
+
+/// The next `n` op completions, in the order the port delivered them.
+fn ops_in_order(port: &mut CompletionPort<()>, n: usize) -> Vec<(OpId, Result<usize, OpError>)> {
+    let mut done = Vec::new();
+    let mut batch = Vec::with_capacity(16);
+    let until = Instant::now() + IO_TIMEOUT;
+    while done.len() < n {
+        assert!(Instant::now() < until, "only {done:?} within the limit");
+        port.wait(&mut batch, Some(Duration::from_millis(50))).unwrap();
+        for c in batch.drain(..) {
+            if let Completion::Op { op, result, .. } = c {
+                done.push((op, result));
+            }
+        }
+    }
+    assert_eq!(port.stats().stranded_ops, 0, "{:?}", port.stats());
+    done
+}
+
+#[test]
+fn a_pooled_receive_queued_behind_an_own_buffer_one_keeps_the_order() {
+    let mut port = port(2048);
+    let socket = port.bind_udp("127.0.0.1:0".parse().unwrap(), UdpOptions::default()).unwrap();
+    let addr = port.local_addr(socket).unwrap();
+    let own = port.take_op().unwrap();
+    let lease = port.lease().unwrap();
+    port.op_mut(own).unwrap().set_buffer(lease, 0..64).unwrap();
+    port.recv_from(socket, own).unwrap();
+    // The own-buffer receive goes to the kernel first.
+    let _ = port.wait(&mut Vec::with_capacity(8), Some(Duration::from_millis(10)));
+    let pooled = port.take_op().unwrap();
+    port.recv_from_pooled(socket, pooled).unwrap();
+    let _ = port.wait(&mut Vec::with_capacity(8), Some(Duration::from_millis(10)));
+    let c = client("127.0.0.1:0");
+    c.send_to(b"d0", addr).unwrap();
+    c.send_to(b"d1", addr).unwrap();
+    let done = ops_in_order(&mut port, 2);
+    assert_eq!(done, vec![(own, Ok(2)), (pooled, Ok(2))], "receives completed out of order");
+    assert_eq!(&port.op(own).unwrap().buffer().unwrap().filled()[..2], b"d0");
+    assert_eq!(datagram(&port, pooled), b"d1");
+}

@@ -172,9 +172,10 @@ impl Epoll {
         let before = std::mem::take(&mut self.suspects);
         for (index, entry) in core.sockets.iter() {
             let socket = index as u32;
-            // Datagram queues are moved at every wait (`flush`), not by edges; a
-            // listener backing off is driven when its timer fires.
-            if matches!(entry.io, Io::Udp { .. }) || entry.backoff_until.is_some() {
+            // A listener backing off is driven when its timer fires. (Datagram ops
+            // submitted since the last wait were moved by `prepare`; the rest wait for
+            // edges like any other.)
+            if entry.backoff_until.is_some() {
                 continue;
             }
             for dir in [Dir::Read, Dir::Write] {
@@ -389,9 +390,9 @@ impl Epoll {
         n > 0 && !(receive && n < count)
     }
 
-    /// One `epoll_wait` and the work its events make possible.
-    pub(crate) fn poll<T>(&mut self, core: &mut Core<T>, timeout: Option<Duration>) -> io::Result<()> {
-        // Datagram ops submitted since the last wait: moved now, before sleeping.
+    /// Before each wait decides whether it may sleep: moves the datagram ops
+    /// submitted since the last wait (which may complete at once).
+    pub(crate) fn prepare<T>(&mut self, core: &mut Core<T>) {
         for _ in 0..self.flush.len() {
             let socket = self.flush.swap_remove(0);
             // A direction known drained waits for its edge, which epoll gives for
@@ -406,6 +407,11 @@ impl Epoll {
                 }
             }
         }
+    }
+
+    /// One `epoll_wait` (after [`prepare`](Self::prepare)) and the work its events
+    /// make possible.
+    pub(crate) fn poll<T>(&mut self, core: &mut Core<T>, timeout: Option<Duration>) -> io::Result<()> {
         let timeout = if core.ready.is_empty() { timeout } else { Some(Duration::ZERO) };
         let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
         match self.poll.poll(&mut events, timeout) {

@@ -185,6 +185,16 @@ impl Backend {
         }
     }
 
+    /// Work a wait does before it decides whether it may sleep (datagram ops queued
+    /// since the last wait, segments returned to the buffer ring); it may complete
+    /// ops at once.
+    pub(crate) fn prepare<T>(&mut self, core: &mut Core<T>) {
+        match self {
+            Backend::Epoll(d) => d.prepare(core),
+            Backend::Uring(d) => d.prepare(core),
+        }
+    }
+
     pub(crate) fn poll<T>(&mut self, core: &mut Core<T>, timeout: Option<Duration>) -> std::io::Result<()> {
         match self {
             Backend::Epoll(d) => d.poll(core, timeout),

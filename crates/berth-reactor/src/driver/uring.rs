@@ -355,12 +355,17 @@ impl Uring {
                 || self.readers[index].armed.is_some();
             for dir in [Dir::Read, Dir::Write] {
                 let op = entry.queue_ref(dir).head;
-                if op == NIL || core.meta[op as usize].kernel {
+                if op == NIL {
                     continue;
                 }
                 let kept_for_it =
                     dir == Dir::Read && self.readers[index].generation == generation && !self.kept.is_empty(socket);
-                if waits_for_reason && !kept_for_it {
+                // A receive with the kernel while arrivals are kept for the socket: the
+                // kept ones come first, so it waits behind data it should have had.
+                if core.meta[op as usize].kernel && !kept_for_it {
+                    continue;
+                }
+                if waits_for_reason && !kept_for_it && !core.meta[op as usize].kernel {
                     continue;
                 }
                 let key = (op, core.meta[op as usize].seq);
@@ -437,6 +442,12 @@ impl Uring {
                 .and_then(|id| core.pool.get(id).ok())
                 .is_some_and(|a| matches!(a.kind(), OpKind::RecvFrom | OpKind::SendTo));
             if !datagram && cur != core.head(socket, dir) {
+                return;
+            }
+            if held > 0 && core.meta[cur as usize].pooled {
+                // A pooled receive arms the socket's multishot, which would take
+                // datagrams meant for the one-shot receives ahead of it: it starts once
+                // they are done.
                 return;
             }
             match self.start(core, cur, socket, true) {
@@ -859,9 +870,11 @@ impl Uring {
         }
     }
 
-    /// Enters the kernel once: submits everything queued and waits up to `timeout`
-    /// for a completion; then handles every completion there is.
-    pub(crate) fn poll<T>(&mut self, core: &mut Core<T>, mut timeout: Option<Duration>) -> io::Result<()> {
+    /// Before each wait decides whether it may sleep: refills the buffer ring
+    /// (restarting receives that starved) and starts the datagram ops queued since
+    /// the last enter. Either may complete ops at once (a datagram a multishot kept),
+    /// which the wait then hands over without sleeping.
+    pub(crate) fn prepare<T>(&mut self, core: &mut Core<T>) {
         self.feed(core);
         let mut datagrams = std::mem::take(&mut self.datagrams);
         for socket in datagrams.drain(..) {
@@ -869,15 +882,12 @@ impl Uring {
             self.advance_datagrams(core, socket, Dir::Write);
         }
         self.datagrams = datagrams;
-        if !core.ready.is_empty() {
-            // Starting those completed some at once (a datagram a multishot kept, a
-            // receive fed from returned segments): collect, do not sleep.
-            timeout = Some(Duration::ZERO);
-        }
-        if core.audit && !core.ready.is_empty() && timeout != Some(Duration::ZERO) {
-            // The audit: about to sleep with completions to hand over.
-            core.stats.stranded_ops += 1;
-        }
+    }
+
+    /// Enters the kernel once (after [`prepare`](Self::prepare)): submits everything
+    /// queued and waits up to `timeout` for a completion; then handles every
+    /// completion there is.
+    pub(crate) fn poll<T>(&mut self, core: &mut Core<T>, mut timeout: Option<Duration>) -> io::Result<()> {
         if !self.starved.is_empty() {
             // Receives wait for segments the user still holds; no completion announces
             // their return, so look again soon.
@@ -1165,6 +1175,9 @@ impl Uring {
                 }
                 let progress = meta.progress + n;
                 core.meta[op as usize].progress = progress;
+                if progress < len {
+                    core.stats.send_waits += 1;
+                }
                 if progress >= len {
                     Outcome::Done(Ok(progress), sid)
                 } else if let Some(as_) = meta.cancel_as {
