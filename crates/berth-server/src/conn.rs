@@ -12,7 +12,10 @@
 //!   byte plus the header timeout, so trickling bytes do not extend it.
 //! - *Writing*: the reply's bytes, then its file, are being sent. Nothing is read
 //!   meanwhile; pipelined requests wait in the read segment and are handed to the
-//!   service once the reply is out.
+//!   service once the reply is out. A streamed reply ([`Reply::stream`]) stays in
+//!   this phase from segment to segment: once one is sent its buffer is given back
+//!   and [`Service::more`] writes the next into a fresh lease, so the connection
+//!   holds one reply segment however long the reply.
 //! - *Lingering*: after a reply that closes, the sending side is shut down and input is
 //!   discarded until the peer closes or a short deadline passes, so the peer reads
 //!   the whole reply instead of a reset.
@@ -86,6 +89,8 @@ struct Conn<C> {
     close_after: bool,
     /// Wait for the service's later answer once the reply is sent.
     await_after: bool,
+    /// Ask the service for the next segment once this one is sent.
+    stream_after: bool,
     /// While awaiting: when the answer is overdue.
     answer_by: Option<Instant>,
     user: C,
@@ -232,6 +237,7 @@ impl<S: Service> Worker<S> {
             pieces: None,
             close_after: false,
             await_after: false,
+            stream_after: false,
             answer_by: None,
             user,
         });
@@ -448,8 +454,11 @@ impl<S: Service> Worker<S> {
         let write_timeout = self.limits.write_timeout;
         let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
         conn.phase = Phase::Writing;
-        conn.close_after = parts.close || (draining && !parts.later);
+        // A close asked for by an earlier segment of a stream still holds (it is
+        // false for a fresh reply: a reply that closes does not read again).
+        conn.close_after |= parts.close || (draining && !parts.later);
         conn.await_after = parts.later && !parts.close;
+        conn.stream_after = parts.stream;
         conn.file = parts.file;
         let deadline = write_timeout.map(|t| Instant::now() + t);
         if port.set_deadline(conn.write, deadline).is_err() {
@@ -593,15 +602,20 @@ impl<S: Service> Worker<S> {
         }
     }
 
-    /// A reply is fully sent: read the next request, or close.
+    /// A reply (or a segment of a streamed one) is sent: the next segment, or read
+    /// the next request, or close.
     fn replied(&mut self, port: &mut CompletionPort<()>, index: usize) {
-        self.counts.add(Counter::Replies, 1);
         let draining = self.draining;
         let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
-        self.service.reply_sent(&mut conn.user);
         if let Ok(args) = port.op_mut(conn.write) {
             drop(args.take_buffer());
         }
+        if std::mem::take(&mut conn.stream_after) {
+            return self.more(port, index);
+        }
+        self.counts.add(Counter::Replies, 1);
+        let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
+        self.service.reply_sent(&mut conn.user);
         if std::mem::take(&mut conn.await_after) {
             // Even while draining: the answer may still come within the grace period.
             return self.awaiting(index);
@@ -610,6 +624,29 @@ impl<S: Service> Worker<S> {
             return self.process(port, index);
         }
         self.linger(port, index);
+    }
+
+    /// The next segment of a streamed reply, written by [`Service::more`] into a
+    /// fresh lease (the last segment's was given back in [`replied`](Self::replied)).
+    fn more(&mut self, port: &mut CompletionPort<()>, index: usize) {
+        let draining = self.draining.is_some();
+        let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
+        let mut parts = {
+            let lease = || port.lease();
+            let mut reply = Reply::new(&lease, ConnId::new(self.index, conn.socket), false, draining);
+            self.service.more(&mut conn.user, &mut reply);
+            reply.into_parts()
+        };
+        if parts.failed || parts.later {
+            tracing::debug!(socket = ?conn.socket, "stream segment did not fit, no buffer, or asked to wait: closing");
+            return self.close(port, index);
+        }
+        if parts.is_empty() {
+            // Nothing more: the stream ends here.
+            return self.replied(port, index);
+        }
+        parts.close |= conn.close_after;
+        self.write(port, index, parts);
     }
 
     /// Lingering close: FIN now, discard input until the peer's FIN or a deadline,

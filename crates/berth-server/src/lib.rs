@@ -77,6 +77,7 @@ mod conn;
 mod echo;
 mod encoding;
 mod files;
+mod listing;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
