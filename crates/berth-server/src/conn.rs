@@ -631,7 +631,7 @@ impl<S: Service> Worker<S> {
     fn more(&mut self, port: &mut CompletionPort<()>, index: usize) {
         let draining = self.draining.is_some();
         let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
-        let mut parts = {
+        let parts = {
             let lease = || port.lease();
             let mut reply = Reply::new(&lease, ConnId::new(self.index, conn.socket), false, draining);
             self.service.more(&mut conn.user, &mut reply);
@@ -645,7 +645,7 @@ impl<S: Service> Worker<S> {
             // Nothing more: the stream ends here.
             return self.replied(port, index);
         }
-        parts.close |= conn.close_after;
+        // `write` keeps a close asked for by an earlier segment.
         self.write(port, index, parts);
     }
 

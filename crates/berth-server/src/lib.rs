@@ -77,10 +77,10 @@ mod conn;
 mod echo;
 mod encoding;
 mod files;
-mod listing;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod listing;
 mod metrics;
 mod path;
 mod ranges;
