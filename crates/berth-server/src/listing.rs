@@ -429,7 +429,7 @@ mod tests {
         assert_eq!(text(b"<script>alert('x')</script>"), "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;");
         assert_eq!(text(b"a\"b&c"), "a&quot;b&amp;c");
         assert_eq!(text(b"new\nline"), "new\u{FFFD}line");
-        assert_eq!(text(b"bad\xff\xfe.txt"), "bad\u{FFFD}.txt");
+        assert_eq!(text(b"bad\xff\xfe.txt"), "bad\u{FFFD}\u{FFFD}.txt");
         assert_eq!(text("caf\u{e9}".as_bytes()), "caf\u{e9}");
     }
 
