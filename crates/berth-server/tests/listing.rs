@@ -266,6 +266,9 @@ fn names_are_escaped_in_the_text_and_percent_encoded_in_the_links() {
     }
     std::os::unix::fs::symlink("loop", dir.path().join("loop")).unwrap();
     std::os::unix::fs::symlink("../../../../../../etc", dir.path().join("out")).unwrap();
+    // A link to the directory itself: listed as a directory, never recursed into.
+    std::os::unix::fs::symlink(".", dir.path().join("self")).unwrap();
+    std::os::unix::fs::symlink("javascript:alert(1)", dir.path().join("tofile")).unwrap();
     let server = serve_list(dir.path(), false);
     let mut s = client(server.local_addr());
     let (_, page) = list(&mut s, "/");
@@ -289,6 +292,9 @@ fn names_are_escaped_in_the_text_and_percent_encoded_in_the_links() {
     // A symlink loop and a link out of the root are entries without a size or date.
     assert!(page.contains("<a href=\"./loop\">loop</a></td><td></td><td></td>"), "{page}");
     assert!(page.contains("<a href=\"./out\">out</a></td><td></td><td></td>"), "{page}");
+    // Links that stay inside are shown as what they point to.
+    assert_eq!(hrefs(&page)[0], "./self/", "{page}");
+    assert!(page.contains("<a href=\"./tofile\">tofile</a></td><td>1</td>"), "{page}");
     // Each link works: it names the file exactly.
     for link in ["/bad%FF%FE.txt", "/new%0Aline", "/%3Cscript%3Ealert%281%29%3C"] {
         let r = exchange(&mut s, &req("GET", link, ""));
