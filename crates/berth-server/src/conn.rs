@@ -39,6 +39,10 @@ use crate::metrics::{Counter, Local, Row};
 use crate::server::SHUTDOWN;
 use crate::service::{ConnId, FileParts, Reply, ReplyParts, SERVICE_POST, Service, WorkerHandle};
 
+/// The key of the completions a worker posts to itself to resume a stream that
+/// yielded (the data is the [`ConnId`]).
+const STREAM_RESUME: u64 = u64::MAX - 3;
+
 /// How long a lingering close waits for the peer to close.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -91,6 +95,9 @@ struct Conn<C> {
     await_after: bool,
     /// Ask the service for the next segment once this one is sent.
     stream_after: bool,
+    /// The stream yielded: [`Service::more`] is called again when the resume
+    /// posted to this worker arrives.
+    resume_pending: bool,
     /// While awaiting: when the answer is overdue.
     answer_by: Option<Instant>,
     user: C,
@@ -238,6 +245,7 @@ impl<S: Service> Worker<S> {
             close_after: false,
             await_after: false,
             stream_after: false,
+            resume_pending: false,
             answer_by: None,
             user,
         });
@@ -432,7 +440,8 @@ impl<S: Service> Worker<S> {
                 tracing::debug!(socket = ?conn.socket, "reply did not fit or no buffer: closing");
                 return self.close(port, index);
             }
-            if !parts.is_empty() {
+            // A stream asked for with nothing written yet starts with `more`.
+            if !parts.is_empty() || parts.stream {
                 conn.request_started = None;
                 return self.write(port, index, parts);
             }
@@ -630,23 +639,50 @@ impl<S: Service> Worker<S> {
     /// fresh lease (the last segment's was given back in [`replied`](Self::replied)).
     fn more(&mut self, port: &mut CompletionPort<()>, index: usize) {
         let draining = self.draining.is_some();
-        let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
-        let parts = {
-            let lease = || port.lease();
-            let mut reply = Reply::new(&lease, ConnId::new(self.index, conn.socket), false, draining);
-            self.service.more(&mut conn.user, &mut reply);
-            reply.into_parts()
-        };
-        if parts.failed || parts.later {
-            tracing::debug!(socket = ?conn.socket, "stream segment did not fit, no buffer, or asked to wait: closing");
-            return self.close(port, index);
+        loop {
+            let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
+            let id = ConnId::new(self.index, conn.socket);
+            let parts = {
+                let lease = || port.lease();
+                let mut reply = Reply::new(&lease, id, false, draining);
+                self.service.more(&mut conn.user, &mut reply);
+                reply.into_parts()
+            };
+            if parts.failed || parts.later {
+                tracing::debug!(socket = ?conn.socket, "stream segment did not fit, no buffer, or asked to wait: closing");
+                return self.close(port, index);
+            }
+            if !parts.is_empty() {
+                // `write` keeps a close asked for by an earlier segment.
+                return self.write(port, index, parts);
+            }
+            if !parts.stream {
+                // Nothing more: the stream ends here.
+                return self.replied(port, index);
+            }
+            // Nothing yet, but more to come: let this worker's other completions
+            // run first, and resume when the post comes back.
+            if port.handle().post(STREAM_RESUME, id.to_u64()).is_ok() {
+                conn.resume_pending = true;
+                return;
+            }
+            // The port's post queue is full: no way to yield; go on at once.
         }
-        if parts.is_empty() {
-            // Nothing more: the stream ends here.
-            return self.replied(port, index);
+    }
+
+    /// A stream that yielded goes on (if its connection is still the one posted).
+    fn resume(&mut self, port: &mut CompletionPort<()>, data: u64) {
+        let id = ConnId::from_u64(data);
+        let socket = id.socket();
+        let index = socket.index();
+        if id.worker() != self.index {
+            return;
         }
-        // `write` keeps a close asked for by an earlier segment.
-        self.write(port, index, parts);
+        let Some(conn) = self.conn(index) else { return };
+        if conn.socket != socket || !std::mem::take(&mut conn.resume_pending) {
+            return;
+        }
+        self.more(port, index);
     }
 
     /// Lingering close: FIN now, discard input until the peer's FIN or a deadline,
@@ -678,6 +714,7 @@ impl<S: Service> Handler<()> for Worker<S> {
             Completion::Posted { key: SHUTDOWN, data } => {
                 return self.begin_drain(port, Duration::from_millis(data));
             }
+            Completion::Posted { key: STREAM_RESUME, data } => return self.resume(port, data),
             Completion::Posted { key: SERVICE_POST, data } => {
                 let service = self.service.clone();
                 return service.posted(data, &mut Conns { worker: self, port });
@@ -778,7 +815,7 @@ impl<S: Service> Conns<'_, S> {
         if parts.failed {
             tracing::debug!(socket = ?conn.socket, "answer did not fit or no buffer: closing");
             w.close(port, index);
-        } else if !parts.is_empty() {
+        } else if !parts.is_empty() || parts.stream {
             w.write(port, index, parts);
         } else if !parts.later {
             w.process(port, index);

@@ -18,7 +18,7 @@ use rustix::io::Errno;
 
 use crate::access_log::{AccessLog, Record};
 use crate::encoding::{Accepted, Coding};
-use crate::listing::Listing;
+use crate::listing::{Listing, Step};
 use crate::path::{self, PathError, RelPath};
 use crate::ranges::{self, MAX_RANGES, Ranges};
 use crate::service::{Reply, Service};
@@ -1208,8 +1208,10 @@ impl Service for StaticFiles {
     fn more(&self, conn: &mut FilesConn, reply: &mut Reply<'_>) {
         let Some(listing) = conn.listing.as_mut() else { return };
         match listing.segment(reply) {
-            Ok(true) => reply.stream(),
-            Ok(false) => conn.listing = None,
+            // A yield writes nothing and asks for more: called again after the
+            // worker's other completions.
+            Ok(Step::More | Step::Yield) => reply.stream(),
+            Ok(Step::Done) => conn.listing = None,
             Err(e) => {
                 // Nothing half-written goes out: the body ends short, with the close.
                 tracing::debug!("listing cut short: {e}");

@@ -31,6 +31,9 @@ pub(crate) const POOL: usize = 64 * 1024;
 pub(crate) const SLOTS: usize = 4096;
 /// The getdents buffer.
 const DIRENTS: usize = 16 * 1024;
+/// Entries read in one step of a pass; then the worker is yielded
+/// ([`Step::Yield`]) and the pass goes on from the directory offset reached.
+const STEP: usize = 8192;
 /// Linux's `NAME_MAX`: no directory entry has a longer name.
 const NAME_MAX: usize = 255;
 /// Room for one rendered row: a name of [`NAME_MAX`] bytes escaped for the text
@@ -102,6 +105,9 @@ pub(crate) struct Listing {
     /// A pass is needed before the next entries (none was run yet, or the last one
     /// left entries out).
     pass_due: bool,
+    /// A pass is under way; it goes on from the directory offset `resume_at`.
+    in_pass: bool,
+    resume_at: u64,
     dirents: Vec<MaybeUninit<u8>>,
 }
 
@@ -129,6 +135,8 @@ impl Listing {
             slots: Vec::with_capacity(SLOTS),
             next: 0,
             pass_due: true,
+            in_pass: false,
+            resume_at: 0,
             dirents: vec![MaybeUninit::uninit(); DIRENTS],
         })
     }
@@ -153,18 +161,26 @@ impl Listing {
     }
 
     /// Writes the next segment: as many rows as fit, and the page's end once every
-    /// entry is out. Returns whether more segments follow.
-    pub(crate) fn segment(&mut self, reply: &mut Reply<'_>) -> io::Result<bool> {
+    /// entry is out; or nothing, if a step of a pass found no row to send yet.
+    pub(crate) fn segment(&mut self, reply: &mut Reply<'_>) -> io::Result<Step> {
         let chunk = self.open_chunk(reply)?;
         let body = reply.written().len();
         let tail = CLOSING.len() + LAST_CHUNK.len();
         let mut row = [0u8; ROW];
         loop {
-            if self.next == self.slots.len() {
-                if self.pass_due {
-                    self.pass();
+            if self.in_pass || (self.next == self.slots.len() && self.pass_due) {
+                if self.pass_step() {
                     continue;
                 }
+                // The pass goes on in the next call: send what this one has, or
+                // (nothing yet) let the worker serve others first.
+                if reply.written().len() > body {
+                    break;
+                }
+                reply.truncate(chunk);
+                return Ok(Step::Yield);
+            }
+            if self.next == self.slots.len() {
                 // Every entry is out: the end of the page, if it fits here.
                 if reply.remaining() < tail {
                     break;
@@ -174,7 +190,7 @@ impl Listing {
                     self.close_chunk(reply, chunk)?;
                     reply.write_all(b"0\r\n\r\n")?;
                 }
-                return Ok(false);
+                return Ok(Step::Done);
             }
             let slot = self.slots[self.next];
             let name = &self.pool[slot.start as usize..slot.start as usize + usize::from(slot.len)];
@@ -197,7 +213,7 @@ impl Listing {
             return Err(io::Error::other("segment too small for a listing row"));
         }
         self.close_chunk(reply, chunk)?;
-        Ok(true)
+        Ok(Step::More)
     }
 
     /// With chunked framing: the chunk-size placeholder; returns where it is.
@@ -223,34 +239,47 @@ impl Listing {
         reply.write_all(b"\r\n")
     }
 
-    /// One pass over the directory: holds the smallest entries after the cursor
-    /// (see the module docs). An error reading the directory ends the listing with
+    /// One step of a pass over the directory, which holds the smallest entries
+    /// after the cursor (see the module docs): at most [`STEP`] entries, from where
+    /// the last step stopped. Returns whether the pass is over (its entries are then
+    /// sorted, ready to send). An error reading the directory ends the listing with
     /// what was read.
-    fn pass(&mut self) {
-        if let Some(last) = self.slots.last() {
-            let mut cursor = Key::NONE;
-            let start = last.start as usize;
-            cursor.set(last.group, &self.pool[start..start + usize::from(last.len)]);
-            self.cursor = Some(cursor);
+    fn pass_step(&mut self) -> bool {
+        if !self.in_pass {
+            if let Some(last) = self.slots.last() {
+                let mut cursor = Key::NONE;
+                let start = last.start as usize;
+                cursor.set(last.group, &self.pool[start..start + usize::from(last.len)]);
+                self.cursor = Some(cursor);
+            }
+            self.pool.clear();
+            self.slots.clear();
+            self.next = 0;
+            self.bound = None;
+            self.pass_due = false;
+            self.in_pass = true;
+            self.resume_at = 0;
         }
-        self.pool.clear();
-        self.slots.clear();
-        self.next = 0;
-        self.bound = None;
-        self.pass_due = false;
-        if let Err(e) = rustix::fs::seek(&self.dir, SeekFrom::Start(0)) {
-            tracing::warn!("listing: rewinding the directory: {e}");
-            return;
+        if let Err(e) = rustix::fs::seek(&self.dir, SeekFrom::Start(self.resume_at)) {
+            tracing::warn!("listing: seeking in the directory: {e}");
+            return self.end_pass();
         }
         let mut dir = RawDir::new(&self.dir, &mut self.dirents);
-        while let Some(entry) = dir.next() {
-            let entry = match entry {
-                Ok(entry) => entry,
-                Err(e) => {
+        let mut read = 0;
+        loop {
+            if read == STEP {
+                return false;
+            }
+            let entry = match dir.next() {
+                None => break,
+                Some(Ok(entry)) => entry,
+                Some(Err(e)) => {
                     tracing::warn!("listing: reading the directory: {e}");
                     break;
                 }
             };
+            read += 1;
+            self.resume_at = entry.next_entry_cookie();
             let name = entry.file_name();
             let bytes = name.to_bytes();
             if bytes == b"." || bytes == b".." || bytes.is_empty() || bytes.len() > NAME_MAX {
@@ -276,11 +305,32 @@ impl Listing {
             self.slots.push(Slot { start: self.pool.len() as u32, len: bytes.len() as u8, group });
             self.pool.extend_from_slice(bytes);
         }
+        self.end_pass()
+    }
+
+    /// Sorts the pass's entries; returns true.
+    fn end_pass(&mut self) -> bool {
         let pool = &self.pool;
         self.slots.sort_unstable_by(|a, b| slot_key(pool, a).cmp(&slot_key(pool, b)));
+        // Resuming at a directory offset may read an entry twice (hash collisions
+        // in ext4's offsets): once in the page.
+        self.slots.dedup_by(|a, b| slot_key(pool, a) == slot_key(pool, b));
+        self.in_pass = false;
         // Entries were left out: another pass after these.
         self.pass_due = self.bound.is_some();
+        true
     }
+}
+
+/// What [`Listing::segment`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Rows: more segments follow.
+    More,
+    /// Nothing yet (a pass is under way): call again after the worker's other work.
+    Yield,
+    /// The page's end: the listing is complete.
+    Done,
 }
 
 fn slot_key<'p>(pool: &'p [u8], s: &Slot) -> (u8, &'p [u8]) {

@@ -79,7 +79,11 @@ pub trait Service: Send + Sync + 'static {
     /// after it, or leave it to end the stream (the reply is then complete:
     /// [`reply_sent`](Service::reply_sent) follows, then the next request or the
     /// close asked for by any segment). A call that writes nothing and sends no file
-    /// ends the stream too. The default writes nothing.
+    /// ends the stream too — unless it asks for more: that *yields*, and `more` is
+    /// called again once the worker has handled the completions of its other
+    /// connections, so a long piece of work (a listing's pass over a large
+    /// directory) can be done in steps without holding the worker. The default
+    /// writes nothing.
     ///
     /// Only one segment of a stream exists at a time, so a reply of any length
     /// holds one buffer segment; `reply` starts empty, with a whole segment of room.

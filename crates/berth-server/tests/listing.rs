@@ -148,6 +148,60 @@ fn shutdown_ends_a_stream_after_the_grace_period() {
     drop(s);
 }
 
+/// `wait\n` is answered with a stream that yields (writes nothing, asks for more)
+/// until some connection sent `go\n`, then `done\n`; `go\n` gets `ok\n`.
+#[derive(Default)]
+struct Yielder {
+    go: std::sync::atomic::AtomicBool,
+    yields: AtomicUsize,
+}
+
+impl Service for Yielder {
+    type Conn = ();
+
+    fn connect(&self, _peer: Option<std::net::SocketAddr>) {}
+
+    fn data(&self, _c: &mut (), input: &[u8], reply: &mut Reply<'_>) -> usize {
+        let Some(nl) = input.iter().position(|&b| b == b'\n') else { return 0 };
+        if &input[..nl] == b"go" {
+            self.go.store(true, Ordering::Relaxed);
+            let _ = reply.write_bytes(b"ok\n");
+        } else {
+            self.more(&mut (), reply);
+        }
+        nl + 1
+    }
+
+    fn more(&self, _c: &mut (), reply: &mut Reply<'_>) {
+        if self.go.load(Ordering::Relaxed) {
+            let _ = reply.write_bytes(b"done\n");
+        } else {
+            self.yields.fetch_add(1, Ordering::Relaxed);
+            reply.stream();
+        }
+    }
+}
+
+#[test]
+fn a_stream_that_yields_lets_the_worker_serve_other_connections() {
+    let server = builder().serve(Yielder::default()).unwrap();
+    let mut waiting = client(server.local_addr());
+    waiting.write_all(b"wait\n").unwrap();
+    // The same (only) worker still answers another connection meanwhile.
+    let mut other = client(server.local_addr());
+    other.write_all(b"go\n").unwrap();
+    let mut ok = [0u8; 3];
+    other.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"ok\n");
+    let mut done = [0u8; 5];
+    waiting.read_exact(&mut done).unwrap();
+    assert_eq!(&done, b"done\n");
+    let handle = server.shutdown_handle();
+    drop((waiting, other));
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    assert_eq!(handle.metrics().buffers.in_use, 0, "buffers returned");
+}
+
 // ---- listings -------------------------------------------------------------------
 
 fn serve_list(root: &std::path::Path, hidden: bool) -> berth_server::Server {
