@@ -311,7 +311,9 @@ impl<'a> Reply<'a> {
     /// memory. The [write timeout](crate::ServerBuilder::write_timeout) applies to
     /// each segment; a peer that leaves mid-stream ends it with
     /// [`Service::disconnect`]. A [`close`](Self::close) asked for by any segment
-    /// closes the connection after the last one. Cannot be combined with
+    /// closes the connection after the last one. Asked for with nothing written,
+    /// the reply starts with `more`; asked for by a `more` that writes nothing, it
+    /// yields the worker (see [`Service::more`]). Cannot be combined with
     /// [`answer_later`](Self::answer_later) (the connection is closed).
     ///
     /// ```
