@@ -441,3 +441,28 @@ fn a_client_that_leaves_mid_listing_frees_everything() {
     server.shutdown(Duration::from_secs(5)).unwrap();
     assert_eq!(handle.metrics().buffers.in_use, 0, "buffers returned");
 }
+
+/// More entries than one pass holds (4096), directories and files mixed: every
+/// directory before every file, each group in order, each entry once, across passes
+/// and across the steps a pass is read in.
+#[test]
+fn a_listing_longer_than_one_window_stays_grouped_sorted_and_complete() {
+    let dir = TempDir::new("listing-mixed");
+    // Names that interleave: d-0007 (a directory) sorts between f-0006 and f-0008.
+    for i in 0..9000 {
+        let name = dir.path().join(format!("n-{i:05}"));
+        if i % 3 == 0 {
+            std::fs::create_dir(&name).unwrap();
+        } else {
+            std::fs::File::create(&name).unwrap();
+        }
+    }
+    let server = serve_list(dir.path(), false);
+    let (_, page) = list(&mut client(server.local_addr()), "/");
+    let links = hrefs(&page);
+    let dirs: Vec<String> = (0..9000).step_by(3).map(|i| format!("./n-{i:05}/")).collect();
+    let files: Vec<String> = (0..9000).filter(|i| i % 3 != 0).map(|i| format!("./n-{i:05}")).collect();
+    assert_eq!(links.len(), 9000);
+    assert!(links[..3000].iter().zip(&dirs).all(|(a, b)| a == b), "directories first, in order");
+    assert!(links[3000..].iter().zip(&files).all(|(a, b)| a == b), "then files, in order");
+}
