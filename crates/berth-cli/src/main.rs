@@ -158,6 +158,11 @@ struct Routes {
     /// The body of every 404: FILE, relative to DIR, sent with status 404.
     #[arg(long, value_name = "FILE")]
     not_found: Option<PathBuf>,
+    /// List a directory that has no index file: an HTML page, directories first,
+    /// each group sorted by name (byte order), with sizes and dates; hidden entries
+    /// only with --hidden. Streamed in constant memory, however large the directory.
+    #[arg(long)]
+    list: bool,
     /// Serve FILE.br, FILE.zst or FILE.gz in FILE's place to clients whose
     /// Accept-Encoding takes it, when it sits beside FILE and is not older.
     #[arg(long)]
@@ -248,7 +253,7 @@ fn static_files(
     for (name, value) in headers {
         files = files.header(name, value).map_err(|e| format!("--header: {e}"))?;
     }
-    files = files.precompressed(routes.precompressed);
+    files = files.precompressed(routes.precompressed).list(routes.list);
     if !routes.index.is_empty() {
         files = files.index(&routes.index).map_err(|e| format!("--index: {e}"))?;
     }

@@ -447,3 +447,59 @@ fn curl_access_log_and_sighup() {
     assert!(wait_exit(child).success());
     drop(dir);
 }
+
+/// `--list`: curl gets a directory's listing (chunked, decoded by curl), directories
+/// first, names escaped, hidden entries only with `--hidden`; a directory with an
+/// index still gets the index, and without `--list` a directory is a 404.
+#[test]
+fn curl_directory_listing() {
+    if !curl_for("curl_directory_listing") {
+        return;
+    }
+    let (dir, _base, root) = scratch("list");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::create_dir_all(root.join("site")).unwrap();
+    std::fs::write(root.join("site/index.html"), "<h1>site</h1>").unwrap();
+    std::fs::write(root.join("b.txt"), "bb").unwrap();
+    std::fs::write(root.join("<img src=x onerror=alert(1)>"), "x").unwrap();
+    std::fs::write(root.join(".env"), "TOP-SECRET").unwrap();
+    let args = |extra: &[&'static str]| {
+        let mut v = vec!["serve", root.to_str().unwrap(), "--addr", "127.0.0.1:0", "--workers", "1", "--log", "warn"];
+        v.extend_from_slice(extra);
+        v.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let run = |extra: &[&'static str]| {
+        let a = args(extra);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        start(&a)
+    };
+
+    let (child, banner) = run(&["--list"]);
+    let base = format!("http://{}", banner_addr(&banner));
+    let out = curl(&["-D", "-", &format!("{base}/")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(page.contains("Transfer-Encoding: chunked"), "{page}");
+    let links: Vec<&str> = page.split("<a href=\"").skip(1).map(|r| &r[..r.find('"').unwrap()]).collect();
+    assert_eq!(links, ["./site/", "./sub/", "./%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E", "./b.txt"], "{page}");
+    assert!(!page.contains("<img") && page.contains("&lt;img src=x onerror=alert(1)&gt;"), "{page}");
+    assert!(!page.contains(".env"), "{page}");
+    // Each link works as curl sends it.
+    assert_eq!(curl_w("%{http_code}", &[&format!("{base}/%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E")]), "200");
+    let index = curl(&[&format!("{base}/site/")]);
+    assert_eq!(index.stdout, b"<h1>site</h1>");
+    signal(&child, Signal::INT);
+    assert!(wait_exit(child).success());
+
+    let (child, banner) = run(&["--list", "--hidden"]);
+    let out = curl(&[&format!("http://{}/", banner_addr(&banner))]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("./.env"), "--hidden lists dotfiles");
+    signal(&child, Signal::INT);
+    assert!(wait_exit(child).success());
+
+    let (child, banner) = run(&[]);
+    assert_eq!(curl_w("%{http_code}", &[&format!("http://{}/sub/", banner_addr(&banner))]), "404");
+    signal(&child, Signal::INT);
+    assert!(wait_exit(child).success());
+    drop(dir);
+}

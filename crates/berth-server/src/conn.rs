@@ -12,7 +12,10 @@
 //!   byte plus the header timeout, so trickling bytes do not extend it.
 //! - *Writing*: the reply's bytes, then its file, are being sent. Nothing is read
 //!   meanwhile; pipelined requests wait in the read segment and are handed to the
-//!   service once the reply is out.
+//!   service once the reply is out. A streamed reply ([`Reply::stream`]) stays in
+//!   this phase from segment to segment: once one is sent its buffer is given back
+//!   and [`Service::more`] writes the next into a fresh lease, so the connection
+//!   holds one reply segment however long the reply.
 //! - *Lingering*: after a reply that closes, the sending side is shut down and input is
 //!   discarded until the peer closes or a short deadline passes, so the peer reads
 //!   the whole reply instead of a reset.
@@ -35,6 +38,10 @@ use berth_reactor::{Completion, CompletionPort, Handler, SocketId};
 use crate::metrics::{Counter, Local, Row};
 use crate::server::SHUTDOWN;
 use crate::service::{ConnId, FileParts, Reply, ReplyParts, SERVICE_POST, Service, WorkerHandle};
+
+/// The key of the completions a worker posts to itself to resume a stream that
+/// yielded (the data is the [`ConnId`]).
+const STREAM_RESUME: u64 = u64::MAX - 3;
 
 /// How long a lingering close waits for the peer to close.
 const LINGER: Duration = Duration::from_secs(2);
@@ -86,6 +93,11 @@ struct Conn<C> {
     close_after: bool,
     /// Wait for the service's later answer once the reply is sent.
     await_after: bool,
+    /// Ask the service for the next segment once this one is sent.
+    stream_after: bool,
+    /// The stream yielded: [`Service::more`] is called again when the resume
+    /// posted to this worker arrives.
+    resume_pending: bool,
     /// While awaiting: when the answer is overdue.
     answer_by: Option<Instant>,
     user: C,
@@ -232,6 +244,8 @@ impl<S: Service> Worker<S> {
             pieces: None,
             close_after: false,
             await_after: false,
+            stream_after: false,
+            resume_pending: false,
             answer_by: None,
             user,
         });
@@ -426,7 +440,8 @@ impl<S: Service> Worker<S> {
                 tracing::debug!(socket = ?conn.socket, "reply did not fit or no buffer: closing");
                 return self.close(port, index);
             }
-            if !parts.is_empty() {
+            // A stream asked for with nothing written yet starts with `more`.
+            if !parts.is_empty() || parts.stream {
                 conn.request_started = None;
                 return self.write(port, index, parts);
             }
@@ -448,8 +463,11 @@ impl<S: Service> Worker<S> {
         let write_timeout = self.limits.write_timeout;
         let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
         conn.phase = Phase::Writing;
-        conn.close_after = parts.close || (draining && !parts.later);
+        // A close asked for by an earlier segment of a stream still holds (it is
+        // false for a fresh reply: a reply that closes does not read again).
+        conn.close_after |= parts.close || (draining && !parts.later);
         conn.await_after = parts.later && !parts.close;
+        conn.stream_after = parts.stream;
         conn.file = parts.file;
         let deadline = write_timeout.map(|t| Instant::now() + t);
         if port.set_deadline(conn.write, deadline).is_err() {
@@ -593,15 +611,20 @@ impl<S: Service> Worker<S> {
         }
     }
 
-    /// A reply is fully sent: read the next request, or close.
+    /// A reply (or a segment of a streamed one) is sent: the next segment, or read
+    /// the next request, or close.
     fn replied(&mut self, port: &mut CompletionPort<()>, index: usize) {
-        self.counts.add(Counter::Replies, 1);
         let draining = self.draining;
         let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
-        self.service.reply_sent(&mut conn.user);
         if let Ok(args) = port.op_mut(conn.write) {
             drop(args.take_buffer());
         }
+        if std::mem::take(&mut conn.stream_after) {
+            return self.more(port, index);
+        }
+        self.counts.add(Counter::Replies, 1);
+        let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
+        self.service.reply_sent(&mut conn.user);
         if std::mem::take(&mut conn.await_after) {
             // Even while draining: the answer may still come within the grace period.
             return self.awaiting(index);
@@ -610,6 +633,56 @@ impl<S: Service> Worker<S> {
             return self.process(port, index);
         }
         self.linger(port, index);
+    }
+
+    /// The next segment of a streamed reply, written by [`Service::more`] into a
+    /// fresh lease (the last segment's was given back in [`replied`](Self::replied)).
+    fn more(&mut self, port: &mut CompletionPort<()>, index: usize) {
+        let draining = self.draining.is_some();
+        loop {
+            let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
+            let id = ConnId::new(self.index, conn.socket);
+            let parts = {
+                let lease = || port.lease();
+                let mut reply = Reply::new(&lease, id, false, draining);
+                self.service.more(&mut conn.user, &mut reply);
+                reply.into_parts()
+            };
+            if parts.failed || parts.later {
+                tracing::debug!(socket = ?conn.socket, "stream segment did not fit, no buffer, or asked to wait: closing");
+                return self.close(port, index);
+            }
+            if !parts.is_empty() {
+                // `write` keeps a close asked for by an earlier segment.
+                return self.write(port, index, parts);
+            }
+            if !parts.stream {
+                // Nothing more: the stream ends here.
+                return self.replied(port, index);
+            }
+            // Nothing yet, but more to come: let this worker's other completions
+            // run first, and resume when the post comes back.
+            if port.handle().post(STREAM_RESUME, id.to_u64()).is_ok() {
+                conn.resume_pending = true;
+                return;
+            }
+            // The port's post queue is full: no way to yield; go on at once.
+        }
+    }
+
+    /// A stream that yielded goes on (if its connection is still the one posted).
+    fn resume(&mut self, port: &mut CompletionPort<()>, data: u64) {
+        let id = ConnId::from_u64(data);
+        let socket = id.socket();
+        let index = socket.index();
+        if id.worker() != self.index {
+            return;
+        }
+        let Some(conn) = self.conn(index) else { return };
+        if conn.socket != socket || !std::mem::take(&mut conn.resume_pending) {
+            return;
+        }
+        self.more(port, index);
     }
 
     /// Lingering close: FIN now, discard input until the peer's FIN or a deadline,
@@ -641,6 +714,7 @@ impl<S: Service> Handler<()> for Worker<S> {
             Completion::Posted { key: SHUTDOWN, data } => {
                 return self.begin_drain(port, Duration::from_millis(data));
             }
+            Completion::Posted { key: STREAM_RESUME, data } => return self.resume(port, data),
             Completion::Posted { key: SERVICE_POST, data } => {
                 let service = self.service.clone();
                 return service.posted(data, &mut Conns { worker: self, port });
@@ -741,7 +815,7 @@ impl<S: Service> Conns<'_, S> {
         if parts.failed {
             tracing::debug!(socket = ?conn.socket, "answer did not fit or no buffer: closing");
             w.close(port, index);
-        } else if !parts.is_empty() {
+        } else if !parts.is_empty() || parts.stream {
             w.write(port, index, parts);
         } else if !parts.later {
             w.process(port, index);

@@ -80,6 +80,7 @@ mod files;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod listing;
 mod metrics;
 mod path;
 mod ranges;

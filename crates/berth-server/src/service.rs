@@ -23,7 +23,9 @@ use crate::conn::Conns;
 /// consumed. The service consumes a prefix (a request, say) and may answer it; the
 /// server sends the answer, and only once it is sent calls `data` again with the
 /// rest. So pipelined requests are answered in order, one at a time, and a peer that
-/// sends faster than it reads is not read from meanwhile. Consuming nothing and
+/// sends faster than it reads is not read from meanwhile. A reply longer than one
+/// segment is streamed: [`Reply::stream`] asks for [`more`](Service::more) once its
+/// bytes are sent, segment by segment. Consuming nothing and
 /// answering nothing means "need more bytes": the server reads more, up to the
 /// request head limit ([`Reply::input_full`] says when that is reached).
 ///
@@ -69,6 +71,24 @@ pub trait Service: Send + Sync + 'static {
     /// handed to the kernel: an access log ends the request's time here.
     fn reply_sent(&self, conn: &mut Self::Conn) {
         let _ = conn;
+    }
+
+    /// The next segment of a streamed reply ([`Reply::stream`]): the previous
+    /// segment has been handed to the kernel. Whatever is written to `reply` is sent
+    /// next; call [`reply.stream()`](Reply::stream) again to be called once more
+    /// after it, or leave it to end the stream (the reply is then complete:
+    /// [`reply_sent`](Service::reply_sent) follows, then the next request or the
+    /// close asked for by any segment). A call that writes nothing and sends no file
+    /// ends the stream too — unless it asks for more: that *yields*, and `more` is
+    /// called again once the worker has handled the completions of its other
+    /// connections, so a long piece of work (a listing's pass over a large
+    /// directory) can be done in steps without holding the worker. The default
+    /// writes nothing.
+    ///
+    /// Only one segment of a stream exists at a time, so a reply of any length
+    /// holds one buffer segment; `reply` starts empty, with a whole segment of room.
+    fn more(&self, conn: &mut Self::Conn, reply: &mut Reply<'_>) {
+        let _ = (conn, reply);
     }
 
     /// The connection is closed (by either side, a timeout or shutdown).
@@ -183,6 +203,7 @@ pub struct Reply<'a> {
     input_full: bool,
     server_closing: bool,
     later: bool,
+    stream: bool,
     conn: ConnId,
 }
 
@@ -213,6 +234,8 @@ pub(crate) struct ReplyParts {
     pub(crate) close: bool,
     pub(crate) failed: bool,
     pub(crate) later: bool,
+    /// Call [`Service::more`] once this is sent.
+    pub(crate) stream: bool,
 }
 
 impl ReplyParts {
@@ -243,14 +266,24 @@ impl<'a> Reply<'a> {
             input_full,
             server_closing,
             later: false,
+            stream: false,
             conn,
         }
     }
 
     pub(crate) fn into_parts(self) -> ReplyParts {
-        // Either one file after the bytes or parts between them, not both.
-        let failed = self.failed || (self.file.is_some() && self.parts.n > 0);
-        ReplyParts { head: self.head, file: self.file, parts: self.parts, close: self.close, failed, later: self.later }
+        // Either one file after the bytes or parts between them, not both; a stream
+        // goes on now, an answer comes later: not both.
+        let failed = self.failed || (self.file.is_some() && self.parts.n > 0) || (self.stream && self.later);
+        ReplyParts {
+            head: self.head,
+            file: self.file,
+            parts: self.parts,
+            close: self.close,
+            failed,
+            later: self.later,
+            stream: self.stream,
+        }
     }
 
     /// The connection this reply goes to: keep it to answer later from another
@@ -268,6 +301,55 @@ impl<'a> Reply<'a> {
     /// come within the [answer timeout](crate::ServerBuilder::answer_timeout).
     pub fn answer_later(&mut self) {
         self.later = true;
+    }
+
+    /// The reply goes on after this segment: once its bytes (and file) are handed
+    /// to the kernel, the server calls [`Service::more`] for the next segment, and
+    /// so on until a segment does not ask for more. Each segment is produced only
+    /// after the previous one was sent, into the one segment the connection holds,
+    /// so a reply of any length (a directory listing, say) costs one segment of
+    /// memory. The [write timeout](crate::ServerBuilder::write_timeout) applies to
+    /// each segment; a peer that leaves mid-stream ends it with
+    /// [`Service::disconnect`]. A [`close`](Self::close) asked for by any segment
+    /// closes the connection after the last one. Asked for with nothing written,
+    /// the reply starts with `more`; asked for by a `more` that writes nothing, it
+    /// yields the worker (see [`Service::more`]). Cannot be combined with
+    /// [`answer_later`](Self::answer_later) (the connection is closed).
+    ///
+    /// ```
+    /// use berth_server::{Reply, Service};
+    /// use std::io::Write;
+    ///
+    /// /// Answers any input with the numbers 0 to 99,999, one segment at a time.
+    /// struct Count;
+    ///
+    /// impl Service for Count {
+    ///     type Conn = u32; // the next number
+    ///     fn connect(&self, _peer: Option<std::net::SocketAddr>) -> u32 { 0 }
+    ///     fn data(&self, next: &mut u32, input: &[u8], reply: &mut Reply<'_>) -> usize {
+    ///         *next = 0;
+    ///         self.more(next, reply);
+    ///         input.len()
+    ///     }
+    ///     fn more(&self, next: &mut u32, reply: &mut Reply<'_>) {
+    ///         // "99999\n" is at most 6 bytes; fill the segment, then ask for more.
+    ///         while *next < 100_000 && reply.remaining() >= 6 {
+    ///             let _ = writeln!(reply, "{next}");
+    ///             *next += 1;
+    ///         }
+    ///         if *next < 100_000 {
+    ///             reply.stream();
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub fn stream(&mut self) {
+        self.stream = true;
+    }
+
+    /// Whether [`stream`](Self::stream) was asked for.
+    pub fn streaming(&self) -> bool {
+        self.stream
     }
 
     /// Appends bytes to the reply. Fails if they do not fit in the rest of the
@@ -307,6 +389,16 @@ impl<'a> Reply<'a> {
             && len <= head.len()
         {
             let _ = head.set_len(len);
+        }
+    }
+
+    /// Overwrites bytes written earlier, from `at` (a length filled in once the
+    /// bytes after it are known: a chunk size). Out of range changes nothing.
+    pub(crate) fn overwrite(&mut self, at: usize, bytes: &[u8]) {
+        if let Some(head) = self.head.as_mut()
+            && let Some(dst) = head.filled_mut().get_mut(at..at.saturating_add(bytes.len()))
+        {
+            dst.copy_from_slice(bytes);
         }
     }
 
@@ -408,6 +500,7 @@ impl fmt::Debug for Reply<'_> {
             .field("close", &self.close)
             .field("failed", &self.failed)
             .field("later", &self.later)
+            .field("stream", &self.stream)
             .finish()
     }
 }
