@@ -531,6 +531,9 @@ fn run() -> Result<(), String> {
         }
         let column = |i: usize| rounds.iter().filter_map(|r| r.get(i).copied()).collect::<Vec<_>>();
         for (i, spec) in servers.iter().enumerate() {
+            if column(i).is_empty() {
+                continue; // not measured in this case (berth-async's servers)
+            }
             let s = EchoSummary::of(&column(i));
             println!(
                 "echo/{label}/{conns}conns {:<12} {:>9.0} msgs/s (median of {} clean rounds of {}: {:.0}..{:.0})  \
