@@ -129,6 +129,12 @@ pub(crate) struct Worker<S: Service> {
     counts: Local,
     /// Connections this worker refused itself (no op left for them).
     refused_here: u64,
+    /// `process` is handing a reply to `write`: a reply that ends there and then
+    /// (nothing to send, an empty stream) asks for the next request through
+    /// `process_again` instead of calling `process` again, so pipelined requests
+    /// loop rather than nest (they would overflow the worker's stack).
+    in_process: bool,
+    process_again: bool,
 }
 
 impl<S: Service> Worker<S> {
@@ -145,6 +151,8 @@ impl<S: Service> Worker<S> {
             sweep_at: None,
             counts: Local::default(),
             refused_here: 0,
+            in_process: false,
+            process_again: false,
         }
     }
 
@@ -443,7 +451,14 @@ impl<S: Service> Worker<S> {
             // A stream asked for with nothing written yet starts with `more`.
             if !parts.is_empty() || parts.stream {
                 conn.request_started = None;
-                return self.write(port, index, parts);
+                self.in_process = true;
+                self.write(port, index, parts);
+                self.in_process = false;
+                if std::mem::take(&mut self.process_again) {
+                    // The reply ended within `write` (nothing to send): next request.
+                    continue;
+                }
+                return;
             }
             if parts.later {
                 conn.request_started = None;
@@ -630,6 +645,11 @@ impl<S: Service> Worker<S> {
             return self.awaiting(index);
         }
         if !(conn.close_after || draining.is_some()) {
+            if self.in_process {
+                // Called from `process` itself: it goes on with the next request.
+                self.process_again = true;
+                return;
+            }
             return self.process(port, index);
         }
         self.linger(port, index);

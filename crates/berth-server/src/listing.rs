@@ -11,7 +11,8 @@
 //! exactly the next entries in order; they are sent, and the next pass starts after
 //! the last. So a directory of n entries costs about n / (3/4 SLOTS) passes of n
 //! entries and a constant amount of memory (about 112 KiB while a listing runs);
-//! entries created or removed while it is listed are shown or not, but none twice.
+//! entries created or removed while it is listed are shown or not (an entry that
+//! turns from a directory into a file meanwhile may show in both groups).
 
 use std::ffi::CStr;
 use std::fmt;
@@ -169,7 +170,7 @@ impl Listing {
         let mut row = [0u8; ROW];
         loop {
             if self.in_pass || (self.next == self.slots.len() && self.pass_due) {
-                if self.pass_step() {
+                if self.pass_step()? {
                     continue;
                 }
                 // The pass goes on in the next call: send what this one has, or
@@ -242,9 +243,11 @@ impl Listing {
     /// One step of a pass over the directory, which holds the smallest entries
     /// after the cursor (see the module docs): at most [`STEP`] entries, from where
     /// the last step stopped. Returns whether the pass is over (its entries are then
-    /// sorted, ready to send). An error reading the directory ends the listing with
-    /// what was read.
-    fn pass_step(&mut self) -> bool {
+    /// sorted, ready to send). An error reading the directory, or offsets that do
+    /// not move (a broken filesystem would have the pass read the same entries
+    /// forever), is an error: the listing ends without its closing chunk, so the
+    /// client sees it cut rather than complete.
+    fn pass_step(&mut self) -> io::Result<bool> {
         if !self.in_pass {
             if let Some(last) = self.slots.last() {
                 let mut cursor = Key::NONE;
@@ -262,20 +265,24 @@ impl Listing {
         }
         if let Err(e) = rustix::fs::seek(&self.dir, SeekFrom::Start(self.resume_at)) {
             tracing::warn!("listing: seeking in the directory: {e}");
-            return self.end_pass();
+            return Err(e.into());
         }
+        let started_at = self.resume_at;
         let mut dir = RawDir::new(&self.dir, &mut self.dirents);
         let mut read = 0;
         loop {
             if read == STEP {
-                return false;
+                if self.resume_at == started_at {
+                    return Err(io::Error::other("directory offsets do not advance"));
+                }
+                return Ok(false);
             }
             let entry = match dir.next() {
                 None => break,
                 Some(Ok(entry)) => entry,
                 Some(Err(e)) => {
                     tracing::warn!("listing: reading the directory: {e}");
-                    break;
+                    return Err(e.into());
                 }
             };
             read += 1;
@@ -305,7 +312,7 @@ impl Listing {
             self.slots.push(Slot { start: self.pool.len() as u32, len: bytes.len() as u8, group });
             self.pool.extend_from_slice(bytes);
         }
-        self.end_pass()
+        Ok(self.end_pass())
     }
 
     /// Sorts the pass's entries; returns true.

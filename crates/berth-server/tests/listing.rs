@@ -98,6 +98,48 @@ fn a_stream_is_sent_segment_by_segment_and_the_connection_goes_on() {
     assert_eq!(handle.metrics().buffers.in_use, 0, "buffers returned");
 }
 
+/// A service whose streamed replies are empty: `data` asks for a stream without
+/// writing and `more` ends it with nothing. Counts the requests it saw.
+#[derive(Default)]
+struct Silent {
+    seen: Arc<AtomicUsize>,
+}
+
+impl Service for Silent {
+    type Conn = ();
+
+    fn connect(&self, _peer: Option<std::net::SocketAddr>) {}
+
+    fn data(&self, _c: &mut (), input: &[u8], reply: &mut Reply<'_>) -> usize {
+        let Some(nl) = input.iter().position(|&b| b == b'\n') else { return 0 };
+        self.seen.fetch_add(1, Ordering::Relaxed);
+        reply.stream();
+        nl + 1
+    }
+
+    fn more(&self, _c: &mut (), _reply: &mut Reply<'_>) {}
+}
+
+/// Thousands of pipelined requests whose replies end at once (empty streams) are
+/// handled one after another, not one inside the other: a worker's stack does not
+/// grow with them (it overflowed, killing the server, at 1,000).
+#[test]
+fn pipelined_empty_streams_are_handled_in_turn_not_nested() {
+    let silent = Silent::default();
+    let seen = silent.seen.clone();
+    let server = builder().serve(silent).unwrap();
+    let mut s = client(server.local_addr());
+    let burst = b"e\n".repeat(30_000);
+    s.write_all(&burst).unwrap();
+    eventually("every pipelined request handled", || seen.load(Ordering::Relaxed) == 30_000);
+    // Still serving: another connection is handled too.
+    let mut t = client(server.local_addr());
+    t.write_all(b"e\n").unwrap();
+    eventually("a second connection handled", || seen.load(Ordering::Relaxed) == 30_001);
+    drop((s, t));
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
 #[test]
 fn a_client_that_leaves_mid_stream_ends_it_and_frees_everything() {
     let lines = Lines::default();
