@@ -5,6 +5,7 @@
 //! replies turned into the bytes a client would read — without sockets or threads.
 //! Not a stable API; hidden from the docs.
 
+use std::any::Any;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -121,6 +122,7 @@ pub struct Connection<'s, S: Service> {
     limit: usize,
     id: ConnId,
     closed: bool,
+    state: Option<&'s mut (dyn Any + 'static)>,
 }
 
 impl<S: Service> std::fmt::Debug for Connection<'_, S> {
@@ -138,7 +140,23 @@ impl<'s, S: Service> Connection<'s, S> {
         let conn = Some(service.connect(None));
         let limit = max_input.min(manager.segment_size()).max(1);
         let id = ConnId::from_u64(0x0000_0001_0000_0007);
-        Ok(Connection { service, conn, manager, input: Vec::with_capacity(limit), limit, id, closed: false })
+        Ok(Connection {
+            service,
+            conn,
+            manager,
+            input: Vec::with_capacity(limit),
+            limit,
+            id,
+            closed: false,
+            state: None,
+        })
+    }
+
+    /// Lends `data` the worker state `state` ([`Reply::worker_state`]), as the
+    /// worker that owns the connection (worker 0) does.
+    pub fn with_worker_state(mut self, state: &'s mut (dyn Any + 'static)) -> Self {
+        self.state = Some(state);
+        self
     }
 
     /// The id replies of this connection carry.
@@ -173,7 +191,7 @@ impl<'s, S: Service> Connection<'s, S> {
             let full = self.input.len() >= self.limit;
             let manager = &self.manager;
             let lease = || manager.lease();
-            let mut reply = Reply::new(&lease, self.id, full, false);
+            let mut reply = Reply::new(&lease, self.id, full, false, self.state.as_deref_mut());
             let consumed = self.service.data(conn, &self.input, &mut reply).min(self.input.len());
             let parts = reply.into_parts();
             let request: Vec<u8> = self.input.drain(..consumed).collect();
