@@ -265,6 +265,14 @@ fn read_range(file: &File, range: ByteRange, out: &mut Vec<u8>) -> Result<(), Cl
     file.read_exact_at(&mut out[start..], range.offset()).map_err(|_| CloseReason::FileShort)
 }
 
+/// Worker 0's relay lane for [`Connection::with_worker_state`], with no port: its
+/// channel is created (welcome and all) and taken as attached at once, as if the
+/// worker had read a backend's hello (the harness plays that worker, which never
+/// reads replies). Attach a [`crate::RelayBackend`] to read what it forwards.
+pub fn relay_lane(relay: &crate::IpcRelay) -> Result<Box<dyn Any + Send>, crate::OpenError> {
+    crate::relay::fuzzing_lane(relay)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +316,29 @@ mod tests {
         assert_eq!(strip_date(&replies(1)), strip_date(&whole));
         assert_eq!(strip_date(&replies(7)), strip_date(&whole));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The relay fuzz target's rig: a lane made without a port, a backend attached
+    /// to it, and a connection of worker 0 whose frames reach the backend whole.
+    #[test]
+    fn a_relay_lane_without_a_port_forwards_frames() {
+        let name = format!("berth-fuzzing-relay-{}", std::process::id());
+        let relay = crate::IpcRelay::start(crate::RelayConfig::new(&name).max_frame(1024)).unwrap();
+        let mut lane = relay_lane(&relay).unwrap();
+        let mut backend = crate::RelayBackend::attach(&name).unwrap();
+        assert_eq!(backend.lanes(), 1);
+        assert!(relay.handle().attached());
+        let mut conn = Connection::new(&relay, 4096, 600).unwrap().with_worker_state(&mut *lane);
+        let mut events = Vec::new();
+        conn.receive(b"\0\0\0\x03abc\0\0\0", &mut events);
+        assert_eq!(events, [Event::Later { request: b"\0\0\0\x03abc".to_vec() }]);
+        let req = backend.recv(Some(std::time::Duration::from_secs(5))).unwrap();
+        assert_eq!((req.conn(), req.payload()), (conn.id().to_u64(), &b"abc"[..]));
+        drop(req);
+        assert!(backend.recv(Some(std::time::Duration::ZERO)).is_err(), "the partial frame waits");
+        drop(conn);
+        drop(lane);
+        let _ = berth_ipc::Duplex::unlink_named(&format!("{name}.0"));
     }
 
     /// A head that fills the buffer unanswered closes the connection, as a worker does.
