@@ -59,7 +59,8 @@ impl RelayConfig {
     }
 
     /// Bytes of each of the two rings of each worker's lane (default 4 MiB;
-    /// rounded up to a power of two that takes at least two frames).
+    /// rounded up to a power of two that takes at least two frames). The relay's
+    /// shared memory is `workers × 2 ×` this: 16 MiB for two workers by default.
     pub fn ring_capacity(mut self, bytes: u64) -> RelayConfig {
         self.ring_capacity = bytes;
         self
