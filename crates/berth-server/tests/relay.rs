@@ -456,3 +456,50 @@ fn a_backend_that_stops_receiving_has_its_lane_recreated() {
     server.shutdown(Duration::from_secs(5)).unwrap();
     backend.join().unwrap();
 }
+
+/// The child half of `a_backend_killed_before_its_hello_frees_the_lane`: with
+/// `BERTH_RELAY_TEST_LANE` set, claims that lane's backend ends (side B), says
+/// so and waits to be killed; without it, does nothing.
+#[test]
+fn child_claims_a_lane_and_waits() {
+    let Ok(lane) = std::env::var("BERTH_RELAY_TEST_LANE") else { return };
+    let duplex = berth_ipc::Duplex::open_named(&lane).expect("child opens the lane");
+    println!("claimed");
+    io::stdout().flush().unwrap();
+    thread::sleep(Duration::from_secs(60));
+    drop(duplex);
+}
+
+#[test]
+fn a_backend_killed_before_its_hello_frees_the_lane() {
+    // A process claims the lane's ends and is killed before its hello: no record
+    // and (yet) no watched pid tell the lane, so only its look at the channel
+    // while unattached (once a second) finds the claimant dead and recreates the
+    // lane. A new backend is then taken.
+    let name = channel("prehello");
+    let (server, handle) = relay_server(&name, 1);
+    eventually("the lane is created", || lanes_exist(&name, 1));
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_claims_a_lane_and_waits", "--nocapture", "--test-threads=1"])
+        .env("BERTH_RELAY_TEST_LANE", format!("{name}.0"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("child starts");
+    let mut out = io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("claimed") {
+        line.clear();
+        assert!(io::BufRead::read_line(&mut out, &mut line).unwrap() > 0, "child ended before claiming");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let backend = echo_backend(&name, &handle);
+    let mut s = client(server.local_addr());
+    s.write_all(&frame(b"after the dead claimant")).unwrap();
+    assert_eq!(read_frame(&mut s).unwrap(), b"after the dead claimant");
+    assert_eq!(handle.stats().closed_backend_lost, 0);
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    backend.join().unwrap();
+}
