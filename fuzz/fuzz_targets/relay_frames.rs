@@ -1,8 +1,9 @@
 //! `relay_frames`: an arbitrary byte stream as relay input (issue #16, target 6).
 //!
-//! One `IpcRelay` (max frame 1024) with a `RelayBackend` attached in this process;
-//! each input is one client connection, driven by `berth_server::fuzzing::Connection`
-//! with the bytes split at arbitrary points. Input: one byte choosing the request
+//! One `IpcRelay` (max frame 1024), its worker 0's lane made without a port
+//! (`berth_server::fuzzing::relay_lane`) and a `RelayBackend` attached to it in this
+//! process; each input is one client connection of that worker, driven by
+//! `berth_server::fuzzing::Connection` with the bytes split at arbitrary points. Input: one byte choosing the request
 //! head limit, one byte counting split points (low 3 bits), two bytes per split
 //! point, then the stream.
 //!
@@ -15,6 +16,7 @@
 
 #![no_main]
 
+use std::any::Any;
 use std::sync::Mutex;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -27,6 +29,7 @@ const MAX_FRAME: usize = 1024;
 
 struct Rig {
     relay: IpcRelay,
+    lane: Mutex<Box<dyn Any + Send>>,
     backend: Mutex<RelayBackend>,
 }
 
@@ -35,9 +38,10 @@ fn rig() -> &'static Rig {
     R.get_or_init(|| {
         let name = format!("berth-fuzz-relay-{}", std::process::id());
         let relay = IpcRelay::start(RelayConfig::new(&name).max_frame(MAX_FRAME).ring_capacity(1 << 16)).unwrap();
+        let lane = berth_server::fuzzing::relay_lane(&relay).unwrap();
         let backend = RelayBackend::attach_retrying(&name, Duration::from_secs(10)).unwrap();
         assert!(relay.handle().wait_attached(Duration::from_secs(10)), "backend did not attach");
-        Rig { relay, backend: Mutex::new(backend) }
+        Rig { relay, lane: Mutex::new(lane), backend: Mutex::new(backend) }
     })
 }
 
@@ -85,7 +89,8 @@ fuzz_target!(|data: &[u8]| {
         points.chunks(2).map(|c| usize::from(u16::from_le_bytes([c[0], c[1]])) % (stream.len() + 1)).collect();
     cuts.sort_unstable();
 
-    let mut conn = Connection::new(&rig.relay, 4096, limit).expect("connection");
+    let mut lane = rig.lane.lock().unwrap();
+    let mut conn = Connection::new(&rig.relay, 4096, limit).expect("connection").with_worker_state(&mut **lane);
     let id = conn.id().to_u64();
     let mut events = Vec::new();
     let mut from = 0;

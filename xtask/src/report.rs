@@ -66,6 +66,9 @@ pub(crate) const TARGETS: &[Target] = &[
     // asleep in epoll on the wake descriptors no slower than a socket pair's.
     Target { pattern: "ipc/throughput_64B_batch/msgs_per_s", goals: &[Goal::Ratio(1.5)] },
     Target { pattern: "ipc/rtt_64B_wakefd/p50_us", goals: &[Goal::Ratio(1.0)] },
+    // And the relay on the workers' ports: a round trip through the backend at
+    // least 0.9× as fast as a direct TCP echo.
+    Target { pattern: "relay/64B/rtt_p50_us", goals: &[Goal::Ratio(0.9)] },
     // Issue 6: ≥ 1.0× nginx requests/s at each file size.
     Target { pattern: "files/*/req_per_s", goals: &[Goal::Ratio(1.0)] },
     // Issue 17: ≤ 0.7× the CPU per request of nginx with open_file_cache (the
@@ -551,6 +554,7 @@ mod tests {
             "ipc/idle_blocked/cpu_percent",
             "ipc/throughput_64B_batch/msgs_per_s",
             "ipc/rtt_64B_wakefd/p50_us",
+            "relay/64B/rtt_p50_us",
             "files/1KiB/req_per_s",
             "files/1KiB/server_cpu_us_per_req",
             "udp/64B/msgs_per_s",

@@ -65,10 +65,11 @@ enum Command {
     },
     /// Relay frames (a 4-byte big-endian length, then the payload) from TCP clients to
     /// a local backend process over a shared-memory channel, and route its replies
-    /// back. Creates /dev/shm/berth-ipc.NAME.a2b and .b2a; a backend attaches with
-    /// `berth backend-echo --channel NAME` (or berth_server::RelayBackend). Without a
-    /// backend, and when it dies, waiting clients are closed cleanly; the relay then
-    /// recreates the channel and takes the next backend that attaches.
+    /// back. Each worker creates its lane, /dev/shm/berth-ipc.NAME.<worker>.a2b and
+    /// .b2a; a backend attaches to all of them with `berth backend-echo --channel
+    /// NAME` (or berth_server::RelayBackend). Without a backend, and when it dies,
+    /// waiting clients are closed cleanly; each lane then recreates its channel and
+    /// takes the next backend that attaches.
     Relay {
         /// Name of the shared-memory channel (letters, digits, `.`, `_`, `-`).
         #[arg(long)]

@@ -1,6 +1,7 @@
 //! The built `berth` binary as relay and as backend, in two processes: frames
 //! round-trip; a backend killed with SIGKILL mid-request gets its client a clean
 //! close; a new backend is taken; SIGINT stops both and the channel files are gone.
+//! The relay runs two workers, so the backend serves two lanes.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -59,7 +60,7 @@ fn payload(seed: usize, len: usize) -> Vec<u8> {
 fn relay_and_backend_processes_survive_a_killed_backend() {
     let channel = format!("berth-cli-relay-{}", std::process::id());
     let (relay, banner) =
-        start(&["relay", "--channel", &channel, "--addr", "127.0.0.1:0", "--workers", "1", "--log", "warn"]);
+        start(&["relay", "--channel", &channel, "--addr", "127.0.0.1:0", "--workers", "2", "--log", "warn"]);
     let prefix = format!("berth: relaying to backend channel {channel} on ");
     assert!(banner.starts_with(&prefix), "banner: {banner:?}");
     let addr = banner_addr(&banner);
@@ -94,8 +95,14 @@ fn relay_and_backend_processes_survive_a_killed_backend() {
     assert!(wait_exit(relay).success());
     signal(&backend, Signal::INT);
     assert!(wait_exit(backend).success());
-    for dir in ["a2b", "b2a"] {
-        let path = format!("/dev/shm/berth-ipc.{channel}.{dir}");
-        assert!(!std::path::Path::new(&path).exists(), "{path} left behind");
+    // Each worker's lane: its two rings and their wake FIFOs.
+    for lane in 0..2 {
+        for dir in ["a2b", "b2a"] {
+            let ring = format!("/dev/shm/berth-ipc.{channel}.{lane}.{dir}");
+            let fifos = ["rx", "tx"].map(|end| format!("/dev/shm/berth-ipc-wake.{channel}.{lane}.{dir}.{end}"));
+            for path in std::iter::once(ring).chain(fifos) {
+                assert!(!std::path::Path::new(&path).exists(), "{path} left behind");
+            }
+        }
     }
 }

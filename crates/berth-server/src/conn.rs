@@ -28,16 +28,19 @@
 //! An op is given back to the port's pool exactly once: at close if it is idle, or
 //! when its (cancelled) completion arrives if it was pending.
 
+use std::any::Any;
+use std::io;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_ops::{OpError, OpId, OpKind};
 use berth_reactor::workers::Worker as PortWorker;
-use berth_reactor::{Completion, CompletionPort, Handler, SocketId};
+use berth_reactor::{Completion, CompletionPort, Handler, Interest, SocketId};
 
 use crate::metrics::{Counter, Local, Row};
 use crate::server::SHUTDOWN;
-use crate::service::{ConnId, FileParts, Reply, ReplyParts, SERVICE_POST, Service, WorkerHandle};
+use crate::service::{ConnId, FileParts, Reply, ReplyParts, SERVICE_POST, Service, Watch, WorkerHandle};
 
 /// The key of the completions a worker posts to itself to resume a stream that
 /// yielded (the data is the [`ConnId`]).
@@ -118,6 +121,12 @@ pub(crate) struct Worker<S: Service> {
     service: Arc<S>,
     /// This worker's index, for [`ConnId`]s.
     index: usize,
+    /// How many workers the server runs.
+    workers: usize,
+    /// The service's state for this worker ([`Service::worker_state`]).
+    state: Option<Box<dyn Any>>,
+    /// The service's watches on this port, and whether each is armed.
+    watches: Vec<(Watch, bool)>,
     limits: Limits,
     listener: Option<SocketId>,
     accept: Option<OpId>,
@@ -138,10 +147,13 @@ pub(crate) struct Worker<S: Service> {
 }
 
 impl<S: Service> Worker<S> {
-    pub(crate) fn new(service: Arc<S>, limits: Limits, listener: SocketId, max_sockets: usize) -> Self {
+    pub(crate) fn new(service: Arc<S>, limits: Limits, listener: SocketId, max_sockets: usize, workers: usize) -> Self {
         Worker {
             service,
             index: 0,
+            workers,
+            state: None,
+            watches: Vec::new(),
             limits,
             listener: Some(listener),
             accept: None,
@@ -161,7 +173,9 @@ impl<S: Service> Worker<S> {
         let PortWorker { index, mut port, listener } = worker;
         let row = &rows[index];
         self.index = index;
-        self.service.worker_started(WorkerHandle::new(index, port.handle()));
+        self.service.worker_started(WorkerHandle::new(index, self.workers, port.handle()));
+        let service = self.service.clone();
+        self.state = service.worker_state(&mut Conns { worker: &mut self, port: &mut port });
         let accept = port.take_op().map_err(std::io::Error::other)?;
         port.accept(listener, accept).map_err(std::io::Error::other)?;
         self.accept = Some(accept);
@@ -439,7 +453,8 @@ impl<S: Service> Worker<S> {
                 }
                 let full = input.len() >= max_input.min(args.buffer().map_or(0, |b| b.capacity()));
                 let lease = || port.lease();
-                let mut reply = Reply::new(&lease, ConnId::new(self.index, conn.socket), full, draining);
+                let state = self.state.as_deref_mut();
+                let mut reply = Reply::new(&lease, ConnId::new(self.index, conn.socket), full, draining, state);
                 let consumed = self.service.data(&mut conn.user, input, &mut reply).min(input.len());
                 (consumed, reply.into_parts())
             };
@@ -777,7 +792,14 @@ impl<S: Service> Handler<()> for Worker<S> {
                     || (op == c.write && c.write_pending && matches!(kind, OpKind::Send | OpKind::SendFile)))
         });
         if !ours {
-            // A pending op of a connection closed since: give it back now.
+            if let Some(at) = self.watches.iter().position(|&(w, armed)| armed && w.op == op) {
+                self.watches[at].1 = false;
+                let watch = self.watches[at].0;
+                let service = self.service.clone();
+                return service.ready(watch, result.map(|_| ()), &mut Conns { worker: self, port });
+            }
+            // A pending op of a connection closed since (or of a watch removed
+            // since): give it back now.
             let _ = port.give_op(op);
             return;
         }
@@ -809,6 +831,90 @@ impl<S: Service> Conns<'_, S> {
         self.worker.index
     }
 
+    /// A handle that posts to this worker ([`Service::posted`]), from any thread.
+    pub fn handle(&self) -> WorkerHandle {
+        WorkerHandle::new(self.worker.index, self.worker.workers, self.port.handle())
+    }
+
+    /// This worker's state ([`Service::worker_state`]), if it has one of type `T`.
+    pub fn worker_state<T: 'static>(&mut self) -> Option<&mut T> {
+        self.worker.state.as_deref_mut()?.downcast_mut()
+    }
+
+    /// Registers `fd` on this worker's port, to wait for it to turn readable
+    /// ([`arm`](Self::arm)) with no thread of its own: an eventfd, a pipe, a
+    /// berth-ipc channel's wake descriptor. The port keeps a duplicate of `fd`
+    /// until [`unwatch`](Self::unwatch) (or the worker stops).
+    ///
+    /// # Errors
+    /// What [`CompletionPort::register_fd`] refuses (a regular file, a closed
+    /// descriptor), a full socket table, or no op left in the port's pool.
+    pub fn watch(&mut self, fd: impl AsFd) -> io::Result<Watch> {
+        let socket = self.port.register_fd(fd).map_err(submit_error)?;
+        match self.port.take_op() {
+            Ok(op) => Ok(self.add_watch(Watch { socket: Some(socket), op })),
+            Err(e) => {
+                let _ = self.port.close(socket);
+                Err(io::Error::other(e))
+            }
+        }
+    }
+
+    /// A watch on no descriptor: [`arm`](Self::arm) it with a deadline and
+    /// [`Service::ready`] reports `Ok(())` then (a timer on the worker's port).
+    pub fn timer(&mut self) -> io::Result<Watch> {
+        let op = self.port.take_op().map_err(io::Error::other)?;
+        Ok(self.add_watch(Watch { socket: None, op }))
+    }
+
+    fn add_watch(&mut self, watch: Watch) -> Watch {
+        self.worker.watches.push((watch, false));
+        watch
+    }
+
+    /// Arms `watch` once: [`Service::ready`] is called when its descriptor turns
+    /// readable, or at `deadline` (`Err(OpError::TimedOut)`; for a
+    /// [timer](Self::timer), `Ok(())` — a timer without a deadline fires at once).
+    /// Re-arm after each report. A watch waits in its descriptor's queue: arming
+    /// one that is armed already is an error, as is one not of this worker.
+    pub fn arm(&mut self, watch: Watch, deadline: Option<Instant>) -> io::Result<()> {
+        let Some(at) = self.worker.watches.iter().position(|&(w, _)| w == watch) else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such watch on this worker"));
+        };
+        if self.worker.watches[at].1 {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "the watch is armed already"));
+        }
+        match watch.socket {
+            Some(socket) => {
+                self.port.set_deadline(watch.op, deadline).map_err(submit_error)?;
+                self.port.wait_ready(socket, watch.op, Interest::Readable).map_err(submit_error)?;
+            }
+            None => self.port.timer(watch.op, deadline.unwrap_or_else(Instant::now)).map_err(submit_error)?,
+        }
+        self.worker.watches[at].1 = true;
+        Ok(())
+    }
+
+    /// Removes `watch`: its descriptor's duplicate is closed and a pending wait is
+    /// cancelled, unreported.
+    pub fn unwatch(&mut self, watch: Watch) {
+        let Some(at) = self.worker.watches.iter().position(|&(w, _)| w == watch) else { return };
+        let (_, armed) = self.worker.watches.swap_remove(at);
+        match watch.socket {
+            // Its cancelled completion, if armed, is given back when it comes.
+            Some(socket) => {
+                let _ = self.port.close(socket);
+            }
+            None if armed => {
+                let _ = self.port.cancel(watch.op);
+            }
+            None => {}
+        }
+        if !armed {
+            let _ = self.port.give_op(watch.op);
+        }
+    }
+
     /// Answers connection `id`, which waits for an answer: `answer` gets its state
     /// and a [`Reply`] as [`Service::data`] does. Once the reply is sent the
     /// connection goes on with its buffered input and reads again — unless the reply
@@ -828,7 +934,7 @@ impl<S: Service> Conns<'_, S> {
         }
         let parts = {
             let lease = || port.lease();
-            let mut reply = Reply::new(&lease, id, false, draining);
+            let mut reply = Reply::new(&lease, id, false, draining, w.state.as_deref_mut());
             answer(&mut conn.user, &mut reply);
             reply.into_parts()
         };
@@ -856,6 +962,13 @@ impl<S: Service> Conns<'_, S> {
             }
         }
         closed
+    }
+}
+
+fn submit_error(e: berth_reactor::SubmitError) -> io::Error {
+    match e {
+        berth_reactor::SubmitError::Io(e) => e,
+        e => io::Error::other(e),
     }
 }
 

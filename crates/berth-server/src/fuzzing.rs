@@ -5,6 +5,7 @@
 //! replies turned into the bytes a client would read — without sockets or threads.
 //! Not a stable API; hidden from the docs.
 
+use std::any::Any;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -121,6 +122,7 @@ pub struct Connection<'s, S: Service> {
     limit: usize,
     id: ConnId,
     closed: bool,
+    state: Option<&'s mut (dyn Any + 'static)>,
 }
 
 impl<S: Service> std::fmt::Debug for Connection<'_, S> {
@@ -138,7 +140,23 @@ impl<'s, S: Service> Connection<'s, S> {
         let conn = Some(service.connect(None));
         let limit = max_input.min(manager.segment_size()).max(1);
         let id = ConnId::from_u64(0x0000_0001_0000_0007);
-        Ok(Connection { service, conn, manager, input: Vec::with_capacity(limit), limit, id, closed: false })
+        Ok(Connection {
+            service,
+            conn,
+            manager,
+            input: Vec::with_capacity(limit),
+            limit,
+            id,
+            closed: false,
+            state: None,
+        })
+    }
+
+    /// Lends `data` the worker state `state` ([`Reply::worker_state`]), as the
+    /// worker that owns the connection (worker 0) does.
+    pub fn with_worker_state(mut self, state: &'s mut (dyn Any + 'static)) -> Self {
+        self.state = Some(state);
+        self
     }
 
     /// The id replies of this connection carry.
@@ -173,7 +191,7 @@ impl<'s, S: Service> Connection<'s, S> {
             let full = self.input.len() >= self.limit;
             let manager = &self.manager;
             let lease = || manager.lease();
-            let mut reply = Reply::new(&lease, self.id, full, false);
+            let mut reply = Reply::new(&lease, self.id, full, false, self.state.as_deref_mut());
             let consumed = self.service.data(conn, &self.input, &mut reply).min(self.input.len());
             let parts = reply.into_parts();
             let request: Vec<u8> = self.input.drain(..consumed).collect();
@@ -247,6 +265,14 @@ fn read_range(file: &File, range: ByteRange, out: &mut Vec<u8>) -> Result<(), Cl
     file.read_exact_at(&mut out[start..], range.offset()).map_err(|_| CloseReason::FileShort)
 }
 
+/// Worker 0's relay lane for [`Connection::with_worker_state`], with no port: its
+/// channel is created (welcome and all) and taken as attached at once, as if the
+/// worker had read a backend's hello (the harness plays that worker, which never
+/// reads replies). Attach a [`crate::RelayBackend`] to read what it forwards.
+pub fn relay_lane(relay: &crate::IpcRelay) -> Result<Box<dyn Any + Send>, crate::OpenError> {
+    crate::relay::fuzzing_lane(relay)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +316,29 @@ mod tests {
         assert_eq!(strip_date(&replies(1)), strip_date(&whole));
         assert_eq!(strip_date(&replies(7)), strip_date(&whole));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The relay fuzz target's rig: a lane made without a port, a backend attached
+    /// to it, and a connection of worker 0 whose frames reach the backend whole.
+    #[test]
+    fn a_relay_lane_without_a_port_forwards_frames() {
+        let name = format!("berth-fuzzing-relay-{}", std::process::id());
+        let relay = crate::IpcRelay::start(crate::RelayConfig::new(&name).max_frame(1024)).unwrap();
+        let mut lane = relay_lane(&relay).unwrap();
+        let mut backend = crate::RelayBackend::attach(&name).unwrap();
+        assert_eq!(backend.lanes(), 1);
+        assert!(relay.handle().attached());
+        let mut conn = Connection::new(&relay, 4096, 600).unwrap().with_worker_state(&mut *lane);
+        let mut events = Vec::new();
+        conn.receive(b"\0\0\0\x03abc\0\0\0", &mut events);
+        assert_eq!(events, [Event::Later { request: b"\0\0\0\x03abc".to_vec() }]);
+        let req = backend.recv(Some(std::time::Duration::from_secs(5))).unwrap();
+        assert_eq!((req.conn(), req.payload()), (conn.id().to_u64(), &b"abc"[..]));
+        drop(req);
+        assert!(backend.recv(Some(std::time::Duration::ZERO)).is_err(), "the partial frame waits");
+        drop(conn);
+        drop(lane);
+        let _ = berth_ipc::Duplex::unlink_named(&format!("{name}.0"));
     }
 
     /// A head that fills the buffer unanswered closes the connection, as a worker does.

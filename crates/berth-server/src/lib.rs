@@ -91,6 +91,7 @@ mod validators;
 
 pub use access_log::{AccessLog, AccessLogHandle, LogTarget};
 pub use berth_ipc::{OpenError, RecvError, SendError};
+pub use berth_ops::OpError;
 /// The completion ports' driver, for [`ServerBuilder::driver`].
 pub use berth_reactor::workers::Inherited;
 pub use berth_reactor::{Driver, Endpoint, UnixAddr};
@@ -102,4 +103,4 @@ pub use relay::{
     EchoError, IpcRelay, RelayBackend, RelayConfig, RelayConn, RelayError, RelayHandle, RelayRequest, RelayStats,
 };
 pub use server::{ServeError, Server, ServerBuilder, ShutdownHandle};
-pub use service::{ConnId, MAX_FILE_PARTS, Reply, ReplyFull, Service, WorkerHandle};
+pub use service::{ConnId, MAX_FILE_PARTS, Reply, ReplyFull, Service, Watch, WorkerHandle};

@@ -2,30 +2,37 @@
 //! process over a berth-ipc [`Duplex`], and the backend's replies routed back; and
 //! [`RelayBackend`], the backend's end of the protocol.
 
-use std::collections::VecDeque;
+use std::any::Any;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_ipc::{Channel, Config, Duplex, OpenError, RecvError, RecvGuard, SendError, Sender};
 
+use crate::OpError;
 use crate::conn::Conns;
-use crate::service::{ConnId, Reply, Service, WorkerHandle};
+use crate::service::{ConnId, Reply, Service, Watch, WorkerHandle};
 
 /// Bytes of a record header: `u64` connection id, `u32` payload length.
 const RECORD_HEADER: usize = 12;
-/// The connection id of a backend's hello record.
+/// The connection id of a backend's hello record, and of a lane's welcome record.
 const HELLO: u64 = u64::MAX;
-/// How often the relay thread looks up from the ring to notice a shutdown.
-const POLL: Duration = Duration::from_millis(100);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// Bytes of a welcome's payload: `u32` lanes, `u32` this lane's index.
+const WELCOME: usize = 8;
+/// Records a lane handles per wake before its worker turns to its other
+/// completions (it posts to itself to go on).
+const BUDGET: usize = 256;
+/// While no backend is attached, how often a lane looks at the process that may
+/// have claimed its ends (a backend killed between attaching and its hello says
+/// nothing else). Attached, a lane needs no timer: berth-ipc's watcher writes its
+/// wake descriptor when the backend's process exits.
+const UNATTACHED_CHECK: Duration = Duration::from_secs(1);
+/// How long a lane waits before it tries again to create its channel.
+const RETRY: Duration = Duration::from_secs(1);
 
 /// How to start an [`IpcRelay`].
 #[derive(Debug, Clone)]
@@ -33,13 +40,12 @@ pub struct RelayConfig {
     channel: String,
     max_frame: usize,
     ring_capacity: u64,
-    queue: usize,
 }
 
 impl RelayConfig {
     /// A relay on the named channel `channel` (letters, digits, `.`, `_`, `-`).
     pub fn new(channel: impl Into<String>) -> RelayConfig {
-        RelayConfig { channel: channel.into(), max_frame: 64 * 1024, ring_capacity: 4 << 20, queue: 1024 }
+        RelayConfig { channel: channel.into(), max_frame: 64 * 1024, ring_capacity: 4 << 20 }
     }
 
     /// The largest frame payload, in bytes (default 64 KiB). The server's segment
@@ -52,35 +58,35 @@ impl RelayConfig {
         self
     }
 
-    /// Bytes of each of the two rings (default 4 MiB; rounded up to a power of two
-    /// that takes at least two frames).
+    /// Bytes of each of the two rings of each worker's lane (default 4 MiB;
+    /// rounded up to a power of two that takes at least two frames). The relay's
+    /// shared memory is `workers × 2 ×` this: 16 MiB for two workers by default.
     pub fn ring_capacity(mut self, bytes: u64) -> RelayConfig {
         self.ring_capacity = bytes;
-        self
-    }
-
-    /// Replies queued per worker before the relay thread waits (default 1024).
-    pub fn queue(mut self, items: usize) -> RelayConfig {
-        self.queue = items.max(1);
         self
     }
 
     fn ipc(&self) -> Config {
         let message = (self.max_frame + RECORD_HEADER) as u64;
         let capacity = self.ring_capacity.max(2 * (message + 8)).next_power_of_two();
-        Config::new(capacity).max_message(message)
+        Config::new(capacity).max_message(message).wake_fds(true)
     }
+}
+
+/// The name of worker `index`'s lane of relay channel `channel`.
+fn lane_name(channel: &str, index: usize) -> String {
+    format!("{channel}.{index}")
 }
 
 /// Why an [`IpcRelay`] could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RelayError {
-    /// The channel could not be created (a bad name, a bad size, or an OS error).
+    /// The channel name is not valid (see [`RelayConfig::new`]).
     #[error("relay channel: {0}")]
     Channel(#[from] OpenError),
-    /// The relay thread could not be started.
-    #[error("relay thread: {0}")]
+    /// An I/O error.
+    #[error("relay: {0}")]
     Io(#[from] io::Error),
     /// The maximum frame does not fit a `u32` length.
     #[error("max frame of {0} bytes is too large")]
@@ -105,7 +111,7 @@ pub struct RelayStats {
     pub closed_ring_full: u64,
     /// Connections closed because their backend died or closed before replying.
     pub closed_backend_lost: u64,
-    /// Backends attached so far (hello records accepted).
+    /// Backends attached so far (hello records accepted on worker 0's lane).
     pub backends_attached: u64,
     /// Records from the backend with a bad header, dropped.
     pub bad_records: u64,
@@ -147,48 +153,20 @@ fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
-/// The backend link, shared by the workers (senders) and the relay thread.
-struct Link {
-    /// The request ring's sender while a backend is attached.
-    tx: Option<Sender>,
-    /// Counts attached backends; a request remembers the one it went to.
-    generation: u64,
-}
-
-enum Item {
-    /// A reply payload for a connection.
-    Reply(ConnId, Vec<u8>),
-    /// The backend of this generation is gone: close who waits for it.
-    Lost(u64),
-}
-
-#[derive(Default)]
-struct Queue {
-    items: VecDeque<Item>,
-    /// Payload buffers to reuse.
-    spare: Vec<Vec<u8>>,
-    /// The worker stopped: drop what comes.
-    dead: bool,
-}
-
-/// One worker's bounded reply queue.
-struct Inbox {
-    worker: WorkerHandle,
-    queue: Mutex<Queue>,
-    room: Condvar,
-}
-
+/// What the workers share: the configuration and counters, all atomics. Each
+/// worker's lane is its own ([`Lane`]).
 struct Shared {
     config: RelayConfig,
-    link: Mutex<Link>,
-    attached: Condvar,
-    inboxes: Mutex<Vec<Option<Arc<Inbox>>>>,
-    stop: AtomicBool,
     counts: Counters,
+    /// Workers of the server, once the first lane is made (0 before).
+    workers: AtomicUsize,
+    /// Lanes with a backend attached now.
+    attached: AtomicUsize,
 }
 
-/// The IPC relay service: TCP clients' frames go to a local backend process over a
-/// shared-memory [`Duplex`], and its replies come back to the right connection.
+/// The IPC relay service: TCP clients' frames go to a local backend process over
+/// shared memory, and its replies come back to the right connection — on the
+/// workers' own completion ports, with no thread of its own.
 ///
 /// # Protocol
 ///
@@ -198,40 +176,44 @@ struct Shared {
 ///   the backend at a time, and frames the client pipelines wait in its buffer. A
 ///   length over the maximum (or with the top bit set) closes the connection
 ///   cleanly, counted in [`RelayStats::frames_refused`].
-/// - **The channel.** The relay creates the named duplex
-///   `/dev/shm/berth-ipc.<channel>.a2b` / `.b2a` (0600) at start — after
-///   [`Channel::cleanup_stale`] removed files left by dead processes, and replacing a
-///   file of that name still held by a live process (one relay per name) — and is
-///   side A. A backend attaches with [`Duplex::open_named`] as side B
-///   ([`RelayBackend::attach`]) and sends a *hello* record; only then does the relay
-///   forward frames to it. Until then, a client's frame is answered by a clean close
+/// - **Lanes.** Each worker of the server owns one named [`Duplex`], its *lane*:
+///   worker `i` of relay channel `NAME` creates `/dev/shm/berth-ipc.NAME.i.a2b` /
+///   `.b2a` (0600, with wake FIFOs, [`Config::wake_fds`]) when it starts — after
+///   [`Channel::cleanup_stale`] removed files left by dead processes, and replacing
+///   a file of that name still held by a live process (one relay per name) — and is
+///   its side A. The first record in each lane's request ring is a *welcome*:
+///   id `u64::MAX`, payload `[u32 lanes | u32 this lane's index]`.
+/// - **Attaching.** A backend opens side B of lane 0, reads the welcome, opens
+///   lanes `1..lanes` the same way, and sends a *hello* (id `u64::MAX`, empty) on
+///   each; [`RelayBackend::attach`] does all of it. A lane forwards frames only
+///   after its hello; until then a client's frame is answered by a clean close
 ///   ([`RelayStats::closed_no_backend`]).
 /// - **Records.** Each record in either ring is `[u64 connection id | u32 payload
 ///   length | payload]`, little-endian like the ring itself. The id is the relay's
-///   [`ConnId`]; the backend copies it into the reply. The hello is the id
-///   `u64::MAX` with an empty payload. A record whose length field does not match is
-///   dropped and counted ([`RelayStats::bad_records`]).
+///   [`ConnId`], which names the worker: a backend replies on the lane of
+///   [`ConnId::worker`] (the one the request came on). A record whose length field
+///   does not match is dropped and counted ([`RelayStats::bad_records`]); so is a
+///   reply on another worker's lane ([`RelayStats::replies_dropped`]).
 /// - **A dead backend.** When the backend dies (`PeerDead`) or closes its end
-///   (`Closed`), every client waiting for a reply from it is closed cleanly
-///   ([`RelayStats::closed_backend_lost`]); the relay removes the files, creates
-///   fresh ones under the same name and waits for the next backend's hello. A
-///   backend restarts by attaching again (the old files' roles stay claimed, so it
-///   must wait for the new ones: [`RelayBackend::attach`] fails until they exist).
+///   (`Closed`), each lane sees it on its own: every client waiting for a reply on
+///   it is closed cleanly ([`RelayStats::closed_backend_lost`]), the lane removes
+///   its files, creates fresh ones under the same name (with a new welcome) and
+///   waits for the next backend's hello. A backend restarts by attaching again.
 /// - **A restarted relay.** Its files replace the old ones; a backend still attached
 ///   to the old files sees the old relay dead (`PeerDead`) and attaches again.
 ///
-/// # Threads and queues
+/// # Threads
 ///
-/// Workers send to the backend with a non-blocking `try_reserve` under one mutex
-/// (the ring has one producer). If the ring is full the connection is closed
-/// cleanly and counted ([`RelayStats::closed_ring_full`]): a frame is never held,
-/// and a worker never blocks. One relay thread blocks on the reply ring
-/// (`recv` with a short timeout, to notice shutdown) and puts each reply in the
-/// owning worker's bounded queue ([`RelayConfig::queue`]), posting to the worker
-/// when the queue was empty ([`WorkerHandle::post`]). When a queue is full the
-/// relay thread waits for room: back-pressure, which fills the reply ring and
-/// then holds the backend. No reply is dropped for want of room, so no client waits
-/// forever for a reply that was thrown away.
+/// None of its own. A worker forwards a frame with a non-blocking `try_reserve` on
+/// its own lane (one producer, no lock). If the ring is full the connection is
+/// closed cleanly and counted ([`RelayStats::closed_ring_full`]): a frame is never
+/// held, and a worker never blocks. The lane's reply ring is waited on by the
+/// worker's completion port: its wake descriptor is [watched](Conns::watch), and
+/// armed ([`Receiver::arm_wake`](berth_ipc::Receiver::arm_wake)) only once the ring
+/// is found empty, so the backend writes it only for a worker that sleeps; the
+/// worker then answers each reply straight from the ring into the connection's
+/// write buffer. A backend that stops reading leaves its lane's ring full: its
+/// clients are closed, and the others' go on.
 ///
 /// # Example
 ///
@@ -244,10 +226,12 @@ struct Shared {
 /// let channel = format!("relay-doc-{}", std::process::id());
 /// let relay = IpcRelay::start(RelayConfig::new(&channel).max_frame(1024))?;
 /// let handle = relay.handle();
-/// let server = Server::builder().addr("127.0.0.1:0".parse()?).workers(1).serve(relay)?;
+/// let server = Server::builder().addr("127.0.0.1:0".parse()?).workers(2).serve(relay)?;
 ///
-/// // A backend (here a thread; usually another process) attaches and echoes.
-/// let mut backend = RelayBackend::attach(&channel)?;
+/// // A backend (here a thread; usually another process) attaches to both lanes
+/// // and echoes.
+/// let mut backend = RelayBackend::attach_retrying(&channel, Duration::from_secs(5))?;
+/// assert_eq!(backend.lanes(), 2);
 /// assert!(handle.wait_attached(Duration::from_secs(5)));
 /// std::thread::spawn(move || while backend.echo_one(None).is_ok() {});
 ///
@@ -257,13 +241,12 @@ struct Shared {
 /// client.read_exact(&mut reply)?;
 /// assert_eq!(&reply, b"\0\0\0\x05hello");
 /// # drop(client);
-/// server.shutdown(Duration::from_secs(1))?; // also stops the relay, removes the files
+/// server.shutdown(Duration::from_secs(1))?; // the lanes' files go with their workers
 /// # Ok(())
 /// # }
 /// ```
 pub struct IpcRelay {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
 }
 
 /// Watches an [`IpcRelay`] from outside the server: its counters and whether a
@@ -276,49 +259,35 @@ pub struct RelayHandle {
 /// Per-connection state of the relay: which backend the pending request went to.
 #[derive(Debug, Default)]
 pub struct RelayConn {
-    /// The generation of the backend holding this connection's request, 0 if none.
+    /// The lane's generation of the backend holding this connection's request, 0
+    /// if none.
     waiting_on: u64,
 }
 
 impl IpcRelay {
-    /// Creates the channel (see [`IpcRelay`]) and starts the relay thread.
+    /// Checks the configuration and removes stale channel files; each worker
+    /// creates its lane when the server starts it (see [`IpcRelay`]).
     pub fn start(config: RelayConfig) -> Result<IpcRelay, RelayError> {
         if u32::try_from(config.max_frame).is_err() || config.max_frame > (1 << 31) {
             return Err(RelayError::FrameTooLarge(config.max_frame));
         }
-        let duplex = create_duplex(&config.channel, &config.ipc())?;
+        // The longest lane name (worker 255, the duplex's suffix) must be valid.
+        berth_ipc::named_path(&format!("{}.a2b", lane_name(&config.channel, 255)))?;
+        if let Err(e) = Channel::cleanup_stale() {
+            tracing::debug!("relay: cleaning up stale channels: {e}");
+        }
         let shared = Arc::new(Shared {
             config,
-            link: Mutex::new(Link { tx: None, generation: 0 }),
-            attached: Condvar::new(),
-            inboxes: Mutex::new(Vec::new()),
-            stop: AtomicBool::new(false),
             counts: Counters::default(),
+            workers: AtomicUsize::new(0),
+            attached: AtomicUsize::new(0),
         });
-        let sh = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("berth-relay".into())
-            .spawn(move || relay_thread(&sh, duplex))
-            .inspect_err(|_| {
-                let _ = Duplex::unlink_named(&shared.config.channel);
-            })?;
-        tracing::info!(channel = %shared.config.channel, "relay channel created; waiting for a backend");
-        Ok(IpcRelay { shared, thread: Some(thread) })
+        Ok(IpcRelay { shared })
     }
 
     /// A handle on the counters and the backend's state.
     pub fn handle(&self) -> RelayHandle {
         RelayHandle { shared: self.shared.clone() }
-    }
-}
-
-impl Drop for IpcRelay {
-    /// Stops the relay thread (within about 100 ms) and removes the channel files.
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -346,36 +315,31 @@ impl RelayHandle {
         }
     }
 
-    /// Whether a backend is attached now.
+    /// Whether a backend is attached now: on every worker's lane.
     pub fn attached(&self) -> bool {
-        lock(&self.shared.link).tx.is_some()
+        let workers = self.shared.workers.load(Ordering::Acquire);
+        workers > 0 && self.shared.attached.load(Ordering::Acquire) >= workers
     }
 
-    /// Waits up to `timeout` for a backend to be attached; true if one is.
+    /// Waits up to `timeout` for a backend to be attached on every lane; true if
+    /// one is. (A monitoring helper: it looks every millisecond.)
     pub fn wait_attached(&self, timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
-        let mut link = lock(&self.shared.link);
-        while link.tx.is_none() {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            link = self.shared.attached.wait_timeout(link, left).unwrap_or_else(|e| e.into_inner()).0;
-        }
-        true
+        self.wait_for(timeout, || self.attached())
     }
 
-    /// Waits up to `timeout` until no backend is attached (the relay noticed a dead
-    /// backend); true if none is.
+    /// Waits up to `timeout` until no lane has a backend attached (every lane
+    /// noticed a dead backend); true if none has.
     pub fn wait_detached(&self, timeout: Duration) -> bool {
+        self.wait_for(timeout, || self.shared.attached.load(Ordering::Acquire) == 0)
+    }
+
+    fn wait_for(&self, timeout: Duration, done: impl Fn() -> bool) -> bool {
         let end = Instant::now() + timeout;
-        let mut link = lock(&self.shared.link);
-        while link.tx.is_some() {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+        while !done() {
+            if Instant::now() >= end {
                 return false;
             }
-            link = self.shared.attached.wait_timeout(link, left).unwrap_or_else(|e| e.into_inner()).0;
+            std::thread::sleep(Duration::from_millis(1));
         }
         true
     }
@@ -384,6 +348,165 @@ impl RelayHandle {
 impl fmt::Debug for RelayHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RelayHandle").field("channel", &self.shared.config.channel).finish()
+    }
+}
+
+/// One worker's lane: its own duplex to the backend, owned by the worker (its
+/// [`Service::worker_state`]) and driven from its completion port.
+struct Lane {
+    sh: Arc<Shared>,
+    /// The worker's index, and how many there are.
+    index: usize,
+    workers: usize,
+    /// Posts to this worker, to go on after [`BUDGET`] records (none in the fuzz
+    /// harness).
+    worker: Option<WorkerHandle>,
+    /// The channel now, if it could be created.
+    link: Option<Link>,
+    /// Counts the backends attached to this lane; a request remembers the one it
+    /// went to.
+    generation: u64,
+    /// A reply's payload, copied out of the ring so the ring is free while the
+    /// connection is answered (capacity: the largest frame, so no allocation).
+    scratch: Vec<u8>,
+    /// Fires [`RETRY`] after the channel could not be created.
+    retry: Option<Watch>,
+    /// A post to this worker is on its way: it goes on draining the ring then.
+    posted: bool,
+}
+
+/// A lane's channel.
+struct Link {
+    duplex: Duplex,
+    /// The reply ring's wake descriptor on the worker's port (none in the fuzz
+    /// harness).
+    watch: Option<Watch>,
+    /// The watch is armed (its wait is pending on the port).
+    armed: bool,
+    /// The generation of the attached backend, once its hello came.
+    attached: Option<u64>,
+    /// Forwarding failed with the request ring closed, dead or corrupted: a post
+    /// is on its way to recreate the lane (the reply ring alone may not show it).
+    broken: bool,
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        if let Some(link) = self.link.take() {
+            if link.attached.is_some() {
+                self.sh.attached.fetch_sub(1, Ordering::AcqRel);
+            }
+            drop(link.duplex);
+            let _ = Duplex::unlink_named(&lane_name(&self.sh.config.channel, self.index));
+        }
+    }
+}
+
+/// What one look at a lane's reply ring found.
+enum Step {
+    /// A reply for this connection; its payload is in the scratch buffer given.
+    Reply(u64, Vec<u8>),
+    /// A backend's hello.
+    Hello,
+    /// A record with a bad header.
+    Bad,
+    /// Nothing, and `arm_wake` said to sleep: arm the watch.
+    Sleep,
+    /// The budget is spent and a post will call back.
+    Yield,
+    /// The backend is gone (or the ring broke).
+    Lost(RecvError),
+    /// No lane or no channel.
+    Idle,
+}
+
+/// Creates worker `index`'s lane channel, writes its welcome and arms its watch.
+fn open_link(sh: &Shared, index: usize, workers: usize, conns: &mut Conns<'_, IpcRelay>) -> Option<Link> {
+    let name = lane_name(&sh.config.channel, index);
+    let made = create_duplex(&name, &sh.config.ipc()).map_err(io::Error::other).and_then(|mut duplex| {
+        let mut welcome = [0u8; WELCOME];
+        welcome[..4].copy_from_slice(&(workers as u32).to_le_bytes());
+        welcome[4..].copy_from_slice(&(index as u32).to_le_bytes());
+        let watched = try_send_record(&mut duplex.tx, HELLO, &welcome)
+            .map_err(io::Error::other)
+            .and_then(|()| conns.watch(duplex.rx.as_fd()));
+        match watched {
+            Ok(watch) => Ok(Link { duplex, watch: Some(watch), armed: false, attached: None, broken: false }),
+            Err(e) => {
+                drop(duplex);
+                let _ = Duplex::unlink_named(&name);
+                Err(e)
+            }
+        }
+    });
+    match made {
+        Ok(mut link) => {
+            // Armed for the first hello, with the unattached look-up deadline.
+            if let Some(watch) = link.watch {
+                match conns.arm(watch, Some(Instant::now() + UNATTACHED_CHECK)) {
+                    Ok(()) => link.armed = true,
+                    Err(e) => tracing::error!(channel = %name, "relay: cannot wait on the lane: {e}"),
+                }
+            }
+            tracing::debug!(channel = %name, "relay lane created; waiting for a backend");
+            Some(link)
+        }
+        Err(e) => {
+            tracing::error!(channel = %name, "relay: cannot create the lane's channel: {e}");
+            None
+        }
+    }
+}
+
+/// Creates this worker's lane channel afresh, or arms the retry timer.
+fn reopen(sh: &Shared, conns: &mut Conns<'_, IpcRelay>) {
+    let Some(lane) = conns.worker_state::<Lane>() else { return };
+    let (index, workers, retry) = (lane.index, lane.workers, lane.retry);
+    let link = open_link(sh, index, workers, conns);
+    if link.is_none()
+        && let Some(retry) = retry
+    {
+        let _ = conns.arm(retry, Some(Instant::now() + RETRY));
+    }
+    if let Some(lane) = conns.worker_state::<Lane>() {
+        lane.link = link;
+    }
+}
+
+impl Lane {
+    /// One look at the reply ring: a record, or nothing (then the watch is armed).
+    fn step(&mut self, handled: usize) -> Step {
+        let Some(link) = self.link.as_mut() else { return Step::Idle };
+        if handled >= BUDGET && !self.posted && self.worker.as_ref().is_some_and(|w| w.post(0).is_ok()) {
+            // Other connections of this worker get their turn first; the post
+            // calls back (the watch stays unarmed: the ring is not empty).
+            self.posted = true;
+            return Step::Yield;
+        }
+        loop {
+            match link.duplex.rx.try_recv() {
+                Ok(msg) => {
+                    return match parse_record(&msg) {
+                        Some((HELLO, _)) => Step::Hello,
+                        Some((id, payload)) => {
+                            // Within the largest frame (the ring's maximum message): no allocation.
+                            let mut buf = std::mem::take(&mut self.scratch);
+                            buf.clear();
+                            buf.extend_from_slice(payload);
+                            Step::Reply(id, buf)
+                        }
+                        None => Step::Bad,
+                    };
+                }
+                Err(RecvError::Empty) => {}
+                Err(e) => return Step::Lost(e),
+            }
+            match link.duplex.rx.arm_wake() {
+                Ok(true) => return Step::Sleep,
+                Ok(false) => {}
+                Err(e) => return Step::Lost(e),
+            }
+        }
     }
 }
 
@@ -413,106 +536,209 @@ impl Service for IpcRelay {
             reply.close();
             return input.len();
         }
-        let mut link = lock(&sh.link);
-        let generation = link.generation;
-        let Some(tx) = link.tx.as_mut() else {
-            drop(link);
-            add(&sh.counts.closed_no_backend, 1);
-            reply.close();
-            return input.len();
-        };
         let id = reply.conn_id().to_u64();
-        let forwarded = tx.try_reserve(RECORD_HEADER + len).map(|mut grant| {
-            grant[..8].copy_from_slice(&id.to_le_bytes());
-            grant[8..12].copy_from_slice(&(len as u32).to_le_bytes());
-            grant[12..].copy_from_slice(payload);
-            grant.commit();
-        });
-        drop(link);
-        if let Err(e) = forwarded {
-            match e {
-                SendError::Full => add(&sh.counts.closed_ring_full, 1),
-                // Closed, dead, corrupted: the relay thread notices and reattaches.
-                _ => add(&sh.counts.closed_backend_lost, 1),
+        let lane = reply.worker_state::<Lane>();
+        let forwarded = match lane.and_then(|lane| lane.link.as_mut().map(|link| (link, &lane.worker))) {
+            Some((link @ Link { attached: Some(_), .. }, worker)) => {
+                let sent = try_send_record(&mut link.duplex.tx, id, payload);
+                if let Err(e) = &sent
+                    && !matches!(e, SendError::Full)
+                    && !link.broken
+                {
+                    // Closed, dead or corrupted: recreate the lane from `posted` (its
+                    // watch reports a dead backend too, but not a broken ring).
+                    link.broken = worker.as_ref().is_some_and(|w| w.post(0).is_ok());
+                }
+                sent.map(|()| link.attached.unwrap_or(0))
             }
-            tracing::debug!("relay: cannot forward a frame ({e}): closing");
-            reply.close();
-            return input.len();
+            _ => {
+                add(&sh.counts.closed_no_backend, 1);
+                reply.close();
+                return input.len();
+            }
+        };
+        match forwarded {
+            Ok(generation) => {
+                add(&sh.counts.frames_in, 1);
+                conn.waiting_on = generation;
+                reply.answer_later();
+                4 + len
+            }
+            Err(e) => {
+                match e {
+                    SendError::Full => add(&sh.counts.closed_ring_full, 1),
+                    _ => add(&sh.counts.closed_backend_lost, 1),
+                }
+                tracing::debug!("relay: cannot forward a frame ({e}): closing");
+                reply.close();
+                input.len()
+            }
         }
-        add(&sh.counts.frames_in, 1);
-        conn.waiting_on = generation;
-        reply.answer_later();
-        4 + len
     }
 
-    fn worker_started(&self, worker: WorkerHandle) {
-        let index = worker.index();
-        let inbox = Arc::new(Inbox { worker, queue: Mutex::new(Queue::default()), room: Condvar::new() });
-        let mut inboxes = lock(&self.shared.inboxes);
-        if inboxes.len() <= index {
-            inboxes.resize(index + 1, None);
+    fn worker_state(&self, conns: &mut Conns<'_, Self>) -> Option<Box<dyn Any>> {
+        let sh = &self.shared;
+        let handle = conns.handle();
+        sh.workers.store(handle.workers(), Ordering::Release);
+        let retry = conns.timer().map_err(|e| tracing::warn!("relay: no retry timer: {e}")).ok();
+        let (index, workers) = (handle.index(), handle.workers());
+        let link = open_link(sh, index, workers, conns);
+        if link.is_none()
+            && let Some(retry) = retry
+        {
+            let _ = conns.arm(retry, Some(Instant::now() + RETRY));
         }
-        inboxes[index] = Some(inbox);
+        Some(Box::new(Lane {
+            sh: sh.clone(),
+            index,
+            workers,
+            worker: Some(handle),
+            link,
+            generation: 0,
+            scratch: Vec::with_capacity(sh.config.max_frame),
+            retry,
+            posted: false,
+        }))
+    }
+
+    fn ready(&self, watch: Watch, result: Result<(), OpError>, conns: &mut Conns<'_, Self>) {
+        let Some(lane) = conns.worker_state::<Lane>() else { return };
+        if Some(watch) == lane.retry {
+            if lane.link.is_none() {
+                reopen(&self.shared, conns);
+            }
+            return;
+        }
+        match lane.link.as_mut() {
+            Some(link) if link.watch == Some(watch) => link.armed = false,
+            _ => return,
+        }
+        match result {
+            // Readable, or the unattached look-up: the ring and the peer are checked next.
+            Ok(()) | Err(OpError::TimedOut) => {}
+            Err(e) => {
+                tracing::warn!("relay: waiting on the lane failed ({e}); recreating it");
+                return lost(&self.shared, conns, None);
+            }
+        }
+        pump(&self.shared, conns);
     }
 
     fn posted(&self, _data: u64, conns: &mut Conns<'_, Self>) {
-        let sh = &*self.shared;
-        let Some(inbox) = lock(&sh.inboxes).get(conns.worker()).cloned().flatten() else { return };
-        let cap = sh.config.queue;
-        let mut spent: Option<Vec<u8>> = None;
-        loop {
-            let item = {
-                let mut q = lock(&inbox.queue);
-                if let Some(buf) = spent.take()
-                    && q.spare.len() < cap
-                {
-                    q.spare.push(buf);
-                }
-                let was_full = q.items.len() >= cap;
-                let item = q.items.pop_front();
-                if was_full {
-                    inbox.room.notify_all();
-                }
-                item
-            };
-            match item {
-                None => break,
-                Some(Item::Reply(id, payload)) => {
-                    let answered = conns.answer(id, |conn, reply| {
-                        // Counted before the reply can reach the client.
-                        add(&sh.counts.replies_out, 1);
-                        conn.waiting_on = 0;
-                        // A reply larger than the segment fails the reply: the server closes.
-                        if reply.write_bytes(&(payload.len() as u32).to_be_bytes()).is_ok() {
-                            let _ = reply.write_bytes(&payload);
-                        }
-                    });
-                    if answered.is_err() {
-                        add(&sh.counts.replies_dropped, 1);
-                    }
-                    spent = Some(payload);
-                }
-                Some(Item::Lost(generation)) => {
-                    conns.close_waiting(|conn| {
-                        let lost = conn.waiting_on != 0 && conn.waiting_on <= generation;
-                        if lost {
-                            // Counted before the close can reach the client.
-                            add(&sh.counts.closed_backend_lost, 1);
-                        }
-                        lost
-                    });
-                }
-            }
+        let Some(lane) = conns.worker_state::<Lane>() else { return };
+        lane.posted = false;
+        if lane.link.as_ref().is_some_and(|l| l.broken) {
+            return lost(&self.shared, conns, None);
+        }
+        // Posted while the watch was armed (a spurious post, or one raced by a
+        // wake): the watch's report pumps.
+        if lane.link.as_ref().is_some_and(|l| !l.armed) {
+            pump(&self.shared, conns);
         }
     }
 }
 
-/// Creates the relay's duplex: stale files of dead processes are removed first, and
-/// a file of this name that a live process still holds is replaced.
-fn create_duplex(name: &str, cfg: &Config) -> Result<Duplex, OpenError> {
-    if let Err(e) = Channel::cleanup_stale() {
-        tracing::debug!("relay: cleaning up stale channels: {e}");
+/// Handles the lane's replies until its ring is empty (then its watch is armed),
+/// the budget is spent (then a post calls back), or the backend is gone.
+fn pump(sh: &Shared, conns: &mut Conns<'_, IpcRelay>) {
+    let mut handled = 0;
+    loop {
+        let Some(lane) = conns.worker_state::<Lane>() else { return };
+        let step = lane.step(handled);
+        handled += 1;
+        match step {
+            Step::Reply(id, payload) => {
+                let answered = conns.answer(ConnId::from_u64(id), |conn, reply| {
+                    // Counted before the reply can reach the client.
+                    add(&sh.counts.replies_out, 1);
+                    conn.waiting_on = 0;
+                    // A reply larger than the segment fails the reply: the server closes.
+                    if reply.write_bytes(&(payload.len() as u32).to_be_bytes()).is_ok() {
+                        let _ = reply.write_bytes(&payload);
+                    }
+                });
+                if answered.is_err() {
+                    add(&sh.counts.replies_dropped, 1);
+                }
+                if let Some(lane) = conns.worker_state::<Lane>() {
+                    lane.scratch = payload;
+                }
+            }
+            Step::Hello => {
+                let Some(lane) = conns.worker_state::<Lane>() else { return };
+                if let Some(link) = lane.link.as_mut().filter(|l| l.attached.is_none()) {
+                    lane.generation += 1;
+                    link.attached = Some(lane.generation);
+                    sh.attached.fetch_add(1, Ordering::AcqRel);
+                    if lane.index == 0 {
+                        add(&sh.counts.backends_attached, 1);
+                    }
+                    tracing::info!(channel = %sh.config.channel, lane = lane.index, "relay: backend attached");
+                }
+            }
+            Step::Bad => add(&sh.counts.bad_records, 1),
+            Step::Sleep => {
+                let Some(lane) = conns.worker_state::<Lane>() else { return };
+                let Some((Some(watch), attached)) = lane.link.as_ref().map(|l| (l.watch, l.attached.is_some())) else {
+                    return;
+                };
+                // Attached, the watcher thread reports the backend's death through the
+                // descriptor: no timer. Unattached, look now and then.
+                let deadline = (!attached).then(|| Instant::now() + UNATTACHED_CHECK);
+                match conns.arm(watch, deadline) {
+                    Ok(()) => {
+                        if let Some(link) = conns.worker_state::<Lane>().and_then(|l| l.link.as_mut()) {
+                            link.armed = true;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("relay: cannot wait on the lane ({e}); recreating it");
+                        return lost(sh, conns, None);
+                    }
+                }
+                return;
+            }
+            Step::Yield | Step::Idle => return,
+            Step::Lost(e) => return lost(sh, conns, Some(e)),
+        }
     }
+}
+
+/// The lane's backend is gone (or its channel broke): closes the clients waiting
+/// on it, removes the files and creates the lane afresh.
+fn lost(sh: &Shared, conns: &mut Conns<'_, IpcRelay>, why: Option<RecvError>) {
+    let Some(lane) = conns.worker_state::<Lane>() else { return };
+    let Some(link) = lane.link.take() else { return };
+    let index = lane.index;
+    let attached = link.attached;
+    if attached.is_some() {
+        sh.attached.fetch_sub(1, Ordering::AcqRel);
+        match why {
+            Some(e) => tracing::warn!(lane = index, "relay: backend gone ({e}); waiting for a new one"),
+            None => tracing::warn!(lane = index, "relay: lane broken; waiting for a new backend"),
+        }
+    }
+    drop(link.duplex);
+    let _ = Duplex::unlink_named(&lane_name(&sh.config.channel, index));
+    if let Some(watch) = link.watch {
+        conns.unwatch(watch);
+    }
+    if let Some(generation) = attached {
+        conns.close_waiting(|conn| {
+            let lost = conn.waiting_on != 0 && conn.waiting_on <= generation;
+            if lost {
+                // Counted before the close can reach the client.
+                add(&sh.counts.closed_backend_lost, 1);
+            }
+            lost
+        });
+    }
+    reopen(sh, conns);
+}
+
+/// Creates a lane's duplex: a file of this name that a live process still holds is
+/// replaced.
+fn create_duplex(name: &str, cfg: &Config) -> Result<Duplex, OpenError> {
     match Duplex::create_named(name, cfg) {
         Err(OpenError::Io(e)) if e.kind() == io::ErrorKind::AlreadyExists => {
             tracing::warn!(channel = name, "relay channel exists and is in use: replacing it");
@@ -523,78 +749,6 @@ fn create_duplex(name: &str, cfg: &Config) -> Result<Duplex, OpenError> {
     }
 }
 
-fn relay_thread(sh: &Shared, first: Duplex) {
-    let mut duplex = Some(first);
-    while !sh.stop.load(Ordering::Acquire) {
-        let d = match duplex.take() {
-            Some(d) => d,
-            None => match create_duplex(&sh.config.channel, &sh.config.ipc()) {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::error!(channel = %sh.config.channel, "relay: cannot recreate the channel: {e}");
-                    pause(sh, Duration::from_secs(1));
-                    continue;
-                }
-            },
-        };
-        let (tx, mut rx) = d.split();
-        let mut tx = Some(tx);
-        let mut attached = None;
-        while !sh.stop.load(Ordering::Acquire) {
-            let msg = match rx.recv(Some(POLL)) {
-                Ok(msg) => msg,
-                Err(RecvError::TimedOut) => continue,
-                Err(e) => {
-                    if attached.is_some() {
-                        tracing::warn!("relay: backend gone ({e}); waiting for a new one");
-                    }
-                    break;
-                }
-            };
-            let Some((id, payload)) = parse_record(&msg) else {
-                add(&sh.counts.bad_records, 1);
-                continue;
-            };
-            if id == HELLO {
-                if let Some(tx) = tx.take() {
-                    let mut link = lock(&sh.link);
-                    link.generation += 1;
-                    link.tx = Some(tx);
-                    attached = Some(link.generation);
-                    drop(link);
-                    sh.attached.notify_all();
-                    add(&sh.counts.backends_attached, 1);
-                    tracing::info!(channel = %sh.config.channel, "relay: backend attached");
-                }
-                continue;
-            }
-            let id = ConnId::from_u64(id);
-            let Some(inbox) = lock(&sh.inboxes).get(id.worker()).cloned().flatten() else {
-                add(&sh.counts.replies_dropped, 1);
-                continue;
-            };
-            let mut buf = lock(&inbox.queue).spare.pop().unwrap_or_default();
-            buf.clear();
-            buf.extend_from_slice(payload);
-            drop(msg);
-            deliver(sh, &inbox, Item::Reply(id, buf));
-        }
-        if let Some(generation) = attached {
-            lock(&sh.link).tx = None;
-            sh.attached.notify_all();
-            let inboxes: Vec<_> = lock(&sh.inboxes).iter().flatten().cloned().collect();
-            for inbox in &inboxes {
-                deliver(sh, inbox, Item::Lost(generation));
-            }
-        }
-        let _ = Duplex::unlink_named(&sh.config.channel);
-    }
-    lock(&sh.link).tx = None;
-    sh.attached.notify_all();
-    // Also when the stop came before the first round began.
-    let _ = Duplex::unlink_named(&sh.config.channel);
-}
-
 /// Splits a record into its connection id and payload, if its header is sound.
 fn parse_record(msg: &[u8]) -> Option<(u64, &[u8])> {
     let id = u64::from_le_bytes(msg.get(..8)?.try_into().ok()?);
@@ -603,47 +757,20 @@ fn parse_record(msg: &[u8]) -> Option<(u64, &[u8])> {
     (payload.len() == len).then_some((id, payload))
 }
 
-/// Queues `item` for the worker, waiting while its queue is full (back-pressure),
-/// and posts to the worker when the queue was empty.
-fn deliver(sh: &Shared, inbox: &Inbox, item: Item) {
-    let mut q = lock(&inbox.queue);
-    while q.items.len() >= sh.config.queue && !q.dead {
-        if sh.stop.load(Ordering::Acquire) {
-            add(&sh.counts.replies_dropped, 1);
-            return;
-        }
-        q = inbox.room.wait_timeout(q, POLL).unwrap_or_else(|e| e.into_inner()).0;
-    }
-    if q.dead {
-        add(&sh.counts.replies_dropped, 1);
-        return;
-    }
-    let was_empty = q.items.is_empty();
-    q.items.push_back(item);
-    if was_empty
-        && let Err(e) = inbox.worker.post(0)
-        // WouldBlock: the worker's port has posts waiting, so it wakes and drains this
-        // queue anyway (`posted` reads it whatever the data).
-        && e.kind() != std::io::ErrorKind::WouldBlock
-    {
-        // The worker stopped: nothing will read this queue again.
-        q.dead = true;
-        q.items.clear();
-    }
-}
-
-fn pause(sh: &Shared, total: Duration) {
-    let end = Instant::now() + total;
-    while !sh.stop.load(Ordering::Acquire) && Instant::now() < end {
-        std::thread::sleep(POLL.min(end.saturating_duration_since(Instant::now())));
-    }
-}
-
-/// The backend's end of the relay protocol (see [`IpcRelay`]): attach to
-/// a relay's channel, receive requests tagged with their connection id, reply.
+/// The backend's end of the relay protocol (see [`IpcRelay`]): attached to every
+/// lane of a relay's channel (one per worker of the server), it receives requests
+/// tagged with their connection id and sends each reply on the lane of the
+/// request's worker.
+///
+/// One thread serves all lanes: [`recv`](Self::recv) looks at each in turn and,
+/// when all are empty, sleeps on their wake descriptors with `poll(2)` (with one
+/// lane, on the ring's futex). A lane that breaks — the relay gone, a corrupted
+/// record — is an error of the whole backend: drop it and attach again.
 #[derive(Debug)]
 pub struct RelayBackend {
-    duplex: Duplex,
+    lanes: Vec<Duplex>,
+    /// The lane looked at first by the next receive (round robin).
+    next: usize,
 }
 
 /// A request from a relay: the connection id to reply to, and the payload, lent in
@@ -666,15 +793,57 @@ impl RelayRequest<'_> {
     }
 }
 
+/// How long attaching waits for a lane's welcome, for the lanes after the first to
+/// appear, and for room for a hello.
+const ATTACH_WAIT: Duration = Duration::from_secs(5);
+
+fn bad_lane(why: &str) -> OpenError {
+    OpenError::Io(io::Error::new(io::ErrorKind::InvalidData, format!("not a relay lane: {why}")))
+}
+
+/// Opens side B of lane `index` of relay channel `name` and reads its welcome:
+/// the lane and how many lanes there are.
+fn open_lane(name: &str, index: usize) -> Result<(Duplex, usize), OpenError> {
+    let mut duplex = Duplex::open_named(&lane_name(name, index))?;
+    let lanes = {
+        let welcome = duplex.rx.recv(Some(ATTACH_WAIT)).map_err(|e| OpenError::Io(io::Error::other(e)))?;
+        let Some((HELLO, payload)) = parse_record(&welcome) else { return Err(bad_lane("no welcome")) };
+        let Ok([l0, l1, l2, l3, i0, i1, i2, i3]) = <[u8; WELCOME]>::try_from(payload) else {
+            return Err(bad_lane("a welcome of another size"));
+        };
+        let lanes = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+        if u32::from_le_bytes([i0, i1, i2, i3]) as usize != index || lanes == 0 || lanes > crate::service::MAX_WORKERS {
+            return Err(bad_lane("a welcome for another lane"));
+        }
+        lanes
+    };
+    Ok((duplex, lanes))
+}
+
 impl RelayBackend {
-    /// Attaches to the relay's channel `name` as side B and says hello. Fails while
-    /// the channel does not exist or another backend holds it (retry a little later).
+    /// Attaches to every lane of the relay's channel `name` (side B) and says
+    /// hello on each. Fails while lane 0 does not exist or another backend holds
+    /// it (retry a little later); waits up to 5 s for the other lanes (a relay's
+    /// workers create theirs as they start).
     pub fn attach(name: &str) -> Result<RelayBackend, OpenError> {
-        let mut duplex = Duplex::open_named(name)?;
-        let mut hello = [0u8; RECORD_HEADER];
-        hello[..8].copy_from_slice(&HELLO.to_le_bytes());
-        duplex.tx.send(&hello, Some(Duration::from_secs(5))).map_err(|e| OpenError::Io(io::Error::other(e)))?;
-        Ok(RelayBackend { duplex })
+        let (first, count) = open_lane(name, 0)?;
+        let mut lanes = Vec::with_capacity(count);
+        lanes.push(first);
+        let end = Instant::now() + ATTACH_WAIT;
+        for index in 1..count {
+            lanes.push(loop {
+                match open_lane(name, index) {
+                    Ok((lane, n)) if n == count => break lane,
+                    Ok(_) => return Err(bad_lane("lanes disagree on their number")),
+                    Err(e) if Instant::now() >= end => return Err(e),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            });
+        }
+        for lane in &mut lanes {
+            send_record(&mut lane.tx, HELLO, &[], Some(ATTACH_WAIT)).map_err(|e| OpenError::Io(io::Error::other(e)))?;
+        }
+        Ok(RelayBackend { lanes, next: 0 })
     }
 
     /// Attaches to `name`, retrying every 20 ms until `timeout` passes.
@@ -689,30 +858,105 @@ impl RelayBackend {
         }
     }
 
+    /// How many lanes (the relay's workers) this backend serves.
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
+    }
+
     /// The next request, waiting up to `timeout` (`None`: forever). A record with a
-    /// bad header is `Corrupted`. `Closed` / `PeerDead` mean the relay is gone:
-    /// attach again.
+    /// bad header is `Corrupted`. `Closed` / `PeerDead` mean the relay (or one of
+    /// its lanes) is gone: attach again.
     pub fn recv(&mut self, timeout: Option<Duration>) -> Result<RelayRequest<'_>, RecvError> {
-        let guard = self.duplex.rx.recv(timeout)?;
+        let lane = self.wait(timeout)?;
+        let guard = self.lanes[lane].rx.try_recv()?;
         match parse_record(&guard) {
             Some((conn, _)) => Ok(RelayRequest { conn, guard }),
             None => Err(RecvError::Corrupted("bad relay record header")),
         }
     }
 
-    /// Sends `payload` as the reply to connection `conn`, waiting up to `timeout`
-    /// for room.
+    /// Sends `payload` as the reply to connection `conn`, on its worker's lane,
+    /// waiting up to `timeout` for room. (An id naming no lane goes to lane
+    /// `worker % lanes`, whose worker drops and counts it.)
     pub fn reply(&mut self, conn: u64, payload: &[u8], timeout: Option<Duration>) -> Result<(), SendError> {
-        send_record(&mut self.duplex.tx, conn, payload, timeout)
+        let lane = ConnId::from_u64(conn).worker() % self.lanes.len();
+        send_record(&mut self.lanes[lane].tx, conn, payload, timeout)
     }
 
     /// Receives one request and sends its payload back to its connection.
     pub fn echo_one(&mut self, timeout: Option<Duration>) -> Result<(), EchoError> {
-        let Duplex { tx, rx } = &mut self.duplex;
-        let guard = rx.recv(timeout)?;
+        let lane = self.wait(timeout)?;
+        let Duplex { tx, rx } = &mut self.lanes[lane];
+        let guard = rx.try_recv()?;
         let (conn, payload) = parse_record(&guard).ok_or(RecvError::Corrupted("bad relay record header"))?;
         send_record(tx, conn, payload, timeout)?;
         Ok(())
+    }
+
+    /// Waits up to `timeout` for a record on any lane; returns the lane, whose
+    /// `try_recv` then lends it.
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<usize, RecvError> {
+        if let [lane] = self.lanes.as_mut_slice() {
+            // One lane: the ring's own wait (a short spin, then its futex).
+            // Forgotten, not dropped: the record stays current and unreleased.
+            std::mem::forget(lane.rx.recv(timeout)?);
+            return Ok(0);
+        }
+        let end = timeout.map(|t| Instant::now().checked_add(t));
+        loop {
+            if let Some(lane) = self.ready_lane()? {
+                return Ok(lane);
+            }
+            // All empty: flag every lane's sender to write our descriptor, then
+            // sleep unless a record came meanwhile.
+            let mut sleep = true;
+            for lane in &mut self.lanes {
+                sleep &= lane.rx.arm_wake()?;
+            }
+            if !sleep {
+                continue;
+            }
+            let left = match end {
+                None | Some(None) => None,
+                Some(Some(end)) => match end.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Err(RecvError::TimedOut),
+                },
+            };
+            self.sleep(left);
+        }
+    }
+
+    /// The first lane, from `next` on, with a record (left current, unreleased).
+    fn ready_lane(&mut self) -> Result<Option<usize>, RecvError> {
+        let n = self.lanes.len();
+        for k in 0..n {
+            let lane = (self.next + k) % n;
+            match self.lanes[lane].rx.try_recv() {
+                Ok(guard) => {
+                    // Forgotten, not dropped: the record stays current for `try_recv`.
+                    std::mem::forget(guard);
+                    self.next = (lane + 1) % n;
+                    return Ok(Some(lane));
+                }
+                Err(RecvError::Empty) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Sleeps until a lane's wake descriptor is readable or `left` passes (a
+    /// signal ends it early: the caller looks again).
+    fn sleep(&self, left: Option<Duration>) {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let n = self.lanes.len();
+        // A fixed array (at most 256 lanes): no allocation per sleep.
+        let mut fds: [PollFd<'_>; crate::service::MAX_WORKERS] =
+            std::array::from_fn(|i| PollFd::new(&self.lanes[i.min(n - 1)].rx, PollFlags::IN));
+        let timeout = left
+            .map(|d| Timespec { tv_sec: d.as_secs().try_into().unwrap_or(i64::MAX), tv_nsec: d.subsec_nanos().into() });
+        let _ = poll(&mut fds[..n], timeout.as_ref());
     }
 }
 
@@ -728,13 +972,49 @@ pub enum EchoError {
     Send(#[from] SendError),
 }
 
-fn send_record(tx: &mut Sender, conn: u64, payload: &[u8], timeout: Option<Duration>) -> Result<(), SendError> {
-    let len =
-        u32::try_from(payload.len()).map_err(|_| SendError::TooLarge { len: payload.len(), max: tx.max_message() })?;
-    let mut grant = tx.reserve(RECORD_HEADER + payload.len(), timeout)?;
+/// Writes record `[conn | len | payload]` into `grant`.
+fn fill(mut grant: berth_ipc::Grant<'_>, conn: u64, payload: &[u8]) {
     grant[..8].copy_from_slice(&conn.to_le_bytes());
-    grant[8..12].copy_from_slice(&len.to_le_bytes());
+    grant[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
     grant[12..].copy_from_slice(payload);
     grant.commit();
+}
+
+/// Sends a record, waiting up to `timeout` (`None`: forever) for room.
+fn send_record(tx: &mut Sender, conn: u64, payload: &[u8], timeout: Option<Duration>) -> Result<(), SendError> {
+    u32::try_from(payload.len()).map_err(|_| SendError::TooLarge { len: payload.len(), max: tx.max_message() })?;
+    fill(tx.reserve(RECORD_HEADER + payload.len(), timeout)?, conn, payload);
     Ok(())
+}
+
+/// Sends a record, or fails at once with `Full`.
+fn try_send_record(tx: &mut Sender, conn: u64, payload: &[u8]) -> Result<(), SendError> {
+    u32::try_from(payload.len()).map_err(|_| SendError::TooLarge { len: payload.len(), max: tx.max_message() })?;
+    fill(tx.try_reserve(RECORD_HEADER + payload.len())?, conn, payload);
+    Ok(())
+}
+
+/// See `crate::fuzzing::relay_lane`.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn fuzzing_lane(relay: &IpcRelay) -> Result<Box<dyn Any + Send>, OpenError> {
+    let sh = &relay.shared;
+    let mut duplex = create_duplex(&lane_name(&sh.config.channel, 0), &sh.config.ipc())?;
+    let mut welcome = [0u8; WELCOME];
+    welcome[..4].copy_from_slice(&1u32.to_le_bytes());
+    try_send_record(&mut duplex.tx, HELLO, &welcome).map_err(|e| OpenError::Io(io::Error::other(e)))?;
+    sh.workers.store(1, Ordering::Release);
+    sh.attached.fetch_add(1, Ordering::AcqRel);
+    add(&sh.counts.backends_attached, 1);
+    let link = Link { duplex, watch: None, armed: false, attached: Some(1), broken: false };
+    Ok(Box::new(Lane {
+        sh: sh.clone(),
+        index: 0,
+        workers: 1,
+        worker: None,
+        link: Some(link),
+        generation: 1,
+        scratch: Vec::with_capacity(sh.config.max_frame),
+        retry: None,
+        posted: false,
+    }))
 }

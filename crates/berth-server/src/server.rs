@@ -19,6 +19,10 @@ use crate::service::{MAX_SLOTS, MAX_WORKERS, Service};
 /// data is the grace period in milliseconds.
 pub(crate) const SHUTDOWN: u64 = u64::MAX - 1;
 
+/// Sockets (and ops) per worker set aside for a service's watches beyond its
+/// connections: a relay's lane takes one descriptor and one timer.
+const SERVICE_WATCHES: usize = 8;
+
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -178,8 +182,9 @@ impl ServerBuilder {
         let workers = if self.workers == 0 { default_workers() } else { self.workers }.min(MAX_WORKERS);
         let max_connections = self.max_connections.min(MAX_SLOTS - 1);
         let limit = ConnectionLimit::new(max_connections);
-        // Any worker may get every connection; one more socket for its listener.
-        let max_sockets = max_connections.saturating_add(1);
+        // Any worker may get every connection; one more socket for its listener, and
+        // a few for the service's watches (`Conns::watch`).
+        let max_sockets = max_connections.saturating_add(1 + SERVICE_WATCHES);
         let mut config = WorkersConfig::new(self.addr, buffers.clone());
         config.workers = workers;
         config.max_sockets = max_sockets;
@@ -202,7 +207,9 @@ impl ServerBuilder {
         let running = Workers::start(
             config,
             |_| (),
-            move |worker| Worker::new(service.clone(), limits, worker.listener, max_sockets).run(worker, &body_rows),
+            move |worker| {
+                Worker::new(service.clone(), limits, worker.listener, max_sockets, workers).run(worker, &body_rows)
+            },
         )?;
         let shutdown = ShutdownHandle { handles: running.handles().to_vec().into(), rows, buffers, limit };
         tracing::info!(addr = %running.endpoint, workers, "berth-server listening");

@@ -1,11 +1,13 @@
 //! [`Service`]: what a server runs per connection, and [`Reply`], how it answers.
 
+use std::any::Any;
 use std::fmt;
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 
 use berth_buf::{Exhausted, Lease};
+use berth_ops::{OpError, OpId};
 use berth_reactor::{PortHandle, SocketId};
 use berth_sendfile::{ByteRange, FileSend};
 
@@ -112,6 +114,44 @@ pub trait Service: Send + Sync + 'static {
     {
         let _ = (data, conns);
     }
+
+    /// Per-worker state: called once on each worker's thread when it starts (after
+    /// [`worker_started`](Service::worker_started), before it accepts). What it
+    /// returns belongs to that worker alone — a channel to a backend process, say —
+    /// so it needs no lock: [`data`](Service::data) reaches it through
+    /// [`Reply::worker_state`], [`posted`](Service::posted) and
+    /// [`ready`](Service::ready) through [`Conns::worker_state`]. It drops when the
+    /// worker stops. `conns` can already [`watch`](Conns::watch) descriptors on the
+    /// worker's port.
+    fn worker_state(&self, conns: &mut Conns<'_, Self>) -> Option<Box<dyn Any>>
+    where
+        Self: Sized,
+    {
+        let _ = conns;
+        None
+    }
+
+    /// A [`Watch`] this service armed on the worker's port ([`Conns::arm`])
+    /// finished: `Ok(())` when its descriptor turned readable (which may be
+    /// spurious: read it non-blocking) or a timer's time came,
+    /// `Err(OpError::TimedOut)` at the deadline given to `arm`, another error if
+    /// the wait failed. A watch removed with [`Conns::unwatch`] is not reported.
+    fn ready(&self, watch: Watch, result: Result<(), OpError>, conns: &mut Conns<'_, Self>)
+    where
+        Self: Sized,
+    {
+        let _ = (watch, result, conns);
+    }
+}
+
+/// A descriptor (or a timer) a [`Service`] waits on through one worker's completion
+/// port, with no thread of its own: made by [`Conns::watch`] or [`Conns::timer`],
+/// armed by [`Conns::arm`], reported by [`Service::ready`]. It belongs to the
+/// worker that made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watch {
+    pub(crate) socket: Option<SocketId>,
+    pub(crate) op: OpId,
 }
 
 /// A connection's identity across threads: its worker, slot and generation packed
@@ -157,6 +197,7 @@ impl ConnId {
 #[derive(Debug, Clone)]
 pub struct WorkerHandle {
     index: usize,
+    workers: usize,
     port: PortHandle,
 }
 
@@ -164,13 +205,18 @@ pub struct WorkerHandle {
 pub(crate) const SERVICE_POST: u64 = u64::MAX - 2;
 
 impl WorkerHandle {
-    pub(crate) fn new(index: usize, port: PortHandle) -> WorkerHandle {
-        WorkerHandle { index, port }
+    pub(crate) fn new(index: usize, workers: usize, port: PortHandle) -> WorkerHandle {
+        WorkerHandle { index, workers, port }
     }
 
     /// Which worker this is (as in [`ConnId::worker`]).
     pub fn index(&self) -> usize {
         self.index
+    }
+
+    /// How many workers the server runs (indices `0..workers`).
+    pub fn workers(&self) -> usize {
+        self.workers
     }
 
     /// Wakes the worker and has it call [`Service::posted`] with `data`. Fails with
@@ -195,6 +241,7 @@ pub struct ReplyFull;
 /// `std::io::Write` is implemented, so `write!` formats straight into the segment.
 pub struct Reply<'a> {
     lease: &'a dyn Fn() -> Result<Lease, Exhausted>,
+    state: Option<&'a mut (dyn Any + 'static)>,
     head: Option<Lease>,
     file: Option<FileSend<File>>,
     parts: FileParts,
@@ -255,9 +302,11 @@ impl<'a> Reply<'a> {
         conn: ConnId,
         input_full: bool,
         server_closing: bool,
+        state: Option<&'a mut (dyn Any + 'static)>,
     ) -> Self {
         Reply {
             lease,
+            state,
             head: None,
             file: None,
             parts: FileParts::EMPTY,
@@ -284,6 +333,11 @@ impl<'a> Reply<'a> {
             later: self.later,
             stream: self.stream,
         }
+    }
+
+    /// This worker's state ([`Service::worker_state`]), if it has one of type `T`.
+    pub fn worker_state<T: 'static>(&mut self) -> Option<&mut T> {
+        self.state.as_deref_mut()?.downcast_mut()
     }
 
     /// The connection this reply goes to: keep it to answer later from another
@@ -359,7 +413,10 @@ impl<'a> Reply<'a> {
         if self.head.is_none() {
             match (self.lease)() {
                 Ok(mut lease) => {
-                    lease.clear();
+                    // Empty, not zeroed: only the first `len` bytes of a reply are
+                    // ever sent, and zeroing the segment (`clear`) cost a memset of
+                    // the whole segment — 8 KiB, 128 KiB for `berth relay` — per reply.
+                    let _ = lease.set_len(0);
                     self.head = Some(lease);
                 }
                 Err(_) => {

@@ -6,7 +6,7 @@
 //! the access log on (its logger thread counted too),
 //! and an OPTIONS; every 200 and 206 with its ETag, Cache-Control and an added header), echo round trips and
 //! relay round trips (TCP -> IPC -> backend -> back) make zero heap allocations in
-//! the whole process — the server's worker and the relay thread included.
+//! the whole process — the server's workers and the relay's backend thread included.
 //!
 //! The count is process-wide ([`berth_testkit::total_allocations`]), so this binary
 //! holds one test, and the client loops below allocate nothing themselves: requests
@@ -130,8 +130,11 @@ fn relay() {
     let channel = format!("alloc-test-{}", std::process::id());
     let relay = IpcRelay::start(RelayConfig::new(&channel).max_frame(4096)).expect("relay starts");
     let handle = relay.handle();
-    let server = builder().serve(relay).expect("server starts");
-    let mut backend = RelayBackend::attach(&channel).expect("backend attaches");
+    // Two workers, so the backend serves two lanes (its poll(2) path) and the
+    // worker that gets the connection sleeps on its lane's wake descriptor.
+    let server = builder().workers(2).serve(relay).expect("server starts");
+    let mut backend = RelayBackend::attach_retrying(&channel, Duration::from_secs(10)).expect("backend attaches");
+    assert_eq!(backend.lanes(), 2);
     assert!(handle.wait_attached(Duration::from_secs(10)));
     let backend = std::thread::spawn(move || while backend.echo_one(Some(Duration::from_secs(30))).is_ok() {});
     let mut s = client(server.local_addr());

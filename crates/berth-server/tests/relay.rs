@@ -22,9 +22,27 @@ fn channel(what: &str) -> String {
     format!("berth-relay-test-{}-{}-{what}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
-/// The relay's two files exist.
+/// The files of lane `lane` of relay channel `name`: its two rings and their wake
+/// FIFOs.
+fn lane_files(name: &str, lane: usize) -> Vec<String> {
+    let mut files = Vec::new();
+    for dir in ["a2b", "b2a"] {
+        files.push(format!("/dev/shm/berth-ipc.{name}.{lane}.{dir}"));
+        for end in ["rx", "tx"] {
+            files.push(format!("/dev/shm/berth-ipc-wake.{name}.{lane}.{dir}.{end}"));
+        }
+    }
+    files
+}
+
+/// Some file of the relay's lanes (of up to 8 workers) exists.
 fn files_exist(name: &str) -> bool {
-    ["a2b", "b2a"].iter().any(|d| std::path::Path::new(&format!("/dev/shm/berth-ipc.{name}.{d}")).exists())
+    (0..8).flat_map(|lane| lane_files(name, lane)).any(|f| std::path::Path::new(&f).exists())
+}
+
+/// Every file of lanes `0..workers` exists.
+fn lanes_exist(name: &str, workers: usize) -> bool {
+    (0..workers).flat_map(|lane| lane_files(name, lane)).all(|f| std::path::Path::new(&f).exists())
 }
 
 /// A relay server with frames up to 64 KiB (segments of 128 KiB take one).
@@ -81,6 +99,7 @@ fn frames_round_trip_across_interleaved_connections() {
     let name = channel("roundtrip");
     let (server, handle) = relay_server(&name, 2);
     let backend = echo_backend(&name, &handle);
+    assert!(lanes_exist(&name, 2), "each worker has its lane");
     let addr = server.local_addr();
     let sizes = [0usize, 1, 7, 64, 1000, 4096, 8191, 30_000, MAX_FRAME];
     let clients: Vec<_> = (0..12)
@@ -144,6 +163,7 @@ fn without_a_backend_clients_are_closed_cleanly() {
     let name = channel("nobackend");
     let (server, handle) = relay_server(&name, 1);
     assert!(!handle.attached());
+    eventually("the worker's lane is created", || lanes_exist(&name, 1));
     let mut s = client(server.local_addr());
     s.write_all(&frame(b"anyone there?")).unwrap();
     closes_cleanly(&mut s);
@@ -289,6 +309,196 @@ fn a_backend_that_never_replies_gets_its_clients_closed_at_the_answer_timeout() 
     s.write_all(&frame(&p)).unwrap();
     assert_eq!(read_frame(&mut s).unwrap(), p);
     assert_eq!(server.metrics().answer_timeouts, 3);
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    backend.join().unwrap();
+}
+
+#[test]
+fn a_dawdling_backend_and_sleeping_workers_lose_no_wake() {
+    // Both sides keep going to sleep: the backend pauses now and then before it
+    // replies (so a worker finds its ring empty and sleeps on the wake descriptor),
+    // and clients pause between frames (so the backend sleeps on its lanes). A lost
+    // wake leaves a client without its reply: its read times out (2 s) and fails.
+    let name = channel("dawdle");
+    let (server, handle) = relay_server(&name, 2);
+    let mut backend = RelayBackend::attach_retrying(&name, IO_TIMEOUT).expect("backend attaches");
+    assert!(handle.wait_attached(IO_TIMEOUT));
+    let backend = thread::spawn(move || {
+        let mut n = 0u32;
+        loop {
+            let (conn, payload) = match backend.recv(Some(IO_TIMEOUT)) {
+                Ok(req) => (req.conn(), req.payload().to_vec()),
+                Err(_) => return n,
+            };
+            n += 1;
+            if n.is_multiple_of(3) {
+                thread::sleep(Duration::from_micros(u64::from(n % 7) * 150));
+            }
+            if backend.reply(conn, &payload, Some(IO_TIMEOUT)).is_err() {
+                return n;
+            }
+        }
+    });
+    let addr = server.local_addr();
+    let rounds = 300;
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            thread::spawn(move || {
+                let mut s = client(addr);
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                for n in 0..rounds {
+                    let p = payload(c, n, 1 + (n * 37) % 700);
+                    s.write_all(&frame(&p)).unwrap();
+                    let got = read_frame(&mut s).unwrap_or_else(|e| panic!("client {c} frame {n}: no reply ({e})"));
+                    assert_eq!(got, p, "client {c} frame {n}");
+                    if n.is_multiple_of(5) {
+                        thread::sleep(Duration::from_micros(300));
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client");
+    }
+    assert_eq!(handle.stats().replies_out, 4 * rounds as u64, "{}", handle.stats());
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    assert_eq!(backend.join().unwrap(), 4 * rounds as u32);
+}
+
+/// A record of the relay protocol: `[u64 conn | u32 len | payload]`, little-endian.
+fn record(conn: u64, payload: &[u8]) -> Vec<u8> {
+    let mut r = conn.to_le_bytes().to_vec();
+    r.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    r.extend_from_slice(payload);
+    r
+}
+
+#[test]
+fn a_flood_of_replies_is_drained_in_turns_and_none_is_lost() {
+    // A backend speaking the raw protocol on the one lane: welcome, hello, then 600
+    // stale replies and the real one published as one batch, so the worker finds
+    // them all at one wake. It handles 256 per turn and posts to itself to go on;
+    // the real reply behind the stale ones still arrives.
+    let name = channel("flood");
+    let (server, handle) = relay_server(&name, 1);
+    let lane = format!("{name}.0");
+    let mut duplex = loop {
+        match berth_ipc::Duplex::open_named(&lane) {
+            Ok(d) => break d,
+            Err(_) => thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    let welcome = duplex.rx.recv_vec(Some(IO_TIMEOUT)).unwrap();
+    assert_eq!(welcome, record(u64::MAX, &[1, 0, 0, 0, 0, 0, 0, 0]), "welcome: one lane, this is lane 0");
+    duplex.tx.send(&record(u64::MAX, b""), Some(IO_TIMEOUT)).unwrap();
+    assert!(handle.wait_attached(IO_TIMEOUT));
+
+    let mut s = client(server.local_addr());
+    s.write_all(&frame(b"last in line")).unwrap();
+    let request = duplex.rx.recv_vec(Some(IO_TIMEOUT)).unwrap();
+    let id = u64::from_le_bytes(request[..8].try_into().unwrap());
+    assert_eq!(&request[8..], &record(0, b"last in line")[8..]);
+    // Other generations of the same slot: no connection waits under them.
+    let mut batch: Vec<Vec<u8>> = (1..=600u64).map(|n| record(id ^ (n << 40), b"stale")).collect();
+    batch.push(record(id, b"last in line"));
+    duplex.tx.send_batch(&batch, Some(IO_TIMEOUT)).unwrap();
+    assert_eq!(read_frame(&mut s).unwrap(), b"last in line");
+    let stats = handle.stats();
+    assert_eq!((stats.replies_dropped, stats.replies_out), (600, 1), "{stats}");
+    drop(s);
+    drop(duplex);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn a_backend_that_stops_receiving_has_its_lane_recreated() {
+    // A raw backend says hello, then closes its receiving end but keeps its sending
+    // one (so its lane's reply ring shows nothing wrong). Requests fill the small
+    // request ring; the forward that finds it full and the backend gone closes its
+    // client, and the lane is recreated: the clients waiting on that backend are
+    // closed and a new backend is taken.
+    let name = channel("halfclosed");
+    let relay = IpcRelay::start(RelayConfig::new(&name).max_frame(1024).ring_capacity(4096)).unwrap();
+    let handle = relay.handle();
+    let server = builder().serve(relay).unwrap();
+    let lane = format!("{name}.0");
+    let duplex = loop {
+        match berth_ipc::Duplex::open_named(&lane) {
+            Ok(d) => break d,
+            Err(_) => thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    let (mut tx, mut rx) = duplex.split();
+    rx.recv_vec(Some(IO_TIMEOUT)).expect("welcome");
+    tx.send(&record(u64::MAX, b""), Some(IO_TIMEOUT)).unwrap();
+    assert!(handle.wait_attached(IO_TIMEOUT));
+    drop(rx);
+
+    // Three 1000-byte frames fill the 4 KiB ring; the fourth finds it full.
+    let mut clients: Vec<TcpStream> = (0..4).map(|_| client(server.local_addr())).collect();
+    for (i, s) in clients.iter_mut().enumerate() {
+        s.write_all(&frame(&payload(i, 0, 1000))).unwrap();
+    }
+    for s in &mut clients {
+        closes_cleanly(s);
+    }
+    assert!(handle.wait_detached(IO_TIMEOUT), "the lane was not recreated");
+    let stats = handle.stats();
+    assert_eq!((stats.frames_in, stats.closed_backend_lost), (3, 4), "{stats}");
+
+    let backend = echo_backend(&name, &handle);
+    let mut s = client(server.local_addr());
+    s.write_all(&frame(b"new backend")).unwrap();
+    assert_eq!(read_frame(&mut s).unwrap(), b"new backend");
+    drop((s, tx));
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    backend.join().unwrap();
+}
+
+/// The child half of `a_backend_killed_before_its_hello_frees_the_lane`: with
+/// `BERTH_RELAY_TEST_LANE` set, claims that lane's backend ends (side B), says
+/// so and waits to be killed; without it, does nothing.
+#[test]
+fn child_claims_a_lane_and_waits() {
+    let Ok(lane) = std::env::var("BERTH_RELAY_TEST_LANE") else { return };
+    let duplex = berth_ipc::Duplex::open_named(&lane).expect("child opens the lane");
+    println!("claimed");
+    io::stdout().flush().unwrap();
+    thread::sleep(Duration::from_secs(60));
+    drop(duplex);
+}
+
+#[test]
+fn a_backend_killed_before_its_hello_frees_the_lane() {
+    // A process claims the lane's ends and is killed before its hello: no record
+    // and (yet) no watched pid tell the lane, so only its look at the channel
+    // while unattached (once a second) finds the claimant dead and recreates the
+    // lane. A new backend is then taken.
+    let name = channel("prehello");
+    let (server, handle) = relay_server(&name, 1);
+    eventually("the lane is created", || lanes_exist(&name, 1));
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_claims_a_lane_and_waits", "--nocapture", "--test-threads=1"])
+        .env("BERTH_RELAY_TEST_LANE", format!("{name}.0"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("child starts");
+    let mut out = io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("claimed") {
+        line.clear();
+        assert!(io::BufRead::read_line(&mut out, &mut line).unwrap() > 0, "child ended before claiming");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let backend = echo_backend(&name, &handle);
+    let mut s = client(server.local_addr());
+    s.write_all(&frame(b"after the dead claimant")).unwrap();
+    assert_eq!(read_frame(&mut s).unwrap(), b"after the dead claimant");
+    assert_eq!(handle.stats().closed_backend_lost, 0);
     drop(s);
     server.shutdown(Duration::from_secs(5)).unwrap();
     backend.join().unwrap();
