@@ -679,7 +679,8 @@ impl<S: Service> Worker<S> {
             let id = ConnId::new(self.index, conn.socket);
             let parts = {
                 let lease = || port.lease();
-                let mut reply = Reply::new(&lease, id, false, draining);
+                let state = self.state.as_deref_mut();
+                let mut reply = Reply::new(&lease, id, false, draining, state);
                 self.service.more(&mut conn.user, &mut reply);
                 reply.into_parts()
             };
