@@ -65,8 +65,8 @@ enum Command {
     },
     /// Relay frames (a 4-byte big-endian length, then the payload) from TCP clients to
     /// a local backend process over a shared-memory channel, and route its replies
-    /// back. Each worker creates its lane, /dev/shm/berth-ipc.NAME.<worker>.a2b and
-    /// .b2a; a backend attaches to all of them with `berth backend-echo --channel
+    /// back. Each worker creates its lane, `/dev/shm/berth-ipc.NAME.<worker>.a2b` and
+    /// `.b2a`; a backend attaches to all of them with `berth backend-echo --channel
     /// NAME` (or berth_server::RelayBackend). Without a backend, and when it dies,
     /// waiting clients are closed cleanly; each lane then recreates its channel and
     /// takes the next backend that attaches.
