@@ -516,24 +516,10 @@ impl Uring {
             }
             OpKind::Recv if meta.pooled && self.pbuf.is_some() && self.multishot_recv => {
                 let generation = sid.generation & GEN_MASK;
-                let reader = &mut self.readers[socket as usize];
-                if reader.generation != generation {
-                    self.kept.clear(socket);
-                    reader.generation = generation;
-                }
-                if let Some(a) = self.kept.pop_front(socket) {
+                if let Some(a) = self.take_kept(socket, generation) {
                     return Start::Done(hand_over(args, a.lease, a.res, a.taken), sid);
                 }
-                // (A multishot of an earlier socket in this slot may still be ending:
-                // its last completion is told apart by its generation.)
-                if reader.armed != Some(generation) {
-                    let multi = opcode::RecvMulti::new(fd, pbuf::GROUP).build();
-                    self.push(&multi.user_data(reader_data(socket, generation)));
-                    let reader = &mut self.readers[socket as usize];
-                    reader.armed = Some(generation);
-                    reader.stopping = false;
-                    self.in_kernel += 1;
-                }
+                self.arm_reader(socket, generation, || opcode::RecvMulti::new(fd, pbuf::GROUP).build());
                 // The op waits in its queue; the multishot belongs to the socket.
                 return Start::Waiting;
             }
@@ -618,26 +604,15 @@ impl Uring {
             OpKind::Ready => (opcode::PollAdd::new(fd, meta.events).build(), Phase::Poll),
             OpKind::RecvFrom if meta.pooled && self.pbuf.is_some() && self.multishot_recvmsg => {
                 let generation = sid.generation & GEN_MASK;
-                let reader = &mut self.readers[socket as usize];
-                if reader.generation != generation {
-                    self.kept.clear(socket);
-                    reader.generation = generation;
-                }
-                if let Some(a) = self.kept.pop_front(socket) {
+                if let Some(a) = self.take_kept(socket, generation) {
                     let result = hand_over_datagram(core, op, socket, a.lease, a.res);
                     return Start::Done(result, sid);
                 }
-                if reader.armed != Some(generation) {
-                    // MSG_TRUNC: each datagram's header says its real length.
-                    let multi = opcode::RecvMsgMulti::new(fd, &raw const *self.msg_template, pbuf::GROUP)
-                        .flags(libc::MSG_TRUNC as u32)
-                        .build();
-                    self.push(&multi.user_data(reader_data(socket, generation)));
-                    let reader = &mut self.readers[socket as usize];
-                    reader.armed = Some(generation);
-                    reader.stopping = false;
-                    self.in_kernel += 1;
-                }
+                let template = &raw const *self.msg_template;
+                // MSG_TRUNC: each datagram's header says its real length.
+                self.arm_reader(socket, generation, || {
+                    opcode::RecvMsgMulti::new(fd, template, pbuf::GROUP).flags(libc::MSG_TRUNC as u32).build()
+                });
                 return Start::Waiting;
             }
             OpKind::RecvFrom if !meta.pooled && self.reading(socket, sid.generation) => {
@@ -671,6 +646,30 @@ impl Uring {
         core.meta[op as usize].kernel = true;
         self.in_kernel += 1;
         Start::Started
+    }
+
+    /// The next arrival kept for `socket`, once those of an earlier socket in its
+    /// slot are dropped.
+    fn take_kept(&mut self, socket: u32, generation: u32) -> Option<Arrival> {
+        let reader = &mut self.readers[socket as usize];
+        if reader.generation != generation {
+            self.kept.clear(socket);
+            reader.generation = generation;
+        }
+        self.kept.pop_front(socket)
+    }
+
+    /// Arms `socket`'s multishot receive (the submission `sqe` makes) unless one of
+    /// this generation is armed. (One of an earlier socket in the slot may still be
+    /// ending: its last completion is told apart by its generation.)
+    fn arm_reader(&mut self, socket: u32, generation: u32, sqe: impl FnOnce() -> squeue::Entry) {
+        if self.readers[socket as usize].armed != Some(generation) {
+            self.push(&sqe().user_data(reader_data(socket, generation)));
+            let reader = &mut self.readers[socket as usize];
+            reader.armed = Some(generation);
+            reader.stopping = false;
+            self.in_kernel += 1;
+        }
     }
 
     /// Asks a socket's multishot receive to end (once): an op that must read the
