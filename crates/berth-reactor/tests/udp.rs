@@ -68,35 +68,8 @@ fn echo_many(server: &str, client_bind: &str) {
     let socket = port.bind_udp(server.parse().unwrap(), UdpOptions::default()).unwrap();
     let addr = port.local_addr(socket).unwrap();
     let ops: Vec<_> = (0..32).map(|_| op_with_buffer(&mut port, 1500)).collect();
-    let clients: Vec<_> = (0..4).map(|_| client(client_bind)).collect();
     let per_client = 200;
-    let threads: Vec<_> = clients
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| {
-            std::thread::spawn(move || {
-                let mut seen = std::collections::BTreeSet::new();
-                // Eight datagrams in flight per client; each carries its number.
-                let mut next = 0u32;
-                let mut buf = [0u8; 1500];
-                while seen.len() < per_client {
-                    while next < per_client as u32 && next as usize - seen.len() < 8 {
-                        let len = 4 + (next as usize * 37 + i) % 1400;
-                        let mut d = vec![i as u8; len];
-                        d[..4].copy_from_slice(&next.to_le_bytes());
-                        c.send_to(&d, addr).unwrap();
-                        next += 1;
-                    }
-                    let (n, from) = c.recv_from(&mut buf).expect("an echo (none lost on loopback)");
-                    assert_eq!(from, addr);
-                    let k = u32::from_le_bytes(buf[..4].try_into().unwrap());
-                    assert_eq!(n, 4 + (k as usize * 37 + i) % 1400, "datagram {k} came back with another length");
-                    assert!(buf[4..n].iter().all(|&b| b == i as u8), "datagram {k} came back altered");
-                    assert!(seen.insert(k), "datagram {k} echoed twice");
-                }
-            })
-        })
-        .collect();
+    let threads = common::udp_echo_clients(addr, client_bind, 4, per_client);
     echo(&mut port, socket, &ops, 4 * per_client);
     for t in threads {
         t.join().unwrap();

@@ -121,3 +121,35 @@ pub fn connected_pair(ops: usize) -> (CompletionPort<()>, SocketId, SocketId, st
 pub fn held<T>(port: &CompletionPort<T>) -> usize {
     port.buffers().stats().in_use - port.stats().ring_buffers
 }
+
+/// Starts `clients` UDP clients bound to `client_bind`, each sending `per_client`
+/// numbered datagrams of varied length (1,400 bytes at most) to `addr` with eight
+/// in flight, and checking that each comes back once, whole and unaltered.
+pub fn udp_echo_clients(addr: SocketAddr, client_bind: &str, clients: usize, per_client: usize) -> Vec<JoinHandle<()>> {
+    (0..clients)
+        .map(|i| {
+            let c = std::net::UdpSocket::bind(client_bind).unwrap();
+            c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            std::thread::spawn(move || {
+                let mut seen = std::collections::BTreeSet::new();
+                let mut next = 0u32;
+                let mut buf = [0u8; 2048];
+                while seen.len() < per_client {
+                    while next < per_client as u32 && next as usize - seen.len() < 8 {
+                        let len = 4 + (next as usize * 37 + i) % 1400;
+                        let mut d = vec![i as u8; len];
+                        d[..4].copy_from_slice(&next.to_le_bytes());
+                        c.send_to(&d, addr).unwrap();
+                        next += 1;
+                    }
+                    let (n, from) = c.recv_from(&mut buf).expect("an echo (none lost on loopback)");
+                    assert_eq!(from, addr);
+                    let k = u32::from_le_bytes(buf[..4].try_into().unwrap());
+                    assert_eq!(n, 4 + (k as usize * 37 + i) % 1400, "datagram {k} came back with another length");
+                    assert!(buf[4..n].iter().all(|&b| b == i as u8), "datagram {k} came back altered");
+                    assert!(seen.insert(k), "datagram {k} echoed twice");
+                }
+            })
+        })
+        .collect()
+}
