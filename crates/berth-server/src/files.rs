@@ -9,6 +9,8 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_sendfile::{ByteRange, FileSend};
@@ -157,7 +159,30 @@ pub struct StaticFiles {
     precompressed: bool,
     /// List directories without an index.
     list: bool,
+    /// Listings running now, across all workers, and how many may run at once.
+    listings: Arc<AtomicUsize>,
+    max_listings: usize,
     log: Option<AccessLog>,
+}
+
+/// Listings that may run at once by default (see [`StaticFiles::max_listings`]).
+pub const DEFAULT_MAX_LISTINGS: usize = 64;
+
+/// A listing being streamed, holding its place among the server's running listings.
+#[derive(Debug)]
+pub(crate) struct Streaming {
+    listing: Box<Listing>,
+    _place: ListingPlace,
+}
+
+/// One of the [`StaticFiles::max_listings`] places, given back when dropped.
+#[derive(Debug)]
+struct ListingPlace(Arc<AtomicUsize>);
+
+impl Drop for ListingPlace {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// [`StaticFiles`]' state per connection: the peer's address and, with an
@@ -168,7 +193,7 @@ pub struct FilesConn {
     peer: Option<std::net::IpAddr>,
     pending: Option<Record>,
     /// The directory listing being streamed, if any.
-    listing: Option<Box<Listing>>,
+    listing: Option<Streaming>,
 }
 
 /// A routing option refused by [`StaticFiles::index`], [`StaticFiles::fallback`] or
@@ -287,6 +312,8 @@ impl StaticFiles {
             not_found: None,
             precompressed: false,
             list: false,
+            listings: Arc::new(AtomicUsize::new(0)),
+            max_listings: DEFAULT_MAX_LISTINGS,
             log: None,
         })
     }
@@ -505,6 +532,24 @@ impl StaticFiles {
         self
     }
 
+    /// How many listings may stream at once, across all workers (default
+    /// [`DEFAULT_MAX_LISTINGS`]): each holds about 112 KiB and a directory
+    /// descriptor until its last byte is sent, so slow clients could otherwise pin
+    /// any amount. A listing asked for beyond it gets `503 Service Unavailable` with
+    /// `Retry-After: 1`.
+    pub fn max_listings(mut self, n: usize) -> Self {
+        self.max_listings = n.max(1);
+        self
+    }
+
+    /// A place for one more running listing, if there is one.
+    fn listing_place(&self) -> Option<ListingPlace> {
+        self.listings
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < self.max_listings).then_some(n + 1))
+            .ok()
+            .map(|_| ListingPlace(self.listings.clone()))
+    }
+
     /// Logs every request to `log` (see [`AccessLog`]): the combined log format plus
     /// the request time, from the complete request head to the last byte of the
     /// reply handed to the kernel. Records go to the logger thread through a bounded
@@ -560,7 +605,7 @@ impl StaticFiles {
         req: &httparse::Request<'_, '_>,
         reply: &mut Reply<'_>,
         outcome: &Cell<(u16, u64)>,
-        listing: &mut Option<Box<Listing>>,
+        listing: &mut Option<Streaming>,
     ) {
         let head_only = req.method == Some("HEAD");
         let http10 = req.version == Some(0);
@@ -995,7 +1040,11 @@ impl Response<'_, '_> {
 
     /// A directory listing: the head, the page's start, and the rest streamed by
     /// [`Service::more`]. HTTP/1.1 gets it chunked, HTTP/1.0 ended by the close.
-    fn listing(mut self, dir: OwnedFd, path: &[u8], root: bool, slot: &mut Option<Box<Listing>>) {
+    fn listing(mut self, dir: OwnedFd, path: &[u8], root: bool, slot: &mut Option<Streaming>) {
+        let place = if self.head_only { None } else { self.files.and_then(StaticFiles::listing_place) };
+        if place.is_none() && !self.head_only {
+            return self.error(UNAVAILABLE, "Retry-After: 1\r\n");
+        }
         let chunked = !self.http10;
         self.keep_alive &= chunked;
         let hidden = self.files.is_some_and(|f| f.hidden);
@@ -1015,10 +1064,10 @@ impl Response<'_, '_> {
             }
             self.reply.write_bytes(b"\r\n").map_err(io::Error::other)
         })();
-        if head.is_ok() && !self.head_only {
+        if let (Ok(()), Some(place)) = (head, place) {
             let listing = Listing::new(dir, chunked, hidden);
             if listing.start(self.reply, path, root).is_ok() {
-                *slot = Some(listing);
+                *slot = Some(Streaming { listing, _place: place });
                 self.reply.stream();
             }
         }
@@ -1207,8 +1256,8 @@ impl Service for StaticFiles {
     }
 
     fn more(&self, conn: &mut FilesConn, reply: &mut Reply<'_>) {
-        let Some(listing) = conn.listing.as_mut() else { return };
-        match listing.segment(reply) {
+        let Some(streaming) = conn.listing.as_mut() else { return };
+        match streaming.listing.segment(reply) {
             // A yield writes nothing and asks for more: called again after the
             // worker's other completions.
             Ok(Step::More | Step::Yield) => reply.stream(),

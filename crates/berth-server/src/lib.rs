@@ -97,7 +97,10 @@ pub use berth_reactor::workers::Inherited;
 pub use berth_reactor::{Driver, Endpoint, UnixAddr};
 pub use conn::{Conns, NotWaiting};
 pub use echo::Echo;
-pub use files::{FilesConn, HeaderError, MAX_EXTRA_HEADERS, MAX_HEADERS, MAX_INDEX_NAME, RouteError, StaticFiles};
+pub use files::{
+    DEFAULT_MAX_LISTINGS, FilesConn, HeaderError, MAX_EXTRA_HEADERS, MAX_HEADERS, MAX_INDEX_NAME, RouteError,
+    StaticFiles,
+};
 pub use metrics::Metrics;
 pub use relay::{
     EchoError, IpcRelay, RelayBackend, RelayConfig, RelayConn, RelayError, RelayHandle, RelayRequest, RelayStats,

@@ -426,6 +426,36 @@ fn head_gets_the_headers_only_and_http10_a_body_ended_by_the_close() {
 }
 
 /// Creates `n` empty files named `f000000`.. in a fresh directory.
+/// Listings beyond `max_listings` get a 503 with `Retry-After` while the others run
+/// (each holds a window of names and a directory descriptor); a place comes back
+/// when its listing's client leaves, and a HEAD needs none.
+#[test]
+fn listings_beyond_the_cap_are_refused_until_a_place_comes_back() {
+    let dir = many(20_000);
+    let files = StaticFiles::new(dir.path()).unwrap().list(true).max_listings(1);
+    let server = builder().segment_size(4096).serve(files).unwrap();
+    let addr = server.local_addr();
+    // A client that asks for the listing and reads only its first bytes: the
+    // listing stays running (its segments wait for the socket to drain).
+    let mut slow = client(addr);
+    slow.write_all(req("GET", "/", "").as_bytes()).unwrap();
+    let mut first = [0u8; 512];
+    slow.read_exact(&mut first).unwrap();
+    assert!(first.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first[..40]));
+    // The head of a fresh listing request: its status and Retry-After.
+    let ask = || {
+        let mut s = client(addr);
+        s.write_all(req("GET", "/", "Connection: close\r\n").as_bytes()).unwrap();
+        let head = read_head(&mut s).unwrap();
+        (head.split(' ').nth(1).unwrap().to_string(), head.contains("\r\nRetry-After: 1\r\n"))
+    };
+    assert_eq!(ask(), ("503".to_string(), true), "a second listing while the first runs");
+    assert_eq!(get(addr, &req("HEAD", "/", "")).status, 200, "a HEAD streams nothing");
+    drop(slow);
+    eventually("the slow client's place given back", || ask().0 == "200");
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
 fn many(n: usize) -> TempDir {
     let dir = TempDir::new("listing-many");
     for i in 0..n {
