@@ -140,7 +140,9 @@ where
     Ok(PerCore { addr, stop, threads: running })
 }
 
-/// The runtimes [`serve_per_core`] started.
+/// The runtimes [`serve_per_core`] started. Dropping it does not stop them: they
+/// serve on, detached, until every `serve` returns or the process ends; call
+/// [`stop`](Self::stop) and [`join`](Self::join) to end them.
 #[derive(Debug)]
 pub struct PerCore {
     addr: SocketAddr,
