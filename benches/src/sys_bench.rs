@@ -6,7 +6,7 @@
 use std::fs;
 use std::io;
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
@@ -227,6 +227,26 @@ pub fn quick_flag(name: &str) -> Result<bool, String> {
         }
     }
     Ok(quick)
+}
+
+/// The syscalls process `pid` makes in the next `secs` seconds, counted by
+/// `perf stat -e raw_syscalls:sys_enter` (which must be installed and allowed).
+pub fn perf_syscall_count(pid: u32, secs: f64) -> Result<f64, String> {
+    let perf = Command::new("perf")
+        .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p", &pid.to_string(), "--", "sleep"])
+        .arg(secs.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("perf: {e}"))?;
+    let report = String::from_utf8_lossy(&perf.stderr);
+    report
+        .lines()
+        .find(|l| l.contains("raw_syscalls:sys_enter"))
+        .and_then(|l| l.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| format!("no syscall count from perf: {}", report.trim()))
 }
 
 #[cfg(test)]

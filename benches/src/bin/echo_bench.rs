@@ -772,28 +772,14 @@ fn count_syscalls(cfg: &Config, servers: &[ServerSpec]) -> Option<Syscalls> {
 
 fn syscalls_per_msg(cfg: &Config, spec: &ServerSpec, size: usize, conns: usize) -> Result<f64, String> {
     let (server, addr) = start_server(cfg, spec)?;
-    let pid = server.id().to_string();
     let secs = cfg.secs.max(1.0);
     let (load, lines, deadline) = start_load(cfg, addr, size, conns, secs)?;
     expect_line(&lines, deadline, "mark start")?;
-    let perf = Command::new("perf")
-        .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p", &pid, "--", "sleep", &secs.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| format!("perf: {e}"))?;
+    let count = berth_benches::sys_bench::perf_syscall_count(server.id(), secs)?;
     expect_line(&lines, deadline, "mark end")?;
     let json = next_line(&lines, deadline, "berth_load's JSON report")?;
     let _ = load.wait_timeout(Duration::from_secs(5));
     drop(server);
-    let report = String::from_utf8_lossy(&perf.stderr);
-    let count: f64 = report
-        .lines()
-        .find(|l| l.contains("raw_syscalls:sys_enter"))
-        .and_then(|l| l.split(',').next())
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or_else(|| format!("no syscall count from perf: {}", report.trim()))?;
     let v: serde_json::Value = serde_json::from_str(&json).map_err(|e| format!("berth_load report {json:?}: {e}"))?;
     let messages = v["messages"].as_f64().filter(|&m| m > 0.0).ok_or("no message completed")?;
     // perf counted over `secs` from the start mark; the load's count covers the same window.

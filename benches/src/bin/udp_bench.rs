@@ -513,28 +513,14 @@ fn count_syscalls(cfg: &Config, kind: Kind, servers: &[ServerSpec]) -> Option<(f
 
 fn syscalls_per_msg(cfg: &Config, kind: Kind, spec: &ServerSpec) -> Result<f64, String> {
     let (server, addr) = start_server(cfg, kind, spec)?;
-    let pid = server.id().to_string();
     let secs = cfg.secs.max(1.0);
     let (load, lines, deadline) = start_load(cfg, kind, &addr, secs)?;
     expect_line(&lines, deadline, "mark start")?;
-    let perf = Command::new("perf")
-        .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p", &pid, "--", "sleep", &secs.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| format!("perf: {e}"))?;
+    let count = berth_benches::sys_bench::perf_syscall_count(server.id(), secs)?;
     expect_line(&lines, deadline, "mark end")?;
     let json = next_line(&lines, deadline, "the load's JSON report")?;
     let _ = load.wait_timeout(Duration::from_secs(5));
     drop(server);
-    let text = String::from_utf8_lossy(&perf.stderr);
-    let count: f64 = text
-        .lines()
-        .find(|l| l.contains("raw_syscalls:sys_enter"))
-        .and_then(|l| l.split(',').next())
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or_else(|| format!("no syscall count from perf: {}", text.trim()))?;
     // perf counted over `secs` from the start mark; the load's count covers the same window.
     Ok(count / parse_report(&json)?.messages as f64)
 }
