@@ -21,6 +21,11 @@ const BATCH: usize = 64 * 1024;
 const MAX_LINE: usize = 4 * (TARGET + REFERER + AGENT + METHOD) + 256;
 /// How often an idle logger looks at the reopen and stop flags.
 const TICK: Duration = Duration::from_millis(100);
+/// A busy logger's sleep between drains: records gather in the queue meanwhile
+/// (4,096 of them last 4 ms only above a million requests per second).
+const GATHER: Duration = Duration::from_millis(4);
+/// The longest a formatted line waits for its batch to fill.
+const HOLD: Duration = Duration::from_secs(1);
 
 const METHOD: usize = 8;
 const TARGET: usize = 256;
@@ -212,6 +217,8 @@ struct Shared {
     dropped: AtomicU64,
     written: AtomicU64,
     errors: AtomicU64,
+    /// Writes issued (batches), for the tests.
+    writes: AtomicU64,
 }
 
 /// The sending end of an access log, given to
@@ -384,24 +391,51 @@ struct Logger {
 }
 
 impl Logger {
+    /// Idle, the logger blocks on the queue, so the first record after a quiet spell
+    /// wakes it (one futex wake). Busy, it sleeps [`GATHER`] between drains instead
+    /// of blocking: a worker's `try_send` then finds no one to wake, and a batch of
+    /// many requests costs the workers no syscall and the logger one wake-up and at
+    /// most one write. Lines are written once [`BATCH`] bytes are held, when a drain
+    /// finds the queue empty, or when the oldest held line is [`HOLD`] old.
     fn run(mut self) {
+        let mut busy = false;
+        let mut held_since: Option<Instant> = None;
         loop {
-            match self.rx.recv_timeout(TICK) {
-                Ok(record) => {
-                    self.add(&record);
-                    // Take what else is queued, up to a batch, then write.
-                    while self.batch.len() < BATCH {
-                        match self.rx.try_recv() {
-                            Ok(record) => self.add(&record),
-                            Err(_) => break,
-                        }
+            let mut took = 0;
+            if busy {
+                std::thread::sleep(GATHER);
+            } else {
+                match self.rx.recv_timeout(TICK) {
+                    Ok(record) => {
+                        self.add(&record);
+                        took = 1;
                     }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            // At most a queue's worth per drain: workers faster than the logger
+            // cannot keep it from its flags.
+            while took < self.capacity {
+                let Ok(record) = self.rx.try_recv() else { break };
+                self.add(&record);
+                took += 1;
+                if self.batch.len() >= BATCH {
                     self.flush();
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
             }
-            // Checked after every batch, not only when idle: a stop under load (the
+            if took > 0 && self.batch.is_empty() {
+                held_since = None;
+            } else if took > 0 {
+                held_since.get_or_insert_with(Instant::now);
+            }
+            // A quiet moment (nothing came while it gathered), or lines held too long.
+            if took == 0 || held_since.is_some_and(|t| t.elapsed() >= HOLD) {
+                self.flush();
+                held_since = None;
+            }
+            busy = took > 0;
+            // Checked after every drain, not only when idle: a stop under load (the
             // second Ctrl-C) still writes what was queued when it came, and ends.
             if self.shared.stop.load(Ordering::Acquire) {
                 // At most what the queue held at the stop: records still coming
@@ -435,6 +469,7 @@ impl Logger {
             return;
         }
         let lines = self.batch.iter().filter(|&&b| b == b'\n').count() as u64;
+        self.shared.writes.fetch_add(1, Ordering::Relaxed);
         match self.out.write_all(&self.batch) {
             Ok(()) => {
                 self.shared.written.fetch_add(lines, Ordering::Relaxed);
@@ -536,6 +571,35 @@ mod tests {
         log.push(Record::new(None));
         assert_eq!(handle.dropped(), 1);
         drop(handle);
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// Under steady load the logger writes in batches, not a line per request: it
+    /// gathers between drains instead of waking for each record. 2,000 records a
+    /// request's time apart (50 µs, spun, never slept) come out in a few writes;
+    /// a logger woken by each record writes about one per record.
+    #[test]
+    fn steady_load_is_written_in_batches() {
+        let path = std::env::temp_dir().join(format!("berth-access-batch-{}.log", std::process::id()));
+        let (log, handle) = AccessLog::with_capacity(LogTarget::File(path.clone()), 4096).unwrap();
+        const RECORDS: u64 = 2_000;
+        for i in 0..RECORDS {
+            let until = Instant::now() + Duration::from_micros(50);
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            let mut r = Record::new(None);
+            r.outcome(200, i);
+            log.push(r);
+        }
+        drop(log);
+        let shared = handle.shared.clone();
+        handle.finish();
+        assert_eq!(shared.written.load(Ordering::Relaxed), RECORDS);
+        let writes = shared.writes.load(Ordering::Relaxed);
+        assert!(writes * 10 <= RECORDS, "{writes} writes for {RECORDS} records spaced 50 µs apart");
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count() as u64;
+        assert_eq!(lines, RECORDS);
         let _ = std::fs::remove_file(path);
     }
 }
