@@ -5,7 +5,6 @@
 //! [`Core::complete`].
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use berth_buf::{BufferManager, Lease, LocalCache};
 use berth_ops::{ConnectionLimit, ConnectionPermit, OpError, OpId, OpKind, OpPool};
-use berth_sendfile::FileSend;
+use berth_sendfile::{FileSend, SourceFile};
 use slab::Slab;
 
 use crate::handle::Shared;
@@ -94,7 +93,7 @@ pub(crate) enum Step {
 pub(crate) struct Core<T> {
     pub(crate) pool: OpPool<T>,
     pub(crate) meta: Vec<Meta>,
-    pub(crate) files: Vec<Option<FileSend<File>>>,
+    pub(crate) files: Vec<Option<FileSend<SourceFile>>>,
     pub(crate) sockets: Slab<Entry>,
     pub(crate) generations: Vec<u32>,
     pub(crate) max_sockets: usize,

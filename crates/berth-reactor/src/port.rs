@@ -2,7 +2,6 @@
 //! the port; the state is in `crate::core`, the kernel work in `crate::driver`.
 
 use std::fmt;
-use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
@@ -11,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use berth_buf::{BufferManager, Lease};
 use berth_ops::{OpArgs, OpError, OpId, OpKind, PoolExhausted};
-use berth_sendfile::FileSend;
+use berth_sendfile::{FileSend, SourceFile};
 
 use crate::ListenOptions;
 use crate::core::{Core, Meta, State};
@@ -673,12 +672,18 @@ impl<T> CompletionPort<T> {
     /// serves as scratch space if the file needs the copy fallback; without one such
     /// a file fails with [`OpError::InvalidInput`]. Completes with the bytes sent; a
     /// file that shrinks mid-send completes with [`OpError::Truncated`].
-    pub fn send_file(&mut self, socket: SocketId, op: OpId, file: FileSend<File>) -> Result<(), SubmitError> {
+    ///
+    /// The file is a `File` of the send's own or a [`SourceFile`] shared with a
+    /// cache (`Arc<File>`); the port drops its handle when the op completes.
+    pub fn send_file<F>(&mut self, socket: SocketId, op: OpId, file: FileSend<F>) -> Result<(), SubmitError>
+    where
+        F: AsFd + Into<SourceFile>,
+    {
         self.core.check_op(op)?;
         if self.core.meta[op.index()].state != State::Idle {
             return Err(SubmitError::Busy);
         }
-        self.core.files[op.index()] = Some(file);
+        self.core.files[op.index()] = Some(file.map_file(Into::into));
         let result = self.submit(socket, op, OpKind::SendFile, Dir::Write, false);
         if result.is_err() {
             self.core.files[op.index()] = None;

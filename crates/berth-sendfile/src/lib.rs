@@ -135,6 +135,7 @@
 mod error;
 mod range;
 mod send;
+mod source;
 mod sys;
 
 pub use error::SendFileError;
@@ -159,3 +160,4 @@ pub use range::{
     ByteRange, ContentRange, HttpRangeError, RangeError, resolve_http_range, resolve_http_range_spec, validate_range,
 };
 pub use send::{DEFAULT_CHUNK_CAP, FileSend, MAX_CHUNK_CAP, Method, Progress, send_file, set_cork};
+pub use source::SourceFile;

@@ -280,6 +280,31 @@ impl<F: AsFd> FileSend<F> {
         &self.file
     }
 
+    /// The same send (range, progress, method) over `f(file)`: an owned file turned
+    /// into a [`SourceFile`](crate::SourceFile), say, by a completion port that keeps
+    /// owned and shared files alike.
+    ///
+    /// ```
+    /// use berth_sendfile::{ByteRange, FileSend, SourceFile};
+    ///
+    /// let file = std::fs::File::open("Cargo.toml")?;
+    /// let send = FileSend::new(file, ByteRange::new(0, 16).unwrap()).map_file(SourceFile::from);
+    /// assert_eq!(send.remaining(), 16);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn map_file<G: AsFd>(self, f: impl FnOnce(F) -> G) -> FileSend<G> {
+        FileSend {
+            file: f(self.file),
+            range: self.range,
+            sent: self.sent,
+            chunk_cap: self.chunk_cap,
+            method: self.method,
+            stream: self.stream,
+            stash: self.stash,
+            out_not_socket: self.out_not_socket,
+        }
+    }
+
     /// Sends (part of) a header before the body, with `MSG_MORE` when a body follows, so
     /// the header and the first body bytes leave in the same TCP segment (what nginx
     /// does with `tcp_nopush`). Returns how many header bytes the socket took: on a

@@ -88,7 +88,7 @@ struct Conn<C> {
     /// No request has arrived yet.
     fresh: bool,
     /// The body still to send after the reply's bytes.
-    file: Option<berth_sendfile::FileSend<std::fs::File>>,
+    file: Option<berth_sendfile::FileSend<berth_sendfile::SourceFile>>,
     /// A reply of several parts ([`Reply::file_part`]): its bytes, kept here because
     /// the write op's segment is sendfile's scratch; the file ranges between them;
     /// how far the bytes are sent and which part is next.
@@ -584,9 +584,10 @@ impl<S: Service> Worker<S> {
             return self.replied(port, index);
         };
         p.next += 1;
-        // A descriptor of its own per part (a dup: no allocation), since the port
-        // keeps the FileSend until the part is sent.
-        let Some(Ok(file)) = p.parts.file.as_ref().map(std::fs::File::try_clone) else {
+        // A handle of its own per part (a dup, or for a cached file a clone of its
+        // Arc: no allocation either way), since the port keeps the FileSend until the
+        // part is sent.
+        let Some(Ok(file)) = p.parts.file.as_ref().map(berth_sendfile::SourceFile::try_clone) else {
             return self.close(port, index);
         };
         let capacity = buffer.capacity();

@@ -11,15 +11,17 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use berth_sendfile::{ByteRange, FileSend};
+use berth_sendfile::{ByteRange, FileSend, SourceFile};
 use httpdate::HttpDate;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
 use crate::access_log::{AccessLog, Record};
+use crate::conn::Conns;
 use crate::encoding::{Accepted, Coding};
+use crate::file_cache::{self, Cached, FileCache};
 use crate::listing::{Listing, Step};
 use crate::path::{self, PathError, RelPath};
 use crate::ranges::{self, MAX_RANGES, Ranges};
@@ -163,7 +165,16 @@ pub struct StaticFiles {
     listings: Arc<AtomicUsize>,
     max_listings: usize,
     log: Option<AccessLog>,
+    /// Each worker's [open-file cache](Self::open_file_cache): entries and how long
+    /// one is trusted; `None` when off.
+    cache: Option<(usize, Duration)>,
 }
+
+/// Paths each worker's open-file cache holds by default (see
+/// [`StaticFiles::open_file_cache`]).
+pub const DEFAULT_CACHE_ENTRIES: usize = 256;
+/// How long a cached path is trusted by default before it is opened again.
+pub const DEFAULT_CACHE_VALID: Duration = Duration::from_secs(1);
 
 /// Listings that may run at once by default (see [`StaticFiles::max_listings`]).
 pub const DEFAULT_MAX_LISTINGS: usize = 64;
@@ -315,6 +326,7 @@ impl StaticFiles {
             listings: Arc::new(AtomicUsize::new(0)),
             max_listings: DEFAULT_MAX_LISTINGS,
             log: None,
+            cache: Some((DEFAULT_CACHE_ENTRIES, DEFAULT_CACHE_VALID)),
         })
     }
 
@@ -532,6 +544,35 @@ impl StaticFiles {
         self
     }
 
+    /// Each worker keeps the descriptor and content type of up to `entries`
+    /// recently served paths (default [`DEFAULT_CACHE_ENTRIES`]), so a request for
+    /// one costs one `fstat` of that descriptor instead of `openat2`, `statx` and
+    /// `close`; `entries` of 0 turns the cache off.
+    ///
+    /// The `fstat` keeps answers current: a file changed in place is served as it
+    /// is now, one deleted or replaced by a rename is looked up again. What it
+    /// cannot see is seen once the entry is `valid` old (default
+    /// [`DEFAULT_CACHE_VALID`]), when the next request opens the path again with
+    /// the same rules as without the cache: the path naming another file while the
+    /// old one keeps a link elsewhere, an index file appearing, a listing that
+    /// would now replace a deleted index. A `valid` of zero turns the cache off too.
+    ///
+    /// Each entry holds a descriptor: `entries` × workers of them count against
+    /// the process's open-file limit beside the connections. Directory listings,
+    /// precompressed sidecars, the fallback and the error pages are not cached.
+    ///
+    /// ```
+    /// # let root = std::env::temp_dir();
+    /// use std::time::Duration;
+    /// let files = berth_server::StaticFiles::new(&root)?.open_file_cache(1024, Duration::from_secs(10));
+    /// let uncached = berth_server::StaticFiles::new(&root)?.open_file_cache(0, Duration::ZERO);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn open_file_cache(mut self, entries: usize, valid: Duration) -> Self {
+        self.cache = (entries > 0 && !valid.is_zero()).then_some((entries, valid));
+        self
+    }
+
     /// How many listings may stream at once, across all workers (default
     /// [`DEFAULT_MAX_LISTINGS`]): each holds about 112 KiB and a directory
     /// descriptor until its last byte is sent, so slow clients could otherwise pin
@@ -685,8 +726,45 @@ impl StaticFiles {
             tracing::debug!(target, "hidden path");
             return r.error(NOT_FOUND, "");
         }
+        // A path served a moment ago: its descriptor, and one fstat instead of
+        // openat2, statx and close. A file changed in place is served as it is now;
+        // one deleted or replaced by a rename (no link left) is looked up again.
+        let now = self.cache.map(|_| Instant::now());
+        let mut recycled = None;
+        if let Some(now) = now
+            && let Some(cache) = r.reply.worker_state::<FileCache>()
+        {
+            match cache.get(&buf[..rel.len], rel.trailing_slash, now) {
+                Ok(hit) => match hit.file.metadata() {
+                    Ok(meta) if meta.nlink() > 0 => {
+                        let len = self.index_name(&mut buf, rel.len, hit.index);
+                        let file = SourceFile::Shared(hit.file);
+                        return self.serve(r, &mut buf, len, file, &meta, hit.content_type, &cond, &accepted);
+                    }
+                    _ => {
+                        cache.forget(&buf[..rel.len], rel.trailing_slash);
+                        recycled = Some(hit.file);
+                    }
+                },
+                Err(stale) => recycled = stale,
+            }
+        }
         let (file, meta, len) = match self.locate(&mut buf, rel, target) {
-            Ok(found) => found,
+            Ok((file, meta, len)) => {
+                let content_type = content_type(&buf[..len]);
+                let file = match now.zip(r.reply.worker_state::<FileCache>()) {
+                    Some((now, cache)) => {
+                        let file = file_cache::share(recycled, file);
+                        let index =
+                            (len > rel.len).then(|| self.index.iter().position(|n| **n == buf[rel.len + 1..len]));
+                        let entry = Cached { file: file.clone(), content_type, index: index.flatten() };
+                        cache.insert(&buf[..rel.len], rel.trailing_slash, entry, now);
+                        SourceFile::Shared(file)
+                    }
+                    None => SourceFile::Owned(file),
+                };
+                return self.serve(r, &mut buf, len, file, &meta, content_type, &cond, &accepted);
+            }
             Err(Located::Redirect) => {
                 let query = if query.starts_with('?') { query } else { "" };
                 return r.redirect(raw_path, query);
@@ -712,13 +790,42 @@ impl StaticFiles {
                 _ => return r.error(NOT_FOUND, ""),
             },
         };
+        let content_type = content_type(&buf[..len]);
+        self.serve(r, &mut buf, len, SourceFile::Owned(file), &meta, content_type, &cond, &accepted);
+    }
+
+    /// Serves FILE (`buf[..len]`, opened as `file`), or the sidecar of it the client
+    /// prefers.
+    #[allow(clippy::too_many_arguments)]
+    fn serve(
+        &self,
+        r: Response<'_, '_>,
+        buf: &mut [u8; PATH_BUF],
+        len: usize,
+        file: SourceFile,
+        meta: &Metadata,
+        content_type: &'static str,
+        cond: &Conditions<'_, '_>,
+        accepted: &Accepted,
+    ) {
         let (order, n) = if self.precompressed { accepted.ranked() } else { (Coding::ALL, 0) };
-        let sidecar = order[..n].iter().find_map(|&c| self.sidecar(&mut buf, len, c, &meta).map(|s| (s, c)));
-        let name = Path::new(OsStr::from_bytes(&buf[..len]));
+        let sidecar = order[..n].iter().find_map(|&c| self.sidecar(buf, len, c, meta).map(|s| (s, c)));
         match sidecar {
-            Some(((file, meta), coding)) => r.file(file, &meta, name, &cond, Some(coding)),
-            None => r.file(file, &meta, name, &cond, None),
+            Some(((file, meta), coding)) => r.file(SourceFile::Owned(file), &meta, content_type, cond, Some(coding)),
+            None => r.file(file, meta, content_type, cond, None),
         }
+    }
+
+    /// Writes `/` and index name `index` after the directory path `buf[..len]` (as
+    /// [`locate`](Self::locate) found it) and returns the name's length: a cached
+    /// index's sidecars are beside it.
+    fn index_name(&self, buf: &mut [u8; PATH_BUF], len: usize, index: Option<usize>) -> usize {
+        let Some(name) = index.and_then(|i| self.index.get(i)) else { return len };
+        let end = len + 1 + name.len();
+        buf[len] = b'/';
+        buf[len + 1..end].copy_from_slice(name);
+        buf[end] = 0;
+        end
     }
 
     /// FILE's sidecar for `coding` (`buf[..len]` is FILE), if it is a regular file
@@ -851,6 +958,11 @@ fn open_status(e: Errno, target: &str) -> Status {
 /// `; charset=utf-8` for the textual types (`text/*`, JavaScript, JSON and `+json`,
 /// SVG), whose bytes a browser would otherwise decode by guessing; nothing for the
 /// rest. XML other than SVG is left alone: its own declaration names its encoding.
+/// The content type of a file named `name` (by its extension).
+fn content_type(name: &[u8]) -> &'static str {
+    mime_guess::from_path(Path::new(OsStr::from_bytes(name))).first_raw().unwrap_or("application/octet-stream")
+}
+
 fn charset(content_type: &str) -> &'static str {
     let (top, sub) = content_type.split_once('/').unwrap_or((content_type, ""));
     let textual = top.eq_ignore_ascii_case("text")
@@ -1084,7 +1196,14 @@ impl Response<'_, '_> {
     }
 
     /// FILE (or its sidecar for `coding`; `name` is FILE's, for its type).
-    fn file(mut self, file: File, meta: &Metadata, name: &Path, cond: &Conditions<'_, '_>, coding: Option<Coding>) {
+    fn file(
+        mut self,
+        file: SourceFile,
+        meta: &Metadata,
+        content_type: &'static str,
+        cond: &Conditions<'_, '_>,
+        coding: Option<Coding>,
+    ) {
         let size = meta.len();
         let modified = meta.modified().ok();
         let mtime = modified.and_then(unix_secs);
@@ -1105,7 +1224,6 @@ impl Response<'_, '_> {
         let range_applies = cond.if_range.is_none_or(|v| if_range_matches(v, &etag, mtime));
         let mut list = [ByteRange::whole(0); MAX_RANGES];
         let asked = cond.range.filter(|_| range_applies).map_or(Ranges::Ignore, |v| ranges::parse(v, size, &mut list));
-        let content_type = mime_guess::from_path(name).first_raw().unwrap_or("application/octet-stream");
         let entity = Entity { size, content_type, charset: charset(content_type), coding, etag: &etag, last_modified };
         let (status, body) = match asked {
             Ranges::Single(r) => (PARTIAL, r),
@@ -1175,7 +1293,7 @@ impl Response<'_, '_> {
 
     /// The parts after [`multipart`](Self::multipart)'s head: each part's header as
     /// bytes, its range by sendfile, then the closing boundary.
-    fn multipart_body(mut self, file: File, parts: &[ByteRange], e: &Entity<'_>, boundary: &Boundary) {
+    fn multipart_body(mut self, file: SourceFile, parts: &[ByteRange], e: &Entity<'_>, boundary: &Boundary) {
         let b = boundary.as_str();
         self.reply.file_parts(file);
         let _ = (|| {
@@ -1189,7 +1307,7 @@ impl Response<'_, '_> {
     }
 
     /// A 200 or a single-range 206.
-    fn body(mut self, status: Status, file: File, body: ByteRange, e: &Entity<'_>) {
+    fn body(mut self, status: Status, file: SourceFile, body: ByteRange, e: &Entity<'_>) {
         let _ = (|| {
             self.start(status)?;
             let (content_type, charset) = (e.content_type, e.charset);
@@ -1219,6 +1337,12 @@ struct Entity<'e> {
 
 impl Service for StaticFiles {
     type Conn = FilesConn;
+
+    /// Each worker's open-file cache, when [on](StaticFiles::open_file_cache).
+    fn worker_state(&self, _conns: &mut Conns<'_, Self>) -> Option<Box<dyn std::any::Any>> {
+        let (entries, valid) = self.cache?;
+        Some(Box::new(FileCache::new(entries, valid)))
+    }
 
     fn connect(&self, peer: Option<SocketAddr>) -> FilesConn {
         FilesConn { peer: peer.map(|p| p.ip()), pending: None, listing: None }

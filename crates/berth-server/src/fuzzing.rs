@@ -246,14 +246,14 @@ fn materialise(parts: ReplyParts) -> Result<Vec<u8>, CloseReason> {
             let mark = mark.min(head.len());
             out.extend_from_slice(&head[pos.min(mark)..mark]);
             pos = mark;
-            read_range(file, range, &mut out)?;
+            read_range(file.file(), range, &mut out)?;
         }
         out.extend_from_slice(&head[pos..]);
         return Ok(out);
     }
     out.extend_from_slice(head);
     if let Some(send) = parts.file.as_ref() {
-        read_range(send.file(), send.range(), &mut out)?;
+        read_range(send.file().file(), send.range(), &mut out)?;
     }
     Ok(out)
 }

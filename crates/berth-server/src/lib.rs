@@ -76,6 +76,7 @@ mod access_log;
 mod conn;
 mod echo;
 mod encoding;
+mod file_cache;
 mod files;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
@@ -98,8 +99,8 @@ pub use berth_reactor::{Driver, Endpoint, UnixAddr};
 pub use conn::{Conns, NotWaiting};
 pub use echo::Echo;
 pub use files::{
-    DEFAULT_MAX_LISTINGS, FilesConn, HeaderError, MAX_EXTRA_HEADERS, MAX_HEADERS, MAX_INDEX_NAME, RouteError,
-    StaticFiles,
+    DEFAULT_CACHE_ENTRIES, DEFAULT_CACHE_VALID, DEFAULT_MAX_LISTINGS, FilesConn, HeaderError, MAX_EXTRA_HEADERS,
+    MAX_HEADERS, MAX_INDEX_NAME, RouteError, StaticFiles,
 };
 pub use metrics::Metrics;
 pub use relay::{

@@ -2,14 +2,14 @@
 
 use std::any::Any;
 use std::fmt;
-use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 
 use berth_buf::{Exhausted, Lease};
 use berth_ops::{OpError, OpId};
 use berth_reactor::{PortHandle, SocketId};
-use berth_sendfile::{ByteRange, FileSend};
+use berth_sendfile::{ByteRange, FileSend, SourceFile};
 
 use crate::conn::Conns;
 
@@ -243,7 +243,7 @@ pub struct Reply<'a> {
     lease: &'a dyn Fn() -> Result<Lease, Exhausted>,
     state: Option<&'a mut (dyn Any + 'static)>,
     head: Option<Lease>,
-    file: Option<FileSend<File>>,
+    file: Option<FileSend<SourceFile>>,
     parts: FileParts,
     close: bool,
     failed: bool,
@@ -263,7 +263,7 @@ pub const MAX_FILE_PARTS: usize = 16;
 /// nothing.
 #[derive(Debug)]
 pub(crate) struct FileParts {
-    pub(crate) file: Option<File>,
+    pub(crate) file: Option<SourceFile>,
     pub(crate) marks: [(usize, ByteRange); MAX_FILE_PARTS],
     pub(crate) n: usize,
 }
@@ -276,7 +276,7 @@ impl FileParts {
 /// What a reply came to, for the server.
 pub(crate) struct ReplyParts {
     pub(crate) head: Option<Lease>,
-    pub(crate) file: Option<FileSend<File>>,
+    pub(crate) file: Option<FileSend<SourceFile>>,
     pub(crate) parts: FileParts,
     pub(crate) close: bool,
     pub(crate) failed: bool,
@@ -474,9 +474,11 @@ impl<'a> Reply<'a> {
     }
 
     /// Sends `file` (its range) after the bytes, by sendfile(2). If the file turns
-    /// out shorter than the range while it is sent, the connection is closed.
-    pub fn send_file(&mut self, file: FileSend<File>) {
-        self.file = Some(file);
+    /// out shorter than the range while it is sent, the connection is closed. The
+    /// file is the reply's own (`File`) or one shared with a cache (`Arc<File>`, as
+    /// a [`SourceFile`]).
+    pub fn send_file<F: AsFd + Into<SourceFile>>(&mut self, file: FileSend<F>) {
+        self.file = Some(file.map_file(Into::into));
     }
 
     /// Interleaves ranges of `file` with the bytes (a `multipart/byteranges` body):
@@ -495,8 +497,8 @@ impl<'a> Reply<'a> {
     /// reply.write_bytes(b"\n")
     /// # }
     /// ```
-    pub fn file_parts(&mut self, file: File) {
-        self.parts.file = Some(file);
+    pub fn file_parts(&mut self, file: impl Into<SourceFile>) {
+        self.parts.file = Some(file.into());
     }
 
     /// Sends `range` of the [`file_parts`](Self::file_parts) file at this point of
