@@ -80,8 +80,7 @@ fn a_directory_and_its_index_are_kept_apart() {
     let dir = TempDir::new("cache-dir");
     dir.file("docs/index.html", b"<p>index</p>");
     dir.file("docs/index.html.gz", b"gzipped bytes");
-    let files =
-        StaticFiles::new(dir.path()).unwrap().precompressed(true).open_file_cache(64, Duration::from_secs(60));
+    let files = StaticFiles::new(dir.path()).unwrap().precompressed(true).open_file_cache(64, Duration::from_secs(60));
     let server = builder().serve(files).expect("server starts");
     let mut s = client(server.local_addr());
     for round in 0..2 {
