@@ -120,6 +120,11 @@ impl Record {
         self.bytes = bytes;
     }
 
+    /// More body bytes: a streamed reply's next segment.
+    pub(crate) fn add_bytes(&mut self, bytes: u64) {
+        self.bytes = self.bytes.saturating_add(bytes);
+    }
+
     /// The reply is sent (or the connection gone): the request time ends now.
     fn finish(&mut self) {
         self.micros = self.started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;

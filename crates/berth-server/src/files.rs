@@ -1178,7 +1178,10 @@ impl Response<'_, '_> {
         })();
         if let (Ok(()), Some(place)) = (head, place) {
             let listing = Listing::new(dir, chunked, hidden);
+            let head_len = self.reply.written().len();
             if listing.start(self.reply, path, root).is_ok() {
+                // The body's first bytes; `more` counts the rest as it writes them.
+                self.body_len((self.reply.written().len() - head_len) as u64);
                 *slot = Some(Streaming { listing, _place: place });
                 self.reply.stream();
             }
@@ -1381,7 +1384,11 @@ impl Service for StaticFiles {
 
     fn more(&self, conn: &mut FilesConn, reply: &mut Reply<'_>) {
         let Some(streaming) = conn.listing.as_mut() else { return };
-        match streaming.listing.segment(reply) {
+        let step = streaming.listing.segment(reply);
+        if let (Ok(_), Some(record)) = (&step, conn.pending.as_mut()) {
+            record.add_bytes(reply.written().len() as u64);
+        }
+        match step {
             // A yield writes nothing and asks for more: called again after the
             // worker's other completions.
             Ok(Step::More | Step::Yield) => reply.stream(),

@@ -538,3 +538,48 @@ fn a_listing_longer_than_one_window_stays_grouped_sorted_and_complete() {
     assert!(links[..3000].iter().zip(&dirs).all(|(a, b)| a == b), "directories first, in order");
     assert!(links[3000..].iter().zip(&files).all(|(a, b)| a == b), "then files, in order");
 }
+
+/// The access log's `%b` of a listing is the body bytes sent — every segment's,
+/// chunk framing included — not the 0 of a reply whose length was not known up
+/// front.
+#[test]
+fn the_access_log_counts_every_byte_of_a_listing() {
+    let dir = many(2_000);
+    let log_path = dir.path().join("access.log");
+    let (log, handle) = berth_server::AccessLog::start(berth_server::LogTarget::File(log_path.clone())).unwrap();
+    let files = StaticFiles::new(dir.path()).unwrap().list(true).access_log(log);
+    let server = builder().segment_size(4096).serve(files).unwrap();
+    let mut s = client(server.local_addr());
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let body_at = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+    let body = raw.len() - body_at;
+    assert!(body > 4 * 4096, "a listing of {body} bytes fits one segment");
+    let mut s = client(server.local_addr());
+    s.write_all(req("GET", "/", "").as_bytes()).unwrap();
+    let head = read_head(&mut s).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let chunked = read_chunked(&mut s).unwrap();
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+    handle.finish();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let bytes: Vec<u64> = text
+        .lines()
+        .map(|line| {
+            let after = &line[line.find("HTTP/1.").unwrap()..];
+            after.split(' ').nth(2).unwrap().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(bytes.len(), 2, "{text}");
+    assert_eq!(bytes[0], body as u64, "HTTP/1.0 listing: {text}");
+    // Chunked: the page plus each chunk's size line and CRLFs, and the last chunk.
+    assert!(bytes[1] > chunked.len() as u64, "HTTP/1.1 listing logged {} of a {}-byte page", bytes[1], chunked.len());
+    assert!(
+        bytes[1] < chunked.len() as u64 + 1024,
+        "HTTP/1.1 listing logged {} of a {}-byte page",
+        bytes[1],
+        chunked.len()
+    );
+}
