@@ -249,6 +249,21 @@ pub fn perf_syscall_count(pid: u32, secs: f64) -> Result<f64, String> {
         .ok_or_else(|| format!("no syscall count from perf: {}", report.trim()))
 }
 
+/// Compiles `benches/c/<source>` with the system's `cc -O2` into `exe_dir/<out>` (a
+/// plain C server measured beside berth to show what this machine allows); returns
+/// its path.
+pub fn compile_c(exe_dir: &std::path::Path, source: &str, out: &str) -> Result<PathBuf, String> {
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("c").join(source);
+    let out = exe_dir.join(out);
+    let status = Command::new("cc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&source)
+        .status()
+        .map_err(|e| format!("cc: {e} (install a C compiler to include it)"))?;
+    if status.success() { Ok(out) } else { Err(format!("cc {} failed: {status}", source.display())) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,11 +7,13 @@
 //!
 //! ```text
 //! berth_udp_echo [--addr 127.0.0.1:0] [--ops 256] [--driver auto|epoll|uring]
-//!                [--recv-buffer BYTES] [--pooled]
+//!                [--recv-buffer BYTES] [--pooled] [--ring-datagrams]
 //! ```
 //!
 //! `--pooled` receives with `recv_from_pooled` (a segment leased when a datagram
-//! arrives; one multishot `RECVMSG` on io_uring) instead of each op holding its own.
+//! arrives) instead of each op holding its own. `--ring-datagrams` runs the datagram
+//! ops as io_uring operations (`PortBuilder::ring_datagrams`; with `--pooled`, one
+//! multishot `RECVMSG`) instead of readiness batches of `recvmmsg`/`sendmmsg`.
 //!
 //! Prints `listening on ADDR` and echoes until killed. `--recv-buffer` (default
 //! 4 MiB, capped by the kernel at `net.core.rmem_max`) is the socket's `SO_RCVBUF`;
@@ -34,10 +36,15 @@ fn main() -> io::Result<()> {
     let mut recv_buffer = 4 << 20;
     let mut driver = Driver::from_env()?;
     let mut pooled = false;
+    let mut ring_datagrams = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if arg == "--pooled" {
             pooled = true;
+            continue;
+        }
+        if arg == "--ring-datagrams" {
+            ring_datagrams = true;
             continue;
         }
         let value = args.next().ok_or_else(|| io::Error::other(format!("{arg} needs a value")))?;
@@ -53,7 +60,13 @@ fn main() -> io::Result<()> {
     let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
     let buffers = BufferManager::new(BufferConfig::new().segment_size(SEGMENT).segment_count(2 * ops.max(16)))
         .map_err(io::Error::other)?;
-    let mut port = CompletionPort::builder().ops(ops).max_sockets(4).buffers(buffers).driver(driver).build(|_| ())?;
+    let mut port = CompletionPort::builder()
+        .ops(ops)
+        .max_sockets(4)
+        .buffers(buffers)
+        .driver(driver)
+        .ring_datagrams(ring_datagrams)
+        .build(|_| ())?;
     let socket = port.bind_udp(addr, UdpOptions::default().recv_buffer(recv_buffer)).map_err(io::Error::other)?;
     for _ in 0..ops {
         let op = port.take_op().map_err(io::Error::other)?;

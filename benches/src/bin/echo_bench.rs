@@ -462,7 +462,7 @@ fn run() -> Result<(), String> {
     if only_case.is_some() && !self_test {
         // A diagnostic run also measures the plainest event loop there is: what any
         // server gets from this machine (issue 20).
-        match build_c_echo(&cfg.exe_dir) {
+        match berth_benches::sys_bench::compile_c(&cfg.exe_dir, "epoll_echo.c", "c_epoll_echo") {
             Ok(program) => servers.push(ServerSpec { name: "c_epoll".into(), program, args: vec![] }),
             Err(e) => println!("echo_bench: no plain C epoll echo in this run: {e}"),
         }
@@ -790,20 +790,6 @@ fn syscalls_per_msg(cfg: &Config, spec: &ServerSpec, size: usize, conns: usize) 
 /// and up to date: `cargo run --bin echo_bench` (as xtask does) builds only this one.
 /// Under cargo (`CARGO` is set) this asks cargo to build them in the same profile;
 /// otherwise they must already exist.
-/// Compiles `benches/c/epoll_echo.c` (a plain, level-triggered C epoll echo) with
-/// the system's `cc` next to this executable; returns its path.
-fn build_c_echo(exe_dir: &Path) -> Result<PathBuf, String> {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/epoll_echo.c");
-    let out = exe_dir.join("c_epoll_echo");
-    let status = Command::new("cc")
-        .args(["-O2", "-Wall", "-o"])
-        .arg(&out)
-        .arg(&source)
-        .status()
-        .map_err(|e| format!("cc: {e} (install a C compiler to include it)"))?;
-    if status.success() { Ok(out) } else { Err(format!("cc {} failed: {status}", source.display())) }
-}
-
 fn build_siblings(exe_dir: &Path, bins: &[&str]) -> Result<(), String> {
     if let Some(cargo) = std::env::var_os("CARGO") {
         let mut cmd = Command::new(cargo);

@@ -17,6 +17,10 @@
 //!   `udp_load`: 64 client sockets, each with 8 datagrams of 64 B in flight, every
 //!   echo checked. Lost datagrams (unanswered after 200 ms, then replaced) are
 //!   counted and printed per round; both servers get the same 4 MiB `SO_RCVBUF`.
+//!   Measured in the same rounds and printed against tokio, without rows: berth
+//!   with pooled receives (`--pooled`), and `benches/c/udp_mmsg_echo.c` (built with
+//!   `cc`), a blocking C loop of `recvmmsg`/`sendmmsg` at 64 datagrams a call — the
+//!   floor of what any server's syscalls can save on this machine.
 //! - `unix`: `berth_echo` and `tokio_echo` on `--addr unix:/path`, driven by
 //!   `berth_load` over 64 Unix stream connections, ping-pong of 64 B messages.
 //!
@@ -217,6 +221,14 @@ fn servers(cfg: &Config, kind: Kind, self_test: bool) -> (Vec<ServerSpec>, &'sta
             // Pooled receives: a segment per datagram from a multishot RECVMSG.
             let args = vec!["--driver".to_string(), "uring".to_string(), "--pooled".to_string()];
             servers.push(ServerSpec { name: "berth_pooled".into(), program: exe(berth_bin), args });
+            // Datagram ops as ring operations (RECVMSG/SENDMSG), not readiness batches.
+            let args = vec!["--driver".to_string(), "uring".to_string(), "--ring-datagrams".to_string()];
+            servers.push(ServerSpec { name: "berth_ring".into(), program: exe(berth_bin), args });
+            // The floor: a C loop of blocking recvmmsg/sendmmsg, 64 datagrams a call.
+            match berth_benches::sys_bench::compile_c(&cfg.exe_dir, "udp_mmsg_echo.c", "c_udp_mmsg_echo") {
+                Ok(program) => servers.push(ServerSpec { name: "c_mmsg".into(), program, args: vec![] }),
+                Err(e) => println!("udp_bench: no plain C recvmmsg echo in this run: {e}"),
+            }
         }
         (servers, peer)
     } else {
@@ -313,14 +325,15 @@ fn run_case(cfg: &Config, kind: Kind, self_test: bool) -> Result<Case, String> {
             c.cpu.cpu_ratio(),
         );
     }
-    if let Some(at) = servers.iter().position(|s| s.name == "berth_pooled") {
-        let pooled: Vec<Pair> =
+    for extra in ["berth_pooled", "berth_ring", "c_mmsg"] {
+        let Some(at) = servers.iter().position(|s| s.name == extra) else { continue };
+        let against: Vec<Pair> =
             rounds.iter().filter(|r| r.len() > at).map(|r| Pair { berth: r[at], peer: r[1] }).collect();
-        if let Some(c) = Compared::of(&pooled) {
-            let (rlow, rhigh) = spread(&pooled, Pair::rate_ratio);
-            let (clow, chigh) = spread(&pooled, Pair::cpu_ratio);
+        if let Some(c) = Compared::of(&against) {
+            let (rlow, rhigh) = spread(&against, Pair::rate_ratio);
+            let (clow, chigh) = spread(&against, Pair::cpu_ratio);
             println!(
-                "{id} berth_pooled against {peer}, median round: msgs/s {:.3}x (spread {rlow:.3}..{rhigh:.3}); \
+                "{id} {extra} against {peer}, median round: msgs/s {:.3}x (spread {rlow:.3}..{rhigh:.3}); \
                  server cpu {:.3}x less (spread {clow:.3}..{chigh:.3})",
                 c.rate.rate_ratio(),
                 c.cpu.cpu_ratio(),

@@ -603,15 +603,16 @@ impl<T> CompletionPort<T> {
     /// segment, so one up to the segment size less that fits; a longer one completes
     /// with [`OpError::MessageTruncated`], its first bytes kept.
     ///
-    /// On io_uring, a socket with pooled datagram receives waiting has one
+    /// The receives wait for the next [`wait`](Self::wait), which leases a segment
+    /// per queued receive and fills them with one `recvmmsg` (both drivers; with the
+    /// arena exhausted the receive completes with [`OpError::BufferExhausted`]). With
+    /// [`PortBuilder::ring_datagrams`](crate::PortBuilder::ring_datagrams) on
+    /// io_uring, a socket with pooled datagram receives waiting has one
     /// *multishot* `RECVMSG` in the kernel drawing segments from the port's buffer
     /// ring (as pooled stream receives do): one submission for any number of
     /// datagrams. Datagrams it delivers while no receive waits are kept, in order,
-    /// for the next ones. On epoll the receives wait for the next
-    /// [`wait`](Self::wait), which leases a segment per queued receive and fills them
-    /// with one `recvmmsg`. With the arena exhausted the receive waits for segments
-    /// (io_uring, counted in [`PortStats::enobufs`]) or completes with
-    /// [`OpError::BufferExhausted`] (epoll).
+    /// for the next ones; with the arena exhausted the receive waits for segments
+    /// (counted in [`PortStats::enobufs`]).
     pub fn recv_from_pooled(&mut self, socket: SocketId, op: OpId) -> Result<(), SubmitError> {
         self.submit(socket, op, OpKind::RecvFrom, Dir::Read, true)
     }

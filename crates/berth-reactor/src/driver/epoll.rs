@@ -76,6 +76,19 @@ impl Epoll {
         self.poll.registry().register(&mut SourceFd(&fd), Token(index), interest)
     }
 
+    /// The epoll descriptor (the io_uring driver polls it for its UDP sockets).
+    pub(crate) fn as_raw_fd(&self) -> RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.poll)
+    }
+
+    /// Socket slot `socket` was closed: nothing pending for it is driven any more
+    /// (the slot may be reused by a socket that is not this driver's).
+    pub(crate) fn forget(&mut self, socket: u32) {
+        self.flush.retain(|&s| s != socket);
+        self.redrive.retain(|&s| s != socket);
+        self.suspects.retain(|s| s.socket != socket);
+    }
+
     pub(crate) fn deregister(&self, fd: RawFd) {
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
     }
@@ -167,11 +180,15 @@ impl Epoll {
     /// left runnable; one whose socket `poll(2)` finds ready is a suspect, and
     /// stranded if it still is after a whole `epoll_wait` that brought no edge for
     /// its socket (an edge pending before the check would have come with it).
-    pub(crate) fn audit<T>(&mut self, core: &mut Core<T>) -> u64 {
+    /// With `udp_only` (the io_uring driver's datagram epoll), only UDP sockets.
+    pub(crate) fn audit<T>(&mut self, core: &mut Core<T>, udp_only: bool) -> u64 {
         let mut stranded = 0;
         let before = std::mem::take(&mut self.suspects);
         for (index, entry) in core.sockets.iter() {
             let socket = index as u32;
+            if udp_only && !matches!(entry.io, Io::Udp { .. }) {
+                continue;
+            }
             // A listener backing off is driven when its timer fires. (Datagram ops
             // submitted since the last wait were moved by `prepare`; the rest wait for
             // edges like any other.)

@@ -135,7 +135,7 @@ impl Backend {
     pub(crate) fn deregister(&mut self, socket: crate::SocketId, fd: RawFd) {
         match self {
             Backend::Epoll(d) => d.deregister(fd),
-            Backend::Uring(d) => d.deregister(socket),
+            Backend::Uring(d) => d.deregister(socket, fd),
         }
     }
 
@@ -180,7 +180,7 @@ impl Backend {
     /// `PortStats::stranded_ops`); each counted once.
     pub(crate) fn audit<T>(&mut self, core: &mut Core<T>) -> u64 {
         match self {
-            Backend::Epoll(d) => d.audit(core),
+            Backend::Epoll(d) => d.audit(core, false),
             Backend::Uring(d) => d.audit(core),
         }
     }

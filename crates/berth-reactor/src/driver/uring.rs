@@ -25,6 +25,7 @@
 //!   op keeps its lease, and the user cannot take it back, until then.
 //! - Posts wake the ring through an eventfd with a multishot poll armed on it.
 
+use crate::driver::epoll::Epoll;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -72,6 +73,21 @@ const DATAGRAMS_IN_KERNEL: usize = 32;
 const WAKE: u64 = u64::MAX;
 /// `user_data` of cancel requests, whose own completions say nothing we need.
 const CANCEL: u64 = u64::MAX - 1;
+/// `user_data` of the datagram epoll's poll (see [`Batched`]).
+const BATCHED: u64 = u64::MAX - 2;
+
+/// UDP sockets whose datagram ops run by readiness, in batches: the epoll driver's
+/// code (`recvmmsg`/`sendmmsg`, up to 32 datagrams a call, pooled receives leasing
+/// just before the call) on an epoll instance of their own, whose descriptor the
+/// ring polls. On loopback this costs less CPU per datagram than a `RECVMSG` and a
+/// `SENDMSG` in the ring for each (see `PortBuilder::ring_datagrams`).
+struct Batched {
+    epoll: Epoll,
+    /// A poll of the epoll's descriptor is in the ring.
+    armed: bool,
+    /// Per socket slot: the generation registered with the epoll, if any.
+    registered: Vec<Option<u32>>,
+}
 
 /// What the kernel is doing for an op.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +179,8 @@ pub(crate) struct Uring {
     /// The port's audit: the stranded ops (index, sequence) found at the last check,
     /// so that each is counted once.
     stranded: Vec<(u32, u32)>,
+    /// UDP sockets' datagram ops by readiness, unless they run in the ring.
+    batched: Option<Batched>,
 }
 
 impl Drop for Uring {
@@ -200,12 +218,15 @@ impl Uring {
     /// `ring_entries` segments (a power of two; 0 for none) are leased with `lease`
     /// for the provided-buffer ring; a kernel without buffer rings (before 5.19) runs
     /// without one.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         ops: usize,
         sockets: usize,
         segment: usize,
         ring_entries: u16,
         lease: impl FnMut() -> Option<Lease>,
+        ring_datagrams: bool,
+        events: usize,
     ) -> Result<(Uring, OwnedFd), UringUnavailable> {
         let sq = (ops as u32).clamp(8, 4096).next_power_of_two();
         // Each op has at most one submission and one cancel in flight, plus the wake
@@ -295,7 +316,13 @@ impl Uring {
             msg_template: Box::new(crate::udp::multishot_template()),
             flags,
             stranded: Vec::new(),
+            batched: None,
         };
+        if !ring_datagrams {
+            // The epoll's own waker is never used: posts wake the ring.
+            let (epoll, _waker) = Epoll::new(events).map_err(|e| unavailable("epoll_create for datagrams", e))?;
+            uring.batched = Some(Batched { epoll, armed: false, registered: vec![None; sockets] });
+        }
         uring.arm_wake();
         Ok((uring, notifier))
     }
@@ -340,9 +367,14 @@ impl Uring {
         if self.draining {
             return 0;
         }
-        let mut count = 0;
+        let batched = self.batched.is_some();
+        let mut count = self.batched.as_mut().map_or(0, |b| b.epoll.audit(core, true));
         for (index, entry) in core.sockets.iter() {
             let socket = index as u32;
+            if batched && matches!(entry.io, Io::Udp { .. }) {
+                // The datagram epoll's (audited above).
+                continue;
+            }
             if self.datagrams.contains(&socket) {
                 // Started (or completed from what a multishot kept) just before the
                 // enter, which then does not sleep if any completed.
@@ -382,10 +414,34 @@ impl Uring {
     /// Whether a wait must not block: never for this driver (its work is all in the
     /// kernel's hands).
     pub(crate) fn busy(&self) -> bool {
-        false
+        self.batched.as_ref().is_some_and(|b| b.epoll.busy())
     }
 
     pub(crate) fn submit<T>(&mut self, core: &mut Core<T>, op: u32, socket: u32, dir: Dir) {
+        if let Some(b) = self.batched.as_mut()
+            && let Some(entry) = core.sockets.get(socket as usize)
+            && matches!(entry.io, Io::Udp { .. })
+        {
+            let generation = core.generations[socket as usize] & GEN_MASK;
+            let slot = &mut b.registered[socket as usize];
+            if *slot != Some(generation) {
+                let fd = entry.io.as_raw_fd();
+                if let Err(e) = b.epoll.register(socket as usize, fd, false) {
+                    let sid = core.sid(socket);
+                    tracing::debug!(socket, "registering a UDP socket with the datagram epoll: {e}");
+                    return core.complete(op, Err(OpError::from_io(&e)), sid);
+                }
+                *slot = Some(generation);
+            }
+            if !b.armed {
+                let poll = opcode::PollAdd::new(types::Fd(b.epoll.as_raw_fd()), POLLIN).multi(true);
+                b.armed = true;
+                // SAFETY: a poll refers to no memory; the epoll lives as long as the ring.
+                self.push(&poll.build().user_data(BATCHED));
+            }
+            let Some(b) = self.batched.as_mut() else { return };
+            return b.epoll.submit(core, op, socket, dir);
+        }
         core.push_back(socket, dir, op);
         self.advance(core, socket, dir);
     }
@@ -856,8 +912,15 @@ impl Uring {
     /// Socket `socket` is being closed: cancel its multishot accept or receive,
     /// close the connections it accepted that nobody took, and return the segments
     /// it received that nobody took.
-    pub(crate) fn deregister(&mut self, socket: crate::SocketId) {
+    pub(crate) fn deregister(&mut self, socket: crate::SocketId, fd: std::os::fd::RawFd) {
         let key = (socket.index, socket.generation & GEN_MASK);
+        if let Some(b) = self.batched.as_mut()
+            && let Some(slot) = b.registered.get_mut(socket.index as usize)
+            && slot.take().is_some()
+        {
+            b.epoll.deregister(fd);
+            b.epoll.forget(socket.index);
+        }
         if self.accepting.contains(&key) {
             let target = socket_data(key.0, key.1);
             self.push(&opcode::AsyncCancel::new(target).build().user_data(CANCEL));
@@ -875,6 +938,9 @@ impl Uring {
     /// which the wait then hands over without sleeping.
     pub(crate) fn prepare<T>(&mut self, core: &mut Core<T>) {
         self.feed(core);
+        if let Some(b) = self.batched.as_mut() {
+            b.epoll.prepare(core);
+        }
         let mut datagrams = std::mem::take(&mut self.datagrams);
         for socket in datagrams.drain(..) {
             self.advance_datagrams(core, socket, Dir::Read);
@@ -967,6 +1033,23 @@ impl Uring {
             return;
         }
         if data == CANCEL {
+            return;
+        }
+        if data == BATCHED {
+            let Some(b) = self.batched.as_mut() else { return };
+            if !cqueue::more(flags) {
+                b.armed = false;
+            }
+            // Edges for UDP sockets: move their datagrams now, without waiting.
+            if let Err(e) = b.epoll.poll(core, Some(Duration::ZERO)) {
+                tracing::warn!("the datagram epoll: {e}");
+            }
+            if !b.armed {
+                let poll = opcode::PollAdd::new(types::Fd(b.epoll.as_raw_fd()), POLLIN).multi(true);
+                b.armed = true;
+                // SAFETY: a poll refers to no memory; the epoll lives as long as the ring.
+                self.push(&poll.build().user_data(BATCHED));
+            }
             return;
         }
         if data & SOCKET_TAG != 0 {
