@@ -48,14 +48,14 @@
 //! that spawns it, so every thread of the server is on its core from the start. Every
 //! child is killed when its guard drops, and every wait has a deadline.
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::Receiver;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use berth_benches::paired::{BUSY_LIMIT, build_siblings, expect_line, median, next_line, stdout_lines};
 use berth_benches::sys_bench::{
     ChildGuard, available_cores, machine_busy_time, open_fds, pin_current_thread, process_cpu_split, process_cpu_time,
     raise_nofile, rss_kib, spawn_pinned,
@@ -73,11 +73,8 @@ const IDLE_FULL: usize = 15_000;
 const IDLE_QUICK: usize = 3_000;
 /// Descriptors kept free beyond the idle connections (stdio, pipes, listener, epoll).
 const FD_SLACK: u64 = 256;
-/// A round in which something other than the server and the load took more than this
-/// share of a core is disturbed: its throughput says more about the neighbours than
-/// about the server. Disturbed rounds are retried (up to [`MAX_ATTEMPTS`] times the
-/// rounds wanted) and used only if there are no clean ones.
-const BUSY_LIMIT: f64 = 0.10;
+/// Disturbed rounds (see [`BUSY_LIMIT`]) are retried up to this many times the
+/// rounds wanted, and used only if there are no clean ones.
 const MAX_ATTEMPTS: usize = 3;
 /// How long a server may take to print its address.
 const STARTUP: Duration = Duration::from_secs(10);
@@ -299,16 +296,6 @@ fn median_pair(pairs: &[Pair], key: fn(&Pair) -> f64) -> Option<Pair> {
     let mut sorted = pairs.to_vec();
     sorted.sort_by(|a, b| key(a).total_cmp(&key(b)));
     sorted.get(sorted.len().checked_sub(1)? / 2).copied()
-}
-
-/// The median (the mean of the middle two for an even count); 0 for none.
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// The idle case against one server.
@@ -786,66 +773,6 @@ fn syscalls_per_msg(cfg: &Config, spec: &ServerSpec, size: usize, conns: usize) 
     Ok(count / messages)
 }
 
-/// Makes sure the binaries `bins` of this package next to this executable are built
-/// and up to date: `cargo run --bin echo_bench` (as xtask does) builds only this one.
-/// Under cargo (`CARGO` is set) this asks cargo to build them in the same profile;
-/// otherwise they must already exist.
-fn build_siblings(exe_dir: &Path, bins: &[&str]) -> Result<(), String> {
-    if let Some(cargo) = std::env::var_os("CARGO") {
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "berth-benches"]);
-        match exe_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => {}
-            Some("release") => {
-                cmd.arg("--release");
-            }
-            Some(profile) => {
-                cmd.args(["--profile", profile]);
-            }
-            None => return Err(format!("cannot tell the cargo profile of {}", exe_dir.display())),
-        }
-        for bin in bins {
-            cmd.args(["--bin", bin]);
-        }
-        let status = cmd.status().map_err(|e| format!("cargo build: {e}"))?;
-        if !status.success() {
-            return Err(format!("cargo build of {bins:?} failed: {status}"));
-        }
-    }
-    for bin in bins {
-        if !exe_dir.join(bin).is_file() {
-            return Err(format!(
-                "{} not found: build it with `cargo build --release -p berth-benches --bins`",
-                exe_dir.join(bin).display()
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Forwards the lines a child prints on stdout to a channel, until it closes its
-/// stdout; keeps draining after the receiver is gone so the child never blocks.
-fn stdout_lines(child: &mut ChildGuard) -> Result<Receiver<String>, String> {
-    let stdout = child.child_mut().stdout.take().ok_or("child stdout not piped")?;
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            let _ = tx.send(line);
-        }
-    });
-    Ok(rx)
-}
-
-/// The next line from `rx` before `deadline`.
-fn next_line(rx: &Receiver<String>, deadline: Instant, what: &str) -> Result<String, String> {
-    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        Ok(line) => Ok(line),
-        Err(RecvTimeoutError::Timeout) => Err(format!("timed out waiting for {what}")),
-        Err(RecvTimeoutError::Disconnected) => Err(format!("process exited before {what}")),
-    }
-}
-
 /// Starts a server pinned to the server core; returns it with the address it printed.
 fn start_server(cfg: &Config, spec: &ServerSpec) -> Result<(ChildGuard, SocketAddr), String> {
     let mut cmd = Command::new(&spec.program);
@@ -985,12 +912,6 @@ fn voluntary_switches(pid: u32) -> Result<u64, String> {
         .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| "no voluntary_ctxt_switches line".to_string())
-}
-
-/// Waits for one exact line, skipping nothing: anything else is a protocol error.
-fn expect_line(rx: &Receiver<String>, deadline: Instant, want: &str) -> Result<(), String> {
-    let line = next_line(rx, deadline, &format!("`{want}` from berth_load"))?;
-    if line == want { Ok(()) } else { Err(format!("expected `{want}` from berth_load, got {line:?}")) }
 }
 
 /// The idle case: a fresh server, `cfg.idle` connections that never send, and the
