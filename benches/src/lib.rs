@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod load;
 pub mod paired;
 pub mod sys_bench;
 

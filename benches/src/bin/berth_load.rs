@@ -39,6 +39,8 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+use berth_benches::load;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpStream, UnixStream};
@@ -199,11 +201,11 @@ impl Config {
                     let resolved = text.to_socket_addrs().map_err(|e| format!("--addr {text}: {e}"))?.next();
                     addr = Some(Target::Tcp(resolved.ok_or_else(|| format!("--addr {text}: no address"))?));
                 }
-                "--connections" => connections = Some(parse_num(&arg, &value()?)?),
-                "--size" => size = Some(parse_num(&arg, &value()?)?),
-                "--duration" => duration = Some(parse_secs(&arg, &value()?)?),
-                "--warmup" => warmup = parse_secs(&arg, &value()?)?,
-                "--timeout" => timeout = parse_secs(&arg, &value()?)?,
+                "--connections" => connections = Some(load::parse_num(&arg, &value()?)?),
+                "--size" => size = Some(load::parse_num(&arg, &value()?)?),
+                "--duration" => duration = Some(load::parse_secs(&arg, &value()?)?),
+                "--warmup" => warmup = load::parse_secs(&arg, &value()?)?,
+                "--timeout" => timeout = load::parse_secs(&arg, &value()?)?,
                 "--json" => json = true,
                 "--marks" => marks = true,
                 "--quiet" => quiet = true,
@@ -227,15 +229,6 @@ impl Config {
         }
         Ok(cfg)
     }
-}
-
-fn parse_num(flag: &str, text: &str) -> Result<usize, String> {
-    text.parse().map_err(|e| format!("{flag} {text}: {e}"))
-}
-
-fn parse_secs(flag: &str, text: &str) -> Result<Duration, String> {
-    let secs: f64 = text.parse().map_err(|e| format!("{flag} {text}: {e}"))?;
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{flag} {text}: {e}"))
 }
 
 /// Fills `buf` with message `seq` of connection `conn`: a splitmix64 stream whose seed
@@ -265,74 +258,6 @@ fn first_mismatch(expected: &[u8], got: &[u8]) -> Option<usize> {
         return None;
     }
     Some(expected.iter().zip(got).position(|(a, b)| a != b).unwrap_or(expected.len().min(got.len())))
-}
-
-/// A latency histogram with fixed logarithmic buckets over the whole `u64` range of
-/// nanoseconds: 16 linear sub-buckets per power of two, so any recorded value is
-/// reported within 1/32 of itself (the bucket midpoint). Recording never allocates.
-#[derive(Debug, Clone)]
-struct Histogram {
-    counts: Vec<u64>,
-    total: u64,
-}
-
-const SUB_BITS: u32 = 4;
-const SUB: usize = 1 << SUB_BITS;
-/// Values below `SUB` get one bucket each; every power of two from `SUB` up to 2^63
-/// gets `SUB` buckets.
-const BUCKETS: usize = (64 - SUB_BITS as usize + 1) * SUB;
-
-impl Histogram {
-    fn new() -> Histogram {
-        Histogram { counts: vec![0; BUCKETS], total: 0 }
-    }
-
-    fn clear(&mut self) {
-        self.counts.fill(0);
-        self.total = 0;
-    }
-
-    fn index(v: u64) -> usize {
-        if v < SUB as u64 {
-            return v as usize;
-        }
-        let exp = 63 - v.leading_zeros(); // >= SUB_BITS
-        let sub = (v >> (exp - SUB_BITS)) as usize & (SUB - 1);
-        (exp - SUB_BITS + 1) as usize * SUB + sub
-    }
-
-    /// The smallest value in bucket `i` and the bucket's width.
-    fn bounds(i: usize) -> (u64, u64) {
-        if i < SUB {
-            return (i as u64, 1);
-        }
-        let shift = (i / SUB - 1) as u32;
-        let sub = (i % SUB) as u64;
-        ((SUB as u64 + sub) << shift, 1 << shift)
-    }
-
-    fn record(&mut self, nanos: u64) {
-        self.counts[Self::index(nanos)] += 1;
-        self.total += 1;
-    }
-
-    /// The value at quantile `q` (0..=1): the midpoint of the bucket holding the
-    /// `ceil(q * n)`-th smallest recorded value; 0 when empty.
-    fn quantile(&self, q: f64) -> u64 {
-        if self.total == 0 {
-            return 0;
-        }
-        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
-        let mut seen = 0;
-        for (i, &c) in self.counts.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                let (low, width) = Self::bounds(i);
-                return low + (width - 1) / 2;
-            }
-        }
-        unreachable!("rank <= total")
-    }
 }
 
 /// Errors by kind, over the whole run.
@@ -414,7 +339,7 @@ impl Conn {
 
     /// Makes all the progress possible without blocking; completed round trips are
     /// recorded in `hist` when `measuring`. Returns how many messages completed.
-    fn drive(&mut self, hist: &mut Histogram, measuring: bool) -> Result<u64, Failure> {
+    fn drive(&mut self, hist: &mut load::Histogram, measuring: bool) -> Result<u64, Failure> {
         if !self.connected {
             if let Some(e) = self.stream.take_error().map_err(Failure::Connect)? {
                 return Err(Failure::Connect(e));
@@ -489,7 +414,7 @@ struct Report {
     messages: u64,
     bytes: u64,
     window: Duration,
-    hist: Histogram,
+    hist: load::Histogram,
     errors: Errors,
 }
 
@@ -538,14 +463,6 @@ impl Report {
     }
 }
 
-fn mark(cfg: &Config, what: &str) {
-    if cfg.marks {
-        let mut out = io::stdout().lock();
-        let _ = writeln!(out, "mark {what}");
-        let _ = out.flush();
-    }
-}
-
 /// Counts a failed connection and says why on stderr (mismatches: the first few).
 fn record_failure(errors: &mut Errors, conn: u32, failure: Failure) {
     match failure {
@@ -576,7 +493,7 @@ fn record_failure(errors: &mut Errors, conn: u32, failure: Failure) {
 fn run(cfg: &Config) -> io::Result<Report> {
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(1024);
-    let mut hist = Histogram::new();
+    let mut hist = load::Histogram::new();
     let mut errors = Errors::default();
 
     let start = Instant::now();
@@ -608,7 +525,7 @@ fn run(cfg: &Config) -> io::Result<Report> {
             window_start = now;
             hist.clear();
             messages = 0;
-            mark(cfg, "start");
+            load::mark(cfg.marks, "start");
         }
         if now >= end || alive == 0 {
             break;
@@ -656,7 +573,7 @@ fn run(cfg: &Config) -> io::Result<Report> {
         messages = 0;
         hist.clear();
     }
-    mark(cfg, "end");
+    load::mark(cfg.marks, "end");
     Ok(Report { messages, bytes: messages * cfg.size as u64, window: stop.duration_since(window_start), hist, errors })
 }
 
@@ -712,44 +629,6 @@ mod tests {
         assert_eq!(first_mismatch(&a, &long), Some(64));
         // A short one at its end.
         assert_eq!(first_mismatch(&a, &a[..10]), Some(10));
-    }
-
-    #[test]
-    fn histogram_buckets_cover_u64_and_round_trip() {
-        assert_eq!(Histogram::index(u64::MAX), BUCKETS - 1);
-        let mut prev = 0;
-        for v in (0..20_000u64).chain([1 << 20, (1 << 20) + 12345, 1 << 40, u64::MAX / 3, u64::MAX]) {
-            let i = Histogram::index(v);
-            let (low, width) = Histogram::bounds(i);
-            assert!(low <= v && v - low < width, "v {v} bucket {i} low {low} width {width}");
-            assert!(width == 1 || (width as f64) / (low as f64) <= 1.0 / SUB as f64);
-            if v < 20_000 {
-                assert!(i >= prev);
-                prev = i;
-            }
-        }
-    }
-
-    #[test]
-    fn histogram_percentiles() {
-        let mut h = Histogram::new();
-        assert_eq!(h.quantile(0.5), 0);
-        // 1..=1000 microseconds, once each.
-        for us in 1..=1000u64 {
-            h.record(us * 1000);
-        }
-        let close = |got: u64, want: u64| (got as f64 - want as f64).abs() <= want as f64 / 32.0;
-        assert!(close(h.quantile(0.5), 500_000), "p50 {}", h.quantile(0.5));
-        assert!(close(h.quantile(0.99), 990_000), "p99 {}", h.quantile(0.99));
-        assert!(close(h.quantile(1.0), 1_000_000));
-        assert!(close(h.quantile(0.0), 1_000));
-        // Small exact values.
-        h.clear();
-        for v in [3, 3, 3, 9] {
-            h.record(v);
-        }
-        assert_eq!(h.quantile(0.5), 3);
-        assert_eq!(h.quantile(0.99), 9);
     }
 
     #[test]

@@ -29,10 +29,12 @@
 //! `mark start` / `mark end` at the window's edges. The exit status is 0 only if no
 //! error happened and at least one echo came back.
 
-use std::io::{self, Write};
+use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
+
+use berth_benches::load;
 use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
@@ -107,12 +109,12 @@ impl Config {
                     let resolved = text.to_socket_addrs().map_err(|e| format!("--addr {text}: {e}"))?.next();
                     addr = Some(resolved.ok_or_else(|| format!("--addr {text}: no address"))?);
                 }
-                "--clients" => clients = num(&arg, &value()?)?,
-                "--depth" => depth = num(&arg, &value()?)?,
-                "--size" => size = num(&arg, &value()?)?,
-                "--duration" => duration = Some(secs(&arg, &value()?)?),
-                "--warmup" => warmup = secs(&arg, &value()?)?,
-                "--resend-ms" => resend = Duration::from_millis(num(&arg, &value()?)? as u64),
+                "--clients" => clients = load::parse_num(&arg, &value()?)?,
+                "--depth" => depth = load::parse_num(&arg, &value()?)?,
+                "--size" => size = load::parse_num(&arg, &value()?)?,
+                "--duration" => duration = Some(load::parse_secs(&arg, &value()?)?),
+                "--warmup" => warmup = load::parse_secs(&arg, &value()?)?,
+                "--resend-ms" => resend = Duration::from_millis(load::parse_num(&arg, &value()?)? as u64),
                 "--json" => json = true,
                 "--marks" => marks = true,
                 "--quiet" => quiet = true,
@@ -139,15 +141,6 @@ impl Config {
         }
         Ok(cfg)
     }
-}
-
-fn num(flag: &str, text: &str) -> Result<usize, String> {
-    text.parse().map_err(|e| format!("{flag} {text}: {e}"))
-}
-
-fn secs(flag: &str, text: &str) -> Result<Duration, String> {
-    let s: f64 = text.parse().map_err(|e| format!("{flag} {text}: {e}"))?;
-    Duration::try_from_secs_f64(s).map_err(|e| format!("{flag} {text}: {e}"))
 }
 
 /// Writes datagram `seq` of client `client` into `buf`: the header, then a
@@ -177,62 +170,6 @@ fn check(got: &[u8], size: usize, scratch: &mut [u8]) -> Option<(u32, u64)> {
     let seq = u64::from_le_bytes(got[4..HEADER].try_into().ok()?);
     fill(&mut scratch[..size], client, seq);
     (scratch[..size] == *got).then_some((client, seq))
-}
-
-/// A latency histogram: 8 linear sub-buckets per power of two of nanoseconds.
-#[derive(Debug, Clone)]
-struct Histogram {
-    counts: Vec<u64>,
-    total: u64,
-}
-
-impl Histogram {
-    const SUB: u32 = 3;
-
-    fn new() -> Histogram {
-        Histogram { counts: vec![0; (65 - Self::SUB as usize) << Self::SUB], total: 0 }
-    }
-
-    fn index(v: u64) -> usize {
-        if v < 1 << Self::SUB {
-            return v as usize;
-        }
-        let exp = 63 - v.leading_zeros();
-        let sub = (v >> (exp - Self::SUB)) as usize & ((1 << Self::SUB) - 1);
-        (((exp - Self::SUB + 1) as usize) << Self::SUB) + sub
-    }
-
-    /// The lowest value of bucket `i`.
-    fn low(i: usize) -> u64 {
-        let sub = 1usize << Self::SUB;
-        if i < sub {
-            return i as u64;
-        }
-        ((sub + i % sub) as u64) << (i / sub - 1)
-    }
-
-    fn record(&mut self, nanos: u64) {
-        self.counts[Self::index(nanos)] += 1;
-        self.total += 1;
-    }
-
-    fn clear(&mut self) {
-        self.counts.fill(0);
-        self.total = 0;
-    }
-
-    /// The lower edge of the bucket holding quantile `q` (within 1/8 of the value).
-    fn quantile(&self, q: f64) -> u64 {
-        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total.max(1));
-        let mut seen = 0;
-        for (i, &c) in self.counts.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                return Self::low(i);
-            }
-        }
-        0
-    }
 }
 
 /// A datagram in flight.
@@ -317,7 +254,7 @@ fn mmsghdr(iov: &mut libc::iovec) -> libc::mmsghdr {
 
 impl Client {
     /// Receives and checks every echo waiting on the socket.
-    fn drain(&mut self, b: &mut Batches, counts: &mut Counts, hist: &mut Histogram, measuring: bool) {
+    fn drain(&mut self, b: &mut Batches, counts: &mut Counts, hist: &mut load::Histogram, measuring: bool) {
         while self.readable {
             // SAFETY: each header points at its own iovec and that at its own chunk of
             // `b.recv`, all alive and unaliased for the call; MSG_DONTWAIT: no blocking.
@@ -446,7 +383,7 @@ struct Report {
     errors: u64,
     messages: u64,
     window: Duration,
-    hist: Histogram,
+    hist: load::Histogram,
 }
 
 impl Report {
@@ -495,14 +432,6 @@ impl Report {
     }
 }
 
-fn mark(cfg: &Config, what: &str) {
-    if cfg.marks {
-        let mut out = io::stdout().lock();
-        let _ = writeln!(out, "mark {what}");
-        let _ = out.flush();
-    }
-}
-
 fn run(cfg: &Config) -> io::Result<Report> {
     if cfg.depth > 64 {
         return Err(io::Error::other("--depth is at most 64"));
@@ -510,7 +439,7 @@ fn run(cfg: &Config) -> io::Result<Report> {
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(cfg.clients.max(16));
     let mut b = Batches::new(cfg.size, cfg.depth);
-    let mut hist = Histogram::new();
+    let mut hist = load::Histogram::new();
     let mut counts = Counts::default();
     let local: SocketAddr =
         if cfg.addr.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" }.parse().map_err(io::Error::other)?;
@@ -543,7 +472,7 @@ fn run(cfg: &Config) -> io::Result<Report> {
                 io_errors: counts.io_errors,
                 ..Counts::default()
             };
-            mark(cfg, "start");
+            load::mark(cfg.marks, "start");
         }
         if now >= end {
             break;
@@ -571,7 +500,7 @@ fn run(cfg: &Config) -> io::Result<Report> {
         }
     }
     let stop = Instant::now();
-    mark(cfg, "end");
+    load::mark(cfg.marks, "end");
     let errors = counts.mismatches + counts.io_errors;
     let messages = counts.messages;
     Ok(Report { counts, errors, messages, window: stop.duration_since(window_start), hist })
@@ -598,22 +527,6 @@ mod tests {
         let mut odd = vec![0; 13];
         fill(&mut odd, 1, 2);
         assert_eq!(check(&odd, 13, &mut scratch), Some((1, 2)));
-    }
-
-    #[test]
-    fn histogram_quantiles_are_within_an_eighth() {
-        let mut h = Histogram::new();
-        for us in 1..=1000u64 {
-            h.record(us * 1000);
-        }
-        let p50 = h.quantile(0.5) as f64;
-        assert!((p50 - 500_000.0).abs() <= 500_000.0 / 8.0, "{p50}");
-        h.record(u64::MAX);
-        assert_eq!(Histogram::index(u64::MAX), h.counts.len() - 1);
-        for v in [0, 7, 8, 9, 1000, 123_456_789] {
-            let i = Histogram::index(v);
-            assert!(Histogram::low(i) <= v && (i + 1 == h.counts.len() || Histogram::low(i + 1) > v), "{v}");
-        }
     }
 
     /// A std echo thread that drops every 50th datagram and corrupts one: the load
