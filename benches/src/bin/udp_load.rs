@@ -33,9 +33,9 @@ use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use berth_benches::load;
-use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
