@@ -42,10 +42,6 @@ use crate::metrics::{Counter, Local, Row};
 use crate::server::SHUTDOWN;
 use crate::service::{ConnId, FileParts, Reply, ReplyParts, SERVICE_POST, Service, Watch, WorkerHandle};
 
-/// The key of the completions a worker posts to itself to resume a stream that
-/// yielded (the data is the [`ConnId`]).
-const STREAM_RESUME: u64 = u64::MAX - 3;
-
 /// How long a lingering close waits for the peer to close.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -144,6 +140,11 @@ pub(crate) struct Worker<S: Service> {
     /// loop rather than nest (they would overflow the worker's stack).
     in_process: bool,
     process_again: bool,
+    /// Streams that yielded (their connection index and socket), resumed after the
+    /// next wait's completions. Kept here, not posted to the port: the post queue
+    /// is shared with shutdown and the service's posts, which a crowd of yielding
+    /// streams must not crowd out. Room for every connection, made at the start.
+    yielded: std::collections::VecDeque<(usize, SocketId)>,
 }
 
 impl<S: Service> Worker<S> {
@@ -165,6 +166,7 @@ impl<S: Service> Worker<S> {
             refused_here: 0,
             in_process: false,
             process_again: false,
+            yielded: std::collections::VecDeque::with_capacity(max_sockets),
         }
     }
 
@@ -185,7 +187,14 @@ impl<S: Service> Worker<S> {
                 (a, b) => a.or(b),
             };
             let timeout = wake.map(|d| d.saturating_duration_since(Instant::now()));
+            // A stream that yielded goes on once this wait's completions are handled:
+            // the wait must not sleep.
+            let timeout = if self.yielded.is_empty() { timeout } else { Some(Duration::ZERO) };
             port.run_once(&mut self, timeout)?;
+            for _ in 0..self.yielded.len() {
+                let Some((index, socket)) = self.yielded.pop_front() else { break };
+                self.resume(&mut port, index, socket);
+            }
             if self.sweep_at.is_some_and(|at| Instant::now() >= at) {
                 self.sweep(&mut port);
             }
@@ -698,23 +707,16 @@ impl<S: Service> Worker<S> {
                 return self.replied(port, index);
             }
             // Nothing yet, but more to come: let this worker's other completions
-            // run first, and resume when the post comes back.
-            if port.handle().post(STREAM_RESUME, id.to_u64()).is_ok() {
-                conn.resume_pending = true;
-                return;
-            }
-            // The port's post queue is full: no way to yield; go on at once.
+            // run first (at most one entry per connection: it holds room for all).
+            conn.resume_pending = true;
+            self.yielded.push_back((index, conn.socket));
+            return;
         }
     }
 
-    /// A stream that yielded goes on (if its connection is still the one posted).
-    fn resume(&mut self, port: &mut CompletionPort<()>, data: u64) {
-        let id = ConnId::from_u64(data);
-        let socket = id.socket();
-        let index = socket.index();
-        if id.worker() != self.index {
-            return;
-        }
+    /// A stream that yielded goes on (if its connection is still the one that
+    /// yielded).
+    fn resume(&mut self, port: &mut CompletionPort<()>, index: usize, socket: SocketId) {
         let Some(conn) = self.conn(index) else { return };
         if conn.socket != socket || !std::mem::take(&mut conn.resume_pending) {
             return;
@@ -751,7 +753,6 @@ impl<S: Service> Handler<()> for Worker<S> {
             Completion::Posted { key: SHUTDOWN, data } => {
                 return self.begin_drain(port, Duration::from_millis(data));
             }
-            Completion::Posted { key: STREAM_RESUME, data } => return self.resume(port, data),
             Completion::Posted { key: SERVICE_POST, data } => {
                 let service = self.service.clone();
                 return service.posted(data, &mut Conns { worker: self, port });
