@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::cache;
@@ -126,30 +126,50 @@ impl Default for WaitMode {
 pub(crate) struct WakeFds {
     rx: OwnedFd,
     tx: OwnedFd,
+    /// Their open file descriptions are this process's alone: FIFOs it opened by
+    /// path (each end of a named channel opens its own), not handed out since
+    /// ([`Channel::send_over`], [`Channel::set_inheritable`], [`Channel::wake_fds`]
+    /// clear it). Then nobody else can clear their `O_NONBLOCK`, and a drain is one
+    /// plain read (see `sys::drain`). Only ever goes from true to false.
+    private: AtomicBool,
 }
 
 impl WakeFds {
     /// Two fresh eventfds, for a memfd channel.
     fn events() -> io::Result<WakeFds> {
-        Ok(WakeFds { rx: sys::eventfd()?, tx: sys::eventfd()? })
+        Ok(WakeFds { rx: sys::eventfd()?, tx: sys::eventfd()?, private: AtomicBool::new(false) })
     }
 
     /// Descriptors from a peer, checked to be eventfds or FIFOs.
     fn checked(rx: OwnedFd, tx: OwnedFd) -> Result<WakeFds, OpenError> {
         sys::check_wake_fd(rx.as_fd())?;
         sys::check_wake_fd(tx.as_fd())?;
-        Ok(WakeFds { rx, tx })
+        Ok(WakeFds { rx, tx, private: AtomicBool::new(false) })
     }
 
     /// The FIFOs of named channel `name`, opened with the same checks as its file.
     fn open_named(name: &str) -> Result<WakeFds, OpenError> {
         let (rx, tx) = wake_paths(name)?;
-        Ok(WakeFds { rx: sys::open_fifo_checked(&rx)?, tx: sys::open_fifo_checked(&tx)? })
+        Ok(WakeFds {
+            rx: sys::open_fifo_checked(&rx)?,
+            tx: sys::open_fifo_checked(&tx)?,
+            private: AtomicBool::new(true),
+        })
     }
 
     /// The descriptor of the end that sleeps on `word_at` (`RX_WAIT` or `TX_WAIT`).
     fn of(&self, word_at: usize) -> BorrowedFd<'_> {
         if word_at == off::RX_WAIT { self.rx.as_fd() } else { self.tx.as_fd() }
+    }
+
+    /// Empties `fd` (one of ours) before its end flags that it sleeps on it.
+    fn drain(&self, fd: BorrowedFd<'_>) {
+        sys::drain(fd, self.private.load(Ordering::Relaxed));
+    }
+
+    /// The descriptors are about to leave this process (or its sole ownership).
+    fn shared_out(&self) {
+        self.private.store(false, Ordering::Relaxed);
     }
 }
 
@@ -526,7 +546,11 @@ impl Channel {
     /// The descriptors that make up this channel: the file, then the wake
     /// descriptors if it has them (what [`Channel::send_over`] sends).
     pub(crate) fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
-        let wake = self.sh.wake.as_ref().map(|w| [w.rx.as_fd(), w.tx.as_fd()]);
+        let wake = self.sh.wake.as_ref().map(|w| {
+            // Whoever gets them shares their descriptions: drains must not trust O_NONBLOCK.
+            w.shared_out();
+            [w.rx.as_fd(), w.tx.as_fd()]
+        });
         std::iter::once(self.sh.fd.as_fd()).chain(wake.into_iter().flatten())
     }
 
@@ -558,7 +582,11 @@ impl Channel {
     /// The wake descriptors (the receiver's, the sender's), if the channel was
     /// created with [`Config::wake_fds`]: to hand to a peer with the memfd.
     pub fn wake_fds(&self) -> Option<(BorrowedFd<'_>, BorrowedFd<'_>)> {
-        self.sh.wake.as_ref().map(|w| (w.rx.as_fd(), w.tx.as_fd()))
+        self.sh.wake.as_ref().map(|w| {
+            // To hand to a peer: see `WakeFds::private`.
+            w.shared_out();
+            (w.rx.as_fd(), w.tx.as_fd())
+        })
     }
 
     /// The ring's data capacity in bytes.
@@ -995,7 +1023,7 @@ impl Sender {
         if len > self.max_message() {
             return Err(SendError::TooLarge { len, max: self.max_message() });
         }
-        sys::drain(fds.tx.as_fd());
+        fds.drain(fds.tx.as_fd());
         if !self.prod.prepare_wait(&*self.sh, len, WAIT_FD) {
             return Ok(false);
         }
@@ -1419,7 +1447,7 @@ impl Receiver {
     pub fn arm_wake(&mut self) -> Result<bool, RecvError> {
         let Some(fds) = &self.sh.wake else { return Err(RecvError::NoWakeFd) };
         // Before the flag: a wake written after the flag must stay readable.
-        sys::drain(fds.rx.as_fd());
+        fds.drain(fds.rx.as_fd());
         self.flush();
         if !self.cons.prepare_wait(&*self.sh, WAIT_FD) {
             return Ok(false);
