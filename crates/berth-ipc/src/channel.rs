@@ -770,9 +770,15 @@ impl PeerWatch {
                 return PeerState::Dead;
             }
         }
-        let alive = match &self.pidfd {
-            Some(fd) => !fd.exited(),
-            None => pid_alive(pid, start),
+        // Registered with the watcher (this pidfd's peer, since `known` did not
+        // change), its record of the death is checked instead of polling the
+        // pidfd: no syscall per sleep. The callers raised their waiter flag and
+        // fenced first, so a death the watcher has not recorded yet still wakes
+        // them (see `watch`).
+        let alive = match (&self.watched, &self.pidfd) {
+            (Some(reg), _) => !reg.fired(),
+            (None, Some(fd)) => !fd.exited(),
+            (None, None) => pid_alive(pid, start),
         };
         if !alive {
             return PeerState::Dead;

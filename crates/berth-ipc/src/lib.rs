@@ -227,9 +227,12 @@
 //!   start time (it died while attaching, or `/proc` is unreadable) is watched by pid
 //!   alone. The pidfd is also handed to a watcher thread (one per process, started
 //!   at the first sleep, blocked in `epoll_wait` on the pidfds of every peer an end
-//!   of this process sleeps on). When the peer's process exits, the watcher clears
-//!   the sleeper's flag and wakes it, as a commit would, so a dead peer turns a wait
-//!   into `PeerDead` at once. Sleeps then only need a backstop timeout: they double
+//!   of this process sleeps on). When the peer's process exits, the watcher records
+//!   the death, then clears the sleeper's flag and wakes it, as a commit would, so a
+//!   dead peer turns a wait into `PeerDead` at once. Once an end's peer is with the
+//!   watcher, its check before a sleep reads that record instead of polling the
+//!   pidfd: no syscall (a death not recorded yet still ends the sleep, since the
+//!   watcher's wake comes after its record and the check after the raised flag). Sleeps then only need a backstop timeout: they double
 //!   from 10 ms to 1 s, so an idle blocked end wakes about once a second. Without the
 //!   watcher (no pidfd or epoll, or a child forked from the process that started it)
 //!   sleeps stop doubling at 50 ms, and a death is seen within 10 to 50 ms. A peer
