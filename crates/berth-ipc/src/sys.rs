@@ -174,7 +174,15 @@ pub(crate) fn membarrier_ready() -> bool {
 /// Makes every running thread of every registered process (both ends of every
 /// channel) pass a full memory barrier before this returns. `false` if refused.
 pub(crate) fn membarrier_global() -> bool {
+    #[cfg(test)]
+    MEMBARRIERS.with(|n| n.set(n.get() + 1));
     rustix::thread::membarrier(rustix::thread::MembarrierCommand::GlobalExpedited).is_ok()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// `membarrier_global` calls made by this thread (tests run in parallel threads).
+    pub(crate) static MEMBARRIERS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// A process handle that cannot be confused with a later process reusing its pid.
