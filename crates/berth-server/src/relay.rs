@@ -69,7 +69,9 @@ impl RelayConfig {
     fn ipc(&self) -> Config {
         let message = (self.max_frame + RECORD_HEADER) as u64;
         let capacity = self.ring_capacity.max(2 * (message + 8)).next_power_of_two();
-        Config::new(capacity).max_message(message).wake_fds(true)
+        // Fenced: request/response, so an end sleeps after most records; a fence per
+        // record costs less than a membarrier per sleep (see `Config::fenced`).
+        Config::new(capacity).max_message(message).wake_fds(true).fenced(true)
     }
 }
 
@@ -178,7 +180,8 @@ struct Shared {
 ///   cleanly, counted in [`RelayStats::frames_refused`].
 /// - **Lanes.** Each worker of the server owns one named [`Duplex`], its *lane*:
 ///   worker `i` of relay channel `NAME` creates `/dev/shm/berth-ipc.NAME.i.a2b` /
-///   `.b2a` (0600, with wake FIFOs, [`Config::wake_fds`]) when it starts — after
+///   `.b2a` (0600, with wake FIFOs, [`Config::wake_fds`], and
+///   [fenced](Config::fenced)) when it starts — after
 ///   [`Channel::cleanup_stale`] removed files left by dead processes, and replacing
 ///   a file of that name still held by a live process (one relay per name) — and is
 ///   its side A. The first record in each lane's request ring is a *welcome*:
