@@ -348,3 +348,29 @@ fn draining_a_shared_wake_descriptor_never_blocks() {
     }
     Channel::unlink_named(&name).unwrap();
 }
+
+/// `rearm_wake(false)` on an end still flagged from its last arm leaves its
+/// descriptor as it is (no read); told it was readable, or once a wake has cleared
+/// the flag, it empties it as `arm_wake` does.
+///
+/// Proven by mutation: `rearm_wake` always draining fails the first `readable`;
+/// ignoring `was_readable` fails the second (a stale wake would then end every
+/// wait at once, for ever); ignoring the cleared flag fails the last.
+#[test]
+fn rearming_without_a_read_keeps_a_stale_wake_until_told() {
+    let chan = wake_chan(4096);
+    let (mut tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+    assert_eq!(rx.arm_wake(), Ok(true));
+    // A wake still on its way from an earlier arm lands now.
+    rustix::io::write(rx.as_fd(), &1u64.to_ne_bytes()).unwrap();
+    assert_eq!(rx.rearm_wake(false), Ok(true));
+    assert!(readable(rx.as_fd(), 0), "still flagged and not reported readable: left as it is");
+    assert_eq!(rx.rearm_wake(true), Ok(true));
+    assert!(!readable(rx.as_fd(), 0), "reported readable: emptied");
+    // A commit's wake clears the flag: the next re-arm empties the descriptor.
+    tx.try_send(b"m").unwrap();
+    assert!(readable(rx.as_fd(), 1000));
+    drop(rx.try_recv().unwrap());
+    assert_eq!(rx.rearm_wake(false), Ok(true));
+    assert!(!readable(rx.as_fd(), 0), "a wake cleared the flag: emptied");
+}

@@ -774,6 +774,10 @@ pub struct RelayBackend {
     lanes: Vec<Duplex>,
     /// The lane looked at first by the next receive (round robin).
     next: usize,
+    /// Per lane: its wake descriptor was readable at the last `poll` (or there was
+    /// none yet), so the next arm must empty it; the others are re-armed without
+    /// a read (see `Receiver::rearm_wake`).
+    readable: Vec<bool>,
 }
 
 /// A request from a relay: the connection id to reply to, and the payload, lent in
@@ -846,7 +850,8 @@ impl RelayBackend {
         for lane in &mut lanes {
             send_record(&mut lane.tx, HELLO, &[], Some(ATTACH_WAIT)).map_err(|e| OpenError::Io(io::Error::other(e)))?;
         }
-        Ok(RelayBackend { lanes, next: 0 })
+        let readable = vec![true; lanes.len()];
+        Ok(RelayBackend { lanes, next: 0, readable })
     }
 
     /// Attaches to `name`, retrying every 20 ms until `timeout` passes.
@@ -913,8 +918,9 @@ impl RelayBackend {
             // All empty: flag every lane's sender to write our descriptor, then
             // sleep unless a record came meanwhile.
             let mut sleep = true;
-            for lane in &mut self.lanes {
-                sleep &= lane.rx.arm_wake()?;
+            for (lane, readable) in self.lanes.iter_mut().zip(&mut self.readable) {
+                sleep &= lane.rx.rearm_wake(*readable)?;
+                *readable = false;
             }
             if !sleep {
                 continue;
@@ -950,8 +956,8 @@ impl RelayBackend {
     }
 
     /// Sleeps until a lane's wake descriptor is readable or `left` passes (a
-    /// signal ends it early: the caller looks again).
-    fn sleep(&self, left: Option<Duration>) {
+    /// signal ends it early: the caller looks again), and notes which were.
+    fn sleep(&mut self, left: Option<Duration>) {
         use rustix::event::{PollFd, PollFlags, Timespec, poll};
         let n = self.lanes.len();
         // A fixed array (at most 256 lanes): no allocation per sleep.
@@ -959,7 +965,11 @@ impl RelayBackend {
             std::array::from_fn(|i| PollFd::new(&self.lanes[i.min(n - 1)].rx, PollFlags::IN));
         let timeout = left
             .map(|d| Timespec { tv_sec: d.as_secs().try_into().unwrap_or(i64::MAX), tv_nsec: d.subsec_nanos().into() });
-        let _ = poll(&mut fds[..n], timeout.as_ref());
+        let polled = poll(&mut fds[..n], timeout.as_ref());
+        for (readable, fd) in self.readable.iter_mut().zip(&fds[..n]) {
+            // Any event (or a failed poll, which reports none) means: empty it next time.
+            *readable = polled.is_err() || !fd.revents().is_empty();
+        }
     }
 }
 
