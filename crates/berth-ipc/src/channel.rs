@@ -609,7 +609,10 @@ impl Channel {
     }
 
     /// The wake descriptors (the receiver's, the sender's), if the channel was
-    /// created with [`Config::wake_fds`]: to hand to a peer with the memfd.
+    /// created with [`Config::wake_fds`]: to hand to a peer with the memfd. From
+    /// this call on, this process's ends no longer assume that nobody else can
+    /// clear the descriptors' `O_NONBLOCK` (their drains cost a `poll` again on a
+    /// named channel's FIFOs).
     pub fn wake_fds(&self) -> Option<(BorrowedFd<'_>, BorrowedFd<'_>)> {
         self.sh.wake.as_ref().map(|w| {
             // To hand to a peer: see `WakeFds::private`.
@@ -1043,6 +1046,9 @@ impl Sender {
     /// This end's wake descriptor, if the channel was created with
     /// [`Config::wake_fds`]: it turns readable when the receiver makes room after
     /// [`Sender::arm_wake`] said to sleep.
+    /// To wait on in this process: hand it to another only through
+    /// [`Channel::send_over`] or [`Channel::wake_fds`] (a named channel's FIFO is
+    /// read without a `poll` first while no other process shares it).
     pub fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
         self.sh.wake.as_ref().map(|w| w.tx.as_fd())
     }
@@ -1465,6 +1471,9 @@ impl Receiver {
     /// This end's wake descriptor, if the channel was created with
     /// [`Config::wake_fds`]: it turns readable when the sender commits after
     /// [`Receiver::arm_wake`] said to sleep.
+    /// To wait on in this process: hand it to another only through
+    /// [`Channel::send_over`] or [`Channel::wake_fds`] (a named channel's FIFO is
+    /// read without a `poll` first while no other process shares it).
     pub fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
         self.sh.wake.as_ref().map(|w| w.rx.as_fd())
     }
