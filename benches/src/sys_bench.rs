@@ -240,7 +240,11 @@ pub fn perf_syscall_count(pid: u32, secs: f64) -> Result<f64, String> {
         .stderr(Stdio::piped())
         .output()
         .map_err(|e| format!("perf: {e}"))?;
-    let report = String::from_utf8_lossy(&perf.stderr);
+    parse_perf_syscalls(&String::from_utf8_lossy(&perf.stderr))
+}
+
+/// The count in a `perf stat -x , -e raw_syscalls:sys_enter` report.
+fn parse_perf_syscalls(report: &str) -> Result<f64, String> {
     report
         .lines()
         .find(|l| l.contains("raw_syscalls:sys_enter"))
@@ -264,9 +268,56 @@ pub fn compile_c(exe_dir: &std::path::Path, source: &str, out: &str) -> Result<P
     if status.success() { Ok(out) } else { Err(format!("cc {} failed: {status}", source.display())) }
 }
 
+/// A `perf stat -e raw_syscalls:sys_enter` attached to a process until
+/// [`stop`](Self::stop): counts the syscalls of a stretch of work rather than of a
+/// fixed time.
+#[derive(Debug)]
+pub struct PerfSyscalls {
+    perf: ChildGuard,
+}
+
+impl PerfSyscalls {
+    /// Attaches to process `pid` (all its threads). perf needs a moment to attach:
+    /// this waits `settle` before it returns.
+    pub fn start(pid: u32, settle: Duration) -> Result<PerfSyscalls, String> {
+        let perf = Command::new("perf")
+            .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p", &pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("perf: {e}"))?;
+        let mut perf = ChildGuard::new(perf);
+        std::thread::sleep(settle);
+        if let Ok(Some(status)) = perf.child_mut().try_wait() {
+            return Err(format!("perf stat exited at once ({status})"));
+        }
+        Ok(PerfSyscalls { perf })
+    }
+
+    /// Stops counting (SIGINT, on which perf prints its report) and returns the count.
+    pub fn stop(mut self) -> Result<f64, String> {
+        let pid = rustix::process::Pid::from_raw(self.perf.id() as i32).ok_or("perf has no pid")?;
+        rustix::process::kill_process(pid, rustix::process::Signal::INT).map_err(|e| format!("stopping perf: {e}"))?;
+        let mut report = String::new();
+        if let Some(mut err) = self.perf.child_mut().stderr.take() {
+            std::io::Read::read_to_string(&mut err, &mut report).map_err(|e| format!("perf's report: {e}"))?;
+        }
+        let _ = self.perf.wait_timeout(Duration::from_secs(5));
+        parse_perf_syscalls(&report)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn perf_reports_give_their_syscall_count() {
+        let report = "\n12345,,raw_syscalls:sys_enter,1002003,100.00,,\n";
+        assert_eq!(parse_perf_syscalls(report), Ok(12345.0));
+        assert!(parse_perf_syscalls("<not counted>,,cycles,0,100.00,,").is_err());
+    }
 
     #[test]
     fn stat_fields_are_counted_after_the_last_parenthesis() {

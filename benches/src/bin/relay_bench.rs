@@ -6,10 +6,14 @@
 //! relay_bench [--quick]
 //! ```
 //!
-//! Row (appended to `berth_benches::results_path()`, peer `tcp_echo`, lower is
+//! Rows (appended to `berth_benches::results_path()`, peer `tcp_echo`, lower is
 //! better): `relay/64B/rtt_p50_us` — the median round trip over every sample of every
 //! round. The ratio is below 1 by construction (the relay adds a hop and a process);
-//! it says what the hop costs.
+//! it says what the hop costs. `relay/64B/syscalls_per_rt` — the syscalls of the
+//! relay and the backend together per round trip, against the echo server's, counted
+//! with `perf stat -e raw_syscalls:sys_enter` in a separate, untimed pass after the
+//! rounds (skipped, with a note, where perf cannot run); both processes' shares are
+//! printed too.
 //!
 //! The `berth` binary is looked up next to this executable and built with
 //! `cargo build -p berth-cli` (same profile) if it is missing. The servers (relay,
@@ -26,7 +30,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use berth_benches::sys_bench::{ChildGuard, available_cores, pin_current_thread, spawn_pinned};
+use berth_benches::sys_bench::{ChildGuard, PerfSyscalls, available_cores, pin_current_thread, spawn_pinned};
 use berth_benches::{Better, Row, append_rows, results_path};
 
 /// Payload bytes per frame (plus the 4-byte length).
@@ -74,8 +78,32 @@ fn run() -> Result<(), String> {
         "relay_bench: 64 B round trip: relay p50 {relay_p50:.1} µs p99 {relay_p99:.1} µs; \
          tcp echo p50 {echo_p50:.1} µs p99 {echo_p99:.1} µs"
     );
-    let row = Row::new("relay/64B/rtt_p50_us", "rtt_p50_us", relay_p50, "tcp_echo", echo_p50, Better::Lower);
-    append_rows(&results_path(), &[row]).map_err(|e| format!("writing results: {e}"))?;
+    let mut rows = vec![Row::new("relay/64B/rtt_p50_us", "rtt_p50_us", relay_p50, "tcp_echo", echo_p50, Better::Lower)];
+    let trips = if quick { 2_000 } else { 10_000 };
+    let relayed = syscalls_per_rt(&mut via_relay, &frame, &[relay.id(), backend.id()], trips);
+    let direct_n = syscalls_per_rt(&mut direct, &frame, &[echo.id()], trips);
+    match (relayed, direct_n) {
+        (Ok(r), Ok(e)) => {
+            eprintln!(
+                "relay_bench: syscalls per round trip (perf stat, untimed): relay {:.2} + backend {:.2} = {:.2}; \
+                 tcp echo {:.2}",
+                r[0],
+                r[1],
+                r[0] + r[1],
+                e[0]
+            );
+            rows.push(Row::new(
+                "relay/64B/syscalls_per_rt",
+                "syscalls_per_rt",
+                r[0] + r[1],
+                "tcp_echo",
+                e[0],
+                Better::Lower,
+            ));
+        }
+        (Err(e), _) | (_, Err(e)) => eprintln!("relay_bench: syscalls not counted: {e}"),
+    }
+    append_rows(&results_path(), &rows).map_err(|e| format!("writing results: {e}"))?;
 
     drop((via_relay, direct));
     for child in [relay, backend, echo] {
@@ -167,6 +195,17 @@ fn measure(s: &mut TcpStream, frame: &[u8], warmup: usize, samples: usize, out: 
         }
     }
     Ok(())
+}
+
+/// Syscalls per round trip of each process of `pids` over `trips` round trips on
+/// `s` (untimed: perf slows them). Counting starts a moment before the first round
+/// trip and ends a moment after the last, so an idle wake-up or two is counted too.
+fn syscalls_per_rt(s: &mut TcpStream, frame: &[u8], pids: &[u32], trips: usize) -> Result<Vec<f64>, String> {
+    let perfs =
+        pids.iter().map(|&pid| PerfSyscalls::start(pid, Duration::from_millis(300))).collect::<Result<Vec<_>, _>>()?;
+    let mut discard = Vec::new();
+    measure(s, frame, trips, 0, &mut discard)?;
+    perfs.into_iter().map(|p| p.stop().map(|n| n / trips as f64)).collect()
 }
 
 /// (p50, p99) of the samples.

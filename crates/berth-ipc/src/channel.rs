@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::cache;
@@ -53,12 +53,13 @@ pub struct Config {
     capacity: u64,
     max_message: Option<u64>,
     wake_fds: bool,
+    fenced: bool,
 }
 
 impl Config {
     /// A ring of `capacity` data bytes (a power of two, 64 B ..= 1 TiB).
     pub fn new(capacity: u64) -> Config {
-        Config { capacity, max_message: None, wake_fds: false }
+        Config { capacity, max_message: None, wake_fds: false, fenced: false }
     }
 
     /// Gives each end a wake descriptor that an event loop can wait on
@@ -68,6 +69,20 @@ impl Config {
     /// ([`Channel::send_over`], [`Channel::from_fds`]).
     pub fn wake_fds(mut self, on: bool) -> Config {
         self.wake_fds = on;
+        self
+    }
+
+    /// Makes every publication of either end (a commit, a release that gives room
+    /// back) pay a full fence, so that an end about to sleep needs no
+    /// `membarrier(2)`. Off by default: a stream of messages between busy ends then
+    /// costs no fence at all, and each sleep pays a membarrier instead — about a
+    /// µs, and several more on a VM for each CPU running a thread of a process
+    /// with a channel (an IPI). Turn it on for request/response traffic, where an
+    /// end sleeps after most messages: a fence costs tens of ns. Recorded in the
+    /// header (ABI flag bit 2), so both ends keep to it; a berth-ipc older than
+    /// layout 2.2 refuses such a channel.
+    pub fn fenced(mut self, on: bool) -> Config {
+        self.fenced = on;
         self
     }
 
@@ -84,7 +99,7 @@ impl Config {
         let max = self.max_message.unwrap_or_else(|| layout::max_message_for(self.capacity.max(layout::MIN_CAPACITY)));
         let pid = sys::getpid();
         let start = sys::start_time(pid).map_or(0, |(s, _)| s);
-        Ok(Layout { wake_fds: self.wake_fds, ..Layout::new(self.capacity, max, pid, start)? })
+        Ok(Layout { wake_fds: self.wake_fds, fenced: self.fenced, ..Layout::new(self.capacity, max, pid, start)? })
     }
 }
 
@@ -126,30 +141,50 @@ impl Default for WaitMode {
 pub(crate) struct WakeFds {
     rx: OwnedFd,
     tx: OwnedFd,
+    /// Their open file descriptions are this process's alone: FIFOs it opened by
+    /// path (each end of a named channel opens its own), not handed out since
+    /// ([`Channel::send_over`], [`Channel::set_inheritable`], [`Channel::wake_fds`]
+    /// clear it). Then nobody else can clear their `O_NONBLOCK`, and a drain is one
+    /// plain read (see `sys::drain`). Only ever goes from true to false.
+    private: AtomicBool,
 }
 
 impl WakeFds {
     /// Two fresh eventfds, for a memfd channel.
     fn events() -> io::Result<WakeFds> {
-        Ok(WakeFds { rx: sys::eventfd()?, tx: sys::eventfd()? })
+        Ok(WakeFds { rx: sys::eventfd()?, tx: sys::eventfd()?, private: AtomicBool::new(false) })
     }
 
     /// Descriptors from a peer, checked to be eventfds or FIFOs.
     fn checked(rx: OwnedFd, tx: OwnedFd) -> Result<WakeFds, OpenError> {
         sys::check_wake_fd(rx.as_fd())?;
         sys::check_wake_fd(tx.as_fd())?;
-        Ok(WakeFds { rx, tx })
+        Ok(WakeFds { rx, tx, private: AtomicBool::new(false) })
     }
 
     /// The FIFOs of named channel `name`, opened with the same checks as its file.
     fn open_named(name: &str) -> Result<WakeFds, OpenError> {
         let (rx, tx) = wake_paths(name)?;
-        Ok(WakeFds { rx: sys::open_fifo_checked(&rx)?, tx: sys::open_fifo_checked(&tx)? })
+        Ok(WakeFds {
+            rx: sys::open_fifo_checked(&rx)?,
+            tx: sys::open_fifo_checked(&tx)?,
+            private: AtomicBool::new(true),
+        })
     }
 
     /// The descriptor of the end that sleeps on `word_at` (`RX_WAIT` or `TX_WAIT`).
     fn of(&self, word_at: usize) -> BorrowedFd<'_> {
         if word_at == off::RX_WAIT { self.rx.as_fd() } else { self.tx.as_fd() }
+    }
+
+    /// Empties `fd` (one of ours) before its end flags that it sleeps on it.
+    fn drain(&self, fd: BorrowedFd<'_>) {
+        sys::drain(fd, self.private.load(Ordering::Relaxed));
+    }
+
+    /// The descriptors are about to leave this process (or its sole ownership).
+    fn shared_out(&self) {
+        self.private.store(false, Ordering::Relaxed);
     }
 }
 
@@ -183,7 +218,10 @@ impl fmt::Debug for Shared {
 
 impl Shared {
     fn new(map: memmap2::MmapRaw, base: NonNull<u8>, fd: OwnedFd, layout: Layout, wake: Option<WakeFds>) -> Shared {
-        let asym = sys::membarrier_ready();
+        // A fenced channel never relies on membarrier: it does not register this
+        // process, which then takes no IPI from other processes' membarriers
+        // unless a channel of another kind does.
+        let asym = !layout.fenced && sys::membarrier_ready();
         let degraded = std::sync::atomic::AtomicBool::new(false);
         Shared { _map: map, base, fd, layout, wake, asym, degraded, prefetchw: cache::has_prefetchw() }
     }
@@ -213,7 +251,12 @@ impl Shared {
     /// The longest a futex sleep may last: `grown` while the peer's wakes are sure to
     /// reach us, a short slice when they might be missed (no membarrier).
     fn slice_cap(&self, grown: Duration) -> Duration {
-        if self.asym && !self.degraded.load(Ordering::Relaxed) { grown } else { grown.min(SLICE_NO_MEMBARRIER) }
+        // A fenced channel needs no membarrier: every wake reaches us.
+        if self.layout.fenced || (self.asym && !self.degraded.load(Ordering::Relaxed)) {
+            grown
+        } else {
+            grown.min(SLICE_NO_MEMBARRIER)
+        }
     }
 
     #[inline]
@@ -340,7 +383,8 @@ impl Region for Shared {
 
     #[inline]
     fn light_barrier(&self) {
-        if self.asym {
+        // A fenced channel's sleepers count on this fence (they issue no membarrier).
+        if self.asym && !self.layout.fenced {
             // Only the compiler must keep the flag load after the position store; the
             // CPU's StoreLoad ordering is supplied by the sleeper's membarrier.
             std::sync::atomic::compiler_fence(Ordering::SeqCst);
@@ -350,6 +394,11 @@ impl Region for Shared {
     }
     fn heavy_barrier(&self) {
         std::sync::atomic::fence(Ordering::SeqCst);
+        if self.layout.fenced {
+            // Every publication of the peer fences too (ABI_FENCED): the two
+            // fences are the classic handshake, the one loom checks.
+            return;
+        }
         if !sys::membarrier_global() {
             // Peers that rely on it may now be missed: fall back to short sleeps.
             self.degraded.store(true, Ordering::Relaxed);
@@ -526,7 +575,11 @@ impl Channel {
     /// The descriptors that make up this channel: the file, then the wake
     /// descriptors if it has them (what [`Channel::send_over`] sends).
     pub(crate) fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
-        let wake = self.sh.wake.as_ref().map(|w| [w.rx.as_fd(), w.tx.as_fd()]);
+        let wake = self.sh.wake.as_ref().map(|w| {
+            // Whoever gets them shares their descriptions: drains must not trust O_NONBLOCK.
+            w.shared_out();
+            [w.rx.as_fd(), w.tx.as_fd()]
+        });
         std::iter::once(self.sh.fd.as_fd()).chain(wake.into_iter().flatten())
     }
 
@@ -556,9 +609,16 @@ impl Channel {
     }
 
     /// The wake descriptors (the receiver's, the sender's), if the channel was
-    /// created with [`Config::wake_fds`]: to hand to a peer with the memfd.
+    /// created with [`Config::wake_fds`]: to hand to a peer with the memfd. From
+    /// this call on, this process's ends no longer assume that nobody else can
+    /// clear the descriptors' `O_NONBLOCK` (their drains cost a `poll` again on a
+    /// named channel's FIFOs).
     pub fn wake_fds(&self) -> Option<(BorrowedFd<'_>, BorrowedFd<'_>)> {
-        self.sh.wake.as_ref().map(|w| (w.rx.as_fd(), w.tx.as_fd()))
+        self.sh.wake.as_ref().map(|w| {
+            // To hand to a peer: see `WakeFds::private`.
+            w.shared_out();
+            (w.rx.as_fd(), w.tx.as_fd())
+        })
     }
 
     /// The ring's data capacity in bytes.
@@ -742,9 +802,15 @@ impl PeerWatch {
                 return PeerState::Dead;
             }
         }
-        let alive = match &self.pidfd {
-            Some(fd) => !fd.exited(),
-            None => pid_alive(pid, start),
+        // Registered with the watcher (this pidfd's peer, since `known` did not
+        // change), its record of the death is checked instead of polling the
+        // pidfd: no syscall per sleep. The callers raised their waiter flag and
+        // fenced first, so a death the watcher has not recorded yet still wakes
+        // them (see `watch`).
+        let alive = match (&self.watched, &self.pidfd) {
+            (Some(reg), _) => !reg.fired(),
+            (None, Some(fd)) => !fd.exited(),
+            (None, None) => pid_alive(pid, start),
         };
         if !alive {
             return PeerState::Dead;
@@ -980,6 +1046,9 @@ impl Sender {
     /// This end's wake descriptor, if the channel was created with
     /// [`Config::wake_fds`]: it turns readable when the receiver makes room after
     /// [`Sender::arm_wake`] said to sleep.
+    /// To wait on in this process: hand it to another only through
+    /// [`Channel::send_over`] or [`Channel::wake_fds`] (a named channel's FIFO is
+    /// read without a `poll` first while no other process shares it).
     pub fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
         self.sh.wake.as_ref().map(|w| w.tx.as_fd())
     }
@@ -995,7 +1064,7 @@ impl Sender {
         if len > self.max_message() {
             return Err(SendError::TooLarge { len, max: self.max_message() });
         }
-        sys::drain(fds.tx.as_fd());
+        fds.drain(fds.tx.as_fd());
         if !self.prod.prepare_wait(&*self.sh, len, WAIT_FD) {
             return Ok(false);
         }
@@ -1402,6 +1471,9 @@ impl Receiver {
     /// This end's wake descriptor, if the channel was created with
     /// [`Config::wake_fds`]: it turns readable when the sender commits after
     /// [`Receiver::arm_wake`] said to sleep.
+    /// To wait on in this process: hand it to another only through
+    /// [`Channel::send_over`] or [`Channel::wake_fds`] (a named channel's FIFO is
+    /// read without a `poll` first while no other process shares it).
     pub fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
         self.sh.wake.as_ref().map(|w| w.rx.as_fd())
     }
@@ -1417,9 +1489,28 @@ impl Receiver {
     /// The flag is what makes the sender pay a syscall, and only for a receiver
     /// that said it sleeps: while both ends are busy, nobody writes the descriptor.
     pub fn arm_wake(&mut self) -> Result<bool, RecvError> {
+        self.arm_wake_draining(true)
+    }
+
+    /// [`Receiver::arm_wake`] for an event loop that knows whether the descriptor
+    /// was readable when it last waited on it (say `true` if it did not wait, or
+    /// does not know). With `was_readable` false and this end still flagged from
+    /// its last arm — so no wake was written for that arm, nor by the watcher —
+    /// the descriptor is not emptied first: one syscall less per sleep for an end
+    /// that sleeps on several channels and was not the one woken. A wake that was
+    /// still on its way from an earlier arm then makes the next wait return at
+    /// once (a spurious wake-up, never a lost one); say `true` after that one.
+    pub fn rearm_wake(&mut self, was_readable: bool) -> Result<bool, RecvError> {
+        let still_armed = self.sh.rx_wait().load(Ordering::Relaxed) == WAIT_FD;
+        self.arm_wake_draining(was_readable || !still_armed)
+    }
+
+    fn arm_wake_draining(&mut self, drain: bool) -> Result<bool, RecvError> {
         let Some(fds) = &self.sh.wake else { return Err(RecvError::NoWakeFd) };
         // Before the flag: a wake written after the flag must stay readable.
-        sys::drain(fds.rx.as_fd());
+        if drain {
+            fds.drain(fds.rx.as_fd());
+        }
         self.flush();
         if !self.cons.prepare_wait(&*self.sh, WAIT_FD) {
             return Ok(false);
@@ -1521,5 +1612,39 @@ impl Drop for RecvGuard<'_> {
 impl fmt::Debug for RecvGuard<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RecvGuard").field("len", &self.rx.cons.current().len).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fenced channel's sleepers issue no membarrier, on the creator's side and on
+    /// the side that mapped it from its header; an unfenced channel's sleepers issue
+    /// one per sleep.
+    ///
+    /// Proven by mutation: `Layout::parse` ignoring `ABI_FENCED` fails the opener's
+    /// count (its sender would also publish without the fence the creator's
+    /// sleepers count on); `heavy_barrier` ignoring `fenced` fails both.
+    #[test]
+    fn only_an_unfenced_channel_pays_a_membarrier_per_sleep() {
+        let membarriers = || sys::MEMBARRIERS.with(|n| n.get());
+        for fenced in [false, true] {
+            let chan = Channel::create_memfd(&Config::new(4096).wake_fds(true).fenced(fenced)).unwrap();
+            let (rx_wake, tx_wake) = chan.wake_fds().unwrap();
+            let dup = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().unwrap();
+            let opened = Channel::from_fds(dup(chan.as_fd()), dup(rx_wake), dup(tx_wake)).unwrap();
+            let (mut tx, mut rx) = (opened.sender().unwrap(), chan.receiver().unwrap());
+            while tx.try_send(&[7; 100]).is_ok() {}
+            let before = membarriers();
+            assert_eq!(tx.arm_wake(100), Ok(true), "a full ring: the sender sleeps");
+            let by_sender = membarriers() - before;
+            while rx.try_recv().is_ok() {}
+            let before = membarriers();
+            assert_eq!(rx.arm_wake(), Ok(true), "an empty ring: the receiver sleeps");
+            let by_receiver = membarriers() - before;
+            let want = if fenced { 0 } else { 1 };
+            assert_eq!((by_sender, by_receiver), (want, want), "membarriers per sleep, fenced: {fenced}");
+        }
     }
 }

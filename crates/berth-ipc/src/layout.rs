@@ -8,17 +8,23 @@ pub const MAGIC: [u8; 8] = *b"BERTHIPC";
 /// Layout major version: a reader rejects any other major.
 pub const VERSION_MAJOR: u16 = 2;
 /// Layout minor version: additions a reader of the same major may ignore.
-pub const VERSION_MINOR: u16 = 1;
+pub const VERSION_MINOR: u16 = 2;
 /// ABI flag: the file's integers are little-endian.
 pub(crate) const ABI_LITTLE_ENDIAN: u32 = 1;
 /// ABI flag (minor 1): the channel has wake descriptors, and a waiter flag may hold
 /// [`WAIT_FD`]. A reader that does not know the bit refuses the file, which is what
 /// must happen: it would not signal a peer asleep in `epoll`.
 pub(crate) const ABI_WAKE_FDS: u32 = 2;
+/// ABI flag (minor 2): every end of the channel follows each publication (of `tail`
+/// or `head`) with a full `SeqCst` fence before it loads the peer's waiter flag, so
+/// a sleeper needs only its own fence, no `membarrier`. A reader that does not know
+/// the bit refuses the file, which is what must happen: it would publish without
+/// the fence and rely on the sleeper's membarrier.
+pub(crate) const ABI_FENCED: u32 = 4;
 /// The ABI flags this build writes and requires.
 pub(crate) const ABI_FLAGS: u32 = if cfg!(target_endian = "little") { ABI_LITTLE_ENDIAN } else { 0 };
 /// Optional ABI flags this build understands.
-pub(crate) const ABI_OPTIONAL: u32 = ABI_WAKE_FDS;
+pub(crate) const ABI_OPTIONAL: u32 = ABI_WAKE_FDS | ABI_FENCED;
 
 /// Waiter flag value: this end sleeps (or is about to) on the futex word itself.
 pub(crate) const WAIT_FUTEX: u32 = 1;
@@ -91,6 +97,8 @@ pub(crate) struct Layout {
     pub(crate) creator_start: u64,
     /// ABI flag [`ABI_WAKE_FDS`]: the ends wake each other through descriptors too.
     pub(crate) wake_fds: bool,
+    /// ABI flag [`ABI_FENCED`]: publications fence, sleepers need no membarrier.
+    pub(crate) fenced: bool,
 }
 
 /// The largest message a ring of `capacity` bytes can always fit: any record of at
@@ -130,6 +138,7 @@ impl Layout {
             creator_pid,
             creator_start,
             wake_fds: false,
+            fenced: false,
         })
     }
 
@@ -140,7 +149,7 @@ impl Layout {
         h[off::MAGIC..off::MAGIC + 8].copy_from_slice(&MAGIC);
         put(&mut h, off::MAJOR, &VERSION_MAJOR.to_le_bytes());
         put(&mut h, off::MINOR, &VERSION_MINOR.to_le_bytes());
-        let abi = ABI_FLAGS | if self.wake_fds { ABI_WAKE_FDS } else { 0 };
+        let abi = ABI_FLAGS | if self.wake_fds { ABI_WAKE_FDS } else { 0 } | if self.fenced { ABI_FENCED } else { 0 };
         put(&mut h, off::ABI, &abi.to_le_bytes());
         put(&mut h, off::HEADER_LEN, &(HEADER_LEN as u32).to_le_bytes());
         put(&mut h, off::RECORD_ALIGN, &(RECORD_ALIGN as u32).to_le_bytes());
@@ -214,6 +223,7 @@ impl Layout {
             creator_pid: u32::from_le_bytes(get(h, off::CREATOR_PID)),
             creator_start: u64::from_le_bytes(get(h, off::CREATOR_START)),
             wake_fds: abi & ABI_WAKE_FDS != 0,
+            fenced: abi & ABI_FENCED != 0,
         })
     }
 }
@@ -265,12 +275,14 @@ mod tests {
         ));
         // A newer minor of the same major is accepted.
         assert!(Layout::parse(&with(off::MINOR, &9u16.to_le_bytes()), len).is_ok());
-        // The wake-descriptor bit is understood; an unknown optional bit is not.
+        // The wake-descriptor and fenced bits are understood; an unknown optional bit is not.
         let wake = Layout::parse(&with(off::ABI, &(ABI_FLAGS | ABI_WAKE_FDS).to_le_bytes()), len).unwrap();
+        let fenced = Layout::parse(&with(off::ABI, &(ABI_FLAGS | ABI_FENCED).to_le_bytes()), len).unwrap();
+        assert!(fenced.fenced && !fenced.wake_fds && !wake.fenced);
         assert!(wake.wake_fds);
         assert!(!Layout::parse(&good().0, len).unwrap().wake_fds);
         assert!(matches!(
-            Layout::parse(&with(off::ABI, &(ABI_FLAGS | 4).to_le_bytes()), len),
+            Layout::parse(&with(off::ABI, &(ABI_FLAGS | 8).to_le_bytes()), len),
             Err(OpenError::AbiMismatch { .. })
         ));
         assert!(matches!(

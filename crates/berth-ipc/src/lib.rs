@@ -110,7 +110,7 @@
 //! messages to a closure and give their space back with at most one store of the
 //! consumer position and one wake (as Aeron's `poll(limit)` does).
 //!
-//! # On-disk layout (version 2.1)
+//! # On-disk layout (version 2.2)
 //!
 //! All integers are little-endian (ABI flag bit 0; a big-endian build writes 0 there
 //! and the two refuse each other's files). Offsets in bytes from the start of the file.
@@ -119,8 +119,8 @@
 //! | ---: | --- | --- |
 //! | 0 | `[u8; 8]` | magic `BERTHIPC` |
 //! | 8 | u16 | major version (2); readers refuse another major |
-//! | 10 | u16 | minor version (1); additions readers of the same major may ignore |
-//! | 12 | u32 | ABI flags: bit 0 = little-endian; bit 1 = wake descriptors (since 2.1: a waiter flag may be 2, see below); readers refuse any other bit |
+//! | 10 | u16 | minor version (2); additions readers of the same major may ignore |
+//! | 12 | u32 | ABI flags: bit 0 = little-endian; bit 1 = wake descriptors (since 2.1: a waiter flag may be 2, see below); bit 2 = fenced (since 2.2: every publication fences, sleepers need no membarrier, see below); readers refuse any other bit |
 //! | 16 | u32 | header length = 4096 |
 //! | 20 | u32 | record alignment = 8 |
 //! | 24 | u64 | capacity C of the data area: a power of two, 64 ..= 2^40 |
@@ -211,6 +211,15 @@
 //! syscall. The sleeper pays the membarrier (a few µs), which it only does on its
 //! way to a futex sleep.
 //!
+//! A channel created with [`Config::fenced`] (ABI flag bit 2) trades the other way:
+//! every publication of either end pays a `SeqCst` fence between its position store
+//! and its flag load, and a sleeper issues only its own fence, no membarrier —
+//! the classic symmetric handshake, which is exactly what the loom models check.
+//! That suits request/response traffic, where an end sleeps after most messages: a
+//! fence costs tens of ns, a membarrier about a µs, and with the peer's threads
+//! running on other CPUs an IPI to each (several µs more on a VM). A process whose
+//! channels are all fenced does not register for membarrier at all.
+//!
 //! If this process cannot register or issue membarrier (an old kernel, a seccomp
 //! filter), its wakes use a `SeqCst` fence instead, and its own futex sleeps last
 //! at most 1 ms, because a peer that does use the fence-free path could then miss
@@ -227,9 +236,12 @@
 //!   start time (it died while attaching, or `/proc` is unreadable) is watched by pid
 //!   alone. The pidfd is also handed to a watcher thread (one per process, started
 //!   at the first sleep, blocked in `epoll_wait` on the pidfds of every peer an end
-//!   of this process sleeps on). When the peer's process exits, the watcher clears
-//!   the sleeper's flag and wakes it, as a commit would, so a dead peer turns a wait
-//!   into `PeerDead` at once. Sleeps then only need a backstop timeout: they double
+//!   of this process sleeps on). When the peer's process exits, the watcher records
+//!   the death, then clears the sleeper's flag and wakes it, as a commit would, so a
+//!   dead peer turns a wait into `PeerDead` at once. Once an end's peer is with the
+//!   watcher, its check before a sleep reads that record instead of polling the
+//!   pidfd: no syscall (a death not recorded yet still ends the sleep, since the
+//!   watcher's wake comes after its record and the check after the raised flag). Sleeps then only need a backstop timeout: they double
 //!   from 10 ms to 1 s, so an idle blocked end wakes about once a second. Without the
 //!   watcher (no pidfd or epoll, or a child forked from the process that started it)
 //!   sleeps stop doubling at 50 ms, and a death is seen within 10 to 50 ms. A peer

@@ -50,10 +50,12 @@ pub(crate) trait Region {
     /// (StoreLoad) barrier *together with* [`Region::heavy_barrier`] on the sleeping
     /// side. Over shared memory with `membarrier(2)` available it is only a compiler
     /// fence (the sleeper's membarrier forces the barrier onto this CPU); otherwise,
-    /// and under loom, a `SeqCst` fence. Runs on every commit and head publication.
+    /// on a fenced channel (`Config::fenced`), and under loom, a `SeqCst` fence.
+    /// Runs on every commit and head publication.
     fn light_barrier(&self);
     /// The sleeper's half, between raising its waiter flag and re-checking the ring:
-    /// a `SeqCst` fence plus, over shared memory, `membarrier(GLOBAL_EXPEDITED)`.
+    /// a `SeqCst` fence plus, over shared memory unless the channel is fenced,
+    /// `membarrier(GLOBAL_EXPEDITED)`.
     /// Runs only when an end is about to sleep.
     fn heavy_barrier(&self);
     /// Hints that the data line at offset `off` (in bounds) will be read soon; see

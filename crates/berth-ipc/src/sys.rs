@@ -174,7 +174,15 @@ pub(crate) fn membarrier_ready() -> bool {
 /// Makes every running thread of every registered process (both ends of every
 /// channel) pass a full memory barrier before this returns. `false` if refused.
 pub(crate) fn membarrier_global() -> bool {
+    #[cfg(test)]
+    MEMBARRIERS.with(|n| n.set(n.get() + 1));
     rustix::thread::membarrier(rustix::thread::MembarrierCommand::GlobalExpedited).is_ok()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// `membarrier_global` calls made by this thread (tests run in parallel threads).
+    pub(crate) static MEMBARRIERS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// A process handle that cannot be confused with a later process reusing its pid.
@@ -262,15 +270,40 @@ pub(crate) fn signal(fd: BorrowedFd<'_>) {
 }
 
 /// Empties a wake descriptor before its owner flags that it will sleep on it, so
-/// that only a wake written after the flag makes it readable. Polls first: the
-/// descriptor's non-blocking flag is shared with the peer that received it, so a
-/// read is only made when it cannot block.
-pub(crate) fn drain(fd: BorrowedFd<'_>) {
+/// that only a wake written after the flag makes it readable. One read, with no
+/// `poll` first, whenever the read cannot block:
+/// - `private`: the descriptor's open file description is this process's own (a
+///   FIFO it opened by path and never handed out), so its `O_NONBLOCK` is ours and
+///   a plain read of an empty FIFO is `EAGAIN`;
+/// - otherwise the description may be shared with a peer that received it, which
+///   could clear `O_NONBLOCK`: the read asks for `RWF_NOWAIT` itself (eventfds
+///   honour it; FIFOs and older kernels refuse it with `EOPNOTSUPP`), and only a
+///   refusal falls back to `poll` first, then a read when that says it cannot block.
+pub(crate) fn drain(fd: BorrowedFd<'_>, private: bool) {
+    // An eventfd gives its whole counter in one read; a FIFO up to 64 signals
+    // (a rest only makes one spurious wake-up).
+    let mut buf = [0u8; 64];
+    let read = if private {
+        rustix::io::read(fd, &mut buf)
+    } else {
+        // An offset of u64::MAX: the current position (these files have none).
+        let mut bufs = [io::IoSliceMut::new(&mut buf)];
+        rustix::io::preadv2(fd, &mut bufs, u64::MAX, rustix::io::ReadWriteFlags::NOWAIT)
+    };
+    match read {
+        // Drained, or empty already.
+        Ok(_) | Err(rustix::io::Errno::AGAIN) => {}
+        Err(_) => drain_polled(fd),
+    }
+}
+
+/// [`drain`] for a shared description without `RWF_NOWAIT`: a read only when a
+/// zero-timeout `poll` says it cannot block.
+#[cold]
+fn drain_polled(fd: BorrowedFd<'_>) {
     let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
     let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
     if matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0) {
-        // An eventfd gives its whole counter in one read; a FIFO up to 64 signals
-        // (a rest only makes one spurious wake-up).
         let _ = rustix::io::read(fd, &mut [0u8; 64]);
     }
 }

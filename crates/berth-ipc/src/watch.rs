@@ -13,12 +13,23 @@
 //! sleeps on the flag. A death after the check clears the flag (the futex wait then
 //! returns at once) or wakes the sleep; a death before it is seen by the check.
 //!
+//! The watcher also records the death for good ([`Registration::fired`]): once an
+//! end is registered, its check before each sleep reads that flag instead of
+//! polling the pidfd (a syscall per sleep). The watcher stores it before it clears
+//! the sleeper's waiter flag and wakes it, with a `SeqCst` fence between, and the
+//! sleeper raises its waiter flag and fences before it reads `fired`: so either the
+//! check sees the death, or the clearing and the wake come after the sleeper's
+//! flag and end its sleep. The wake is written unconditionally, also to an end that
+//! is awake; an end that then drains its descriptor before raising its flag (see
+//! `Receiver::arm_wake`) has read the watcher's write, which came after `fired`,
+//! and so sees `fired` in its check.
+//!
 //! The watcher belongs to the process that started it: after a `fork` the child has
 //! the state but not the thread, so it does not register and falls back to timed
 //! sleeps.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rustix::event::epoll;
@@ -36,6 +47,8 @@ struct Entry {
     pidfd: OwnedFd,
     sh: Arc<Shared>,
     word_at: usize,
+    /// Shared with the [`Registration`]: set when the process exits.
+    fired: Arc<AtomicBool>,
 }
 
 struct Watcher {
@@ -90,6 +103,11 @@ impl Watcher {
     /// The peer behind registration `id` exited: wake its sleeper, drop the entry.
     fn fire(&self, id: u64) {
         let Some(entry) = self.take(id) else { return };
+        // The death first, for the end's later checks (see the module docs); the
+        // fence orders it before the flag's clearing against the sleeper's own
+        // flag store, fence and load of `fired`.
+        entry.fired.store(true, Ordering::Release);
+        std::sync::atomic::fence(Ordering::SeqCst);
         // As a commit does: clear the flag, then wake (the futex, and the wake
         // descriptor of an end that may sleep in `epoll`). A sleep that has not
         // begun yet then finds the flag cleared and does not block.
@@ -113,6 +131,16 @@ impl Watcher {
 #[derive(Debug)]
 pub(crate) struct Registration {
     id: u64,
+    fired: Arc<AtomicBool>,
+}
+
+impl Registration {
+    /// Whether the watcher has seen the process exit (its pidfd turn readable).
+    /// Read after raising the waiter flag and a `SeqCst` fence, a `false` means
+    /// the watcher's wake is still to come (see the module docs).
+    pub(crate) fn fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
 }
 
 /// Asks the watcher to wake the futex word at `word_at` of `sh` when the process
@@ -122,11 +150,12 @@ pub(crate) fn register(pidfd: &impl AsFd, sh: &Arc<Shared>, word_at: usize) -> O
     let w = watcher()?;
     let pidfd = pidfd.as_fd().try_clone_to_owned().ok()?;
     let id = w.next_id.fetch_add(1, Ordering::Relaxed);
+    let fired = Arc::new(AtomicBool::new(false));
     let mut list = w.entries.lock().unwrap_or_else(|e| e.into_inner());
     // Under the lock, so that `fire` for this id finds the entry.
     epoll::add(&w.epoll, &pidfd, epoll::EventData::new_u64(id), epoll::EventFlags::IN).ok()?;
-    list.push(Entry { id, pidfd, sh: sh.clone(), word_at });
-    Some(Registration { id })
+    list.push(Entry { id, pidfd, sh: sh.clone(), word_at, fired: fired.clone() });
+    Some(Registration { id, fired })
 }
 
 impl Drop for Registration {
@@ -156,7 +185,8 @@ mod tests {
         while word.load(Ordering::Relaxed) == 1 && t0.elapsed() < std::time::Duration::from_secs(10) {
             sys::futex_wait(word, 1, std::time::Duration::from_secs(10));
         }
-        assert_eq!(word.load(Ordering::Relaxed), 0, "woken by the watcher");
+        assert_eq!(word.load(Ordering::Acquire), 0, "woken by the watcher");
+        assert!(reg.fired(), "the death is recorded for the end's later checks");
         child.wait().unwrap();
         let w = watcher().unwrap();
         assert!(!w.entries.lock().unwrap().iter().any(|e| e.id == reg.id), "fired entries are dropped");

@@ -441,3 +441,79 @@ fn an_idle_receiver_asleep_on_its_descriptor_sees_a_kill_at_once() {
     assert!(rounds <= 4, "{rounds} wake-ups of an idle receiver");
     assert!(cpu < Duration::from_millis(200), "an idle receiver used {cpu:?} of CPU in 1.5 s");
 }
+
+/// Waits on `rx`'s wake descriptor as an event loop does (`try_recv`, `arm_wake`,
+/// `poll` for at most `sleep`), until something other than `Empty` comes; returns
+/// it and when.
+fn wait_on_descriptor(rx: &mut Receiver, sleep: Duration, until: Instant) -> (Result<usize, RecvError>, Instant) {
+    loop {
+        match rx.try_recv().map(|m| m.len()) {
+            Err(RecvError::Empty) if Instant::now() < until => {}
+            r => return (r, Instant::now()),
+        }
+        match rx.arm_wake() {
+            Ok(true) => {
+                let fd = rx.as_fd();
+                let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+                let t = rustix::event::Timespec { tv_sec: sleep.as_secs() as _, tv_nsec: sleep.subsec_nanos() as _ };
+                let _ = rustix::event::poll(&mut fds, Some(&t));
+            }
+            Ok(false) => {}
+            Err(e) => return (Err(e), Instant::now()),
+        }
+    }
+}
+
+/// An end that has slept once (so the watcher has its peer's pidfd) and whose peer
+/// is then killed while it is awake: its next `arm_wake` says `PeerDead` at once,
+/// although the watcher's wake-up was written (and is drained) before it armed.
+/// The death is remembered from the watcher's report, not polled from the pidfd
+/// before each sleep.
+///
+/// Proven by mutation: `PeerWatch::check` taking a registered peer for alive
+/// (`(Some(_), _) => true`) fails the 100 ms bound (the poll sleeps out its 5 s);
+/// `Watcher::fire` not storing `fired` fails it too.
+#[test]
+fn a_peer_killed_while_its_registered_end_is_awake_is_seen_at_the_next_arm() {
+    let chan = Channel::create_memfd(&Config::new(64 * 1024).wake_fds(true)).unwrap();
+    let mut rx = chan.receiver().unwrap();
+    let mut child = spawn_helper("producer_mid", &chan, 0);
+    wait_ready(&mut child);
+    for i in 0..3u8 {
+        assert_eq!(&*rx.recv(T).unwrap(), &[i; 100]);
+    }
+    // One sleep on the descriptor: registers the producer with the watcher.
+    let (r, _) = wait_on_descriptor(&mut rx, Duration::from_millis(50), Instant::now() + Duration::from_millis(100));
+    assert_eq!(r, Err(RecvError::Empty));
+    // Killed while nobody sleeps; the watcher's wake lands in the descriptor.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    let (r, done) = wait_on_descriptor(&mut rx, Duration::from_secs(5), start + Duration::from_secs(10));
+    assert_eq!(r, Err(RecvError::PeerDead));
+    let took = done - start;
+    assert!(took < Duration::from_millis(100), "PeerDead after {took:?}");
+}
+
+/// The same for a blocking `recv` (a futex sleeper): after one sleep that
+/// registered the peer, a kill while the end is awake ends the next `recv` at once.
+///
+/// Proven by mutation as above: a registered peer taken for alive makes the next
+/// `recv` sleep out 1 s slices until its 30 s timeout.
+#[test]
+fn a_peer_killed_while_its_registered_futex_sleeper_is_awake_is_seen_at_the_next_recv() {
+    let (_chan, mut rx, mut child) = producer_mid();
+    for i in 0..3u8 {
+        assert_eq!(&*rx.recv(T).unwrap(), &[i; 100]);
+    }
+    // Sleeps (and registers): the producer is parked.
+    assert_eq!(rx.recv(Some(Duration::from_millis(100))).map(|m| m.len()).unwrap_err(), RecvError::TimedOut);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    assert_eq!(rx.recv(T).map(|m| m.len()).unwrap_err(), RecvError::PeerDead);
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(100), "PeerDead after {took:?}");
+}

@@ -306,3 +306,71 @@ fn an_idle_receiver_asleep_on_its_descriptor_uses_no_cpu() {
     assert!(cpu < Duration::from_millis(100), "an idle armed receiver used {cpu:?} of CPU in 1.5 s");
     let _ = chan.as_fd().as_raw_fd();
 }
+
+/// Clears `O_NONBLOCK` on `fd`'s open file description, as a peer that shares it
+/// may (it is shared by everyone who received the descriptor).
+fn clear_nonblock(fd: BorrowedFd<'_>) {
+    let flags = rustix::fs::fcntl_getfl(fd).unwrap();
+    rustix::fs::fcntl_setfl(fd, flags - rustix::fs::OFlags::NONBLOCK).unwrap();
+}
+
+/// `arm_wake` empties its descriptor with no `poll` first where the read cannot
+/// block, and never blocks where it could: here, with the wake descriptors'
+/// `O_NONBLOCK` cleared by whoever shares them, an eventfd (read with
+/// `RWF_NOWAIT`) and a named channel's FIFOs handed out by `wake_fds` (no longer
+/// private: polled first) are drained, and the arm returns at once.
+///
+/// Proven by mutation: `sys::drain` reading plainly when not `private` hangs on the
+/// eventfd; `WakeFds::shared_out` not clearing `private` hangs on the FIFO.
+#[test]
+fn draining_a_shared_wake_descriptor_never_blocks() {
+    let name = unique("drain");
+    let named = Channel::create_named(&name, &Config::new(4096).wake_fds(true)).unwrap();
+    for chan in [wake_chan(4096), named] {
+        let (rx_fd, tx_fd) = chan.wake_fds().unwrap();
+        clear_nonblock(rx_fd);
+        clear_nonblock(tx_fd);
+        let (mut tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+        let (done, got) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Empty descriptor: the drain must not wait for a write.
+            let first = rx.arm_wake();
+            tx.try_send(b"x").unwrap();
+            assert!(readable(rx.as_fd(), 1000));
+            let again = rx.arm_wake();
+            drop(rx.try_recv().unwrap());
+            // Drained by the arm above, and empty again now.
+            let last = rx.arm_wake();
+            let _ = done.send((first, again, last, readable(rx.as_fd(), 0)));
+        });
+        let r = got.recv_timeout(Duration::from_secs(5)).expect("arm_wake blocked in its drain");
+        assert_eq!(r, (Ok(true), Ok(false), Ok(true), false));
+    }
+    Channel::unlink_named(&name).unwrap();
+}
+
+/// `rearm_wake(false)` on an end still flagged from its last arm leaves its
+/// descriptor as it is (no read); told it was readable, or once a wake has cleared
+/// the flag, it empties it as `arm_wake` does.
+///
+/// Proven by mutation: `rearm_wake` always draining fails the first `readable`;
+/// ignoring `was_readable` fails the second (a stale wake would then end every
+/// wait at once, for ever); ignoring the cleared flag fails the last.
+#[test]
+fn rearming_without_a_read_keeps_a_stale_wake_until_told() {
+    let chan = wake_chan(4096);
+    let (mut tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+    assert_eq!(rx.arm_wake(), Ok(true));
+    // A wake still on its way from an earlier arm lands now.
+    rustix::io::write(rx.as_fd(), &1u64.to_ne_bytes()).unwrap();
+    assert_eq!(rx.rearm_wake(false), Ok(true));
+    assert!(readable(rx.as_fd(), 0), "still flagged and not reported readable: left as it is");
+    assert_eq!(rx.rearm_wake(true), Ok(true));
+    assert!(!readable(rx.as_fd(), 0), "reported readable: emptied");
+    // A commit's wake clears the flag: the next re-arm empties the descriptor.
+    tx.try_send(b"m").unwrap();
+    assert!(readable(rx.as_fd(), 1000));
+    drop(rx.try_recv().unwrap());
+    assert_eq!(rx.rearm_wake(false), Ok(true));
+    assert!(!readable(rx.as_fd(), 0), "a wake cleared the flag: emptied");
+}

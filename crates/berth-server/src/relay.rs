@@ -69,7 +69,9 @@ impl RelayConfig {
     fn ipc(&self) -> Config {
         let message = (self.max_frame + RECORD_HEADER) as u64;
         let capacity = self.ring_capacity.max(2 * (message + 8)).next_power_of_two();
-        Config::new(capacity).max_message(message).wake_fds(true)
+        // Fenced: request/response, so an end sleeps after most records; a fence per
+        // record costs less than a membarrier per sleep (see `Config::fenced`).
+        Config::new(capacity).max_message(message).wake_fds(true).fenced(true)
     }
 }
 
@@ -178,7 +180,8 @@ struct Shared {
 ///   cleanly, counted in [`RelayStats::frames_refused`].
 /// - **Lanes.** Each worker of the server owns one named [`Duplex`], its *lane*:
 ///   worker `i` of relay channel `NAME` creates `/dev/shm/berth-ipc.NAME.i.a2b` /
-///   `.b2a` (0600, with wake FIFOs, [`Config::wake_fds`]) when it starts — after
+///   `.b2a` (0600, with wake FIFOs, [`Config::wake_fds`], and
+///   [fenced](Config::fenced)) when it starts — after
 ///   [`Channel::cleanup_stale`] removed files left by dead processes, and replacing
 ///   a file of that name still held by a live process (one relay per name) — and is
 ///   its side A. The first record in each lane's request ring is a *welcome*:
@@ -771,6 +774,10 @@ pub struct RelayBackend {
     lanes: Vec<Duplex>,
     /// The lane looked at first by the next receive (round robin).
     next: usize,
+    /// Per lane: its wake descriptor was readable at the last `poll` (or there was
+    /// none yet), so the next arm must empty it; the others are re-armed without
+    /// a read (see `Receiver::rearm_wake`).
+    readable: Vec<bool>,
 }
 
 /// A request from a relay: the connection id to reply to, and the payload, lent in
@@ -843,7 +850,8 @@ impl RelayBackend {
         for lane in &mut lanes {
             send_record(&mut lane.tx, HELLO, &[], Some(ATTACH_WAIT)).map_err(|e| OpenError::Io(io::Error::other(e)))?;
         }
-        Ok(RelayBackend { lanes, next: 0 })
+        let readable = vec![true; lanes.len()];
+        Ok(RelayBackend { lanes, next: 0, readable })
     }
 
     /// Attaches to `name`, retrying every 20 ms until `timeout` passes.
@@ -910,8 +918,9 @@ impl RelayBackend {
             // All empty: flag every lane's sender to write our descriptor, then
             // sleep unless a record came meanwhile.
             let mut sleep = true;
-            for lane in &mut self.lanes {
-                sleep &= lane.rx.arm_wake()?;
+            for (lane, readable) in self.lanes.iter_mut().zip(&mut self.readable) {
+                sleep &= lane.rx.rearm_wake(*readable)?;
+                *readable = false;
             }
             if !sleep {
                 continue;
@@ -947,8 +956,8 @@ impl RelayBackend {
     }
 
     /// Sleeps until a lane's wake descriptor is readable or `left` passes (a
-    /// signal ends it early: the caller looks again).
-    fn sleep(&self, left: Option<Duration>) {
+    /// signal ends it early: the caller looks again), and notes which were.
+    fn sleep(&mut self, left: Option<Duration>) {
         use rustix::event::{PollFd, PollFlags, Timespec, poll};
         let n = self.lanes.len();
         // A fixed array (at most 256 lanes): no allocation per sleep.
@@ -956,7 +965,11 @@ impl RelayBackend {
             std::array::from_fn(|i| PollFd::new(&self.lanes[i.min(n - 1)].rx, PollFlags::IN));
         let timeout = left
             .map(|d| Timespec { tv_sec: d.as_secs().try_into().unwrap_or(i64::MAX), tv_nsec: d.subsec_nanos().into() });
-        let _ = poll(&mut fds[..n], timeout.as_ref());
+        let polled = poll(&mut fds[..n], timeout.as_ref());
+        for (readable, fd) in self.readable.iter_mut().zip(&fds[..n]) {
+            // Any event (or a failed poll, which reports none) means: empty it next time.
+            *readable = polled.is_err() || !fd.revents().is_empty();
+        }
     }
 }
 

@@ -503,3 +503,37 @@ fn a_backend_killed_before_its_hello_frees_the_lane() {
     server.shutdown(Duration::from_secs(5)).unwrap();
     backend.join().unwrap();
 }
+
+/// CPU time the calling thread has used, from its own clock.
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// A stale wake in one lane's descriptor (a write no arm asked for, as a late
+/// wake from an earlier arm) costs a backend of several lanes one wake-up, not a
+/// spin: the lane its `poll` reported readable is emptied at the next arm, while
+/// the others are re-armed without a read.
+///
+/// Proven by mutation: `RelayBackend::sleep` never noting a lane readable makes
+/// the backend spin through its 300 ms wait (the CPU assertion fails).
+#[test]
+fn a_stale_wake_costs_a_backend_of_several_lanes_one_wake_up_not_a_spin() {
+    let name = channel("stale-wake");
+    let (server, handle) = relay_server(&name, 2);
+    let mut backend = RelayBackend::attach_retrying(&name, IO_TIMEOUT).expect("backend attaches");
+    assert_eq!(backend.lanes(), 2);
+    assert!(handle.wait_attached(IO_TIMEOUT));
+    // A first sleep arms both lanes.
+    assert!(matches!(backend.recv(Some(Duration::from_millis(50))), Err(berth_server::RecvError::TimedOut)));
+    let fifo = format!("/dev/shm/berth-ipc-wake.{name}.1.a2b.rx");
+    let flags = rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC;
+    let fd = rustix::fs::open(fifo.as_str(), flags, rustix::fs::Mode::empty()).expect("lane 1's wake FIFO");
+    rustix::io::write(&fd, &1u64.to_ne_bytes()).unwrap();
+    let before = thread_cpu();
+    assert!(matches!(backend.recv(Some(Duration::from_millis(300))), Err(berth_server::RecvError::TimedOut)));
+    let cpu = thread_cpu() - before;
+    assert!(cpu < Duration::from_millis(100), "the backend used {cpu:?} of CPU in a 300 ms wait: it spins");
+    drop(backend);
+    server.shutdown(IO_TIMEOUT).unwrap();
+}
