@@ -80,6 +80,7 @@ pub struct PortBuilder {
     driver: Option<Driver>,
     audit: bool,
     ring_datagrams: bool,
+    arena_ports: usize,
 }
 
 impl PortBuilder {
@@ -117,6 +118,17 @@ impl PortBuilder {
     /// [`Driver::Auto`] unless `BERTH_DRIVER` says otherwise).
     pub fn driver(mut self, driver: Driver) -> Self {
         self.driver = Some(driver);
+        self
+    }
+
+    /// How many ports share the arena given to [`buffers`](Self::buffers) (default
+    /// 1). On io_uring each port lends part of the arena to its kernel buffer ring
+    /// (a quarter of the arena, at most 256 segments); ports sharing one arena split
+    /// that quarter, so that however many there are, three quarters stay for the
+    /// segments replies and own-buffer receives lease. [`Workers`](crate::Workers)
+    /// sets it to its worker count.
+    pub fn arena_ports(mut self, n: usize) -> Self {
+        self.arena_ports = n.max(1);
         self
     }
 
@@ -180,8 +192,9 @@ impl PortBuilder {
             Some(b) => b,
             None => BufferManager::with_defaults().map_err(io::Error::other)?,
         };
-        // The io_uring buffer ring: a quarter of the arena, at most 256 segments.
-        let ring_entries = match (buffers.segment_count() / 4).min(256) {
+        // The io_uring buffer ring: a quarter of the arena shared among the ports
+        // that lease from it, at most 256 segments.
+        let ring_entries = match (buffers.segment_count() / 4 / self.arena_ports).min(256) {
             0 => 0,
             n => 1u16 << n.ilog2(),
         };
@@ -271,6 +284,7 @@ impl CompletionPort<()> {
             driver: None,
             audit: false,
             ring_datagrams: std::env::var_os("BERTH_RING_DATAGRAMS").is_some_and(|v| v != "0"),
+            arena_ports: 1,
         }
     }
 }

@@ -156,9 +156,11 @@ impl Workers {
             let (token, body, buffers, limit) =
                 (token.clone(), body.clone(), config.buffers.clone(), config.limit.clone());
             let (ops, max_sockets, driver) = (config.ops, config.max_sockets, config.driver);
+            let ports = config.workers.max(1);
             let spawned = std::thread::Builder::new().name(format!("berth-worker-{index}")).spawn(move || {
                 let setup = (|| {
-                    let mut builder = CompletionPort::builder().ops(ops).max_sockets(max_sockets).buffers(buffers);
+                    let mut builder =
+                        CompletionPort::builder().ops(ops).max_sockets(max_sockets).buffers(buffers).arena_ports(ports);
                     if let Some(limit) = limit {
                         builder = builder.connection_limit(limit);
                     }

@@ -251,3 +251,21 @@ fn echo_service_round_trips() {
     drop(clients);
     server.shutdown(Duration::from_secs(5)).unwrap();
 }
+
+/// Workers share one arena, and on io_uring each lends part of it to its kernel
+/// buffer ring: with four workers and a small arena the rings once took every
+/// segment (a quarter each), and every reply failed for want of one.
+#[test]
+fn many_workers_on_a_small_arena_still_answer() {
+    let dir = TempDir::new("small-arena");
+    dir.file("a.txt", b"alpha");
+    let server =
+        builder().workers(4).segment_count(256).serve(StaticFiles::new(dir.path()).unwrap()).expect("server starts");
+    for i in 0..16 {
+        let r = get(server.local_addr(), &req("GET", "/a.txt", ""));
+        assert_eq!((r.status, &r.body[..]), (200, &b"alpha"[..]), "connection {i}");
+    }
+    let high = server.metrics().buffers.high_water;
+    assert!(high < 256, "the buffer rings and replies took all {high} segments");
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
