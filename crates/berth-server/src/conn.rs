@@ -684,34 +684,31 @@ impl<S: Service> Worker<S> {
     /// fresh lease (the last segment's was given back in [`replied`](Self::replied)).
     fn more(&mut self, port: &mut CompletionPort<()>, index: usize) {
         let draining = self.draining.is_some();
-        loop {
-            let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
-            let id = ConnId::new(self.index, conn.socket);
-            let parts = {
-                let lease = || port.lease();
-                let state = self.state.as_deref_mut();
-                let mut reply = Reply::new(&lease, id, false, draining, state);
-                self.service.more(&mut conn.user, &mut reply);
-                reply.into_parts()
-            };
-            if parts.failed || parts.later {
-                tracing::debug!(socket = ?conn.socket, "stream segment did not fit, no buffer, or asked to wait: closing");
-                return self.close(port, index);
-            }
-            if !parts.is_empty() {
-                // `write` keeps a close asked for by an earlier segment.
-                return self.write(port, index, parts);
-            }
-            if !parts.stream {
-                // Nothing more: the stream ends here.
-                return self.replied(port, index);
-            }
-            // Nothing yet, but more to come: let this worker's other completions
-            // run first (at most one entry per connection: it holds room for all).
-            conn.resume_pending = true;
-            self.yielded.push_back((index, conn.socket));
-            return;
+        let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
+        let id = ConnId::new(self.index, conn.socket);
+        let parts = {
+            let lease = || port.lease();
+            let state = self.state.as_deref_mut();
+            let mut reply = Reply::new(&lease, id, false, draining, state);
+            self.service.more(&mut conn.user, &mut reply);
+            reply.into_parts()
+        };
+        if parts.failed || parts.later {
+            tracing::debug!(socket = ?conn.socket, "stream segment did not fit, no buffer, or asked to wait: closing");
+            return self.close(port, index);
         }
+        if !parts.is_empty() {
+            // `write` keeps a close asked for by an earlier segment.
+            return self.write(port, index, parts);
+        }
+        if !parts.stream {
+            // Nothing more: the stream ends here.
+            return self.replied(port, index);
+        }
+        // Nothing yet, but more to come: let this worker's other completions
+        // run first (at most one entry per connection: it holds room for all).
+        conn.resume_pending = true;
+        self.yielded.push_back((index, conn.socket));
     }
 
     /// A stream that yielded goes on (if its connection is still the one that
