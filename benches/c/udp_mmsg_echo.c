@@ -15,7 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <signal.h>
 #include <unistd.h>
 
 #define BATCH 64
@@ -27,6 +29,8 @@ static struct iovec iov[BATCH];
 static struct mmsghdr in[BATCH], out[BATCH];
 
 int main(int argc, char **argv) {
+    /* A benchmark's server must not outlive the benchmark. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     const char *addr = "127.0.0.1:0";
     for (int i = 1; i + 1 < argc; i += 2)
         if (!strcmp(argv[i], "--addr")) addr = argv[i + 1];

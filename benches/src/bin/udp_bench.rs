@@ -218,7 +218,7 @@ fn servers(cfg: &Config, kind: Kind, self_test: bool) -> (Vec<ServerSpec>, &'sta
     if start_server(cfg, kind, &berth).is_ok() {
         let mut servers = vec![berth, peer_spec, epoll];
         if kind == Kind::Udp {
-            // Pooled receives: a segment per datagram from a multishot RECVMSG.
+            // Pooled receives: a segment leased per datagram as it is received.
             let args = vec!["--driver".to_string(), "uring".to_string(), "--pooled".to_string()];
             servers.push(ServerSpec { name: "berth_pooled".into(), program: exe(berth_bin), args });
             // Datagram ops as ring operations (RECVMSG/SENDMSG), not readiness batches.

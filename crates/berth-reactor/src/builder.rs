@@ -136,12 +136,16 @@ impl PortBuilder {
     /// or `SENDMSG` each (up to 32 of a socket's in the kernel at once), and a
     /// multishot `RECVMSG` drawing from the buffer ring for pooled receives.
     ///
-    /// Off by default (and when `BERTH_RING_DATAGRAMS` is unset or `0`): datagram
-    /// ops then run by readiness, as on the epoll driver — the port keeps an epoll
-    /// instance for its UDP sockets, polled through the ring, and moves each
-    /// socket's queued datagrams with one `recvmmsg`/`sendmmsg` of up to 32. On
-    /// loopback that took 6–15% less CPU per datagram than the ring operations
-    /// (`udp_bench`'s `_vs_epoll` row). The epoll driver ignores this.
+    /// Off by default (the default is on when `BERTH_RING_DATAGRAMS` is `1`,
+    /// `true`, `on` or `yes`): datagram ops then run by readiness, as on the epoll
+    /// driver — the port makes an epoll instance for its UDP sockets at the first
+    /// datagram op, polls it through the ring, and moves each socket's queued
+    /// datagrams with one `recvmmsg`/`sendmmsg` of up to 32. On loopback that costs
+    /// less CPU per datagram than the ring operations (`udp_bench` prints `berth`
+    /// and `berth_ring` side by side, each against tokio). A pooled receive then
+    /// leases its segment just before the call and completes with
+    /// `BufferExhausted` when the arena is empty, instead of waiting for the buffer
+    /// ring. The epoll driver ignores this.
     pub fn ring_datagrams(mut self, on: bool) -> Self {
         self.ring_datagrams = on;
         self
@@ -283,7 +287,8 @@ impl CompletionPort<()> {
             limit: None,
             driver: None,
             audit: false,
-            ring_datagrams: std::env::var_os("BERTH_RING_DATAGRAMS").is_some_and(|v| v != "0"),
+            ring_datagrams: std::env::var("BERTH_RING_DATAGRAMS")
+                .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "on" | "yes")),
             arena_ports: 1,
         }
     }

@@ -268,3 +268,41 @@ fn an_icmp_error_for_one_peer_never_loses_a_datagram_to_another() {
         }
     }
 }
+
+/// More UDP sockets ready at once than one wait fetches events for (`events(1)`):
+/// every receive still completes. (On io_uring a wait that filled its room once
+/// left the other sockets' edges in the datagram epoll, which no new poll
+/// completion announced.)
+#[test]
+fn more_ready_sockets_than_events_per_wait_all_complete() {
+    let buffers = BufferManager::new(BufferConfig::new().segment_size(2048).segment_count(128)).unwrap();
+    let mut port = CompletionPort::builder().ops(32).max_sockets(16).events(1).buffers(buffers).build(|_| ()).unwrap();
+    let sockets: Vec<SocketId> =
+        (0..6).map(|_| port.bind_udp("127.0.0.1:0".parse().unwrap(), UdpOptions::default()).unwrap()).collect();
+    for &socket in &sockets {
+        let op = op_with_buffer(&mut port, 64);
+        port.recv_from(socket, op).unwrap();
+    }
+    let mut batch = Vec::new();
+    port.wait(&mut batch, Some(Duration::ZERO)).unwrap();
+    assert!(batch.is_empty(), "{batch:?}");
+    // Every datagram lands while the port is not looking, so it finds them all
+    // ready at once.
+    let c = client("127.0.0.1:0");
+    for &socket in &sockets {
+        c.send_to(b"hello", port.local_addr(socket).unwrap()).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let mut got = Vec::new();
+    let until = Instant::now() + IO_TIMEOUT;
+    while got.len() < sockets.len() {
+        assert!(Instant::now() < until, "{} of {} receives completed", got.len(), sockets.len());
+        port.wait(&mut batch, Some(Duration::from_millis(50))).unwrap();
+        for c in batch.drain(..) {
+            let Completion::Op { socket, result: Ok(5), .. } = c else { panic!("{c:?}") };
+            got.push(socket);
+        }
+    }
+    got.sort_by_key(|s| s.index());
+    assert_eq!(got, sockets);
+}

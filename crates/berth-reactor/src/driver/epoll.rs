@@ -40,6 +40,8 @@ pub(crate) struct Epoll {
     /// `epoll_wait`s that returned fewer events than there was room for: every edge
     /// pending when one began was delivered by it.
     whole_waits: u64,
+    /// The last `epoll_wait` filled its room: more edges may be waiting.
+    pub(crate) last_full: bool,
 }
 
 /// An op the audit saw able to run as the port went to sleep.
@@ -67,6 +69,7 @@ impl Epoll {
             batch: Vec::with_capacity(BATCH),
             suspects: Vec::new(),
             whole_waits: 0,
+            last_full: false,
         };
         Ok((epoll, waker))
     }
@@ -439,7 +442,8 @@ impl Epoll {
                 return Err(e);
             }
         }
-        if events.iter().count() < events.capacity() {
+        self.last_full = events.iter().count() >= events.capacity();
+        if !self.last_full {
             self.whole_waits += 1;
         }
         for event in events.iter() {

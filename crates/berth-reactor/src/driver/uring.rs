@@ -179,8 +179,11 @@ pub(crate) struct Uring {
     /// The port's audit: the stranded ops (index, sequence) found at the last check,
     /// so that each is counted once.
     stranded: Vec<(u32, u32)>,
-    /// UDP sockets' datagram ops by readiness, unless they run in the ring.
+    /// UDP sockets' datagram ops by readiness (made at the first UDP op), unless
+    /// they run in the ring.
     batched: Option<Batched>,
+    /// The datagram epoll's events per wait; `None` when datagrams run in the ring.
+    batch_events: Option<usize>,
 }
 
 impl Drop for Uring {
@@ -317,12 +320,9 @@ impl Uring {
             flags,
             stranded: Vec::new(),
             batched: None,
+            batch_events: None,
         };
-        if !ring_datagrams {
-            // The epoll's own waker is never used: posts wake the ring.
-            let (epoll, _waker) = Epoll::new(events).map_err(|e| unavailable("epoll_create for datagrams", e))?;
-            uring.batched = Some(Batched { epoll, armed: false, registered: vec![None; sockets] });
-        }
+        uring.batch_events = (!ring_datagrams).then_some(events);
         uring.arm_wake();
         Ok((uring, notifier))
     }
@@ -418,9 +418,26 @@ impl Uring {
     }
 
     pub(crate) fn submit<T>(&mut self, core: &mut Core<T>, op: u32, socket: u32, dir: Dir) {
+        let udp = matches!(core.sockets.get(socket as usize), Some(e) if matches!(e.io, Io::Udp { .. }));
+        if udp && let Some(events) = self.batch_events {
+            if self.batched.is_none() {
+                // The epoll's own waker is never used: posts wake the ring.
+                match Epoll::new(events) {
+                    Ok((epoll, _waker)) => {
+                        let registered = vec![None; self.readers.len()];
+                        self.batched = Some(Batched { epoll, armed: false, registered });
+                    }
+                    Err(e) => {
+                        let sid = core.sid(socket);
+                        tracing::warn!("an epoll for UDP sockets: {e}");
+                        return core.complete(op, Err(OpError::from_io(&e)), sid);
+                    }
+                }
+            }
+        }
         if let Some(b) = self.batched.as_mut()
             && let Some(entry) = core.sockets.get(socket as usize)
-            && matches!(entry.io, Io::Udp { .. })
+            && udp
         {
             let generation = core.generations[socket as usize] & GEN_MASK;
             let slot = &mut b.registered[socket as usize];
@@ -1040,9 +1057,28 @@ impl Uring {
             if !cqueue::more(flags) {
                 b.armed = false;
             }
-            // Edges for UDP sockets: move their datagrams now, without waiting.
-            if let Err(e) = b.epoll.poll(core, Some(Duration::ZERO)) {
-                tracing::warn!("the datagram epoll: {e}");
+            if self.draining {
+                // The port is going: nothing new starts (as in the ring).
+                return;
+            }
+            if res < 0 {
+                // Armed again by the next datagram op, not here: a poll the kernel
+                // keeps refusing must not spin.
+                tracing::warn!("the datagram epoll's poll failed: {}", io::Error::from_raw_os_error(-res));
+                b.armed = false;
+                return;
+            }
+            // Edges for UDP sockets: move their datagrams now, without waiting. A
+            // wait that filled its room may have left edges behind, which no new
+            // poll completion would announce: fetch them too.
+            loop {
+                if let Err(e) = b.epoll.poll(core, Some(Duration::ZERO)) {
+                    tracing::warn!("the datagram epoll: {e}");
+                    break;
+                }
+                if !b.epoll.last_full {
+                    break;
+                }
             }
             if !b.armed {
                 let poll = opcode::PollAdd::new(types::Fd(b.epoll.as_raw_fd()), POLLIN).multi(true);
