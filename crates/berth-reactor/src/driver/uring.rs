@@ -419,19 +419,20 @@ impl Uring {
 
     pub(crate) fn submit<T>(&mut self, core: &mut Core<T>, op: u32, socket: u32, dir: Dir) {
         let udp = matches!(core.sockets.get(socket as usize), Some(e) if matches!(e.io, Io::Udp { .. }));
-        if udp && let Some(events) = self.batch_events {
-            if self.batched.is_none() {
-                // The epoll's own waker is never used: posts wake the ring.
-                match Epoll::new(events) {
-                    Ok((epoll, _waker)) => {
-                        let registered = vec![None; self.readers.len()];
-                        self.batched = Some(Batched { epoll, armed: false, registered });
-                    }
-                    Err(e) => {
-                        let sid = core.sid(socket);
-                        tracing::warn!("an epoll for UDP sockets: {e}");
-                        return core.complete(op, Err(OpError::from_io(&e)), sid);
-                    }
+        if udp
+            && let Some(events) = self.batch_events
+            && self.batched.is_none()
+        {
+            // The epoll's own waker is never used: posts wake the ring.
+            match Epoll::new(events) {
+                Ok((epoll, _waker)) => {
+                    let registered = vec![None; self.readers.len()];
+                    self.batched = Some(Batched { epoll, armed: false, registered });
+                }
+                Err(e) => {
+                    let sid = core.sid(socket);
+                    tracing::warn!("an epoll for UDP sockets: {e}");
+                    return core.complete(op, Err(OpError::from_io(&e)), sid);
                 }
             }
         }
