@@ -174,14 +174,15 @@ struct Routes {
     #[arg(long, value_name = "-|FILE")]
     access_log: Option<PathBuf>,
     /// Paths each worker keeps open (descriptor and content type), so serving one
-    /// again costs a fstat instead of an open, a stat and a close; 0 turns the
-    /// cache off. Each entry is an open descriptor.
+    /// again costs a stat of the descriptor instead of an open, a stat and a close;
+    /// 0 turns the cache off. Each entry is an open descriptor (all workers' at most
+    /// a quarter of the open-file limit).
     #[arg(long, value_name = "N", default_value_t = berth_server::DEFAULT_CACHE_ENTRIES)]
     file_cache: usize,
-    /// Seconds a cached path is trusted before it is opened again. A file changed,
-    /// deleted or replaced is seen at once; this bounds only what a fstat cannot
-    /// see (the path renamed onto another file while the old one keeps a link, a
-    /// new index file). 0 turns the cache off.
+    /// Seconds a cached path is trusted before it is opened again. A file written,
+    /// deleted, renamed or replaced is seen at once (its inode's change time); this
+    /// bounds only what leaves the file untouched (a directory or symlink on its
+    /// path renamed or retargeted, a new index file). 0 turns the cache off.
     #[arg(long, value_name = "SECS", default_value_t = berth_server::DEFAULT_CACHE_VALID.as_secs())]
     file_cache_valid: u64,
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 /// The file behind a send: one of its own, or one shared with others — an open-file
 /// cache that keeps a descriptor per path and lends it to every reply of that file,
-/// so a request costs no `open`, `fstat` or `close`.
+/// so a request costs no `open`, `dup` or `close`.
 ///
 /// Both are read with `pread`/`sendfile` at explicit offsets, never through the
 /// descriptor's file position, so sends of one shared file may run side by side.

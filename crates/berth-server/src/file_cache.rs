@@ -1,15 +1,15 @@
 //! The open-file cache of [`StaticFiles`](crate::StaticFiles): per worker, the
 //! descriptor and content type of recently served paths, so a request for one of
-//! them costs one `fstat` instead of `openat2`, `statx` and `close` (on loopback,
-//! the open and close are a sixth of a small file's CPU time).
+//! them costs one `statx` of the descriptor instead of `openat2`, `statx` and
+//! `close` (on loopback, the open and close are a sixth of a small file's CPU time).
 //!
-//! The caller checks each hit with that `fstat`: a file changed in place is served
-//! as it is now, and one deleted or replaced by a rename (no link left) is
-//! [forgotten](FileCache::forget) and looked up again. What the `fstat` cannot see —
-//! the path now naming another file while the old one still has a link, or an index
-//! file appearing in a directory — is seen once the entry is
-//! [`valid`](FileCache::new) old: the next request opens the path again (with the
-//! same `RESOLVE_BENEATH` rules) and replaces it. The table is fixed at the worker's start (set-associative, four ways per
+//! The caller checks each hit with that `statx`: an inode whose change time moved
+//! since it was opened (written, renamed, linked, unlinked, chmod-ed) or that has no
+//! link left is [forgotten](FileCache::forget) and looked up again. What leaves the
+//! file untouched — a directory or symlink on its path renamed or retargeted, an
+//! index file appearing — is seen once the entry is [`valid`](FileCache::new) old:
+//! the next request opens the path again (with the same `RESOLVE_BENEATH` rules)
+//! and replaces it. The table is fixed at the worker's start (set-associative, four ways per
 //! bucket, least recently used out), so a hit allocates nothing and a miss only the
 //! `Arc` of its descriptor (and its key's room, the first time a slot holds a path
 //! that long). Each lookup also looks at one more slot in turn and closes it if it
@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 /// Slots per bucket.
 const WAYS: usize = 4;
+/// The most entries one worker's cache takes (more is clamped).
+pub(crate) const MAX_ENTRIES: usize = 1 << 16;
 
 /// What the cache knows of a path.
 #[derive(Clone)]
@@ -34,6 +36,10 @@ pub(crate) struct Cached {
     /// Which of the index names was served, for a directory (its sidecars are
     /// beside it).
     pub(crate) index: Option<usize>,
+    /// The inode's change time when it was opened: a rename (to a hidden name, out
+    /// of the root), a link or unlink, a chmod or a write changes it, and the path is
+    /// then looked up again.
+    pub(crate) ctime: (i64, i64),
 }
 
 struct Slot {
@@ -62,10 +68,11 @@ pub(crate) struct FileCache {
 }
 
 impl FileCache {
-    /// Room for at least `entries` paths (rounded up to whole buckets of four, a
-    /// power of two of them), each trusted for `valid`.
+    /// Room for `entries` paths (at most [`MAX_ENTRIES`], rounded down to buckets
+    /// of four, a power of two of them, at least one), each trusted for `valid`.
     pub(crate) fn new(entries: usize, valid: Duration) -> FileCache {
-        let buckets = entries.div_ceil(WAYS).max(1).next_power_of_two();
+        let wanted = entries.clamp(WAYS, MAX_ENTRIES) / WAYS;
+        let buckets = 1usize << wanted.ilog2();
         let now = Instant::now();
         let slots = (0..buckets * WAYS)
             .map(|_| Slot { hash: 0, key: Vec::new(), slash: false, opened: now, used: 0, entry: None })
@@ -111,7 +118,9 @@ impl FileCache {
         let base = self.bucket(hash);
         self.clock += 1;
         let bucket = &mut self.slots[base..base + WAYS];
-        let same = bucket.iter().position(|s| s.entry.is_some() && s.hash == hash && s.slash == slash && s.key == path);
+        // The path's own slot, even emptied (a stale entry handed back): its key has
+        // the room already.
+        let same = bucket.iter().position(|s| s.hash == hash && s.slash == slash && s.key == path);
         let free = || bucket.iter().position(|s| s.entry.is_none());
         let i = same.or_else(free).unwrap_or_else(|| {
             // Every way is taken: the least recently used goes.
@@ -196,7 +205,7 @@ mod tests {
     use super::*;
 
     fn entry(file: &Arc<File>) -> Cached {
-        Cached { file: file.clone(), content_type: "text/plain", index: None }
+        Cached { file: file.clone(), content_type: "text/plain", index: None, ctime: (0, 0) }
     }
 
     fn some_file() -> Arc<File> {
@@ -278,6 +287,15 @@ mod tests {
         }
         assert_eq!(cache.len(), 0);
         assert_eq!(Arc::strong_count(&file), 1);
+    }
+
+    #[test]
+    fn sizes_round_down_and_are_clamped() {
+        let size = |n| FileCache::new(n, Duration::from_secs(1)).slots.len();
+        assert_eq!(size(0), 4);
+        assert_eq!(size(256), 256);
+        assert_eq!(size(300), 256);
+        assert_eq!(size(usize::MAX), MAX_ENTRIES);
     }
 
     #[test]

@@ -545,17 +545,20 @@ impl StaticFiles {
     }
 
     /// Each worker keeps the descriptor and content type of up to `entries`
-    /// recently served paths (default [`DEFAULT_CACHE_ENTRIES`]), so a request for
-    /// one costs one `fstat` of that descriptor instead of `openat2`, `statx` and
-    /// `close`; `entries` of 0 turns the cache off.
+    /// recently served paths (default [`DEFAULT_CACHE_ENTRIES`]; rounded down to a
+    /// power of two, at least 4 and at most 65,536, and all workers' together at
+    /// most a quarter of `RLIMIT_NOFILE`), so a request for one costs one `statx` of
+    /// that descriptor instead of `openat2`, `statx` and `close`; `entries` of 0
+    /// turns the cache off.
     ///
-    /// The `fstat` keeps answers current: a file changed in place is served as it
-    /// is now, one deleted or replaced by a rename is looked up again. What it
-    /// cannot see is seen once the entry is `valid` old (default
-    /// [`DEFAULT_CACHE_VALID`]), when the next request opens the path again with
-    /// the same rules as without the cache: the path naming another file while the
-    /// old one keeps a link elsewhere, an index file appearing, a listing that
-    /// would now replace a deleted index. A `valid` of zero turns the cache off too.
+    /// The `statx` keeps answers current: when the inode's change time differs from
+    /// the one it had when opened — written, deleted, renamed (to a hidden name or
+    /// out of the root too), linked, unlinked, chmod-ed — the path is looked up
+    /// again. What leaves the file untouched is seen once the entry is `valid` old
+    /// (default [`DEFAULT_CACHE_VALID`]), when the next request opens the path again
+    /// with the same rules as without the cache: a directory or symlink on its path
+    /// renamed, moved or retargeted, an index file appearing, a listing that would
+    /// now replace a deleted index. A `valid` of zero turns the cache off too.
     ///
     /// Each entry holds a descriptor: `entries` × workers of them count against
     /// the process's open-file limit beside the connections. Directory listings,
@@ -736,7 +739,9 @@ impl StaticFiles {
         {
             match cache.get(&buf[..rel.len], rel.trailing_slash, now) {
                 Ok(hit) => match hit.file.metadata() {
-                    Ok(meta) if meta.nlink() > 0 => {
+                    // The same inode, unchanged since it was looked up: not renamed,
+                    // linked, unlinked or written (each changes its ctime).
+                    Ok(meta) if meta.nlink() > 0 && (meta.ctime(), meta.ctime_nsec()) == hit.ctime => {
                         let len = self.index_name(&mut buf, rel.len, hit.index);
                         let file = SourceFile::Shared(hit.file);
                         return self.serve(r, &mut buf, len, file, &meta, hit.content_type, &cond, &accepted);
@@ -757,7 +762,8 @@ impl StaticFiles {
                         let file = file_cache::share(recycled, file);
                         let index =
                             (len > rel.len).then(|| self.index.iter().position(|n| **n == buf[rel.len + 1..len]));
-                        let entry = Cached { file: file.clone(), content_type, index: index.flatten() };
+                        let ctime = (meta.ctime(), meta.ctime_nsec());
+                        let entry = Cached { file: file.clone(), content_type, index: index.flatten(), ctime };
                         cache.insert(&buf[..rel.len], rel.trailing_slash, entry, now);
                         SourceFile::Shared(file)
                     }
@@ -955,14 +961,14 @@ fn open_status(e: Errno, target: &str) -> Status {
     }
 }
 
-/// `; charset=utf-8` for the textual types (`text/*`, JavaScript, JSON and `+json`,
-/// SVG), whose bytes a browser would otherwise decode by guessing; nothing for the
-/// rest. XML other than SVG is left alone: its own declaration names its encoding.
 /// The content type of a file named `name` (by its extension).
 fn content_type(name: &[u8]) -> &'static str {
     mime_guess::from_path(Path::new(OsStr::from_bytes(name))).first_raw().unwrap_or("application/octet-stream")
 }
 
+/// `; charset=utf-8` for the textual types (`text/*`, JavaScript, JSON and `+json`,
+/// SVG), whose bytes a browser would otherwise decode by guessing; nothing for the
+/// rest. XML other than SVG is left alone: its own declaration names its encoding.
 fn charset(content_type: &str) -> &'static str {
     let (top, sub) = content_type.split_once('/').unwrap_or((content_type, ""));
     let textual = top.eq_ignore_ascii_case("text")
@@ -1341,10 +1347,20 @@ struct Entity<'e> {
 impl Service for StaticFiles {
     type Conn = FilesConn;
 
-    /// Each worker's open-file cache, when [on](StaticFiles::open_file_cache).
-    fn worker_state(&self, _conns: &mut Conns<'_, Self>) -> Option<Box<dyn std::any::Any>> {
+    /// Each worker's open-file cache, when [on](StaticFiles::open_file_cache):
+    /// all workers' entries together take at most a quarter of the open-file limit
+    /// (`RLIMIT_NOFILE`), leaving the rest to connections.
+    fn worker_state(&self, conns: &mut Conns<'_, Self>) -> Option<Box<dyn std::any::Any>> {
         let (entries, valid) = self.cache?;
-        Some(Box::new(FileCache::new(entries, valid)))
+        let workers = conns.handle().workers().max(1) as u64;
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
+        let budget = usize::try_from(limit / 4 / workers).unwrap_or(usize::MAX);
+        if budget < entries && conns.worker() == 0 {
+            tracing::info!(
+                "open-file cache: {budget} entries per worker, not {entries}: a quarter of the open-file limit                  ({limit}) across {workers} workers"
+            );
+        }
+        Some(Box::new(FileCache::new(entries.min(budget), valid)))
     }
 
     fn connect(&self, peer: Option<SocketAddr>) -> FilesConn {

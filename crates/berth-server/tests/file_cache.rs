@@ -13,40 +13,40 @@ fn serve_cached(dir: &TempDir, valid: Duration) -> berth_server::Server {
     builder().serve(files).expect("server starts")
 }
 
-/// `a.txt` now names another file while the served one keeps a link elsewhere:
-/// nothing a fstat of the cached descriptor can see.
-fn swap_keeping_a_link(dir: &TempDir) {
-    std::fs::hard_link(dir.path().join("a.txt"), dir.path().join("kept.txt")).unwrap();
-    dir.file("new.txt", b"second");
-    std::fs::rename(dir.path().join("new.txt"), dir.path().join("a.txt")).unwrap();
+/// `d/a.txt` now names another file because its directory was swapped: the served
+/// file itself is untouched (same links, same ctime), so nothing a stat of the
+/// cached descriptor can see.
+fn swap_the_directory(dir: &TempDir) {
+    std::fs::rename(dir.path().join("d"), dir.path().join("d.old")).unwrap();
+    dir.file("d/a.txt", b"second");
 }
 
 #[test]
 fn a_cached_path_is_answered_from_its_descriptor_until_valid_ends() {
     let dir = TempDir::new("cache-valid");
-    dir.file("a.txt", b"first");
+    dir.file("d/a.txt", b"first");
     let server = serve_cached(&dir, Duration::from_millis(300));
     let mut s = client(server.local_addr());
-    assert_eq!(exchange(&mut s, &req("GET", "/a.txt", "")).body, b"first");
-    swap_keeping_a_link(&dir);
+    assert_eq!(exchange(&mut s, &req("GET", "/d/a.txt", "")).body, b"first");
+    swap_the_directory(&dir);
     // Within its time the entry answers: the old file, by its descriptor.
-    let cached = exchange(&mut s, &req("GET", "/a.txt", ""));
+    let cached = exchange(&mut s, &req("GET", "/d/a.txt", ""));
     assert_eq!(cached.body, b"first", "the path was opened again: no cache");
     std::thread::sleep(Duration::from_millis(350));
-    assert_eq!(exchange(&mut s, &req("GET", "/a.txt", "")).body, b"second", "a stale entry served");
+    assert_eq!(exchange(&mut s, &req("GET", "/d/a.txt", "")).body, b"second", "a stale entry served");
     server.shutdown(Duration::from_secs(5)).unwrap();
 }
 
 #[test]
 fn turned_off_every_request_opens_the_path() {
     let dir = TempDir::new("cache-off");
-    dir.file("a.txt", b"first");
+    dir.file("d/a.txt", b"first");
     let files = StaticFiles::new(dir.path()).unwrap().open_file_cache(0, Duration::from_secs(60));
     let server = builder().serve(files).expect("server starts");
     let mut s = client(server.local_addr());
-    assert_eq!(exchange(&mut s, &req("GET", "/a.txt", "")).body, b"first");
-    swap_keeping_a_link(&dir);
-    assert_eq!(exchange(&mut s, &req("GET", "/a.txt", "")).body, b"second");
+    assert_eq!(exchange(&mut s, &req("GET", "/d/a.txt", "")).body, b"first");
+    swap_the_directory(&dir);
+    assert_eq!(exchange(&mut s, &req("GET", "/d/a.txt", "")).body, b"second");
     server.shutdown(Duration::from_secs(5)).unwrap();
 }
 
@@ -67,6 +67,18 @@ fn deleted_or_replaced_files_are_seen_at_once() {
     // Deleted.
     std::fs::remove_file(dir.path().join("b.txt")).unwrap();
     assert_eq!(exchange(&mut s, &req("GET", "/b.txt", "")).status, 404);
+    // Renamed to a hidden name, and one kept by a second link then unlinked: the
+    // rename and the unlink change the inode's ctime, so the path is looked up
+    // again at once (and `.c.txt` stays hidden).
+    dir.file("c.txt", b"sea");
+    assert_eq!(exchange(&mut s, &req("GET", "/c.txt", "")).body, b"sea");
+    std::fs::rename(dir.path().join("c.txt"), dir.path().join(".c.txt")).unwrap();
+    assert_eq!(exchange(&mut s, &req("GET", "/c.txt", "")).status, 404);
+    dir.file("e.txt", b"eel");
+    assert_eq!(exchange(&mut s, &req("GET", "/e.txt", "")).body, b"eel");
+    std::fs::hard_link(dir.path().join("e.txt"), dir.path().join(".e.bak")).unwrap();
+    std::fs::remove_file(dir.path().join("e.txt")).unwrap();
+    assert_eq!(exchange(&mut s, &req("GET", "/e.txt", "")).status, 404);
     // Written again in place: the new bytes, with a length and tag to match.
     std::fs::write(dir.path().join("a.txt"), b"third, longer").unwrap();
     let again = exchange(&mut s, &req("GET", "/a.txt", ""));
