@@ -140,7 +140,7 @@ impl PortBuilder {
     /// `true`, `on` or `yes`): datagram ops then run by readiness, as on the epoll
     /// driver — the port makes an epoll instance for its UDP sockets at the first
     /// datagram op, polls it through the ring, and moves each socket's queued
-    /// datagrams with one `recvmmsg`/`sendmmsg` of up to 32. On loopback that costs
+    /// datagrams with one `recvmmsg`/`sendmmsg` of up to 64. On loopback that costs
     /// less CPU per datagram than the ring operations (`udp_bench` prints `berth`
     /// and `berth_ring` side by side, each against tokio). A pooled receive then
     /// leases its segment just before the call and completes with

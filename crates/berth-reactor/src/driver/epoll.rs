@@ -20,7 +20,7 @@ const WAKER: Token = Token(usize::MAX);
 /// lets the other sockets have a turn; the listener is driven again at the next wait.
 const ACCEPT_TURN: u32 = 64;
 /// Datagram ops moved by one `recvmmsg`/`sendmmsg`.
-const BATCH: usize = 32;
+const BATCH: usize = 64;
 
 pub(crate) struct Epoll {
     poll: Poll,

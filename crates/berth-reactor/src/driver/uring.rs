@@ -77,14 +77,18 @@ const CANCEL: u64 = u64::MAX - 1;
 const BATCHED: u64 = u64::MAX - 2;
 
 /// UDP sockets whose datagram ops run by readiness, in batches: the epoll driver's
-/// code (`recvmmsg`/`sendmmsg`, up to 32 datagrams a call, pooled receives leasing
+/// code (`recvmmsg`/`sendmmsg`, up to 64 datagrams a call, pooled receives leasing
 /// just before the call) on an epoll instance of their own, whose descriptor the
 /// ring polls. On loopback this costs less CPU per datagram than a `RECVMSG` and a
 /// `SENDMSG` in the ring for each (see `PortBuilder::ring_datagrams`).
 struct Batched {
     epoll: Epoll,
-    /// A poll of the epoll's descriptor is in the ring.
+    /// A one-shot poll of the epoll's descriptor is in the ring. It is armed before
+    /// each enter (in `prepare`), not kept as a multishot: a multishot would post a
+    /// completion, through task work, for every datagram that wakes the epoll.
     armed: bool,
+    /// The last poll failed: not armed again until the next datagram op.
+    failed: bool,
     /// Per socket slot: the generation registered with the epoll, if any.
     registered: Vec<Option<u32>>,
 }
@@ -427,7 +431,7 @@ impl Uring {
             match Epoll::new(events) {
                 Ok((epoll, _waker)) => {
                     let registered = vec![None; self.readers.len()];
-                    self.batched = Some(Batched { epoll, armed: false, registered });
+                    self.batched = Some(Batched { epoll, armed: false, failed: false, registered });
                 }
                 Err(e) => {
                     let sid = core.sid(socket);
@@ -451,13 +455,7 @@ impl Uring {
                 }
                 *slot = Some(generation);
             }
-            if !b.armed {
-                let poll = opcode::PollAdd::new(types::Fd(b.epoll.as_raw_fd()), POLLIN).multi(true);
-                b.armed = true;
-                // SAFETY: a poll refers to no memory; the epoll lives as long as the ring.
-                self.push(&poll.build().user_data(BATCHED));
-            }
-            let Some(b) = self.batched.as_mut() else { return };
+            b.failed = false;
             return b.epoll.submit(core, op, socket, dir);
         }
         core.push_back(socket, dir, op);
@@ -958,6 +956,12 @@ impl Uring {
         self.feed(core);
         if let Some(b) = self.batched.as_mut() {
             b.epoll.prepare(core);
+            if !b.armed && !b.failed && !self.draining {
+                let poll = opcode::PollAdd::new(types::Fd(b.epoll.as_raw_fd()), POLLIN);
+                b.armed = true;
+                // SAFETY: a poll refers to no memory; the epoll lives as long as the ring.
+                self.push(&poll.build().user_data(BATCHED));
+            }
         }
         let mut datagrams = std::mem::take(&mut self.datagrams);
         for socket in datagrams.drain(..) {
@@ -1055,18 +1059,16 @@ impl Uring {
         }
         if data == BATCHED {
             let Some(b) = self.batched.as_mut() else { return };
-            if !cqueue::more(flags) {
-                b.armed = false;
-            }
+            b.armed = false;
             if self.draining {
                 // The port is going: nothing new starts (as in the ring).
                 return;
             }
             if res < 0 {
-                // Armed again by the next datagram op, not here: a poll the kernel
-                // keeps refusing must not spin.
+                // Armed again after the next datagram op, not before every enter: a
+                // poll the kernel keeps refusing must not spin.
                 tracing::warn!("the datagram epoll's poll failed: {}", io::Error::from_raw_os_error(-res));
-                b.armed = false;
+                b.failed = true;
                 return;
             }
             // Edges for UDP sockets: move their datagrams now, without waiting. A
@@ -1080,12 +1082,6 @@ impl Uring {
                 if !b.epoll.last_full {
                     break;
                 }
-            }
-            if !b.armed {
-                let poll = opcode::PollAdd::new(types::Fd(b.epoll.as_raw_fd()), POLLIN).multi(true);
-                b.armed = true;
-                // SAFETY: a poll refers to no memory; the epoll lives as long as the ring.
-                self.push(&poll.build().user_data(BATCHED));
             }
             return;
         }
