@@ -125,7 +125,7 @@ impl PortBuilder {
     /// 1). On io_uring each port lends part of the arena to its kernel buffer ring
     /// (a quarter of the arena, at most 256 segments); ports sharing one arena split
     /// that quarter, so that however many there are, three quarters stay for the
-    /// segments replies and own-buffer receives lease. [`Workers`](crate::Workers)
+    /// segments replies and own-buffer receives lease. [`Workers`](crate::workers::Workers)
     /// sets it to its worker count.
     pub fn arena_ports(mut self, n: usize) -> Self {
         self.arena_ports = n.max(1);
