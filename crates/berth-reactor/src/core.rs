@@ -15,6 +15,7 @@ use berth_ops::{ConnectionLimit, ConnectionPermit, OpError, OpId, OpKind, OpPool
 use berth_sendfile::{FileSend, SourceFile};
 use slab::Slab;
 
+use crate::driver::Reg;
 use crate::handle::Shared;
 use crate::port::{Completion, PortStats, SubmitError};
 use crate::socket::{Dir, Entry, Io, NIL, Queue, SocketId, Stream};
@@ -144,14 +145,19 @@ impl<T> Core<T> {
         &mut self,
         io: Io,
         permit: Option<ConnectionPermit>,
-        register: impl FnOnce(usize, RawFd, bool) -> io::Result<()>,
+        register: impl FnOnce(usize, RawFd, Reg) -> io::Result<()>,
     ) -> Result<SocketId, SubmitError> {
         if self.sockets.len() >= self.max_sockets {
             return Err(SubmitError::TooManySockets { max: self.max_sockets });
         }
         let slot = self.sockets.vacant_entry();
         let index = slot.key();
-        register(index, io.as_raw_fd(), matches!(io, Io::Listener { .. }))?;
+        let kind = match io {
+            Io::Listener { .. } => Reg::Listener,
+            Io::Udp { .. } => Reg::Datagram,
+            _ => Reg::Stream,
+        };
+        register(index, io.as_raw_fd(), kind)?;
         slot.insert(Entry::new(io, permit));
         self.stats.sockets = self.sockets.len();
         Ok(SocketId { index: index as u32, generation: self.generations[index] })
@@ -163,7 +169,7 @@ impl<T> Core<T> {
         &mut self,
         stream: Stream,
         nodelay: bool,
-        register: impl FnOnce(usize, RawFd, bool) -> io::Result<()>,
+        register: impl FnOnce(usize, RawFd, Reg) -> io::Result<()>,
     ) -> Option<SocketId> {
         let permit = match &self.limit {
             Some(limit) => match limit.try_acquire() {
