@@ -15,7 +15,6 @@ use berth_ops::{ConnectionLimit, ConnectionPermit, OpError, OpId, OpKind, OpPool
 use berth_sendfile::{FileSend, SourceFile};
 use slab::Slab;
 
-use crate::driver::Reg;
 use crate::handle::Shared;
 use crate::port::{Completion, PortStats, SubmitError};
 use crate::socket::{Dir, Entry, Io, NIL, Queue, SocketId, Stream};
@@ -145,19 +144,14 @@ impl<T> Core<T> {
         &mut self,
         io: Io,
         permit: Option<ConnectionPermit>,
-        register: impl FnOnce(usize, RawFd, Reg) -> io::Result<()>,
+        register: impl FnOnce(usize, RawFd, bool) -> io::Result<()>,
     ) -> Result<SocketId, SubmitError> {
         if self.sockets.len() >= self.max_sockets {
             return Err(SubmitError::TooManySockets { max: self.max_sockets });
         }
         let slot = self.sockets.vacant_entry();
         let index = slot.key();
-        let kind = match io {
-            Io::Listener { .. } => Reg::Listener,
-            Io::Udp { .. } => Reg::Datagram,
-            _ => Reg::Stream,
-        };
-        register(index, io.as_raw_fd(), kind)?;
+        register(index, io.as_raw_fd(), matches!(io, Io::Listener { .. }))?;
         slot.insert(Entry::new(io, permit));
         self.stats.sockets = self.sockets.len();
         Ok(SocketId { index: index as u32, generation: self.generations[index] })
@@ -169,7 +163,7 @@ impl<T> Core<T> {
         &mut self,
         stream: Stream,
         nodelay: bool,
-        register: impl FnOnce(usize, RawFd, Reg) -> io::Result<()>,
+        register: impl FnOnce(usize, RawFd, bool) -> io::Result<()>,
     ) -> Option<SocketId> {
         let permit = match &self.limit {
             Some(limit) => match limit.try_acquire() {

@@ -294,7 +294,7 @@ impl<T> CompletionPort<T> {
 
     fn add_socket(&mut self, io: Io) -> Result<SocketId, SubmitError> {
         let driver = &self.driver;
-        self.core.add_socket(io, None, |index, fd, kind| driver.register(index, fd, kind))
+        self.core.add_socket(io, None, |index, fd, listener| driver.register(index, fd, listener))
     }
 
     /// Binds and registers a listener (socket2: backlog, `SO_REUSEADDR`, optional

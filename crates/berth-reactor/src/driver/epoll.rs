@@ -12,7 +12,6 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::core::{Core, Step};
-use crate::driver::Reg;
 use crate::driver::io::{self as sys_io, AcceptFailure};
 use crate::socket::{Dir, Io, NIL};
 
@@ -43,8 +42,6 @@ pub(crate) struct Epoll {
     whole_waits: u64,
     /// The last `epoll_wait` filled its room: more edges may be waiting.
     pub(crate) last_full: bool,
-    /// UDP sockets registered with `EPOLLOUT` now: their sends wait for room.
-    writers: Vec<u32>,
 }
 
 /// An op the audit saw able to run as the port went to sleep.
@@ -73,34 +70,13 @@ impl Epoll {
             suspects: Vec::new(),
             whole_waits: 0,
             last_full: false,
-            writers: Vec::new(),
         };
         Ok((epoll, waker))
     }
 
-    pub(crate) fn register(&self, index: usize, fd: RawFd, kind: Reg) -> io::Result<()> {
-        let interest = match kind {
-            Reg::Listener | Reg::Datagram => Interest::READABLE,
-            Reg::Stream => Interest::READABLE | Interest::WRITABLE,
-        };
+    pub(crate) fn register(&self, index: usize, fd: RawFd, listener: bool) -> io::Result<()> {
+        let interest = if listener { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
         self.poll.registry().register(&mut SourceFd(&fd), Token(index), interest)
-    }
-
-    /// A UDP socket's sends wait for room (`want`), or none wait any more: adds or
-    /// drops `EPOLLOUT`, which a datagram socket is registered without (every sent
-    /// datagram's buffer, freed, would wake the epoll).
-    fn want_write<T>(&mut self, core: &mut Core<T>, socket: u32, want: bool) {
-        let Some(entry) = core.sockets.get(socket as usize) else { return };
-        if !matches!(entry.io, Io::Udp { .. }) || self.writers.contains(&socket) == want {
-            return;
-        }
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&entry.io);
-        let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-        match self.poll.registry().reregister(&mut SourceFd(&fd), Token(socket as usize), interest) {
-            Ok(()) if want => self.writers.push(socket),
-            Ok(()) => self.writers.retain(|&s| s != socket),
-            Err(e) => tracing::warn!(socket, "epoll_ctl for a UDP socket's write interest: {e}"),
-        }
     }
 
     /// The epoll descriptor (the io_uring driver polls it for its UDP sockets).
@@ -114,7 +90,6 @@ impl Epoll {
         self.flush.retain(|&s| s != socket);
         self.redrive.retain(|&s| s != socket);
         self.suspects.retain(|s| s.socket != socket);
-        self.writers.retain(|&s| s != socket);
     }
 
     pub(crate) fn deregister(&self, fd: RawFd) {
@@ -275,7 +250,7 @@ impl Epoll {
                 Ok(stream) => {
                     entry.backoff_delay = Duration::ZERO;
                     let poll = &self.poll;
-                    let register = |index: usize, fd: RawFd, _: Reg| {
+                    let register = |index: usize, fd: RawFd, _: bool| {
                         poll.registry().register(
                             &mut SourceFd(&fd),
                             Token(index),
@@ -309,39 +284,31 @@ impl Epoll {
         loop {
             let head = core.head(socket, dir);
             if head == NIL {
-                if dir == Dir::Write && self.writers.contains(&socket) {
-                    // No send waits for room any more.
-                    self.want_write(core, socket, false);
-                }
                 return;
             }
             let kind = core.meta[head as usize].id.and_then(|id| core.pool.get(id).ok()).map(|a| a.kind());
             if matches!(kind, Some(OpKind::RecvFrom | OpKind::SendTo)) && core.meta[head as usize].next != NIL {
                 if !self.datagrams(core, socket, dir) {
-                    return self.blocked(core, socket, dir);
+                    if let Some(entry) = core.sockets.get_mut(socket as usize) {
+                        entry.set_ready(dir, false);
+                    }
+                    return;
                 }
                 continue;
             }
             match self.try_op(core, head, socket) {
-                Step::Pending => return self.blocked(core, socket, dir),
+                Step::Pending => {
+                    if let Some(entry) = core.sockets.get_mut(socket as usize) {
+                        entry.set_ready(dir, false);
+                    }
+                    return;
+                }
                 Step::Done(result, target) => {
                     core.pop_front(socket, dir);
                     core.stats.completed_queued += 1;
                     core.complete(head, result, target);
                 }
             }
-        }
-    }
-
-    /// A direction of `socket` would block: wait for its next edge (for a UDP
-    /// socket's sends, registering `EPOLLOUT` first: the edge then comes, at once if
-    /// room freed meanwhile).
-    fn blocked<T>(&mut self, core: &mut Core<T>, socket: u32, dir: Dir) {
-        if let Some(entry) = core.sockets.get_mut(socket as usize) {
-            entry.set_ready(dir, false);
-        }
-        if dir == Dir::Write {
-            self.want_write(core, socket, true);
         }
     }
 

@@ -107,19 +107,6 @@ pub struct UringUnavailable {
     pub source: std::io::Error,
 }
 
-/// What a socket is, for the readiness it is registered for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Reg {
-    /// Readable only (a connection waiting).
-    Listener,
-    /// Readable and writable.
-    Stream,
-    /// Readable; writable only while a send waits for room (see
-    /// `Epoll::want_write`): with `EPOLLOUT` registered, every datagram sent would
-    /// wake the epoll when its buffer is freed.
-    Datagram,
-}
-
 /// The driver a port runs, chosen at build.
 // One per port, built once and never moved on the hot path: no need to box the ring.
 #[allow(clippy::large_enum_variant)]
@@ -136,9 +123,9 @@ impl Backend {
         }
     }
 
-    pub(crate) fn register(&self, index: usize, fd: RawFd, kind: Reg) -> std::io::Result<()> {
+    pub(crate) fn register(&self, index: usize, fd: RawFd, listener: bool) -> std::io::Result<()> {
         match self {
-            Backend::Epoll(d) => d.register(index, fd, kind),
+            Backend::Epoll(d) => d.register(index, fd, listener),
             // Ring operations name their descriptor; there is nothing to register.
             Backend::Uring(_) => Ok(()),
         }

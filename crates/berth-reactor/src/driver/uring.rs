@@ -448,7 +448,7 @@ impl Uring {
             let slot = &mut b.registered[socket as usize];
             if *slot != Some(generation) {
                 let fd = entry.io.as_raw_fd();
-                if let Err(e) = b.epoll.register(socket as usize, fd, crate::driver::Reg::Datagram) {
+                if let Err(e) = b.epoll.register(socket as usize, fd, false) {
                     let sid = core.sid(socket);
                     tracing::debug!(socket, "registering a UDP socket with the datagram epoll: {e}");
                     return core.complete(op, Err(OpError::from_io(&e)), sid);
