@@ -25,7 +25,6 @@
 //!   op keeps its lease, and the user cannot take it back, until then.
 //! - Posts wake the ring through an eventfd with a multishot poll armed on it.
 
-use crate::driver::epoll::Epoll;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -39,6 +38,7 @@ use rustix::net::{SendFlags, SocketFlags};
 
 use crate::core::{Core, State, Step};
 use crate::driver::UringUnavailable;
+use crate::driver::epoll::Epoll;
 use crate::driver::io::{self as sys_io, AcceptFailure};
 use crate::driver::kept::{Arrival, Kept};
 use crate::driver::pbuf::{self, BufRing};
