@@ -221,17 +221,16 @@ fuzz_target!(|input: Input| {
     let peer = Peer { map: map.expect("map the channel file"), cap };
     let mut tx = if input.sender { Some(chan.sender().expect("attach the sender")) } else { None };
     let mut rx = chan.receiver().expect("attach the receiver");
-    let mut model =
-        Model {
-            cap,
-            max,
-            pos: 0,
-            tails: Vec::new(),
-            poisoned: false,
-            tampered: false,
-            sent: VecDeque::new(),
-            past_pad: None,
-        };
+    let mut model = Model {
+        cap,
+        max,
+        pos: 0,
+        tails: Vec::new(),
+        poisoned: false,
+        tampered: false,
+        sent: VecDeque::new(),
+        past_pad: None,
+    };
     let mut buf = vec![0u8; 2 * cap as usize];
 
     for op in input.ops.into_iter().take(64) {
