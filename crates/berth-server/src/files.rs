@@ -729,9 +729,9 @@ impl StaticFiles {
             tracing::debug!(target, "hidden path");
             return r.error(NOT_FOUND, "");
         }
-        // A path served a moment ago: its descriptor, and one fstat instead of
-        // openat2, statx and close. A file changed in place is served as it is now;
-        // one deleted or replaced by a rename (no link left) is looked up again.
+        // A path served a moment ago: its descriptor, and one statx of it instead
+        // of openat2, statx and close. An inode whose change time moved (written,
+        // renamed, linked, unlinked) or with no link left is looked up again.
         let now = self.cache.map(|_| Instant::now());
         let mut recycled = None;
         if let Some(now) = now
