@@ -649,7 +649,14 @@ impl Channel {
         let cons =
             Consumer::new(self.sh.geometry(), &*self.sh).map_err(|what| OpenError::LayoutOutOfBounds { what })?;
         let me = claim(&self.sh, "receiver", off::RX_PID, off::RX_START, off::RX_HEARTBEAT)?;
-        Ok(Receiver { sh: self.sh.clone(), cons, peer: PeerWatch::new(Side::RX), mode: WaitMode::default(), me })
+        Ok(Receiver {
+            sh: self.sh.clone(),
+            cons,
+            peer: PeerWatch::new(Side::RX),
+            mode: WaitMode::default(),
+            me,
+            taken_back: false,
+        })
     }
 }
 
@@ -1275,6 +1282,9 @@ pub struct Receiver {
     peer: PeerWatch,
     mode: WaitMode,
     me: End,
+    /// [`Receiver::disarm_wake`] cleared the flag of the last arm before the sender
+    /// could: no wake was written for it.
+    taken_back: bool,
 }
 
 impl Receiver {
@@ -1495,17 +1505,39 @@ impl Receiver {
     /// [`Receiver::arm_wake`] for an event loop that knows whether the descriptor
     /// was readable when it last waited on it (say `true` if it did not wait, or
     /// does not know). With `was_readable` false and this end still flagged from
-    /// its last arm — so no wake was written for that arm, nor by the watcher —
-    /// the descriptor is not emptied first: one syscall less per sleep for an end
+    /// its last arm, or that flag taken back by [`Receiver::disarm_wake`] — so no
+    /// wake was written for that arm, nor by the watcher — the descriptor is not
+    /// emptied first: one syscall less per sleep for an end
     /// that sleeps on several channels and was not the one woken. A wake that was
     /// still on its way from an earlier arm then makes the next wait return at
     /// once (a spurious wake-up, never a lost one); say `true` after that one.
     pub fn rearm_wake(&mut self, was_readable: bool) -> Result<bool, RecvError> {
         let still_armed = self.sh.rx_wait().load(Ordering::Relaxed) == WAIT_FD;
-        self.arm_wake_draining(was_readable || !still_armed)
+        self.arm_wake_draining(was_readable || !(still_armed || self.taken_back))
+    }
+
+    /// Takes back what the last [`arm_wake`](Receiver::arm_wake) (or
+    /// [`rearm_wake`](Receiver::rearm_wake)) said: this end woke for something
+    /// else, is busy, and will look at the ring (and arm again) before it next
+    /// sleeps — so the sender's next commit need not write the descriptor. An event
+    /// loop that forwards a request and expects the answer on this channel calls it
+    /// first: a peer on the same core that answers before this end sleeps again
+    /// then pays no write, and this end no wake-up and no read.
+    ///
+    /// Returns `true` if a wake is written or on its way anyway (the sender
+    /// committed since the arm): the descriptor turns readable, as after any wake.
+    /// `false`: none is; a [`rearm_wake(false)`](Receiver::rearm_wake) then arms
+    /// again without emptying the descriptor. Costs one atomic swap; harmless when
+    /// nothing is armed.
+    pub fn disarm_wake(&mut self) -> bool {
+        if self.cons.take_back_wait(&*self.sh) {
+            self.taken_back = true;
+        }
+        !self.taken_back
     }
 
     fn arm_wake_draining(&mut self, drain: bool) -> Result<bool, RecvError> {
+        self.taken_back = false;
         let Some(fds) = &self.sh.wake else { return Err(RecvError::NoWakeFd) };
         // Before the flag: a wake written after the flag must stay readable.
         if drain {

@@ -91,7 +91,9 @@ impl Wake {
     /// that the common case (nobody sleeps) makes no read-modify-write.
     #[inline]
     pub(crate) fn take(flag: &AtomicU32) -> Wake {
-        if flag.load(Ordering::Relaxed) == 0 { Wake::No } else { Wake::from_flag(flag.swap(0, Ordering::Relaxed)) }
+        // Release: a receiver whose `Consumer::take_back_wait` reads the cleared
+        // flag (and so expects this wake) sees the position published before it.
+        if flag.load(Ordering::Relaxed) == 0 { Wake::No } else { Wake::from_flag(flag.swap(0, Ordering::AcqRel)) }
     }
 
     /// Whether anyone must be woken.
@@ -533,6 +535,18 @@ impl Consumer {
             r.rx_wait().store(0, Ordering::Relaxed);
             false
         }
+    }
+
+    /// Takes back a [`prepare_wait`](Self::prepare_wait) that said to sleep: the
+    /// receiver is awake again and looks at the ring before it next prepares. Returns
+    /// true if the flag was still up, so it is cleared here and no producer wakes for
+    /// that sleep; false if a producer cleared it first (its wake is on its way) or
+    /// it was not up.
+    pub(crate) fn take_back_wait(&mut self, r: &impl Region) -> bool {
+        // A swap, as the producer's `Wake::take`: exactly one of the two clears it.
+        // Acquire: when the producer's wake cleared it first, the record it
+        // published before is seen by the next look at the ring.
+        r.rx_wait().swap(0, Ordering::AcqRel) != 0
     }
 }
 
@@ -1332,6 +1346,72 @@ mod loom_tests {
                 let mut buf = [0u8; 20];
                 r.read(s.off(), &mut buf);
                 assert_eq!(buf, [n; 20]);
+                c.release(&*r, s);
+            }
+            producer.join().unwrap();
+        });
+    }
+
+    /// An event loop's receiver that arms its descriptor flag, is woken by something
+    /// else (a socket) and takes the flag back with `take_back_wait` before it
+    /// looks at the ring again (the relay's workers): no wake is lost (a sleep is
+    /// "yield until the flag is cleared", so a lost one is a loom deadlock), and
+    /// every record arrives once and in order.
+    ///
+    /// What this leaves out: that exactly one of the two swaps ends each sleep (so
+    /// a receiver that took its flag back need not empty its descriptor), and that
+    /// a flag the producer cleared first is followed by its record. Asserting
+    /// either here fails on histories loom 0.7 should not produce: a receiver's
+    /// own flag store ordered between the read and the write of the producer's
+    /// swap (tokio-rs/loom#254, reproduced with a single flag and two threads).
+    /// The channel test `a_flag_taken_back_gets_no_wake_and_one_answered_is_drained`
+    /// checks the first on real memory.
+    #[test]
+    fn loom_a_receiver_that_takes_its_flag_back_loses_no_wake() {
+        fn sleep_on(flag: &AtomicU32) {
+            while flag.load(Ordering::Relaxed) == WAIT_FD {
+                thread::yield_now();
+            }
+        }
+        let g = Geometry { release_batch: u64::MAX, ..geo() };
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(3);
+        b.check(move || {
+            let r = Arc::new(HeapRegion::new(64));
+            let pr = r.clone();
+            let producer = thread::spawn(move || {
+                let mut p = Producer::new(g, &*pr).unwrap();
+                for n in 0..2u8 {
+                    let s = p.reserve(&*pr, 8).unwrap();
+                    pr.write(s.off(), &[n; 8]);
+                    let w = p.commit(&*pr, s, 8);
+                    assert!(w == Wake::No || w == Wake::Fd, "{w:?} for a receiver on its descriptor");
+                }
+            });
+            let mut c = Consumer::new(g, &*r).unwrap();
+            for n in 0..2u8 {
+                // The first sleep of each record is cut short by "a socket".
+                let mut woken_elsewhere = false;
+                let s = loop {
+                    match c.peek(&*r).unwrap() {
+                        Some(s) => break s,
+                        None => {
+                            c.flush(&*r);
+                            if !c.prepare_wait(&*r, WAIT_FD) {
+                                continue;
+                            }
+                            if woken_elsewhere {
+                                sleep_on(r.rx_wait());
+                            } else {
+                                woken_elsewhere = true;
+                                c.take_back_wait(&*r);
+                            }
+                        }
+                    }
+                };
+                let mut buf = [0u8; 8];
+                r.read(s.off(), &mut buf);
+                assert_eq!(buf, [n; 8]);
                 c.release(&*r, s);
             }
             producer.join().unwrap();

@@ -374,3 +374,39 @@ fn rearming_without_a_read_keeps_a_stale_wake_until_told() {
     assert_eq!(rx.rearm_wake(false), Ok(true));
     assert!(!readable(rx.as_fd(), 0), "a wake cleared the flag: emptied");
 }
+
+/// `disarm_wake`: a flag taken back before the sender's commit gets no write, and
+/// the next `rearm_wake(false)` leaves the descriptor alone (a planted byte shows
+/// it was not read); a flag the sender cleared first was answered, so the wake is
+/// reported and the next re-arm empties the descriptor.
+///
+/// Proven by mutation: `disarm_wake` not clearing the flag fails the first
+/// `readable` (the commit writes); `rearm_wake` ignoring the take-back fails the
+/// second (the planted byte is read); a take-back that counts as one even when the
+/// sender's wake came first fails the third (the wake stays readable for ever).
+#[test]
+fn a_flag_taken_back_gets_no_wake_and_one_answered_is_drained() {
+    let chan = wake_chan(4096);
+    let (mut tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+    assert_eq!(rx.arm_wake(), Ok(true));
+    assert!(!rx.disarm_wake(), "nothing committed: no wake on its way");
+    assert!(!rx.disarm_wake(), "a second take-back changes nothing");
+    tx.try_send(b"a").unwrap();
+    assert!(!readable(rx.as_fd(), 0), "taken back: the commit wrote nothing");
+    assert_eq!(&*rx.try_recv().unwrap(), b"a");
+    rustix::io::write(rx.as_fd(), &1u64.to_ne_bytes()).unwrap();
+    assert_eq!(rx.rearm_wake(false), Ok(true));
+    assert!(readable(rx.as_fd(), 0), "nothing was written for the arm taken back: not read");
+    assert_eq!(rx.rearm_wake(true), Ok(true));
+    assert!(!readable(rx.as_fd(), 0));
+
+    // The sender's commit comes first: its wake is written and reported.
+    tx.try_send(b"b").unwrap();
+    assert!(readable(rx.as_fd(), 1000));
+    assert!(rx.disarm_wake(), "the sender cleared the flag: its wake is there");
+    assert_eq!(&*rx.try_recv().unwrap(), b"b");
+    assert_eq!(rx.rearm_wake(false), Ok(true));
+    assert!(!readable(rx.as_fd(), 0), "the answered wake was emptied");
+    tx.try_send(b"c").unwrap();
+    assert!(readable(rx.as_fd(), 1000), "armed again");
+}
