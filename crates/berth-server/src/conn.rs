@@ -182,6 +182,7 @@ impl<S: Service> Worker<S> {
         port.accept(listener, accept).map_err(std::io::Error::other)?;
         self.accept = Some(accept);
         loop {
+            service.before_wait(&mut Conns { worker: &mut self, port: &mut port });
             let wake = match (self.draining, self.sweep_at) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),

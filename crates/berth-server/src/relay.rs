@@ -386,6 +386,10 @@ struct Link {
     watch: Option<Watch>,
     /// The watch is armed (its wait is pending on the port).
     armed: bool,
+    /// A request went out with the reply ring's wake taken back
+    /// ([`disarm_wake`](berth_ipc::Receiver::disarm_wake)): the ring is looked at
+    /// before the worker waits ([`Service::before_wait`]).
+    busy: bool,
     /// The generation of the attached backend, once its hello came.
     attached: Option<u64>,
     /// Forwarding failed with the request ring closed, dead or corrupted: a post
@@ -434,7 +438,9 @@ fn open_link(sh: &Shared, index: usize, workers: usize, conns: &mut Conns<'_, Ip
             .map_err(io::Error::other)
             .and_then(|()| conns.watch(duplex.rx.as_fd()));
         match watched {
-            Ok(watch) => Ok(Link { duplex, watch: Some(watch), armed: false, attached: None, broken: false }),
+            Ok(watch) => {
+                Ok(Link { duplex, watch: Some(watch), armed: false, busy: false, attached: None, broken: false })
+            }
             Err(e) => {
                 drop(duplex);
                 let _ = Duplex::unlink_named(&name);
@@ -504,7 +510,10 @@ impl Lane {
                 Err(RecvError::Empty) => {}
                 Err(e) => return Step::Lost(e),
             }
-            match link.duplex.rx.arm_wake() {
+            // A watch still armed has not reported the descriptor readable: if
+            // no wake was written since the last arm (or it was taken back), it is
+            // not read.
+            match link.duplex.rx.rearm_wake(!link.armed) {
                 Ok(true) => return Step::Sleep,
                 Ok(false) => {}
                 Err(e) => return Step::Lost(e),
@@ -543,6 +552,13 @@ impl Service for IpcRelay {
         let lane = reply.worker_state::<Lane>();
         let forwarded = match lane.and_then(|lane| lane.link.as_mut().map(|link| (link, &lane.worker))) {
             Some((link @ Link { attached: Some(_), .. }, worker)) => {
+                if !link.busy {
+                    // Awake now: a backend that answers before this worker waits
+                    // again (one on this core, run by the wake below) writes no
+                    // wake; `before_wait` takes the answer.
+                    link.duplex.rx.disarm_wake();
+                    link.busy = true;
+                }
                 let sent = try_send_record(&mut link.duplex.tx, id, payload);
                 if let Err(e) = &sent
                     && !matches!(e, SendError::Full)
@@ -627,6 +643,13 @@ impl Service for IpcRelay {
         pump(&self.shared, conns);
     }
 
+    fn before_wait(&self, conns: &mut Conns<'_, Self>) {
+        let Some(link) = conns.worker_state::<Lane>().and_then(|lane| lane.link.as_mut()) else { return };
+        if std::mem::take(&mut link.busy) {
+            pump(&self.shared, conns);
+        }
+    }
+
     fn posted(&self, _data: u64, conns: &mut Conns<'_, Self>) {
         let Some(lane) = conns.worker_state::<Lane>() else { return };
         lane.posted = false;
@@ -685,6 +708,10 @@ fn pump(sh: &Shared, conns: &mut Conns<'_, IpcRelay>) {
                 let Some((Some(watch), attached)) = lane.link.as_ref().map(|l| (l.watch, l.attached.is_some())) else {
                     return;
                 };
+                if lane.link.as_ref().is_some_and(|l| l.armed) {
+                    // Still waiting from before the take-back.
+                    return;
+                }
                 // Attached, the watcher thread reports the backend's death through the
                 // descriptor: no timer. Unattached, look now and then.
                 let deadline = (!attached).then(|| Instant::now() + UNATTACHED_CHECK);
@@ -1018,7 +1045,7 @@ pub(crate) fn fuzzing_lane(relay: &IpcRelay) -> Result<Box<dyn Any + Send>, Open
     sh.workers.store(1, Ordering::Release);
     sh.attached.fetch_add(1, Ordering::AcqRel);
     add(&sh.counts.backends_attached, 1);
-    let link = Link { duplex, watch: None, armed: false, attached: Some(1), broken: false };
+    let link = Link { duplex, watch: None, armed: false, busy: false, attached: Some(1), broken: false };
     Ok(Box::new(Lane {
         sh: sh.clone(),
         index: 0,

@@ -142,6 +142,19 @@ pub trait Service: Send + Sync + 'static {
     {
         let _ = (watch, result, conns);
     }
+
+    /// The worker is about to wait on its port again: everything its last wait
+    /// returned has been handled. A service that stopped a wake while it was busy
+    /// (berth-ipc's [`disarm_wake`](berth_ipc::Receiver::disarm_wake), say) looks
+    /// at its source here and arms again before the worker sleeps. Called before
+    /// every wait, so it must be cheap when there is nothing to do; the default
+    /// does nothing.
+    fn before_wait(&self, conns: &mut Conns<'_, Self>)
+    where
+        Self: Sized,
+    {
+        let _ = conns;
+    }
 }
 
 /// A descriptor (or a timer) a [`Service`] waits on through one worker's completion
