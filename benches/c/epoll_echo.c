@@ -1,10 +1,17 @@
 /* A plain C epoll echo server: the baseline that shows what any event loop on
  * this machine can do (issue 20). Level-triggered, one thread, nothing pooled.
  *
- *   epoll_echo [--addr 127.0.0.1:PORT]   (port 0 picks a free one)
+ *   epoll_echo [--addr 127.0.0.1:PORT] [--hop]   (port 0 picks a free one)
  *
  * Prints "listening on ADDR" and echoes every byte back until killed. A reply the
  * socket cannot take at once is kept (per connection) and finished on EPOLLOUT.
+ *
+ * --hop: every chunk read goes to a child process and back through shared memory
+ * before it is written, each side asleep on a futex while the other works and
+ * woken only when it sleeps (issue 18): the floor of a relay with a backend
+ * process, with no ring, framing or event loop of its own. The child shares the
+ * parent's CPUs (relay_bench pins both to the servers' core, as the relay and its
+ * backend are) and dies with it.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -15,8 +22,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/futex.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define BUF 65536
@@ -37,6 +50,39 @@ static void drop(int ep, int fd) {
     memset(&conns[fd], 0, sizeof conns[fd]);
 }
 
+/* --hop: one direction between the processes: the sequence number of the last
+ * message, whether its reader sleeps (then the writer wakes it), the message. */
+struct lane {
+    _Atomic unsigned seq;
+    _Atomic unsigned sleeping;
+    size_t len;
+    char msg[BUF];
+};
+
+static void put(struct lane *l, unsigned seq) {
+    atomic_store(&l->seq, seq);
+    if (atomic_exchange(&l->sleeping, 0)) syscall(SYS_futex, &l->seq, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+static void take(struct lane *l, unsigned seq) {
+    while (atomic_load(&l->seq) != seq) {
+        atomic_store(&l->sleeping, 1);
+        if (atomic_load(&l->seq) != seq) syscall(SYS_futex, &l->seq, FUTEX_WAIT, seq - 1, NULL, NULL, 0);
+        atomic_store(&l->sleeping, 0);
+    }
+}
+
+/* The backend: each message straight back, copied as a backend copies its reply. */
+static void backend(struct lane *in, struct lane *out) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    for (unsigned s = 1;; s++) {
+        take(in, s);
+        memcpy(out->msg, in->msg, in->len);
+        out->len = in->len;
+        put(out, s);
+    }
+}
+
 /* Writes what is pending; returns 0 when all is out, 1 to wait for EPOLLOUT, -1 on error. */
 static int flush(int fd) {
     struct conn *c = &conns[fd];
@@ -51,8 +97,20 @@ static int flush(int fd) {
 
 int main(int argc, char **argv) {
     const char *addr = "127.0.0.1:0";
-    for (int i = 1; i + 1 < argc; i += 2)
-        if (!strcmp(argv[i], "--addr")) addr = argv[i + 1];
+    int hop = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--hop")) hop = 1;
+        else if (!strcmp(argv[i], "--addr") && i + 1 < argc) addr = argv[++i];
+    }
+    struct lane *lanes = NULL;
+    unsigned seq = 0;
+    if (hop) {
+        lanes = mmap(NULL, 2 * sizeof *lanes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (lanes == MAP_FAILED) { perror("mmap"); return 1; }
+        pid_t child = fork();
+        if (child < 0) { perror("fork"); return 1; }
+        if (child == 0) backend(&lanes[0], &lanes[1]);
+    }
     char host[64];
     const char *colon = strrchr(addr, ':');
     if (!colon || (size_t)(colon - addr) >= sizeof host) { fprintf(stderr, "bad --addr %s\n", addr); return 2; }
@@ -94,10 +152,17 @@ int main(int argc, char **argv) {
                 }
                 continue;
             }
-            ssize_t got = recv(fd, buf, BUF, 0);
+            char *data = hop ? lanes[0].msg : buf;
+            ssize_t got = recv(fd, data, BUF, 0);
             if (got == 0 || (got < 0 && errno != EAGAIN)) { drop(ep, fd); continue; }
             if (got < 0) continue;
-            ssize_t sent = send(fd, buf, (size_t)got, MSG_NOSIGNAL);
+            if (hop) {
+                lanes[0].len = (size_t)got;
+                put(&lanes[0], ++seq);
+                take(&lanes[1], seq);
+                data = lanes[1].msg;
+            }
+            ssize_t sent = send(fd, data, (size_t)got, MSG_NOSIGNAL);
             if (sent < 0 && errno != EAGAIN) { drop(ep, fd); continue; }
             if (sent < 0) sent = 0;
             if (sent < got) {
@@ -105,7 +170,7 @@ int main(int argc, char **argv) {
                 struct conn *c = &conns[fd];
                 c->pending = realloc(c->pending, (size_t)(got - sent));
                 if (!c->pending) { drop(ep, fd); continue; }
-                memcpy(c->pending, buf + sent, (size_t)(got - sent));
+                memcpy(c->pending, data + sent, (size_t)(got - sent));
                 c->len = (size_t)(got - sent);
                 c->off = 0;
                 struct epoll_event cev = { .events = EPOLLOUT, .data.fd = fd };

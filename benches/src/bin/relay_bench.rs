@@ -6,10 +6,15 @@
 //! relay_bench [--quick]
 //! ```
 //!
-//! Rows (appended to `berth_benches::results_path()`, peer `tcp_echo`, lower is
-//! better): `relay/64B/rtt_p50_us` — the median round trip over every sample of every
-//! round. The ratio is below 1 by construction (the relay adds a hop and a process);
-//! it says what the hop costs. `relay/64B/syscalls_per_rt` — the syscalls of the
+//! Rows (appended to `berth_benches::results_path()`, lower is better):
+//! `relay/64B/rtt_p50_us` (peer `tcp_echo`) — the median round trip over every sample
+//! of every round. The ratio is below 1 by construction (the relay adds a hop and a
+//! process); it says what the hop costs. `relay/64B/hop_us` (peer `c_epoll_hop`) —
+//! that hop alone (relay p50 minus echo p50) against the same for a plain C epoll
+//! echo with and without a futex hop through a child process (`benches/c/epoll_echo.c`
+//! `--hop`, built with the system's `cc`; skipped with a note without one): the floor
+//! of any relay with a backend process on this machine, whose own ratio to the C
+//! echo is printed as the best a relay's first row can reach here. `relay/64B/syscalls_per_rt` — the syscalls of the
 //! relay and the backend together per round trip, against the echo server's, counted
 //! with `perf stat -e raw_syscalls:sys_enter` in a separate, untimed pass after the
 //! rounds (skipped, with a note, where perf cannot run); both processes' shares are
@@ -17,7 +22,7 @@
 //!
 //! The `berth` binary is looked up next to this executable and built with
 //! `cargo build -p berth-cli` (same profile) if it is missing. The servers (relay,
-//! backend, echo; one worker each) are pinned to the first core and the client to
+//! backend, echo, the two C servers; one worker each) are pinned to the first core and the client to
 //! the second when there are two. One client connection sends a frame, waits for
 //! the whole reply, and repeats; rounds alternate relay and echo so drift on a
 //! shared machine hits both alike. Every child is stopped with SIGINT (so the relay
@@ -25,7 +30,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -56,6 +61,21 @@ fn run() -> Result<(), String> {
     let (relay, relay_addr) = start(&berth, &["relay", "--channel", &channel], server_core)?;
     let (backend, _) = start(&berth, &["backend-echo", "--channel", &channel], server_core)?;
     let (echo, echo_addr) = start(&berth, &["echo"], server_core)?;
+    // The C floor: its echo, and the same with the hop through a child process.
+    let exe_dir = berth.parent().ok_or("no directory for the C servers")?;
+    let c_servers = match berth_benches::sys_bench::compile_c(exe_dir, "epoll_echo.c", "c_epoll_echo") {
+        Ok(program) => {
+            let (c_echo, a) = start_program(&program, &[], server_core)?;
+            let (c_hop, b) = start_program(&program, &["--hop"], server_core)?;
+            let a = a.ok_or("no address in the C echo's banner")?;
+            let b = b.ok_or("no address in the C hop's banner")?;
+            Some(((c_echo, client(a)?), (c_hop, client(b)?)))
+        }
+        Err(e) => {
+            eprintln!("relay_bench: no C floor ({e})");
+            None
+        }
+    };
     if let Some(core) = client_core {
         pin_current_thread(core).map_err(|e| format!("pinning the client: {e}"))?;
     }
@@ -67,9 +87,15 @@ fn run() -> Result<(), String> {
     let frame: Vec<u8> = (PAYLOAD as u32).to_be_bytes().into_iter().chain((0..PAYLOAD).map(|i| i as u8)).collect();
     let mut relay_rtts = Vec::with_capacity(rounds * samples);
     let mut echo_rtts = Vec::with_capacity(rounds * samples);
+    let (mut c_echo_rtts, mut c_hop_rtts) = (Vec::new(), Vec::new());
+    let mut c_servers = c_servers;
     for round in 0..rounds {
         measure(&mut via_relay, &frame, warmup, samples, &mut relay_rtts)?;
         measure(&mut direct, &frame, warmup, samples, &mut echo_rtts)?;
+        if let Some(((_, c_echo), (_, c_hop))) = c_servers.as_mut() {
+            measure(c_echo, &frame, warmup, samples, &mut c_echo_rtts)?;
+            measure(c_hop, &frame, warmup, samples, &mut c_hop_rtts)?;
+        }
         eprintln!("relay_bench: round {}/{rounds} done", round + 1);
     }
     let (relay_p50, relay_p99) = percentiles(&mut relay_rtts);
@@ -79,6 +105,26 @@ fn run() -> Result<(), String> {
          tcp echo p50 {echo_p50:.1} µs p99 {echo_p99:.1} µs"
     );
     let mut rows = vec![Row::new("relay/64B/rtt_p50_us", "rtt_p50_us", relay_p50, "tcp_echo", echo_p50, Better::Lower)];
+    if c_servers.is_some() {
+        let (c_echo_p50, _) = percentiles(&mut c_echo_rtts);
+        let (c_hop_p50, c_hop_p99) = percentiles(&mut c_hop_rtts);
+        eprintln!(
+            "relay_bench: C floor: epoll echo p50 {c_echo_p50:.1} µs; with a futex hop p50 {c_hop_p50:.1} µs \
+             p99 {c_hop_p99:.1} µs; the hop costs berth {:.1} µs, C {:.1} µs; the best relay/tcp echo ratio \
+             here is about {:.3}",
+            relay_p50 - echo_p50,
+            c_hop_p50 - c_echo_p50,
+            c_echo_p50 / c_hop_p50
+        );
+        rows.push(Row::new(
+            "relay/64B/hop_us",
+            "hop_us",
+            relay_p50 - echo_p50,
+            "c_epoll_hop",
+            c_hop_p50 - c_echo_p50,
+            Better::Lower,
+        ));
+    }
     let trips = if quick { 2_000 } else { 10_000 };
     let relayed = syscalls_per_rt(&mut via_relay, &frame, &[relay.id(), backend.id()], trips);
     let direct_n = syscalls_per_rt(&mut direct, &frame, &[echo.id()], trips);
@@ -109,20 +155,38 @@ fn run() -> Result<(), String> {
     for child in [relay, backend, echo] {
         stop(child);
     }
+    if let Some(((c_echo, _), (c_hop, _))) = c_servers {
+        stop(c_echo);
+        stop(c_hop);
+    }
     Ok(())
 }
 
 /// Starts `berth ARGS --workers 1 --log warn` (with `--addr 127.0.0.1:0` unless it
 /// is the backend) on `core`; returns it and the address from its banner.
-fn start(berth: &PathBuf, args: &[&str], core: Option<usize>) -> Result<(ChildGuard, Option<SocketAddr>), String> {
-    let mut cmd = Command::new(berth);
-    cmd.args(args).args(["--log", "warn"]);
-    let server = args[0] != "backend-echo";
-    if server {
-        cmd.args(["--addr", "127.0.0.1:0", "--workers", "1"]);
+fn start(berth: &Path, args: &[&str], core: Option<usize>) -> Result<(ChildGuard, Option<SocketAddr>), String> {
+    let mut all = args.to_vec();
+    all.extend(["--log", "warn"]);
+    if args[0] != "backend-echo" {
+        all.extend(["--addr", "127.0.0.1:0", "--workers", "1"]);
     }
+    start_program(berth, &all, core)
+}
+
+/// Starts `program ARGS` on `core`; returns it and the address its banner ends
+/// with (`... on ADDR`, a server's; required unless `ARGS` starts the backend).
+fn start_program(
+    program: &Path,
+    args: &[&str],
+    core: Option<usize>,
+) -> Result<(ChildGuard, Option<SocketAddr>), String> {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    let server = args.first() != Some(&"backend-echo");
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-    let mut child = ChildGuard::new(spawn_pinned(&mut cmd, core).map_err(|e| format!("starting berth {args:?}: {e}"))?);
+    let mut child = ChildGuard::new(
+        spawn_pinned(&mut cmd, core).map_err(|e| format!("starting {} {args:?}: {e}", program.display()))?,
+    );
     let stdout = child.child_mut().stdout.take().ok_or("no stdout")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -132,7 +196,7 @@ fn start(berth: &PathBuf, args: &[&str], core: Option<usize>) -> Result<(ChildGu
     });
     let banner = match rx.recv_timeout(STARTUP) {
         Ok(Some(Ok(line))) => line,
-        _ => return Err(format!("berth {args:?} printed no banner")),
+        _ => return Err(format!("{} {args:?} printed no banner", program.display())),
     };
     // "... on ADDR (1 worker)"
     let addr = banner.rsplit(" on ").next().and_then(|rest| rest.split(' ').next()).and_then(|a| a.parse().ok());
