@@ -84,6 +84,14 @@
 // `poll`/`epoll` can wait on (`berth_ipc_receiver_wake_fd`, `berth_ipc_receiver_arm`).
 #define BERTH_IPC_WAKE_FDS 1
 
+// Flag of `berth_ipc_channel_create*`: a fenced channel (berth-ipc's
+// `Config::fenced`). Every publication pays a full fence, so an end about to sleep
+// needs no `membarrier(2)`: the cheaper choice when the ends sleep often (a
+// request/reply link such as `berth relay`'s lanes), the dearer one for a stream
+// that rarely sleeps. The flag is in the channel's header: a reader built before
+// it refuses the channel (`BERTH_IPC_OPEN_FAILED`), and the other end needs no flag.
+#define BERTH_IPC_FENCED 2
+
 // A channel: the mapped ring, from which one sender and one receiver are opened.
 typedef uint64_t BerthIpcChannel;
 
@@ -113,7 +121,8 @@ size_t berth_ipc_last_error(char *buf, size_t cap);
 
 // Creates an anonymous channel (a memfd) with a ring of `capacity` bytes (a power
 // of two, 64 B ..= 1 TiB) carrying messages of up to `max_message` bytes (0: the
-// default, half the ring less 8). `flags`: 0 or `BERTH_IPC_WAKE_FDS`. Pass it to
+// default, half the ring less 8). `flags`: 0, or `BERTH_IPC_WAKE_FDS` and/or
+// `BERTH_IPC_FENCED` (or-ed). Pass it to
 // another process with `berth_ipc_channel_fd` (and `berth_ipc_channel_wake_fds`)
 // and `berth_ipc_channel_from_fd` there. Thread-safe.
 //
@@ -123,7 +132,7 @@ int32_t berth_ipc_channel_create(uint64_t capacity, uint64_t max_message, uint32
 
 // Creates the named channel `/dev/shm/berth-ipc.<name>` (mode 0600, exclusively:
 // an existing name is `BERTH_IPC_OPEN_FAILED`), and with `BERTH_IPC_WAKE_FDS` its
-// wake FIFOs beside it. `name`: 1 to 200 bytes of `[A-Za-z0-9._-]`. Thread-safe.
+// wake FIFOs beside it; `flags` as in `berth_ipc_channel_create`. `name`: 1 to 200 bytes of `[A-Za-z0-9._-]`. Thread-safe.
 //
 // # Safety
 // `name` is NULL or NUL-terminated; `out` is NULL or valid for a write.

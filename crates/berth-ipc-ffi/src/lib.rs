@@ -109,6 +109,13 @@ pub const BERTH_IPC_BUFFER_TOO_SMALL: i32 = 18;
 /// Flag of `berth_ipc_channel_create*`: give each end a wake descriptor that
 /// `poll`/`epoll` can wait on (`berth_ipc_receiver_wake_fd`, `berth_ipc_receiver_arm`).
 pub const BERTH_IPC_WAKE_FDS: u32 = 1;
+/// Flag of `berth_ipc_channel_create*`: a fenced channel (berth-ipc's
+/// `Config::fenced`). Every publication pays a full fence, so an end about to sleep
+/// needs no `membarrier(2)`: the cheaper choice when the ends sleep often (a
+/// request/reply link such as `berth relay`'s lanes), the dearer one for a stream
+/// that rarely sleeps. The flag is in the channel's header: a reader built before
+/// it refuses the channel (`BERTH_IPC_OPEN_FAILED`), and the other end needs no flag.
+pub const BERTH_IPC_FENCED: u32 = 2;
 
 /// A sender and whether a reservation is pending (its length).
 struct TxEnd {
@@ -232,11 +239,11 @@ unsafe fn name<'a>(name: *const c_char) -> Result<&'a str, i32> {
 }
 
 fn config(capacity: u64, max_message: u64, flags: u32) -> Result<Config, i32> {
-    if flags & !BERTH_IPC_WAKE_FDS != 0 {
+    if flags & !(BERTH_IPC_WAKE_FDS | BERTH_IPC_FENCED) != 0 {
         set_last_error(format!("unknown flags {flags:#x}"));
         return Err(BERTH_IPC_INVALID);
     }
-    let mut cfg = Config::new(capacity).wake_fds(flags & BERTH_IPC_WAKE_FDS != 0);
+    let mut cfg = Config::new(capacity).wake_fds(flags & BERTH_IPC_WAKE_FDS != 0).fenced(flags & BERTH_IPC_FENCED != 0);
     if max_message != 0 {
         cfg = cfg.max_message(max_message);
     }
@@ -328,7 +335,8 @@ pub unsafe extern "C" fn berth_ipc_last_error(buf: *mut c_char, cap: usize) -> u
 
 /// Creates an anonymous channel (a memfd) with a ring of `capacity` bytes (a power
 /// of two, 64 B ..= 1 TiB) carrying messages of up to `max_message` bytes (0: the
-/// default, half the ring less 8). `flags`: 0 or `BERTH_IPC_WAKE_FDS`. Pass it to
+/// default, half the ring less 8). `flags`: 0, or `BERTH_IPC_WAKE_FDS` and/or
+/// `BERTH_IPC_FENCED` (or-ed). Pass it to
 /// another process with `berth_ipc_channel_fd` (and `berth_ipc_channel_wake_fds`)
 /// and `berth_ipc_channel_from_fd` there. Thread-safe.
 ///
@@ -346,7 +354,7 @@ pub unsafe extern "C" fn berth_ipc_channel_create(
 
 /// Creates the named channel `/dev/shm/berth-ipc.<name>` (mode 0600, exclusively:
 /// an existing name is `BERTH_IPC_OPEN_FAILED`), and with `BERTH_IPC_WAKE_FDS` its
-/// wake FIFOs beside it. `name`: 1 to 200 bytes of `[A-Za-z0-9._-]`. Thread-safe.
+/// wake FIFOs beside it; `flags` as in `berth_ipc_channel_create`. `name`: 1 to 200 bytes of `[A-Za-z0-9._-]`. Thread-safe.
 ///
 /// # Safety
 /// `name` is NULL or NUL-terminated; `out` is NULL or valid for a write.

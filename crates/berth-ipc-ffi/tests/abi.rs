@@ -240,3 +240,40 @@ fn signalled(fd: std::os::fd::BorrowedFd<'_>) -> bool {
     let mut counter = [0u8; 8];
     std::fs::File::from(fd.try_clone_to_owned().unwrap()).read(&mut counter).is_ok_and(|n| n == 8)
 }
+
+/// `BERTH_IPC_FENCED` makes a fenced channel (the flag is in its header, as a Rust
+/// end opening the descriptor sees) that carries messages as any other; without
+/// the flag the channel is not fenced. Proven by mutation: `config` ignoring the
+/// flag fails the first assertion.
+#[test]
+fn a_fenced_channel_from_c() {
+    let fenced_of = |flags: u32| {
+        let (ch, tx, rx) = open(flags);
+        let mut fd = -1;
+        // SAFETY: valid pointers; the duplicate is owned by the Rust channel.
+        let fenced = unsafe {
+            let dup = |n: i32| std::os::fd::BorrowedFd::borrow_raw(n).try_clone_to_owned().unwrap();
+            assert_eq!(berth_ipc_channel_fd(ch, &mut fd), BERTH_IPC_OK);
+            let (mut rfd, mut tfd) = (-1, -1);
+            let chan = if berth_ipc_channel_wake_fds(ch, &mut rfd, &mut tfd) == BERTH_IPC_OK {
+                berth_ipc::Channel::from_fds(dup(fd), dup(rfd), dup(tfd))
+            } else {
+                berth_ipc::Channel::from_fd(dup(fd))
+            };
+            chan.unwrap().fenced()
+        };
+        // SAFETY: valid pointers and lengths.
+        unsafe {
+            assert_eq!(berth_ipc_try_send(tx, b"fence".as_ptr(), 5), BERTH_IPC_OK);
+            let mut buf = [0u8; 8];
+            let mut len = 0;
+            assert_eq!(berth_ipc_recv_copy(rx, buf.as_mut_ptr(), buf.len(), &mut len, 0), BERTH_IPC_OK);
+            assert_eq!(&buf[..len], b"fence");
+        }
+        close(ch, tx, rx);
+        fenced
+    };
+    assert!(fenced_of(BERTH_IPC_FENCED), "created with BERTH_IPC_FENCED");
+    assert!(fenced_of(BERTH_IPC_FENCED | BERTH_IPC_WAKE_FDS));
+    assert!(!fenced_of(0));
+}

@@ -631,6 +631,11 @@ impl Channel {
         self.sh.layout.max_message as usize
     }
 
+    /// Whether the channel was created [fenced](Config::fenced) (as its header says).
+    pub fn fenced(&self) -> bool {
+        self.sh.layout.fenced
+    }
+
     /// The pid that created the channel.
     pub fn creator_pid(&self) -> u32 {
         self.sh.layout.creator_pid
