@@ -1300,6 +1300,32 @@ mod loom_tests {
     /// `sleepers_on_descriptors_never_lose_a_wake` and its mutation instead.
     #[test]
     fn loom_a_receiver_asleep_on_its_fd_flag_is_always_woken() {
+        fd_flag_model(false);
+    }
+
+    /// The same, with a receiver that is woken by something else (a socket) each
+    /// time it has armed for a record, and takes the flag back with
+    /// `take_back_wait` before it looks at the ring again (the relay's workers),
+    /// then arms once more and sleeps: no wake is lost, and every record arrives
+    /// once and in order.
+    ///
+    /// What this leaves out: that exactly one of the two swaps ends each sleep (so
+    /// a receiver that took its flag back need not empty its descriptor), and that
+    /// a flag the producer cleared first is followed by its record. Asserting
+    /// either here fails on histories loom 0.7 should not produce: a receiver's
+    /// own flag store ordered between the read and the write of the producer's
+    /// swap (tokio-rs/loom#254, reproduced with a single flag and two threads).
+    /// The channel test `a_flag_taken_back_gets_no_wake_and_one_answered_is_drained`
+    /// checks the first on real memory.
+    #[test]
+    fn loom_a_receiver_that_takes_its_flag_back_loses_no_wake() {
+        fd_flag_model(true);
+    }
+
+    /// Three 20-byte records through a 64-byte ring (the producer waits for room
+    /// on its futex flag), the receiver asleep on its descriptor flag; with
+    /// `take_back`, the first arm for each record is taken back.
+    fn fd_flag_model(take_back: bool) {
         fn sleep_on(flag: &AtomicU32, how: u32) {
             while flag.load(Ordering::Relaxed) == how {
                 thread::yield_now();
@@ -1332,66 +1358,7 @@ mod loom_tests {
             });
             let mut c = Consumer::new(g, &*r).unwrap();
             for n in 0..3u8 {
-                let s = loop {
-                    match c.peek(&*r).unwrap() {
-                        Some(s) => break s,
-                        None => {
-                            c.flush(&*r);
-                            if c.prepare_wait(&*r, WAIT_FD) {
-                                sleep_on(r.rx_wait(), WAIT_FD);
-                            }
-                        }
-                    }
-                };
-                let mut buf = [0u8; 20];
-                r.read(s.off(), &mut buf);
-                assert_eq!(buf, [n; 20]);
-                c.release(&*r, s);
-            }
-            producer.join().unwrap();
-        });
-    }
-
-    /// An event loop's receiver that arms its descriptor flag, is woken by something
-    /// else (a socket) and takes the flag back with `take_back_wait` before it
-    /// looks at the ring again (the relay's workers): no wake is lost (a sleep is
-    /// "yield until the flag is cleared", so a lost one is a loom deadlock), and
-    /// every record arrives once and in order.
-    ///
-    /// What this leaves out: that exactly one of the two swaps ends each sleep (so
-    /// a receiver that took its flag back need not empty its descriptor), and that
-    /// a flag the producer cleared first is followed by its record. Asserting
-    /// either here fails on histories loom 0.7 should not produce: a receiver's
-    /// own flag store ordered between the read and the write of the producer's
-    /// swap (tokio-rs/loom#254, reproduced with a single flag and two threads).
-    /// The channel test `a_flag_taken_back_gets_no_wake_and_one_answered_is_drained`
-    /// checks the first on real memory.
-    #[test]
-    fn loom_a_receiver_that_takes_its_flag_back_loses_no_wake() {
-        fn sleep_on(flag: &AtomicU32) {
-            while flag.load(Ordering::Relaxed) == WAIT_FD {
-                thread::yield_now();
-            }
-        }
-        let g = Geometry { release_batch: u64::MAX, ..geo() };
-        let mut b = loom::model::Builder::new();
-        b.preemption_bound = Some(3);
-        b.check(move || {
-            let r = Arc::new(HeapRegion::new(64));
-            let pr = r.clone();
-            let producer = thread::spawn(move || {
-                let mut p = Producer::new(g, &*pr).unwrap();
-                for n in 0..2u8 {
-                    let s = p.reserve(&*pr, 8).unwrap();
-                    pr.write(s.off(), &[n; 8]);
-                    let w = p.commit(&*pr, s, 8);
-                    assert!(w == Wake::No || w == Wake::Fd, "{w:?} for a receiver on its descriptor");
-                }
-            });
-            let mut c = Consumer::new(g, &*r).unwrap();
-            for n in 0..2u8 {
-                // The first sleep of each record is cut short by "a socket".
-                let mut woken_elsewhere = false;
+                let mut woken_elsewhere = !take_back;
                 let s = loop {
                     match c.peek(&*r).unwrap() {
                         Some(s) => break s,
@@ -1401,7 +1368,7 @@ mod loom_tests {
                                 continue;
                             }
                             if woken_elsewhere {
-                                sleep_on(r.rx_wait());
+                                sleep_on(r.rx_wait(), WAIT_FD);
                             } else {
                                 woken_elsewhere = true;
                                 c.take_back_wait(&*r);
@@ -1409,9 +1376,9 @@ mod loom_tests {
                         }
                     }
                 };
-                let mut buf = [0u8; 8];
+                let mut buf = [0u8; 20];
                 r.read(s.off(), &mut buf);
-                assert_eq!(buf, [n; 8]);
+                assert_eq!(buf, [n; 20]);
                 c.release(&*r, s);
             }
             producer.join().unwrap();
