@@ -213,9 +213,12 @@ struct Shared {
 /// held, and a worker never blocks. The lane's reply ring is waited on by the
 /// worker's completion port: its wake descriptor is [watched](Conns::watch), and
 /// armed ([`Receiver::arm_wake`](berth_ipc::Receiver::arm_wake)) only once the ring
-/// is found empty, so the backend writes it only for a worker that sleeps; the
-/// worker then answers each reply straight from the ring into the connection's
-/// write buffer. A backend that stops reading leaves its lane's ring full: its
+/// is found empty, so the backend writes it only for a worker that sleeps. A worker
+/// that forwards a frame takes that arm back first
+/// ([`disarm_wake`](berth_ipc::Receiver::disarm_wake)) and looks at the ring before
+/// it waits again ([`Service::before_wait`]): a backend that answers meanwhile — one
+/// on the worker's core — writes nothing, and the worker reads nothing. The worker
+/// answers each reply straight from the ring into the connection's write buffer. A backend that stops reading leaves its lane's ring full: its
 /// clients are closed, and the others' go on.
 ///
 /// # Example
