@@ -3,7 +3,12 @@
  * socket, blocking: recvmmsg(MSG_WAITFORONE) takes up to 64 datagrams per call,
  * sendmmsg sends each back to its sender in one call. No event loop, no pooling.
  *
- *   udp_mmsg_echo [--addr 127.0.0.1:PORT]   (port 0 picks a free one)
+ *   udp_mmsg_echo [--addr 127.0.0.1:PORT] [--epoll]   (port 0 picks a free one)
+ *
+ * --epoll: the socket is non-blocking and waited on with an edge-triggered epoll,
+ * each edge drained with recvmmsg until EAGAIN: the same loop, as an event loop
+ * must run it (an epoll entry on the socket's wait queue, an epoll_wait per
+ * drain). The floor of any readiness-based UDP server here.
  *
  * Prints "listening on ADDR" and echoes every datagram until killed. The socket's
  * SO_RCVBUF is 4 MiB (capped by net.core.rmem_max), as berth's and tokio's get.
@@ -15,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <signal.h>
@@ -32,8 +38,11 @@ int main(int argc, char **argv) {
     /* A benchmark's server must not outlive the benchmark. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     const char *addr = "127.0.0.1:0";
-    for (int i = 1; i + 1 < argc; i += 2)
-        if (!strcmp(argv[i], "--addr")) addr = argv[i + 1];
+    int use_epoll = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--epoll")) use_epoll = 1;
+        else if (!strcmp(argv[i], "--addr") && i + 1 < argc) addr = argv[++i];
+    }
     char host[64];
     const char *colon = strrchr(addr, ':');
     if (!colon || (size_t)(colon - addr) >= sizeof host) { fprintf(stderr, "bad --addr %s\n", addr); return 2; }
@@ -41,7 +50,7 @@ int main(int argc, char **argv) {
     host[colon - addr] = 0;
     struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(colon + 1)) };
     if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) { fprintf(stderr, "bad host %s\n", host); return 2; }
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | (use_epoll ? SOCK_NONBLOCK : 0), 0);
     int rcvbuf = 4 << 20;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
     if (bind(fd, (struct sockaddr *)&sa, sizeof sa)) { perror("bind"); return 1; }
@@ -57,9 +66,21 @@ int main(int argc, char **argv) {
         in[i].msg_hdr.msg_name = &peers[i];
         out[i].msg_hdr = in[i].msg_hdr;
     }
+    int ep = -1;
+    if (use_epoll) {
+        struct epoll_event ev = { .events = EPOLLIN | EPOLLET, .data.fd = fd };
+        ep = epoll_create1(EPOLL_CLOEXEC);
+        if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev)) { perror("epoll"); return 1; }
+    }
     for (;;) {
         for (int i = 0; i < BATCH; i++) in[i].msg_hdr.msg_namelen = sizeof peers[i];
-        int n = recvmmsg(fd, in, BATCH, MSG_WAITFORONE, NULL);
+        int n = recvmmsg(fd, in, BATCH, use_epoll ? 0 : MSG_WAITFORONE, NULL);
+        if (n < 0 && use_epoll && errno == EAGAIN) {
+            /* Drained: wait for the next edge. */
+            struct epoll_event ev;
+            if (epoll_wait(ep, &ev, 1, -1) < 0 && errno != EINTR) { perror("epoll_wait"); return 1; }
+            continue;
+        }
         if (n < 0) {
             if (errno == EINTR) continue;
             perror("recvmmsg");

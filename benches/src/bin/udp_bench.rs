@@ -20,7 +20,9 @@
 //!   Measured in the same rounds and printed against tokio, without rows: berth
 //!   with pooled receives (`--pooled`), and `benches/c/udp_mmsg_echo.c` (built with
 //!   `cc`), a blocking C loop of `recvmmsg`/`sendmmsg` at 64 datagrams a call — the
-//!   floor of what any server's syscalls can save on this machine.
+//!   floor of what any server's syscalls can save on this machine — and the same
+//!   loop on an edge-triggered epoll (`c_epoll_mmsg`, `--epoll`), the floor of any
+//!   server that waits by readiness, as berth and tokio do.
 //! - `unix`: `berth_echo` and `tokio_echo` on `--addr unix:/path`, driven by
 //!   `berth_load` over 64 Unix stream connections, ping-pong of 64 B messages.
 //!
@@ -224,9 +226,15 @@ fn servers(cfg: &Config, kind: Kind, self_test: bool) -> (Vec<ServerSpec>, &'sta
             // Datagram ops as ring operations (RECVMSG/SENDMSG), not readiness batches.
             let args = vec!["--driver".to_string(), "uring".to_string(), "--ring-datagrams".to_string()];
             servers.push(ServerSpec { name: "berth_ring".into(), program: exe(berth_bin), args });
-            // The floor: a C loop of blocking recvmmsg/sendmmsg, 64 datagrams a call.
+            // The floor: a C loop of blocking recvmmsg/sendmmsg, 64 datagrams a call;
+            // and the same loop on an edge-triggered epoll, the floor of any
+            // readiness-based server.
             match berth_benches::sys_bench::compile_c(&cfg.exe_dir, "udp_mmsg_echo.c", "c_udp_mmsg_echo") {
-                Ok(program) => servers.push(ServerSpec { name: "c_mmsg".into(), program, args: vec![] }),
+                Ok(program) => {
+                    let args = vec!["--epoll".to_string()];
+                    servers.push(ServerSpec { name: "c_mmsg".into(), program: program.clone(), args: vec![] });
+                    servers.push(ServerSpec { name: "c_epoll_mmsg".into(), program, args });
+                }
                 Err(e) => println!("udp_bench: no plain C recvmmsg echo in this run: {e}"),
             }
         }
@@ -325,7 +333,7 @@ fn run_case(cfg: &Config, kind: Kind, self_test: bool) -> Result<Case, String> {
             c.cpu.cpu_ratio(),
         );
     }
-    for extra in ["berth_pooled", "berth_ring", "c_mmsg"] {
+    for extra in ["berth_pooled", "berth_ring", "c_mmsg", "c_epoll_mmsg"] {
         let Some(at) = servers.iter().position(|s| s.name == extra) else { continue };
         let against: Vec<Pair> =
             rounds.iter().filter(|r| r.len() > at).map(|r| Pair { berth: r[at], peer: r[1] }).collect();
