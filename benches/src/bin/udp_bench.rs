@@ -33,6 +33,7 @@
 //! Rows (appended to `berth_benches::results_path()`): `udp/64B/msgs_per_s` and
 //! `udp/64B/server_cpu_us_per_msg` (peer `tokio_udp`),
 //! `udp/64B/server_cpu_us_per_msg_vs_epoll` (peer `berth_epoll`),
+//! `udp/64B/server_cpu_us_per_msg_vs_c_epoll` (peer `c_epoll_mmsg`),
 //! `udp/64B/syscalls_per_msg` (peer `tokio_udp`); the same under
 //! `unix/64B/64conns/` (peer `tokio_unix`). Where io_uring cannot run, berth is its
 //! epoll driver and the `_vs_epoll` rows are left out. `--self-test` runs the whole
@@ -100,13 +101,16 @@ struct ServerSpec {
     args: Vec<String>,
 }
 
-/// One case's outcome: berth against its peer and against itself on epoll.
+/// One case's outcome: berth against its peer, against itself on epoll, and
+/// against the C epoll floor.
 #[derive(Debug, Clone, Copy)]
 struct Case {
     kind: Kind,
     peer: &'static str,
     vs_peer: Compared,
     vs_epoll: Option<Compared>,
+    /// Against `c_epoll_mmsg` (UDP, where `cc` could build it).
+    vs_floor: Option<Compared>,
     /// Syscalls per message of berth and the peer, if counted.
     syscalls: Option<(f64, f64)>,
 }
@@ -318,7 +322,11 @@ fn run_case(cfg: &Config, kind: Kind, self_test: bool) -> Result<Case, String> {
     let vs_peer = Compared::of(&pairs(1)).ok_or_else(|| format!("{id}: no round measured"))?;
     let epoll_at = servers.iter().position(|s| s.name == "berth_epoll");
     let vs_epoll = epoll_at.and_then(|i| Compared::of(&pairs(i)));
-    for (name, at, c) in [(peer, Some(1), Some(vs_peer)), ("berth_epoll", epoll_at, vs_epoll)] {
+    let floor_at = servers.iter().position(|s| s.name == "c_epoll_mmsg");
+    let vs_floor = floor_at.and_then(|i| Compared::of(&pairs(i)));
+    for (name, at, c) in
+        [(peer, Some(1), Some(vs_peer)), ("berth_epoll", epoll_at, vs_epoll), ("c_epoll_mmsg", floor_at, vs_floor)]
+    {
         let (Some(c), Some(at)) = (c, at) else { continue };
         let (rlow, rhigh) = spread(&pairs(at), Pair::rate_ratio);
         let (clow, chigh) = spread(&pairs(at), Pair::cpu_ratio);
@@ -349,7 +357,7 @@ fn run_case(cfg: &Config, kind: Kind, self_test: bool) -> Result<Case, String> {
         }
     }
     let syscalls = if self_test { None } else { count_syscalls(cfg, kind, &servers) };
-    Ok(Case { kind, peer, vs_peer, vs_epoll, syscalls })
+    Ok(Case { kind, peer, vs_peer, vs_epoll, vs_floor, syscalls })
 }
 
 /// A case's rows: rate and CPU against the peer, CPU against berth on epoll, and
@@ -382,6 +390,16 @@ fn rows(c: &Case) -> Vec<Row> {
             e.cpu.berth.server_cpu_us_per_msg(),
             "berth_epoll",
             e.cpu.peer.server_cpu_us_per_msg(),
+            Better::Lower,
+        ));
+    }
+    if let Some(f) = &c.vs_floor {
+        rows.push(Row::new(
+            format!("{id}/server_cpu_us_per_msg_vs_c_epoll"),
+            "server_cpu_us_per_msg",
+            f.cpu.berth.server_cpu_us_per_msg(),
+            "c_epoll_mmsg",
+            f.cpu.peer.server_cpu_us_per_msg(),
             Better::Lower,
         ));
     }
@@ -574,9 +592,10 @@ mod tests {
             peer: "tokio_udp",
             vs_peer: one(Pair { berth: round(300_000.0, 600), peer: round(200_000.0, 800) }),
             vs_epoll: Some(one(Pair { berth: round(300_000.0, 600), peer: round(300_000.0, 900) })),
+            vs_floor: Some(one(Pair { berth: round(300_000.0, 600), peer: round(300_000.0, 540) })),
             syscalls: Some((0.25, 2.0)),
         };
-        let unix = Case { kind: Kind::Unix, peer: "tokio_unix", vs_epoll: None, syscalls: None, ..udp };
+        let unix = Case { kind: Kind::Unix, peer: "tokio_unix", vs_epoll: None, vs_floor: None, syscalls: None, ..udp };
         let all: Vec<Row> = [udp, unix].iter().flat_map(rows).collect();
         let ids: Vec<&str> = all.iter().map(|r| r.bench.as_str()).collect();
         assert_eq!(
@@ -585,6 +604,7 @@ mod tests {
                 "udp/64B/msgs_per_s",
                 "udp/64B/server_cpu_us_per_msg",
                 "udp/64B/server_cpu_us_per_msg_vs_epoll",
+                "udp/64B/server_cpu_us_per_msg_vs_c_epoll",
                 "udp/64B/syscalls_per_msg",
                 "unix/64B/64conns/msgs_per_s",
                 "unix/64B/64conns/server_cpu_us_per_msg",
@@ -595,8 +615,10 @@ mod tests {
         // 600 ms over 300k messages is 2 µs; 800 ms over 200k is 4 µs: half the CPU.
         assert_eq!((all[1].berth, all[1].ratio), (2.0, 2.0));
         assert_eq!((all[2].peer.as_str(), all[2].ratio), ("berth_epoll", 1.5));
-        assert_eq!(all[3].ratio, 8.0);
-        assert_eq!(all[4].peer, "tokio_unix");
+        // 540 ms against 600 ms: berth uses a ninth more than the floor.
+        assert_eq!((all[3].peer.as_str(), all[3].ratio), ("c_epoll_mmsg", 0.9));
+        assert_eq!(all[4].ratio, 8.0);
+        assert_eq!(all[5].peer, "tokio_unix");
     }
 
     #[test]
