@@ -489,9 +489,9 @@ impl Lane {
     /// One look at the reply ring: a record, or nothing (then the watch is armed).
     fn step(&mut self, handled: usize) -> Step {
         let Some(link) = self.link.as_mut() else { return Step::Idle };
-        if handled >= BUDGET && !self.posted && self.worker.as_ref().is_some_and(|w| w.post(0).is_ok()) {
+        if handled >= BUDGET && (self.posted || self.worker.as_ref().is_some_and(|w| w.post(0).is_ok())) {
             // Other connections of this worker get their turn first; the post
-            // calls back (the watch stays unarmed: the ring is not empty).
+            // (this one, or one already on its way) calls back.
             self.posted = true;
             return Step::Yield;
         }
@@ -659,9 +659,10 @@ impl Service for IpcRelay {
         if lane.link.as_ref().is_some_and(|l| l.broken) {
             return lost(&self.shared, conns, None);
         }
-        // Posted while the watch was armed (a spurious post, or one raced by a
-        // wake): the watch's report pumps.
-        if lane.link.as_ref().is_some_and(|l| !l.armed) {
+        // Also with the watch armed: a pump that yielded from `before_wait` ran
+        // with the flag taken back, so no wake would report what it left.
+        // (`Step::Sleep` does not arm a watch twice.)
+        if lane.link.is_some() {
             pump(&self.shared, conns);
         }
     }

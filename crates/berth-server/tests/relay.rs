@@ -537,3 +537,85 @@ fn a_stale_wake_costs_a_backend_of_several_lanes_one_wake_up_not_a_spin() {
     drop(backend);
     server.shutdown(IO_TIMEOUT).unwrap();
 }
+
+/// A burst of 256 or more replies committed while the worker has taken its wake
+/// back (`disarm_wake` in `data`) is pumped by `before_wait` with the watch still
+/// armed; the pump yields at the budget and posts. The post must pump too: the flag
+/// is down, so the backend's next commit writes no wake, and nothing else would.
+/// The test's backend watches the reply ring's flag (the documented layout) and
+/// commits 300 stale replies in the window, then the real one.
+///
+/// Proven by mutation: `posted` pumping only with the watch unarmed (as before the
+/// take-back) fails it in the first rounds on both drivers, with 256 replies
+/// dropped and no answer.
+#[test]
+fn a_burst_pumped_before_the_wait_loses_no_reply() {
+    use std::os::unix::fs::FileExt;
+    let name = channel("yieldarmed");
+    let (server, handle) = relay_server(&name, 1);
+    let lane = format!("{name}.0");
+    let duplex = loop {
+        match berth_ipc::Duplex::open_named(&lane) {
+            Ok(d) => break d,
+            Err(_) => thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    let (mut tx, mut rx) = duplex.split();
+    rx.recv_vec(Some(IO_TIMEOUT)).expect("welcome");
+    tx.send(&record(u64::MAX, b""), Some(IO_TIMEOUT)).unwrap();
+    assert!(handle.wait_attached(IO_TIMEOUT));
+    // The reply ring's receiver flag (layout offset 384; 2 = WAIT_FD).
+    let ring = std::fs::File::open(format!("/dev/shm/berth-ipc.{lane}.b2a")).unwrap();
+    let flag = move || {
+        let mut w = [0u8; 4];
+        ring.read_exact_at(&mut w, 384).unwrap();
+        u32::from_le_bytes(w)
+    };
+    let mut s = client(server.local_addr());
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut caught = 0;
+    for round in 0..30 {
+        // Wait until the worker sleeps, armed.
+        let t0 = std::time::Instant::now();
+        while flag() != 2 {
+            assert!(t0.elapsed() < Duration::from_secs(5), "round {round}: never armed");
+            thread::yield_now();
+        }
+        let p = payload(round, 0, MAX_FRAME);
+        let writer = {
+            let mut w = s.try_clone().unwrap();
+            let f = frame(&p);
+            thread::spawn(move || w.write_all(&f).unwrap())
+        };
+        // The take-back in `data` (before the 64 KiB copy): commit 300 stale
+        // replies then, each with the flag down (no wake written).
+        let mut early = None;
+        loop {
+            if flag() == 0 {
+                caught += 1;
+                for n in 1..=300u64 {
+                    tx.try_send(&record((n << 40) | 0xdead, b"")).unwrap();
+                }
+                break;
+            }
+            if let Ok(g) = rx.try_recv() {
+                early = Some(g.to_vec());
+                break;
+            }
+        }
+        let request = match early {
+            Some(r) => r,
+            None => rx.recv_vec(Some(IO_TIMEOUT)).unwrap(),
+        };
+        let id = u64::from_le_bytes(request[..8].try_into().unwrap());
+        tx.send(&record(id, &request[12..]), Some(IO_TIMEOUT)).unwrap();
+        writer.join().unwrap();
+        let got = read_frame(&mut s)
+            .unwrap_or_else(|e| panic!("round {round} (caught {caught}): no reply ({e}); {}", handle.stats()));
+        assert_eq!(got, p);
+    }
+    eprintln!("caught the window in {caught} of 30 rounds; {}", handle.stats());
+    drop(s);
+    drop((tx, rx));
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
