@@ -661,6 +661,8 @@ impl Channel {
             mode: WaitMode::default(),
             me,
             taken_back: false,
+            armed: false,
+            wake_coming: false,
         })
     }
 }
@@ -1290,6 +1292,11 @@ pub struct Receiver {
     /// [`Receiver::disarm_wake`] cleared the flag of the last arm before the sender
     /// could: no wake was written for it.
     taken_back: bool,
+    /// The last arm said to sleep, and has not been taken back.
+    armed: bool,
+    /// [`Receiver::disarm_wake`] found the flag of the last arm cleared by the
+    /// sender: its wake is written or on its way.
+    wake_coming: bool,
 }
 
 impl Receiver {
@@ -1530,19 +1537,32 @@ impl Receiver {
     /// then pays no write, and this end no wake-up and no read.
     ///
     /// Returns `true` if a wake is written or on its way anyway (the sender
-    /// committed since the arm): the descriptor turns readable, as after any wake.
-    /// `false`: none is; a [`rearm_wake(false)`](Receiver::rearm_wake) then arms
-    /// again without emptying the descriptor. Costs one atomic swap; harmless when
-    /// nothing is armed.
+    /// committed since the last arm that said to sleep): the descriptor turns
+    /// readable, as after any wake. `false`: no wake is coming for an arm — it was
+    /// taken back here, or nothing was armed (a spurious one, as after any arm that
+    /// raced a commit, stays possible); a [`rearm_wake(false)`](Receiver::rearm_wake)
+    /// then arms again without emptying the descriptor. Costs one atomic swap;
+    /// harmless when nothing is armed.
     pub fn disarm_wake(&mut self) -> bool {
         if self.cons.take_back_wait(&*self.sh) {
             self.taken_back = true;
+        } else if self.armed {
+            // The sender cleared the flag first: its wake is on its way.
+            self.wake_coming = true;
         }
-        !self.taken_back
+        self.armed = false;
+        self.wake_coming
     }
 
     fn arm_wake_draining(&mut self, drain: bool) -> Result<bool, RecvError> {
+        let armed = self.arm_wake_inner(drain);
+        self.armed = armed == Ok(true);
+        armed
+    }
+
+    fn arm_wake_inner(&mut self, drain: bool) -> Result<bool, RecvError> {
         self.taken_back = false;
+        self.wake_coming = false;
         let Some(fds) = &self.sh.wake else { return Err(RecvError::NoWakeFd) };
         // Before the flag: a wake written after the flag must stay readable.
         if drain {

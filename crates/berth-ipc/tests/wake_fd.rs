@@ -410,3 +410,19 @@ fn a_flag_taken_back_gets_no_wake_and_one_answered_is_drained() {
     tx.try_send(b"c").unwrap();
     assert!(readable(rx.as_fd(), 1000), "armed again");
 }
+
+/// `disarm_wake` with nothing armed (never armed, or the last arm said not to
+/// sleep) promises no wake, and none comes. Proven by mutation: returning "not taken
+/// back" alone, as at first, says `true` for both.
+#[test]
+fn disarm_with_nothing_armed_promises_no_wake() {
+    let chan = wake_chan(4096);
+    let (mut tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+    let never_armed = rx.disarm_wake();
+    tx.try_send(b"a").unwrap();
+    assert_eq!(rx.arm_wake(), Ok(false), "a message is there: not armed");
+    let not_armed = rx.disarm_wake();
+    let woke = readable(rx.as_fd(), 200);
+    assert!(!woke, "nothing was written");
+    assert_eq!((never_armed, not_armed), (false, false), "disarm_wake claimed a wake on its way");
+}
