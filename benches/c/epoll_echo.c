@@ -73,8 +73,10 @@ static void take(struct lane *l, unsigned seq) {
 }
 
 /* The backend: each message straight back, copied as a backend copies its reply. */
-static void backend(struct lane *in, struct lane *out) {
+static void backend(struct lane *in, struct lane *out, pid_t parent) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    /* The parent may have died before the line above. */
+    if (getppid() != parent) _exit(0);
     for (unsigned s = 1;; s++) {
         take(in, s);
         memcpy(out->msg, in->msg, in->len);
@@ -96,6 +98,8 @@ static int flush(int fd) {
 }
 
 int main(int argc, char **argv) {
+    /* A benchmark's server must not outlive the benchmark. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     const char *addr = "127.0.0.1:0";
     int hop = 0;
     for (int i = 1; i < argc; i++) {
@@ -107,9 +111,10 @@ int main(int argc, char **argv) {
     if (hop) {
         lanes = mmap(NULL, 2 * sizeof *lanes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
         if (lanes == MAP_FAILED) { perror("mmap"); return 1; }
+        pid_t parent = getpid();
         pid_t child = fork();
         if (child < 0) { perror("fork"); return 1; }
-        if (child == 0) backend(&lanes[0], &lanes[1]);
+        if (child == 0) backend(&lanes[0], &lanes[1], parent);
     }
     char host[64];
     const char *colon = strrchr(addr, ':');
