@@ -45,6 +45,23 @@ fn lanes_exist(name: &str, workers: usize) -> bool {
     (0..workers).flat_map(|lane| lane_files(name, lane)).all(|f| std::path::Path::new(&f).exists())
 }
 
+/// A backend speaking the raw protocol on lane 0 of `name`: opens the lane (waiting
+/// for the relay to create it), takes the welcome, says hello, and waits until the
+/// relay counts it attached. Returns the duplex and the welcome.
+fn attach_raw(name: &str, handle: &RelayHandle) -> (berth_ipc::Duplex, Vec<u8>) {
+    let lane = format!("{name}.0");
+    let mut duplex = loop {
+        match berth_ipc::Duplex::open_named(&lane) {
+            Ok(d) => break d,
+            Err(_) => thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    let welcome = duplex.rx.recv_vec(Some(IO_TIMEOUT)).expect("welcome");
+    duplex.tx.send(&record(u64::MAX, b""), Some(IO_TIMEOUT)).unwrap();
+    assert!(handle.wait_attached(IO_TIMEOUT));
+    (duplex, welcome)
+}
+
 /// A relay server with frames up to 64 KiB (segments of 128 KiB take one).
 fn relay_server(name: &str, workers: usize) -> (Server, RelayHandle) {
     let relay = IpcRelay::start(RelayConfig::new(name).max_frame(MAX_FRAME)).expect("relay starts");
@@ -383,17 +400,8 @@ fn a_flood_of_replies_is_drained_in_turns_and_none_is_lost() {
     // the real reply behind the stale ones still arrives.
     let name = channel("flood");
     let (server, handle) = relay_server(&name, 1);
-    let lane = format!("{name}.0");
-    let mut duplex = loop {
-        match berth_ipc::Duplex::open_named(&lane) {
-            Ok(d) => break d,
-            Err(_) => thread::sleep(Duration::from_millis(5)),
-        }
-    };
-    let welcome = duplex.rx.recv_vec(Some(IO_TIMEOUT)).unwrap();
+    let (mut duplex, welcome) = attach_raw(&name, &handle);
     assert_eq!(welcome, record(u64::MAX, &[1, 0, 0, 0, 0, 0, 0, 0]), "welcome: one lane, this is lane 0");
-    duplex.tx.send(&record(u64::MAX, b""), Some(IO_TIMEOUT)).unwrap();
-    assert!(handle.wait_attached(IO_TIMEOUT));
 
     let mut s = client(server.local_addr());
     s.write_all(&frame(b"last in line")).unwrap();
@@ -423,17 +431,8 @@ fn a_backend_that_stops_receiving_has_its_lane_recreated() {
     let relay = IpcRelay::start(RelayConfig::new(&name).max_frame(1024).ring_capacity(4096)).unwrap();
     let handle = relay.handle();
     let server = builder().serve(relay).unwrap();
-    let lane = format!("{name}.0");
-    let duplex = loop {
-        match berth_ipc::Duplex::open_named(&lane) {
-            Ok(d) => break d,
-            Err(_) => thread::sleep(Duration::from_millis(5)),
-        }
-    };
-    let (mut tx, mut rx) = duplex.split();
-    rx.recv_vec(Some(IO_TIMEOUT)).expect("welcome");
-    tx.send(&record(u64::MAX, b""), Some(IO_TIMEOUT)).unwrap();
-    assert!(handle.wait_attached(IO_TIMEOUT));
+    let (duplex, _) = attach_raw(&name, &handle);
+    let (tx, rx) = duplex.split();
     drop(rx);
 
     // Three 1000-byte frames fill the 4 KiB ring; the fourth finds it full.
@@ -554,16 +553,8 @@ fn a_burst_pumped_before_the_wait_loses_no_reply() {
     let name = channel("yieldarmed");
     let (server, handle) = relay_server(&name, 1);
     let lane = format!("{name}.0");
-    let duplex = loop {
-        match berth_ipc::Duplex::open_named(&lane) {
-            Ok(d) => break d,
-            Err(_) => thread::sleep(Duration::from_millis(5)),
-        }
-    };
+    let (duplex, _) = attach_raw(&name, &handle);
     let (mut tx, mut rx) = duplex.split();
-    rx.recv_vec(Some(IO_TIMEOUT)).expect("welcome");
-    tx.send(&record(u64::MAX, b""), Some(IO_TIMEOUT)).unwrap();
-    assert!(handle.wait_attached(IO_TIMEOUT));
     // The reply ring's receiver flag (layout offset 384; 2 = WAIT_FD).
     let ring = std::fs::File::open(format!("/dev/shm/berth-ipc.{lane}.b2a")).unwrap();
     let flag = move || {
