@@ -660,9 +660,7 @@ impl Channel {
             peer: PeerWatch::new(Side::RX),
             mode: WaitMode::default(),
             me,
-            taken_back: false,
-            armed: false,
-            wake_coming: false,
+            arm: Arm::None,
         })
     }
 }
@@ -1289,14 +1287,24 @@ pub struct Receiver {
     peer: PeerWatch,
     mode: WaitMode,
     me: End,
-    /// [`Receiver::disarm_wake`] cleared the flag of the last arm before the sender
-    /// could: no wake was written for it.
-    taken_back: bool,
-    /// The last arm said to sleep, and has not been taken back.
-    armed: bool,
-    /// [`Receiver::disarm_wake`] found the flag of the last arm cleared by the
-    /// sender: its wake is written or on its way.
-    wake_coming: bool,
+    /// What became of the last arm (for [`Receiver::disarm_wake`] and
+    /// [`Receiver::rearm_wake`]).
+    arm: Arm,
+}
+
+/// The last arm of a [`Receiver`]'s wake descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arm {
+    /// None said to sleep (or it failed).
+    None,
+    /// It said to sleep, and stands.
+    Armed,
+    /// [`Receiver::disarm_wake`] cleared its flag before the sender could: no wake
+    /// was written for it.
+    TakenBack,
+    /// [`Receiver::disarm_wake`] found its flag cleared by the sender: the wake is
+    /// written or on its way.
+    WakeComing,
 }
 
 impl Receiver {
@@ -1525,7 +1533,7 @@ impl Receiver {
     /// once (a spurious wake-up, never a lost one); say `true` after that one.
     pub fn rearm_wake(&mut self, was_readable: bool) -> Result<bool, RecvError> {
         let still_armed = self.sh.rx_wait().load(Ordering::Relaxed) == WAIT_FD;
-        self.arm_wake_draining(was_readable || !(still_armed || self.taken_back))
+        self.arm_wake_draining(was_readable || !(still_armed || self.arm == Arm::TakenBack))
     }
 
     /// Takes back what the last [`arm_wake`](Receiver::arm_wake) (or
@@ -1545,24 +1553,21 @@ impl Receiver {
     /// harmless when nothing is armed.
     pub fn disarm_wake(&mut self) -> bool {
         if self.cons.take_back_wait(&*self.sh) {
-            self.taken_back = true;
-        } else if self.armed {
+            self.arm = Arm::TakenBack;
+        } else if self.arm == Arm::Armed {
             // The sender cleared the flag first: its wake is on its way.
-            self.wake_coming = true;
+            self.arm = Arm::WakeComing;
         }
-        self.armed = false;
-        self.wake_coming
+        self.arm == Arm::WakeComing
     }
 
     fn arm_wake_draining(&mut self, drain: bool) -> Result<bool, RecvError> {
         let armed = self.arm_wake_inner(drain);
-        self.armed = armed == Ok(true);
+        self.arm = if armed == Ok(true) { Arm::Armed } else { Arm::None };
         armed
     }
 
     fn arm_wake_inner(&mut self, drain: bool) -> Result<bool, RecvError> {
-        self.taken_back = false;
-        self.wake_coming = false;
         let Some(fds) = &self.sh.wake else { return Err(RecvError::NoWakeFd) };
         // Before the flag: a wake written after the flag must stay readable.
         if drain {

@@ -218,8 +218,9 @@ struct Shared {
 /// ([`disarm_wake`](berth_ipc::Receiver::disarm_wake)) and looks at the ring before
 /// it waits again ([`Service::before_wait`]): a backend that answers meanwhile — one
 /// on the worker's core — writes nothing, and the worker reads nothing. The worker
-/// answers each reply straight from the ring into the connection's write buffer. A backend that stops reading leaves its lane's ring full: its
-/// clients are closed, and the others' go on.
+/// answers each reply straight from the ring into the connection's write buffer.
+/// A backend that stops reading leaves its lane's ring full: its clients are
+/// closed, and the others' go on.
 ///
 /// # Example
 ///
