@@ -3,12 +3,16 @@
  * socket, blocking: recvmmsg(MSG_WAITFORONE) takes up to 64 datagrams per call,
  * sendmmsg sends each back to its sender in one call. No event loop, no pooling.
  *
- *   udp_mmsg_echo [--addr 127.0.0.1:PORT] [--epoll]   (port 0 picks a free one)
+ *   udp_mmsg_echo [--addr 127.0.0.1:PORT] [--epoll] [--gso]   (port 0 picks a free one)
  *
  * --epoll: the socket is non-blocking and waited on with an edge-triggered epoll,
  * each edge drained with recvmmsg until EAGAIN: the same loop, as an event loop
  * must run it (an epoll entry on the socket's wait queue, an epoll_wait per
  * drain). The floor of any readiness-based UDP server here.
+ *
+ * --gso: consecutive replies to one sender with one length go out as one message
+ * with UDP_SEGMENT (UDP GSO), as berth's batches send them: the same floor for a
+ * server that groups its sends.
  *
  * Prints "listening on ADDR" and echoes every datagram until killed. The socket's
  * SO_RCVBUF is 4 MiB (capped by net.core.rmem_max), as berth's and tokio's get.
@@ -25,6 +29,11 @@
 #include <sys/socket.h>
 #include <signal.h>
 #include <unistd.h>
+#include <stdint.h>
+#include <netinet/udp.h>
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
 
 #define BATCH 64
 #define SIZE 2048
@@ -32,15 +41,51 @@
 static char bufs[BATCH][SIZE];
 static struct sockaddr_in peers[BATCH];
 static struct iovec iov[BATCH];
-static struct mmsghdr in[BATCH], out[BATCH];
+static struct mmsghdr in[BATCH], out[BATCH], groups[BATCH];
+/* A UDP_SEGMENT control message per group. */
+static union { struct cmsghdr align; char bytes[CMSG_SPACE(sizeof(uint16_t))]; } control[BATCH];
+
+/* Groups the n replies in out[] (consecutive, one peer, one length; the last of a
+ * group may be shorter) into groups[]; returns how many messages. */
+static int group(int n) {
+    int k = 0;
+    for (int i = 0; i < n; k++) {
+        size_t seg = iov[i].iov_len, total = seg;
+        int j = i + 1;
+        while (j < n && j - i < 64 && iov[j].iov_len <= seg && iov[j].iov_len > 0 && total + iov[j].iov_len <= 65000
+               && out[j].msg_hdr.msg_namelen == out[i].msg_hdr.msg_namelen
+               && !memcmp(&peers[j], &peers[i], out[i].msg_hdr.msg_namelen)) {
+            total += iov[j].iov_len;
+            if (iov[j++].iov_len < seg) break;
+        }
+        groups[k].msg_hdr = out[i].msg_hdr;
+        groups[k].msg_hdr.msg_iovlen = (size_t)(j - i);
+        if (j - i > 1) {
+            struct cmsghdr *cm = &control[k].align;
+            cm->cmsg_level = SOL_UDP;
+            cm->cmsg_type = UDP_SEGMENT;
+            cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t s = (uint16_t)seg;
+            memcpy(CMSG_DATA(cm), &s, sizeof s);
+            groups[k].msg_hdr.msg_control = control[k].bytes;
+            groups[k].msg_hdr.msg_controllen = sizeof control[k].bytes;
+        } else {
+            groups[k].msg_hdr.msg_control = NULL;
+            groups[k].msg_hdr.msg_controllen = 0;
+        }
+        i = j;
+    }
+    return k;
+}
 
 int main(int argc, char **argv) {
     /* A benchmark's server must not outlive the benchmark. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     const char *addr = "127.0.0.1:0";
-    int use_epoll = 0;
+    int use_epoll = 0, gso = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--epoll")) use_epoll = 1;
+        else if (!strcmp(argv[i], "--gso")) gso = 1;
         else if (!strcmp(argv[i], "--addr") && i + 1 < argc) addr = argv[++i];
     }
     char host[64];
@@ -90,8 +135,10 @@ int main(int argc, char **argv) {
             out[i].msg_hdr.msg_namelen = in[i].msg_hdr.msg_namelen;
             iov[i].iov_len = in[i].msg_len;
         }
-        for (int done = 0; done < n;) {
-            int m = sendmmsg(fd, out + done, (unsigned)(n - done), 0);
+        struct mmsghdr *msgs = gso ? groups : out;
+        int count = gso ? group(n) : n;
+        for (int done = 0; done < count;) {
+            int m = sendmmsg(fd, msgs + done, (unsigned)(count - done), 0);
             if (m < 0) {
                 if (errno == EINTR) continue;
                 /* A datagram the kernel refused (an ICMP error queued for us, say): skip it. */

@@ -7,13 +7,15 @@
 //!
 //! ```text
 //! berth_udp_echo [--addr 127.0.0.1:0] [--ops 256] [--driver auto|epoll|uring]
-//!                [--recv-buffer BYTES] [--pooled] [--ring-datagrams]
+//!                [--recv-buffer BYTES] [--pooled] [--ring-datagrams] [--no-gso]
 //! ```
 //!
 //! `--pooled` receives with `recv_from_pooled` (a segment leased when a datagram
 //! arrives) instead of each op holding its own. `--ring-datagrams` runs the datagram
 //! ops as io_uring operations (`PortBuilder::ring_datagrams`; with `--pooled`, one
 //! multishot `RECVMSG`) instead of readiness batches of `recvmmsg`/`sendmmsg`.
+//! `--no-gso` sends every echo as its own message (`UdpOptions::gso(false)`), where
+//! by default a batch's echoes to one client leave grouped (UDP GSO).
 //!
 //! Prints `listening on ADDR` and echoes until killed. `--recv-buffer` (default
 //! 4 MiB, capped by the kernel at `net.core.rmem_max`) is the socket's `SO_RCVBUF`;
@@ -37,6 +39,7 @@ fn main() -> io::Result<()> {
     let mut driver = Driver::from_env()?;
     let mut pooled = false;
     let mut ring_datagrams = false;
+    let mut gso = true;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if arg == "--pooled" {
@@ -45,6 +48,10 @@ fn main() -> io::Result<()> {
         }
         if arg == "--ring-datagrams" {
             ring_datagrams = true;
+            continue;
+        }
+        if arg == "--no-gso" {
+            gso = false;
             continue;
         }
         let value = args.next().ok_or_else(|| io::Error::other(format!("{arg} needs a value")))?;
@@ -67,7 +74,8 @@ fn main() -> io::Result<()> {
         .driver(driver)
         .ring_datagrams(ring_datagrams)
         .build(|_| ())?;
-    let socket = port.bind_udp(addr, UdpOptions::default().recv_buffer(recv_buffer)).map_err(io::Error::other)?;
+    let socket =
+        port.bind_udp(addr, UdpOptions::default().recv_buffer(recv_buffer).gso(gso)).map_err(io::Error::other)?;
     for _ in 0..ops {
         let op = port.take_op().map_err(io::Error::other)?;
         if pooled {

@@ -22,7 +22,8 @@
 //!   `cc`), a blocking C loop of `recvmmsg`/`sendmmsg` at 64 datagrams a call — the
 //!   floor of what any server's syscalls can save on this machine — and the same
 //!   loop on an edge-triggered epoll (`c_epoll_mmsg`, `--epoll`), the floor of any
-//!   server that waits by readiness, as berth and tokio do.
+//!   server that waits by readiness, as berth and tokio do; and that loop sending
+//!   its replies grouped with UDP GSO as berth does (`c_epoll_gso`, `--gso`).
 //! - `unix`: `berth_echo` and `tokio_echo` on `--addr unix:/path`, driven by
 //!   `berth_load` over 64 Unix stream connections, ping-pong of 64 B messages.
 //!
@@ -237,7 +238,10 @@ fn servers(cfg: &Config, kind: Kind, self_test: bool) -> (Vec<ServerSpec>, &'sta
                 Ok(program) => {
                     let args = vec!["--epoll".to_string()];
                     servers.push(ServerSpec { name: "c_mmsg".into(), program: program.clone(), args: vec![] });
-                    servers.push(ServerSpec { name: "c_epoll_mmsg".into(), program, args });
+                    servers.push(ServerSpec { name: "c_epoll_mmsg".into(), program: program.clone(), args });
+                    // And grouping its replies with UDP GSO, as berth's batches do.
+                    let args = vec!["--epoll".to_string(), "--gso".to_string()];
+                    servers.push(ServerSpec { name: "c_epoll_gso".into(), program, args });
                 }
                 Err(e) => println!("udp_bench: no plain C recvmmsg echo in this run: {e}"),
             }
@@ -324,9 +328,14 @@ fn run_case(cfg: &Config, kind: Kind, self_test: bool) -> Result<Case, String> {
     let vs_epoll = epoll_at.and_then(|i| Compared::of(&pairs(i)));
     let floor_at = servers.iter().position(|s| s.name == "c_epoll_mmsg");
     let vs_floor = floor_at.and_then(|i| Compared::of(&pairs(i)));
-    for (name, at, c) in
-        [(peer, Some(1), Some(vs_peer)), ("berth_epoll", epoll_at, vs_epoll), ("c_epoll_mmsg", floor_at, vs_floor)]
-    {
+    let gso_floor_at = servers.iter().position(|s| s.name == "c_epoll_gso");
+    let vs_gso_floor = gso_floor_at.and_then(|i| Compared::of(&pairs(i)));
+    for (name, at, c) in [
+        (peer, Some(1), Some(vs_peer)),
+        ("berth_epoll", epoll_at, vs_epoll),
+        ("c_epoll_mmsg", floor_at, vs_floor),
+        ("c_epoll_gso", gso_floor_at, vs_gso_floor),
+    ] {
         let (Some(c), Some(at)) = (c, at) else { continue };
         let (rlow, rhigh) = spread(&pairs(at), Pair::rate_ratio);
         let (clow, chigh) = spread(&pairs(at), Pair::cpu_ratio);
@@ -341,7 +350,7 @@ fn run_case(cfg: &Config, kind: Kind, self_test: bool) -> Result<Case, String> {
             c.cpu.cpu_ratio(),
         );
     }
-    for extra in ["berth_pooled", "berth_ring", "c_mmsg", "c_epoll_mmsg"] {
+    for extra in ["berth_pooled", "berth_ring", "c_mmsg", "c_epoll_mmsg", "c_epoll_gso"] {
         let Some(at) = servers.iter().position(|s| s.name == extra) else { continue };
         let against: Vec<Pair> =
             rounds.iter().filter(|r| r.len() > at).map(|r| Pair { berth: r[at], peer: r[1] }).collect();

@@ -159,6 +159,14 @@ pub struct PortStats {
     /// (segments, a listener's back-off, a multishot that is armed or ending). Each
     /// such op is counted once. It must stay 0: anything else is a bug in berth.
     pub stranded_ops: u64,
+    /// Datagrams sent as segments of a UDP GSO send: consecutive
+    /// [`send_to`](CompletionPort::send_to) ops to one destination grouped into one message
+    /// ([`UdpOptions::gso`](crate::UdpOptions::gso)).
+    pub datagrams_segmented: u64,
+    /// Times the kernel refused such a group (no checksum offload on the route, a
+    /// segment over its MTU): its datagrams went out one by one, nothing lost, and
+    /// the socket stopped grouping datagrams that long.
+    pub gso_refusals: u64,
 }
 
 /// An IOCP-style completion port: the user submits operations carrying pooled
@@ -407,7 +415,8 @@ impl<T> CompletionPort<T> {
             // Once per port, with the first UDP socket: a message header per op.
             self.core.slots = Some(crate::udp::Slots::new(self.core.meta.len()));
         }
-        self.add_socket(Io::Udp { socket, packet_info: options.packet_info })
+        let gso = crate::udp::gso_limit(&socket, &options);
+        self.add_socket(Io::Udp { socket, packet_info: options.packet_info, gso })
     }
 
     /// The UDP socket behind a socket id (non-blocking), for socket options,

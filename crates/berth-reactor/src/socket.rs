@@ -167,10 +167,13 @@ pub(crate) enum Io {
         listener: Listener,
         nodelay: bool,
     },
-    /// A UDP socket; `packet_info`: its receives report each datagram's destination.
+    /// A UDP socket; `packet_info`: its receives report each datagram's destination;
+    /// `gso`: the largest datagram its batches group into one GSO send (0: none; see
+    /// `udp::Coalescer`), lowered when the kernel refuses a group.
     Udp {
         socket: UdpSocket,
         packet_info: bool,
+        gso: u16,
     },
     /// A descriptor registered for readiness only (`register_fd`): the port's own
     /// duplicate, so the caller's closing theirs changes nothing here.

@@ -15,7 +15,7 @@ use berth_ops::{OpArgs, OpError, PacketInfo};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// How [`bind_udp`](crate::CompletionPort::bind_udp) sets up a socket.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub struct UdpOptions {
     /// `SO_REUSEPORT`: several ports (one per thread) share the address, the kernel
@@ -38,9 +38,39 @@ pub struct UdpOptions {
     /// kernel drops them for an unconnected socket, as servers usually want; a
     /// connected socket's errors are always reported).
     pub icmp_errors: bool,
+    /// Send consecutive [`send_to`](crate::CompletionPort::send_to) ops of a batch
+    /// that go to one destination with one length (the last may be shorter) as one
+    /// message the kernel cuts into those datagrams (UDP GSO, `UDP_SEGMENT`): one
+    /// pass through the stack for the group instead of one per datagram. The peer
+    /// receives the same datagrams; each op still completes with its own length.
+    /// Where the kernel refuses it (no checksum offload on the route, a segment over
+    /// the path's MTU), the datagrams go out one by one and the socket stops
+    /// grouping them (default true; epoll and io_uring's readiness batches, not
+    /// [`ring_datagrams`](crate::PortBuilder::ring_datagrams)).
+    pub gso: bool,
+}
+
+impl Default for UdpOptions {
+    fn default() -> Self {
+        UdpOptions {
+            reuse_port: false,
+            packet_info: false,
+            only_v6: None,
+            recv_buffer: None,
+            send_buffer: None,
+            icmp_errors: false,
+            gso: true,
+        }
+    }
 }
 
 impl UdpOptions {
+    /// Sets [`gso`](Self::gso).
+    pub fn gso(mut self, yes: bool) -> Self {
+        self.gso = yes;
+        self
+    }
+
     /// Sets [`packet_info`](Self::packet_info).
     pub fn packet_info(mut self, yes: bool) -> Self {
         self.packet_info = yes;
@@ -113,6 +143,166 @@ pub(crate) fn bind(addr: SocketAddr, options: &UdpOptions) -> io::Result<UdpSock
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// The largest segment a new socket groups into a GSO send: half the payload one
+/// send may carry, so a group has at least two. 0 means the socket does not group.
+pub(crate) fn gso_limit(socket: &UdpSocket, options: &UdpOptions) -> u16 {
+    let mut value: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are valid for writes for the call, and `len` is
+    // `value`'s size; the descriptor is open (borrowed from `socket`).
+    let rc = unsafe {
+        libc::getsockopt(socket.as_raw_fd(), libc::SOL_UDP, libc::UDP_SEGMENT, (&raw mut value).cast(), &raw mut len)
+    };
+    // A kernel without UDP_SEGMENT (before 4.18) would send a group as one datagram:
+    // it must refuse the option to be asked for groups.
+    if options.gso && rc == 0 { (GSO_MAX_BYTES / 2) as u16 } else { 0 }
+}
+
+/// The most payload one GSO send carries (UDP over IPv4 allows 65507 bytes).
+const GSO_MAX_BYTES: usize = 65_000;
+/// Datagrams one GSO send carries at most (the kernel's `UDP_MAX_SEGMENTS` before
+/// Linux 6.9; 128 since).
+const GSO_MAX_SEGMENTS: usize = 64;
+
+/// Groups a batch's sends for UDP GSO (see [`UdpOptions::gso`]): consecutive
+/// headers to one destination whose datagrams have one length, up to `limit`
+/// bytes (the last of a group may be shorter), become one message whose `iovec`s
+/// are the ops' buffers, with a `UDP_SEGMENT` control message giving the length.
+/// Nothing is copied and nothing allocated after `new`.
+pub(crate) struct Coalescer {
+    /// The ops' `iovec`s, at their index in the batch, for the groups to point at.
+    iovs: Box<[libc::iovec]>,
+    /// A `UDP_SEGMENT` control message per message (u64s for `cmsghdr`'s alignment).
+    control: Box<[[u64; 3]]>,
+    /// The ops in each message of the last batch, in order.
+    sizes: Vec<u8>,
+}
+
+/// Why a GSO send failed, if the kernel refused the segmentation rather than the
+/// datagrams: the largest segment the socket may still group (0: none).
+pub(crate) fn gso_refused(e: rustix::io::Errno, segment: usize) -> Option<u16> {
+    use rustix::io::Errno;
+    match e {
+        // No checksum offload on the route, or no GSO at all.
+        Errno::IO | Errno::OPNOTSUPP | Errno::NOPROTOOPT => Some(0),
+        // A segment over the path's MTU (or SO_NO_CHECK, which then stops it soon).
+        Errno::INVAL | Errno::MSGSIZE => Some(segment.saturating_sub(1).min(usize::from(u16::MAX)) as u16),
+        _ => None,
+    }
+}
+
+impl Coalescer {
+    pub(crate) fn new(capacity: usize) -> Coalescer {
+        let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+        Coalescer {
+            iovs: vec![empty; capacity].into_boxed_slice(),
+            control: vec![[0u64; 3]; capacity].into_boxed_slice(),
+            sizes: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// The ops in each message of the last batch.
+    pub(crate) fn sizes(&self) -> &[u8] {
+        &self.sizes
+    }
+
+    /// One op per message: a batch of `count` left as it is.
+    pub(crate) fn singles(&mut self, count: usize) {
+        self.sizes.clear();
+        self.sizes.resize(count, 1);
+    }
+
+    /// Rewrites `batch` — one send header per op, in queue order, as made by
+    /// [`Slots::send`], at most `new`'s capacity — into groups of segments up to
+    /// `limit` bytes; [`sizes`](Self::sizes) then tells how many ops each message
+    /// holds. Returns whether any holds more than one.
+    pub(crate) fn coalesce(&mut self, batch: &mut Vec<libc::mmsghdr>, limit: u16) -> bool {
+        self.sizes.clear();
+        let n = batch.len().min(self.iovs.len());
+        let (mut out, mut i) = (0, 0);
+        while i < n {
+            let first = batch[i].msg_hdr;
+            let segment = single_iov(&first).map_or(0, |iov| iov.iov_len);
+            let mut j = i + 1;
+            if segment > 0 && segment <= usize::from(limit) {
+                let mut total = segment;
+                while j < n && j - i < GSO_MAX_SEGMENTS {
+                    let next = &batch[j].msg_hdr;
+                    let Some(len) = single_iov(next).map(|iov| iov.iov_len) else { break };
+                    if len == 0 || len > segment || total + len > GSO_MAX_BYTES || !same_destination(&first, next) {
+                        break;
+                    }
+                    total += len;
+                    j += 1;
+                    if len < segment {
+                        // Only a group's last datagram may be shorter.
+                        break;
+                    }
+                }
+            }
+            let mut hdr = first;
+            if j - i > 1 {
+                for (slot, m) in self.iovs[i..j].iter_mut().zip(&batch[i..j]) {
+                    // Each has one (checked above).
+                    *slot = single_iov(&m.msg_hdr).unwrap_or(*slot);
+                }
+                let control = &mut self.control[out];
+                let cmsg = control.as_mut_ptr().cast::<libc::cmsghdr>();
+                // SAFETY: `control` is 24 bytes, 8-aligned: room for a cmsghdr (16)
+                // and its u16 of data at CMSG_DATA (offset 16), which is CMSG_SPACE(2).
+                unsafe {
+                    (*cmsg).cmsg_level = libc::SOL_UDP;
+                    (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+                    (*cmsg).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as usize;
+                    libc::CMSG_DATA(cmsg).cast::<u16>().write_unaligned(segment as u16);
+                }
+                hdr.msg_iov = (&raw mut self.iovs[i]).cast();
+                hdr.msg_iovlen = j - i;
+                hdr.msg_control = control.as_mut_ptr().cast();
+                // SAFETY: CMSG_SPACE only computes a size.
+                hdr.msg_controllen = unsafe { libc::CMSG_SPACE(mem::size_of::<u16>() as u32) } as usize;
+                hdr.msg_flags = 0;
+            }
+            batch[out] = libc::mmsghdr { msg_hdr: hdr, msg_len: 0 };
+            self.sizes.push((j - i) as u8);
+            out += 1;
+            i = j;
+        }
+        batch.truncate(out);
+        out < n
+    }
+}
+
+/// A send header's one `iovec`, if it has exactly one and no control data (the
+/// only kind [`Slots::send`] makes, and the only kind grouped).
+fn single_iov(hdr: &libc::msghdr) -> Option<libc::iovec> {
+    if hdr.msg_iovlen != 1 || hdr.msg_iov.is_null() || !hdr.msg_control.is_null() {
+        return None;
+    }
+    // SAFETY: a header from `Slots::send` points at its slot's iovec, which lives as
+    // long as the port and is not written while the batch is built.
+    Some(unsafe { *hdr.msg_iov })
+}
+
+/// Whether two send headers name the same destination (or both none: a connected
+/// socket's peer).
+fn same_destination(a: &libc::msghdr, b: &libc::msghdr) -> bool {
+    if a.msg_namelen != b.msg_namelen || a.msg_name.is_null() != b.msg_name.is_null() {
+        return false;
+    }
+    if a.msg_name.is_null() {
+        return true;
+    }
+    let len = (a.msg_namelen as usize).min(mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: a send header's name points at its slot's sockaddr_storage (never
+    // moved, not written while the batch is built), whose first `msg_namelen`
+    // bytes `Slots::send` wrote; `len` is within it.
+    unsafe {
+        std::slice::from_raw_parts(a.msg_name.cast::<u8>(), len)
+            == std::slice::from_raw_parts(b.msg_name.cast::<u8>(), len)
+    }
 }
 
 /// Sets an integer socket option to 1: the IPv4 one or, for an IPv6 socket, the
@@ -226,6 +416,12 @@ impl Slots {
         slot.hdr.msg_controllen = 0;
         slot.hdr.msg_flags = 0;
         &raw mut slot.hdr
+    }
+
+    /// The length of the datagram op `op` was last prepared to send.
+    pub(crate) fn send_len(&self, op: u32) -> usize {
+        // SAFETY: as in `header`.
+        unsafe { self.slot(op) }.iov.iov_len
     }
 
     /// The header of op `op`, as last prepared.

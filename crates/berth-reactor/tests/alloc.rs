@@ -239,6 +239,64 @@ fn pooled_datagram_echo_allocates_nothing() {
     assert_eq!(n, 0, "{n} allocations in 500 rounds of 6 pooled datagram echoes");
 }
 
+/// Sends grouped into UDP GSO messages (eight `send_to` ops to one peer per round,
+/// one batch) allocate nothing, on either driver's readiness batches.
+#[test]
+fn grouped_datagram_sends_allocate_nothing() {
+    use berth_reactor::UdpOptions;
+    let buffers = BufferManager::new(BufferConfig::new().segment_size(2048).segment_count(64)).unwrap();
+    let mut port =
+        CompletionPort::builder().ops(16).max_sockets(8).buffers(buffers).ring_datagrams(false).build(|_| ()).unwrap();
+    let udp = port.bind_udp("127.0.0.1:0".parse().unwrap(), UdpOptions::default()).unwrap();
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let to = client.local_addr().unwrap();
+    let ops: Vec<_> = (0..8u8)
+        .map(|i| {
+            let op = port.take_op().unwrap();
+            let mut lease = port.lease().unwrap();
+            lease.spare_mut()[..100].fill(i);
+            let args = port.op_mut(op).unwrap();
+            args.set_buffer(lease, 0..100).unwrap();
+            args.set_remote_endpoint(Some(to));
+            op
+        })
+        .collect();
+    let mut batch = Vec::with_capacity(64);
+    let round = |port: &mut CompletionPort<()>, batch: &mut Vec<Completion>| {
+        for &op in &ops {
+            port.send_to(udp, op).unwrap();
+        }
+        let mut sent = 0;
+        for _ in 0..1000 {
+            port.wait(batch, Some(Duration::from_millis(100))).unwrap();
+            for c in batch.iter() {
+                assert!(matches!(c, Completion::Op { kind: OpKind::SendTo, result: Ok(100), .. }), "{c:?}");
+                sent += 1;
+            }
+            if sent == 8 {
+                break;
+            }
+        }
+        assert_eq!(sent, 8);
+        let mut got = [0u8; 128];
+        for i in 0..8u8 {
+            assert_eq!(client.recv(&mut got).unwrap(), 100);
+            assert_eq!(got[0], i);
+        }
+    };
+    for _ in 0..20 {
+        round(&mut port, &mut batch);
+    }
+    let (before, segmented) = (thread_allocations(), port.stats().datagrams_segmented);
+    for _ in 0..200 {
+        round(&mut port, &mut batch);
+    }
+    let n = thread_allocations() - before;
+    assert_eq!(n, 0, "{n} allocations in 200 rounds of 8 grouped sends");
+    assert_eq!(port.stats().datagrams_segmented - segmented, 200 * 8, "every round went out as one group");
+}
+
 /// A `send_packets` op resent with its list (three byte ranges) allocates nothing,
 /// nor does a `recv_vectored` into a list, once the lists have their capacity.
 #[test]

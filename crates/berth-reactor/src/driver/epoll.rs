@@ -31,8 +31,10 @@ pub(crate) struct Epoll {
     /// Sockets with datagram ops submitted since the last wait: the next wait moves
     /// them all, a batch per syscall.
     flush: Vec<u32>,
-    /// The `mmsghdr` array of a batch (copies of the ops' headers).
+    /// The `mmsghdr` array of a batch (copies of the ops' headers, or their groups).
     batch: Vec<libc::mmsghdr>,
+    /// Groups a send batch for UDP GSO.
+    coalescer: crate::udp::Coalescer,
     /// The port's audit: queued ops whose socket `poll(2)` found ready as the port
     /// was about to sleep. Dropped when an edge for the socket comes; still there
     /// after a whole `epoll_wait` means the edge was lost.
@@ -67,6 +69,7 @@ impl Epoll {
             redrive: Vec::with_capacity(8),
             flush: Vec::with_capacity(64),
             batch: Vec::with_capacity(BATCH),
+            coalescer: crate::udp::Coalescer::new(BATCH),
             suspects: Vec::new(),
             whole_waits: 0,
             last_full: false,
@@ -355,21 +358,37 @@ impl Epoll {
         let Some(entry) = core.sockets.get(socket as usize) else { return true };
         let fd = std::os::fd::AsRawFd::as_raw_fd(&entry.io);
         let receive = receive == Some(true);
+        let gso = match entry.io {
+            Io::Udp { gso, .. } if !receive && count > 1 => gso,
+            _ => 0,
+        };
+        let grouped = gso > 0 && self.coalescer.coalesce(&mut self.batch, gso);
+        if !grouped {
+            self.coalescer.singles(count);
+        }
         let n = loop {
             // SAFETY: each mmsghdr is a copy of an op's header, pointing at that op's
-            // own buffer range and slot, which outlive the call; the socket is
-            // non-blocking, so no timeout is needed.
+            // own buffer range and slot, or a group of them (`Coalescer::coalesce`),
+            // pointing at the coalescer's iovecs and control buffer; all outlive the
+            // call; the socket is non-blocking, so no timeout is needed.
             let n = unsafe {
+                let (msgs, len) = (self.batch.as_mut_ptr(), self.batch.len() as u32);
                 if receive {
-                    libc::recvmmsg(fd, self.batch.as_mut_ptr(), count as u32, libc::MSG_TRUNC, std::ptr::null_mut())
+                    libc::recvmmsg(fd, msgs, len, libc::MSG_TRUNC, std::ptr::null_mut())
                 } else {
-                    libc::sendmmsg(fd, self.batch.as_mut_ptr(), count as u32, libc::MSG_NOSIGNAL)
+                    libc::sendmmsg(fd, msgs, len, libc::MSG_NOSIGNAL)
                 }
             };
             if n >= 0 {
                 break n as usize;
             }
-            match rustix::io::Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(rustix::io::Errno::IO) {
+            let e = rustix::io::Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(rustix::io::Errno::IO);
+            let head_group = self.coalescer.sizes().first().is_some_and(|&s| s > 1);
+            let refused = match core.slots.as_ref() {
+                Some(slots) if head_group => crate::udp::gso_refused(e, slots.send_len(ops[0])),
+                _ => None,
+            };
+            match e {
                 rustix::io::Errno::AGAIN => {
                     for &op in &ops[..count] {
                         sys_io::unlease_datagram(core, op);
@@ -377,6 +396,25 @@ impl Epoll {
                     return false;
                 }
                 rustix::io::Errno::INTR => continue,
+                e if refused.is_some() => {
+                    let limit = refused.unwrap_or(0);
+                    core.stats.gso_refusals += 1;
+                    // The kernel refused the segmentation, not the datagrams: this
+                    // socket groups no segment this long again, and this batch goes
+                    // out one datagram per message.
+                    if let Some(crate::socket::Entry { io: Io::Udp { gso, .. }, .. }) =
+                        core.sockets.get_mut(socket as usize)
+                    {
+                        tracing::debug!("UDP GSO refused ({e}): grouping segments up to {limit} bytes");
+                        *gso = limit.min(*gso);
+                    }
+                    let Some(slots) = core.slots.as_ref() else { return true };
+                    self.batch.clear();
+                    for &op in &ops[..count] {
+                        self.batch.push(libc::mmsghdr { msg_hdr: slots.header(op), msg_len: 0 });
+                    }
+                    self.coalescer.singles(count);
+                }
                 e if sys_io::retry_send(core, ops[0], socket, e) => return true,
                 e => {
                     // The error belongs to the first datagram: it fails, the rest stay.
@@ -392,22 +430,39 @@ impl Epoll {
                 }
             }
         };
-        for &op in &ops[n..count] {
+        let messages = self.batch.len();
+        let done: usize = self.coalescer.sizes()[..n].iter().map(|&s| usize::from(s)).sum();
+        for &op in &ops[done..count] {
             sys_io::unlease_datagram(core, op);
         }
-        for (i, &op) in ops.iter().enumerate().take(n) {
-            let (hdr, len) = (self.batch[i].msg_hdr, self.batch[i].msg_len as usize);
-            if let Some(slots) = core.slots.as_ref() {
-                slots.set_header(op, &hdr);
+        let mut k = 0;
+        for m in 0..n {
+            let (hdr, len) = (self.batch[m].msg_hdr, self.batch[m].msg_len as usize);
+            let size = usize::from(self.coalescer.sizes()[m]);
+            if size > 1 {
+                core.stats.datagrams_segmented += size as u64;
             }
-            let result = sys_io::finish_datagram(core, op, socket, Ok(len));
-            core.pop_front(socket, dir);
-            core.stats.completed_queued += 1;
-            core.complete(op, result, sid);
+            for &op in &ops[k..k + size] {
+                let len = if size == 1 {
+                    if let Some(slots) = core.slots.as_ref() {
+                        slots.set_header(op, &hdr);
+                    }
+                    len
+                } else {
+                    // A group's ops each sent their own datagram, whole (UDP sends
+                    // all of a datagram or nothing).
+                    core.slots.as_ref().map_or(0, |slots| slots.send_len(op))
+                };
+                let result = sys_io::finish_datagram(core, op, socket, Ok(len));
+                core.pop_front(socket, dir);
+                core.stats.completed_queued += 1;
+                core.complete(op, result, sid);
+            }
+            k += size;
         }
         // A short receive batch emptied the socket: the next datagram brings an edge
         // (no EAGAIN to pay). A short send batch: the next call finds out why.
-        n > 0 && !(receive && n < count)
+        n > 0 && !(receive && n < messages)
     }
 
     /// Before each wait decides whether it may sleep: moves the datagram ops
