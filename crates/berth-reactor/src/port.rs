@@ -164,8 +164,8 @@ pub struct PortStats {
     /// ([`UdpOptions::gso`](crate::UdpOptions::gso)).
     pub datagrams_segmented: u64,
     /// Times the kernel refused such a group (no checksum offload on the route, a
-    /// segment over its MTU): its datagrams went out one by one, nothing lost, and
-    /// the socket stopped grouping datagrams that long.
+    /// segment over its MTU: the group failed where its datagrams, one per message,
+    /// then went): nothing lost, and the socket stopped grouping datagrams that long.
     pub gso_refusals: u64,
 }
 

@@ -43,10 +43,11 @@ pub struct UdpOptions {
     /// message the kernel cuts into those datagrams (UDP GSO, `UDP_SEGMENT`): one
     /// pass through the stack for the group instead of one per datagram. The peer
     /// receives the same datagrams; each op still completes with its own length.
-    /// Where the kernel refuses it (no checksum offload on the route, a segment over
-    /// the path's MTU), the datagrams go out one by one and the socket stops
-    /// grouping them (default true; epoll and io_uring's readiness batches, not
-    /// [`ring_datagrams`](crate::PortBuilder::ring_datagrams)).
+    /// Where the kernel refuses a group (no checksum offload on the route, a segment
+    /// over the path's MTU: the group fails where its datagrams one per message do
+    /// not), they go out one by one and the socket no longer groups datagrams that
+    /// long, to any destination (default true; epoll and io_uring's readiness
+    /// batches, not [`ring_datagrams`](crate::PortBuilder::ring_datagrams)).
     pub gso: bool,
 }
 
@@ -162,8 +163,8 @@ pub(crate) fn gso_limit(socket: &UdpSocket, options: &UdpOptions) -> u16 {
 
 /// The most payload one GSO send carries (UDP over IPv4 allows 65507 bytes).
 const GSO_MAX_BYTES: usize = 65_000;
-/// Datagrams one GSO send carries at most (the kernel's `UDP_MAX_SEGMENTS` before
-/// Linux 6.9; 128 since).
+/// Datagrams one GSO send carries at most (the kernel's `UDP_MAX_SEGMENTS`, which
+/// newer kernels raised to 128).
 const GSO_MAX_SEGMENTS: usize = 64;
 
 /// Groups a batch's sends for UDP GSO (see [`UdpOptions::gso`]): consecutive
@@ -180,8 +181,10 @@ pub(crate) struct Coalescer {
     sizes: Vec<u8>,
 }
 
-/// Why a GSO send failed, if the kernel refused the segmentation rather than the
-/// datagrams: the largest segment the socket may still group (0: none).
+/// If a GSO send's error may be the kernel refusing the segmentation rather than
+/// the datagrams, the largest segment the socket should still group (0: none).
+/// Only a guess: the driver applies it once the same datagrams, one per message,
+/// went out (a destination port 0 fails both ways, and is the datagram's error).
 pub(crate) fn gso_refused(e: rustix::io::Errno, segment: usize) -> Option<u16> {
     use rustix::io::Errno;
     match e {
@@ -420,15 +423,17 @@ impl Slots {
 
     /// The length of the datagram op `op` was last prepared to send.
     pub(crate) fn send_len(&self, op: u32) -> usize {
-        // SAFETY: as in `header`.
-        unsafe { self.slot(op) }.iov.iov_len
+        // SAFETY: as in `header`, and read in place the same way.
+        unsafe { (*self.0[op as usize].get()).iov.iov_len }
     }
 
     /// The header of op `op`, as last prepared.
     pub(crate) fn header(&self, op: u32) -> libc::msghdr {
         // SAFETY: read after preparing, before (epoll) or after (io_uring) the
-        // kernel's use of it.
-        unsafe { self.slot(op) }.hdr
+        // kernel's use of it; read in place through the cell's pointer, with no
+        // `&mut` to the slot, so the pointers the header holds into its own slot
+        // (made by `send`/`recv`) stay valid for the reads `Coalescer` makes.
+        unsafe { (*self.0[op as usize].get()).hdr }
     }
 
     /// Stores what the kernel wrote back into a header copy (a batch's).

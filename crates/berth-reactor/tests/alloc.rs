@@ -294,7 +294,7 @@ fn grouped_datagram_sends_allocate_nothing() {
     }
     let n = thread_allocations() - before;
     assert_eq!(n, 0, "{n} allocations in 200 rounds of 8 grouped sends");
-    assert_eq!(port.stats().datagrams_segmented - segmented, 200 * 8, "every round went out as one group");
+    assert_eq!(port.stats().datagrams_segmented - segmented, 200 * 8, "every datagram went out grouped");
 }
 
 /// A `send_packets` op resent with its list (three byte ranges) allocates nothing,

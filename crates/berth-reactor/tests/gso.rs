@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use berth_buf::{BufferConfig, BufferManager};
-use berth_ops::{OpId, OpKind};
+use berth_ops::{OpError, OpId, OpKind};
 use berth_reactor::{Completion, CompletionPort, SocketId, UdpOptions};
 use common::IO_TIMEOUT;
 
@@ -37,9 +37,16 @@ fn datagram(i: usize, len: usize) -> Vec<u8> {
 }
 
 /// Submits a `send_to` for each `(destination, datagram)` before waiting once, so
-/// they leave in one batch; returns the ops, whose completions must each carry
-/// their own datagram's length, in submission order.
+/// they leave in one batch; every one must complete with its own datagram's length,
+/// in submission order.
 fn send_all(port: &mut CompletionPort<()>, socket: SocketId, sends: &Sends) {
+    for (result, (_, data)) in try_send_all(port, socket, sends).into_iter().zip(sends) {
+        assert_eq!(result, Ok(data.len()));
+    }
+}
+
+/// As `send_all`, returning each send's result, in submission order.
+fn try_send_all(port: &mut CompletionPort<()>, socket: SocketId, sends: &Sends) -> Vec<Result<usize, OpError>> {
     let mut ops: Vec<(OpId, usize)> = Vec::new();
     for (to, data) in sends {
         let op = port.take_op().unwrap();
@@ -62,10 +69,13 @@ fn send_all(port: &mut CompletionPort<()>, socket: SocketId, sends: &Sends) {
             done.push((op, result));
         }
     }
-    for (&(op, len), (got, result)) in ops.iter().zip(&done) {
-        assert_eq!((op, len), (*got, (*result).expect("every send succeeds")), "in submission order");
+    let mut results = Vec::new();
+    for (&(op, _), &(got, result)) in ops.iter().zip(&done) {
+        assert_eq!(op, got, "in submission order");
         port.give_op(op).unwrap();
+        results.push(result);
     }
+    results
 }
 
 /// Reads `expected.len()` datagrams from `r` and checks each, in order.
@@ -130,6 +140,30 @@ fn with_gso_off_every_datagram_is_its_own_message() {
     assert_eq!(port.stats().datagrams_segmented, 0);
 }
 
+/// A group that fails for its datagrams' own sake (destination port 0: `EINVAL`,
+/// as a refused segmentation would be) fails those ops alone, each as a single
+/// datagram would, and the socket goes on grouping: no refusal is counted.
+#[test]
+fn a_group_failing_for_its_datagrams_fails_them_and_grouping_goes_on() {
+    let mut port = port();
+    let socket = port.bind_udp("127.0.0.1:0".parse().unwrap(), UdpOptions::default()).unwrap();
+    let from = port.local_addr(socket).unwrap();
+    let r = receiver();
+    let (to, nowhere) = (r.local_addr().unwrap(), "127.0.0.1:0".parse().unwrap());
+    let sends: Sends = (0..9).map(|i| (if (3..6).contains(&i) { nowhere } else { to }, datagram(i, 100))).collect();
+    let results = try_send_all(&mut port, socket, &sends);
+    for (i, result) in results.iter().enumerate() {
+        if (3..6).contains(&i) {
+            assert!(result.is_err(), "send {i} to port 0: {result:?}");
+        } else {
+            assert_eq!(*result, Ok(100), "send {i}");
+        }
+    }
+    let arrived: Datagrams = sends.iter().filter(|(t, _)| *t == to).map(|(_, d)| d.clone()).collect();
+    expect(&r, from, &arrived);
+    assert_eq!((port.stats().datagrams_segmented, port.stats().gso_refusals), (6, 0));
+}
+
 #[test]
 fn over_ipv6_and_a_connected_socket_too() {
     let mut port = port();
@@ -169,6 +203,17 @@ fn over_ipv6_and_a_connected_socket_too() {
     }
     expect(&r, from, &(0..8).map(|i| datagram(100 + i, 64)).collect::<Vec<_>>());
     assert_eq!(port.stats().datagrams_segmented, 68);
+
+    // A dual-stack socket sending to an IPv4 peer (a mapped address) groups too.
+    let dual = port.bind_udp("[::]:0".parse().unwrap(), UdpOptions::default().only_v6(false)).unwrap();
+    let r4 = receiver();
+    let mapped =
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped().into(), r4.local_addr().unwrap().port());
+    let sends: Sends = (0..10).map(|i| (mapped, datagram(200 + i, 64))).collect();
+    send_all(&mut port, dual, &sends);
+    let from4 = SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), port.local_addr(dual).unwrap().port());
+    expect(&r4, from4, &sends.iter().map(|(_, d)| d.clone()).collect::<Vec<_>>());
+    assert_eq!(port.stats().datagrams_segmented, 78);
 }
 
 /// `SO_NO_CHECK` makes the kernel refuse every GSO send (`EINVAL`): the batch goes

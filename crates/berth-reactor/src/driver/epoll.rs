@@ -366,6 +366,9 @@ impl Epoll {
         if !grouped {
             self.coalescer.singles(count);
         }
+        // The limit a refused group suggests, applied only once the same datagrams
+        // went out one per message (if they fail too, the error was theirs).
+        let mut refused = None;
         let n = loop {
             // SAFETY: each mmsghdr is a copy of an op's header, pointing at that op's
             // own buffer range and slot, or a group of them (`Coalescer::coalesce`),
@@ -384,7 +387,7 @@ impl Epoll {
             }
             let e = rustix::io::Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(rustix::io::Errno::IO);
             let head_group = self.coalescer.sizes().first().is_some_and(|&s| s > 1);
-            let refused = match core.slots.as_ref() {
+            let refusal = match core.slots.as_ref() {
                 Some(slots) if head_group => crate::udp::gso_refused(e, slots.send_len(ops[0])),
                 _ => None,
             };
@@ -396,18 +399,10 @@ impl Epoll {
                     return false;
                 }
                 rustix::io::Errno::INTR => continue,
-                e if refused.is_some() => {
-                    let limit = refused.unwrap_or(0);
-                    core.stats.gso_refusals += 1;
-                    // The kernel refused the segmentation, not the datagrams: this
-                    // socket groups no segment this long again, and this batch goes
-                    // out one datagram per message.
-                    if let Some(crate::socket::Entry { io: Io::Udp { gso, .. }, .. }) =
-                        core.sockets.get_mut(socket as usize)
-                    {
-                        tracing::debug!("UDP GSO refused ({e}): grouping segments up to {limit} bytes");
-                        *gso = limit.min(*gso);
-                    }
+                e if refusal.is_some() => {
+                    // Perhaps the kernel refused the segmentation, not the datagrams:
+                    // this batch goes out one datagram per message, which tells.
+                    refused = refusal.map(|limit| (limit, e));
                     let Some(slots) = core.slots.as_ref() else { return true };
                     self.batch.clear();
                     for &op in &ops[..count] {
@@ -430,6 +425,17 @@ impl Epoll {
                 }
             }
         };
+        if let Some((limit, e)) = refused
+            && n > 0
+        {
+            // The datagrams went, the group did not: this socket groups no segment
+            // this long again.
+            core.stats.gso_refusals += 1;
+            if let Some(crate::socket::Entry { io: Io::Udp { gso, .. }, .. }) = core.sockets.get_mut(socket as usize) {
+                tracing::debug!("UDP GSO refused ({e}): grouping segments up to {limit} bytes");
+                *gso = limit.min(*gso);
+            }
+        }
         let messages = self.batch.len();
         let done: usize = self.coalescer.sizes()[..n].iter().map(|&s| usize::from(s)).sum();
         for &op in &ops[done..count] {
