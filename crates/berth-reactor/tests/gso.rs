@@ -25,6 +25,19 @@ fn port() -> CompletionPort<()> {
     CompletionPort::builder().ops(128).max_sockets(8).buffers(buffers).ring_datagrams(false).build(|_| ()).unwrap()
 }
 
+/// A port with one UDP socket bound on `addr`, and that socket's address.
+fn bound(addr: &str, options: UdpOptions) -> (CompletionPort<()>, SocketId, SocketAddr) {
+    let mut port = port();
+    let socket = port.bind_udp(addr.parse().unwrap(), options).unwrap();
+    let from = port.local_addr(socket).unwrap();
+    (port, socket, from)
+}
+
+/// The datagrams of `sends`, in order.
+fn payloads(sends: &Sends) -> Datagrams {
+    sends.iter().map(|(_, d)| d.clone()).collect()
+}
+
 fn receiver() -> UdpSocket {
     let r = UdpSocket::bind("127.0.0.1:0").unwrap();
     r.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
@@ -112,32 +125,28 @@ fn mixed_batch(a: SocketAddr, b: SocketAddr) -> (Sends, Datagrams, Datagrams) {
     (sends, for_a, for_b)
 }
 
-#[test]
-fn sends_to_one_peer_leave_grouped_and_arrive_as_sent() {
-    let mut port = port();
-    let socket = port.bind_udp("127.0.0.1:0".parse().unwrap(), UdpOptions::default()).unwrap();
-    let from = port.local_addr(socket).unwrap();
+/// Sends `mixed_batch` from a socket bound with `options`, checks that both peers
+/// got exactly their datagrams, and returns the port's stats.
+fn send_mixed(options: UdpOptions) -> berth_reactor::PortStats {
+    let (mut port, socket, from) = bound("127.0.0.1:0", options);
     let (ra, rb) = (receiver(), receiver());
     let (sends, for_a, for_b) = mixed_batch(ra.local_addr().unwrap(), rb.local_addr().unwrap());
     send_all(&mut port, socket, &sends);
     expect(&ra, from, &for_a);
     expect(&rb, from, &for_b);
+    port.stats()
+}
+
+#[test]
+fn sends_to_one_peer_leave_grouped_and_arrive_as_sent() {
+    let stats = send_mixed(UdpOptions::default());
     // The 40 to `a`, the 5, the 3: the one to `b` and the last go alone.
-    assert_eq!(port.stats().datagrams_segmented, 48);
-    assert_eq!(port.stats().gso_refusals, 0);
+    assert_eq!((stats.datagrams_segmented, stats.gso_refusals), (48, 0));
 }
 
 #[test]
 fn with_gso_off_every_datagram_is_its_own_message() {
-    let mut port = port();
-    let socket = port.bind_udp("127.0.0.1:0".parse().unwrap(), UdpOptions::default().gso(false)).unwrap();
-    let from = port.local_addr(socket).unwrap();
-    let (ra, rb) = (receiver(), receiver());
-    let (sends, for_a, for_b) = mixed_batch(ra.local_addr().unwrap(), rb.local_addr().unwrap());
-    send_all(&mut port, socket, &sends);
-    expect(&ra, from, &for_a);
-    expect(&rb, from, &for_b);
-    assert_eq!(port.stats().datagrams_segmented, 0);
+    assert_eq!(send_mixed(UdpOptions::default().gso(false)).datagrams_segmented, 0);
 }
 
 /// A group that fails for its datagrams' own sake (destination port 0: `EINVAL`,
@@ -145,9 +154,7 @@ fn with_gso_off_every_datagram_is_its_own_message() {
 /// datagram would, and the socket goes on grouping: no refusal is counted.
 #[test]
 fn a_group_failing_for_its_datagrams_fails_them_and_grouping_goes_on() {
-    let mut port = port();
-    let socket = port.bind_udp("127.0.0.1:0".parse().unwrap(), UdpOptions::default()).unwrap();
-    let from = port.local_addr(socket).unwrap();
+    let (mut port, socket, from) = bound("127.0.0.1:0", UdpOptions::default());
     let r = receiver();
     let (to, nowhere) = (r.local_addr().unwrap(), "127.0.0.1:0".parse().unwrap());
     let sends: Sends = (0..9).map(|i| (if (3..6).contains(&i) { nowhere } else { to }, datagram(i, 100))).collect();
@@ -166,16 +173,14 @@ fn a_group_failing_for_its_datagrams_fails_them_and_grouping_goes_on() {
 
 #[test]
 fn over_ipv6_and_a_connected_socket_too() {
-    let mut port = port();
-    let socket = port.bind_udp("[::1]:0".parse().unwrap(), UdpOptions::default()).unwrap();
-    let from = port.local_addr(socket).unwrap();
+    let (mut port, socket, from) = bound("[::1]:0", UdpOptions::default());
     let r = UdpSocket::bind("[::1]:0").unwrap();
     r.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let to = r.local_addr().unwrap();
     // 60 of 1200 bytes: more than one send carries (65000 bytes), so two groups.
     let sends: Vec<_> = (0..60).map(|i| (to, datagram(i, 1200))).collect();
     send_all(&mut port, socket, &sends);
-    expect(&r, from, &sends.iter().map(|(_, d)| d.clone()).collect::<Vec<_>>());
+    expect(&r, from, &payloads(&sends));
     assert_eq!(port.stats().datagrams_segmented, 60);
     assert_eq!(port.stats().gso_refusals, 0);
 
@@ -212,7 +217,7 @@ fn over_ipv6_and_a_connected_socket_too() {
     let sends: Sends = (0..10).map(|i| (mapped, datagram(200 + i, 64))).collect();
     send_all(&mut port, dual, &sends);
     let from4 = SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), port.local_addr(dual).unwrap().port());
-    expect(&r4, from4, &sends.iter().map(|(_, d)| d.clone()).collect::<Vec<_>>());
+    expect(&r4, from4, &payloads(&sends));
     assert_eq!(port.stats().datagrams_segmented, 78);
 }
 
@@ -221,9 +226,7 @@ fn over_ipv6_and_a_connected_socket_too() {
 /// datagrams that long.
 #[test]
 fn a_refused_segmentation_loses_nothing_and_stops_grouping() {
-    let mut port = port();
-    let socket = port.bind_udp("127.0.0.1:0".parse().unwrap(), UdpOptions::default()).unwrap();
-    let from = port.local_addr(socket).unwrap();
+    let (mut port, socket, from) = bound("127.0.0.1:0", UdpOptions::default());
     let fd = port.udp_socket(socket).unwrap().as_raw_fd();
     let one: libc::c_int = 1;
     // SAFETY: `one` is a valid c_int for the call and its size is passed; `fd` is
@@ -244,7 +247,7 @@ fn a_refused_segmentation_loses_nothing_and_stops_grouping() {
         let len = if round == 2 { 40 } else { 200 };
         let sends: Vec<_> = (0..12).map(|i| (to, datagram(round * 12 + i, len))).collect();
         send_all(&mut port, socket, &sends);
-        expect(&r, from, &sends.iter().map(|(_, d)| d.clone()).collect::<Vec<_>>());
+        expect(&r, from, &payloads(&sends));
     }
     assert_eq!(port.stats().datagrams_segmented, 0);
     // Refused at 200 bytes, not tried at 200 again, refused at 40.
