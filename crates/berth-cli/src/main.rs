@@ -390,8 +390,8 @@ fn relay(common: &Common, channel: &str, max_frame: usize, answer_timeout: u64) 
 ///
 /// The echo runs on a thread of its own that waits for frames with no timeout, so
 /// each sleep between two frames is an untimed futex wait (a timed one costs a timer
-/// per frame). The main thread takes the signals and, on SIGINT or SIGTERM, ends the
-/// process; the relay sees that exit as it sees any backend's.
+/// per frame); this thread takes the signals and ends the process, the relay seeing
+/// the backend's exit as it would see any backend's.
 fn backend_echo(channel: &str) -> Result<(), String> {
     println!("berth: echo backend for relay channel {channel}");
     let name = channel.to_string();
