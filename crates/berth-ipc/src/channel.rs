@@ -35,9 +35,8 @@ const SLICE_MIN: Duration = Duration::from_millis(10);
 /// waiter that has just started, within 50 ms by a long idle one, and an idle
 /// blocked end wakes about 20 times a second.
 const SLICE_MAX: Duration = Duration::from_millis(50);
-/// The longest futex sleep while the watcher thread wakes us on the peer's death,
-/// for a wait with a deadline (or whose wakes might be missed): only a backstop.
-/// Without a deadline such a sleep has no timer at all (see `Wait::pause`).
+/// The longest futex sleep while the watcher thread wakes us on the peer's death:
+/// only a backstop. An idle blocked end wakes once a second.
 const SLICE_WATCHED: Duration = Duration::from_secs(1);
 /// The longest futex sleep when this process cannot issue `membarrier` (the peer's
 /// fence-free wake could then be missed, and is only caught by this timeout).
@@ -252,13 +251,12 @@ impl Shared {
     /// The longest a futex sleep may last: `grown` while the peer's wakes are sure to
     /// reach us, a short slice when they might be missed (no membarrier).
     fn slice_cap(&self, grown: Duration) -> Duration {
-        if self.wakes_reach_us() { grown } else { grown.min(SLICE_NO_MEMBARRIER) }
-    }
-
-    /// Whether every wake the peer owes us is sure to reach us: a fenced channel
-    /// needs no membarrier, and an asymmetric one has it unless it degraded.
-    fn wakes_reach_us(&self) -> bool {
-        self.layout.fenced || (self.asym && !self.degraded.load(Ordering::Relaxed))
+        // A fenced channel needs no membarrier: every wake reaches us.
+        if self.layout.fenced || (self.asym && !self.degraded.load(Ordering::Relaxed)) {
+            grown
+        } else {
+            grown.min(SLICE_NO_MEMBARRIER)
+        }
     }
 
     #[inline]
@@ -774,13 +772,6 @@ impl PeerWatch {
         if self.watched.is_some() { SLICE_WATCHED } else { SLICE_MAX }
     }
 
-    /// Whether a sleep needs no timer to notice the peer: the watcher thread wakes
-    /// it on the peer's death (a clean close wakes it anyway), and no heartbeat
-    /// deadline asks for a look now and then. After [`watch`](Self::watch).
-    fn wakes_suffice(&self) -> bool {
-        self.watched.is_some() && self.timeout.is_none()
-    }
-
     fn closed(&self, sh: &Shared) -> bool {
         sh.u32_at(self.side.flags_at).load(Ordering::Acquire) & FLAG_CLOSED != 0
     }
@@ -1198,15 +1189,7 @@ impl Wait {
             WaitMode::Block { .. } => {
                 if sleep {
                     let longest = peer.watch(sh);
-                    let slice = left.min(sh.slice_cap(self.grown.min(longest)));
-                    // No deadline of the caller's, the watcher thread wakes us on the
-                    // peer's death, no heartbeat of the peer's to check and every wake
-                    // sure to reach us: only a wake can end this sleep usefully, so it
-                    // arms no timer. A timed futex wait sets one up and tears it down
-                    // per sleep: about 2.7 µs of each round trip of a relay backend on
-                    // a VM (task-clock, issue 18).
-                    let untimed = self.timeout.is_none() && peer.wakes_suffice() && sh.wakes_reach_us();
-                    sys::futex_wait(word, WAIT_FUTEX, (!untimed).then_some(slice));
+                    sys::futex_wait(word, WAIT_FUTEX, left.min(sh.slice_cap(self.grown.min(longest))));
                     self.grown = (self.grown * 2).min(longest);
                     // The peer reads our heartbeat only while it waits, which it can
                     // start to do (the ring full or empty) only once we are awake: a

@@ -241,12 +241,8 @@
 //!   dead peer turns a wait into `PeerDead` at once. Once an end's peer is with the
 //!   watcher, its check before a sleep reads that record instead of polling the
 //!   pidfd: no syscall (a death not recorded yet still ends the sleep, since the
-//!   watcher's wake comes after its record and the check after the raised flag). A sleep then needs no timer of its own when nothing
-//!   else could end it: a wait with no deadline, whose wakes are sure to reach it
-//!   (fenced, or with membarrier), sleeps until a commit, a close or the watcher
-//!   wakes it, so an idle blocked end never wakes (a timed futex sleep sets up and
-//!   tears down a timer each time: about 2.7 µs of a relay backend's round trip on a
-//!   VM). With a deadline, sleeps double from 10 ms to 1 s. Without the
+//!   watcher's wake comes after its record and the check after the raised flag). Sleeps then only need a backstop timeout: they double
+//!   from 10 ms to 1 s, so an idle blocked end wakes about once a second. Without the
 //!   watcher (no pidfd or epoll, or a child forked from the process that started it)
 //!   sleeps stop doubling at 50 ms, and a death is seen within 10 to 50 ms. A peer
 //!   that closed cleanly gives `Closed` at once: its close clears the flag. Optionally
