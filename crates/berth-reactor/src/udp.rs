@@ -149,6 +149,9 @@ pub(crate) fn bind(addr: SocketAddr, options: &UdpOptions) -> io::Result<UdpSock
 /// The largest segment a new socket groups into a GSO send: half the payload one
 /// send may carry, so a group has at least two. 0 means the socket does not group.
 pub(crate) fn gso_limit(socket: &UdpSocket, options: &UdpOptions) -> u16 {
+    if !options.gso {
+        return 0;
+    }
     let mut value: libc::c_int = 0;
     let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `value` and `len` are valid for writes for the call, and `len` is
@@ -158,7 +161,7 @@ pub(crate) fn gso_limit(socket: &UdpSocket, options: &UdpOptions) -> u16 {
     };
     // A kernel without UDP_SEGMENT (before 4.18) would send a group as one datagram:
     // it must refuse the option to be asked for groups.
-    if options.gso && rc == 0 { (GSO_MAX_BYTES / 2) as u16 } else { 0 }
+    if rc == 0 { (GSO_MAX_BYTES / 2) as u16 } else { 0 }
 }
 
 /// The most payload one GSO send carries (UDP over IPv4 allows 65507 bytes).
