@@ -19,8 +19,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use berth_server::{
-    AccessLog, Echo, EchoError, IpcRelay, LogTarget, RelayBackend, RelayConfig, RelayHandle, Server, ServerBuilder,
-    Service, StaticFiles,
+    AccessLog, Echo, IpcRelay, LogTarget, RelayBackend, RelayConfig, RelayHandle, Server, ServerBuilder, Service,
+    StaticFiles,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -387,13 +387,30 @@ fn relay(common: &Common, channel: &str, max_frame: usize, answer_timeout: u64) 
 
 /// Attaches to the relay's channel and echoes every frame; attaches again when the
 /// relay goes away, until SIGINT/SIGTERM.
+///
+/// The echo runs on a thread of its own that waits for frames with no timeout, so
+/// each sleep between two frames is an untimed futex wait (a timed one costs a timer
+/// per frame); this thread takes the signals and ends the process, the relay seeing
+/// the backend's exit as it would see any backend's.
 fn backend_echo(channel: &str) -> Result<(), String> {
     println!("berth: echo backend for relay channel {channel}");
-    let stopped = |timeout| {
-        signals::wait(timeout)
-            .map(|s| matches!(s, Some(Signal::Stop(_))))
-            .map_err(|e| format!("waiting for signals: {e}"))
-    };
+    let name = channel.to_string();
+    let echo = std::thread::Builder::new()
+        .name("berth-backend-echo".into())
+        .spawn(move || echo_forever(&name))
+        .map_err(|e| format!("starting the echo thread: {e}"))?;
+    loop {
+        match signals::wait(Duration::from_millis(200)).map_err(|e| format!("waiting for signals: {e}"))? {
+            Some(Signal::Stop(_)) => return Ok(()),
+            // It never returns; finished means it panicked.
+            _ if echo.is_finished() => return Err("the echo thread stopped".into()),
+            _ => {}
+        }
+    }
+}
+
+/// `backend_echo`'s thread: attach, echo until the relay goes, attach again.
+fn echo_forever(channel: &str) {
     let mut waiting_logged = false;
     loop {
         let mut backend = match RelayBackend::attach(channel) {
@@ -403,26 +420,16 @@ fn backend_echo(channel: &str) -> Result<(), String> {
                     tracing::info!("waiting for the relay's channel {channel}: {e}");
                     waiting_logged = true;
                 }
-                if stopped(Duration::from_millis(50))? {
-                    return Ok(());
-                }
+                std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
         };
         tracing::info!("attached to relay channel {channel}");
         waiting_logged = false;
         loop {
-            match backend.echo_one(Some(Duration::from_millis(200))) {
-                Ok(()) => {}
-                Err(EchoError::Recv(berth_server::RecvError::TimedOut)) => {
-                    if stopped(Duration::ZERO)? {
-                        return Ok(());
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!("relay gone ({e}); attaching again");
-                    break;
-                }
+            if let Err(e) = backend.echo_one(None) {
+                tracing::warn!("relay gone ({e}); attaching again");
+                break;
             }
         }
     }

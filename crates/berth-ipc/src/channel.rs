@@ -35,8 +35,9 @@ const SLICE_MIN: Duration = Duration::from_millis(10);
 /// waiter that has just started, within 50 ms by a long idle one, and an idle
 /// blocked end wakes about 20 times a second.
 const SLICE_MAX: Duration = Duration::from_millis(50);
-/// The longest futex sleep while the watcher thread wakes us on the peer's death:
-/// only a backstop. An idle blocked end wakes once a second.
+/// The longest futex sleep while the watcher thread wakes us on the peer's death,
+/// for a wait with a deadline (or whose wakes might be missed): only a backstop.
+/// Without a deadline such a sleep has no timer at all (see `Wait::pause`).
 const SLICE_WATCHED: Duration = Duration::from_secs(1);
 /// The longest futex sleep when this process cannot issue `membarrier` (the peer's
 /// fence-free wake could then be missed, and is only caught by this timeout).
@@ -251,12 +252,13 @@ impl Shared {
     /// The longest a futex sleep may last: `grown` while the peer's wakes are sure to
     /// reach us, a short slice when they might be missed (no membarrier).
     fn slice_cap(&self, grown: Duration) -> Duration {
-        // A fenced channel needs no membarrier: every wake reaches us.
-        if self.layout.fenced || (self.asym && !self.degraded.load(Ordering::Relaxed)) {
-            grown
-        } else {
-            grown.min(SLICE_NO_MEMBARRIER)
-        }
+        if self.wakes_reach_us() { grown } else { grown.min(SLICE_NO_MEMBARRIER) }
+    }
+
+    /// Whether every wake the peer owes us is sure to reach us: a fenced channel
+    /// needs no membarrier, and an asymmetric one has it unless it degraded.
+    fn wakes_reach_us(&self) -> bool {
+        self.layout.fenced || (self.asym && !self.degraded.load(Ordering::Relaxed))
     }
 
     #[inline]
@@ -718,6 +720,9 @@ struct Side {
     start_at: usize,
     flags_at: usize,
     hb_at: usize,
+    /// The peer's ring position (the receiver's head, the sender's tail): it moves
+    /// only when the peer does, so it is a sign of life besides the heartbeat.
+    pos_at: usize,
     wait_at: usize,
 }
 
@@ -728,6 +733,7 @@ impl Side {
         start_at: off::RX_START,
         flags_at: off::RX_FLAGS,
         hb_at: off::RX_HEARTBEAT,
+        pos_at: off::HEAD,
         wait_at: off::TX_WAIT,
     };
     /// The receiver's view: it watches the sender and sleeps on `RX_WAIT`.
@@ -736,6 +742,7 @@ impl Side {
         start_at: off::TX_START,
         flags_at: off::TX_FLAGS,
         hb_at: off::TX_HEARTBEAT,
+        pos_at: off::TAIL,
         wait_at: off::RX_WAIT,
     };
 }
@@ -750,26 +757,43 @@ struct PeerWatch {
     /// The watcher thread wakes our sleeps when the peer's process exits.
     watched: Option<crate::watch::Registration>,
     timeout: Option<Duration>,
+    /// With a `timeout`: the peer's position at the last check and when a check
+    /// first saw it there (monotonic ns, 0 before the first check).
+    progress: (u64, u64),
     /// Coarse-clock time before which `check_now_and_then` skips the process check.
     next_try_check: u64,
 }
 
 impl PeerWatch {
     fn new(side: Side) -> PeerWatch {
-        PeerWatch { side, known: None, pidfd: None, watched: None, timeout: None, next_try_check: 0 }
+        PeerWatch { side, known: None, pidfd: None, watched: None, timeout: None, progress: (0, 0), next_try_check: 0 }
+    }
+
+    fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
+        self.progress = (0, 0);
     }
 
     /// Before a sleep: hands the peer's pidfd to the watcher thread (once), and
     /// returns the longest we may sleep before checking the peer again: long while
-    /// the watcher reports its death. A peer that died just before is reported at
-    /// once too: its pidfd is readable when it is registered.
+    /// the watcher reports its death, and no longer than a heartbeat limit (judged
+    /// at checks). A peer that died just before is reported at once too: its pidfd
+    /// is readable when it is registered.
     fn watch(&mut self, sh: &Arc<Shared>) -> Duration {
         if self.watched.is_none()
             && let Some(fd) = &self.pidfd
         {
             self.watched = crate::watch::register(fd, sh, self.side.wait_at);
         }
-        if self.watched.is_some() { SLICE_WATCHED } else { SLICE_MAX }
+        let longest = if self.watched.is_some() { SLICE_WATCHED } else { SLICE_MAX };
+        self.timeout.map_or(longest, |limit| longest.min(limit.max(SLICE_MIN)))
+    }
+
+    /// Whether a sleep needs no timer to notice the peer: the watcher thread wakes
+    /// it on the peer's death (a clean close wakes it anyway), and no heartbeat
+    /// deadline asks for a look now and then. After [`watch`](Self::watch).
+    fn wakes_suffice(&self) -> bool {
+        self.watched.is_some() && self.timeout.is_none()
     }
 
     fn closed(&self, sh: &Shared) -> bool {
@@ -814,6 +838,11 @@ impl PeerWatch {
                 return PeerState::Dead;
             }
         }
+        // A registration is only as good as the watcher behind it: one that stopped,
+        // or that belongs to the process we were forked from, reports nothing.
+        if self.watched.as_ref().is_some_and(|reg| !reg.trusted()) {
+            self.watched = None;
+        }
         // Registered with the watcher (this pidfd's peer, since `known` did not
         // change), its record of the death is checked instead of polling the
         // pidfd: no syscall per sleep. The callers raised their waiter flag and
@@ -827,13 +856,29 @@ impl PeerWatch {
         if !alive {
             return PeerState::Dead;
         }
-        if let Some(limit) = self.timeout {
-            let hb = sh.u64_at(self.side.hb_at).load(Ordering::Relaxed);
-            if Duration::from_nanos(sys::monotonic_ns().saturating_sub(hb)) > limit {
-                return PeerState::Dead;
-            }
+        if let Some(limit) = self.timeout
+            && self.hung(sh, limit)
+        {
+            return PeerState::Dead;
         }
         PeerState::Alive
+    }
+
+    /// Whether the peer has shown no sign of life for longer than `limit`: no
+    /// heartbeat, and no move of its ring position since a check of ours first saw
+    /// it there. A heartbeat alone is not enough: an end asleep on an empty (full)
+    /// ring beats when it falls asleep and when it wakes, so after a long idle sleep
+    /// its heartbeat is old until it is scheduled again, and we may commit, wake it
+    /// and fill the ring before it is. Its position has not moved since then, but
+    /// our first look at that position is no older than our wait on it.
+    fn hung(&mut self, sh: &Shared, limit: Duration) -> bool {
+        let now = sys::monotonic_ns();
+        let pos = sh.u64_at(self.side.pos_at).load(Ordering::Relaxed);
+        if self.progress.1 == 0 || self.progress.0 != pos {
+            self.progress = (pos, now);
+        }
+        let hb = sh.u64_at(self.side.hb_at).load(Ordering::Relaxed);
+        Duration::from_nanos(now.saturating_sub(hb.max(self.progress.1))) > limit
     }
 }
 
@@ -858,11 +903,13 @@ impl Sender {
         self.mode = mode;
     }
 
-    /// Treat the receiver as dead when its heartbeat is older than `timeout` while
-    /// we wait for it (a hung peer). A receiver beats while it waits and on
-    /// [`Receiver::heartbeat`]; busy receivers that never wait must call that.
+    /// Treat the receiver as dead when, while we wait for it, it shows no sign of
+    /// life for longer than `timeout` (a hung peer): no heartbeat, and no move of
+    /// its position in the ring since our first look at it. A receiver beats while
+    /// it waits and on [`Receiver::heartbeat`]; busy receivers that never wait must
+    /// call that. Blocking calls then sleep no longer than `timeout` at a time.
     pub fn set_peer_timeout(&mut self, timeout: Option<Duration>) {
-        self.peer.timeout = timeout;
+        self.peer.set_timeout(timeout);
     }
 
     /// Records that this end is alive (see [`Receiver::set_peer_timeout`]).
@@ -1189,7 +1236,15 @@ impl Wait {
             WaitMode::Block { .. } => {
                 if sleep {
                     let longest = peer.watch(sh);
-                    sys::futex_wait(word, WAIT_FUTEX, left.min(sh.slice_cap(self.grown.min(longest))));
+                    let slice = left.min(sh.slice_cap(self.grown.min(longest)));
+                    // No deadline of the caller's, the watcher thread wakes us on the
+                    // peer's death, no heartbeat of the peer's to check and every wake
+                    // sure to reach us: only a wake can end this sleep usefully, so it
+                    // arms no timer. A timed futex wait sets one up and tears it down
+                    // per sleep: about 2.5 µs of each round trip of a relay backend on
+                    // a VM (task-clock, issue 18).
+                    let untimed = self.timeout.is_none() && peer.wakes_suffice() && sh.wakes_reach_us();
+                    sys::futex_wait(word, WAIT_FUTEX, (!untimed).then_some(slice));
                     self.grown = (self.grown * 2).min(longest);
                     // The peer reads our heartbeat only while it waits, which it can
                     // start to do (the ring full or empty) only once we are awake: a
@@ -1318,11 +1373,13 @@ impl Receiver {
         self.mode = mode;
     }
 
-    /// Treat the sender as dead when its heartbeat is older than `timeout` while we
-    /// wait for it (a hung peer). A sender beats while it waits and on
-    /// [`Sender::heartbeat`]; an idle sender must call that.
+    /// Treat the sender as dead when, while we wait for it, it shows no sign of
+    /// life for longer than `timeout` (a hung peer): no heartbeat, and no commit
+    /// since our first look at its position. A sender beats while it waits and on
+    /// [`Sender::heartbeat`]; an idle sender must call that. Blocking calls then
+    /// sleep no longer than `timeout` at a time.
     pub fn set_peer_timeout(&mut self, timeout: Option<Duration>) {
-        self.peer.timeout = timeout;
+        self.peer.set_timeout(timeout);
     }
 
     /// Records that this end is alive (see [`Sender::set_peer_timeout`]).

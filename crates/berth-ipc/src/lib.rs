@@ -241,16 +241,26 @@
 //!   dead peer turns a wait into `PeerDead` at once. Once an end's peer is with the
 //!   watcher, its check before a sleep reads that record instead of polling the
 //!   pidfd: no syscall (a death not recorded yet still ends the sleep, since the
-//!   watcher's wake comes after its record and the check after the raised flag). Sleeps then only need a backstop timeout: they double
-//!   from 10 ms to 1 s, so an idle blocked end wakes about once a second. Without the
-//!   watcher (no pidfd or epoll, or a child forked from the process that started it)
-//!   sleeps stop doubling at 50 ms, and a death is seen within 10 to 50 ms. A peer
-//!   that closed cleanly gives `Closed` at once: its close clears the flag. Optionally
+//!   watcher's wake comes after its record and the check after the raised flag).
+//!   A sleep then needs no timer of its own when nothing else could end it: a wait
+//!   with no deadline and no heartbeat limit of its own, whose wakes are sure to
+//!   reach it (fenced, or with membarrier), sleeps until a commit, a close or the
+//!   watcher wakes it, so an idle blocked end never wakes (a timed futex sleep sets
+//!   up and tears down a timer each time: about 2.5 µs of a relay backend's round
+//!   trip on a VM). Otherwise sleeps double from 10 ms to 1 s (to the heartbeat
+//!   limit, if lower). Without the watcher (no pidfd or epoll, a child forked from
+//!   the process that started it, or a watcher thread that stopped: the end then
+//!   stops trusting its registration and is woken to look for itself) sleeps stop
+//!   doubling at 50 ms, and a death is seen within 10 to 50 ms. A peer that closed
+//!   cleanly gives `Closed` at once: its close clears the flag. Optionally
 //!   ([`Receiver::set_peer_timeout`]) a peer whose heartbeat is older than a limit
 //!   counts as dead too (a hung process). An end beats when it starts to sleep and
-//!   when it wakes, and the peer only reads the heartbeat while it waits itself
-//!   (which starts once this end is awake), so a long sleep never looks like a
-//!   hang. Both ends must share a pid namespace.
+//!   when it wakes. A long sleep still leaves an old heartbeat until the sleeper is
+//!   scheduled again, and the peer may commit, wake it and start to wait on it
+//!   before that: so the peer counts a move of the sleeper's ring position as a
+//!   sign of life too, and the limit runs from the later of the heartbeat and its
+//!   own first look at that position. A sleeper is never judged on time it spent
+//!   asleep before anyone waited on it. Both ends must share a pid namespace.
 //! - A receiver first drains every record the sender committed, then reports
 //!   `Closed` / `PeerDead`. A record the sender reserved but never committed
 //!   (killed mid-write, or a dropped [`Grant`]) is never visible: only the tail

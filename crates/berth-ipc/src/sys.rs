@@ -141,12 +141,15 @@ pub(crate) fn runs_on_one_cpu() -> bool {
     rustix::thread::sched_getaffinity(None).is_ok_and(|set| set.count() == 1)
 }
 
-/// Sleeps while `*word == expected`, at most `timeout`. Spurious returns are fine:
-/// callers re-check their condition.
-pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
-    let ts = rustix::thread::futex::Timespec { tv_sec: timeout.as_secs() as _, tv_nsec: timeout.subsec_nanos() as _ };
+/// Sleeps while `*word == expected`, at most `timeout` (`None`: until woken).
+/// Spurious returns are fine: callers re-check their condition.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|t| rustix::thread::futex::Timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as _,
+        tv_nsec: t.subsec_nanos() as _,
+    });
     // Shared (not PRIVATE): the word lives in a mapping other processes also map.
-    let _ = rustix::thread::futex::wait(word, rustix::thread::futex::Flags::empty(), expected, Some(&ts));
+    let _ = rustix::thread::futex::wait(word, rustix::thread::futex::Flags::empty(), expected, ts.as_ref());
 }
 
 /// Wakes every sleeper on `word` (there is at most one per ring end).

@@ -26,10 +26,13 @@
 //!
 //! The watcher belongs to the process that started it: after a `fork` the child has
 //! the state but not the thread, so it does not register and falls back to timed
-//! sleeps.
+//! sleeps. A registration it inherited is no longer trusted
+//! ([`Registration::trusted`]): a word in a wipe-on-fork page reads 0 in the child.
+//! Should the thread ever stop, it marks itself down and wakes every registered
+//! sleeper (without recording a death), and their checks go back to the pidfd.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rustix::event::epoll;
@@ -54,6 +57,9 @@ struct Entry {
 struct Watcher {
     /// The process that started the thread.
     pid: u32,
+    /// Reads 1 in that process and 0 in a child it forks (`MADV_WIPEONFORK`);
+    /// `None` where the kernel lacks it (before 4.14): then `pid` is compared.
+    here: Option<&'static AtomicU32>,
     epoll: OwnedFd,
     entries: Mutex<Vec<Entry>>,
     next_id: AtomicU64,
@@ -61,11 +67,15 @@ struct Watcher {
 
 static WATCHER: OnceLock<Option<Watcher>> = OnceLock::new();
 
+/// Set for good when the watcher thread stops (it is not restarted).
+static DOWN: AtomicBool = AtomicBool::new(false);
+
 /// The process's watcher, started on first use; `None` if it cannot run here (no
-/// epoll, no thread) or this process is a fork of the one that started it.
+/// epoll, no thread), it stopped, or this process is a fork of the one that
+/// started it.
 fn watcher() -> Option<&'static Watcher> {
     let w = WATCHER.get_or_init(start).as_ref()?;
-    (w.pid == sys::getpid()).then_some(w)
+    (w.pid == sys::getpid() && !DOWN.load(Ordering::Acquire)).then_some(w)
 }
 
 fn start() -> Option<Watcher> {
@@ -74,14 +84,64 @@ fn start() -> Option<Watcher> {
     std::thread::Builder::new().name("berth-ipc-watch".into()).spawn(move || run(theirs)).ok()?;
     Some(Watcher {
         pid: sys::getpid(),
+        here: wipe_on_fork_word(),
         epoll: ep,
         entries: Mutex::new(Vec::with_capacity(PRESIZED)),
         next_id: AtomicU64::new(1),
     })
 }
 
+/// A word set to 1 in a page of its own that a forked child sees zeroed, so that a
+/// fork is noticed without a `getpid` syscall per check. Mapped once per process,
+/// never unmapped.
+fn wipe_on_fork_word() -> Option<&'static AtomicU32> {
+    use rustix::mm::{Advice, MapFlags, ProtFlags};
+    // The kernel rounds a mapping and an advice up to whole pages, whatever their size.
+    let len = 4096;
+    // SAFETY: a fresh private anonymous mapping, placed by the kernel (null hint):
+    // it overlaps nothing of ours.
+    let page = unsafe {
+        rustix::mm::mmap_anonymous(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::PRIVATE)
+    }
+    .ok()?;
+    // SAFETY: `page` is the whole mapping made above, used by nobody else yet.
+    if unsafe { rustix::mm::madvise(page, len, Advice::LinuxWipeOnFork) }.is_err() {
+        // SAFETY: the same mapping, still unused; unmapping it cannot fail here in a
+        // way that matters (the page would only leak).
+        let _ = unsafe { rustix::mm::munmap(page, len) };
+        return None;
+    }
+    // SAFETY: the mapping is page-aligned (so aligned for a u32), readable and
+    // writable, zero-filled (a valid `AtomicU32`), and never unmapped: a `'static`
+    // shared reference to its first word is sound. Only atomics touch it.
+    let word = unsafe { &*page.cast::<AtomicU32>() };
+    word.store(1, Ordering::Relaxed);
+    Some(word)
+}
+
+/// On the watcher thread's way out, whichever way it leaves: marks the watcher
+/// down, then drops every entry and wakes its sleeper, so that its next check polls
+/// the pidfd itself (the registration no longer being trusted).
+struct DownOnExit;
+
+impl Drop for DownOnExit {
+    fn drop(&mut self) {
+        DOWN.store(true, Ordering::Release);
+        // Orders the mark before the flags' clearing against a sleeper's flag store,
+        // fence and load of `DOWN` (in `Registration::trusted`), as for `fired`.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let Some(Some(w)) = WATCHER.get() else { return };
+        let list = std::mem::take(&mut *w.entries.lock().unwrap_or_else(|e| e.into_inner()));
+        for entry in &list {
+            entry.sh.u32_at(entry.word_at).store(0, Ordering::Relaxed);
+            entry.sh.wake_sleeper(entry.word_at);
+        }
+    }
+}
+
 /// The watcher thread: waits for pidfds to turn readable, forever.
 fn run(ep: OwnedFd) {
+    let _down = DownOnExit;
     let mut events = Vec::with_capacity(16);
     loop {
         events.clear();
@@ -135,6 +195,19 @@ pub(crate) struct Registration {
 }
 
 impl Registration {
+    /// Whether the watcher will still report the peer's death: it has not stopped,
+    /// and this is the process that registered (not a child forked since). Read
+    /// after raising the waiter flag and a `SeqCst` fence, like [`fired`](Self::fired):
+    /// a watcher that stops after a `true` still wakes the sleep.
+    pub(crate) fn trusted(&self) -> bool {
+        let Some(Some(w)) = WATCHER.get() else { return false };
+        let here = match w.here {
+            Some(word) => word.load(Ordering::Relaxed) == 1,
+            None => w.pid == sys::getpid(),
+        };
+        here && !DOWN.load(Ordering::Acquire)
+    }
+
     /// Whether the watcher has seen the process exit (its pidfd turn readable).
     /// Read after raising the waiter flag and a `SeqCst` fence, a `false` means
     /// the watcher's wake is still to come (see the module docs).
@@ -152,6 +225,10 @@ pub(crate) fn register(pidfd: &impl AsFd, sh: &Arc<Shared>, word_at: usize) -> O
     let id = w.next_id.fetch_add(1, Ordering::Relaxed);
     let fired = Arc::new(AtomicBool::new(false));
     let mut list = w.entries.lock().unwrap_or_else(|e| e.into_inner());
+    // Under the lock: a watcher stopping from now on finds the entry to wake.
+    if DOWN.load(Ordering::Acquire) {
+        return None;
+    }
     // Under the lock, so that `fire` for this id finds the entry.
     epoll::add(&w.epoll, &pidfd, epoll::EventData::new_u64(id), epoll::EventFlags::IN).ok()?;
     list.push(Entry { id, pidfd, sh: sh.clone(), word_at, fired: fired.clone() });
@@ -183,7 +260,7 @@ mod tests {
         let t0 = std::time::Instant::now();
         // What a sleeping receiver does: wait while the flag is 1.
         while word.load(Ordering::Relaxed) == 1 && t0.elapsed() < std::time::Duration::from_secs(10) {
-            sys::futex_wait(word, 1, std::time::Duration::from_secs(10));
+            sys::futex_wait(word, 1, Some(std::time::Duration::from_secs(10)));
         }
         assert_eq!(word.load(Ordering::Acquire), 0, "woken by the watcher");
         assert!(reg.fired(), "the death is recorded for the end's later checks");
@@ -191,6 +268,32 @@ mod tests {
         let w = watcher().unwrap();
         assert!(!w.entries.lock().unwrap().iter().any(|e| e.id == reg.id), "fired entries are dropped");
         drop(reg);
+    }
+
+    /// A child forked after an end registered inherits the registration but not the
+    /// watcher thread, which will never report the peer's death to it: it must not
+    /// trust the registration. The fork here is the one `Command` makes to run a
+    /// `pre_exec` hook, which checks in the child.
+    ///
+    /// Proven by mutation: `trusted` ignoring the wipe-on-fork word fails it.
+    #[test]
+    fn a_forked_child_does_not_trust_its_parents_registration() {
+        use std::os::unix::process::CommandExt;
+        let chan = crate::Channel::create_memfd(&crate::Config::new(4096)).unwrap();
+        let pidfd = sys::Pidfd::open(sys::getpid()).unwrap();
+        let reg = register(&pidfd, chan.shared(), crate::layout::off::RX_WAIT).unwrap();
+        assert!(reg.trusted(), "the registering process trusts it");
+        let mut cmd = std::process::Command::new("true");
+        // SAFETY: the hook only loads atomics (no allocation, no lock), which is
+        // sound in the forked child of a multithreaded process.
+        unsafe {
+            cmd.pre_exec(move || match reg.trusted() {
+                true => Err(std::io::Error::from_raw_os_error(rustix::io::Errno::PERM.raw_os_error())),
+                false => Ok(()),
+            });
+        }
+        let status = cmd.status().expect("the forked child trusted the registration");
+        assert!(status.success());
     }
 
     /// Dropping a registration removes its entry and the pidfd's epoll interest.

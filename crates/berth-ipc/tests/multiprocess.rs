@@ -133,6 +133,12 @@ fn helper() {
                 }
             }
         }
+        "consumer_drain" => {
+            // Receives and drops everything, with no deadline, until the sender goes.
+            let mut rx = chan.receiver().unwrap();
+            eprintln!("READY");
+            while rx.recv(None).is_ok() {}
+        }
         "consumer_stall" => {
             let _rx = chan.receiver().unwrap();
             eprintln!("READY");
@@ -284,6 +290,75 @@ fn kill_consumer_while_producer_waits_gives_peer_dead() {
     assert_eq!(try_until_not_empty(|| tx.try_send(&[7; 256])), Err(SendError::PeerDead));
 }
 
+/// A heartbeat limit shorter than the peer's idle sleep: the peer, asleep with no
+/// deadline, last beat when it fell asleep, over a second ago. The sender commits
+/// (waking it), fills the ring and waits for room before the peer is scheduled
+/// again (here: it is stopped, then continued 100 ms later). That peer is slow to
+/// wake, not hung, and the send must succeed; a peer stopped for good is still
+/// declared dead once the limit has passed with no sign of life.
+///
+/// Proven by mutation: `PeerWatch::hung` judging by the heartbeat alone fails the
+/// first send at once with `PeerDead`.
+#[test]
+fn a_peer_woken_from_a_long_idle_sleep_is_not_taken_for_hung() {
+    use rustix::process::{Signal, kill_process};
+    const LIMIT: Duration = Duration::from_millis(300);
+    let chan = Channel::create_memfd(&Config::new(4096)).unwrap();
+    let mut tx = chan.sender().unwrap();
+    tx.set_peer_timeout(Some(LIMIT));
+    let mut child = spawn_helper("consumer_drain", &chan, 0);
+    wait_ready(&mut child);
+    let pid = child.id();
+    tx.send(&[1; 256], T).unwrap();
+    // The peer drains that and falls asleep with no deadline (and so no timer).
+    std::thread::sleep(Duration::from_millis(1200));
+    stop(pid);
+    let cont = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), Signal::CONT).unwrap();
+    });
+    fill(&mut tx);
+    assert_eq!(tx.send(&[3; 256], Some(Duration::from_secs(10))), Ok(()), "a slow-to-wake peer taken for hung");
+    cont.join().unwrap();
+    // Stopped for good: no heartbeat, no progress.
+    std::thread::sleep(Duration::from_millis(200));
+    stop(pid);
+    fill(&mut tx);
+    let start = Instant::now();
+    assert_eq!(tx.send(&[5; 256], Some(Duration::from_secs(10))), Err(SendError::PeerDead));
+    let took = start.elapsed();
+    assert!(took >= LIMIT / 2 && took < Duration::from_secs(3), "a stopped peer declared dead after {took:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Sends SIGSTOP to `pid` and waits (at most 5 s) until it has stopped: the stop
+/// takes effect only once the process is scheduled to take it.
+fn stop(pid: u32) {
+    use rustix::process::{Pid, Signal, kill_process};
+    kill_process(Pid::from_raw(pid as i32).unwrap(), Signal::STOP).unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // The state follows the command name's closing parenthesis.
+        if stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T')) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    panic!("process {pid} did not stop within 5 s");
+}
+
+/// Sends 256-byte messages until the ring is full.
+fn fill(tx: &mut berth_ipc::Sender) {
+    loop {
+        match tx.try_send(&[2; 256]) {
+            Ok(()) => {}
+            Err(e) => return assert_eq!(e, SendError::Full),
+        }
+    }
+}
+
 /// Only non-blocking calls: the messages committed before the kill, then `PeerDead`.
 #[test]
 fn try_recv_alone_reports_a_killed_producer() {
@@ -359,6 +434,24 @@ fn thread_cpu() -> Duration {
 /// the CPU assertion.
 #[test]
 fn an_idle_blocked_receiver_sleeps_yet_sees_a_kill_at_once() {
+    let woke = idle_blocked_receiver(T);
+    // Timed 50 ms slices would be 40 wake-ups here; 1 s ones are about 2.
+    assert!(woke <= 8, "an idle blocked receiver woke {woke} times in 2 s");
+}
+
+/// With no deadline, its sleep has no timer at all: nothing but the kill wakes it.
+/// Proven by mutation: `Wait::pause` sleeping in timed slices anyway fails it.
+#[test]
+fn an_idle_receiver_without_a_deadline_never_wakes_until_the_kill() {
+    let woke = idle_blocked_receiver(None);
+    // Slices doubling from 10 ms would wake it 4 times in this window.
+    assert!(woke <= 1, "an idle receiver without a deadline woke {woke} times in 2 s");
+}
+
+/// Blocks a receiver in `recv(timeout)` on a live, silent producer; returns how
+/// often it woke in 2 s (from 0.1 s in), then kills the producer and checks the
+/// receiver used next to no CPU and got `PeerDead` at once.
+fn idle_blocked_receiver(timeout: Option<Duration>) -> u64 {
     let (_chan, mut rx, mut child) = producer_mid();
     for i in 0..3u8 {
         assert_eq!(&*rx.recv(T).unwrap(), &[i; 100]);
@@ -367,27 +460,25 @@ fn an_idle_blocked_receiver_sleeps_yet_sees_a_kill_at_once() {
     let waiter = std::thread::spawn(move || {
         tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get()).unwrap();
         let cpu_before = thread_cpu();
-        let err = rx.recv(T).map(|m| m.len()).unwrap_err();
+        let err = rx.recv(timeout).map(|m| m.len()).unwrap_err();
         (err, Instant::now(), thread_cpu() - cpu_before)
     });
     let tid = tid_rx.recv().unwrap();
-    // Let the receiver settle into its longest sleeps, then count its wake-ups.
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(100));
     let before = voluntary_switches(tid);
     std::thread::sleep(Duration::from_millis(2000));
     let woke = voluntary_switches(tid) - before;
-    // Timed 50 ms slices would be 40 wake-ups here; 1 s ones are about 2.
-    assert!(woke <= 8, "an idle blocked receiver woke {woke} times in 2 s");
     child.kill().unwrap();
     let killed_at = Instant::now();
     child.wait().unwrap();
     let (err, done, cpu) = waiter.join().unwrap();
     assert_eq!(err, RecvError::PeerDead);
-    // A sleeping receiver uses well under a millisecond of the 3.5 s; a spinning
+    // A sleeping receiver uses well under a millisecond of the 2.1 s; a spinning
     // one uses nearly all of it. 200 ms leaves room for a loaded machine.
-    assert!(cpu < Duration::from_millis(200), "a blocked receiver used {cpu:?} of CPU in 3.5 s: it spins");
+    assert!(cpu < Duration::from_millis(200), "a blocked receiver used {cpu:?} of CPU in 2.1 s: it spins");
     let took = done.saturating_duration_since(killed_at);
     assert!(took < Duration::from_millis(100), "PeerDead after {took:?}");
+    woke
 }
 
 /// The same with the receiver asleep in `poll` on its wake descriptor: it uses
