@@ -388,10 +388,12 @@ fn relay(common: &Common, channel: &str, max_frame: usize, answer_timeout: u64) 
 /// Attaches to the relay's channel and echoes every frame; attaches again when the
 /// relay goes away, until SIGINT/SIGTERM.
 ///
-/// The echo runs on a thread of its own that waits for frames with no timeout, so
-/// each sleep between two frames is an untimed futex wait (a timed one costs a timer
-/// per frame); this thread takes the signals and ends the process, the relay seeing
-/// the backend's exit as it would see any backend's.
+/// The echo runs on a thread of its own that waits for frames with no timeout of
+/// its own: with one lane each sleep between two frames is a futex wait with no
+/// timer (a timed one costs a timer per frame), with several a `poll` of the lanes'
+/// descriptors, bounded only where the relay's death might not wake it (see
+/// `Receiver::max_sleep`). This thread takes the signals and ends the process, the
+/// relay seeing the backend's exit as it would see any backend's.
 fn backend_echo(channel: &str) -> Result<(), String> {
     println!("berth: echo backend for relay channel {channel}");
     let name = channel.to_string();

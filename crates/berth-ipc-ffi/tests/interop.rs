@@ -147,7 +147,9 @@ fn c_example_runs_against_a_rust_echo_peer() {
     let libdir = format!("-L{}", dir.display());
     compile(cc, "examples/c/echo_poll.c", &exe, &[&libdir, "-lberth_ipc_ffi", &rpath]);
     let echo = Echo::start("poll");
-    let out = Command::new(&exe).args([&echo.name, "20000"]).output().unwrap();
+    // `cargo test` puts target/<profile> on LD_LIBRARY_PATH, which outranks the
+    // runpath: a stale copy of the library there would be loaded instead.
+    let out = Command::new(&exe).args([&echo.name, "20000"]).env("LD_LIBRARY_PATH", &dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "echoed 20000 messages\n");
 }

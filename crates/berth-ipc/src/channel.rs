@@ -271,7 +271,7 @@ impl Shared {
     }
 
     #[inline]
-    fn u64_at(&self, at: usize) -> &AtomicU64 {
+    pub(crate) fn u64_at(&self, at: usize) -> &AtomicU64 {
         debug_assert!(at.is_multiple_of(8) && at + 8 <= layout::HEADER_LEN as usize);
         // SAFETY: as in `u32_at`, with 8-byte alignment.
         unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(at).cast()) }
@@ -769,9 +769,14 @@ impl PeerWatch {
         PeerWatch { side, known: None, pidfd: None, watched: None, timeout: None, progress: (0, 0), next_try_check: 0 }
     }
 
+    /// A limit set afresh (from none) starts from a fresh look at the peer; a
+    /// changed limit keeps the look it has, so setting one before each call does
+    /// not restart the count.
     fn set_timeout(&mut self, timeout: Option<Duration>) {
+        if self.timeout.is_none() {
+            self.progress = (0, 0);
+        }
         self.timeout = timeout;
-        self.progress = (0, 0);
     }
 
     /// Before a sleep: hands the peer's pidfd to the watcher thread (once), and
@@ -789,11 +794,28 @@ impl PeerWatch {
         self.timeout.map_or(longest, |limit| longest.min(limit.max(SLICE_MIN)))
     }
 
-    /// Whether a sleep needs no timer to notice the peer: the watcher thread wakes
-    /// it on the peer's death (a clean close wakes it anyway), and no heartbeat
-    /// deadline asks for a look now and then. After [`watch`](Self::watch).
-    fn wakes_suffice(&self) -> bool {
-        self.watched.is_some() && self.timeout.is_none()
+    /// Whether only a wake can usefully end a sleep on this peer, so that the sleep
+    /// needs no timer: the watcher thread (still trusted) wakes us on the peer's
+    /// death (a clean close wakes us anyway), no heartbeat limit of ours asks for a
+    /// look now and then, every wake the peer owes us is sure to reach us, and the
+    /// peer judges our liveness by our position too (the ABI flag), so our heartbeat
+    /// may grow old while we sleep. After [`watch`](Self::watch).
+    fn wakes_suffice(&self, sh: &Shared) -> bool {
+        self.timeout.is_none()
+            && sh.layout.position_liveness
+            && sh.wakes_reach_us()
+            && self.watched.as_ref().is_some_and(crate::watch::Registration::trusted)
+    }
+
+    /// The longest a sleep on the wake descriptor may last before this end must
+    /// look at the peer itself: `None` when [`wakes_suffice`](Self::wakes_suffice).
+    fn max_sleep(&self, sh: &Shared) -> Option<Duration> {
+        if self.wakes_suffice(sh) {
+            return None;
+        }
+        let watched = self.watched.as_ref().is_some_and(crate::watch::Registration::trusted);
+        let longest = sh.slice_cap(if watched { SLICE_WATCHED } else { SLICE_MAX });
+        Some(self.timeout.map_or(longest, |limit| longest.min(limit.max(SLICE_MIN))))
     }
 
     fn closed(&self, sh: &Shared) -> bool {
@@ -915,6 +937,18 @@ impl Sender {
     /// Records that this end is alive (see [`Receiver::set_peer_timeout`]).
     pub fn heartbeat(&self) {
         beat(&self.sh, self.me);
+    }
+
+    /// How long a wait on this end's wake descriptor (after
+    /// [`arm_wake`](Self::arm_wake) said to sleep) may last before the end must look
+    /// at the receiver itself by arming again. `None`: only a wake can end it
+    /// usefully, and the receiver's death or close writes the descriptor. Otherwise
+    /// a bound: 50 ms without the process's watcher thread (no pidfd, a child forked
+    /// since the watcher started, or a watcher that stopped), 1 s with it when
+    /// something else asks for looks (a peer timeout, which also caps the bound, or
+    /// a channel created before layout 2.3), 1 ms where a wake might be missed.
+    pub fn max_sleep(&self) -> Option<Duration> {
+        self.peer.max_sleep(&self.sh)
     }
 
     /// Copies `msg` into the ring and commits it, or fails at once with `Full`.
@@ -1243,12 +1277,11 @@ impl Wait {
                     // arms no timer. A timed futex wait sets one up and tears it down
                     // per sleep: about 2.5 µs of each round trip of a relay backend on
                     // a VM (task-clock, issue 18).
-                    let untimed = self.timeout.is_none() && peer.wakes_suffice() && sh.wakes_reach_us();
+                    let untimed = self.timeout.is_none() && peer.wakes_suffice(sh);
                     sys::futex_wait(word, WAIT_FUTEX, (!untimed).then_some(slice));
                     self.grown = (self.grown * 2).min(longest);
-                    // The peer reads our heartbeat only while it waits, which it can
-                    // start to do (the ring full or empty) only once we are awake: a
-                    // beat on waking keeps a long sleep from looking like a hang.
+                    // A beat on waking: a peer that reads the heartbeat alone (a
+                    // channel without the liveness flag) then sees us alive at once.
                     beat(sh, me);
                 }
             }
@@ -1385,6 +1418,15 @@ impl Receiver {
     /// Records that this end is alive (see [`Sender::set_peer_timeout`]).
     pub fn heartbeat(&self) {
         beat(&self.sh, self.me);
+    }
+
+    /// How long a wait on this end's wake descriptor (after
+    /// [`arm_wake`](Self::arm_wake) said to sleep) may last before the end must look
+    /// at the sender itself by arming again. `None`: only a wake can end it
+    /// usefully, and the sender's death or close writes the descriptor. Otherwise a
+    /// bound: see [`Sender::max_sleep`].
+    pub fn max_sleep(&self) -> Option<Duration> {
+        self.peer.max_sleep(&self.sh)
     }
 
     /// The next message, lent in place until the guard drops, or `Empty` at once.

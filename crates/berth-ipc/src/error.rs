@@ -135,7 +135,7 @@ pub enum SendError {
     /// The receiver closed its end cleanly.
     #[error("receiver closed")]
     Closed,
-    /// The receiver's process died (or stopped heart-beating).
+    /// The receiver's process died (or showed no sign of life for the peer timeout).
     #[error("receiver process is dead")]
     PeerDead,
     /// The timeout passed before room appeared.
@@ -169,7 +169,7 @@ pub enum RecvError {
     /// The sender closed its end cleanly and every message it sent has been read.
     #[error("sender closed")]
     Closed,
-    /// The sender's process died (or stopped heart-beating); every message it committed
+    /// The sender's process died (or showed no sign of life for the peer timeout); every message it committed
     /// has been read, a message it left half-written is dropped.
     #[error("sender process is dead")]
     PeerDead,

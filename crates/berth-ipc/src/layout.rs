@@ -8,7 +8,7 @@ pub const MAGIC: [u8; 8] = *b"BERTHIPC";
 /// Layout major version: a reader rejects any other major.
 pub const VERSION_MAJOR: u16 = 2;
 /// Layout minor version: additions a reader of the same major may ignore.
-pub const VERSION_MINOR: u16 = 2;
+pub const VERSION_MINOR: u16 = 3;
 /// ABI flag: the file's integers are little-endian.
 pub(crate) const ABI_LITTLE_ENDIAN: u32 = 1;
 /// ABI flag (minor 1): the channel has wake descriptors, and a waiter flag may hold
@@ -21,10 +21,17 @@ pub(crate) const ABI_WAKE_FDS: u32 = 2;
 /// the bit refuses the file, which is what must happen: it would publish without
 /// the fence and rely on the sleeper's membarrier.
 pub(crate) const ABI_FENCED: u32 = 4;
+/// ABI flag (minor 3): an end judges a hung peer (if it does at all) by the later
+/// of the peer's heartbeat and its own first look at the peer's current ring
+/// position, never by the heartbeat alone. So an end may sleep with no timer, its
+/// heartbeat growing old while it sleeps. A reader that does not know the bit
+/// refuses the file, which is what must happen: it would take such a sleeper for
+/// hung. Every channel this build creates has it.
+pub(crate) const ABI_POSITION_LIVENESS: u32 = 8;
 /// The ABI flags this build writes and requires.
 pub(crate) const ABI_FLAGS: u32 = if cfg!(target_endian = "little") { ABI_LITTLE_ENDIAN } else { 0 };
 /// Optional ABI flags this build understands.
-pub(crate) const ABI_OPTIONAL: u32 = ABI_WAKE_FDS | ABI_FENCED;
+pub(crate) const ABI_OPTIONAL: u32 = ABI_WAKE_FDS | ABI_FENCED | ABI_POSITION_LIVENESS;
 
 /// Waiter flag value: this end sleeps (or is about to) on the futex word itself.
 pub(crate) const WAIT_FUTEX: u32 = 1;
@@ -99,6 +106,9 @@ pub(crate) struct Layout {
     pub(crate) wake_fds: bool,
     /// ABI flag [`ABI_FENCED`]: publications fence, sleepers need no membarrier.
     pub(crate) fenced: bool,
+    /// ABI flag [`ABI_POSITION_LIVENESS`]: both ends judge liveness by position too,
+    /// so a sleep may have no timer.
+    pub(crate) position_liveness: bool,
 }
 
 /// The largest message a ring of `capacity` bytes can always fit: any record of at
@@ -139,6 +149,7 @@ impl Layout {
             creator_start,
             wake_fds: false,
             fenced: false,
+            position_liveness: true,
         })
     }
 
@@ -149,7 +160,10 @@ impl Layout {
         h[off::MAGIC..off::MAGIC + 8].copy_from_slice(&MAGIC);
         put(&mut h, off::MAJOR, &VERSION_MAJOR.to_le_bytes());
         put(&mut h, off::MINOR, &VERSION_MINOR.to_le_bytes());
-        let abi = ABI_FLAGS | if self.wake_fds { ABI_WAKE_FDS } else { 0 } | if self.fenced { ABI_FENCED } else { 0 };
+        let abi = ABI_FLAGS
+            | if self.wake_fds { ABI_WAKE_FDS } else { 0 }
+            | if self.fenced { ABI_FENCED } else { 0 }
+            | if self.position_liveness { ABI_POSITION_LIVENESS } else { 0 };
         put(&mut h, off::ABI, &abi.to_le_bytes());
         put(&mut h, off::HEADER_LEN, &(HEADER_LEN as u32).to_le_bytes());
         put(&mut h, off::RECORD_ALIGN, &(RECORD_ALIGN as u32).to_le_bytes());
@@ -224,6 +238,7 @@ impl Layout {
             creator_start: u64::from_le_bytes(get(h, off::CREATOR_START)),
             wake_fds: abi & ABI_WAKE_FDS != 0,
             fenced: abi & ABI_FENCED != 0,
+            position_liveness: abi & ABI_POSITION_LIVENESS != 0,
         })
     }
 }
@@ -275,14 +290,17 @@ mod tests {
         ));
         // A newer minor of the same major is accepted.
         assert!(Layout::parse(&with(off::MINOR, &9u16.to_le_bytes()), len).is_ok());
-        // The wake-descriptor and fenced bits are understood; an unknown optional bit is not.
+        // The wake-descriptor, fenced and liveness bits are understood; an unknown
+        // optional bit is not.
         let wake = Layout::parse(&with(off::ABI, &(ABI_FLAGS | ABI_WAKE_FDS).to_le_bytes()), len).unwrap();
         let fenced = Layout::parse(&with(off::ABI, &(ABI_FLAGS | ABI_FENCED).to_le_bytes()), len).unwrap();
         assert!(fenced.fenced && !fenced.wake_fds && !wake.fenced);
         assert!(wake.wake_fds);
         assert!(!Layout::parse(&good().0, len).unwrap().wake_fds);
+        let old = Layout::parse(&with(off::ABI, &ABI_FLAGS.to_le_bytes()), len).unwrap();
+        assert!(Layout::parse(&good().0, len).unwrap().position_liveness && !old.position_liveness);
         assert!(matches!(
-            Layout::parse(&with(off::ABI, &(ABI_FLAGS | 8).to_le_bytes()), len),
+            Layout::parse(&with(off::ABI, &(ABI_FLAGS | 16).to_le_bytes()), len),
             Err(OpenError::AbiMismatch { .. })
         ));
         assert!(matches!(

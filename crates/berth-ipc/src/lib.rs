@@ -110,7 +110,7 @@
 //! messages to a closure and give their space back with at most one store of the
 //! consumer position and one wake (as Aeron's `poll(limit)` does).
 //!
-//! # On-disk layout (version 2.2)
+//! # On-disk layout (version 2.3)
 //!
 //! All integers are little-endian (ABI flag bit 0; a big-endian build writes 0 there
 //! and the two refuse each other's files). Offsets in bytes from the start of the file.
@@ -120,7 +120,7 @@
 //! | 0 | `[u8; 8]` | magic `BERTHIPC` |
 //! | 8 | u16 | major version (2); readers refuse another major |
 //! | 10 | u16 | minor version (2); additions readers of the same major may ignore |
-//! | 12 | u32 | ABI flags: bit 0 = little-endian; bit 1 = wake descriptors (since 2.1: a waiter flag may be 2, see below); bit 2 = fenced (since 2.2: every publication fences, sleepers need no membarrier, see below); readers refuse any other bit |
+//! | 12 | u32 | ABI flags: bit 0 = little-endian; bit 1 = wake descriptors (since 2.1: a waiter flag may be 2, see below); bit 2 = fenced (since 2.2: every publication fences, sleepers need no membarrier, see below); bit 3 = position liveness (since 2.3, set on every channel this crate creates: a peer timeout counts the peer's ring position as a sign of life, so an end may sleep with no timer, see below); readers refuse any other bit |
 //! | 16 | u32 | header length = 4096 |
 //! | 20 | u32 | record alignment = 8 |
 //! | 24 | u64 | capacity C of the data area: a power of two, 64 ..= 2^40 |
@@ -253,8 +253,8 @@
 //!   stops trusting its registration and is woken to look for itself) sleeps stop
 //!   doubling at 50 ms, and a death is seen within 10 to 50 ms. A peer that closed
 //!   cleanly gives `Closed` at once: its close clears the flag. Optionally
-//!   ([`Receiver::set_peer_timeout`]) a peer whose heartbeat is older than a limit
-//!   counts as dead too (a hung process). An end beats when it starts to sleep and
+//!   ([`Receiver::set_peer_timeout`]) a peer that shows no sign of life for longer
+//!   than a limit counts as dead too (a hung process). An end beats when it starts to sleep and
 //!   when it wakes. A long sleep still leaves an old heartbeat until the sleeper is
 //!   scheduled again, and the peer may commit, wake it and start to wait on it
 //!   before that: so the peer counts a move of the sleeper's ring position as a

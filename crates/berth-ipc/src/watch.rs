@@ -6,8 +6,10 @@
 //! each process has one watcher thread, started at the first sleep, blocked in
 //! `epoll_wait` on the pidfds of the peers its ends sleep on. When a peer exits,
 //! its pidfd turns readable and the watcher clears the sleeping end's waiter flag
-//! and wakes it, as a commit would. A blocked end then sleeps up to a second at a
-//! time (a backstop) instead of 50 ms, and still learns of a death at once.
+//! and wakes it, as a commit would. A blocked end then needs no timer of its own to
+//! notice a death (see `Wait::pause` for when it sleeps with none, and up to a
+//! second at a time otherwise) instead of 50 ms slices, and still learns of a death
+//! at once.
 //!
 //! No wake-up is lost: a sleeping end raises its flag, then checks the peer, then
 //! sleeps on the flag. A death after the check clears the flag (the futex wait then
@@ -148,8 +150,13 @@ fn run(ep: OwnedFd) {
         match epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), None) {
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => continue,
-            // Nothing sensible is left to do; sleepers fall back to their timeouts.
+            // Nothing sensible is left to do: `DownOnExit` hands every sleeper back
+            // to its own checks.
             Err(_) => return,
+        }
+        #[cfg(test)]
+        if events.iter().any(|ev| ev.data.u64() == tests::STOP) {
+            return;
         }
         // Events only come from registrations, made after the watcher was stored.
         let Some(Some(w)) = WATCHER.get() else { return };
@@ -246,6 +253,81 @@ impl Drop for Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An epoll event with this id stops the watcher thread (tests only: ids
+    /// count up from 1).
+    pub(super) const STOP: u64 = u64::MAX;
+
+    /// A watcher thread that stops hands its sleepers back: it wakes each (clearing
+    /// its flag, as a commit would), their registrations stop being trusted, and no
+    /// new one is made, so their checks poll the pidfd themselves: an end whose
+    /// peer is then killed still gets `PeerDead`, and its sleeps have a bound again.
+    /// Run in a process of its own (this test binary again), since the watcher never
+    /// restarts.
+    ///
+    /// Proven by mutation: `DownOnExit` not waking the entries fails the first
+    /// assertion; `trusted` ignoring `DOWN` fails the second; `PeerWatch::check`
+    /// keeping an untrusted registration waits out the 5 s receive (`TimedOut`).
+    #[test]
+    fn a_stopped_watcher_hands_its_sleepers_back() {
+        if std::env::var_os("BERTH_IPC_WATCH_STOP").is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "watch::tests::a_stopped_watcher_hands_its_sleepers_back", "--test-threads=1"])
+                .env("BERTH_IPC_WATCH_STOP", "1")
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success() && said.contains("1 passed"), "the child run failed: {said}");
+            return;
+        }
+        use crate::layout::off;
+        let chan = crate::Channel::create_memfd(&crate::Config::new(4096)).unwrap();
+        let pidfd = sys::Pidfd::open(sys::getpid()).unwrap();
+        let sh = chan.shared();
+        let word = sh.u32_at(off::RX_WAIT);
+        word.store(1, Ordering::Relaxed);
+        let reg = register(&pidfd, sh, off::RX_WAIT).expect("the watcher runs here");
+        assert!(reg.trusted());
+        // A second channel whose receiver sleeps on a live "sender": a child process
+        // that holds the sender's pid word (claimed by hand, as `sender()` would).
+        let other = crate::Channel::create_memfd(&crate::Config::new(4096)).unwrap();
+        // Its own stdio, so that our parent's read of our output ends with us.
+        let mut peer = std::process::Command::new("sleep")
+            .arg("30")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let (start, _) = sys::start_time(peer.id()).unwrap();
+        other.shared().u32_at(off::TX_PID).store(peer.id(), Ordering::Release);
+        other.shared().u64_at(off::TX_START).store(start, Ordering::Release);
+        let mut rx = other.receiver().unwrap();
+        let short = Some(std::time::Duration::from_millis(30));
+        assert_eq!(rx.recv(short).map(|m| m.len()).unwrap_err(), crate::RecvError::TimedOut);
+        assert_eq!(rx.max_sleep(), None, "registered with the watcher, its sleeps need no timer");
+        // Stop it: an eventfd, registered under the stop id, made readable.
+        let w = watcher().unwrap();
+        let stop = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+        epoll::add(&w.epoll, &stop, epoll::EventData::new_u64(STOP), epoll::EventFlags::IN).unwrap();
+        rustix::io::write(&stop, &1u64.to_ne_bytes()).unwrap();
+        let t0 = std::time::Instant::now();
+        while word.load(Ordering::Relaxed) == 1 && t0.elapsed() < std::time::Duration::from_secs(10) {
+            sys::futex_wait(word, 1, Some(std::time::Duration::from_secs(10)));
+        }
+        assert_eq!(word.load(Ordering::Acquire), 0, "the stopping watcher woke the sleeper");
+        assert!(!reg.trusted(), "a registration with a stopped watcher is still trusted");
+        assert!(!reg.fired(), "no death was recorded");
+        assert!(register(&pidfd, sh, off::TX_WAIT).is_none(), "registered with a stopped watcher");
+        // The receiver's next wait drops its registration and bounds its sleeps.
+        assert_eq!(rx.recv(short).map(|m| m.len()).unwrap_err(), crate::RecvError::TimedOut);
+        assert_eq!(rx.max_sleep(), Some(std::time::Duration::from_millis(50)));
+        peer.kill().unwrap();
+        peer.wait().unwrap();
+        let t0 = std::time::Instant::now();
+        let err = rx.recv(Some(std::time::Duration::from_secs(5))).map(|m| m.len()).unwrap_err();
+        assert_eq!(err, crate::RecvError::PeerDead, "after {:?}", t0.elapsed());
+    }
 
     /// A registration for a process that exits is fired: its entry leaves the list.
     #[test]

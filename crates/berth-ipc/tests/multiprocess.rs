@@ -303,7 +303,10 @@ fn kill_consumer_while_producer_waits_gives_peer_dead() {
 fn a_peer_woken_from_a_long_idle_sleep_is_not_taken_for_hung() {
     use rustix::process::{Signal, kill_process};
     const LIMIT: Duration = Duration::from_millis(300);
-    let chan = Channel::create_memfd(&Config::new(4096)).unwrap();
+    // Fenced: every wake reaches the peer without membarrier, so its idle sleep has
+    // no timer whatever this machine allows (else it could sleep in 1 ms slices and
+    // keep its heartbeat fresh).
+    let chan = Channel::create_memfd(&Config::new(4096).fenced(true)).unwrap();
     let mut tx = chan.sender().unwrap();
     tx.set_peer_timeout(Some(LIMIT));
     let mut child = spawn_helper("consumer_drain", &chan, 0);

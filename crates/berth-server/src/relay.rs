@@ -710,7 +710,9 @@ fn pump(sh: &Shared, conns: &mut Conns<'_, IpcRelay>) {
             Step::Bad => add(&sh.counts.bad_records, 1),
             Step::Sleep => {
                 let Some(lane) = conns.worker_state::<Lane>() else { return };
-                let Some((Some(watch), attached)) = lane.link.as_ref().map(|l| (l.watch, l.attached.is_some())) else {
+                let Some((Some(watch), attached, max_sleep)) =
+                    lane.link.as_ref().map(|l| (l.watch, l.attached.is_some(), l.duplex.rx.max_sleep()))
+                else {
                     return;
                 };
                 if lane.link.as_ref().is_some_and(|l| l.armed) {
@@ -718,8 +720,13 @@ fn pump(sh: &Shared, conns: &mut Conns<'_, IpcRelay>) {
                     return;
                 }
                 // Attached, the watcher thread reports the backend's death through the
-                // descriptor: no timer. Unattached, look now and then.
-                let deadline = (!attached).then(|| Instant::now() + UNATTACHED_CHECK);
+                // descriptor: no timer, unless the channel says one is needed (no
+                // watcher here, say). Unattached, look now and then.
+                let deadline = match (attached, max_sleep) {
+                    (true, None) => None,
+                    (true, Some(bound)) => Some(Instant::now() + bound),
+                    (false, _) => Some(Instant::now() + UNATTACHED_CHECK),
+                };
                 match conns.arm(watch, deadline) {
                     Ok(()) => {
                         if let Some(link) = conns.worker_state::<Lane>().and_then(|l| l.link.as_mut()) {
@@ -964,7 +971,13 @@ impl RelayBackend {
                     _ => return Err(RecvError::TimedOut),
                 },
             };
-            self.sleep(left);
+            // A lane whose relay's death might not write its descriptor (no watcher
+            // thread here, say) bounds the sleep: the next arm looks for itself.
+            let bound = self.lanes.iter().filter_map(|lane| lane.rx.max_sleep()).min();
+            self.sleep(match (left, bound) {
+                (Some(left), Some(bound)) => Some(left.min(bound)),
+                (left, bound) => left.or(bound),
+            });
         }
     }
 
