@@ -25,7 +25,16 @@ async fn recv(rx: &mut AsyncFd<Receiver>) -> Result<Vec<u8>, Box<dyn Error>> {
         // Raise the waiter flag (the sender writes the descriptor only for an
         // armed receiver) and re-check; sleep only if the ring is still empty.
         if rx.get_mut().arm_wake()? {
-            rx.readable().await?.clear_ready();
+            // `max_sleep`: `None` when a wake is sure to come (the sender's death
+            // too); else arm again after that long, which looks at the sender.
+            match rx.get_ref().max_sleep() {
+                None => rx.readable().await?.clear_ready(),
+                Some(bound) => {
+                    if let Ok(ready) = tokio::time::timeout(bound, rx.readable()).await {
+                        ready?.clear_ready();
+                    }
+                }
+            }
         }
     }
 }
@@ -41,7 +50,14 @@ async fn send(tx: &mut AsyncFd<Sender>, msg: &[u8]) -> Result<(), Box<dyn Error>
             Err(e) => return Err(e.into()),
         }
         if tx.get_mut().arm_wake(msg.len())? {
-            tx.readable().await?.clear_ready();
+            match tx.get_ref().max_sleep() {
+                None => tx.readable().await?.clear_ready(),
+                Some(bound) => {
+                    if let Ok(ready) = tokio::time::timeout(bound, tx.readable()).await {
+                        ready?.clear_ready();
+                    }
+                }
+            }
         }
     }
 }

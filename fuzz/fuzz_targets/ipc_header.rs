@@ -39,9 +39,9 @@ fn model_accepts(h: &[u8], file_len: u64) -> bool {
     h[..8] == MAGIC
         && u16_at(h, 8) == VERSION_MAJOR
         // ABI flags: bit 0 this build's endianness, bit 1 (wake descriptors, layout
-        // 2.1) and bit 2 (fenced publications, layout 2.2) optional, any other bit
-        // refused.
-        && u32_at(h, 12) & !(2 | 4) == u32::from(cfg!(target_endian = "little"))
+        // 2.1), bit 2 (fenced publications, layout 2.2) and bit 3 (position
+        // liveness, layout 2.3) optional, any other bit refused.
+        && u32_at(h, 12) & !(2 | 4 | 8) == u32::from(cfg!(target_endian = "little"))
         && u64::from(u32_at(h, 16)) == HEADER_LEN
         && u32_at(h, 20) == 8
         && max_ok

@@ -1151,7 +1151,8 @@ impl Sender {
     /// room, and checks the ring and the peer once more. `Ok(true)`: sleep until
     /// `Sender::as_fd` is readable, then try again. `Ok(false)`: there is room
     /// now; try again at once. The receiver's close or death is an error here, and
-    /// wakes a sleeper too.
+    /// wakes a sleeper too: its close always, its death where
+    /// [`max_sleep`](Self::max_sleep) is `None` (else arm again within that bound).
     pub fn arm_wake(&mut self, len: usize) -> Result<bool, SendError> {
         let Some(fds) = &self.sh.wake else { return Err(SendError::NoWakeFd) };
         if len > self.max_message() {
@@ -1613,7 +1614,9 @@ impl Receiver {
     /// `Ok(true)`: sleep until `Receiver::as_fd` ([`AsFd`](std::os::fd::AsFd)) is readable, then call
     /// [`Receiver::try_recv`] again. `Ok(false)`: a message is there; receive it
     /// at once. A sender that closed or died with nothing left to read is
-    /// `Closed` / `PeerDead` here, and its death wakes a sleeper too.
+    /// `Closed` / `PeerDead` here, and its close wakes a sleeper too; its death does
+    /// where [`max_sleep`](Self::max_sleep) is `None` (else arm again within that
+    /// bound).
     ///
     /// The flag is what makes the sender pay a syscall, and only for a receiver
     /// that said it sleeps: while both ends are busy, nobody writes the descriptor.

@@ -60,7 +60,10 @@
 //! again. Arming empties the descriptor, raises this end's waiter flag with the
 //! value 2 (see [Wake protocol](#wake-protocol)) and re-checks the ring, as a futex
 //! sleep does, so the peer writes the descriptor only for an end that said it
-//! sleeps: a busy stream makes no syscall.
+//! sleeps: a busy stream makes no syscall. Bound the wait by
+//! [`Receiver::max_sleep`]: `None` means a wake is sure to end it (the peer's
+//! death too, written by the watcher thread); otherwise arm again when it passes,
+//! which looks at the peer itself.
 //!
 //! ```
 //! use berth_ipc::{Channel, Config, RecvError};
@@ -80,7 +83,8 @@
 //!         // Any poller will do; here poll(2) through rustix.
 //!         let fd = rx.as_fd();
 //!         let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
-//!         rustix::event::poll(&mut fds, None)?;
+//!         let bound = rx.max_sleep().map(|d| rustix::event::Timespec::try_from(d).unwrap());
+//!         rustix::event::poll(&mut fds, bound.as_ref())?;
 //!     }
 //! };
 //! assert_eq!(msg, b"ready");
@@ -119,7 +123,7 @@
 //! | ---: | --- | --- |
 //! | 0 | `[u8; 8]` | magic `BERTHIPC` |
 //! | 8 | u16 | major version (2); readers refuse another major |
-//! | 10 | u16 | minor version (2); additions readers of the same major may ignore |
+//! | 10 | u16 | minor version (3); additions readers of the same major may ignore |
 //! | 12 | u32 | ABI flags: bit 0 = little-endian; bit 1 = wake descriptors (since 2.1: a waiter flag may be 2, see below); bit 2 = fenced (since 2.2: every publication fences, sleepers need no membarrier, see below); bit 3 = position liveness (since 2.3, set on every channel this crate creates: a peer timeout counts the peer's ring position as a sign of life, so an end may sleep with no timer, see below); readers refuse any other bit |
 //! | 16 | u32 | header length = 4096 |
 //! | 20 | u32 | record alignment = 8 |

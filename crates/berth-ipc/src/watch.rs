@@ -290,18 +290,9 @@ mod tests {
         assert!(reg.trusted());
         // A second channel whose receiver sleeps on a live "sender": a child process
         // that holds the sender's pid word (claimed by hand, as `sender()` would).
-        let other = crate::Channel::create_memfd(&crate::Config::new(4096)).unwrap();
-        // Its own stdio, so that our parent's read of our output ends with us.
-        let mut peer = std::process::Command::new("sleep")
-            .arg("30")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let (start, _) = sys::start_time(peer.id()).unwrap();
-        other.shared().u32_at(off::TX_PID).store(peer.id(), Ordering::Release);
-        other.shared().u64_at(off::TX_START).store(start, Ordering::Release);
+        // Fenced: its sleeps' bounds then do not depend on this machine's membarrier.
+        let other = crate::Channel::create_memfd(&crate::Config::new(4096).fenced(true)).unwrap();
+        let mut peer = fake_sender(&other);
         let mut rx = other.receiver().unwrap();
         let short = Some(std::time::Duration::from_millis(30));
         assert_eq!(rx.recv(short).map(|m| m.len()).unwrap_err(), crate::RecvError::TimedOut);
@@ -322,8 +313,8 @@ mod tests {
         // The receiver's next wait drops its registration and bounds its sleeps.
         assert_eq!(rx.recv(short).map(|m| m.len()).unwrap_err(), crate::RecvError::TimedOut);
         assert_eq!(rx.max_sleep(), Some(std::time::Duration::from_millis(50)));
-        peer.kill().unwrap();
-        peer.wait().unwrap();
+        peer.0.kill().unwrap();
+        peer.0.wait().unwrap();
         let t0 = std::time::Instant::now();
         let err = rx.recv(Some(std::time::Duration::from_secs(5))).map(|m| m.len()).unwrap_err();
         assert_eq!(err, crate::RecvError::PeerDead, "after {:?}", t0.elapsed());
@@ -376,6 +367,60 @@ mod tests {
         }
         let status = cmd.status().expect("the forked child trusted the registration");
         assert!(status.success());
+    }
+
+    /// A live process (`sleep 30`, killed when dropped) claimed as `chan`'s sender,
+    /// as `Channel::sender` would claim it.
+    fn fake_sender(chan: &crate::Channel) -> Reap {
+        // Its own stdio, so that a parent reading our output is not kept waiting.
+        let peer = std::process::Command::new("sleep")
+            .arg("30")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let peer = Reap(peer);
+        let (start, _) = sys::start_time(peer.0.id()).unwrap();
+        chan.shared().u32_at(crate::layout::off::TX_PID).store(peer.0.id(), Ordering::Release);
+        chan.shared().u64_at(crate::layout::off::TX_START).store(start, Ordering::Release);
+        peer
+    }
+
+    /// A child process killed however the test ends.
+    struct Reap(std::process::Child);
+
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// On a channel without the position-liveness flag (made by a build before
+    /// layout 2.3) the peer may judge us by our heartbeat alone, so our sleeps keep
+    /// a timer (1 s slices) although the watcher reports the peer's death; with the
+    /// flag they need none.
+    ///
+    /// Proven by mutation: `wakes_suffice` ignoring the flag fails it.
+    #[test]
+    fn a_channel_without_the_liveness_flag_keeps_timed_sleeps() {
+        use std::os::fd::AsFd;
+        for flag in [true, false] {
+            let made = crate::Channel::create_memfd(&crate::Config::new(4096).fenced(true)).unwrap();
+            if !flag {
+                let abi = made.shared().u32_at(crate::layout::off::ABI);
+                abi.fetch_and(!crate::layout::ABI_POSITION_LIVENESS, Ordering::Relaxed);
+            }
+            // Opened again, as a peer's build would: the header is parsed afresh.
+            let chan = crate::Channel::from_fd(made.as_fd().try_clone_to_owned().unwrap()).unwrap();
+            let _peer = fake_sender(&chan);
+            let mut rx = chan.receiver().unwrap();
+            let short = Some(std::time::Duration::from_millis(30));
+            assert_eq!(rx.recv(short).map(|m| m.len()).unwrap_err(), crate::RecvError::TimedOut);
+            let want = (!flag).then_some(std::time::Duration::from_secs(1));
+            assert_eq!(rx.max_sleep(), want, "liveness flag {flag}");
+        }
     }
 
     /// Dropping a registration removes its entry and the pidfd's epoll interest.

@@ -234,7 +234,12 @@ fn shm_entries() -> Vec<String> {
 /// A memfd channel, its receiver, and a producer process that has committed three
 /// 100-byte messages and is stopped halfway through writing a fourth.
 fn producer_mid() -> (Channel, Receiver, Child) {
-    let chan = Channel::create_memfd(&Config::new(64 * 1024)).unwrap();
+    producer_mid_on(Config::new(64 * 1024))
+}
+
+/// [`producer_mid`] on a channel made with `config`.
+fn producer_mid_on(config: Config) -> (Channel, Receiver, Child) {
+    let chan = Channel::create_memfd(&config).unwrap();
     let rx = chan.receiver().unwrap();
     let mut child = spawn_helper("producer_mid", &chan, 0);
     wait_ready(&mut child);
@@ -437,7 +442,7 @@ fn thread_cpu() -> Duration {
 /// the CPU assertion.
 #[test]
 fn an_idle_blocked_receiver_sleeps_yet_sees_a_kill_at_once() {
-    let woke = idle_blocked_receiver(T);
+    let woke = idle_blocked_receiver(Config::new(64 * 1024), T);
     // Timed 50 ms slices would be 40 wake-ups here; 1 s ones are about 2.
     assert!(woke <= 8, "an idle blocked receiver woke {woke} times in 2 s");
 }
@@ -446,7 +451,9 @@ fn an_idle_blocked_receiver_sleeps_yet_sees_a_kill_at_once() {
 /// Proven by mutation: `Wait::pause` sleeping in timed slices anyway fails it.
 #[test]
 fn an_idle_receiver_without_a_deadline_never_wakes_until_the_kill() {
-    let woke = idle_blocked_receiver(None);
+    // Fenced: every wake reaches it without membarrier, so this holds wherever
+    // membarrier is refused too (then an unfenced channel sleeps in 1 ms slices).
+    let woke = idle_blocked_receiver(Config::new(64 * 1024).fenced(true), None);
     // Slices doubling from 10 ms would wake it 4 times in this window.
     assert!(woke <= 1, "an idle receiver without a deadline woke {woke} times in 2 s");
 }
@@ -454,8 +461,8 @@ fn an_idle_receiver_without_a_deadline_never_wakes_until_the_kill() {
 /// Blocks a receiver in `recv(timeout)` on a live, silent producer; returns how
 /// often it woke in 2 s (from 0.1 s in), then kills the producer and checks the
 /// receiver used next to no CPU and got `PeerDead` at once.
-fn idle_blocked_receiver(timeout: Option<Duration>) -> u64 {
-    let (_chan, mut rx, mut child) = producer_mid();
+fn idle_blocked_receiver(config: Config, timeout: Option<Duration>) -> u64 {
+    let (_chan, mut rx, mut child) = producer_mid_on(config);
     for i in 0..3u8 {
         assert_eq!(&*rx.recv(T).unwrap(), &[i; 100]);
     }

@@ -28,8 +28,9 @@ const WELCOME: usize = 8;
 const BUDGET: usize = 256;
 /// While no backend is attached, how often a lane looks at the process that may
 /// have claimed its ends (a backend killed between attaching and its hello says
-/// nothing else). Attached, a lane needs no timer: berth-ipc's watcher writes its
-/// wake descriptor when the backend's process exits.
+/// nothing else). Attached, a lane needs no timer where berth-ipc's watcher writes
+/// its wake descriptor when the backend's process exits (`Receiver::max_sleep` is
+/// `None`), and waits at most that bound otherwise.
 const UNATTACHED_CHECK: Duration = Duration::from_secs(1);
 /// How long a lane waits before it tries again to create its channel.
 const RETRY: Duration = Duration::from_secs(1);
@@ -710,15 +711,17 @@ fn pump(sh: &Shared, conns: &mut Conns<'_, IpcRelay>) {
             Step::Bad => add(&sh.counts.bad_records, 1),
             Step::Sleep => {
                 let Some(lane) = conns.worker_state::<Lane>() else { return };
-                let Some((Some(watch), attached, max_sleep)) =
-                    lane.link.as_ref().map(|l| (l.watch, l.attached.is_some(), l.duplex.rx.max_sleep()))
-                else {
+                let Some((Some(watch), attached)) = lane.link.as_ref().map(|l| (l.watch, l.attached.is_some())) else {
                     return;
                 };
                 if lane.link.as_ref().is_some_and(|l| l.armed) {
-                    // Still waiting from before the take-back.
+                    // Still waiting from before the take-back, with the bound it was
+                    // armed with: nothing that bound depends on changes for a relay
+                    // lane meanwhile (fenced, so no membarrier to lose; no peer
+                    // timeout), and a watcher that stops writes the descriptor.
                     return;
                 }
+                let max_sleep = lane.link.as_ref().and_then(|l| l.duplex.rx.max_sleep());
                 // Attached, the watcher thread reports the backend's death through the
                 // descriptor: no timer, unless the channel says one is needed (no
                 // watcher here, say). Unattached, look now and then.
