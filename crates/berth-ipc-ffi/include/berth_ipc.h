@@ -254,6 +254,17 @@ int32_t berth_ipc_sender_wake_fd(BerthIpcSender tx, int32_t *fd);
 // `sleep` is NULL or valid for a write.
 int32_t berth_ipc_sender_arm(BerthIpcSender tx, size_t len, int32_t *sleep);
 
+// How long a wait on the sender's wake descriptor, after `berth_ipc_sender_arm`
+// said to sleep, may last before the caller must arm again (which looks at the
+// receiver itself): `*ms` = -1 when only a wake can end it usefully (the
+// receiver's close or death writes the descriptor), else a bound in ms, rounded
+// up (50 without this process's watcher thread, 1 where a wake might be missed).
+// Pass it to `poll`/`epoll_wait` as the timeout. Thread-safe as `berth_ipc_send`.
+//
+// # Safety
+// `ms` is NULL or valid for a write.
+int32_t berth_ipc_sender_max_sleep_ms(BerthIpcSender tx, int32_t *ms);
+
 // Closes the sender: the receiver gets everything sent so far, then
 // `BERTH_IPC_CLOSED`. A pending reservation is dropped. Thread-safe;
 // `BERTH_IPC_BUSY` if another thread is inside a call on it.
@@ -311,6 +322,18 @@ int32_t berth_ipc_receiver_wake_fd(BerthIpcReceiver rx, int32_t *fd);
 // # Safety
 // `sleep` is NULL or valid for a write.
 int32_t berth_ipc_receiver_arm(BerthIpcReceiver rx, int32_t *sleep);
+
+// How long a wait on the receiver's wake descriptor, after
+// `berth_ipc_receiver_arm` said to sleep, may last before the caller must arm
+// again (which looks at the sender itself): `*ms` = -1 when only a wake can end
+// it usefully (the sender's close or death writes the descriptor), else a bound
+// in ms, rounded up (50 without this process's watcher thread, 1 where a wake
+// might be missed). Pass it to `poll`/`epoll_wait` as the timeout. Thread-safe as
+// `berth_ipc_recv`.
+//
+// # Safety
+// `ms` is NULL or valid for a write.
+int32_t berth_ipc_receiver_max_sleep_ms(BerthIpcReceiver rx, int32_t *ms);
 
 // Closes the receiver; a waiting sender gets `BERTH_IPC_CLOSED`. A lent message
 // is not released (it was never consumed). Thread-safe; `BERTH_IPC_BUSY` if

@@ -664,6 +664,29 @@ pub unsafe extern "C" fn berth_ipc_sender_arm(tx: BerthIpcSender, len: usize, sl
     })
 }
 
+/// How long a wait on the sender's wake descriptor, after `berth_ipc_sender_arm`
+/// said to sleep, may last before the caller must arm again (which looks at the
+/// receiver itself): `*ms` = -1 when only a wake can end it usefully (the
+/// receiver's close or death writes the descriptor), else a bound in ms, rounded
+/// up (50 without this process's watcher thread, 1 where a wake might be missed).
+/// Pass it to `poll`/`epoll_wait` as the timeout. Thread-safe as `berth_ipc_send`.
+///
+/// # Safety
+/// `ms` is NULL or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn berth_ipc_sender_max_sleep_ms(tx: BerthIpcSender, ms: *mut i32) -> i32 {
+    call(|| {
+        let bound = sender(tx)?.tx.max_sleep();
+        // SAFETY: the caller's contract.
+        unsafe { put(ms, poll_ms(bound)) }
+    })
+}
+
+/// `max_sleep` as `poll`'s timeout: -1 for none, else whole ms rounded up.
+fn poll_ms(bound: Option<Duration>) -> i32 {
+    bound.map_or(-1, |d| i32::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX))
+}
+
 /// Closes the sender: the receiver gets everything sent so far, then
 /// `BERTH_IPC_CLOSED`. A pending reservation is dropped. Thread-safe;
 /// `BERTH_IPC_BUSY` if another thread is inside a call on it.
@@ -825,6 +848,25 @@ pub unsafe extern "C" fn berth_ipc_receiver_arm(rx: BerthIpcReceiver, sleep: *mu
         let armed = receiver(rx)?.rx.arm_wake().map_err(recv_code)?;
         // SAFETY: the caller's contract.
         unsafe { put(sleep, i32::from(armed)) }
+    })
+}
+
+/// How long a wait on the receiver's wake descriptor, after
+/// `berth_ipc_receiver_arm` said to sleep, may last before the caller must arm
+/// again (which looks at the sender itself): `*ms` = -1 when only a wake can end
+/// it usefully (the sender's close or death writes the descriptor), else a bound
+/// in ms, rounded up (50 without this process's watcher thread, 1 where a wake
+/// might be missed). Pass it to `poll`/`epoll_wait` as the timeout. Thread-safe as
+/// `berth_ipc_recv`.
+///
+/// # Safety
+/// `ms` is NULL or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn berth_ipc_receiver_max_sleep_ms(rx: BerthIpcReceiver, ms: *mut i32) -> i32 {
+    call(|| {
+        let bound = receiver(rx)?.rx.max_sleep();
+        // SAFETY: the caller's contract.
+        unsafe { put(ms, poll_ms(bound)) }
     })
 }
 

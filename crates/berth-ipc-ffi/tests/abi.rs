@@ -111,6 +111,8 @@ fn null_pointers_are_errors() {
         assert_eq!(berth_ipc_recv_copy(rx, null_mut(), 5, &mut 0, 0), BERTH_IPC_NULL);
         assert_eq!(berth_ipc_channel_fd(ch, null_mut()), BERTH_IPC_NULL);
         assert_eq!(berth_ipc_receiver_arm(rx, null_mut()), BERTH_IPC_NULL);
+        assert_eq!(berth_ipc_receiver_max_sleep_ms(rx, null_mut()), BERTH_IPC_NULL);
+        assert_eq!(berth_ipc_sender_max_sleep_ms(tx, null_mut()), BERTH_IPC_NULL);
         assert_eq!(berth_ipc_last_error(null_mut(), 0) > 0, !last_error().is_empty());
     }
     close(ch, tx, rx);
@@ -276,4 +278,29 @@ fn a_fenced_channel_from_c() {
     assert!(fenced_of(BERTH_IPC_FENCED), "created with BERTH_IPC_FENCED");
     assert!(fenced_of(BERTH_IPC_FENCED | BERTH_IPC_WAKE_FDS));
     assert!(!fenced_of(0));
+}
+
+/// The wait bound an event loop passes to `poll`: 50 ms while the end has not yet
+/// handed its peer to the watcher thread (no arm yet), -1 (no bound) once an arm
+/// has, the peer's death then writing the descriptor. Both ends live in this
+/// process, so the watched peer is this process; the channel is fenced, so the
+/// bound does not depend on this machine's membarrier.
+///
+/// Proven by mutation: `poll_ms` mapping `None` to 0 fails it.
+#[test]
+fn max_sleep_is_a_poll_timeout() {
+    let (ch, tx, rx) = open(BERTH_IPC_WAKE_FDS | BERTH_IPC_FENCED);
+    let (mut ms, mut sleep) = (0, 0);
+    // SAFETY: valid out-parameters.
+    unsafe {
+        assert_eq!(berth_ipc_receiver_max_sleep_ms(rx, &mut ms), BERTH_IPC_OK);
+        assert_eq!(ms, 50);
+        assert_eq!(berth_ipc_receiver_arm(rx, &mut sleep), BERTH_IPC_OK);
+        assert_eq!(sleep, 1);
+        assert_eq!(berth_ipc_receiver_max_sleep_ms(rx, &mut ms), BERTH_IPC_OK);
+        assert_eq!(ms, -1);
+        assert_eq!(berth_ipc_sender_max_sleep_ms(tx, &mut ms), BERTH_IPC_OK);
+        assert_eq!(ms, 50);
+    }
+    close(ch, tx, rx);
 }

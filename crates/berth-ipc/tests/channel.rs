@@ -595,6 +595,29 @@ fn a_beating_peer_is_waited_for_and_a_silent_one_is_not() {
     assert_eq!(tx.send(&[7; 1000], Some(Duration::from_secs(10))), Err(SendError::PeerDead));
 }
 
+/// Setting the same peer timeout again before each short receive does not
+/// restart its count: a sender that neither beats nor sends is still declared
+/// dead once the limit has passed.
+///
+/// Proven by mutation: `PeerWatch::set_timeout` restarting the count on every
+/// call fails it (every receive times out until the 5 s bound).
+#[test]
+fn setting_the_peer_timeout_again_does_not_restart_its_count() {
+    let chan = Channel::create_memfd(&Config::new(1 << 16)).unwrap();
+    let (tx, mut rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+    tx.heartbeat();
+    let start = std::time::Instant::now();
+    let err = loop {
+        rx.set_peer_timeout(Some(Duration::from_millis(200)));
+        match rx.recv(Some(Duration::from_millis(50))).map(|m| m.len()) {
+            Err(RecvError::TimedOut) if start.elapsed() < Duration::from_secs(5) => {}
+            other => break other,
+        }
+    };
+    assert_eq!(err, Err(RecvError::PeerDead), "after {:?}", start.elapsed());
+    drop(tx);
+}
+
 /// The copying calls deliver every byte in place, whatever the length: whole words
 /// and the bytes after the last one.
 #[test]

@@ -82,7 +82,16 @@ int main(int argc, char **argv) {
         if ((rc = berth_ipc_receiver_arm(rx, &rx_sleeps)) != BERTH_IPC_OK) return fail("arm rx", rc);
         if (sent < count && (rc = berth_ipc_sender_arm(tx, 32, &tx_sleeps)) != BERTH_IPC_OK) return fail("arm tx", rc);
         if (!rx_sleeps || !tx_sleeps) continue;
-        if (poll(fds, sent < count ? 2 : 1, 10000) <= 0) {
+        // Wait until a descriptor turns readable, or at most as long as the ends
+        // allow before they must look at their peer themselves (-1: no bound, a
+        // peer's death writes the descriptor too); 10 s at most here.
+        int rx_ms = -1, tx_ms = -1, wait_ms = 10000;
+        if ((rc = berth_ipc_receiver_max_sleep_ms(rx, &rx_ms)) != BERTH_IPC_OK) return fail("max sleep rx", rc);
+        if (sent < count && (rc = berth_ipc_sender_max_sleep_ms(tx, &tx_ms)) != BERTH_IPC_OK) return fail("max sleep tx", rc);
+        if (rx_ms >= 0 && rx_ms < wait_ms) wait_ms = rx_ms;
+        if (tx_ms >= 0 && tx_ms < wait_ms) wait_ms = tx_ms;
+        int ready = poll(fds, sent < count ? 2 : 1, wait_ms);
+        if (ready < 0 || (ready == 0 && wait_ms == 10000)) {
             fprintf(stderr, "no wake-up in 10 s\n");
             return 1;
         }
