@@ -36,8 +36,9 @@ const SLICE_MIN: Duration = Duration::from_millis(10);
 /// blocked end wakes about 20 times a second.
 const SLICE_MAX: Duration = Duration::from_millis(50);
 /// The longest futex sleep while the watcher thread wakes us on the peer's death,
-/// for a wait with a deadline (or whose wakes might be missed): only a backstop.
-/// Without a deadline such a sleep has no timer at all (see `Wait::pause`).
+/// for a wait that still needs a timer (a deadline, a peer timeout, or a channel
+/// from before layout 2.3): only a backstop. Otherwise such a sleep has no timer at
+/// all (see `PeerWatch::wakes_suffice`).
 const SLICE_WATCHED: Duration = Duration::from_secs(1);
 /// The longest futex sleep when this process cannot issue `membarrier` (the peer's
 /// fence-free wake could then be missed, and is only caught by this timeout).
