@@ -791,7 +791,14 @@ impl PeerWatch {
         {
             self.watched = crate::watch::register(fd, sh, self.side.wait_at);
         }
-        let longest = if self.watched.is_some() { SLICE_WATCHED } else { SLICE_MAX };
+        self.bound(self.watched.is_some())
+    }
+
+    /// The longest a sleep may last before this end looks at the peer again: a
+    /// backstop while the watcher reports its death (`watched`), else short, and
+    /// never longer than a heartbeat limit (judged at checks).
+    fn bound(&self, watched: bool) -> Duration {
+        let longest = if watched { SLICE_WATCHED } else { SLICE_MAX };
         self.timeout.map_or(longest, |limit| longest.min(limit.max(SLICE_MIN)))
     }
 
@@ -802,21 +809,23 @@ impl PeerWatch {
     /// peer judges our liveness by our position too (the ABI flag), so our heartbeat
     /// may grow old while we sleep. After [`watch`](Self::watch).
     fn wakes_suffice(&self, sh: &Shared) -> bool {
-        self.timeout.is_none()
-            && sh.layout.position_liveness
-            && sh.wakes_reach_us()
-            && self.watched.as_ref().is_some_and(crate::watch::Registration::trusted)
+        self.wakes_suffice_if(sh, self.trusted())
+    }
+
+    fn wakes_suffice_if(&self, sh: &Shared, trusted: bool) -> bool {
+        trusted && self.timeout.is_none() && sh.layout.position_liveness && sh.wakes_reach_us()
+    }
+
+    /// Whether the watcher thread will report the peer's death to us.
+    fn trusted(&self) -> bool {
+        self.watched.as_ref().is_some_and(crate::watch::Registration::trusted)
     }
 
     /// The longest a sleep on the wake descriptor may last before this end must
     /// look at the peer itself: `None` when [`wakes_suffice`](Self::wakes_suffice).
     fn max_sleep(&self, sh: &Shared) -> Option<Duration> {
-        if self.wakes_suffice(sh) {
-            return None;
-        }
-        let watched = self.watched.as_ref().is_some_and(crate::watch::Registration::trusted);
-        let longest = sh.slice_cap(if watched { SLICE_WATCHED } else { SLICE_MAX });
-        Some(self.timeout.map_or(longest, |limit| longest.min(limit.max(SLICE_MIN))))
+        let trusted = self.trusted();
+        (!self.wakes_suffice_if(sh, trusted)).then(|| sh.slice_cap(self.bound(trusted)))
     }
 
     fn closed(&self, sh: &Shared) -> bool {

@@ -977,10 +977,7 @@ impl RelayBackend {
             // A lane whose relay's death might not write its descriptor (no watcher
             // thread here, say) bounds the sleep: the next arm looks for itself.
             let bound = self.lanes.iter().filter_map(|lane| lane.rx.max_sleep()).min();
-            self.sleep(match (left, bound) {
-                (Some(left), Some(bound)) => Some(left.min(bound)),
-                (left, bound) => left.or(bound),
-            });
+            self.sleep([left, bound].into_iter().flatten().min());
         }
     }
 
