@@ -2,6 +2,7 @@
  * this machine can do (issue 20). Level-triggered, one thread, nothing pooled.
  *
  *   epoll_echo [--addr 127.0.0.1:PORT] [--hop]   (port 0 picks a free one)
+ *   epoll_echo --handoff N
  *
  * Prints "listening on ADDR" and echoes every byte back until killed. A reply the
  * socket cannot take at once is kept (per connection) and finished on EPOLLOUT.
@@ -12,6 +13,11 @@
  * process, with no ring, framing or event loop of its own. The child shares the
  * parent's CPUs (relay_bench pins both to the servers' core, as the relay and its
  * backend are) and dies with it.
+ *
+ * --handoff N: no sockets; the hop's hand-off alone, N times: a 64-byte message to
+ * the same child and back through the same lanes. Prints "handoff X us" (the mean
+ * round trip) and exits: what any relay with a backend process on this core pays
+ * per request before it touches a socket.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -30,6 +36,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #define BUF 65536
@@ -102,10 +109,15 @@ int main(int argc, char **argv) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     const char *addr = "127.0.0.1:0";
     int hop = 0;
+    long handoffs = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--hop")) hop = 1;
         else if (!strcmp(argv[i], "--addr") && i + 1 < argc) addr = argv[++i];
+        else if (!strcmp(argv[i], "--handoff") && i + 1 < argc) handoffs = atol(argv[++i]), hop = 1;
     }
+    if (handoffs < 0) { fprintf(stderr, "bad --handoff\n"); return 2; }
+    /* A child that never answers must not hang the benchmark. */
+    if (handoffs) alarm(60);
     struct lane *lanes = NULL;
     unsigned seq = 0;
     if (hop) {
@@ -115,6 +127,21 @@ int main(int argc, char **argv) {
         pid_t child = fork();
         if (child < 0) { perror("fork"); return 1; }
         if (child == 0) backend(&lanes[0], &lanes[1], parent);
+        if (handoffs) {
+            memset(lanes[0].msg, 42, 64);
+            struct timespec a, b;
+            clock_gettime(CLOCK_MONOTONIC, &a);
+            for (long i = 0; i < handoffs; i++) {
+                lanes[0].len = 64;
+                put(&lanes[0], ++seq);
+                take(&lanes[1], seq);
+                if (lanes[1].len != 64 || lanes[1].msg[63] != 42) { fprintf(stderr, "bad reply\n"); return 1; }
+            }
+            clock_gettime(CLOCK_MONOTONIC, &b);
+            double ns = (double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec);
+            printf("handoff %.4f us\n", ns / 1e3 / (double)handoffs);
+            return 0;
+        }
     }
     char host[64];
     const char *colon = strrchr(addr, ':');

@@ -7,26 +7,33 @@
 //! ```
 //!
 //! Rows (appended to `berth_benches::results_path()`, lower is better):
-//! `relay/64B/rtt_p50_us` (peer `tcp_echo`) — the median round trip over every sample
-//! of every round. The ratio is below 1 by construction (the relay adds a hop and a
-//! process); it says what the hop costs. `relay/64B/hop_us` (peer `c_epoll_hop`) —
-//! that hop alone (relay p50 minus echo p50) against the same for a plain C epoll
-//! echo with and without a futex hop through a child process (`benches/c/epoll_echo.c`
-//! `--hop`, built with the system's `cc`; skipped with a note without one): the floor
-//! of any relay with a backend process on this machine, whose own ratio to the C
-//! echo is printed as the best a relay's first row can reach here. `relay/64B/syscalls_per_rt` — the syscalls of the
-//! relay and the backend together per round trip, against the echo server's, counted
-//! with `perf stat -e raw_syscalls:sys_enter` in a separate, untimed pass after the
-//! rounds (skipped, with a note, where perf cannot run); both processes' shares are
-//! printed too.
+//! - `relay/64B/rtt_p50_us` (peer `tcp_echo`): the median round trip over every
+//!   sample of every round. The ratio is below 1 by construction (the relay adds a
+//!   hop and a process); it says what the hop costs.
+//! - `relay/64B/hop_us` (peer `c_epoll_hop`): that hop alone (relay p50 minus echo
+//!   p50) against the same for a plain C epoll echo with and without a futex hop
+//!   through a child process (`benches/c/epoll_echo.c` `--hop`, built with the
+//!   system's `cc`; skipped with a note without one): the floor of a relay with a
+//!   backend process on this machine, with no ring, framing or event loop. Its own
+//!   ratio to the C echo is printed as about the best the first row can reach here.
+//! - `relay/64B/handoff_us` (peer `hop_budget_0.9`): that C hop's hand-off alone,
+//!   with no sockets (`--handoff`: a 64-byte message to the child and back, each
+//!   asleep on a futex while the other works, both on the servers' core), against
+//!   the hop a 0.9 ratio in the first row leaves (tcp echo p50 / 9): how much of
+//!   that budget two processes on one core spend handing a request over and back.
+//! - `relay/64B/syscalls_per_rt`: the syscalls of the relay and the backend
+//!   together per round trip, against the echo server's, counted with `perf stat -e
+//!   raw_syscalls:sys_enter` in a separate, untimed pass after the rounds (skipped,
+//!   with a note, where perf cannot run); both processes' shares are printed too.
 //!
 //! The `berth` binary is looked up next to this executable and built with
 //! `cargo build -p berth-cli` (same profile) if it is missing. The servers (relay,
-//! backend, echo, the two C servers; one worker each) are pinned to the first core and the client to
-//! the second when there are two. One client connection sends a frame, waits for
-//! the whole reply, and repeats; rounds alternate relay and echo so drift on a
-//! shared machine hits both alike. Every child is stopped with SIGINT (so the relay
-//! removes its channel files) and killed if it does not exit.
+//! backend, echo, the two C servers and the hand-off; one worker each) are pinned
+//! to the first core and the client to the second when there are two. One client
+//! connection sends a frame, waits for the whole reply, and repeats; rounds
+//! alternate relay and echo (and the C pair), every other round in reverse order,
+//! so drift on a shared machine hits both alike. Every child is stopped with SIGINT (so the relay removes its channel
+//! files) and killed if it does not exit.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -63,18 +70,18 @@ fn run() -> Result<(), String> {
     let (echo, echo_addr) = start(&berth, &["echo"], server_core)?;
     // The C floor: its echo, and the same with the hop through a child process.
     let exe_dir = berth.parent().ok_or("no directory for the C servers")?;
-    let c_servers = match berth_benches::sys_bench::compile_c(exe_dir, "epoll_echo.c", "c_epoll_echo") {
-        Ok(program) => {
-            let (c_echo, a) = start_program(&program, &[], server_core)?;
-            let (c_hop, b) = start_program(&program, &["--hop"], server_core)?;
+    let c_program = berth_benches::sys_bench::compile_c(exe_dir, "epoll_echo.c", "c_epoll_echo")
+        .map_err(|e| eprintln!("relay_bench: no C floor ({e})"))
+        .ok();
+    let c_servers = match &c_program {
+        Some(program) => {
+            let (c_echo, a) = start_program(program, &[], server_core)?;
+            let (c_hop, b) = start_program(program, &["--hop"], server_core)?;
             let a = a.ok_or("no address in the C echo's banner")?;
             let b = b.ok_or("no address in the C hop's banner")?;
             Some(((c_echo, client(a)?), (c_hop, client(b)?)))
         }
-        Err(e) => {
-            eprintln!("relay_bench: no C floor ({e})");
-            None
-        }
+        None => None,
     };
     if let Some(core) = client_core {
         pin_current_thread(core).map_err(|e| format!("pinning the client: {e}"))?;
@@ -87,14 +94,30 @@ fn run() -> Result<(), String> {
     let frame: Vec<u8> = (PAYLOAD as u32).to_be_bytes().into_iter().chain((0..PAYLOAD).map(|i| i as u8)).collect();
     let mut relay_rtts = Vec::with_capacity(rounds * samples);
     let mut echo_rtts = Vec::with_capacity(rounds * samples);
-    let (mut c_echo_rtts, mut c_hop_rtts) = (Vec::new(), Vec::new());
+    let (mut c_echo_rtts, mut c_hop_rtts, mut handoffs) = (Vec::new(), Vec::new(), Vec::new());
     let mut c_servers = c_servers;
     for round in 0..rounds {
-        measure(&mut via_relay, &frame, warmup, samples, &mut relay_rtts)?;
-        measure(&mut direct, &frame, warmup, samples, &mut echo_rtts)?;
+        // Every other round in reverse, so that no server always runs after the same one.
+        let forward = round % 2 == 0;
+        if forward {
+            measure(&mut via_relay, &frame, warmup, samples, &mut relay_rtts)?;
+            measure(&mut direct, &frame, warmup, samples, &mut echo_rtts)?;
+        }
         if let Some(((_, c_echo), (_, c_hop))) = c_servers.as_mut() {
-            measure(c_echo, &frame, warmup, samples, &mut c_echo_rtts)?;
-            measure(c_hop, &frame, warmup, samples, &mut c_hop_rtts)?;
+            if forward {
+                measure(c_echo, &frame, warmup, samples, &mut c_echo_rtts)?;
+                measure(c_hop, &frame, warmup, samples, &mut c_hop_rtts)?;
+            } else {
+                measure(c_hop, &frame, warmup, samples, &mut c_hop_rtts)?;
+                measure(c_echo, &frame, warmup, samples, &mut c_echo_rtts)?;
+            }
+        }
+        if !forward {
+            measure(&mut direct, &frame, warmup, samples, &mut echo_rtts)?;
+            measure(&mut via_relay, &frame, warmup, samples, &mut relay_rtts)?;
+        }
+        if let Some(program) = &c_program {
+            handoffs.push(handoff(program, samples, server_core)?);
         }
         eprintln!("relay_bench: round {}/{rounds} done", round + 1);
     }
@@ -124,6 +147,18 @@ fn run() -> Result<(), String> {
             c_hop_p50 - c_echo_p50,
             Better::Lower,
         ));
+        handoffs.sort_by(f64::total_cmp);
+        let handoff = handoffs[handoffs.len() / 2];
+        let budget = echo_p50 / 9.0;
+        eprintln!(
+            "relay_bench: the C hop's hand-off alone (no sockets), median of the rounds: {handoff:.2} µs \
+             ({:.2}..{:.2}); a 0.9 ratio leaves the hop {budget:.2} µs; with the C hop's cost berth's ratio \
+             would be {:.3}",
+            handoffs[0],
+            handoffs[handoffs.len() - 1],
+            echo_p50 / (echo_p50 + c_hop_p50 - c_echo_p50)
+        );
+        rows.push(Row::new("relay/64B/handoff_us", "handoff_us", handoff, "hop_budget_0.9", budget, Better::Lower));
     }
     let trips = if quick { 2_000 } else { 10_000 };
     let relayed = syscalls_per_rt(&mut via_relay, &frame, &[relay.id(), backend.id()], trips);
@@ -204,6 +239,27 @@ fn start_program(
         return Err(format!("no address in {banner:?}"));
     }
     Ok((child, addr))
+}
+
+/// One `--handoff` run of the C floor on `core`: the mean round trip (µs) of
+/// `trips` hand-offs to its child process and back.
+fn handoff(program: &Path, trips: usize, core: Option<usize>) -> Result<f64, String> {
+    let mut cmd = Command::new(program);
+    cmd.args(["--handoff", &trips.to_string()]).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = ChildGuard::new(spawn_pinned(&mut cmd, core).map_err(|e| format!("starting the hand-off: {e}"))?);
+    // Bounded: the program gives up after 60 s (alarm), and its child dies with it.
+    let mut text = String::new();
+    let stdout = child.child_mut().stdout.take().ok_or("no stdout")?;
+    BufReader::new(stdout).read_to_string(&mut text).map_err(|e| format!("reading the hand-off: {e}"))?;
+    match child.wait_timeout(STARTUP) {
+        Ok(Some(status)) if status.success() => {}
+        other => return Err(format!("the hand-off ended with {other:?}")),
+    }
+    text.trim()
+        .strip_prefix("handoff ")
+        .and_then(|rest| rest.strip_suffix(" us"))
+        .and_then(|us| us.parse().ok())
+        .ok_or_else(|| format!("the hand-off printed {text:?}"))
 }
 
 fn stop(mut child: ChildGuard) {
