@@ -1212,11 +1212,8 @@ impl Drop for Sender {
     }
 }
 
-fn remaining(start: Instant, timeout: Option<Duration>) -> Option<Duration> {
-    match timeout {
-        None => Some(Duration::MAX),
-        Some(t) => t.checked_sub(start.elapsed()).filter(|d| !d.is_zero()),
-    }
+fn remaining(start: Instant, timeout: Duration) -> Option<Duration> {
+    timeout.checked_sub(start.elapsed()).filter(|d| !d.is_zero())
 }
 
 /// Why a blocking call stopped waiting.
@@ -1274,7 +1271,12 @@ impl Wait {
             state @ (PeerState::Closed | PeerState::Dead) => return Err(Stop::Peer(state)),
             PeerState::Absent | PeerState::Alive => {}
         }
-        let left = remaining(*self.start.get_or_insert_with(Instant::now), self.timeout).ok_or(Stop::TimedOut)?;
+        // Without a deadline the clock is not read: a relay backend's wait sits
+        // between the relay's wake and its own sleep, on every round trip's path.
+        let left = match self.timeout {
+            None => Duration::MAX,
+            Some(t) => remaining(*self.start.get_or_insert_with(Instant::now), t).ok_or(Stop::TimedOut)?,
+        };
         beat(sh, me);
         match mode {
             WaitMode::BusyPoll => self.spins = 0,
