@@ -239,8 +239,9 @@
 //!   time, so pid reuse is not mistaken for life. A peer that stored its pid but no
 //!   start time (it died while attaching, or `/proc` is unreadable) is watched by pid
 //!   alone. The pidfd is also handed to a watcher thread (one per process, started
-//!   at the first sleep, blocked in `epoll_wait` on the pidfds of every peer an end
-//!   of this process sleeps on). When the peer's process exits, the watcher records
+//!   at the first sleep unless `BERTH_IPC_WATCHER=off` is in the environment,
+//!   blocked in `epoll_wait` on the pidfds of every peer an end of this process
+//!   sleeps on). When the peer's process exits, the watcher records
 //!   the death, then clears the sleeper's flag and wakes it, as a commit would, so a
 //!   dead peer turns a wait into `PeerDead` at once. Once an end's peer is with the
 //!   watcher, its check before a sleep reads that record instead of polling the
@@ -252,7 +253,7 @@
 //!   watcher wakes it, so an idle blocked end never wakes (a timed futex sleep sets
 //!   up and tears down a timer each time: about 2.5 µs of a relay backend's round
 //!   trip on a VM). Otherwise sleeps double from 10 ms to 1 s (to the heartbeat
-//!   limit, if lower). Without the watcher (no pidfd or epoll, a child forked from
+//!   limit, if lower). Without the watcher (turned off, no pidfd or epoll, a child forked from
 //!   the process that started it, or a watcher thread that stopped: the end then
 //!   stops trusting its registration and is woken to look for itself) sleeps stop
 //!   doubling at 50 ms, and a death is seen within 10 to 50 ms. A peer that closed

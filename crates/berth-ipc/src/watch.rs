@@ -32,6 +32,7 @@
 //! ([`Registration::trusted`]): a word in a wipe-on-fork page reads 0 in the child.
 //! Should the thread ever stop, it marks itself down and wakes every registered
 //! sleeper (without recording a death), and their checks go back to the pidfd.
+//! `BERTH_IPC_WATCHER=off` in the environment keeps it from starting at all.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -41,6 +42,9 @@ use rustix::event::epoll;
 
 use crate::channel::Shared;
 use crate::sys;
+
+/// `BERTH_IPC_WATCHER=off` in the environment: no watcher thread in this process.
+pub(crate) const WATCHER_ENV: &str = "BERTH_IPC_WATCHER";
 
 /// Room reserved in the registry up front, so that registering an end does not
 /// allocate until this many sleep on different peers at once.
@@ -81,6 +85,11 @@ fn watcher() -> Option<&'static Watcher> {
 }
 
 fn start() -> Option<Watcher> {
+    // For a process that must not start a thread of its own (and to test how the
+    // ends do without one): read once, at the first sleep.
+    if std::env::var_os(WATCHER_ENV).is_some_and(|v| v == "off") {
+        return None;
+    }
     let ep = epoll::create(epoll::CreateFlags::CLOEXEC).ok()?;
     let theirs = ep.try_clone().ok()?;
     std::thread::Builder::new().name("berth-ipc-watch".into()).spawn(move || run(theirs)).ok()?;
@@ -313,6 +322,42 @@ mod tests {
         // The receiver's next wait drops its registration and bounds its sleeps.
         assert_eq!(rx.recv(short).map(|m| m.len()).unwrap_err(), crate::RecvError::TimedOut);
         assert_eq!(rx.max_sleep(), Some(std::time::Duration::from_millis(50)));
+        peer.0.kill().unwrap();
+        peer.0.wait().unwrap();
+        let t0 = std::time::Instant::now();
+        let err = rx.recv(Some(std::time::Duration::from_secs(5))).map(|m| m.len()).unwrap_err();
+        assert_eq!(err, crate::RecvError::PeerDead, "after {:?}", t0.elapsed());
+    }
+
+    /// `BERTH_IPC_WATCHER=off`: no watcher starts, so nothing registers, a
+    /// blocked end's sleeps keep a bound (`max_sleep`), and a killed peer is still
+    /// seen by the end's own checks. Run in a process of its own (this test binary
+    /// again, with the variable set), since the watcher starts once per process.
+    ///
+    /// Proven by mutation: `start` ignoring the variable fails the first assertion.
+    #[test]
+    fn turned_off_no_watcher_starts_and_a_death_is_still_seen() {
+        if std::env::var_os(WATCHER_ENV).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "watch::tests::turned_off_no_watcher_starts_and_a_death_is_still_seen",
+                    "--test-threads=1",
+                ])
+                .env(WATCHER_ENV, "off")
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success() && said.contains("1 passed"), "the child run failed: {said}");
+            return;
+        }
+        assert!(watcher().is_none(), "a watcher started with {WATCHER_ENV}=off");
+        let chan = crate::Channel::create_memfd(&crate::Config::new(4096).fenced(true)).unwrap();
+        let mut peer = fake_sender(&chan);
+        let mut rx = chan.receiver().unwrap();
+        let short = Some(std::time::Duration::from_millis(30));
+        assert_eq!(rx.recv(short).map(|m| m.len()).unwrap_err(), crate::RecvError::TimedOut);
+        assert_eq!(rx.max_sleep(), Some(std::time::Duration::from_millis(50)), "no watcher: sleeps keep a bound");
         peer.0.kill().unwrap();
         peer.0.wait().unwrap();
         let t0 = std::time::Instant::now();

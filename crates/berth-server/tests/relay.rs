@@ -1,7 +1,8 @@
 //! The IPC relay with an in-process backend thread: frames round-trip with every byte
 //! checked across interleaved connections; bad lengths, no backend and a backend that
 //! goes away mid-request close clients cleanly; a new backend is taken; replies for
-//! connections that are gone are dropped and counted.
+//! connections that are gone are dropped and counted. In a process without the
+//! berth-ipc watcher thread, a killed backend or relay is still seen.
 
 mod common;
 
@@ -609,4 +610,128 @@ fn a_burst_pumped_before_the_wait_loses_no_reply() {
     drop(s);
     drop((tx, rx));
     server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+/// Runs this test binary again for test `name` alone, in a process without the
+/// berth-ipc watcher thread (`BERTH_IPC_WATCHER=off`), and checks that it ran and
+/// passed. Returns false in that child, where the test body runs.
+fn in_a_process_without_the_watcher(name: &str) -> bool {
+    if std::env::var_os("BERTH_IPC_WATCHER").is_some() {
+        return false;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--test-threads=1"])
+        .env("BERTH_IPC_WATCHER", "off")
+        .output()
+        .expect("the child run starts");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("1 passed"),
+        "the child run failed: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
+
+/// Starts this test binary's `child` test in a process of its own with `var` set to
+/// `value` (and the watcher left on), and waits for it to print `ready`.
+fn start_child(child: &str, var: &str, value: &str) -> std::process::Child {
+    let mut proc = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", child, "--nocapture", "--test-threads=1"])
+        .env(var, value)
+        .env_remove("BERTH_IPC_WATCHER")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("child starts");
+    let mut out = io::BufReader::new(proc.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("ready") {
+        line.clear();
+        assert!(io::BufRead::read_line(&mut out, &mut line).unwrap() > 0, "{child} ended before it was ready");
+    }
+    proc
+}
+
+/// The child half of `without_a_watcher_the_relay_still_sees_its_backend_killed`:
+/// with `BERTH_RELAY_TEST_BACKEND` set, attaches to that relay, says so and echoes
+/// until it is killed; without it, does nothing.
+#[test]
+fn child_attaches_and_echoes() {
+    let Ok(name) = std::env::var("BERTH_RELAY_TEST_BACKEND") else { return };
+    let mut backend = RelayBackend::attach_retrying(&name, IO_TIMEOUT).expect("child attaches");
+    println!("ready");
+    io::stdout().flush().unwrap();
+    while backend.echo_one(None).is_ok() {}
+}
+
+/// The child half of `without_a_watcher_a_backend_still_sees_its_relay_killed`: with
+/// `BERTH_RELAY_TEST_RELAY` set, runs a relay of two workers on that channel, says
+/// so and waits to be killed; without it, does nothing.
+#[test]
+fn child_runs_a_relay() {
+    let Ok(name) = std::env::var("BERTH_RELAY_TEST_RELAY") else { return };
+    let (_server, _handle) = relay_server(&name, 2);
+    eventually("the lanes are created", || lanes_exist(&name, 2));
+    println!("ready");
+    io::stdout().flush().unwrap();
+    thread::sleep(Duration::from_secs(60));
+}
+
+/// A relay whose process has no watcher thread (turned off here; a forked child or
+/// a watcher that stopped are the same case) is told of nothing when its backend
+/// is killed: its workers' waits on the lane are bounded by `Receiver::max_sleep`,
+/// so it still looks, finds the backend dead and lets it go.
+///
+/// Proven by mutation: the relay arming its lane's watch with no deadline when
+/// attached (ignoring `max_sleep`) never notices, and `wait_detached` fails.
+#[test]
+fn without_a_watcher_the_relay_still_sees_its_backend_killed() {
+    if in_a_process_without_the_watcher("without_a_watcher_the_relay_still_sees_its_backend_killed") {
+        return;
+    }
+    let name = channel("nowatch-relay");
+    let (server, handle) = relay_server(&name, 1);
+    eventually("the lane is created", || lanes_exist(&name, 1));
+    let mut backend = start_child("child_attaches_and_echoes", "BERTH_RELAY_TEST_BACKEND", &name);
+    assert!(handle.wait_attached(IO_TIMEOUT), "relay saw the backend's hello");
+    let mut s = client(server.local_addr());
+    s.write_all(&frame(b"before the kill")).unwrap();
+    assert_eq!(read_frame(&mut s).unwrap(), b"before the kill");
+    backend.kill().unwrap();
+    backend.wait().unwrap();
+    assert!(handle.wait_detached(Duration::from_secs(5)), "the relay never noticed its backend's death");
+    drop(s);
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+/// The same for a backend of several lanes, which waits on their wake descriptors
+/// in `poll`: with no watcher in its process, the poll is bounded by the lanes'
+/// `max_sleep`, so a relay killed while the backend waits turns its wait into an
+/// error instead of an endless sleep.
+///
+/// Proven by mutation: `RelayBackend::wait` polling with no timeout never returns
+/// (the 5 s wait below fails).
+#[test]
+fn without_a_watcher_a_backend_still_sees_its_relay_killed() {
+    if in_a_process_without_the_watcher("without_a_watcher_a_backend_still_sees_its_relay_killed") {
+        return;
+    }
+    let name = channel("nowatch-backend");
+    let mut relay = start_child("child_runs_a_relay", "BERTH_RELAY_TEST_RELAY", &name);
+    let mut backend = RelayBackend::attach_retrying(&name, IO_TIMEOUT).expect("backend attaches");
+    assert_eq!(backend.lanes(), 2);
+    let (done, ended) = std::sync::mpsc::channel();
+    let waiter = thread::spawn(move || {
+        let _ = done.send(backend.echo_one(None));
+    });
+    // Asleep in its wait before the kill, most likely; after it, the same is checked.
+    thread::sleep(Duration::from_millis(200));
+    relay.kill().unwrap();
+    relay.wait().unwrap();
+    let got = ended.recv_timeout(Duration::from_secs(5)).expect("the backend never noticed its relay's death");
+    assert!(
+        matches!(got, Err(berth_server::EchoError::Recv(berth_ipc::RecvError::PeerDead))),
+        "the backend's wait ended with {got:?}"
+    );
+    waiter.join().unwrap();
 }
