@@ -459,12 +459,12 @@ fn a_backend_that_stops_receiving_has_its_lane_recreated() {
 
 /// The child half of `a_backend_killed_before_its_hello_frees_the_lane`: with
 /// `BERTH_RELAY_TEST_LANE` set, claims that lane's backend ends (side B), says
-/// so and waits to be killed; without it, does nothing.
+/// so (`ready`) and waits to be killed; without it, does nothing.
 #[test]
 fn child_claims_a_lane_and_waits() {
     let Ok(lane) = std::env::var("BERTH_RELAY_TEST_LANE") else { return };
     let duplex = berth_ipc::Duplex::open_named(&lane).expect("child opens the lane");
-    println!("claimed");
+    println!("ready");
     io::stdout().flush().unwrap();
     thread::sleep(Duration::from_secs(60));
     drop(duplex);
@@ -479,18 +479,7 @@ fn a_backend_killed_before_its_hello_frees_the_lane() {
     let name = channel("prehello");
     let (server, handle) = relay_server(&name, 1);
     eventually("the lane is created", || lanes_exist(&name, 1));
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_claims_a_lane_and_waits", "--nocapture", "--test-threads=1"])
-        .env("BERTH_RELAY_TEST_LANE", format!("{name}.0"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("child starts");
-    let mut out = io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("claimed") {
-        line.clear();
-        assert!(io::BufRead::read_line(&mut out, &mut line).unwrap() > 0, "child ended before claiming");
-    }
+    let mut child = start_child("child_claims_a_lane_and_waits", "BERTH_RELAY_TEST_LANE", &format!("{name}.0"));
     child.kill().unwrap();
     child.wait().unwrap();
 
