@@ -113,9 +113,12 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--hop")) hop = 1;
         else if (!strcmp(argv[i], "--addr") && i + 1 < argc) addr = argv[++i];
-        else if (!strcmp(argv[i], "--handoff") && i + 1 < argc) handoffs = atol(argv[++i]), hop = 1;
+        else if (!strcmp(argv[i], "--handoff") && i + 1 < argc) {
+            handoffs = atol(argv[++i]);
+            if (handoffs <= 0) { fprintf(stderr, "bad --handoff %s\n", argv[i]); return 2; }
+            hop = 1;
+        }
     }
-    if (handoffs < 0) { fprintf(stderr, "bad --handoff\n"); return 2; }
     /* A child that never answers must not hang the benchmark. */
     if (handoffs) alarm(60);
     struct lane *lanes = NULL;

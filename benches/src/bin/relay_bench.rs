@@ -32,8 +32,8 @@
 //! to the first core and the client to the second when there are two. One client
 //! connection sends a frame, waits for the whole reply, and repeats; rounds
 //! alternate relay and echo (and the C pair), every other round in reverse order,
-//! so drift on a shared machine hits both alike. Every child is stopped with SIGINT (so the relay removes its channel
-//! files) and killed if it does not exit.
+//! so drift on a shared machine hits both alike. Every child is stopped with
+//! SIGINT (so the relay removes its channel files) and killed if it does not exit.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

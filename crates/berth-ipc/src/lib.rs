@@ -241,9 +241,9 @@
 //!   alone. The pidfd is also handed to a watcher thread (one per process, started
 //!   at the first sleep unless `BERTH_IPC_WATCHER=off` is in the environment,
 //!   blocked in `epoll_wait` on the pidfds of every peer an end of this process
-//!   sleeps on). When the peer's process exits, the watcher records
-//!   the death, then clears the sleeper's flag and wakes it, as a commit would, so a
-//!   dead peer turns a wait into `PeerDead` at once. Once an end's peer is with the
+//!   sleeps on). When the peer's process exits, the watcher records the death, then
+//!   clears the sleeper's flag and wakes it, as a commit would, so a dead peer turns
+//!   a wait into `PeerDead` at once. Once an end's peer is with the
 //!   watcher, its check before a sleep reads that record instead of polling the
 //!   pidfd: no syscall (a death not recorded yet still ends the sleep, since the
 //!   watcher's wake comes after its record and the check after the raised flag).
@@ -253,10 +253,10 @@
 //!   watcher wakes it, so an idle blocked end never wakes (a timed futex sleep sets
 //!   up and tears down a timer each time: about 2.5 µs of a relay backend's round
 //!   trip on a VM). Otherwise sleeps double from 10 ms to 1 s (to the heartbeat
-//!   limit, if lower). Without the watcher (turned off, no pidfd or epoll, a child forked from
-//!   the process that started it, or a watcher thread that stopped: the end then
-//!   stops trusting its registration and is woken to look for itself) sleeps stop
-//!   doubling at 50 ms, and a death is seen within 10 to 50 ms. A peer that closed
+//!   limit, if lower). Without the watcher (turned off, no pidfd or epoll, a child
+//!   forked from the process that started it, or a watcher thread that stopped: the
+//!   end then stops trusting its registration and is woken to look for itself)
+//!   sleeps stop doubling at 50 ms, and a death is seen within 10 to 50 ms. A peer that closed
 //!   cleanly gives `Closed` at once: its close clears the flag. Optionally
 //!   ([`Receiver::set_peer_timeout`]) a peer that shows no sign of life for longer
 //!   than a limit counts as dead too (a hung process). An end beats when it starts to sleep and

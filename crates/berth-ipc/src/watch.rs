@@ -337,7 +337,7 @@ mod tests {
     /// Proven by mutation: `start` ignoring the variable fails the first assertion.
     #[test]
     fn turned_off_no_watcher_starts_and_a_death_is_still_seen() {
-        if std::env::var_os(WATCHER_ENV).is_none() {
+        if std::env::var_os(WATCHER_ENV).is_none_or(|v| v != "off") {
             let out = std::process::Command::new(std::env::current_exe().unwrap())
                 .args([
                     "--exact",
