@@ -21,6 +21,12 @@
 //!   asleep on a futex while the other works, both on the servers' core), against
 //!   the hop a 0.9 ratio in the first row leaves (tcp echo p50 / 9): how much of
 //!   that budget two processes on one core spend handing a request over and back.
+//! - `relay/64B/hop_paired_us` (peer `c_epoll_hop_paired`): both hops again, from
+//!   a pass after the rounds in which each cycle makes one round trip to each of
+//!   relay, echo, C hop and C echo, so that drift moves both sides of each
+//!   difference alike: the median of the cycles' relay − echo against that of
+//!   their C hop − C echo. Every server waits about four round trips between its
+//!   requests here, so the hops are larger than in the rounds.
 //! - `relay/64B/syscalls_per_rt`: the syscalls of the relay and the backend
 //!   together per round trip, against the echo server's, counted with `perf stat -e
 //!   raw_syscalls:sys_enter` in a separate, untimed pass after the rounds (skipped,
@@ -159,6 +165,22 @@ fn run() -> Result<(), String> {
             echo_p50 / (echo_p50 + c_hop_p50 - c_echo_p50)
         );
         rows.push(Row::new("relay/64B/handoff_us", "handoff_us", handoff, "hop_budget_0.9", budget, Better::Lower));
+    }
+    if let Some(((_, c_echo), (_, c_hop))) = c_servers.as_mut() {
+        let cycles = if quick { 2_000 } else { 10_000 };
+        let (berth_hop, c_hop_cost) = paired_hops([&mut via_relay, &mut direct, c_hop, c_echo], &frame, cycles)?;
+        eprintln!(
+            "relay_bench: paired ({cycles} cycles of one round trip to each of relay, echo, C hop, C echo): \
+             the hop costs berth {berth_hop:.2} µs, C {c_hop_cost:.2} µs (p50 of each cycle's difference)"
+        );
+        rows.push(Row::new(
+            "relay/64B/hop_paired_us",
+            "hop_paired_us",
+            berth_hop,
+            "c_epoll_hop_paired",
+            c_hop_cost,
+            Better::Lower,
+        ));
     }
     let trips = if quick { 2_000 } else { 10_000 };
     let relayed = syscalls_per_rt(&mut via_relay, &frame, &[relay.id(), backend.id()], trips);
@@ -315,6 +337,34 @@ fn measure(s: &mut TcpStream, frame: &[u8], warmup: usize, samples: usize, out: 
         }
     }
     Ok(())
+}
+
+/// The hops measured in pairs: each cycle makes one round trip to each of `relay`,
+/// `echo`, `c_hop` and `c_echo` in turn, so that a drifting machine moves both sides
+/// of a difference alike; returns the medians of relay − echo and C hop − C echo
+/// (µs) over `cycles` cycles, after a tenth as many unmeasured ones.
+fn paired_hops(servers: [&mut TcpStream; 4], frame: &[u8], cycles: usize) -> Result<(f64, f64), String> {
+    let [relay, echo, c_hop, c_echo] = servers;
+    let mut back = vec![0u8; frame.len()];
+    let mut once = |s: &mut TcpStream| -> Result<f64, String> {
+        let t = Instant::now();
+        s.write_all(frame).map_err(|e| format!("send: {e}"))?;
+        s.read_exact(&mut back).map_err(|e| format!("receive: {e}"))?;
+        let rtt = t.elapsed().as_secs_f64() * 1e6;
+        if back != frame {
+            return Err("a reply differs from its frame".into());
+        }
+        Ok(rtt)
+    };
+    let (mut berth, mut c) = (Vec::with_capacity(cycles), Vec::with_capacity(cycles));
+    for i in 0..cycles + cycles / 10 {
+        let (r, e, h, ce) = (once(relay)?, once(echo)?, once(c_hop)?, once(c_echo)?);
+        if i >= cycles / 10 {
+            berth.push(r - e);
+            c.push(h - ce);
+        }
+    }
+    Ok((percentiles(&mut berth).0, percentiles(&mut c).0))
 }
 
 /// Syscalls per round trip of each process of `pids` over `trips` round trips on
