@@ -279,14 +279,7 @@ mod tests {
     /// keeping an untrusted registration waits out the 5 s receive (`TimedOut`).
     #[test]
     fn a_stopped_watcher_hands_its_sleepers_back() {
-        if std::env::var_os("BERTH_IPC_WATCH_STOP").is_none() {
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "watch::tests::a_stopped_watcher_hands_its_sleepers_back", "--test-threads=1"])
-                .env("BERTH_IPC_WATCH_STOP", "1")
-                .output()
-                .unwrap();
-            let said = String::from_utf8_lossy(&out.stdout);
-            assert!(out.status.success() && said.contains("1 passed"), "the child run failed: {said}");
+        if ran_in_own_process("a_stopped_watcher_hands_its_sleepers_back", "BERTH_IPC_WATCH_STOP", "1") {
             return;
         }
         use crate::layout::off;
@@ -322,11 +315,7 @@ mod tests {
         // The receiver's next wait drops its registration and bounds its sleeps.
         assert_eq!(rx.recv(short).map(|m| m.len()).unwrap_err(), crate::RecvError::TimedOut);
         assert_eq!(rx.max_sleep(), Some(std::time::Duration::from_millis(50)));
-        peer.0.kill().unwrap();
-        peer.0.wait().unwrap();
-        let t0 = std::time::Instant::now();
-        let err = rx.recv(Some(std::time::Duration::from_secs(5))).map(|m| m.len()).unwrap_err();
-        assert_eq!(err, crate::RecvError::PeerDead, "after {:?}", t0.elapsed());
+        kill_and_expect_peer_dead(&mut peer, &mut rx);
     }
 
     /// `BERTH_IPC_WATCHER=off`: no watcher starts, so nothing registers, a
@@ -337,18 +326,7 @@ mod tests {
     /// Proven by mutation: `start` ignoring the variable fails the first assertion.
     #[test]
     fn turned_off_no_watcher_starts_and_a_death_is_still_seen() {
-        if std::env::var_os(WATCHER_ENV).is_none_or(|v| v != "off") {
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "watch::tests::turned_off_no_watcher_starts_and_a_death_is_still_seen",
-                    "--test-threads=1",
-                ])
-                .env(WATCHER_ENV, "off")
-                .output()
-                .unwrap();
-            let said = String::from_utf8_lossy(&out.stdout);
-            assert!(out.status.success() && said.contains("1 passed"), "the child run failed: {said}");
+        if ran_in_own_process("turned_off_no_watcher_starts_and_a_death_is_still_seen", WATCHER_ENV, "off") {
             return;
         }
         assert!(watcher().is_none(), "a watcher started with {WATCHER_ENV}=off");
@@ -358,11 +336,7 @@ mod tests {
         let short = Some(std::time::Duration::from_millis(30));
         assert_eq!(rx.recv(short).map(|m| m.len()).unwrap_err(), crate::RecvError::TimedOut);
         assert_eq!(rx.max_sleep(), Some(std::time::Duration::from_millis(50)), "no watcher: sleeps keep a bound");
-        peer.0.kill().unwrap();
-        peer.0.wait().unwrap();
-        let t0 = std::time::Instant::now();
-        let err = rx.recv(Some(std::time::Duration::from_secs(5))).map(|m| m.len()).unwrap_err();
-        assert_eq!(err, crate::RecvError::PeerDead, "after {:?}", t0.elapsed());
+        kill_and_expect_peer_dead(&mut peer, &mut rx);
     }
 
     /// A registration for a process that exits is fired: its entry leaves the list.
@@ -430,6 +404,32 @@ mod tests {
         chan.shared().u32_at(crate::layout::off::TX_PID).store(peer.0.id(), Ordering::Release);
         chan.shared().u64_at(crate::layout::off::TX_START).store(start, Ordering::Release);
         peer
+    }
+
+    /// Unless `var` is `value` here, runs this test binary again for
+    /// `watch::tests::<test>` alone with it set, checks that the run passed, and
+    /// returns true; in that child, returns false (the caller runs the test body).
+    fn ran_in_own_process(test: &str, var: &str, value: &str) -> bool {
+        if std::env::var_os(var).is_some_and(|v| v == value) {
+            return false;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", &format!("watch::tests::{test}"), "--test-threads=1"])
+            .env(var, value)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && said.contains("1 passed"), "the child run failed: {said}");
+        true
+    }
+
+    /// Kills `peer` and expects `rx`'s next receive to report its death.
+    fn kill_and_expect_peer_dead(peer: &mut Reap, rx: &mut crate::Receiver) {
+        peer.0.kill().unwrap();
+        peer.0.wait().unwrap();
+        let t0 = std::time::Instant::now();
+        let err = rx.recv(Some(std::time::Duration::from_secs(5))).map(|m| m.len()).unwrap_err();
+        assert_eq!(err, crate::RecvError::PeerDead, "after {:?}", t0.elapsed());
     }
 
     /// A child process killed however the test ends.
